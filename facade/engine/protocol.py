@@ -1,0 +1,63 @@
+"""The engine protocol: TigerBeetle's client operations, plus a change feed.
+
+This is the seam between "what money does" and "where it is stored". It is deliberately identical to
+TigerBeetle's operations (same names, same argument and result types, same limits) so the embedded
+engine and a TigerBeetle cluster are interchangeable, and so is every test written against it.
+
+Contract, for both backends:
+- `create_*` return one result per event, in event order (TigerBeetle 0.17's dense results), and return
+  only after the batch is durable. A batch holds at most BATCH_EVENTS_MAX events.
+- Reads are strongly consistent: they see every write acknowledged before they were issued.
+- An argument that cannot be encoded (a u128 field above 2^128-1, a batch too large) raises
+  FieldRangeError and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from facade.engine.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    ChangeEvent,
+    ChangeEventsFilter,
+    CreateAccountResult,
+    CreateTransferResult,
+    QueryFilter,
+    Transfer,
+)
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine cannot serve now (closed, or its cluster unreachable); the request may be retried."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    """The backend's name: 'embedded' or 'tigerbeetle'."""
+
+    async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]: ...
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]: ...
+
+    async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]: ...
+
+    async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]: ...
+
+    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]: ...
+
+    async def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]: ...
+
+    async def query_accounts(self, filter: QueryFilter) -> list[Account]: ...
+
+    async def query_transfers(self, filter: QueryFilter) -> list[Transfer]: ...
+
+    async def get_change_events(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
+        """Committed changes with timestamp_min <= timestamp <= timestamp_max (0 = unbounded), in commit
+        order, at most `limit`. A poller passes its last seen timestamp + 1 as timestamp_min."""
+        ...
+
+    async def close(self) -> None: ...

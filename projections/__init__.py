@@ -1,0 +1,1 @@
+"""ClickHouse read model: history, as-of balances, reconciliation and audit exports."""
