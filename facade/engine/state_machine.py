@@ -1,0 +1,1030 @@
+"""TigerBeetle's state machine, in Python: the one place where money moves.
+
+Deterministic and free of I/O: every operation takes its timestamp as an argument, so replaying the
+journal (the same operations with the same timestamps) rebuilds exactly the same state and results.
+The embedded engine owns durability; this module owns semantics.
+
+Semantics follow TigerBeetle 0.17 rule for rule (docs/reference/requests/create_*.md, state_machine.zig):
+- Checks run in result-code precedence order, which is the declaration order of CreateAccountStatus /
+  CreateTransferStatus in `types.py`; the first failing check is the result.
+- Events of one batch take consecutive slot timestamps ending at the batch's prepare timestamp. A
+  created object keeps its slot timestamp (or its user timestamp when imported); `exists` reports the
+  original object's timestamp; any other status reports the slot timestamp.
+- Linked chains are atomic: the first non-created result (even `exists`) breaks the chain, rolls back
+  its earlier events (LIFO) and fails every other event of the chain with LINKED_EVENT_FAILED.
+- Transient failures burn the transfer id (ID_ALREADY_FAILED later), even inside a rolled-back chain.
+- Pending transfers resolve once: posted, voided, or expired by `pulse` (TigerBeetle's own expiry op).
+  A post/void at or after `expires_at` fails with PENDING_TRANSFER_EXPIRED even before the pulse that
+  releases the reserved amounts has run, exactly as in TigerBeetle.
+
+Invariants, asserted after every write batch by `check_invariants` in tests and debug runs:
+per ledger, sum(debits_posted) == sum(credits_posted) and sum(debits_pending) == sum(credits_pending);
+no account with a limit flag is over its limit; timestamps strictly increase in `transfers_ordered`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TypeVar
+
+from facade.engine.types import (
+    AMOUNT_MAX,
+    NS_PER_SECOND,
+    QUERY_LIMIT_MAX,
+    TRANSFER_STATUSES_TRANSIENT,
+    U64_MAX,
+    U128_MAX,
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    ChangeEvent,
+    ChangeEventsFilter,
+    ChangeEventType,
+    CreateAccountResult,
+    CreateAccountStatus,
+    CreateTransferResult,
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferFlags,
+)
+
+# Imported timestamps must lie in TigerBeetle's TimestampRange: the top bit is reserved.
+TIMESTAMP_MIN = 1
+TIMESTAMP_MAX = (1 << 63) - 1
+
+S = CreateTransferStatus
+SA = CreateAccountStatus
+
+# Flag bits as plain ints: testing an int against an IntFlag member allocates a new enum object per
+# test, which the per-transfer hot path cannot afford.
+_A_LINKED = int(AccountFlags.LINKED)
+_A_DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_A_CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+_A_HISTORY = int(AccountFlags.HISTORY)
+_A_IMPORTED = int(AccountFlags.IMPORTED)
+_A_CLOSED = int(AccountFlags.CLOSED)
+_T_LINKED = int(TransferFlags.LINKED)
+_T_PENDING = int(TransferFlags.PENDING)
+_T_POST = int(TransferFlags.POST_PENDING_TRANSFER)
+_T_VOID = int(TransferFlags.VOID_PENDING_TRANSFER)
+_T_BALANCING_DEBIT = int(TransferFlags.BALANCING_DEBIT)
+_T_BALANCING_CREDIT = int(TransferFlags.BALANCING_CREDIT)
+_T_CLOSING_DEBIT = int(TransferFlags.CLOSING_DEBIT)
+_T_CLOSING_CREDIT = int(TransferFlags.CLOSING_CREDIT)
+_T_IMPORTED = int(TransferFlags.IMPORTED)
+_AF_DEBITS = int(AccountFilterFlags.DEBITS)
+_AF_CREDITS = int(AccountFilterFlags.CREDITS)
+_AF_REVERSED = int(AccountFilterFlags.REVERSED)
+_QF_REVERSED = int(QueryFilterFlags.REVERSED)
+
+_ACCOUNT_FLAGS_PADDING = ~0b11_1111 & 0xFFFF
+_TRANSFER_FLAGS_PADDING = ~0b1_1111_1111 & 0xFFFF
+_ACCOUNT_FILTER_FLAGS_PADDING = ~0b111 & 0xFFFFFFFF
+_QUERY_FILTER_FLAGS_PADDING = ~0b1 & 0xFFFFFFFF
+
+_TRANSIENT = TRANSFER_STATUSES_TRANSIENT
+_Event = TypeVar("_Event", Account, Transfer)
+
+
+class PendingStatus(IntEnum):
+    PENDING = 1
+    POSTED = 2
+    VOIDED = 3
+    EXPIRED = 4
+
+
+@dataclass(slots=True)
+class _Change:
+    """One committed change. Balances are (debits_pending, debits_posted, credits_pending,
+    credits_posted, flags) of each account right after the change."""
+
+    timestamp: int
+    type: ChangeEventType
+    transfer: Transfer
+    debit_account: tuple[int, int, int, int, int]
+    credit_account: tuple[int, int, int, int, int]
+
+
+def _snapshot(account: Account) -> tuple[int, int, int, int, int]:
+    return (
+        account.debits_pending,
+        account.debits_posted,
+        account.credits_pending,
+        account.credits_posted,
+        account.flags,
+    )
+
+
+def copy_account(a: Account) -> Account:
+    return Account(
+        a.id,
+        a.debits_pending,
+        a.debits_posted,
+        a.credits_pending,
+        a.credits_posted,
+        a.user_data_128,
+        a.user_data_64,
+        a.user_data_32,
+        a.ledger,
+        a.code,
+        a.flags,
+        a.timestamp,
+        a.reserved,
+    )
+
+
+def copy_transfer(t: Transfer) -> Transfer:
+    return Transfer(
+        t.id,
+        t.debit_account_id,
+        t.credit_account_id,
+        t.amount,
+        t.pending_id,
+        t.user_data_128,
+        t.user_data_64,
+        t.user_data_32,
+        t.timeout,
+        t.ledger,
+        t.code,
+        t.flags,
+        t.timestamp,
+    )
+
+
+# Undo records for linked-chain rollback, newest last. Each is a tuple whose first item names it.
+_UNDO_ACCOUNT_CREATED = 0
+_UNDO_TRANSFER_CREATED = 1
+_UNDO_BALANCES = 2
+_UNDO_PENDING_STATUS = 3
+
+
+class StateMachine:
+    """All ledger state, in memory, changed only through the operations below."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[int, Account] = {}
+        self.accounts_ordered: list[Account] = []  # By timestamp (creation order).
+        self.transfers: dict[int, Transfer] = {}
+        self.transfers_ordered: list[Transfer] = []  # By timestamp (commit order).
+        self.transfers_by_account: dict[int, list[Transfer]] = {}
+        # Balances after each transfer, for accounts with flags.history, aligned by timestamp.
+        self.history: dict[int, list[AccountBalance]] = {}
+        self.pending_status: dict[int, PendingStatus] = {}
+        # (expires_at, pending transfer id, its timestamp). Entries whose transfer was resolved, or
+        # rolled back (an id may be reused after a rollback), are stale and skipped on pop.
+        self.expiries: list[tuple[int, int, int]] = []
+        self.transfer_ids_failed: set[int] = set()
+        self.changes: list[_Change] = []
+        self.prepare_timestamp = 0  # The last slot timestamp handed out.
+        self.timestamp_transfer_last = 0  # The last transfer's timestamp (imported ones included).
+        self.timestamp_account_last = 0
+        # Set by any operation that changed state: the engine journals only batches that did.
+        self.dirty = False
+        self._undo: list[tuple[object, ...]] | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Timestamps.
+
+    def prepare(self, count: int, realtime_ns: int) -> int:
+        """The prepare timestamp for a batch of `count` events: the wall clock, unless that would not
+        leave `count` fresh slots above every timestamp already handed out."""
+        assert count >= 0
+        timestamp = max(realtime_ns, self.prepare_timestamp + count)
+        assert timestamp <= TIMESTAMP_MAX
+        return timestamp
+
+    def _slots(self, count: int, timestamp: int) -> int:
+        """Takes slots timestamp-count+1 .. timestamp; returns the first."""
+        assert count > 0
+        first = timestamp - count + 1
+        assert first > self.prepare_timestamp, "timestamps must strictly increase"
+        self.prepare_timestamp = timestamp
+        return first
+
+    # ------------------------------------------------------------------------------------------
+    # create_accounts.
+
+    def create_accounts(self, events: Sequence[Account], timestamp: int) -> list[CreateAccountResult]:
+        count = len(events)
+        if count == 0:
+            return []
+        first = self._slots(count, timestamp)
+        imported_batch = bool(int(events[0].flags) & _A_IMPORTED)
+        accounts = self.accounts
+
+        def create(a: Account, slot: int) -> tuple[IntEnum, int]:
+            status = self._create_account(a, slot, imported_batch)
+            if status == SA.CREATED or status == SA.EXISTS:
+                return status, accounts[a.id].timestamp
+            return status, slot
+
+        statuses, timestamps = self._execute(
+            events, first, create, _A_LINKED, SA.CREATED, SA.LINKED_EVENT_FAILED, SA.LINKED_EVENT_CHAIN_OPEN
+        )
+        return [
+            CreateAccountResult(timestamp, SA(status))
+            for timestamp, status in zip(timestamps, statuses, strict=True)
+        ]
+
+    def _create_account(self, a: Account, timestamp: int, imported_batch: bool) -> CreateAccountStatus:
+        flags = int(a.flags)
+        imported = bool(flags & _A_IMPORTED)
+        if imported_batch and not imported:
+            return SA.IMPORTED_EVENT_EXPECTED
+        if not imported_batch and imported:
+            return SA.IMPORTED_EVENT_NOT_EXPECTED
+        if imported:
+            if not TIMESTAMP_MIN <= a.timestamp <= TIMESTAMP_MAX:
+                return SA.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
+            if a.timestamp >= timestamp:
+                return SA.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
+        elif a.timestamp != 0:
+            return SA.TIMESTAMP_MUST_BE_ZERO
+        if a.reserved != 0:
+            return SA.RESERVED_FIELD
+        if flags & _ACCOUNT_FLAGS_PADDING:
+            return SA.RESERVED_FLAG
+        if a.id == 0:
+            return SA.ID_MUST_NOT_BE_ZERO
+        if a.id == U128_MAX:
+            return SA.ID_MUST_NOT_BE_INT_MAX
+        e = self.accounts.get(a.id)
+        if e is not None:
+            if flags != e.flags:
+                return SA.EXISTS_WITH_DIFFERENT_FLAGS
+            if a.user_data_128 != e.user_data_128:
+                return SA.EXISTS_WITH_DIFFERENT_USER_DATA_128
+            if a.user_data_64 != e.user_data_64:
+                return SA.EXISTS_WITH_DIFFERENT_USER_DATA_64
+            if a.user_data_32 != e.user_data_32:
+                return SA.EXISTS_WITH_DIFFERENT_USER_DATA_32
+            if a.ledger != e.ledger:
+                return SA.EXISTS_WITH_DIFFERENT_LEDGER
+            if a.code != e.code:
+                return SA.EXISTS_WITH_DIFFERENT_CODE
+            return SA.EXISTS
+        if flags & _A_DEBITS_MUST_NOT_EXCEED_CREDITS and flags & _A_CREDITS_MUST_NOT_EXCEED_DEBITS:
+            return SA.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if a.debits_pending != 0:
+            return SA.DEBITS_PENDING_MUST_BE_ZERO
+        if a.debits_posted != 0:
+            return SA.DEBITS_POSTED_MUST_BE_ZERO
+        if a.credits_pending != 0:
+            return SA.CREDITS_PENDING_MUST_BE_ZERO
+        if a.credits_posted != 0:
+            return SA.CREDITS_POSTED_MUST_BE_ZERO
+        if a.ledger == 0:
+            return SA.LEDGER_MUST_NOT_BE_ZERO
+        if a.code == 0:
+            return SA.CODE_MUST_NOT_BE_ZERO
+        # Object timestamps increase per kind and are unique across accounts and transfers.
+        if imported and (
+            a.timestamp <= self.timestamp_account_last
+            or _timestamp_taken(self.transfers_ordered, a.timestamp)
+        ):
+            return SA.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
+
+        stored = copy_account(a)
+        stored.flags = int(flags)
+        stored.timestamp = a.timestamp if imported else timestamp
+        self.accounts[stored.id] = stored
+        self.accounts_ordered.append(stored)
+        self.timestamp_account_last = stored.timestamp
+        if flags & _A_HISTORY:
+            self.history[stored.id] = []
+        self.dirty = True
+        if self._undo is not None:
+            self._undo.append((_UNDO_ACCOUNT_CREATED, stored, self.timestamp_account_last))
+        return SA.CREATED
+
+    # ------------------------------------------------------------------------------------------
+    # create_transfers.
+
+    def create_transfers(self, events: Sequence[Transfer], timestamp: int) -> list[CreateTransferResult]:
+        count = len(events)
+        if count == 0:
+            return []
+        first = self._slots(count, timestamp)
+        imported_batch = bool(int(events[0].flags) & _T_IMPORTED)
+        transfers = self.transfers
+        failed = self.transfer_ids_failed
+        created = S.CREATED
+
+        def create(t: Transfer, slot: int) -> tuple[IntEnum, int]:
+            status = self._create_transfer(t, slot, imported_batch)
+            if status is created or status == S.EXISTS:
+                return status, transfers[t.id].timestamp
+            if status in _TRANSIENT:
+                # Burned even if its chain is rolled back: a retry must not succeed later.
+                failed.add(t.id)
+                self.dirty = True
+            return status, slot
+
+        statuses, timestamps = self._execute(
+            events, first, create, _T_LINKED, S.CREATED, S.LINKED_EVENT_FAILED, S.LINKED_EVENT_CHAIN_OPEN
+        )
+        return [
+            CreateTransferResult(timestamp, status)  # type: ignore[arg-type]
+            for timestamp, status in zip(timestamps, statuses, strict=True)
+        ]
+
+    def _execute(
+        self,
+        events: Sequence[_Event],
+        first: int,
+        create: Callable[[_Event, int], tuple[IntEnum, int]],
+        linked_flag: int,
+        created: IntEnum,
+        linked_event_failed: IntEnum,
+        linked_event_chain_open: IntEnum,
+    ) -> tuple[list[IntEnum], list[int]]:
+        """TigerBeetle's batch loop: events in order, linked chains atomic. Returns each event's
+        status and result timestamp."""
+        count = len(events)
+        statuses: list[IntEnum] = [created] * count
+        timestamps: list[int] = [0] * count
+        chain_start: int | None = None
+        chain_broken = False
+        for index in range(count):
+            event = events[index]
+            slot = first + index
+            linked = bool(int(event.flags) & linked_flag)
+            if linked and chain_start is None:
+                chain_start = index
+                assert not chain_broken
+                self._undo = []
+            if chain_broken:
+                status, timestamp = linked_event_failed, slot
+            elif linked and index == count - 1:
+                status, timestamp = linked_event_chain_open, slot
+            else:
+                status, timestamp = create(event, slot)
+            if status is not created and chain_start is not None and not chain_broken:
+                chain_broken = True
+                self._rollback()
+                for chain_index in range(chain_start, index):
+                    statuses[chain_index] = linked_event_failed
+                    timestamps[chain_index] = first + chain_index
+            statuses[index] = status
+            timestamps[index] = timestamp
+            if not linked and chain_start is not None:
+                chain_start = None
+                chain_broken = False
+                self._undo = None
+        self._undo = None
+        return statuses, timestamps
+
+    def _create_transfer(self, t: Transfer, timestamp: int, imported_batch: bool) -> CreateTransferStatus:
+        flags = int(t.flags)
+        imported = bool(flags & _T_IMPORTED)
+        if imported_batch and not imported:
+            return S.IMPORTED_EVENT_EXPECTED
+        if not imported_batch and imported:
+            return S.IMPORTED_EVENT_NOT_EXPECTED
+        if imported:
+            if not TIMESTAMP_MIN <= t.timestamp <= TIMESTAMP_MAX:
+                return S.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
+            if t.timestamp >= timestamp:
+                return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
+        elif t.timestamp != 0:
+            return S.TIMESTAMP_MUST_BE_ZERO
+        if flags & _TRANSFER_FLAGS_PADDING:
+            return S.RESERVED_FLAG
+        transfer_id = t.id
+        if transfer_id == 0:
+            return S.ID_MUST_NOT_BE_ZERO
+        if transfer_id == U128_MAX:
+            return S.ID_MUST_NOT_BE_INT_MAX
+        e = self.transfers.get(transfer_id)
+        if e is not None:
+            return self._create_transfer_exists(t, e)
+        if transfer_id in self.transfer_ids_failed:
+            return S.ID_ALREADY_FAILED
+
+        post_or_void = flags & (_T_POST | _T_VOID)
+        if post_or_void:
+            if flags & _T_PENDING or post_or_void == _T_POST | _T_VOID:
+                return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+            if flags & (_T_BALANCING_DEBIT | _T_BALANCING_CREDIT | _T_CLOSING_DEBIT | _T_CLOSING_CREDIT):
+                return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+            return self._post_or_void_pending_transfer(t, timestamp, imported)
+
+        if t.debit_account_id == 0:
+            return S.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.debit_account_id == U128_MAX:
+            return S.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if t.credit_account_id == 0:
+            return S.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.credit_account_id == U128_MAX:
+            return S.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if t.credit_account_id == t.debit_account_id:
+            return S.ACCOUNTS_MUST_BE_DIFFERENT
+        if t.pending_id != 0:
+            return S.PENDING_ID_MUST_BE_ZERO
+        pending = bool(flags & _T_PENDING)
+        if not pending:
+            if t.timeout != 0:
+                return S.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+            if flags & (_T_CLOSING_DEBIT | _T_CLOSING_CREDIT):
+                return S.CLOSING_TRANSFER_MUST_BE_PENDING
+        if t.ledger == 0:
+            return S.LEDGER_MUST_NOT_BE_ZERO
+        if t.code == 0:
+            return S.CODE_MUST_NOT_BE_ZERO
+        dr = self.accounts.get(t.debit_account_id)
+        if dr is None:
+            return S.DEBIT_ACCOUNT_NOT_FOUND
+        cr = self.accounts.get(t.credit_account_id)
+        if cr is None:
+            return S.CREDIT_ACCOUNT_NOT_FOUND
+        if dr.ledger != cr.ledger:
+            return S.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+        if t.ledger != dr.ledger:
+            return S.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+        if imported:
+            imported_status = self._imported_transfer_checks(t, dr, cr)
+            if imported_status is not None:
+                return imported_status
+        if dr.flags & _A_CLOSED:
+            return S.DEBIT_ACCOUNT_ALREADY_CLOSED
+        if cr.flags & _A_CLOSED:
+            return S.CREDIT_ACCOUNT_ALREADY_CLOSED
+
+        amount = t.amount
+        if flags & _T_BALANCING_DEBIT:
+            dr_balance = dr.debits_posted + dr.debits_pending
+            amount = min(amount, max(0, dr.credits_posted - dr_balance))
+        if flags & _T_BALANCING_CREDIT:
+            cr_balance = cr.credits_posted + cr.credits_pending
+            amount = min(amount, max(0, cr.debits_posted - cr_balance))
+
+        if pending:
+            if amount + dr.debits_pending > U128_MAX:
+                return S.OVERFLOWS_DEBITS_PENDING
+            if amount + cr.credits_pending > U128_MAX:
+                return S.OVERFLOWS_CREDITS_PENDING
+        if amount + dr.debits_posted > U128_MAX:
+            return S.OVERFLOWS_DEBITS_POSTED
+        if amount + cr.credits_posted > U128_MAX:
+            return S.OVERFLOWS_CREDITS_POSTED
+        if amount + dr.debits_pending + dr.debits_posted > U128_MAX:
+            return S.OVERFLOWS_DEBITS
+        if amount + cr.credits_pending + cr.credits_posted > U128_MAX:
+            return S.OVERFLOWS_CREDITS
+        if pending and timestamp + t.timeout * NS_PER_SECOND > U64_MAX:
+            return S.OVERFLOWS_TIMEOUT
+        if (
+            dr.flags & _A_DEBITS_MUST_NOT_EXCEED_CREDITS
+            and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted
+        ):
+            return S.EXCEEDS_CREDITS
+        if (
+            cr.flags & _A_CREDITS_MUST_NOT_EXCEED_DEBITS
+            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted
+        ):
+            return S.EXCEEDS_DEBITS
+
+        stored = Transfer(
+            transfer_id,
+            t.debit_account_id,
+            t.credit_account_id,
+            amount,
+            0,
+            t.user_data_128,
+            t.user_data_64,
+            t.user_data_32,
+            t.timeout,
+            t.ledger,
+            t.code,
+            int(flags),
+            t.timestamp if imported else timestamp,
+        )
+        undo = self._undo
+        if undo is not None:
+            undo.append((_UNDO_BALANCES, dr, _snapshot(dr)))
+            undo.append((_UNDO_BALANCES, cr, _snapshot(cr)))
+        if pending:
+            dr.debits_pending += amount
+            cr.credits_pending += amount
+            if flags & _T_CLOSING_DEBIT:
+                dr.flags |= _A_CLOSED
+            if flags & _T_CLOSING_CREDIT:
+                cr.flags |= _A_CLOSED
+            self.pending_status[transfer_id] = PendingStatus.PENDING
+            if t.timeout:
+                expires_at = stored.timestamp + t.timeout * NS_PER_SECOND
+                heapq.heappush(self.expiries, (expires_at, transfer_id, stored.timestamp))
+            change_type = ChangeEventType.TWO_PHASE_PENDING
+        else:
+            dr.debits_posted += amount
+            cr.credits_posted += amount
+            change_type = ChangeEventType.SINGLE_PHASE
+        self._insert_transfer(stored, dr, cr, change_type)
+        return S.CREATED
+
+    def _imported_transfer_regresses(self, t: Transfer) -> bool:
+        return t.timestamp <= self.timestamp_transfer_last or _timestamp_taken(
+            self.accounts_ordered, t.timestamp
+        )
+
+    def _imported_transfer_checks(self, t: Transfer, dr: Account, cr: Account) -> CreateTransferStatus | None:
+        if self._imported_transfer_regresses(t):
+            return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
+        if t.timestamp <= dr.timestamp:
+            return S.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT
+        if t.timestamp <= cr.timestamp:
+            return S.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_CREDIT_ACCOUNT
+        if t.timeout != 0:
+            return S.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO
+        return None
+
+    def _create_transfer_exists(self, t: Transfer, e: Transfer) -> CreateTransferStatus:
+        """Compares a retried transfer with the stored one; balances and timestamps are ignored."""
+        if t.flags != e.flags:
+            return S.EXISTS_WITH_DIFFERENT_FLAGS
+        if t.pending_id != e.pending_id:
+            return S.EXISTS_WITH_DIFFERENT_PENDING_ID
+        if t.timeout != e.timeout:
+            return S.EXISTS_WITH_DIFFERENT_TIMEOUT
+        if t.flags & (_T_POST | _T_VOID):
+            # A post/void may leave fields zero to inherit them from the pending transfer (and an
+            # amount of AMOUNT_MAX for "the full pending amount"); the stored one has them filled in.
+            if t.debit_account_id != 0 and t.debit_account_id != e.debit_account_id:
+                return S.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+            if t.credit_account_id != 0 and t.credit_account_id != e.credit_account_id:
+                return S.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+            if t.amount not in (0, AMOUNT_MAX) and t.amount != e.amount:
+                return S.EXISTS_WITH_DIFFERENT_AMOUNT
+            if t.user_data_128 != 0 and t.user_data_128 != e.user_data_128:
+                return S.EXISTS_WITH_DIFFERENT_USER_DATA_128
+            if t.user_data_64 != 0 and t.user_data_64 != e.user_data_64:
+                return S.EXISTS_WITH_DIFFERENT_USER_DATA_64
+            if t.user_data_32 != 0 and t.user_data_32 != e.user_data_32:
+                return S.EXISTS_WITH_DIFFERENT_USER_DATA_32
+            if t.ledger != 0 and t.ledger != e.ledger:
+                return S.EXISTS_WITH_DIFFERENT_LEDGER
+            if t.code != 0 and t.code != e.code:
+                return S.EXISTS_WITH_DIFFERENT_CODE
+            return S.EXISTS
+        if t.debit_account_id != e.debit_account_id:
+            return S.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id != e.credit_account_id:
+            return S.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+        if t.flags & (_T_BALANCING_DEBIT | _T_BALANCING_CREDIT):
+            # The stored amount is what was actually moved, at most the requested one.
+            if t.amount < e.amount:
+                return S.EXISTS_WITH_DIFFERENT_AMOUNT
+        elif t.amount != e.amount:
+            return S.EXISTS_WITH_DIFFERENT_AMOUNT
+        if t.user_data_128 != e.user_data_128:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_128
+        if t.user_data_64 != e.user_data_64:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_64
+        if t.user_data_32 != e.user_data_32:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_32
+        if t.ledger != e.ledger:
+            return S.EXISTS_WITH_DIFFERENT_LEDGER
+        if t.code != e.code:
+            return S.EXISTS_WITH_DIFFERENT_CODE
+        return S.EXISTS
+
+    def _post_or_void_pending_transfer(
+        self, t: Transfer, timestamp: int, imported: bool
+    ) -> CreateTransferStatus:
+        post = bool(t.flags & _T_POST)
+        if t.pending_id == 0:
+            return S.PENDING_ID_MUST_NOT_BE_ZERO
+        if t.pending_id == U128_MAX:
+            return S.PENDING_ID_MUST_NOT_BE_INT_MAX
+        if t.pending_id == t.id:
+            return S.PENDING_ID_MUST_BE_DIFFERENT
+        if t.timeout != 0:
+            return S.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        p = self.transfers.get(t.pending_id)
+        if p is None:
+            return S.PENDING_TRANSFER_NOT_FOUND
+        if not p.flags & _T_PENDING:
+            return S.PENDING_TRANSFER_NOT_PENDING
+        if t.debit_account_id != 0 and t.debit_account_id != p.debit_account_id:
+            return S.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id != 0 and t.credit_account_id != p.credit_account_id:
+            return S.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+        if t.ledger != 0 and t.ledger != p.ledger:
+            return S.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+        if t.code != 0 and t.code != p.code:
+            return S.PENDING_TRANSFER_HAS_DIFFERENT_CODE
+        if post:
+            amount = p.amount if t.amount == AMOUNT_MAX else t.amount
+            if amount > p.amount:
+                return S.EXCEEDS_PENDING_TRANSFER_AMOUNT
+        else:
+            if t.amount not in (0, p.amount):
+                return S.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+            amount = p.amount
+        status = self.pending_status[p.id]
+        if status == PendingStatus.POSTED:
+            return S.PENDING_TRANSFER_ALREADY_POSTED
+        if status == PendingStatus.VOIDED:
+            return S.PENDING_TRANSFER_ALREADY_VOIDED
+        if status == PendingStatus.EXPIRED:
+            return S.PENDING_TRANSFER_EXPIRED
+        assert status == PendingStatus.PENDING
+        if p.timeout and p.timestamp + p.timeout * NS_PER_SECOND <= timestamp:
+            # Expired, though the pulse that releases it has not run yet.
+            return S.PENDING_TRANSFER_EXPIRED
+        dr = self.accounts[p.debit_account_id]
+        cr = self.accounts[p.credit_account_id]
+        if imported and self._imported_transfer_regresses(t):
+            return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
+        if post:
+            # The pending transfer's own closing flag closed the account: posting it is allowed.
+            if dr.flags & _A_CLOSED and not p.flags & _T_CLOSING_DEBIT:
+                return S.DEBIT_ACCOUNT_ALREADY_CLOSED
+            if cr.flags & _A_CLOSED and not p.flags & _T_CLOSING_CREDIT:
+                return S.CREDIT_ACCOUNT_ALREADY_CLOSED
+            if amount + dr.debits_posted > U128_MAX:
+                return S.OVERFLOWS_DEBITS_POSTED
+            if amount + cr.credits_posted > U128_MAX:
+                return S.OVERFLOWS_CREDITS_POSTED
+
+        stored = Transfer(
+            t.id,
+            p.debit_account_id,
+            p.credit_account_id,
+            amount,
+            t.pending_id,
+            t.user_data_128 or p.user_data_128,
+            t.user_data_64 or p.user_data_64,
+            t.user_data_32 or p.user_data_32,
+            0,
+            p.ledger,
+            p.code,
+            int(t.flags),
+            t.timestamp if imported else timestamp,
+        )
+        undo = self._undo
+        if undo is not None:
+            undo.append((_UNDO_BALANCES, dr, _snapshot(dr)))
+            undo.append((_UNDO_BALANCES, cr, _snapshot(cr)))
+            undo.append((_UNDO_PENDING_STATUS, p.id, status))
+        dr.debits_pending -= p.amount
+        cr.credits_pending -= p.amount
+        if post:
+            dr.debits_posted += amount
+            cr.credits_posted += amount
+            self.pending_status[p.id] = PendingStatus.POSTED
+            change_type = ChangeEventType.TWO_PHASE_POSTED
+        else:
+            self._reopen_closed(p, dr, cr)
+            self.pending_status[p.id] = PendingStatus.VOIDED
+            change_type = ChangeEventType.TWO_PHASE_VOIDED
+        self._insert_transfer(stored, dr, cr, change_type)
+        return S.CREATED
+
+    @staticmethod
+    def _reopen_closed(p: Transfer, dr: Account, cr: Account) -> None:
+        """Voiding (or expiring) a closing transfer reopens the account it closed."""
+        if p.flags & _T_CLOSING_DEBIT:
+            dr.flags &= ~_A_CLOSED
+        if p.flags & _T_CLOSING_CREDIT:
+            cr.flags &= ~_A_CLOSED
+
+    def _insert_transfer(
+        self, stored: Transfer, dr: Account, cr: Account, change_type: ChangeEventType
+    ) -> None:
+        assert stored.timestamp > self.timestamp_transfer_last
+        self.transfers[stored.id] = stored
+        self.transfers_ordered.append(stored)
+        by_account = self.transfers_by_account
+        by_account.setdefault(dr.id, []).append(stored)
+        by_account.setdefault(cr.id, []).append(stored)
+        if dr.flags & _A_HISTORY:
+            self.history[dr.id].append(
+                AccountBalance(
+                    dr.debits_pending,
+                    dr.debits_posted,
+                    dr.credits_pending,
+                    dr.credits_posted,
+                    stored.timestamp,
+                )
+            )
+        if cr.flags & _A_HISTORY:
+            self.history[cr.id].append(
+                AccountBalance(
+                    cr.debits_pending,
+                    cr.debits_posted,
+                    cr.credits_pending,
+                    cr.credits_posted,
+                    stored.timestamp,
+                )
+            )
+        self.changes.append(_Change(stored.timestamp, change_type, stored, _snapshot(dr), _snapshot(cr)))
+        if self._undo is not None:
+            self._undo.append((_UNDO_TRANSFER_CREATED, stored, self.timestamp_transfer_last))
+        self.timestamp_transfer_last = stored.timestamp
+        self.dirty = True
+
+    def _rollback(self) -> None:
+        """Undoes the current chain's events, newest first (LIFO), as if they had never run.
+        The slot timestamps stay consumed so later events are still timestamped correctly."""
+        undo = self._undo
+        assert undo is not None
+        while undo:
+            record = undo.pop()
+            kind = record[0]
+            if kind == _UNDO_TRANSFER_CREATED:
+                stored, timestamp_previous = record[1], record[2]
+                assert isinstance(stored, Transfer) and isinstance(timestamp_previous, int)
+                assert self.transfers_ordered[-1] is stored
+                del self.transfers[stored.id]
+                self.transfers_ordered.pop()
+                self.changes.pop()
+                for account_id in (stored.debit_account_id, stored.credit_account_id):
+                    popped = self.transfers_by_account[account_id].pop()
+                    assert popped is stored
+                    history = self.history.get(account_id)
+                    if history and history[-1].timestamp == stored.timestamp:
+                        history.pop()
+                if stored.flags & _T_PENDING:
+                    del self.pending_status[stored.id]
+                    # Its expiry entry, if any, is now stale and skipped by pulse.
+                self.timestamp_transfer_last = timestamp_previous
+            elif kind == _UNDO_BALANCES:
+                account, snapshot = record[1], record[2]
+                assert isinstance(account, Account) and isinstance(snapshot, tuple)
+                (
+                    account.debits_pending,
+                    account.debits_posted,
+                    account.credits_pending,
+                    account.credits_posted,
+                    account.flags,
+                ) = snapshot
+            elif kind == _UNDO_PENDING_STATUS:
+                pending_id, status = record[1], record[2]
+                assert isinstance(pending_id, int) and isinstance(status, PendingStatus)
+                self.pending_status[pending_id] = status
+            elif kind == _UNDO_ACCOUNT_CREATED:
+                account, timestamp_previous = record[1], record[2]
+                assert isinstance(account, Account) and isinstance(timestamp_previous, int)
+                assert self.accounts_ordered[-1] is account
+                del self.accounts[account.id]
+                self.accounts_ordered.pop()
+                self.history.pop(account.id, None)
+                self.timestamp_account_last = (
+                    self.accounts_ordered[-1].timestamp if self.accounts_ordered else 0
+                )
+            else:
+                raise AssertionError(f"unknown undo record {kind!r}")
+
+    # ------------------------------------------------------------------------------------------
+    # Expiry: TigerBeetle's pulse operation.
+
+    def expiries_due(self, realtime_ns: int) -> int:
+        """How many pending transfers have expired by `realtime_ns` and await a pulse."""
+        return sum(1 for entry in self.expiries if entry[0] <= realtime_ns and self._expiry_live(entry))
+
+    def _expiry_live(self, entry: tuple[int, int, int]) -> bool:
+        _, pending_id, timestamp = entry
+        if self.pending_status.get(pending_id) != PendingStatus.PENDING:
+            return False
+        return self.transfers[pending_id].timestamp == timestamp
+
+    def next_expiry(self) -> int | None:
+        """The earliest `expires_at` among live pending transfers (stale heap entries dropped)."""
+        while self.expiries:
+            if self._expiry_live(self.expiries[0]):
+                return self.expiries[0][0]
+            heapq.heappop(self.expiries)
+        return None
+
+    def pulse(self, realtime_ns: int) -> int:
+        """Expires every pending transfer whose timeout has passed by `realtime_ns`, releasing its
+        reserved amounts (and reopening an account it closed). Each expiry takes the next slot
+        timestamp. Returns how many expired."""
+        expired = 0
+        while self.expiries and self.expiries[0][0] <= realtime_ns:
+            entry = heapq.heappop(self.expiries)
+            if not self._expiry_live(entry):
+                continue  # Posted, voided, or rolled back: a stale entry.
+            pending_id = entry[1]
+            p = self.transfers[pending_id]
+            dr = self.accounts[p.debit_account_id]
+            cr = self.accounts[p.credit_account_id]
+            dr.debits_pending -= p.amount
+            cr.credits_pending -= p.amount
+            self._reopen_closed(p, dr, cr)
+            self.pending_status[pending_id] = PendingStatus.EXPIRED
+            self.prepare_timestamp += 1
+            self.changes.append(
+                _Change(
+                    self.prepare_timestamp, ChangeEventType.TWO_PHASE_EXPIRED, p, _snapshot(dr), _snapshot(cr)
+                )
+            )
+            expired += 1
+        if expired:
+            self.dirty = True
+        return expired
+
+    # ------------------------------------------------------------------------------------------
+    # Reads. They return copies: callers can never change engine state.
+
+    def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        accounts = self.accounts
+        return [copy_account(accounts[i]) for i in ids if i in accounts]
+
+    def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        transfers = self.transfers
+        return [copy_transfer(transfers[i]) for i in ids if i in transfers]
+
+    def _account_filter_valid(self, f: AccountFilter) -> bool:
+        return (
+            f.account_id not in (0, U128_MAX)
+            and f.limit != 0
+            and not (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max)
+            and not f.flags & _ACCOUNT_FILTER_FLAGS_PADDING
+            and bool(f.flags & (_AF_DEBITS | _AF_CREDITS))
+            and f.timestamp_min != U64_MAX
+            and f.timestamp_max != U64_MAX
+        )
+
+    def _account_transfers(self, f: AccountFilter) -> list[Transfer]:
+        if not self._account_filter_valid(f):
+            return []
+        transfers = self.transfers_by_account.get(f.account_id, [])
+        debits = bool(f.flags & _AF_DEBITS)
+        credits = bool(f.flags & _AF_CREDITS)
+        account_id = f.account_id
+
+        def matches(t: Transfer) -> bool:
+            return (
+                (
+                    (debits and t.debit_account_id == account_id)
+                    or (credits and t.credit_account_id == account_id)
+                )
+                and (f.user_data_128 == 0 or t.user_data_128 == f.user_data_128)
+                and (f.user_data_64 == 0 or t.user_data_64 == f.user_data_64)
+                and (f.user_data_32 == 0 or t.user_data_32 == f.user_data_32)
+                and (f.code == 0 or t.code == f.code)
+            )
+
+        return _scan(
+            transfers, f.timestamp_min, f.timestamp_max, f.limit, bool(f.flags & _AF_REVERSED), matches
+        )
+
+    def get_account_transfers(self, f: AccountFilter) -> list[Transfer]:
+        return [copy_transfer(t) for t in self._account_transfers(f)]
+
+    def get_account_balances(self, f: AccountFilter) -> list[AccountBalance]:
+        account = self.accounts.get(f.account_id)
+        if account is None or not account.flags & _A_HISTORY:
+            return []
+        history = self.history[f.account_id]
+        timestamps = [b.timestamp for b in history] if history else []
+        balances: list[AccountBalance] = []
+        for t in self._account_transfers(f):
+            index = bisect.bisect_left(timestamps, t.timestamp)
+            assert index < len(history) and history[index].timestamp == t.timestamp
+            balances.append(history[index])
+        return balances
+
+    @staticmethod
+    def _query_filter_valid(f: QueryFilter) -> bool:
+        return (
+            f.limit != 0
+            and not (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max)
+            and not f.flags & _QUERY_FILTER_FLAGS_PADDING
+            and f.timestamp_min != U64_MAX
+            and f.timestamp_max != U64_MAX
+        )
+
+    def query_accounts(self, f: QueryFilter) -> list[Account]:
+        if not self._query_filter_valid(f):
+            return []
+        found = _scan(
+            self.accounts_ordered,
+            f.timestamp_min,
+            f.timestamp_max,
+            f.limit,
+            bool(f.flags & _QF_REVERSED),
+            lambda a: _query_matches(f, a),
+        )
+        return [copy_account(a) for a in found]
+
+    def query_transfers(self, f: QueryFilter) -> list[Transfer]:
+        if not self._query_filter_valid(f):
+            return []
+        found = _scan(
+            self.transfers_ordered,
+            f.timestamp_min,
+            f.timestamp_max,
+            f.limit,
+            bool(f.flags & _QF_REVERSED),
+            lambda t: _query_matches(f, t),
+        )
+        return [copy_transfer(t) for t in found]
+
+    def get_change_events(self, f: ChangeEventsFilter) -> list[ChangeEvent]:
+        if f.limit == 0 or (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max):
+            return []
+        changes = _scan(self.changes, f.timestamp_min, f.timestamp_max, f.limit, False, lambda _: True)
+        events = []
+        for change in changes:
+            t = change.transfer
+            events.append(
+                ChangeEvent(
+                    change.timestamp,
+                    change.type,
+                    copy_transfer(t),
+                    self._account_as_of(t.debit_account_id, change.debit_account),
+                    self._account_as_of(t.credit_account_id, change.credit_account),
+                )
+            )
+        return events
+
+    def _account_as_of(self, account_id: int, snapshot: tuple[int, int, int, int, int]) -> Account:
+        account = copy_account(self.accounts[account_id])
+        (
+            account.debits_pending,
+            account.debits_posted,
+            account.credits_pending,
+            account.credits_posted,
+            account.flags,
+        ) = snapshot
+        return account
+
+    # ------------------------------------------------------------------------------------------
+    # Invariants.
+
+    def check_invariants(self) -> None:
+        """Double entry holds per ledger, limits hold per account. O(accounts): for tests/recovery."""
+        sums: dict[int, list[int]] = {}
+        for a in self.accounts_ordered:
+            s = sums.setdefault(a.ledger, [0, 0, 0, 0])
+            s[0] += a.debits_pending
+            s[1] += a.debits_posted
+            s[2] += a.credits_pending
+            s[3] += a.credits_posted
+            assert 0 <= a.debits_pending <= U128_MAX and 0 <= a.credits_pending <= U128_MAX
+            if a.flags & _A_DEBITS_MUST_NOT_EXCEED_CREDITS:
+                assert a.debits_pending + a.debits_posted <= a.credits_posted, a
+            if a.flags & _A_CREDITS_MUST_NOT_EXCEED_DEBITS:
+                assert a.credits_pending + a.credits_posted <= a.debits_posted, a
+        for ledger, (debits_pending, debits_posted, credits_pending, credits_posted) in sums.items():
+            assert debits_posted == credits_posted, f"ledger {ledger}: posted debits != credits"
+            assert debits_pending == credits_pending, f"ledger {ledger}: pending debits != credits"
+        assert len(self.accounts) == len(self.accounts_ordered)
+        assert len(self.transfers) == len(self.transfers_ordered)
+
+
+def _query_matches(f: QueryFilter, o: Account | Transfer) -> bool:
+    return (
+        (f.user_data_128 == 0 or o.user_data_128 == f.user_data_128)
+        and (f.user_data_64 == 0 or o.user_data_64 == f.user_data_64)
+        and (f.user_data_32 == 0 or o.user_data_32 == f.user_data_32)
+        and (f.ledger == 0 or o.ledger == f.ledger)
+        and (f.code == 0 or o.code == f.code)
+    )
+
+
+_O = TypeVar("_O", Account, Transfer, _Change)
+
+
+def _scan(
+    ordered: list[_O],
+    timestamp_min: int,
+    timestamp_max: int,
+    limit: int,
+    reversed_: bool,
+    matches: Callable[[_O], bool],
+) -> list[_O]:
+    """Objects of a timestamp-ordered list within [min, max] (0 = unbounded) that match, at most
+    `limit` (capped at QUERY_LIMIT_MAX), in timestamp order or reversed."""
+    limit = min(limit, QUERY_LIMIT_MAX)
+    low = bisect.bisect_left(ordered, timestamp_min, key=_timestamp) if timestamp_min else 0
+    high = bisect.bisect_right(ordered, timestamp_max, key=_timestamp) if timestamp_max else len(ordered)
+    found: list[_O] = []
+    indexes = range(high - 1, low - 1, -1) if reversed_ else range(low, high)
+    for index in indexes:
+        o = ordered[index]
+        if matches(o):
+            found.append(o)
+            if len(found) == limit:
+                break
+    return found
+
+
+def _timestamp(o: Account | Transfer | _Change) -> int:
+    return o.timestamp
+
+
+def _timestamp_taken(ordered: list[Account] | list[Transfer], timestamp: int) -> bool:
+    index = bisect.bisect_left(ordered, timestamp, key=_timestamp)
+    return index < len(ordered) and ordered[index].timestamp == timestamp
