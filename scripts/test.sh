@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up, lint, type-check, then the whole suite against real parts
+# (gRPC over loopback, a real Kafka broker, chDB, real files and fsync).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy --strict facade projections scripts tests
+.venv/bin/python -m pytest -q "$@"
