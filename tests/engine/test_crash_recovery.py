@@ -1,0 +1,168 @@
+"""Durability: SIGKILL at random points never loses an acknowledged batch or leaves a partial one."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from facade.engine.embedded import EmbeddedLedger
+from facade.engine.journal import JOURNAL_FILE, JournalCorruptError, JournalLockedError
+from facade.engine.types import Account, CreateTransferStatus, Transfer
+
+from ._crash_writer import batch_transfers
+
+WRITER = Path(__file__).with_name("_crash_writer.py")
+ACCOUNTS = 50
+BATCH_SIZE = 300
+ROUNDS = 8
+ROUND_SECONDS_MAX = 0.8
+ACK_WAIT_SECONDS_MAX = 30.0
+
+
+def run_writer_until_killed(directory: Path, first_batch: int, rng: random.Random) -> set[int]:
+    """Starts the writer, lets it run for a random time, SIGKILLs it; returns the acked batches."""
+    process = subprocess.Popen(
+        [sys.executable, str(WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    acked: set[int] = set()
+    buffer = b""
+    # Wait for the first ack (start-up includes replaying the journal), then a random extra time.
+    deadline_first = time.monotonic() + ACK_WAIT_SECONDS_MAX
+    kill_at: float | None = None
+    while True:
+        now = time.monotonic()
+        if kill_at is not None and now >= kill_at:
+            break
+        assert now < deadline_first or acked, "writer acknowledged nothing"
+        ready, _, _ = select.select([process.stdout], [], [], 0.01)
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                _, stderr = process.communicate()
+                pytest.fail(f"writer exited: {stderr.decode()}")
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            acked.update(int(line.split()[1]) for line in lines)
+            if acked and kill_at is None:
+                kill_at = time.monotonic() + rng.uniform(0.0, ROUND_SECONDS_MAX)
+    process.send_signal(signal.SIGKILL)
+    remaining, _ = process.communicate()
+    # Acks still in the pipe were written before the kill: they count as acknowledged too.
+    buffer += remaining
+    acked.update(int(line.split()[1]) for line in buffer.split(b"\n") if line.startswith(b"acked"))
+    assert process.returncode == -signal.SIGKILL
+    return acked
+
+
+def check_recovered(directory: Path, acked_all: set[int]) -> int:
+    """Reopens the ledger and checks every invariant; returns the highest batch present."""
+    ledger = EmbeddedLedger.open(directory)  # Replays the journal and asserts the state invariants.
+    try:
+        by_batch: dict[int, list[Transfer]] = defaultdict(list)
+        for transfer in ledger.state.transfers_ordered:
+            by_batch[transfer.id >> 32].append(transfer)
+        for batch in acked_all:
+            assert batch in by_batch, f"acknowledged batch {batch} lost"
+        for batch, transfers in by_batch.items():
+            expected = batch_transfers(batch, ACCOUNTS, BATCH_SIZE)
+            assert len(transfers) == len(expected), f"batch {batch} is partial"
+            for got, want in zip(transfers, expected, strict=True):
+                assert (got.id, got.debit_account_id, got.credit_account_id, got.amount) == (
+                    want.id, want.debit_account_id, want.credit_account_id, want.amount,
+                )  # fmt: skip
+        # Balances equal the sum of the transfers.
+        debits: dict[int, int] = defaultdict(int)
+        credits: dict[int, int] = defaultdict(int)
+        for transfer in ledger.state.transfers_ordered:
+            debits[transfer.debit_account_id] += transfer.amount
+            credits[transfer.credit_account_id] += transfer.amount
+        for account in ledger.lookup_accounts(list(range(1, ACCOUNTS + 1))):
+            assert account.debits_posted == debits[account.id]
+            assert account.credits_posted == credits[account.id]
+            assert account.debits_pending == account.credits_pending == 0
+        return max(by_batch, default=0)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_keeps_every_acknowledged_batch(tmp_path: Path) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    acked_all: set[int] = set()
+    next_batch = 1
+    for _ in range(ROUNDS):
+        acked_all |= run_writer_until_killed(tmp_path, next_batch, rng)
+        highest = check_recovered(tmp_path, acked_all)
+        assert highest >= max(acked_all)
+        next_batch = highest + 1
+    assert len(acked_all) >= ROUNDS
+
+
+def test_torn_tail_is_truncated_and_unacknowledged(tmp_path: Path) -> None:
+    ledger = EmbeddedLedger.open(tmp_path)
+    ledger.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+    results = ledger.create_transfers(
+        [Transfer(id=9, debit_account_id=1, credit_account_id=2, amount=5, ledger=1, code=1)]
+    )
+    assert results[0].status == CreateTransferStatus.CREATED
+    size_durable = ledger.journal_size
+    ledger.close()
+    # A crash mid-append leaves a partial record after the last durable one.
+    with open(tmp_path / JOURNAL_FILE, "ab") as journal:
+        journal.write(os.urandom(100))
+    ledger = EmbeddedLedger.open(tmp_path)
+    try:
+        assert ledger.journal_size == size_durable
+        assert (tmp_path / JOURNAL_FILE).stat().st_size == size_durable
+        assert [t.amount for t in ledger.lookup_transfers([9])] == [5]
+    finally:
+        ledger.close()
+
+
+def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None:
+    ledger = EmbeddedLedger.open(tmp_path)
+    ledger.create_accounts([Account(id=i, ledger=1, code=1) for i in range(1, 3)])
+    # Enough records after the damaged one that it cannot be a torn tail.
+    for batch in range(12):
+        transfers = [
+            Transfer(
+                id=(batch << 32) + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+            )
+            for i in range(8189)
+        ]
+        ledger.create_transfers(transfers)
+    ledger.close()
+    with open(tmp_path / JOURNAL_FILE, "r+b") as journal:
+        journal.seek(200)  # Inside the first record's body.
+        byte = journal.read(1)
+        journal.seek(200)
+        journal.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(JournalCorruptError):
+        EmbeddedLedger.open(tmp_path)
+
+
+def test_data_directory_is_single_writer(tmp_path: Path) -> None:
+    ledger = EmbeddedLedger.open(tmp_path)
+    try:
+        code = f"import pathlib, facade.engine.embedded as e; e.EmbeddedLedger.open(pathlib.Path({str(tmp_path)!r}))"
+        process = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            check=False,
+        )
+        assert process.returncode != 0
+        assert JournalLockedError.__name__ in process.stderr.decode()
+    finally:
+        ledger.close()
