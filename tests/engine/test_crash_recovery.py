@@ -156,7 +156,10 @@ def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None
 def test_data_directory_is_single_writer(tmp_path: Path) -> None:
     ledger = EmbeddedLedger.open(tmp_path)
     try:
-        code = f"import pathlib, facade.engine.embedded as e; e.EmbeddedLedger.open(pathlib.Path({str(tmp_path)!r}))"
+        code = (
+            "import pathlib, facade.engine.embedded as e; "
+            f"e.EmbeddedLedger.open(pathlib.Path({str(tmp_path)!r}))"
+        )
         process = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
