@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerates the Python protobuf/gRPC code (and mypy stubs) for every .proto under proto/ into
+# facade/api/gen/. The generated code is committed, so installing the service needs no protoc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=facade/api/gen
+export PATH="$PWD/.venv/bin:$PATH"
+mkdir -p "$out"
+mapfile -t protos < <(find proto -name '*.proto' | sort)
+.venv/bin/python -m grpc_tools.protoc -I proto \
+    --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
+    "${protos[@]}"
+# Make every generated directory a package.
+find "$out" -type d -exec sh -c 'test -f "$1/__init__.py" || : > "$1/__init__.py"' _ {} \;
