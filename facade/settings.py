@@ -23,9 +23,30 @@ class EngineSettings(BaseModel):
     )
 
 
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field(
+        default="",
+        description="Comma-separated brokers; empty disables Kafka (no entry stream, no ingestion).",
+    )
+    client_id: str = "ledger-service"
+    entries_topic: str = "ledger.entries.v1"
+    commands_topic: str = "ledger.commands.v1"
+    commands_dlq_topic: str = "ledger.commands.dlq.v1"
+    results_topic: str = "ledger.results.v1"
+    consumer_group: str = "ledger-ingest"
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1, le=7)
+    delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
+    change_capture_checkpoint: Path = Field(
+        default=Path("data/change-capture/kafka.json"),
+        description="Durable position of the entries publisher in the engine's change feed.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
     )
 
     engine: EngineSettings = EngineSettings()
+    kafka: KafkaSettings = KafkaSettings()

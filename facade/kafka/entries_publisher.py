@@ -1,0 +1,76 @@
+"""Publishes LedgerEntry events to `ledger.entries.v1`: the EntrySink for change capture.
+
+Producer: idempotent (enable.idempotence: no duplicates or reordering from internal retries), acks=all
+(every in-sync replica has the record before it counts as delivered). Key: the entry's account id, so
+each account's entries stay on one partition, in commit order. `publish` returns only when every
+record of the batch is delivered, so change capture checkpoints only what Kafka has durably accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.settings import KafkaSettings
+
+SCHEMA_HEADER = b"ledger.v1.LedgerEntry"
+QUEUE_FULL_RETRY_SECONDS = 0.05
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge every record of a batch; nothing may be checkpointed."""
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": f"{settings.client_id}-entries",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "delivery.timeout.ms": settings.delivery_timeout_ms,
+        "queue.buffering.max.messages": 200_000,
+    }
+
+
+class KafkaEntryPublisher:
+    def __init__(self, settings: KafkaSettings, topic: str | None = None) -> None:
+        assert settings.bootstrap_servers, "Kafka is not configured"
+        self._producer = Producer(producer_config(settings))
+        self._topic = topic or settings.entries_topic
+        self._flush_timeout_seconds = settings.delivery_timeout_ms / 1000 + 5
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        await asyncio.to_thread(self._publish_blocking, entries)
+
+    def _publish_blocking(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        errors: list[str] = []
+
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                errors.append(f"{message.key()!r}: {error}")
+
+        for entry in entries:
+            while True:
+                try:
+                    self._producer.produce(
+                        self._topic,
+                        key=entry.account_id.encode(),
+                        value=entry.SerializeToString(),
+                        headers=[("schema", SCHEMA_HEADER), ("event_id", entry.event_id.encode())],
+                        on_delivery=on_delivery,
+                    )
+                    break
+                except BufferError:
+                    # The local queue is full: serve delivery reports until there is room.
+                    self._producer.poll(QUEUE_FULL_RETRY_SECONDS)
+        remaining = self._producer.flush(self._flush_timeout_seconds)
+        if remaining or errors:
+            raise PublishError(f"{remaining} records undelivered, {len(errors)} failed: {errors[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush(self._flush_timeout_seconds)
