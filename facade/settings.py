@@ -43,6 +43,15 @@ class KafkaSettings(BaseModel):
     )
 
 
+class ObservabilitySettings(BaseModel):
+    service_name: str = "ledger-service"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(default=True, description="One JSON object per line (Loki-friendly).")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables.")
+    otlp_endpoint: str = Field(default="", description="OTLP/gRPC trace exporter endpoint; empty = off.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -50,3 +59,4 @@ class Settings(BaseSettings):
 
     engine: EngineSettings = EngineSettings()
     kafka: KafkaSettings = KafkaSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()

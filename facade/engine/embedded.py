@@ -48,6 +48,7 @@ from facade.engine.types import (
     Transfer,
     validate_ids,
 )
+from facade.observability import metrics
 
 PULSE_INTERVAL_SECONDS = 0.1
 """How often the engine checks for expired pending transfers when no writes arrive."""
@@ -104,8 +105,10 @@ class EmbeddedLedger:
         return encode_record(self._journal.next_op(), Operation.PULSE, realtime_ns, expired, 0, b"")
 
     def _commit(self, records: list[bytes]) -> None:
+        started = time.perf_counter()
         try:
             self._journal.append(records)
+            metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
         except BaseException as error:
             self._failed = error
             raise EngineUnavailableError(f"journal write failed; engine stopped: {error!r}") from error
