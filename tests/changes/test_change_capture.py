@@ -14,6 +14,7 @@ from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.chain import HASH_GENESIS, canonical_bytes
 from facade.changes.entries import metadata_bytes
 from facade.changes.poller import ChangeCapture
+from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, Transfer, TransferFlags
 
@@ -151,3 +152,19 @@ async def test_crash_between_publish_and_checkpoint_re_emits_identical_events(
     assert entries[6:12] == entries[12:18], "re-emitted events are byte-identical (ids, chain links)"
     unique = {e.event_id: e for e in entries}
     assert len(unique) == 12, "duplicates are detectable by event id"
+
+
+async def test_replay_re_emits_identical_entries_from_a_timestamp(
+    engine: EmbeddedEngine, tmp_path: Path
+) -> None:
+    await engine.create_transfers(transfers(1, 8))
+    live = CollectingSink()
+    capture = ChangeCapture(engine, live, tmp_path / "checkpoint.json", Metadata())
+    await capture.run_once()
+    replayed = CollectingSink()
+    assert await replay(engine, replayed, metadata=Metadata(), progress=False) == 8
+    assert replayed.entries == live.entries
+    middle = live.entries[8].engine_timestamp
+    partial = CollectingSink()
+    assert await replay(engine, partial, timestamp_from=middle, metadata=Metadata(), progress=False) == 4
+    assert partial.entries == live.entries[8:]
