@@ -66,7 +66,7 @@ def test_infra_yaml_parses(path: str) -> None:
 def test_dashboard_queries_only_metrics_the_service_exports() -> None:
     dashboard = json.loads((INFRA / "grafana" / "dashboards" / "ledger.json").read_text())
     exported = {
-        metric.describe()[0].name
+        next(iter(metric.describe())).name
         for metric in vars(metrics).values()
         if isinstance(metric, MetricWrapperBase)
     }
