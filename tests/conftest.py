@@ -1,0 +1,3 @@
+"""Project-wide pytest plugins: the real Kafka broker fixtures."""
+
+pytest_plugins = ["tests.kafka_fixtures"]
