@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,9 +18,7 @@ class EngineSettings(BaseModel):
     backend: Literal["embedded", "tigerbeetle"] = "embedded"
     data_dir: Path = Field(default=Path("data/engine"), description="Embedded engine: journal directory.")
     tb_cluster_id: int = Field(default=0, ge=0, description="TigerBeetle backend: cluster id.")
-    tb_addresses: str = Field(
-        default="3000", description="TigerBeetle backend: comma-separated replica addresses."
-    )
+    tb_addresses: str = Field(default="3000", description="TigerBeetle backend: comma-separated replica addresses.")
 
 
 class KafkaSettings(BaseModel):
@@ -52,11 +50,57 @@ class ObservabilitySettings(BaseModel):
     otlp_endpoint: str = Field(default="", description="OTLP/gRPC trace exporter endpoint; empty = off.")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+class CurrencySettings(BaseModel):
+    ledger: int = Field(ge=1, le=2**32 - 1, description="Engine ledger number (ISO 4217 numeric by default).")
+    scale: int = Field(ge=0, le=18, description="Minor-unit digits: 2 for cents, 0 for yen.")
+
+
+def _default_currencies() -> dict[str, CurrencySettings]:
+    return {
+        "USD": CurrencySettings(ledger=840, scale=2),
+        "EUR": CurrencySettings(ledger=978, scale=2),
+        "GBP": CurrencySettings(ledger=826, scale=2),
+        "JPY": CurrencySettings(ledger=392, scale=0),
+    }
+
+
+class ApiKeySettings(BaseModel):
+    key_id: str = Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 hex of the key's secret.")
+    client_id: str = Field(min_length=1, max_length=64)
+    scopes: list[str]
+
+
+class AuthSettings(BaseModel):
+    mode: Literal["dev", "enforce"] = Field(
+        default="dev",
+        description="dev: a built-in signing secret so `ledger dev-token` works out of the box; "
+        "enforce: jwt_secret must be set.",
     )
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_issuer: str = "ledger-service"
+    jwt_audience: str = "ledger"
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(default=None, description="Set to require client certificates (mTLS).")
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    metadata_db: Path = Field(default=Path("data/metadata.sqlite3"), description="Durable metadata/idempotency store.")
+    write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
+    batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
+    retry_after_ms: int = Field(default=50, ge=1, le=60_000)
+    currencies: dict[str, CurrencySettings] = Field(default_factory=_default_currencies)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
     engine: EngineSettings = EngineSettings()
+    api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
     kafka: KafkaSettings = KafkaSettings()
     observability: ObservabilitySettings = ObservabilitySettings()

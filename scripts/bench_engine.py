@@ -110,9 +110,7 @@ async def bench_durable(
     try:
         for first in range(1, accounts + 1, BATCH_EVENTS_MAX):
             last = min(accounts, first + BATCH_EVENTS_MAX - 1)
-            await engine.create_accounts(
-                [Account(id=i, ledger=LEDGER, code=CODE) for i in range(first, last + 1)]
-            )
+            await engine.create_accounts([Account(id=i, ledger=LEDGER, code=CODE) for i in range(first, last + 1)])
         rng = random.Random(42)
         next_id = [10**12]
         # Batches are generated up front so the clock measures the engine, not the generator.
@@ -139,9 +137,7 @@ async def bench_durable(
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per case")
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, default=None, help="data directory (default: a temp dir)")

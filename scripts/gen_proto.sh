@@ -12,3 +12,5 @@ mapfile -t protos < <(find proto -name '*.proto' | sort)
     "${protos[@]}"
 # Make every generated directory a package.
 find "$out" -type d -exec sh -c 'test -f "$1/__init__.py" || : > "$1/__init__.py"' _ {} \;
+# protoc writes imports relative to proto/ ("from ledger.v1 import x_pb2"); make them package-absolute.
+find "$out" -name '*.py' -o -name '*.pyi' | xargs sed -i -E 's/^(from|import) ledger\.v1/\1 facade.api.gen.ledger.v1/'

@@ -129,9 +129,7 @@ class KafkaCluster:
         libs = fetch()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_id = self.cluster_id or _kraft_cluster_id()
-        self.nodes = [
-            Node(i + 1, port + i if port else free_port(), free_port()) for i in range(self.brokers)
-        ]
+        self.nodes = [Node(i + 1, port + i if port else free_port(), free_port()) for i in range(self.brokers)]
         for node in self.nodes:
             properties = self._write_properties(node)
             subprocess.run(
@@ -318,9 +316,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="fetch the broker jars (cached)")
     start = commands.add_parser("start", help="format and start a cluster")

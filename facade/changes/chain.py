@@ -57,9 +57,7 @@ def canonical_metadata(metadata: Mapping[str, object] | None) -> bytes:
     return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def canonical_bytes(
-    sequence: int, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes
-) -> bytes:
+def canonical_bytes(sequence: int, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes) -> bytes:
     assert sequence >= 1
     assert 0 <= change <= 255
     return b"".join(
@@ -73,9 +71,7 @@ def canonical_bytes(
     )
 
 
-def next_link(
-    previous: Link, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes
-) -> Link:
+def next_link(previous: Link, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes) -> Link:
     sequence = previous.sequence + 1
     data = canonical_bytes(sequence, engine_timestamp, change, transfer, metadata)
     return Link(sequence, previous.hash, hashlib.sha256(previous.hash + data).digest())

@@ -68,9 +68,7 @@ class ChangeCapture:
     async def run_once(self) -> int:
         """Publishes the next batch of changes; returns how many changes it published."""
         events = await self._engine.get_change_events(
-            ChangeEventsFilter(
-                timestamp_min=self.checkpoint.timestamp_last + 1, limit=self._batch_changes_max
-            )
+            ChangeEventsFilter(timestamp_min=self.checkpoint.timestamp_last + 1, limit=self._batch_changes_max)
         )
         if not events:
             return 0

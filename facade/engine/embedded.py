@@ -163,9 +163,7 @@ class EmbeddedLedger:
         if state.dirty:
             checksum = _results_checksum([r.status for r in results])
             op = self._journal.next_op()
-            records.append(
-                encode_record(op, Operation.CREATE_TRANSFERS, timestamp, len(events), checksum, body)
-            )
+            records.append(encode_record(op, Operation.CREATE_TRANSFERS, timestamp, len(events), checksum, body))
         if records:
             self._commit(records)
         return results

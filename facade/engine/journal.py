@@ -168,9 +168,7 @@ def _recover(fd: int) -> tuple[list[Record], int]:
             if record is None:
                 break
             if record.op != len(records) + 1:
-                raise JournalCorruptError(
-                    f"journal op {record.op} at byte {offset}: expected {len(records) + 1}"
-                )
+                raise JournalCorruptError(f"journal op {record.op} at byte {offset}: expected {len(records) + 1}")
             records.append(record)
             offset = end
         if offset < size and size - offset > RECORD_SIZE_MAX:

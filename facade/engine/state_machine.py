@@ -230,8 +230,7 @@ class StateMachine:
             events, first, create, _A_LINKED, SA.CREATED, SA.LINKED_EVENT_FAILED, SA.LINKED_EVENT_CHAIN_OPEN
         )
         return [
-            CreateAccountResult(timestamp, SA(status))
-            for timestamp, status in zip(timestamps, statuses, strict=True)
+            CreateAccountResult(timestamp, SA(status)) for timestamp, status in zip(timestamps, statuses, strict=True)
         ]
 
     def _create_account(self, a: Account, timestamp: int, imported_batch: bool) -> CreateAccountStatus:
@@ -287,8 +286,7 @@ class StateMachine:
             return SA.CODE_MUST_NOT_BE_ZERO
         # Object timestamps increase per kind and are unique across accounts and transfers.
         if imported and (
-            a.timestamp <= self.timestamp_account_last
-            or _timestamp_taken(self.transfers_ordered, a.timestamp)
+            a.timestamp <= self.timestamp_account_last or _timestamp_taken(self.transfers_ordered, a.timestamp)
         ):
             return SA.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
 
@@ -531,9 +529,7 @@ class StateMachine:
         return S.CREATED
 
     def _imported_transfer_regresses(self, t: Transfer) -> bool:
-        return t.timestamp <= self.timestamp_transfer_last or _timestamp_taken(
-            self.accounts_ordered, t.timestamp
-        )
+        return t.timestamp <= self.timestamp_transfer_last or _timestamp_taken(self.accounts_ordered, t.timestamp)
 
     def _imported_transfer_checks(self, t: Transfer, dr: Account, cr: Account) -> CreateTransferStatus | None:
         if self._imported_transfer_regresses(t):
@@ -596,9 +592,7 @@ class StateMachine:
             return S.EXISTS_WITH_DIFFERENT_CODE
         return S.EXISTS
 
-    def _post_or_void_pending_transfer(
-        self, t: Transfer, timestamp: int, imported: bool
-    ) -> CreateTransferStatus:
+    def _post_or_void_pending_transfer(self, t: Transfer, timestamp: int, imported: bool) -> CreateTransferStatus:
         post = bool(t.flags & _T_POST)
         if t.pending_id == 0:
             return S.PENDING_ID_MUST_NOT_BE_ZERO
@@ -697,9 +691,7 @@ class StateMachine:
         if p.flags & _T_CLOSING_CREDIT:
             cr.flags &= ~_A_CLOSED
 
-    def _insert_transfer(
-        self, stored: Transfer, dr: Account, cr: Account, change_type: ChangeEventType
-    ) -> None:
+    def _insert_transfer(self, stored: Transfer, dr: Account, cr: Account, change_type: ChangeEventType) -> None:
         assert stored.timestamp > self.timestamp_transfer_last
         self.transfers[stored.id] = stored
         self.transfers_ordered.append(stored)
@@ -778,9 +770,7 @@ class StateMachine:
                 del self.accounts[account.id]
                 self.accounts_ordered.pop()
                 self.history.pop(account.id, None)
-                self.timestamp_account_last = (
-                    self.accounts_ordered[-1].timestamp if self.accounts_ordered else 0
-                )
+                self.timestamp_account_last = self.accounts_ordered[-1].timestamp if self.accounts_ordered else 0
             else:
                 raise AssertionError(f"unknown undo record {kind!r}")
 
@@ -824,9 +814,7 @@ class StateMachine:
             self.pending_status[pending_id] = PendingStatus.EXPIRED
             self.prepare_timestamp += 1
             self.changes.append(
-                _Change(
-                    self.prepare_timestamp, ChangeEventType.TWO_PHASE_EXPIRED, p, _snapshot(dr), _snapshot(cr)
-                )
+                _Change(self.prepare_timestamp, ChangeEventType.TWO_PHASE_EXPIRED, p, _snapshot(dr), _snapshot(cr))
             )
             expired += 1
         if expired:
@@ -865,19 +853,14 @@ class StateMachine:
 
         def matches(t: Transfer) -> bool:
             return (
-                (
-                    (debits and t.debit_account_id == account_id)
-                    or (credits and t.credit_account_id == account_id)
-                )
+                ((debits and t.debit_account_id == account_id) or (credits and t.credit_account_id == account_id))
                 and (f.user_data_128 == 0 or t.user_data_128 == f.user_data_128)
                 and (f.user_data_64 == 0 or t.user_data_64 == f.user_data_64)
                 and (f.user_data_32 == 0 or t.user_data_32 == f.user_data_32)
                 and (f.code == 0 or t.code == f.code)
             )
 
-        return _scan(
-            transfers, f.timestamp_min, f.timestamp_max, f.limit, bool(f.flags & _AF_REVERSED), matches
-        )
+        return _scan(transfers, f.timestamp_min, f.timestamp_max, f.limit, bool(f.flags & _AF_REVERSED), matches)
 
     def get_account_transfers(self, f: AccountFilter) -> list[Transfer]:
         return [copy_transfer(t) for t in self._account_transfers(f)]

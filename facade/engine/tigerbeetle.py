@@ -199,9 +199,7 @@ class TigerBeetleEngine:
         self._check_open()
         balances = await self._client.get_account_balances(_account_filter(filter))
         return [
-            AccountBalance(
-                b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted, b.timestamp
-            )
+            AccountBalance(b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted, b.timestamp)
             for b in balances
         ]
 
@@ -215,9 +213,7 @@ class TigerBeetleEngine:
 
     async def get_change_events(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
         transfers = await self.query_transfers(
-            QueryFilter(
-                timestamp_min=filter.timestamp_min, timestamp_max=filter.timestamp_max, limit=filter.limit
-            )
+            QueryFilter(timestamp_min=filter.timestamp_min, timestamp_max=filter.timestamp_max, limit=filter.limit)
         )
         return [ChangeEvent(t.timestamp, _change_type(int(t.flags)), t) for t in transfers]
 

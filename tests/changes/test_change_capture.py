@@ -43,18 +43,14 @@ class Metadata:
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[EmbeddedEngine]:
     engine = await EmbeddedEngine.open(tmp_path / "engine")
-    await engine.create_accounts(
-        [Account(id=i, ledger=840, code=1, flags=AccountFlags.HISTORY) for i in range(1, 5)]
-    )
+    await engine.create_accounts([Account(id=i, ledger=840, code=1, flags=AccountFlags.HISTORY) for i in range(1, 5)])
     yield engine
     await engine.close()
 
 
 def transfers(first_id: int, count: int) -> list[Transfer]:
     return [
-        Transfer(
-            id=i, debit_account_id=i % 4 + 1, credit_account_id=(i + 1) % 4 + 1, amount=i, ledger=840, code=1
-        )
+        Transfer(id=i, debit_account_id=i % 4 + 1, credit_account_id=(i + 1) % 4 + 1, amount=i, ledger=840, code=1)
         for i in range(first_id, first_id + count)
     ]
 
@@ -85,9 +81,7 @@ def verify_chain(entries: list[entries_pb2.LedgerEntry]) -> None:
         previous = debit.chain.hash
 
 
-async def test_entries_in_commit_order_with_balances_metadata_and_chain(
-    engine: EmbeddedEngine, tmp_path: Path
-) -> None:
+async def test_entries_in_commit_order_with_balances_metadata_and_chain(engine: EmbeddedEngine, tmp_path: Path) -> None:
     await engine.create_transfers(transfers(1, 10))
     pending = Transfer(
         id=100, debit_account_id=1, credit_account_id=2, amount=5, ledger=840, code=1,
@@ -154,9 +148,7 @@ async def test_crash_between_publish_and_checkpoint_re_emits_identical_events(
     assert len(unique) == 12, "duplicates are detectable by event id"
 
 
-async def test_replay_re_emits_identical_entries_from_a_timestamp(
-    engine: EmbeddedEngine, tmp_path: Path
-) -> None:
+async def test_replay_re_emits_identical_entries_from_a_timestamp(engine: EmbeddedEngine, tmp_path: Path) -> None:
     await engine.create_transfers(transfers(1, 8))
     live = CollectingSink()
     capture = ChangeCapture(engine, live, tmp_path / "checkpoint.json", Metadata())

@@ -44,9 +44,7 @@ def batch_transfers(batch: int, accounts: int, size: int) -> list[Transfer]:
 def main() -> None:
     directory, first_batch, accounts, size = Path(sys.argv[1]), *map(int, sys.argv[2:5])
     ledger = EmbeddedLedger.open(directory)
-    results = ledger.create_accounts(
-        [Account(id=i, ledger=LEDGER, code=CODE) for i in range(1, accounts + 1)]
-    )
+    results = ledger.create_accounts([Account(id=i, ledger=LEDGER, code=CODE) for i in range(1, accounts + 1)])
     assert all(r.status in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS) for r in results)
     batch = first_batch
     while True:

@@ -30,9 +30,7 @@ SYMBOLIC_BITS = 16
 
 BACKENDS = [
     "embedded",
-    pytest.param(
-        "tigerbeetle", marks=pytest.mark.skipif(not os.environ.get("TB_ADDRESSES"), reason=TB_SKIP_REASON)
-    ),
+    pytest.param("tigerbeetle", marks=pytest.mark.skipif(not os.environ.get("TB_ADDRESSES"), reason=TB_SKIP_REASON)),
 ]
 
 

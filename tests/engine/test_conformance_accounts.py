@@ -95,9 +95,7 @@ async def test_reserved_field(engine: Engine, ids: Ids) -> None:
 async def test_imported_accounts(engine: Engine, ids: Ids) -> None:
     base = time.time_ns()
     await asyncio.sleep(0.01)
-    results = await engine.create_accounts(
-        [ids.account(a(1, flags=A.IMPORTED, timestamp=base + 5)), ids.account(a(2))]
-    )
+    results = await engine.create_accounts([ids.account(a(1, flags=A.IMPORTED, timestamp=base + 5)), ids.account(a(2))])
     assert [r.status for r in results] == [S.CREATED, S.IMPORTED_EVENT_EXPECTED]
     assert results[0].timestamp == base + 5
     results = await engine.create_accounts(
@@ -111,15 +109,11 @@ async def test_imported_accounts(engine: Engine, ids: Ids) -> None:
     assert stored.timestamp == base + 6
 
 
-async def test_created_accounts_have_zero_balances_and_increasing_timestamps(
-    engine: Engine, ids: Ids
-) -> None:
+async def test_created_accounts_have_zero_balances_and_increasing_timestamps(engine: Engine, ids: Ids) -> None:
     results = await engine.create_accounts([ids.account(a(i, user_data_64=i)) for i in range(1, 6)])
     timestamps = [r.timestamp for r in results]
     assert timestamps == sorted(timestamps) and len(set(timestamps)) == 5
     accounts = await engine.lookup_accounts([ids(i) for i in (5, 99, 1)])
     assert [x.id for x in accounts] == [ids(5), ids(1)], "missing ids are omitted; request order kept"
-    assert all(
-        x.debits_posted == x.credits_posted == x.debits_pending == x.credits_pending == 0 for x in accounts
-    )
+    assert all(x.debits_posted == x.credits_posted == x.debits_pending == x.credits_pending == 0 for x in accounts)
     assert accounts[0].user_data_64 == 5

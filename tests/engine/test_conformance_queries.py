@@ -79,9 +79,7 @@ async def test_get_account_transfers_filters(engine: Engine, ids: Ids) -> None:
     credits = await engine.get_account_transfers(AccountFilter(ids(1), flags=C | R, limit=2))
     assert [t.id for t in credits] == [all_ids[9], all_ids[7]]
     window = await engine.get_account_transfers(
-        AccountFilter(
-            ids(1), timestamp_min=transfers[2].timestamp, timestamp_max=transfers[4].timestamp, flags=D | C
-        )
+        AccountFilter(ids(1), timestamp_min=transfers[2].timestamp, timestamp_max=transfers[4].timestamp, flags=D | C)
     )
     assert [t.id for t in window] == all_ids[2:5]
     by_user_data = await engine.get_account_transfers(AccountFilter(ids(1), user_data_32=2, flags=D | C))
@@ -109,9 +107,7 @@ async def test_get_account_transfers_filters(engine: Engine, ids: Ids) -> None:
         "reserved_flag",
     ],
 )
-async def test_invalid_account_filter_returns_nothing(
-    engine: Engine, ids: Ids, invalid: AccountFilter
-) -> None:
+async def test_invalid_account_filter_returns_nothing(engine: Engine, ids: Ids, invalid: AccountFilter) -> None:
     await history_setup(engine, ids)
     account_id = invalid.account_id if invalid.account_id in (0, U128_MAX) else ids(1)
     f = AccountFilter(
@@ -145,9 +141,7 @@ async def test_query_accounts_and_transfers(engine: Engine, ids: Ids) -> None:
     found = await engine.query_transfers(QueryFilter(code=code + 1))
     assert [t.id for t in found] == [t.id for t in transfers[8:]]
     ledger = transfers[0].ledger
-    latest = await engine.query_transfers(
-        QueryFilter(ledger=ledger, flags=QueryFilterFlags.REVERSED, limit=3)
-    )
+    latest = await engine.query_transfers(QueryFilter(ledger=ledger, flags=QueryFilterFlags.REVERSED, limit=3))
     assert [t.id for t in latest] == [t.id for t in transfers[::-1][:3]]
     window = await engine.query_transfers(
         QueryFilter(ledger=ledger, timestamp_min=transfers[3].timestamp, timestamp_max=transfers[5].timestamp)

@@ -45,9 +45,7 @@ ACCOUNTS = [
 def t(id: int, debit: int = 1, credit: int = 2, amount: int = 10, flags: int = 0, **fields: int) -> Transfer:
     defaults: dict[str, int] = {"ledger": 1, "code": 1}
     defaults.update(fields)
-    return Transfer(
-        id=id, debit_account_id=debit, credit_account_id=credit, amount=amount, flags=flags, **defaults
-    )
+    return Transfer(id=id, debit_account_id=debit, credit_account_id=credit, amount=amount, flags=flags, **defaults)
 
 
 def pending(id: int, amount: int = 10, flags: int = 0, **fields: int) -> Transfer:
@@ -85,9 +83,7 @@ CASES = [
         "chain_fails_after_the_failing_event",
         ([t(100, credit=1, flags=F.LINKED), t(101)], [S.ACCOUNTS_MUST_BE_DIFFERENT, S.LINKED_EVENT_FAILED]),
     ),
-    case(
-        "chain_open_at_batch_end", ([t(100), t(101, flags=F.LINKED)], [S.CREATED, S.LINKED_EVENT_CHAIN_OPEN])
-    ),
+    case("chain_open_at_batch_end", ([t(100), t(101, flags=F.LINKED)], [S.CREATED, S.LINKED_EVENT_CHAIN_OPEN])),
     case(
         "chain_open_fails_the_whole_chain",
         (
@@ -440,9 +436,7 @@ async def test_rolled_back_chain_changes_no_balance(engine: Engine, ids: Ids) ->
 
 async def test_two_phase_post_partial_and_full(engine: Engine, ids: Ids) -> None:
     await setup_accounts(engine, ids)
-    await engine.create_transfers(
-        [ids.transfer(pending(100, amount=100)), ids.transfer(pending(101, amount=40))]
-    )
+    await engine.create_transfers([ids.transfer(pending(100, amount=100)), ids.transfer(pending(101, amount=40))])
     [debit] = await engine.lookup_accounts([ids(1)])
     assert (debit.debits_pending, debit.debits_posted) == (140, 0)
     results = await engine.create_transfers(
@@ -460,9 +454,7 @@ async def test_two_phase_post_partial_and_full(engine: Engine, ids: Ids) -> None
     assert (partial.amount, partial.debit_account_id, partial.ledger, partial.code) == (30, ids(1), 1, 1)
     assert full.amount == 40
     # Retrying a post with inherited (zero) fields is `exists`.
-    retry = await engine.create_transfers(
-        [ids.transfer(resolve(103, 101, F.POST_PENDING_TRANSFER, amount=AMOUNT_MAX))]
-    )
+    retry = await engine.create_transfers([ids.transfer(resolve(103, 101, F.POST_PENDING_TRANSFER, amount=AMOUNT_MAX))])
     assert [r.status for r in retry] == [S.EXISTS]
 
 

@@ -137,9 +137,7 @@ def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None
     # Enough records after the damaged one that it cannot be a torn tail.
     for batch in range(12):
         transfers = [
-            Transfer(
-                id=(batch << 32) + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
-            )
+            Transfer(id=(batch << 32) + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1)
             for i in range(8189)
         ]
         ledger.create_transfers(transfers)
@@ -156,10 +154,7 @@ def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None
 def test_data_directory_is_single_writer(tmp_path: Path) -> None:
     ledger = EmbeddedLedger.open(tmp_path)
     try:
-        code = (
-            "import pathlib, facade.engine.embedded as e; "
-            f"e.EmbeddedLedger.open(pathlib.Path({str(tmp_path)!r}))"
-        )
+        code = f"import pathlib, facade.engine.embedded as e; e.EmbeddedLedger.open(pathlib.Path({str(tmp_path)!r}))"
         process = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,

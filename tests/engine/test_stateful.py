@@ -82,9 +82,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def create_batch(self, data: st.DataObject, size: int) -> None:
         batch: list[Transfer] = []
         for _ in range(size):
-            kind = data.draw(
-                st.sampled_from(["single", "single", "pending", "post", "void", "bal_dr", "bal_cr"])
-            )
+            kind = data.draw(st.sampled_from(["single", "single", "pending", "post", "void", "bal_dr", "bal_cr"]))
             ledger = data.draw(st.sampled_from(LEDGERS))
             debit = account_id(ledger, data.draw(st.integers(0, ACCOUNTS_PER_LEDGER - 1)))
             credit = account_id(ledger, data.draw(st.integers(0, ACCOUNTS_PER_LEDGER - 1)))
@@ -99,11 +97,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if kind == "pending":
                 flags |= TransferFlags.PENDING
             elif kind in ("post", "void"):
-                flags |= (
-                    TransferFlags.POST_PENDING_TRANSFER
-                    if kind == "post"
-                    else TransferFlags.VOID_PENDING_TRANSFER
-                )
+                flags |= TransferFlags.POST_PENDING_TRANSFER if kind == "post" else TransferFlags.VOID_PENDING_TRANSFER
                 transfer.pending_id = data.draw(st.sampled_from(self.pending_ids)) if self.pending_ids else 1
                 transfer.debit_account_id = transfer.credit_account_id = 0
                 transfer.ledger = transfer.code = 0

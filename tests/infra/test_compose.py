@@ -66,9 +66,7 @@ def test_infra_yaml_parses(path: str) -> None:
 def test_dashboard_queries_only_metrics_the_service_exports() -> None:
     dashboard = json.loads((INFRA / "grafana" / "dashboards" / "ledger.json").read_text())
     exported = {
-        next(iter(metric.describe())).name
-        for metric in vars(metrics).values()
-        if isinstance(metric, MetricWrapperBase)
+        next(iter(metric.describe())).name for metric in vars(metrics).values() if isinstance(metric, MetricWrapperBase)
     }
     used = set()
     for panel in dashboard["panels"]:

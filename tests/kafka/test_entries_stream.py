@@ -111,19 +111,13 @@ async def test_restart_mid_stream_re_emits_only_within_the_window(
     checkpoint = tmp_path / "checkpoint.json"
     window = 50
     await write(engine, 1, 100)
-    await ChangeCapture(
-        engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window
-    ).run_once()
+    await ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window).run_once()
     shutil.copy(checkpoint, tmp_path / "before-crash.json")
-    await ChangeCapture(
-        engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window
-    ).run_once()
+    await ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window).run_once()
     # The process died after Kafka acknowledged the batch but before its checkpoint was saved.
     shutil.copy(tmp_path / "before-crash.json", checkpoint)
     await write(engine, 101, 20)
-    restarted = ChangeCapture(
-        engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window
-    )
+    restarted = ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window)
     while await restarted.run_once():
         pass
     entries = consume_all(kafka_cluster.bootstrap_servers, topic, 2 * (120 + window))
