@@ -1,0 +1,92 @@
+"""Per-RPC observability: a span (continuing the caller's trace), a JSON log line, a latency sample."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+
+from facade.observability import metrics
+from facade.observability.logs import bind_request, clear_request, get_logger
+from facade.observability.tracing import extract_metadata, tracer
+
+log = get_logger("ledger.rpc")
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> list[tuple[str, Any]]:
+    return list(details.invocation_metadata or ())
+
+
+def _value(pairs: list[tuple[str, Any]], key: str) -> str:
+    for item_key, value in pairs:
+        if item_key == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+@contextlib.contextmanager
+def _observed(parent: Any, request_id: str, correlation_id: str, method: str, context: Any) -> Iterator[None]:
+    short = method.rsplit("/", 1)[-1]
+    token = otel_context.attach(parent)
+    bind_request(request_id, correlation_id, short)
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        with tracer().start_as_current_span(f"rpc {method}") as span:
+            span.set_attribute("rpc.method", short)
+            try:
+                yield
+            except BaseException:
+                status = context.code()
+                code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code)
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.request_duration_seconds.labels("grpc", short, code).observe(elapsed)
+        log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
+        clear_request()
+        otel_context.detach(token)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        pairs = _metadata(handler_call_details)
+        request_id = _value(pairs, "x-request-id") or uuid.uuid4().hex
+        correlation_id = _value(pairs, "x-correlation-id")
+        parent = extract_metadata(pairs)
+
+        if handler.unary_unary:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                with _observed(parent, request_id, correlation_id, method, context):
+                    return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream:
+            inner_stream: Any = handler.stream_stream
+
+            async def stream(requests: Any, context: Any) -> Any:
+                with _observed(parent, request_id, correlation_id, method, context):
+                    async for response in inner_stream(requests, context):
+                        yield response
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler

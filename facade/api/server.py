@@ -1,0 +1,133 @@
+"""Assembles and runs the service: engine, metadata store, ledger service, gRPC server, change capture.
+
+Start-up order: engine (recovers its journal) → metadata store → settlement accounts → gRPC server →
+health SERVING. Shutdown reverses it: health NOT_SERVING (load balancers drain), stop accepting calls
+with a grace period, finish queued writes, stop change capture, close the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from facade.api.observe import ObservabilityInterceptor
+from facade.api.servicer import LedgerServicer
+from facade.auth import Authenticator, AuthInterceptor
+from facade.changes.poller import ChangeCapture
+from facade.engine import open_engine
+from facade.engine.protocol import Engine
+from facade.metadata_store import MetadataStore
+from facade.observability.logs import configure_logging, get_logger
+from facade.observability.tracing import configure_tracing
+from facade.runtime import freeze_heap, tune_gc
+from facade.service import LedgerService
+from facade.settings import Settings
+
+GRACE_SECONDS = 5.0
+MESSAGE_SIZE_MAX = 16 * 1024 * 1024
+SERVICE_NAME = "ledger.v1.Ledger"
+
+log = get_logger("ledger.server")
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    service: LedgerService
+    engine: Engine
+    store: MetadataStore
+    health: health.aio.HealthServicer
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    stop_background: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self) -> None:
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(GRACE_SECONDS)
+        await self.service.close()
+        self.stop_background.set()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.engine.close()
+        await self.store.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    auth = settings.auth
+    if not auth.tls_cert_file or not auth.tls_key_file:
+        return None
+    chain = [(Path(auth.tls_key_file).read_bytes(), Path(auth.tls_cert_file).read_bytes())]
+    if auth.tls_client_ca_file:
+        return grpc.ssl_server_credentials(
+            chain, root_certificates=Path(auth.tls_client_ca_file).read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials(chain)
+
+
+async def start(settings: Settings) -> RunningServer:
+    engine = await open_engine(settings.engine)
+    store = await MetadataStore.open(settings.api.metadata_db)
+    service = LedgerService(engine, store, settings.api)
+    await service.start()
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor(), AuthInterceptor(Authenticator(settings.auth))],
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
+            ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{settings.api.host}:{settings.api.port}"
+    credentials = _credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, service, engine, store, health_servicer)
+    if settings.kafka.bootstrap_servers:
+        from facade.kafka.entries_publisher import KafkaEntryPublisher
+
+        capture = ChangeCapture(
+            engine, KafkaEntryPublisher(settings.kafka), settings.kafka.change_capture_checkpoint, metadata=store
+        )
+        running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
+    log.info("serving", address=address, port=port, engine=engine.name, tls=credentials is not None)
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """`ledger serve`: runs until SIGINT/SIGTERM."""
+    tune_gc()
+    configure_logging(
+        settings.observability.log_level, settings.observability.log_json, settings.observability.service_name
+    )
+    configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
+    if settings.observability.metrics_port:
+        start_http_server(settings.observability.metrics_port, settings.observability.metrics_host)
+    running = await start(settings)
+    freeze_heap()  # The recovered ledger state is long-lived: keep it out of GC scans.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await running.stop()

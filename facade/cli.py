@@ -1,0 +1,74 @@
+"""`ledger`: the service's command line.
+
+ledger serve                         run the service (settings from LEDGER_* variables / .env)
+ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
+ledger replay --from beginning|<ns> --to-topic TOPIC
+                                     re-emit confirmed entries from the engine's history to Kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from facade.settings import Settings
+
+
+def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
+    from facade.changes.replay import replay
+    from facade.engine import open_engine
+    from facade.kafka.entries_publisher import KafkaEntryPublisher
+    from facade.metadata_store import MetadataStore
+
+    if not settings.kafka.bootstrap_servers:
+        raise SystemExit("ledger replay: set LEDGER_KAFKA__BOOTSTRAP_SERVERS")
+    start = 0 if timestamp_from == "beginning" else int(timestamp_from)
+
+    async def run() -> int:
+        engine = await open_engine(settings.engine)
+        store = await MetadataStore.open(settings.api.metadata_db)
+        publisher = KafkaEntryPublisher(settings.kafka, topic)
+        try:
+            return await replay(engine, publisher, start, metadata=store)
+        finally:
+            publisher.close()
+            await store.close()
+            await engine.close()
+
+    print(f"replayed {asyncio.run(run())} changes to {topic}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the service")
+    token = commands.add_parser("dev-token", help="print a development JWT")
+    token.add_argument("--client-id", default="dev-client")
+    token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
+    token.add_argument("--ttl-seconds", type=int, default=24 * 3600)
+    replay = commands.add_parser("replay", help="re-emit confirmed entries to a Kafka topic")
+    replay.add_argument(
+        "--from", dest="timestamp_from", default="beginning", help="'beginning' or an engine timestamp (ns)"
+    )
+    replay.add_argument("--to-topic", required=True)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        from facade.api.server import serve
+
+        asyncio.run(serve(settings))
+    elif args.command == "dev-token":
+        from facade.auth import issue_token
+
+        if settings.auth.mode != "dev" and not settings.auth.jwt_secret.get_secret_value():
+            raise SystemExit("ledger dev-token: no signing secret (auth.mode=enforce without jwt_secret)")
+        print(issue_token(settings.auth, args.client_id, frozenset(args.scopes.split()), args.ttl_seconds))
+    else:
+        _replay(settings, args.timestamp_from, args.to_topic)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ledger domain: transactions, accounts and their mapping onto the engine."""

@@ -1,0 +1,458 @@
+"""The ledger service: the transport-independent core behind gRPC, HTTP and Kafka ingestion.
+
+Writes: validate and map (facade.domain.mapping) → idempotency check against the metadata store →
+group commit (facade.batcher) → outcome. Reads go straight to the engine (strongly consistent) and to
+the metadata store for what the engine does not hold.
+
+Tenancy: every account belongs to the client that created it (the authenticated principal's
+client id). Reads of another client's account answer NOT_FOUND, exactly as for a missing one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from facade.auth import Principal
+from facade.batcher import DeadlineExceededError, GroupCommitter, Outcome, OutcomeJudge, QueueFullError, wait_all
+from facade.domain.mapping import (
+    ACCOUNT_CODE_CUSTOMER,
+    ACCOUNT_CODE_SETTLEMENT,
+    EXTERNAL_REFERENCE_LENGTH_MAX,
+    OWNER_LENGTH_MAX,
+    Currencies,
+    DomainError,
+    Kind,
+    MappedTransaction,
+    Metadata,
+    account_id,
+    customer_account_flags,
+    fingerprint,
+    invalid,
+    map_post,
+    map_resolution,
+    parse_id,
+    settlement_account_id,
+    transfer_status_error,
+    validate_map,
+    validate_text,
+)
+from facade.engine.protocol import Engine
+from facade.engine.types import (
+    Account,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    CreateAccountStatus,
+    CreateTransferResult,
+    CreateTransferStatus,
+    Transfer,
+    TransferFlags,
+)
+from facade.metadata_store import AccountRecord, MetadataStore, TransactionRecord
+from facade.observability import metrics
+from facade.settings import ApiSettings
+
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 1000
+BATCH_TRANSACTIONS_MAX = 1000
+"""Transactions per PostTransactions call."""
+
+ACCOUNT_TYPE_NO_OVERDRAFT = 1
+ACCOUNT_TYPE_OVERDRAFT_ALLOWED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PostRequest:
+    idempotency_key: str
+    legs: list[tuple[int, str, str, str, str, str]]  # (type, account, from, to, amount, currency)
+    metadata: Metadata
+    authorize_only: bool = False
+    timeout_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionView:
+    transaction: MappedTransaction
+    committed_at_ns: int
+    deduplicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    record: AccountRecord
+    account: Account
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    transfer: Transfer
+    account_id: int
+    currency: str
+    status: str  # "posted" | "authorized" | "voided"
+
+
+def _error_outcome(error: DomainError) -> dict[str, object]:
+    return {
+        "ok": False,
+        "code": error.code.name,
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": error.metadata,
+    }
+
+
+def _outcome_error(outcome: dict[str, object]) -> DomainError:
+    metadata = outcome.get("metadata")
+    return DomainError(
+        grpc.StatusCode[str(outcome["code"])],
+        str(outcome["reason"]),
+        str(outcome["message"]),
+        {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+    )
+
+
+class LedgerService(OutcomeJudge):
+    def __init__(self, engine: Engine, store: MetadataStore, settings: ApiSettings) -> None:
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.currencies = Currencies(dict(settings.currencies))
+        self.committer = GroupCommitter(
+            engine, store, self, settings.write_queue_transfers_max, settings.batch_transfers_max
+        )
+
+    async def start(self) -> None:
+        """Creates each currency's settlement account (idempotently) and starts group commit."""
+        accounts = [
+            Account(id=settlement_account_id(code), ledger=c.ledger, code=ACCOUNT_CODE_SETTLEMENT)
+            for code, c in self.currencies.by_code.items()
+        ]
+        results = await self.engine.create_accounts(accounts)
+        for account, result in zip(accounts, results, strict=True):
+            if result.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS):
+                raise RuntimeError(f"settlement account {account.id}: {result.status.name}")
+        self.committer.start()
+
+    async def close(self) -> None:
+        await self.committer.close()
+
+    # ------------------------------------------------------------------------------------------
+    # Accounts.
+
+    async def create_account(
+        self,
+        principal: Principal,
+        currency: str,
+        external_reference: str,
+        owner: str,
+        account_type: int,
+        metadata: dict[str, str],
+    ) -> AccountView:
+        validate_text(external_reference, "external_reference", EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
+        validate_text(owner, "owner", OWNER_LENGTH_MAX)
+        validate_map(metadata, "metadata")
+        ledger = self.currencies.get(currency).ledger
+        if account_type not in (ACCOUNT_TYPE_NO_OVERDRAFT, ACCOUNT_TYPE_OVERDRAFT_ALLOWED):
+            raise invalid("INVALID_ACCOUNT_TYPE", "type must be NO_OVERDRAFT or OVERDRAFT_ALLOWED")
+        new_id = account_id(principal.client_id, external_reference)
+        record = AccountRecord(
+            new_id,
+            principal.client_id,
+            external_reference,
+            currency,
+            owner,
+            account_type,
+            metadata,
+            fingerprint({"currency": currency, "owner": owner, "type": account_type, "metadata": metadata}),
+        )
+        stored = await self.store.put_account(record)  # Metadata first: write last, read first.
+        if stored.fingerprint != record.fingerprint:
+            raise DomainError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "ACCOUNT_REFERENCE_REUSED",
+                "an account with this external_reference exists with different attributes",
+            )
+        flags = customer_account_flags(account_type == ACCOUNT_TYPE_NO_OVERDRAFT)
+        [result] = await self.engine.create_accounts(
+            [Account(id=new_id, ledger=ledger, code=ACCOUNT_CODE_CUSTOMER, flags=flags)]
+        )
+        if result.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS):
+            raise DomainError(grpc.StatusCode.INTERNAL, "ACCOUNT_CREATE_FAILED", result.status.name.lower())
+        return await self.get_account(principal, str(new_id))
+
+    async def _owned_account(self, principal: Principal, account_id_text: str) -> AccountRecord:
+        record = await self.store.get_account(parse_id(account_id_text, "account_id"))
+        if record is None or (record.client_id != principal.client_id and "ledger.admin" not in principal.scopes):
+            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+        return record
+
+    async def get_account(self, principal: Principal, account_id_text: str) -> AccountView:
+        record = await self._owned_account(principal, account_id_text)
+        accounts = await self.engine.lookup_accounts([record.account_id])
+        if not accounts:
+            # Metadata is written first; the engine create may not have happened (crash in between).
+            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+        return AccountView(record, accounts[0])
+
+    async def list_accounts(
+        self, principal: Principal, page_size: int, page_token: str, currency: str
+    ) -> tuple[list[AccountView], str]:
+        size = _page_size(page_size)
+        records = await self.store.list_accounts(principal.client_id, page_token, size + 1, currency)
+        more = len(records) > size
+        records = records[:size]
+        accounts = {a.id: a for a in await self.engine.lookup_accounts([r.account_id for r in records])}
+        views = [AccountView(r, accounts[r.account_id]) for r in records if r.account_id in accounts]
+        return views, (str(records[-1].account_id) if more else "")
+
+    # ------------------------------------------------------------------------------------------
+    # Transactions.
+
+    def judge(self, transaction: MappedTransaction, results: list[CreateTransferResult]) -> Outcome:
+        statuses = [r.status for r in results]
+        if all(s == CreateTransferStatus.CREATED for s in statuses) or statuses[0] == CreateTransferStatus.EXISTS:
+            # EXISTS on the first leg: this exact transaction was committed before (a retry after a
+            # crash lost its outcome). Linked chains are atomic, so every leg exists; the EXISTS
+            # broke the chain, which is why the later legs answer LINKED_EVENT_FAILED.
+            return (
+                transaction.transaction_id,
+                "committed",
+                {"ok": True, "timestamp": results[0].timestamp, "replayed": statuses[0] == CreateTransferStatus.EXISTS},
+            )
+        for index, status in enumerate(statuses):
+            if status not in (CreateTransferStatus.LINKED_EVENT_FAILED, CreateTransferStatus.CREATED):
+                return transaction.transaction_id, "failed", _error_outcome(transfer_status_error(status, index))
+        raise AssertionError(f"unexplained results {statuses}")
+
+    async def post_transactions(
+        self, principal: Principal, requests: Sequence[PostRequest], deadline: float | None = None
+    ) -> list[TransactionView | DomainError]:
+        if len(requests) > BATCH_TRANSACTIONS_MAX:
+            raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
+        mapped: list[MappedTransaction | DomainError] = []
+        for request in requests:
+            try:
+                mapped.append(
+                    map_post(
+                        principal.client_id,
+                        request.idempotency_key,
+                        request.legs,
+                        request.metadata,
+                        self.currencies,
+                        request.authorize_only,
+                        request.timeout_seconds,
+                    )
+                )
+            except DomainError as error:
+                mapped.append(error)
+        return await self._submit(principal, mapped, deadline)
+
+    async def resolve_authorization(
+        self,
+        principal: Principal,
+        idempotency_key: str,
+        authorization_id_text: str,
+        capture: bool,
+        amount: str,
+        metadata: Metadata,
+        deadline: float | None = None,
+    ) -> TransactionView:
+        authorization = await self.store.get_transaction(parse_id_hex(authorization_id_text))
+        if authorization is None or authorization.transaction.client_id != principal.client_id:
+            raise DomainError(grpc.StatusCode.NOT_FOUND, "AUTHORIZATION_NOT_FOUND", "no such authorization")
+        if authorization.state != "committed":
+            raise DomainError(
+                grpc.StatusCode.FAILED_PRECONDITION, "AUTHORIZATION_NOT_COMMITTED", "the authorization did not succeed"
+            )
+        mapped = map_resolution(
+            principal.client_id, idempotency_key, authorization.transaction, capture, amount, metadata
+        )
+        [result] = await self._submit(principal, [mapped], deadline)
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    async def _submit(
+        self, principal: Principal, mapped: list[MappedTransaction | DomainError], deadline: float | None
+    ) -> list[TransactionView | DomainError]:
+        results: list[TransactionView | DomainError | None] = [
+            m if isinstance(m, DomainError) else None for m in mapped
+        ]
+        valid = [(i, m) for i, m in enumerate(mapped) if isinstance(m, MappedTransaction)]
+        existing = await self.store.find_transactions(principal.client_id, [m.idempotency_key for _, m in valid])
+        to_submit: list[tuple[int, MappedTransaction]] = []
+        seen: dict[str, int] = {}
+        for index, transaction in valid:
+            record = existing.get(transaction.idempotency_key)
+            if transaction.idempotency_key in seen:
+                # The same key twice in one call: the second is a replay of the first.
+                results[index] = invalid("DUPLICATE_IDEMPOTENCY_KEY", "an idempotency key appears twice in the batch")
+                continue
+            seen[transaction.idempotency_key] = index
+            if record is not None and record.transaction.fingerprint != transaction.fingerprint:
+                results[index] = _key_reused()
+            elif record is not None and record.state != "intent" and record.outcome is not None:
+                metrics.deduplicated_requests_total.inc()
+                results[index] = _from_outcome(record.transaction, record.outcome, deduplicated=True)
+            else:
+                to_submit.append((index, transaction))
+        if to_submit:
+            try:
+                futures = self.committer.submit([t for _, t in to_submit], deadline)
+            except QueueFullError as error:
+                raise DomainError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "WRITE_QUEUE_FULL",
+                    str(error),
+                    {"retry_after_ms": str(self.settings.retry_after_ms)},
+                ) from error
+            for (index, transaction), outcome in zip(to_submit, await wait_all(futures), strict=True):
+                if isinstance(outcome, DeadlineExceededError):
+                    results[index] = DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(outcome))
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    _, _, judged = self.judge(transaction, outcome)
+                    replayed = bool(judged.get("replayed"))
+                    if replayed:
+                        metrics.deduplicated_requests_total.inc()
+                    results[index] = _from_outcome(transaction, judged, deduplicated=replayed)
+        final: list[TransactionView | DomainError] = []
+        for result in results:
+            assert result is not None
+            outcome_label = "rejected" if isinstance(result, DomainError) else "created"
+            if isinstance(result, TransactionView) and result.deduplicated:
+                outcome_label = "deduplicated"
+            metrics.transactions_total.labels(
+                outcome_label, result.reason if isinstance(result, DomainError) else ""
+            ).inc()
+            final.append(result)
+        return final
+
+    async def get_transaction(
+        self, principal: Principal, transaction_id_text: str, idempotency_key: str
+    ) -> TransactionView:
+        record: TransactionRecord | None
+        if idempotency_key:
+            record = (await self.store.find_transactions(principal.client_id, [idempotency_key])).get(idempotency_key)
+        else:
+            record = await self.store.get_transaction(parse_id_hex(transaction_id_text))
+        if record is None or record.transaction.client_id != principal.client_id or record.state != "committed":
+            raise DomainError(grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
+        assert record.outcome is not None
+        view = _from_outcome(record.transaction, record.outcome, deduplicated=False)
+        assert isinstance(view, TransactionView)
+        return view
+
+    async def list_account_entries(
+        self,
+        principal: Principal,
+        account_id_text: str,
+        page_size: int,
+        page_token: str,
+        from_ns: int,
+        to_ns: int,
+        descending: bool,
+    ) -> tuple[list[EntryView], str]:
+        record = await self._owned_account(principal, account_id_text)
+        size = _page_size(page_size)
+        cursor = _decode_cursor(page_token)
+        timestamp_min, timestamp_max = from_ns, to_ns
+        if cursor:
+            if descending:
+                timestamp_max = cursor - 1
+            else:
+                timestamp_min = cursor + 1
+        if timestamp_max and timestamp_min > timestamp_max:
+            return [], ""
+        flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+        if descending:
+            flags |= AccountFilterFlags.REVERSED
+        transfers = await self.engine.get_account_transfers(
+            AccountFilter(
+                account_id=record.account_id,
+                timestamp_min=timestamp_min,
+                timestamp_max=timestamp_max,
+                limit=size + 1,
+                flags=flags,
+            )
+        )
+        more = len(transfers) > size
+        transfers = transfers[:size]
+        entries = [EntryView(t, record.account_id, record.currency, _entry_status(t)) for t in transfers]
+        return entries, (_encode_cursor(transfers[-1].timestamp) if more else "")
+
+    async def balances(self, principal: Principal, account_id_text: str) -> AccountView:
+        return await self.get_account(principal, account_id_text)
+
+
+def parse_id_hex(text: str) -> int:
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise invalid("INVALID_ID", "transaction ids are 32 lowercase hex digits", field="transaction_id")
+    return int(text, 16)
+
+
+def _key_reused() -> DomainError:
+    return DomainError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this idempotency key was used with a different payload",
+    )
+
+
+def _from_outcome(
+    transaction: MappedTransaction, outcome: dict[str, object], deduplicated: bool
+) -> TransactionView | DomainError:
+    if not outcome["ok"]:
+        return _outcome_error(outcome)
+    timestamp = outcome["timestamp"]
+    assert isinstance(timestamp, int)
+    return TransactionView(transaction, timestamp, deduplicated)
+
+
+def _entry_status(t: Transfer) -> str:
+    if t.flags & TransferFlags.PENDING:
+        return "authorized"
+    if t.flags & TransferFlags.VOID_PENDING_TRANSFER:
+        return "voided"
+    return "posted"
+
+
+def _page_size(requested: int) -> int:
+    if requested == 0:
+        return PAGE_SIZE_DEFAULT
+    return min(requested, PAGE_SIZE_MAX)
+
+
+def _encode_cursor(timestamp: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"ts": timestamp}).encode()).decode()
+
+
+def _decode_cursor(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        timestamp = json.loads(base64.urlsafe_b64decode(token.encode()))["ts"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise invalid("INVALID_PAGE_TOKEN", "page_token is not a token this service issued") from error
+    if not isinstance(timestamp, int) or timestamp <= 0:
+        raise invalid("INVALID_PAGE_TOKEN", "page_token is not a token this service issued")
+    return timestamp
+
+
+def kind_status(kind: Kind) -> str:
+    return {Kind.POST: "posted", Kind.AUTHORIZE: "authorized", Kind.CAPTURE: "posted", Kind.VOID: "voided"}[kind]
+
+
+def deadline_from_timeout(timeout_seconds: float | None) -> float | None:
+    return None if timeout_seconds is None else time.monotonic() + timeout_seconds
+
+
+def is_no_overdraft(account: Account) -> bool:
+    return bool(account.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
