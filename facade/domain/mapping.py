@@ -11,7 +11,8 @@ Transfers
 - A transaction's legs become linked transfers (all but the last carry `linked`): all or nothing.
 - Transfer id = H(client, idempotency key, leg index), so a retry is an exact duplicate the engine
   answers with `exists`, and two clients can never collide. H is BLAKE2b-128, never 0 or 2^128-1.
-- code = the transaction type (CREDIT 1, DEBIT 2, TRANSFER 3, CAPTURE 4, VOID 5).
+- code = the transaction type (CREDIT 1, DEBIT 2, TRANSFER 3). Captures and voids leave it zero: the
+  engine copies the authorization's code, and the post/void flag tells them apart.
 - user_data_128 = the transaction id (groups the legs; = H(client, idempotency key)).
 - user_data_64 = the business time the caller gave (`occurred_at_ns`), 0 if none.
 - user_data_32 = CRC-32 of `source`, so engine queries can filter by source.
@@ -397,7 +398,7 @@ def map_resolution(
                 user_data_64=metadata.occurred_at_ns,
                 user_data_32=source_code(metadata.source),
                 ledger=pending.ledger,
-                code=int(leg_type),
+                code=0,  # Inherited from the pending transfer (TigerBeetle requires 0 or equal).
                 flags=int(flags | linked),
             )
         )
