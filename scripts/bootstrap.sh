@@ -9,7 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
-bash scripts/install_compose.sh
 if [ -f scripts/kafka_broker.py ]; then
     .venv/bin/python scripts/kafka_broker.py fetch
 fi
