@@ -11,6 +11,7 @@ client id). Reads of another client's account answer NOT_FOUND, exactly as for a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -288,11 +289,18 @@ class LedgerService(OutcomeJudge):
         existing = await self.store.find_transactions(principal.client_id, [m.idempotency_key for _, m in valid])
         to_submit: list[tuple[int, MappedTransaction]] = []
         seen: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []  # (index, index of the first occurrence of its key)
         for index, transaction in valid:
             record = existing.get(transaction.idempotency_key)
-            if transaction.idempotency_key in seen:
-                # The same key twice in one call: the second is a replay of the first.
-                results[index] = invalid("DUPLICATE_IDEMPOTENCY_KEY", "an idempotency key appears twice in the batch")
+            first = seen.get(transaction.idempotency_key)
+            if first is not None:
+                # The same key twice in one call: a replay of the first (or a reuse, if it differs).
+                first_transaction = mapped[first]
+                assert isinstance(first_transaction, MappedTransaction)
+                if first_transaction.fingerprint != transaction.fingerprint:
+                    results[index] = _key_reused()
+                else:
+                    repeats.append((index, first))
                 continue
             seen[transaction.idempotency_key] = index
             if record is not None and record.transaction.fingerprint != transaction.fingerprint:
@@ -323,6 +331,14 @@ class LedgerService(OutcomeJudge):
                     if replayed:
                         metrics.deduplicated_requests_total.inc()
                     results[index] = _from_outcome(transaction, judged, deduplicated=replayed)
+        for index, first in repeats:
+            first_result = results[first]
+            assert first_result is not None
+            results[index] = (
+                dataclasses.replace(first_result, deduplicated=True)
+                if isinstance(first_result, TransactionView)
+                else first_result
+            )
         final: list[TransactionView | DomainError] = []
         for result in results:
             assert result is not None

@@ -32,6 +32,9 @@ class KafkaSettings(BaseModel):
     commands_dlq_topic: str = "ledger.commands.dlq.v1"
     results_topic: str = "ledger.results.v1"
     consumer_group: str = "ledger-ingest"
+    ingest_client_id: str = Field(
+        default="kafka-ingest", description="The client commands from Kafka are posted as (scopes idempotency keys)."
+    )
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=7)
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)

@@ -109,6 +109,10 @@ async def start(settings: Settings) -> RunningServer:
             engine, KafkaEntryPublisher(settings.kafka), settings.kafka.change_capture_checkpoint, metadata=store
         )
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
+        from facade.kafka.ingest import CommandIngestor
+
+        ingestor = CommandIngestor(service, settings.kafka, settings.kafka.ingest_client_id)
+        running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     log.info("serving", address=address, port=port, engine=engine.name, tls=credentials is not None)
     return running
 

@@ -1,0 +1,206 @@
+"""Kafka ingestion: `ledger.commands.v1` → the same mapping and group-commit path as the gRPC API.
+
+Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema). Per poll:
+1. decode; a malformed record goes to the DLQ (`ledger.commands.dlq.v1`) with `reason` headers;
+2. post every decoded command in one `LedgerService.post_transactions` call (one durable group
+   commit for the lot);
+3. publish one `ledger.v1.TransactionResult` per command to `ledger.results.v1` (headers: correlation
+   id, idempotency key, status, reason), and rejected commands to the DLQ as well;
+4. wait until Kafka acknowledged those records (acks=all), then commit the consumed offsets.
+A crash anywhere before 4 redelivers the records; their idempotency keys make the second write a
+no-op that returns the original result, so redelivery is harmless.
+
+Backpressure: when the write queue is full the consumer pauses its partitions, waits the retry hint,
+resumes and retries the same records: nothing is dropped, nothing spins.
+
+Authentication is Kafka's (SASL/ACLs on the commands topic); commands are posted as the configured
+ingestion client, so idempotency keys are scoped to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from google.protobuf.message import DecodeError
+
+from facade.api.gen.ledger.v1 import ledger_pb2
+from facade.api.servicer import item_result, post_request
+from facade.auth import SCOPE_WRITE, Principal
+from facade.domain.mapping import DomainError
+from facade.observability import metrics
+from facade.observability.tracing import extract_headers, tracer
+from facade.service import LedgerService, TransactionView
+from facade.settings import KafkaSettings
+
+POLL_RECORDS_MAX = 1000
+POLL_TIMEOUT_SECONDS = 0.05
+PRODUCE_FLUSH_TIMEOUT_SECONDS = 30.0
+
+
+class IngestError(RuntimeError):
+    """Kafka did not acknowledge results/DLQ records: offsets are not committed, records redeliver."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    message: Message
+    request: ledger_pb2.PostTransactionRequest
+
+
+def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
+    headers = message.headers()
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def _is_partition_eof(message: Message) -> bool:
+    error = message.error()
+    return error is not None and error.code() == KafkaError._PARTITION_EOF
+
+
+class CommandIngestor:
+    def __init__(self, service: LedgerService, settings: KafkaSettings, client_id: str = "kafka-ingest") -> None:
+        assert settings.bootstrap_servers, "Kafka is not configured"
+        self._service = service
+        self._settings = settings
+        self._principal = Principal(client_id, frozenset({SCOPE_WRITE}))
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": settings.consumer_group,
+                "client.id": f"{settings.client_id}-ingest",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "client.id": f"{settings.client_id}-results",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+            }
+        )
+        self._consumer.subscribe([settings.commands_topic])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.run_once()
+
+    async def run_once(self) -> int:
+        """Processes one poll's records; returns how many commands it handled."""
+        messages: list[Message] = await asyncio.to_thread(
+            self._consumer.consume, POLL_RECORDS_MAX, POLL_TIMEOUT_SECONDS
+        )
+        messages = [m for m in messages if not _is_partition_eof(m)]
+        if not messages:
+            return 0
+        errors: list[str] = []
+        commands: list[_Command] = []
+        for message in messages:
+            if message.error():
+                raise IngestError(f"consume failed: {message.error()}")
+            try:
+                request = ledger_pb2.PostTransactionRequest.FromString(message.value() or b"")
+            except DecodeError as error:
+                malformed = DomainError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "MALFORMED_COMMAND",
+                    f"not a ledger.v1.PostTransactionRequest: {error}",
+                )
+                self._publish_result(_Command(message, ledger_pb2.PostTransactionRequest()), malformed, errors)
+                continue
+            commands.append(_Command(message, request))
+        if commands:
+            results = await self._post_with_backpressure(commands)
+            for command, result in zip(commands, results, strict=True):
+                self._publish_result(command, result, errors)
+        remaining = await asyncio.to_thread(self._producer.flush, PRODUCE_FLUSH_TIMEOUT_SECONDS)
+        if remaining or errors:
+            metrics.kafka_producer_errors_total.labels(self._settings.results_topic).inc(len(errors) or remaining)
+            raise IngestError(f"results/DLQ not acknowledged ({remaining} pending): {errors[:3]}")
+        self._commit()
+        return len(messages)
+
+    def _commit(self) -> None:
+        """Commits the offsets of everything consumed so far (all of it is durable and answered)."""
+        self._consumer.commit(asynchronous=False)
+
+    async def _post_with_backpressure(self, commands: list[_Command]) -> list[TransactionView | DomainError]:
+        while True:
+            parent = extract_headers(_headers(commands[0].message))
+            with tracer().start_as_current_span("kafka.ingest", context=parent) as span:
+                span.set_attribute("messaging.batch.message_count", len(commands))
+                try:
+                    return await self._service.post_transactions(
+                        self._principal, [post_request(c.request) for c in commands]
+                    )
+                except DomainError as error:
+                    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    retry_after = int(error.metadata.get("retry_after_ms", "50")) / 1000
+            metrics.backpressure_rejections_total.labels("kafka").inc()
+            metrics.retries_total.labels("kafka_ingest").inc()
+            assignment = self._consumer.assignment()
+            self._consumer.pause(assignment)
+            await asyncio.sleep(retry_after)
+            self._consumer.resume(assignment)
+
+    def _publish_result(self, command: _Command, result: TransactionView | DomainError, errors: list[str]) -> None:
+        request = command.request
+        status = "REJECTED" if isinstance(result, DomainError) else "POSTED"
+        reason = result.reason if isinstance(result, DomainError) else ""
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("idempotency_key", request.idempotency_key.encode()),
+            ("correlation_id", request.metadata.correlation_id.encode()),
+            ("status", status.encode()),
+            ("reason", reason.encode()),
+        ]
+        self._produce(
+            self._settings.results_topic,
+            command.message.key(),
+            item_result(result).SerializeToString(),
+            headers,
+            errors,
+        )
+        if isinstance(result, DomainError):
+            self._dead_letter(command.message, result.reason, result.message, errors)
+
+    def _dead_letter(self, message: Message, reason: str, detail: str, errors: list[str]) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("reason", reason.encode()),
+            ("reason_detail", detail.encode()),
+            ("source_topic", (message.topic() or "").encode()),
+            ("source_partition", str(message.partition()).encode()),
+            ("source_offset", str(message.offset()).encode()),
+        ]
+        self._produce(self._settings.commands_dlq_topic, message.key(), message.value() or b"", headers, errors)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        errors: list[str],
+    ) -> None:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                errors.append(f"{topic}: {error}")
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def close(self) -> None:
+        self._producer.flush(PRODUCE_FLUSH_TIMEOUT_SECONDS)
+        self._consumer.close()
