@@ -26,6 +26,10 @@ from facade.metadata_store import MetadataStore
 from facade.observability import metrics
 from facade.observability.tracing import tracer
 
+BATCHES_IN_FLIGHT_MAX = 2
+"""Batches committing at once. Two overlap one batch's engine write with the next one's metadata write;
+the engine's single writer thread still applies batches in the order they were submitted."""
+
 
 class QueueFullError(Exception):
     """The write queue is full: retry after a short delay."""
@@ -131,16 +135,25 @@ class GroupCommitter:
         return batch
 
     async def _drain(self) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             if not self._queue:
                 if self._closing:
-                    return
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             batch = self._take_batch()
             if batch:
-                await self._commit(batch)
+                task = asyncio.create_task(self._commit(batch))
+                in_flight.add(task)
+                # Yield once so the new batch's first write is queued before the next batch forms.
+                await asyncio.sleep(0)
+        if in_flight:
+            await asyncio.wait(in_flight)
 
     async def _commit(self, batch: list[_Item]) -> None:
         transactions = [item.transaction for item in batch]
