@@ -6,12 +6,21 @@ calls run on one dedicated thread: SQLite connections are not shared across thre
 loop never blocks on disk.
 
 Protocol per batch, following TigerBeetle's "write last, read first":
-1. `record_intents`: each transaction's key, fingerprint, metadata and exact transfers, state
-   'intent'. Durable before the engine sees the transfers, so no transfer can exist without its
-   metadata, and a crash between 1 and 3 is repaired by the retry (same transfers → `exists`).
-2. The engine batch (durable).
-3. `record_outcomes`: 'committed' or 'failed' with the outcome. Durable before the client's ack, so a
-   retry of a failed transaction gets the original failure, never TigerBeetle's `id_already_failed`.
+1. `prepare`: in one SQLite transaction, look up every transaction of the batch by id and insert an
+   intent (client, idempotency key, fingerprint, canonical body) for each new one. Durable before the
+   engine sees the transfers, so no transfer can exist without its metadata.
+2. The engine batch (durable). Success is recorded there and only there: the engine is the system of
+   record, so "committed, at timestamp T" is read back from it (`lookup_transfers`), never duplicated.
+3. `record_failures`: the outcome of each transaction the engine refused. Durable before those
+   callers are answered, so a retry of a failed transaction gets the original failure, never
+   TigerBeetle's `id_already_failed` (the engine burns the ids of transient failures).
+
+A crash between 1 and 2 leaves an intent without transfers: a retry submits it again. A crash between
+2 and 3 leaves an intent whose transfers exist (the retry's `exists` proves the commit) or failed (the
+retry sees `id_already_failed`, reported as IDEMPOTENCY_KEY_FAILED: the original reason is lost with
+the crash, never the money).
+
+Ids are stored as 16-byte big-endian BLOBs in WITHOUT ROWID tables: one B-tree insert per row.
 
 In production with several façade processes, point them at their own store each (idempotency is
 scoped per client and the transfer ids make engine writes idempotent across processes), or replace
@@ -30,11 +39,11 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from facade.api.gen.ledger.v1 import entries_pb2
-from facade.domain.mapping import Kind, LegSpec, MappedTransaction, Metadata, TransactionType
-from facade.engine.types import Transfer
+from facade.domain.mapping import MappedTransaction, parse_body_summary
 
+SCHEMA_VERSION = 2
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
+CREATE TABLE accounts (
     account_id TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,
     external_reference TEXT NOT NULL,
@@ -45,21 +54,19 @@ CREATE TABLE IF NOT EXISTS accounts (
     fingerprint TEXT NOT NULL,
     UNIQUE (client_id, external_reference)
 );
-CREATE TABLE IF NOT EXISTS transactions (
-    transaction_id TEXT PRIMARY KEY,
+CREATE TABLE transactions (
+    transaction_id BLOB PRIMARY KEY,
     client_id TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
     body TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('intent', 'committed', 'failed')),
-    outcome TEXT,
-    UNIQUE (client_id, idempotency_key)
-);
-CREATE TABLE IF NOT EXISTS transfers (
-    transfer_id TEXT PRIMARY KEY,
-    transaction_id TEXT NOT NULL,
+    failure TEXT
+) WITHOUT ROWID;
+CREATE TABLE transfers (
+    transfer_id BLOB PRIMARY KEY,
+    transaction_id BLOB NOT NULL,
     leg_index INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 QUERY_VARIABLES_MAX = 500
@@ -67,6 +74,10 @@ QUERY_VARIABLES_MAX = 500
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def id_bytes(value: int) -> bytes:
+    return value.to_bytes(16, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,53 +93,20 @@ class AccountRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class TransactionRecord:
-    transaction: MappedTransaction
-    state: str
-    outcome: dict[str, object] | None
+class Prior:
+    """What the store already held for a transaction id when a batch was prepared."""
+
+    fingerprint: bytes
+    failure: str | None
+    """The recorded failure (DomainError.to_json), or None: an intent, committed iff the engine has it."""
 
 
-def _encode_transaction(t: MappedTransaction) -> str:
-    return json.dumps(
-        {
-            "kind": str(t.kind),
-            "currency": t.currency,
-            "authorization_id": str(t.authorization_id),
-            "metadata": t.metadata.as_dict(),
-            "legs": [
-                [int(leg.type), str(leg.debit_account_id), str(leg.credit_account_id), str(leg.amount)]
-                for leg in t.legs
-            ],
-            "transfers": [
-                [str(x.id), str(x.debit_account_id), str(x.credit_account_id), str(x.amount), str(x.pending_id),
-                 str(x.user_data_128), x.user_data_64, x.user_data_32, x.timeout, x.ledger, x.code, x.flags]
-                for x in t.transfers
-            ],
-        },
-        separators=(",", ":"),
-    )  # fmt: skip
-
-
-def _decode_transaction(
-    client_id: str, key: str, transaction_id: str, fingerprint: str, body: str
-) -> MappedTransaction:
-    data = json.loads(body)
-    m = data["metadata"]
-    return MappedTransaction(
-        client_id=client_id,
-        idempotency_key=key,
-        transaction_id=int(transaction_id),
-        kind=Kind(data["kind"]),
-        currency=data["currency"],
-        legs=tuple(LegSpec(TransactionType(t), int(d), int(c), int(a)) for t, d, c, a in data["legs"]),
-        metadata=Metadata(m["source"], m["correlation_id"], m["description"], m["labels"], m["occurred_at_ns"]),
-        fingerprint=fingerprint,
-        transfers=tuple(
-            Transfer(int(i), int(d), int(c), int(a), int(p), int(u128), u64, u32, timeout, ledger, code, flags)
-            for i, d, c, a, p, u128, u64, u32, timeout, ledger, code, flags in data["transfers"]
-        ),
-        authorization_id=int(data["authorization_id"]),
-    )
+@dataclass(frozen=True, slots=True)
+class StoredTransaction:
+    client_id: str
+    idempotency_key: str
+    body: str
+    failure: str | None
 
 
 class MetadataStore:
@@ -145,7 +123,15 @@ class MetadataStore:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
+            [version] = db.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                with db:
+                    db.execute("BEGIN")
+                    db.executescript(SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                db.close()
+                raise RuntimeError(f"{path}: metadata schema version {version}, this build reads {SCHEMA_VERSION}")
             return db
 
         connection = await asyncio.get_running_loop().run_in_executor(executor, connect)
@@ -194,74 +180,70 @@ class MetadataStore:
 
     # Transactions.
 
-    async def find_transactions(self, client_id: str, keys: Sequence[str]) -> dict[str, TransactionRecord]:
-        def query() -> dict[str, TransactionRecord]:
-            found: dict[str, TransactionRecord] = {}
-            for start in range(0, len(keys), QUERY_VARIABLES_MAX):
-                chunk = keys[start : start + QUERY_VARIABLES_MAX]
-                rows = self._db.execute(
-                    "SELECT transaction_id, client_id, idempotency_key, fingerprint, body, state, outcome "
-                    f"FROM transactions WHERE client_id = ? AND idempotency_key IN ({','.join('?' * len(chunk))})",
-                    (client_id, *chunk),
-                ).fetchall()
-                for row in rows:
-                    found[row[2]] = _transaction(row)
-            return found
+    async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
+        """Step 1 of a batch: returns what is already stored for these transaction ids, and durably
+        records an intent for every other one, in one SQLite transaction (none if nothing is new).
+        The ids must be distinct (the committer folds repeats within a batch)."""
+        return await self._run(self._prepare, transactions)
 
-        return await self._run(query)
-
-    async def get_transaction(self, transaction_id: int) -> TransactionRecord | None:
-        def query() -> TransactionRecord | None:
-            row = self._db.execute(
-                "SELECT transaction_id, client_id, idempotency_key, fingerprint, body, state, outcome "
-                "FROM transactions WHERE transaction_id = ?",
-                (str(transaction_id),),
-            ).fetchone()
-            return _transaction(row) if row else None
-
-        return await self._run(query)
-
-    async def record_intents(self, transactions: Sequence[MappedTransaction]) -> None:
-        """One durable SQLite transaction for the whole batch. Existing rows are kept as they are."""
-
-        def write() -> None:
+    def _prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
+        keys = [id_bytes(t.transaction_id) for t in transactions]
+        assert len(set(keys)) == len(keys), "transaction ids in one prepare must be distinct"
+        found: dict[int, Prior] = {}
+        for start in range(0, len(keys), QUERY_VARIABLES_MAX):
+            chunk = keys[start : start + QUERY_VARIABLES_MAX]
+            rows = self._db.execute(
+                "SELECT transaction_id, fingerprint, failure FROM transactions "
+                f"WHERE transaction_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for key, stored_fingerprint, failure in rows:
+                found[int.from_bytes(key, "big")] = Prior(stored_fingerprint, failure)
+        new = [(t, key) for t, key in zip(transactions, keys, strict=True) if t.transaction_id not in found]
+        if new:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO transactions VALUES (?, ?, ?, ?, ?, 'intent', NULL)",
-                    [(str(t.transaction_id), t.client_id, t.idempotency_key, t.fingerprint, _encode_transaction(t))
-                     for t in transactions],
-                )  # fmt: skip
+                    "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, NULL)",
+                    [(key, t.client_id, t.idempotency_key, t.fingerprint, t.body) for t, key in new],
+                )
                 self._db.executemany(
                     "INSERT OR IGNORE INTO transfers VALUES (?, ?, ?)",
-                    [
-                        (str(x.id), str(t.transaction_id), index)
-                        for t in transactions
-                        for index, x in enumerate(t.transfers)
-                    ],
+                    [(id_bytes(x.id), key, index) for t, key in new for index, x in enumerate(t.transfers)],
                 )
+        return found
 
-        await self._run(write)
-
-    async def record_outcomes(self, outcomes: Sequence[tuple[int, str, dict[str, object]]]) -> None:
-        """(transaction id, 'committed' | 'failed', outcome): one durable SQLite transaction."""
+    async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
+        """Step 3 of a batch: (transaction id, DomainError.to_json()) for each refused transaction, in
+        one durable SQLite transaction. A recorded failure is final for its idempotency key."""
 
         def write() -> None:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "UPDATE transactions SET state = ?, outcome = ? WHERE transaction_id = ? AND state = 'intent'",
-                    [(state, json.dumps(outcome), str(tx_id)) for tx_id, state, outcome in outcomes],
+                    "UPDATE transactions SET failure = ? WHERE transaction_id = ? AND failure IS NULL",
+                    [(failure, id_bytes(tx_id)) for tx_id, failure in failures],
                 )
 
-        await self._run(write)
+        if failures:
+            await self._run(write)
+
+    async def get_transaction(self, transaction_id: int) -> StoredTransaction | None:
+        def query() -> StoredTransaction | None:
+            row = self._db.execute(
+                "SELECT client_id, idempotency_key, body, failure FROM transactions WHERE transaction_id = ?",
+                (id_bytes(transaction_id),),
+            ).fetchone()
+            return StoredTransaction(*row) if row else None
+
+        return await self._run(query)
 
     async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
         """Change capture's MetadataSource: the domain metadata of each transfer that has any."""
 
         def query() -> dict[int, entries_pb2.EntryMetadata]:
             found: dict[int, entries_pb2.EntryMetadata] = {}
-            ids = [str(i) for i in transfer_ids]
+            ids = [id_bytes(i) for i in transfer_ids]
             for start in range(0, len(ids), QUERY_VARIABLES_MAX):
                 chunk = ids[start : start + QUERY_VARIABLES_MAX]
                 rows = self._db.execute(
@@ -271,18 +253,18 @@ class MetadataStore:
                     chunk,
                 ).fetchall()
                 for transfer_id, leg_index, tx_id, client_id, key, body in rows:
-                    data = json.loads(body)
-                    m = data["metadata"]
-                    found[int(transfer_id)] = entries_pb2.EntryMetadata(
-                        transaction_id=format(int(tx_id), "032x"),
+                    summary = parse_body_summary(body, leg_index)
+                    metadata = summary.metadata
+                    found[int.from_bytes(transfer_id, "big")] = entries_pb2.EntryMetadata(
+                        transaction_id=tx_id.hex(),
                         idempotency_key=key,
                         client_id=client_id,
-                        transaction_type=data["kind"],
-                        source=m["source"],
-                        correlation_id=m["correlation_id"],
-                        description=m["description"],
-                        labels=m["labels"],
-                        currency=data["currency"],
+                        transaction_type=summary.transaction_type,
+                        source=metadata.source,
+                        correlation_id=metadata.correlation_id,
+                        description=metadata.description,
+                        labels=metadata.labels,
+                        currency=summary.currency,
                         leg_index=leg_index,
                     )
             return found
@@ -294,13 +276,4 @@ def _account(row: tuple[str, str, str, str, str, int, str, str]) -> AccountRecor
     account_id, client_id, reference, currency, owner, type_, metadata, fingerprint = row
     return AccountRecord(
         int(account_id), client_id, reference, currency, owner, type_, json.loads(metadata), fingerprint
-    )
-
-
-def _transaction(row: tuple[str, str, str, str, str, str, str | None]) -> TransactionRecord:
-    transaction_id, client_id, key, fingerprint, body, state, outcome = row
-    return TransactionRecord(
-        _decode_transaction(client_id, key, transaction_id, fingerprint, body),
-        state,
-        json.loads(outcome) if outcome else None,
     )

@@ -1,8 +1,9 @@
 """The ledger service: the transport-independent core behind gRPC, HTTP and Kafka ingestion.
 
-Writes: validate and map (facade.domain.mapping) → idempotency check against the metadata store →
-group commit (facade.batcher) → outcome. Reads go straight to the engine (strongly consistent) and to
-the metadata store for what the engine does not hold.
+Writes: validate and map (facade.domain.mapping) → group commit (facade.batcher, which also decides
+idempotency against the metadata store, once per batch) → outcome. Reads go to the engine first
+(strongly consistent; it alone knows whether a transaction committed) and to the metadata store for
+what the engine does not hold.
 
 Tenancy: every account belongs to the client that created it (the authenticated principal's
 client id). Reads of another client's account answer NOT_FOUND, exactly as for a missing one.
@@ -11,7 +12,6 @@ client id). Reads of another client's account answer NOT_FOUND, exactly as for a
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from facade.auth import Principal
-from facade.batcher import DeadlineExceededError, GroupCommitter, Outcome, OutcomeJudge, QueueFullError, wait_all
+from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
 from facade.domain.mapping import (
     ACCOUNT_CODE_CUSTOMER,
     ACCOUNT_CODE_SETTLEMENT,
@@ -33,29 +33,28 @@ from facade.domain.mapping import (
     Metadata,
     account_id,
     customer_account_flags,
+    decode_transaction,
     fingerprint,
     invalid,
     map_post,
     map_resolution,
     parse_id,
     settlement_account_id,
-    transfer_status_error,
+    transaction_id,
     validate_map,
     validate_text,
 )
-from facade.engine.protocol import Engine
+from facade.engine.protocol import Engine, EngineUnavailableError
 from facade.engine.types import (
     Account,
     AccountFilter,
     AccountFilterFlags,
     AccountFlags,
     CreateAccountStatus,
-    CreateTransferResult,
-    CreateTransferStatus,
     Transfer,
     TransferFlags,
 )
-from facade.metadata_store import AccountRecord, MetadataStore, TransactionRecord
+from facade.metadata_store import AccountRecord, MetadataStore, StoredTransaction
 from facade.observability import metrics
 from facade.settings import ApiSettings
 
@@ -98,35 +97,13 @@ class EntryView:
     status: str  # "posted" | "authorized" | "voided"
 
 
-def _error_outcome(error: DomainError) -> dict[str, object]:
-    return {
-        "ok": False,
-        "code": error.code.name,
-        "reason": error.reason,
-        "message": error.message,
-        "metadata": error.metadata,
-    }
-
-
-def _outcome_error(outcome: dict[str, object]) -> DomainError:
-    metadata = outcome.get("metadata")
-    return DomainError(
-        grpc.StatusCode[str(outcome["code"])],
-        str(outcome["reason"]),
-        str(outcome["message"]),
-        {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
-    )
-
-
-class LedgerService(OutcomeJudge):
+class LedgerService:
     def __init__(self, engine: Engine, store: MetadataStore, settings: ApiSettings) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings
         self.currencies = Currencies(dict(settings.currencies))
-        self.committer = GroupCommitter(
-            engine, store, self, settings.write_queue_transfers_max, settings.batch_transfers_max
-        )
+        self.committer = GroupCommitter(engine, store, settings.write_queue_transfers_max, settings.batch_transfers_max)
 
     async def start(self) -> None:
         """Creates each currency's settlement account (idempotently) and starts group commit."""
@@ -215,22 +192,6 @@ class LedgerService(OutcomeJudge):
     # ------------------------------------------------------------------------------------------
     # Transactions.
 
-    def judge(self, transaction: MappedTransaction, results: list[CreateTransferResult]) -> Outcome:
-        statuses = [r.status for r in results]
-        if all(s == CreateTransferStatus.CREATED for s in statuses) or statuses[0] == CreateTransferStatus.EXISTS:
-            # EXISTS on the first leg: this exact transaction was committed before (a retry after a
-            # crash lost its outcome). Linked chains are atomic, so every leg exists; the EXISTS
-            # broke the chain, which is why the later legs answer LINKED_EVENT_FAILED.
-            return (
-                transaction.transaction_id,
-                "committed",
-                {"ok": True, "timestamp": results[0].timestamp, "replayed": statuses[0] == CreateTransferStatus.EXISTS},
-            )
-        for index, status in enumerate(statuses):
-            if status not in (CreateTransferStatus.LINKED_EVENT_FAILED, CreateTransferStatus.CREATED):
-                return transaction.transaction_id, "failed", _error_outcome(transfer_status_error(status, index))
-        raise AssertionError(f"unexplained results {statuses}")
-
     async def post_transactions(
         self, principal: Principal, requests: Sequence[PostRequest], deadline: float | None = None
     ) -> list[TransactionView | DomainError]:
@@ -252,7 +213,7 @@ class LedgerService(OutcomeJudge):
                 )
             except DomainError as error:
                 mapped.append(error)
-        return await self._submit(principal, mapped, deadline)
+        return await self._submit(mapped, deadline)
 
     async def resolve_authorization(
         self,
@@ -264,55 +225,30 @@ class LedgerService(OutcomeJudge):
         metadata: Metadata,
         deadline: float | None = None,
     ) -> TransactionView:
-        authorization = await self.store.get_transaction(parse_id_hex(authorization_id_text))
-        if authorization is None or authorization.transaction.client_id != principal.client_id:
+        stored = await self._stored_transaction(principal, parse_id_hex(authorization_id_text))
+        if stored is None:
             raise DomainError(grpc.StatusCode.NOT_FOUND, "AUTHORIZATION_NOT_FOUND", "no such authorization")
-        if authorization.state != "committed":
+        if stored.failure is not None:
             raise DomainError(
                 grpc.StatusCode.FAILED_PRECONDITION, "AUTHORIZATION_NOT_COMMITTED", "the authorization did not succeed"
             )
-        mapped = map_resolution(
-            principal.client_id, idempotency_key, authorization.transaction, capture, amount, metadata
-        )
-        [result] = await self._submit(principal, [mapped], deadline)
+        # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
+        authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
+        mapped = map_resolution(principal.client_id, idempotency_key, authorization, capture, amount, metadata)
+        [result] = await self._submit([mapped], deadline)
         if isinstance(result, DomainError):
             raise result
         return result
 
     async def _submit(
-        self, principal: Principal, mapped: list[MappedTransaction | DomainError], deadline: float | None
+        self, mapped: list[MappedTransaction | DomainError], deadline: float | None
     ) -> list[TransactionView | DomainError]:
-        results: list[TransactionView | DomainError | None] = [
-            m if isinstance(m, DomainError) else None for m in mapped
-        ]
-        valid = [(i, m) for i, m in enumerate(mapped) if isinstance(m, MappedTransaction)]
-        existing = await self.store.find_transactions(principal.client_id, [m.idempotency_key for _, m in valid])
-        to_submit: list[tuple[int, MappedTransaction]] = []
-        seen: dict[str, int] = {}
-        repeats: list[tuple[int, int]] = []  # (index, index of the first occurrence of its key)
-        for index, transaction in valid:
-            record = existing.get(transaction.idempotency_key)
-            first = seen.get(transaction.idempotency_key)
-            if first is not None:
-                # The same key twice in one call: a replay of the first (or a reuse, if it differs).
-                first_transaction = mapped[first]
-                assert isinstance(first_transaction, MappedTransaction)
-                if first_transaction.fingerprint != transaction.fingerprint:
-                    results[index] = _key_reused()
-                else:
-                    repeats.append((index, first))
-                continue
-            seen[transaction.idempotency_key] = index
-            if record is not None and record.transaction.fingerprint != transaction.fingerprint:
-                results[index] = _key_reused()
-            elif record is not None and record.state != "intent" and record.outcome is not None:
-                metrics.deduplicated_requests_total.inc()
-                results[index] = _from_outcome(record.transaction, record.outcome, deduplicated=True)
-            else:
-                to_submit.append((index, transaction))
-        if to_submit:
+        results: list[TransactionView | DomainError] = []
+        valid = [m for m in mapped if isinstance(m, MappedTransaction)]
+        outcomes: list[object] = []
+        if valid:
             try:
-                futures = self.committer.submit([t for _, t in to_submit], deadline)
+                futures = self.committer.submit(valid, deadline)
             except QueueFullError as error:
                 raise DomainError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -320,51 +256,58 @@ class LedgerService(OutcomeJudge):
                     str(error),
                     {"retry_after_ms": str(self.settings.retry_after_ms)},
                 ) from error
-            for (index, transaction), outcome in zip(to_submit, await wait_all(futures), strict=True):
-                if isinstance(outcome, DeadlineExceededError):
-                    results[index] = DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(outcome))
-                elif isinstance(outcome, BaseException):
-                    raise outcome
+            outcomes = list(await wait_all(futures))
+        outcomes.reverse()
+        counts: dict[tuple[str, str], int] = {}
+        for item in mapped:
+            result: TransactionView | DomainError
+            if isinstance(item, DomainError):
+                result = item
+            else:
+                outcome = outcomes.pop()
+                if isinstance(outcome, Committed):
+                    result = TransactionView(item, outcome.timestamp, outcome.deduplicated)
+                elif isinstance(outcome, DomainError):
+                    result = outcome
+                elif isinstance(outcome, DeadlineExceededError):
+                    result = DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(outcome))
+                elif isinstance(outcome, EngineUnavailableError):
+                    result = DomainError(grpc.StatusCode.UNAVAILABLE, "ENGINE_UNAVAILABLE", str(outcome))
                 else:
-                    _, _, judged = self.judge(transaction, outcome)
-                    replayed = bool(judged.get("replayed"))
-                    if replayed:
-                        metrics.deduplicated_requests_total.inc()
-                    results[index] = _from_outcome(transaction, judged, deduplicated=replayed)
-        for index, first in repeats:
-            first_result = results[first]
-            assert first_result is not None
-            results[index] = (
-                dataclasses.replace(first_result, deduplicated=True)
-                if isinstance(first_result, TransactionView)
-                else first_result
-            )
-        final: list[TransactionView | DomainError] = []
-        for result in results:
-            assert result is not None
-            outcome_label = "rejected" if isinstance(result, DomainError) else "created"
-            if isinstance(result, TransactionView) and result.deduplicated:
-                outcome_label = "deduplicated"
-            metrics.transactions_total.labels(
-                outcome_label, result.reason if isinstance(result, DomainError) else ""
-            ).inc()
-            final.append(result)
-        return final
+                    assert isinstance(outcome, BaseException)
+                    raise outcome
+            if isinstance(result, DomainError):
+                label = ("rejected", result.reason)
+            else:
+                label = ("deduplicated" if result.deduplicated else "created", "")
+            counts[label] = counts.get(label, 0) + 1
+            results.append(result)
+        assert not outcomes
+        for (outcome_label, reason), count in counts.items():
+            metrics.transactions_total.labels(outcome_label, reason).inc(count)
+            if outcome_label == "deduplicated":
+                metrics.deduplicated_requests_total.inc(count)
+        return results
+
+    async def _stored_transaction(self, principal: Principal, tx_id: int) -> StoredTransaction | None:
+        stored = await self.store.get_transaction(tx_id)
+        return stored if stored is not None and stored.client_id == principal.client_id else None
 
     async def get_transaction(
         self, principal: Principal, transaction_id_text: str, idempotency_key: str
     ) -> TransactionView:
-        record: TransactionRecord | None
         if idempotency_key:
-            record = (await self.store.find_transactions(principal.client_id, [idempotency_key])).get(idempotency_key)
+            tx_id = transaction_id(principal.client_id, idempotency_key)
         else:
-            record = await self.store.get_transaction(parse_id_hex(transaction_id_text))
-        if record is None or record.transaction.client_id != principal.client_id or record.state != "committed":
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
-        assert record.outcome is not None
-        view = _from_outcome(record.transaction, record.outcome, deduplicated=False)
-        assert isinstance(view, TransactionView)
-        return view
+            tx_id = parse_id_hex(transaction_id_text)
+        stored = await self._stored_transaction(principal, tx_id)
+        if stored is not None and stored.failure is None:
+            transaction = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
+            # Read first: the engine says whether (and when) the intent was committed.
+            found = await self.engine.lookup_transfers([transaction.transfers[0].id])
+            if found:
+                return TransactionView(transaction, found[0].timestamp, deduplicated=False)
+        raise DomainError(grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
 
     async def list_account_entries(
         self,
@@ -412,24 +355,6 @@ def parse_id_hex(text: str) -> int:
     if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
         raise invalid("INVALID_ID", "transaction ids are 32 lowercase hex digits", field="transaction_id")
     return int(text, 16)
-
-
-def _key_reused() -> DomainError:
-    return DomainError(
-        grpc.StatusCode.ALREADY_EXISTS,
-        "IDEMPOTENCY_KEY_REUSED",
-        "this idempotency key was used with a different payload",
-    )
-
-
-def _from_outcome(
-    transaction: MappedTransaction, outcome: dict[str, object], deduplicated: bool
-) -> TransactionView | DomainError:
-    if not outcome["ok"]:
-        return _outcome_error(outcome)
-    timestamp = outcome["timestamp"]
-    assert isinstance(timestamp, int)
-    return TransactionView(transaction, timestamp, deduplicated)
 
 
 def _entry_status(t: Transfer) -> str:

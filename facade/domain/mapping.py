@@ -7,30 +7,39 @@ Ledgers and accounts
   accounts add `debits_must_not_exceed_credits`, so the engine itself refuses to overdraw them.
 - Account ids are derived from (client, external reference): creating an account is idempotent.
 
-Transfers
-- A transaction's legs become linked transfers (all but the last carry `linked`): all or nothing.
-- Transfer id = H(client, idempotency key, leg index), so a retry is an exact duplicate the engine
-  answers with `exists`, and two clients can never collide. H is BLAKE2b-128, never 0 or 2^128-1.
+Ids: BLAKE2b-128 with a per-kind personalisation over length-prefixed parts, so no two different
+inputs (client "a", key "bc" versus client "ab", key "c") can share an id; never 0 or 2^128-1.
+- transaction id = H(client, idempotency key); transfer id = H(client, idempotency key, leg index).
+  A retry is therefore an exact duplicate the engine answers with `exists`, and two clients never
+  collide.
+
+Engine fields of each transfer
 - code = the transaction type (CREDIT 1, DEBIT 2, TRANSFER 3). Captures and voids leave it zero: the
   engine copies the authorization's code, and the post/void flag tells them apart.
 - user_data_128 = the transaction id (groups the legs; = H(client, idempotency key)).
 - user_data_64 = the business time the caller gave (`occurred_at_ns`), 0 if none.
 - user_data_32 = CRC-32 of `source`, so engine queries can filter by source.
-- Everything else (source, correlation id, description, labels, idempotency key, client) does not fit
-  the engine: the metadata store keeps it durably before the transfers are submitted.
+- The correlation id, description, labels, idempotency key and client do not fit the engine: the
+  metadata store keeps them durably (the canonical `body` below) before the transfers are submitted.
 - Two-phase: authorize = pending transfers (optionally with a timeout); capture = post transfers
   (AMOUNT_MAX = the full amount); void = void transfers. Each references its pending leg.
 
-Idempotency: the request fingerprint (SHA-256 of the canonical payload) is stored with the key. The
-same key with a different fingerprint is IDEMPOTENCY_KEY_REUSED, before anything reaches the engine.
+Canonical body and idempotency: every transaction has a canonical JSON `body` holding its whole
+payload (kind, currency, ledger, timeout, legs, metadata, the authorization it resolves). The
+transfers are a pure function of (client, key, body), so the store keeps the body only, and
+`decode_transaction` rebuilds exactly the transfers that were submitted. The fingerprint is
+BLAKE2b-128 of the body: the same key with a different fingerprint is IDEMPOTENCY_KEY_REUSED.
+Decimal inputs must be canonical (no sign, no leading zeros) so one payload has one body.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -54,6 +63,8 @@ LABELS_COUNT_MAX = 16
 LABEL_LENGTH_MAX = 128
 EXTERNAL_REFERENCE_LENGTH_MAX = 128
 OWNER_LENGTH_MAX = 128
+DECIMAL_U128_DIGITS_MAX = 39
+BODY_VERSION = 1
 
 ACCOUNT_CODE_CUSTOMER = 1
 ACCOUNT_CODE_SETTLEMENT = 100
@@ -82,6 +93,14 @@ class DomainError(Exception):
         self.message = message
         self.metadata = metadata or {}
 
+    def to_json(self) -> str:
+        return json.dumps([self.code.name, self.reason, self.message, self.metadata], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> DomainError:
+        code, reason, message, metadata = json.loads(text)
+        return cls(grpc.StatusCode[code], reason, message, metadata)
+
 
 def invalid(reason: str, message: str, **metadata: str) -> DomainError:
     return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
@@ -91,36 +110,47 @@ def invalid(reason: str, message: str, **metadata: str) -> DomainError:
 # Ids.
 
 
-def _id128(*parts: str) -> int:
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).digest()
-    value = int.from_bytes(digest, "big")
+def _id128(person: bytes, text: str) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16, person=person).digest(), "big")
     # 0 and 2^128-1 are reserved by the engine; the chance is 2^-127, but the rule is absolute.
     return 1 if value in (0, U128_MAX) else value
 
 
 def transaction_id(client_id: str, idempotency_key: str) -> int:
-    return _id128("transaction", client_id, idempotency_key)
+    return _id128(b"ledger.tx", f"{len(client_id)}:{client_id}{idempotency_key}")
 
 
 def transfer_id(client_id: str, idempotency_key: str, leg_index: int) -> int:
-    return _id128("transfer", client_id, idempotency_key, str(leg_index))
+    key = f"{len(client_id)}:{client_id}{len(idempotency_key)}:{idempotency_key}"
+    return _id128(b"ledger.transfer", f"{key}{leg_index}")
 
 
 def account_id(client_id: str, external_reference: str) -> int:
-    return _id128("account", client_id, external_reference)
+    return _id128(b"ledger.account", f"{len(client_id)}:{client_id}{external_reference}")
 
 
+@functools.cache
 def settlement_account_id(currency: str) -> int:
-    return _id128("settlement", currency)
+    return _id128(b"ledger.settle", currency)
 
 
 def format_id(value: int) -> str:
     return str(value)
 
 
+def _canonical_decimal(text: str) -> bool:
+    """ASCII digits only, no sign, no leading zero (except "0" itself), at most 39 digits."""
+    return (
+        0 < len(text) <= DECIMAL_U128_DIGITS_MAX
+        and text.isascii()
+        and text.isdigit()
+        and (text[0] != "0" or len(text) == 1)
+    )
+
+
 def parse_id(text: str, field_name: str) -> int:
-    if not text.isdigit():
-        raise invalid("INVALID_ID", f"{field_name} must be a decimal u128", field=field_name)
+    if not _canonical_decimal(text):
+        raise invalid("INVALID_ID", f"{field_name} must be a decimal u128 without leading zeros", field=field_name)
     value = int(text)
     if not 0 < value < U128_MAX:
         raise invalid("INVALID_ID", f"{field_name} is out of range", field=field_name)
@@ -128,8 +158,8 @@ def parse_id(text: str, field_name: str) -> int:
 
 
 def parse_amount(text: str, field_name: str = "amount") -> int:
-    """Minor units: a decimal integer string, 1 .. 2^128-2 (2^128-1 is the engine's 'everything')."""
-    if not text or not text.isascii() or not text.isdigit() or len(text) > 39:
+    """Minor units: a canonical decimal integer string, 1 .. 2^128-2 (2^128-1 is the engine's 'everything')."""
+    if not _canonical_decimal(text):
         raise invalid("INVALID_AMOUNT", f"{field_name} must be a positive integer of minor units", field=field_name)
     value = int(text)
     if not 0 < value < AMOUNT_MAX:
@@ -176,7 +206,8 @@ def validate_map(values: dict[str, str], name: str) -> None:
 def validate_text(value: str, name: str, length_max: int, required: bool = False) -> None:
     if required and not value:
         raise invalid("MISSING_FIELD", f"{name} is required", field=name)
-    if len(value.encode()) > length_max:
+    # UTF-8 takes at most 4 bytes per code point: only long strings need encoding to be measured.
+    if len(value) * 4 > length_max and len(value.encode()) > length_max:
         raise invalid("FIELD_TOO_LONG", f"{name}: at most {length_max} bytes", field=name)
 
 
@@ -206,18 +237,20 @@ class Metadata:
         validate_text(self.source, "metadata.source", SOURCE_LENGTH_MAX)
         validate_text(self.correlation_id, "metadata.correlation_id", CORRELATION_ID_LENGTH_MAX)
         validate_text(self.description, "metadata.description", DESCRIPTION_LENGTH_MAX)
-        validate_map(self.labels, "metadata.labels")
+        if self.labels:
+            validate_map(self.labels, "metadata.labels")
         if not 0 <= self.occurred_at_ns < 1 << 64:
             raise invalid("INVALID_TIMESTAMP", "metadata.occurred_at_ns out of range")
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "source": self.source,
-            "correlation_id": self.correlation_id,
-            "description": self.description,
-            "labels": dict(sorted(self.labels.items())),
-            "occurred_at_ns": self.occurred_at_ns,
-        }
+    def canonical(self) -> list[object]:
+        return [self.source, self.correlation_id, self.description, self.occurred_at_ns, sorted(self.labels.items())]
+
+    @classmethod
+    def from_canonical(cls, data: list[object]) -> Metadata:
+        source, correlation_id, description, occurred_at_ns, labels = data
+        assert isinstance(source, str) and isinstance(correlation_id, str) and isinstance(description, str)
+        assert isinstance(occurred_at_ns, int) and isinstance(labels, list)
+        return cls(source, correlation_id, description, {str(k): str(v) for k, v in labels}, occurred_at_ns)
 
 
 class Kind(enum.StrEnum):
@@ -238,54 +271,172 @@ class MappedTransaction:
     currency: str
     legs: tuple[LegSpec, ...]
     metadata: Metadata
-    fingerprint: str
+    body: str
+    """The canonical payload (see the module docstring); what the metadata store keeps."""
+    fingerprint: bytes
+    """BLAKE2b-128 of `body`."""
     transfers: tuple[Transfer, ...]
     authorization_id: int = 0
 
 
 def fingerprint(payload: dict[str, object]) -> str:
+    """A stable digest of a JSON-able payload (account attributes)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def source_code(source: str) -> int:
-    return zlib.crc32(source.encode()) & 0xFFFFFFFF
+    return zlib.crc32(source.encode()) if source else 0
 
 
-def _transfers(
-    client_id: str,
-    key: str,
-    tx_id: int,
+_FLAG_LINKED = int(TransferFlags.LINKED)
+_FLAG_PENDING = int(TransferFlags.PENDING)
+_FLAG_POST = int(TransferFlags.POST_PENDING_TRANSFER)
+_FLAG_VOID = int(TransferFlags.VOID_PENDING_TRANSFER)
+_json_string = json.encoder.encode_basestring_ascii
+
+
+def _encode_body(
+    kind: Kind,
+    currency: str,
     ledger: int,
+    timeout: int,
     legs: tuple[LegSpec, ...],
     metadata: Metadata,
-    flags: int,
-    timeout: int = 0,
-) -> tuple[Transfer, ...]:
-    transfers = []
-    for index, leg in enumerate(legs):
-        linked = TransferFlags.LINKED if index < len(legs) - 1 else 0
-        transfers.append(
-            Transfer(
-                id=transfer_id(client_id, key, index),
-                debit_account_id=leg.debit_account_id,
-                credit_account_id=leg.credit_account_id,
-                amount=leg.amount,
-                user_data_128=tx_id,
-                user_data_64=metadata.occurred_at_ns,
-                user_data_32=source_code(metadata.source),
-                timeout=timeout,
-                ledger=ledger,
-                code=int(leg.type),
-                flags=int(flags | linked),
-            )
+    authorization_id: int,
+    pending_ids: Sequence[int],
+    resolve_amount: int,
+) -> str:
+    """json.dumps([...], separators=(",", ":")) of the body, byte for byte (a test holds it to that),
+    written out because this runs once per transaction on the hot path."""
+    s = _json_string
+    labels = ",".join(f"[{s(k)},{s(v)}]" for k, v in sorted(metadata.labels.items())) if metadata.labels else ""
+    return (
+        f"[{BODY_VERSION},{s(kind.value)},{s(currency)},{ledger},{timeout},"
+        f"[{','.join([f'[{x.type.value},{x.debit_account_id},{x.credit_account_id},{x.amount}]' for x in legs])}],"
+        f"[{s(metadata.source)},{s(metadata.correlation_id)},{s(metadata.description)},{metadata.occurred_at_ns},"
+        f"[{labels}]],{authorization_id},[{','.join(map(str, pending_ids))}],{resolve_amount}]"
+    )
+
+
+def _build(
+    client_id: str,
+    idempotency_key: str,
+    tx_id: int,
+    kind: Kind,
+    currency: str,
+    ledger: int,
+    timeout: int,
+    legs: tuple[LegSpec, ...],
+    metadata: Metadata,
+    authorization_id: int,
+    pending_ids: Sequence[int],
+    resolve_amount: int,
+    body: str | None = None,
+) -> MappedTransaction:
+    """The one place transfers are made: both mapping and decoding a stored body come through here."""
+    if body is None:
+        body = _encode_body(
+            kind, currency, ledger, timeout, legs, metadata, authorization_id, pending_ids, resolve_amount
         )
-    return tuple(transfers)
+    user_data_64 = metadata.occurred_at_ns
+    user_data_32 = source_code(metadata.source)
+    last = len(legs) - 1
+    transfers: list[Transfer] = []
+    if kind is Kind.POST or kind is Kind.AUTHORIZE:
+        assert not pending_ids and not authorization_id
+        flags = _FLAG_PENDING if kind is Kind.AUTHORIZE else 0
+        for index, leg in enumerate(legs):
+            transfers.append(
+                Transfer(
+                    id=transfer_id(client_id, idempotency_key, index),
+                    debit_account_id=leg.debit_account_id,
+                    credit_account_id=leg.credit_account_id,
+                    amount=leg.amount,
+                    user_data_128=tx_id,
+                    user_data_64=user_data_64,
+                    user_data_32=user_data_32,
+                    timeout=timeout,
+                    ledger=ledger,
+                    code=leg.type.value,
+                    flags=flags | _FLAG_LINKED if index < last else flags,
+                )
+            )
+    else:
+        assert len(pending_ids) == len(legs) and authorization_id
+        flags = _FLAG_POST if kind is Kind.CAPTURE else _FLAG_VOID
+        for index, pending_id in enumerate(pending_ids):
+            transfers.append(
+                Transfer(
+                    id=transfer_id(client_id, idempotency_key, index),
+                    pending_id=pending_id,
+                    amount=resolve_amount,
+                    user_data_128=tx_id,
+                    user_data_64=user_data_64,
+                    user_data_32=user_data_32,
+                    ledger=ledger,
+                    code=0,  # Inherited from the pending transfer (TigerBeetle requires 0 or equal).
+                    flags=flags | _FLAG_LINKED if index < last else flags,
+                )
+            )
+    return MappedTransaction(
+        client_id=client_id,
+        idempotency_key=idempotency_key,
+        transaction_id=tx_id,
+        kind=kind,
+        currency=currency,
+        legs=legs,
+        metadata=metadata,
+        body=body,
+        fingerprint=hashlib.blake2b(body.encode(), digest_size=16).digest(),
+        transfers=tuple(transfers),
+        authorization_id=authorization_id,
+    )
+
+
+def decode_transaction(client_id: str, idempotency_key: str, body: str) -> MappedTransaction:
+    """Rebuilds a stored transaction, transfers included, exactly as it was mapped."""
+    version, kind, currency, ledger, timeout, legs, metadata, authorization_id, pending_ids, resolve_amount = (
+        json.loads(body)
+    )
+    assert version == BODY_VERSION, f"unknown body version {version}"
+    return _build(
+        client_id,
+        idempotency_key,
+        transaction_id(client_id, idempotency_key),
+        Kind(kind),
+        currency,
+        ledger,
+        timeout,
+        tuple(LegSpec(TransactionType(t), d, c, a) for t, d, c, a in legs),
+        Metadata.from_canonical(metadata),
+        authorization_id,
+        pending_ids,
+        resolve_amount,
+        body,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BodySummary:
+    transaction_type: str
+    """credit | debit | transfer (the leg's type) for posts; authorize | capture | void otherwise."""
+    currency: str
+    metadata: Metadata
+
+
+def parse_body_summary(body: str, leg_index: int) -> BodySummary:
+    """What change capture needs from a stored body, without rebuilding the transfers."""
+    data = json.loads(body)
+    assert data[0] == BODY_VERSION, f"unknown body version {data[0]}"
+    kind = Kind(data[1])
+    transaction_type = TransactionType(data[5][leg_index][0]).name.lower() if kind is Kind.POST else str(kind)
+    return BodySummary(transaction_type, data[2], Metadata.from_canonical(data[6]))
 
 
 def map_post(
     client_id: str,
     idempotency_key: str,
-    legs: list[tuple[int, str, str, str, str, str]],
+    legs: Sequence[tuple[int, str, str, str, str, str]],
     metadata: Metadata,
     currencies: Currencies,
     authorize_only: bool = False,
@@ -296,23 +447,22 @@ def map_post(
     metadata.validate()
     if not 1 <= len(legs) <= LEGS_MAX:
         raise invalid("INVALID_LEGS", f"a transaction has 1 to {LEGS_MAX} legs")
-    currency_codes = {leg[5] for leg in legs}
-    if len(currency_codes) != 1:
-        raise invalid("CURRENCY_MISMATCH", "all legs of a transaction must use one currency")
-    [currency_code] = currency_codes
+    currency_code = legs[0][5]
+    for leg in legs:
+        if leg[5] != currency_code:
+            raise invalid("CURRENCY_MISMATCH", "all legs of a transaction must use one currency")
     currency = currencies.get(currency_code)
-    settlement = settlement_account_id(currency_code)
-    specs = []
+    if not authorize_only and timeout_seconds:
+        raise invalid("TIMEOUT_WITHOUT_AUTHORIZATION", "authorization_timeout_seconds needs authorize_only")
+    specs: list[LegSpec] = []
     for index, (leg_type, account, source, destination, amount_text, _) in enumerate(legs):
         amount = parse_amount(amount_text, f"legs[{index}].amount")
         if leg_type == TransactionType.CREDIT:
-            specs.append(
-                LegSpec(TransactionType.CREDIT, settlement, parse_id(account, f"legs[{index}].account_id"), amount)
-            )
+            credit = parse_id(account, f"legs[{index}].account_id")
+            specs.append(LegSpec(TransactionType.CREDIT, settlement_account_id(currency_code), credit, amount))
         elif leg_type == TransactionType.DEBIT:
-            specs.append(
-                LegSpec(TransactionType.DEBIT, parse_id(account, f"legs[{index}].account_id"), settlement, amount)
-            )
+            debit = parse_id(account, f"legs[{index}].account_id")
+            specs.append(LegSpec(TransactionType.DEBIT, debit, settlement_account_id(currency_code), amount))
         elif leg_type == TransactionType.TRANSFER:
             debit = parse_id(source, f"legs[{index}].from_account_id")
             credit = parse_id(destination, f"legs[{index}].to_account_id")
@@ -321,31 +471,19 @@ def map_post(
             specs.append(LegSpec(TransactionType.TRANSFER, debit, credit, amount))
         else:
             raise invalid("INVALID_LEG_TYPE", f"legs[{index}].type must be CREDIT, DEBIT or TRANSFER")
-    if not authorize_only and timeout_seconds:
-        raise invalid("TIMEOUT_WITHOUT_AUTHORIZATION", "authorization_timeout_seconds needs authorize_only")
-    kind = Kind.AUTHORIZE if authorize_only else Kind.POST
-    legs_tuple = tuple(specs)
-    tx_id = transaction_id(client_id, idempotency_key)
-    payload: dict[str, object] = {
-        "kind": str(kind),
-        "currency": currency_code,
-        "legs": [[int(s.type), str(s.debit_account_id), str(s.credit_account_id), str(s.amount)] for s in specs],
-        "metadata": metadata.as_dict(),
-        "timeout": timeout_seconds,
-    }
-    flags = TransferFlags.PENDING if authorize_only else 0
-    return MappedTransaction(
-        client_id=client_id,
-        idempotency_key=idempotency_key,
-        transaction_id=tx_id,
-        kind=kind,
-        currency=currency_code,
-        legs=legs_tuple,
-        metadata=metadata,
-        fingerprint=fingerprint(payload),
-        transfers=_transfers(
-            client_id, idempotency_key, tx_id, currency.ledger, legs_tuple, metadata, flags, timeout_seconds
-        ),
+    return _build(
+        client_id,
+        idempotency_key,
+        transaction_id(client_id, idempotency_key),
+        Kind.AUTHORIZE if authorize_only else Kind.POST,
+        currency_code,
+        currency.ledger,
+        timeout_seconds,
+        tuple(specs),
+        metadata,
+        0,
+        (),
+        0,
     )
 
 
@@ -373,52 +511,24 @@ def map_resolution(
         if len(authorization.legs) != 1:
             raise invalid("PARTIAL_CAPTURE_NEEDS_ONE_LEG", "partial capture is for single-leg authorizations")
         amount = parse_amount(amount_text)
-    kind = Kind.CAPTURE if capture else Kind.VOID
     leg_type = TransactionType.CAPTURE if capture else TransactionType.VOID
-    tx_id = transaction_id(client_id, idempotency_key)
-    flags = TransferFlags.POST_PENDING_TRANSFER if capture else TransferFlags.VOID_PENDING_TRANSFER
     legs = tuple(
-        LegSpec(
-            leg_type,
-            leg.debit_account_id,
-            leg.credit_account_id,
-            amount if amount != AMOUNT_MAX else leg.amount,
-        )
+        LegSpec(leg_type, leg.debit_account_id, leg.credit_account_id, leg.amount if amount == AMOUNT_MAX else amount)
         for leg in authorization.legs
     )
-    transfers = []
-    for index, pending in enumerate(authorization.transfers):
-        linked = TransferFlags.LINKED if index < len(authorization.transfers) - 1 else 0
-        transfers.append(
-            Transfer(
-                id=transfer_id(client_id, idempotency_key, index),
-                pending_id=pending.id,
-                amount=amount if capture else 0,
-                user_data_128=tx_id,
-                user_data_64=metadata.occurred_at_ns,
-                user_data_32=source_code(metadata.source),
-                ledger=pending.ledger,
-                code=0,  # Inherited from the pending transfer (TigerBeetle requires 0 or equal).
-                flags=int(flags | linked),
-            )
-        )
-    payload: dict[str, object] = {
-        "kind": str(kind),
-        "authorization": str(authorization.transaction_id),
-        "amount": amount_text,
-        "metadata": metadata.as_dict(),
-    }
-    return MappedTransaction(
-        client_id=client_id,
-        idempotency_key=idempotency_key,
-        transaction_id=tx_id,
-        kind=kind,
-        currency=authorization.currency,
-        legs=legs,
-        metadata=metadata,
-        fingerprint=fingerprint(payload),
-        transfers=tuple(transfers),
-        authorization_id=authorization.transaction_id,
+    return _build(
+        client_id,
+        idempotency_key,
+        transaction_id(client_id, idempotency_key),
+        Kind.CAPTURE if capture else Kind.VOID,
+        authorization.currency,
+        authorization.transfers[0].ledger,
+        0,
+        legs,
+        metadata,
+        authorization.transaction_id,
+        [t.id for t in authorization.transfers],
+        amount if capture else 0,
     )
 
 
