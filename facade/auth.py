@@ -10,6 +10,11 @@ cross-client reads). No or bad credentials → UNAUTHENTICATED; missing scope �
 gRPC health checks are open (load balancers probe them without credentials); everything else,
 reflection included, needs credentials.
 
+Verified tokens are cached (token → principal and expiry, at most `TOKEN_CACHE_ENTRIES_MAX`): a
+client sends the same token on every call, and HMAC verification plus claim parsing would otherwise
+be most of a small RPC's cost. A cached token is still checked against its `exp` on every call; the
+cache holds nothing a token does not carry itself, so it changes no outcome.
+
 Local use: in `dev` mode a built-in signing secret is used when none is configured, so that
 `ledger dev-token` prints a working token on a fresh machine. `enforce` mode refuses to start without
 a configured secret.
@@ -37,6 +42,7 @@ SCOPES_ALL = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
 DEV_SECRET = "ledger-dev-secret-not-for-production-use-0123456789"
 TOKEN_TTL_SECONDS_DEFAULT = 24 * 3600
 CLOCK_LEEWAY_SECONDS = 30
+TOKEN_CACHE_ENTRIES_MAX = 10_000
 
 _SERVICE = "/ledger.v1.Ledger/"
 METHOD_SCOPES: dict[str, str] = {
@@ -106,6 +112,7 @@ class Authenticator:
         self._settings = settings
         self._secret = signing_secret(settings)
         self._api_keys = {key.key_id: key for key in settings.api_keys}
+        self._verified: dict[str, tuple[Principal, float]] = {}  # token → (principal, exp + leeway)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -120,6 +127,19 @@ class Authenticator:
         )
 
     def _jwt(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires_at = cached
+            if time.time() < expires_at:
+                return principal
+            del self._verified[token]
+        principal, expires_at = self._verify_jwt(token)
+        if len(self._verified) >= TOKEN_CACHE_ENTRIES_MAX:
+            self._verified.clear()  # Simple and bounded: the next calls verify again.
+        self._verified[token] = (principal, expires_at)
+        return principal
+
+    def _verify_jwt(self, token: str) -> tuple[Principal, float]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -135,7 +155,7 @@ class Authenticator:
         except jwt.InvalidTokenError as error:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN", f"invalid token: {error}") from error
         scopes = frozenset(str(claims.get("scope", "")).split())
-        return Principal(str(claims["sub"]), scopes)
+        return Principal(str(claims["sub"]), scopes), float(claims["exp"]) + CLOCK_LEEWAY_SECONDS
 
     def _api_key(self, credential: str) -> Principal:
         key_id, _, secret = credential.partition(".")

@@ -1,10 +1,16 @@
-"""Per-RPC observability: a span (continuing the caller's trace), a JSON log line, a latency sample."""
+"""Per-RPC observability: a span (continuing the caller's trace), a JSON log line, a latency sample.
+
+Cheap on purpose (it runs on every RPC): request ids are a per-process random prefix plus a counter
+(unique without a syscall per call), and the caller's trace context is only parsed when the call
+carries one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -16,6 +22,9 @@ from facade.observability.logs import bind_request, clear_request, get_logger
 from facade.observability.tracing import extract_metadata, tracer
 
 log = get_logger("ledger.rpc")
+_REQUEST_ID_PREFIX = os.urandom(8).hex()
+_request_numbers = itertools.count(1)
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> list[tuple[str, Any]]:
@@ -66,9 +75,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         pairs = _metadata(handler_call_details)
-        request_id = _value(pairs, "x-request-id") or uuid.uuid4().hex
+        request_id = _value(pairs, "x-request-id") or f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
         correlation_id = _value(pairs, "x-correlation-id")
-        parent = extract_metadata(pairs)
+        parent = extract_metadata(pairs) if any(key in _TRACE_KEYS for key, _ in pairs) else otel_context.Context()
 
         if handler.unary_unary:
             inner: Any = handler.unary_unary

@@ -123,7 +123,8 @@ async def serve(settings: Settings) -> None:
     configure_logging(
         settings.observability.log_level, settings.observability.log_json, settings.observability.service_name
     )
-    configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
+    if settings.observability.otlp_endpoint:  # Otherwise the API's no-op tracer: spans cost nothing.
+        configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
     if settings.observability.metrics_port:
         start_http_server(settings.observability.metrics_port, settings.observability.metrics_host)
     running = await start(settings)
