@@ -29,6 +29,7 @@ from facade.domain.mapping import (
     Currencies,
     DomainError,
     Kind,
+    LegInput,
     MappedTransaction,
     Metadata,
     account_id,
@@ -70,7 +71,7 @@ ACCOUNT_TYPE_OVERDRAFT_ALLOWED = 2
 @dataclass(frozen=True, slots=True)
 class PostRequest:
     idempotency_key: str
-    legs: list[tuple[int, str, str, str, str, str]]  # (type, account, from, to, amount, currency)
+    legs: Sequence[LegInput]
     metadata: Metadata
     authorize_only: bool = False
     timeout_seconds: int = 0

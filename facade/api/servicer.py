@@ -114,7 +114,7 @@ def metadata_from(message: ledger_pb2.TransactionMetadata) -> Metadata:
         source=message.source,
         correlation_id=message.correlation_id,
         description=message.description,
-        labels=dict(message.labels),
+        labels=dict(message.labels) if message.labels else {},
         occurred_at_ns=message.occurred_at_ns,
     )
 
@@ -122,14 +122,38 @@ def metadata_from(message: ledger_pb2.TransactionMetadata) -> Metadata:
 def post_request(message: ledger_pb2.PostTransactionRequest) -> PostRequest:
     return PostRequest(
         idempotency_key=message.idempotency_key,
-        legs=[
-            (int(leg.type), leg.account_id, leg.from_account_id, leg.to_account_id, leg.amount, leg.currency)
-            for leg in message.legs
-        ],
+        legs=message.legs,  # ledger_pb2.Leg is a LegInput: no copy.
         metadata=metadata_from(message.metadata),
         authorize_only=message.authorize_only,
         timeout_seconds=message.authorization_timeout_seconds,
     )
+
+
+def fill_posted(
+    message: ledger_pb2.Transaction, request: ledger_pb2.PostTransactionRequest, view: TransactionView
+) -> None:
+    """`message` = the posted transaction, its legs and metadata copied from the request it answers.
+    Exact: the request mapped to this transaction (same canonical body, or it would have been
+    IDEMPOTENCY_KEY_REUSED), and decimals are canonical; a message copy is far cheaper than a rebuild."""
+    t = view.transaction
+    message.transaction_id = format(t.transaction_id, "032x")
+    message.idempotency_key = request.idempotency_key
+    message.status = _STATUS[t.kind]
+    message.legs.extend(request.legs)
+    message.metadata.CopyFrom(request.metadata)
+    message.committed_at_ns = view.committed_at_ns
+    message.deduplicated = view.deduplicated
+    message.currency = t.currency
+
+
+def posted_result(
+    request: ledger_pb2.PostTransactionRequest, result: TransactionView | DomainError
+) -> ledger_pb2.TransactionResult:
+    if isinstance(result, DomainError):
+        return item_result(result)
+    message = ledger_pb2.TransactionResult()
+    fill_posted(message.transaction, request, result)
+    return message
 
 
 def item_result(result: TransactionView | DomainError) -> ledger_pb2.TransactionResult:
@@ -155,6 +179,9 @@ def entry_message(view: EntryView) -> ledger_pb2.Entry:
         committed_at_ns=t.timestamp,
         transfer_id=str(t.id),
     )
+
+
+_StreamItem = tuple[ledger_pb2.PostTransactionRequest, asyncio.Task[list[TransactionView | DomainError]]]
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
@@ -211,7 +238,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
             await abort_domain(context, error)
         if isinstance(result, DomainError):
             await abort_domain(context, result)
-        return transaction_message(result)
+        response = ledger_pb2.Transaction()
+        fill_posted(response, request, result)
+        return response
 
     async def PostTransactions(  # noqa: N802
         self, request: ledger_pb2.PostTransactionsRequest, context: Context
@@ -224,33 +253,34 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
             )
         except DomainError as error:
             await abort_domain(context, error)
-        return ledger_pb2.PostTransactionsResponse(results=[item_result(r) for r in results])
+        response = ledger_pb2.PostTransactionsResponse()
+        response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
+        return response
 
     async def StreamTransactions(  # noqa: N802
         self, request_iterator: AsyncIterator[ledger_pb2.PostTransactionRequest], _context: Context
     ) -> AsyncIterator[ledger_pb2.TransactionResult]:
         """Reads ahead (bounded) so concurrent requests coalesce into engine batches; answers in order."""
         principal = current_principal.get()
-        pending: asyncio.Queue[asyncio.Task[list[TransactionView | DomainError]] | None] = asyncio.Queue(
-            STREAM_IN_FLIGHT_MAX
-        )
+        pending: asyncio.Queue[_StreamItem | None] = asyncio.Queue(STREAM_IN_FLIGHT_MAX)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     task = asyncio.create_task(self._service.post_transactions(principal, [post_request(request)]))
-                    await pending.put(task)
+                    await pending.put((request, task))
             finally:
                 await pending.put(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (task := await pending.get()) is not None:
+            while (item := await pending.get()) is not None:
+                request, task = item
                 try:
                     [result] = await task
                 except DomainError as error:
                     result = error
-                yield item_result(result)
+                yield posted_result(request, result)
         finally:
             reader.cancel()
 

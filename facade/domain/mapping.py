@@ -41,6 +41,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -416,6 +417,35 @@ def decode_transaction(client_id: str, idempotency_key: str, body: str) -> Mappe
     )
 
 
+class LegInput(Protocol):
+    """A leg as an edge received it: a ledger.v1.Leg message satisfies this, as would a REST model."""
+
+    @property
+    def type(self) -> int: ...
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def from_account_id(self) -> str: ...
+    @property
+    def to_account_id(self) -> str: ...
+    @property
+    def amount(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """A LegInput for edges without a message type of their own."""
+
+    type: int
+    account_id: str = ""
+    from_account_id: str = ""
+    to_account_id: str = ""
+    amount: str = ""
+    currency: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class BodySummary:
     transaction_type: str
@@ -436,36 +466,36 @@ def parse_body_summary(body: str, leg_index: int) -> BodySummary:
 def map_post(
     client_id: str,
     idempotency_key: str,
-    legs: Sequence[tuple[int, str, str, str, str, str]],
+    legs: Sequence[LegInput],
     metadata: Metadata,
     currencies: Currencies,
     authorize_only: bool = False,
     timeout_seconds: int = 0,
 ) -> MappedTransaction:
-    """legs: (type, account_id, from_account_id, to_account_id, amount, currency) as received."""
     validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if not 1 <= len(legs) <= LEGS_MAX:
         raise invalid("INVALID_LEGS", f"a transaction has 1 to {LEGS_MAX} legs")
-    currency_code = legs[0][5]
+    currency_code = legs[0].currency
     for leg in legs:
-        if leg[5] != currency_code:
+        if leg.currency != currency_code:
             raise invalid("CURRENCY_MISMATCH", "all legs of a transaction must use one currency")
     currency = currencies.get(currency_code)
     if not authorize_only and timeout_seconds:
         raise invalid("TIMEOUT_WITHOUT_AUTHORIZATION", "authorization_timeout_seconds needs authorize_only")
     specs: list[LegSpec] = []
-    for index, (leg_type, account, source, destination, amount_text, _) in enumerate(legs):
-        amount = parse_amount(amount_text, f"legs[{index}].amount")
+    for index, leg in enumerate(legs):
+        amount = parse_amount(leg.amount, f"legs[{index}].amount")
+        leg_type = leg.type
         if leg_type == TransactionType.CREDIT:
-            credit = parse_id(account, f"legs[{index}].account_id")
+            credit = parse_id(leg.account_id, f"legs[{index}].account_id")
             specs.append(LegSpec(TransactionType.CREDIT, settlement_account_id(currency_code), credit, amount))
         elif leg_type == TransactionType.DEBIT:
-            debit = parse_id(account, f"legs[{index}].account_id")
+            debit = parse_id(leg.account_id, f"legs[{index}].account_id")
             specs.append(LegSpec(TransactionType.DEBIT, debit, settlement_account_id(currency_code), amount))
         elif leg_type == TransactionType.TRANSFER:
-            debit = parse_id(source, f"legs[{index}].from_account_id")
-            credit = parse_id(destination, f"legs[{index}].to_account_id")
+            debit = parse_id(leg.from_account_id, f"legs[{index}].from_account_id")
+            credit = parse_id(leg.to_account_id, f"legs[{index}].to_account_id")
             if debit == credit:
                 raise invalid("SAME_ACCOUNT", f"legs[{index}]: from and to accounts are the same")
             specs.append(LegSpec(TransactionType.TRANSFER, debit, credit, amount))
