@@ -124,6 +124,8 @@ class MetadataStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             [version] = db.execute("PRAGMA user_version").fetchone()
+            if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'transactions'").fetchone():
+                version = 1  # The first layout, which never set user_version.
             if version == 0:
                 with db:
                     db.execute("BEGIN")
@@ -134,7 +136,11 @@ class MetadataStore:
                 raise RuntimeError(f"{path}: metadata schema version {version}, this build reads {SCHEMA_VERSION}")
             return db
 
-        connection = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
         return cls(connection, executor)
 
     async def _run(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:

@@ -4,6 +4,9 @@ the real store and engine, and the token cache's expiry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +15,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import CLOCK_LEEWAY_SECONDS, SCOPES_ALL, Authenticator, AuthError, issue_token
 from facade.domain.mapping import MappedTransaction, Metadata, map_post
 from facade.engine.types import CreateTransferStatus
+from facade.metadata_store import MetadataStore
 from facade.settings import AuthSettings
 
 from .conftest import Api, credit, debit
@@ -119,3 +123,15 @@ async def test_a_cached_token_still_expires() -> None:
     with pytest.raises(AuthError) as error:
         authenticator.authenticate(f"Bearer {token}")
     assert error.value.reason == "TOKEN_EXPIRED"
+
+
+async def test_an_older_store_layout_is_refused_not_misread(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE transactions (transaction_id TEXT PRIMARY KEY)")
+    with pytest.raises(RuntimeError, match="schema version 1"):
+        await MetadataStore.open(path)
+    fresh = await MetadataStore.open(tmp_path / "fresh.sqlite3")
+    await fresh.close()
+    reopened = await MetadataStore.open(tmp_path / "fresh.sqlite3")
+    await reopened.close()
