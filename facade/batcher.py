@@ -12,8 +12,12 @@ Successes are answered after 2, failures after 3: an ack always means durable.
 Idempotency is decided here, against the store, in batch order: a transaction whose key is stored
 with a different fingerprint is IDEMPOTENCY_KEY_REUSED; one whose failure is stored gets that failure
 again; a stored intent goes to the engine again (its `exists` proves the earlier commit and carries
-the original timestamp). A key repeated within one batch is folded into its first occurrence, which
-alone reaches the store and the engine; the repeats share its outcome (as replays).
+the original timestamp). A key repeated while its first occurrence is committing (in the same batch
+or one in flight) is folded into it: only the first reaches the store and the engine, the repeats
+share its outcome (as replays). So an outcome is only ever read from the store once it is recorded.
+
+Two batches commit at once (BATCHES_IN_FLIGHT_MAX): the engine write of one overlaps the metadata
+write of the next. The store's and the engine's single threads keep submission order.
 
 Backpressure: the queue holds at most `queue_transfers_max` transfers; beyond that `submit` raises
 QueueFullError at once (the edge answers RESOURCE_EXHAUSTED with a retry hint, or the Kafka consumer
@@ -37,6 +41,10 @@ from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTr
 from facade.metadata_store import MetadataStore
 from facade.observability import metrics
 from facade.observability.tracing import tracer
+
+BATCHES_IN_FLIGHT_MAX = 2
+"""Batches committing at once. Two overlap one batch's engine write with the next one's metadata write;
+the store's and the engine's single threads still run the writes in the order they were submitted."""
 
 
 class QueueFullError(Exception):
@@ -112,6 +120,8 @@ class GroupCommitter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._leaders: dict[int, _Item] = {}
+        """Transaction id → the item carrying it to the store and engine, while its batch commits."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="group-commit")
@@ -170,29 +180,47 @@ class GroupCommitter:
         return batch
 
     async def _drain(self) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             if not self._queue:
                 if self._closing:
-                    return
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             batch = self._take_batch()
             if batch:
-                try:
-                    await self._commit(batch)
-                except Exception as error:  # The batch's callers get the error; the committer lives on.
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(error)
+                in_flight.add(asyncio.create_task(self._commit_or_fail(batch)))
+                # Yield once so this batch's first write is queued before the next batch forms.
+                await asyncio.sleep(0)
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def _commit_or_fail(self, batch: list[_Item]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as error:  # The batch's callers get the error; the committer lives on.
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        finally:
+            for item in batch:
+                if self._leaders.get(item.transaction.transaction_id) is item:
+                    del self._leaders[item.transaction.transaction_id]
 
     async def _commit(self, batch: list[_Item]) -> None:
-        # Fold repeated keys into their first occurrence (the leader).
+        # Fold repeated keys into their first occurrence (the leader), in this batch or one in flight:
+        # an outcome not yet recorded must never be read from the store.
         leaders: dict[int, _Item] = {}
         followers: list[tuple[_Item, _Item]] = []
         for item in batch:
-            leader = leaders.setdefault(item.transaction.transaction_id, item)
-            if leader is not item:
+            leader = self._leaders.setdefault(item.transaction.transaction_id, item)
+            if leader is item:
+                leaders[item.transaction.transaction_id] = item
+            else:
                 followers.append((item, leader))
         with tracer().start_as_current_span("engine.batch") as span:
             span.set_attribute("ledger.batch.transactions", len(batch))
@@ -215,7 +243,7 @@ class GroupCommitter:
             if item.transaction.fingerprint != leader.transaction.fingerprint:
                 item.resolve(key_reused())
                 continue
-            outcome = await leader.future
+            outcome = await asyncio.shield(leader.future)
             item.resolve(Committed(outcome.timestamp, True) if isinstance(outcome, Committed) else outcome)
 
     async def _submit(self, items: list[_Item]) -> None:

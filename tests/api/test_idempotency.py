@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import CLOCK_LEEWAY_SECONDS, SCOPES_ALL, Authenticator, AuthError, issue_token
 from facade.domain.mapping import MappedTransaction, Metadata, map_post
@@ -18,7 +19,7 @@ from facade.engine.types import CreateTransferStatus
 from facade.metadata_store import MetadataStore
 from facade.settings import AuthSettings
 
-from .conftest import Api, credit, debit
+from .conftest import Api, credit, debit, open_api
 from .test_api import expect_error
 
 
@@ -135,3 +136,20 @@ async def test_an_older_store_layout_is_refused_not_misread(tmp_path: Path) -> N
     await fresh.close()
     reopened = await MetadataStore.open(tmp_path / "fresh.sqlite3")
     await reopened.close()
+
+
+async def test_concurrent_repeats_across_batches_share_the_first_outcome(tmp_path: Path) -> None:
+    """One transfer per batch, so repeats land in later batches, committing while the first does."""
+    api = await open_api(tmp_path, batch_transfers_max=1)
+    try:
+        alice = await api.account("alice")
+        await api.post("fund", credit(alice, 10))
+        posts = [api.post("twice", debit(alice, 11)) for _ in range(4)] + [api.post("ok", debit(alice, 3))]
+        outcomes = await asyncio.gather(*posts, return_exceptions=True)
+        failures = [o for o in outcomes[:4] if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(failures) == 4
+        assert [info.reason if (info := error_info(f)) else "" for f in failures] == ["INSUFFICIENT_FUNDS"] * 4
+        assert await api.available(alice) == 7
+    finally:
+        await api.channel.close()
+        await api.server.stop()
