@@ -99,6 +99,23 @@ class ApiSettings(BaseModel):
     currencies: dict[str, CurrencySettings] = Field(default_factory=_default_currencies)
 
 
+class ClickHouseSettings(BaseModel):
+    """The ClickHouse read model (projections/): chDB in-process by default, or a ClickHouse server."""
+
+    backend: Literal["chdb", "server"] = "chdb"
+    chdb_path: Path = Field(default=Path("data/clickhouse"), description="chDB backend: persisted database directory.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8123, ge=1, le=65535, description="Server backend: HTTP port.")
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    database: str = Field(default="ledger", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    projector_checkpoint: Path = Field(
+        default=Path("data/change-capture/projector.json"),
+        description="Durable position of the projector in the engine's change feed (no-Kafka mode).",
+    )
+    consumer_group: str = Field(default="ledger-projector", description="Kafka mode: consumer group.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -107,3 +124,4 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     kafka: KafkaSettings = KafkaSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
