@@ -1,0 +1,173 @@
+"""The projector: LedgerEntry events → the ClickHouse read model, idempotent on event identity.
+
+`Projector` is an `EntrySink` (facade.changes.poller): `publish` returns once the batch is inserted,
+so `ChangeCapture(engine, projector, checkpoint_path)` drives it straight from the engine's change
+feed with no Kafka, and the Kafka consumer (projections.kafka_consumer) calls the same `publish`.
+
+Redelivery never double counts, immediately (not after a merge): before inserting, the projector
+drops the rows whose key a table already holds. Each table's highest engine timestamp is tracked;
+a batch entirely above it cannot hold duplicates (the common, in-order case costs no query), and a
+batch reaching below it asks the table which of its keys exist, within the batch's timestamp range.
+That is sound because the projector is the tables' only writer (one projector per database). The
+ReplacingMergeTree engines collapse anything that slips past that rule on the next merge.
+
+Insert order is entries, balances, transactions: `transactions` is written last, so its newest row
+is a change every table holds, and `resume_checkpoint` can restart change capture from ClickHouse's
+own contents (a lost checkpoint file, or a lost ClickHouse directory, both resume correctly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes import checkpoint as checkpoints
+from facade.changes.chain import Link
+from facade.changes.checkpoint import START, Checkpoint
+from facade.changes.poller import ChangeCapture, MetadataSource
+from facade.engine.protocol import Engine
+from facade.observability import metrics
+from projections import rows, schema
+from projections.client import ClickHouseClient
+from projections.queries import to_int, to_str
+
+BATCH_ENTRIES_MAX = 2 * 8189
+"""Most entries per publish: change capture's largest batch (8189 changes, two sides each)."""
+
+Key = tuple[int, int]
+"""A row's identity in its table: (account_id, engine_timestamp); (0, engine_timestamp) for transactions."""
+
+
+@dataclass(slots=True, frozen=True)
+class _Table:
+    name: str
+    columns: tuple[str, ...]
+    key_sql: str
+
+
+_ENTRIES = _Table("entries", tuple(c for c, _ in schema.ENTRIES_COLUMNS), "account_id, engine_timestamp")
+_BALANCES = _Table("balances", tuple(c for c, _ in schema.BALANCES_COLUMNS), "account_id, engine_timestamp")
+_TRANSACTIONS = _Table("transactions", tuple(c for c, _ in schema.TRANSACTIONS_COLUMNS), "0, engine_timestamp")
+_INSERT_ORDER = (_ENTRIES, _BALANCES, _TRANSACTIONS)
+
+
+@dataclass(slots=True)
+class ProjectorStats:
+    batches: int = 0
+    entries_received: int = 0
+    rows_inserted: int = 0
+    rows_duplicate: int = 0
+    """Rows dropped because their table already held them (redelivery, replay, restart overlap)."""
+    dedup_queries: int = 0
+    """Batches that reached below a table's high-water mark and had to ask it which keys exist."""
+
+
+class Projector:
+    """The EntrySink into ClickHouse. One per database: it is the tables' only writer."""
+
+    def __init__(self, client: ClickHouseClient, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._client = client
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        schema.create_tables(client)
+        self._high_water: dict[str, int] = {table.name: self._max_timestamp(table.name) for table in _INSERT_ORDER}
+        self.stats = ProjectorStats()
+        self.last_engine_timestamp = self._high_water[_TRANSACTIONS.name]
+        """Engine timestamp of the newest change projected (0 before the first)."""
+
+    def _max_timestamp(self, table: str) -> int:
+        return to_int(self._client.query_rows(f"SELECT max(engine_timestamp) FROM {table}")[0][0])
+
+    @property
+    def lag_seconds(self) -> float:
+        """Now minus the engine timestamp of the newest change projected (0 before the first)."""
+        if self.last_engine_timestamp == 0:
+            return 0.0
+        return max(0, self._clock_ns() - self.last_engine_timestamp) / 1e9
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        """EntrySink: returns once every entry is inserted (and so visible to every query)."""
+        await asyncio.to_thread(self.project, entries)
+
+    def project(self, entries: Sequence[entries_pb2.LedgerEntry]) -> int:
+        """Inserts the rows of `entries` that are not there yet; returns how many rows it inserted."""
+        assert len(entries) <= BATCH_ENTRIES_MAX, f"{len(entries)} entries > BATCH_ENTRIES_MAX"
+        if not entries:
+            return 0
+        batches: dict[str, dict[Key, str]] = {table.name: {} for table in _INSERT_ORDER}
+        for entry in entries:
+            rows.check(entry)
+            timestamp = entry.engine_timestamp
+            account = rows.account_id(entry)
+            batches[_ENTRIES.name].setdefault((account, timestamp), rows.entry_row(entry))
+            balance = rows.balance_row(entry)
+            if balance is not None:
+                batches[_BALANCES.name].setdefault((account, timestamp), balance)
+            if entry.side == entries_pb2.DEBIT:
+                batches[_TRANSACTIONS.name].setdefault((0, timestamp), rows.transaction_row(entry))
+        inserted = 0
+        with self._lock:
+            for table in _INSERT_ORDER:
+                inserted += self._insert_fresh(table, batches[table.name])
+            newest = max(entry.engine_timestamp for entry in entries)
+            self.last_engine_timestamp = max(self.last_engine_timestamp, newest)
+            self.stats.batches += 1
+            self.stats.entries_received += len(entries)
+        metrics.projection_lag_seconds.set(self.lag_seconds)
+        return inserted
+
+    def _insert_fresh(self, table: _Table, batch: dict[Key, str]) -> int:
+        if not batch:
+            return 0
+        timestamp_min = min(timestamp for _, timestamp in batch)
+        timestamp_max = max(timestamp for _, timestamp in batch)
+        high_water = self._high_water[table.name]
+        if timestamp_min <= high_water:
+            self.stats.dedup_queries += 1
+            existing = self._client.query_rows(
+                f"SELECT {table.key_sql} FROM {table.name} "
+                "WHERE engine_timestamp BETWEEN {timestamp_min:UInt64} AND {timestamp_max:UInt64}",
+                {"timestamp_min": timestamp_min, "timestamp_max": min(timestamp_max, high_water)},
+            )
+            for row in existing:
+                if batch.pop((to_int(row[0]), to_int(row[1])), None) is not None:
+                    self.stats.rows_duplicate += 1
+        if batch:
+            self._client.insert_tsv(table.name, table.columns, "".join(batch.values()))
+            self._high_water[table.name] = max(high_water, timestamp_max)
+            self.stats.rows_inserted += len(batch)
+        return len(batch)
+
+    def resume_checkpoint(self) -> Checkpoint:
+        """Where change capture resumes: after the newest change in `transactions` (written last, so
+        every table holds it), with that change's chain link. START on an empty read model."""
+        found = self._client.query_rows(
+            "SELECT engine_timestamp, chain_sequence, chain_previous_hash, chain_hash FROM transactions "
+            "ORDER BY engine_timestamp DESC LIMIT 1"
+        )
+        if not found:
+            return START
+        timestamp, sequence, previous_hash, hash_hex = found[0]
+        link = Link(to_int(sequence), bytes.fromhex(to_str(previous_hash)), bytes.fromhex(to_str(hash_hex)))
+        return Checkpoint(timestamp_last=to_int(timestamp), link=link)
+
+
+def change_capture(
+    engine: Engine,
+    projector: Projector,
+    checkpoint_path: Path,
+    metadata: MetadataSource | None = None,
+    batch_changes_max: int | None = None,
+) -> ChangeCapture:
+    """Change capture from the engine straight into the projector (no Kafka), resuming from what
+    ClickHouse holds: the checkpoint file is rewritten from the read model before capture starts, so
+    the two can never disagree (the read model is the truth; the file only serves the poller)."""
+    checkpoints.save(checkpoint_path, projector.resume_checkpoint())
+    if batch_changes_max is None:
+        return ChangeCapture(engine, projector, checkpoint_path, metadata)
+    return ChangeCapture(engine, projector, checkpoint_path, metadata, batch_changes_max=batch_changes_max)

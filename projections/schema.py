@@ -1,0 +1,137 @@
+"""The read model's DDL: the one definition of its tables, used by both ClickHouse backends.
+
+Three tables, all fed by the projector from `ledger.v1.LedgerEntry` events:
+
+- `entries`: one row per account side of every change (the event itself). Ordered by
+  (account_id, engine_timestamp): statements and as-of queries read one account's contiguous range.
+- `transactions`: one row per change (transfer or expiry) with its metadata and audit chain link:
+  the chain rows, one per chain sequence, ordered by engine timestamp (= chain order).
+- `balances`: the balance time series, one row per account per change, from the entry's
+  balance_after (absent on the TigerBeetle backend, whose client cannot read balances as of a change).
+
+Types: ids and money UInt128 (never floats), sums in UInt256/Int256 so no total can wrap;
+timestamps UInt64 ns, with a DateTime64(9) column materialized for date functions; chain hashes as
+lowercase hex (what exports carry and what the canonical bytes of `facade.changes.chain` hash).
+
+Idempotency: every table is a ReplacingMergeTree keyed on its event identity, so duplicates that
+ever reach it collapse on merge; and the projector inserts only rows whose key is not yet present,
+so queries never see a duplicate, without FINAL.
+"""
+
+from __future__ import annotations
+
+from projections.client import ClickHouseClient
+
+CHANGE_ENUM = (
+    "Enum8('SINGLE_PHASE' = 1, 'TWO_PHASE_PENDING' = 2, 'TWO_PHASE_POSTED' = 3, "
+    "'TWO_PHASE_VOIDED' = 4, 'TWO_PHASE_EXPIRED' = 5)"
+)
+"""ledger.v1.EntryChange, values identical (the chain hashes the numeric value)."""
+SIDE_ENUM = "Enum8('DEBIT' = 1, 'CREDIT' = 2)"
+
+_METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("has_metadata", "Bool"),
+    ("transaction_id", "String"),
+    ("idempotency_key", "String"),
+    ("client_id", "String"),
+    ("transaction_type", "LowCardinality(String)"),
+    ("source", "LowCardinality(String)"),
+    ("correlation_id", "String"),
+    ("description", "String"),
+    ("labels", "Map(String, String)"),
+    ("currency", "LowCardinality(String)"),
+    ("leg_index", "UInt32"),
+)
+_TRANSFER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transfer_id", "UInt128"),
+    ("pending_id", "UInt128"),
+    ("ledger", "UInt32"),
+    ("code", "UInt16"),
+    ("transfer_flags", "UInt16"),
+    ("user_data_128", "UInt128"),
+    ("user_data_64", "UInt64"),
+    ("user_data_32", "UInt32"),
+    ("timeout_seconds", "UInt32"),
+    ("transfer_timestamp", "UInt64"),
+)
+_CHAIN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("chain_sequence", "UInt64"),
+    ("chain_previous_hash", "FixedString(64)"),
+    ("chain_hash", "FixedString(64)"),
+)
+_BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("debits_pending", "UInt128"),
+    ("debits_posted", "UInt128"),
+    ("credits_pending", "UInt128"),
+    ("credits_posted", "UInt128"),
+)
+
+ENTRIES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "String"),
+    ("engine_timestamp", "UInt64"),
+    ("change", CHANGE_ENUM),
+    ("side", SIDE_ENUM),
+    ("account_id", "UInt128"),
+    ("counterparty_account_id", "UInt128"),
+    ("amount", "UInt128"),
+    # The posted effect on this account's credits_posted - debits_posted: +amount for a credit,
+    # -amount for a debit, 0 for reservations and releases (they move pending balances only).
+    ("signed_amount", "Int256"),
+    *_TRANSFER_COLUMNS,
+    ("has_balance_after", "Bool"),
+    *((f"{name}_after", kind) for name, kind in _BALANCE_COLUMNS),
+    *_CHAIN_COLUMNS,
+    *_METADATA_COLUMNS,
+)
+TRANSACTIONS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("engine_timestamp", "UInt64"),
+    ("change", CHANGE_ENUM),
+    ("debit_account_id", "UInt128"),
+    ("credit_account_id", "UInt128"),
+    ("amount", "UInt128"),
+    *_TRANSFER_COLUMNS,
+    *_CHAIN_COLUMNS,
+    *_METADATA_COLUMNS,
+)
+BALANCES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("account_id", "UInt128"),
+    ("engine_timestamp", "UInt64"),
+    ("ledger", "UInt32"),
+    *_BALANCE_COLUMNS,
+)
+
+_ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
+
+
+def _columns(columns: tuple[tuple[str, str], ...]) -> str:
+    return ",\n    ".join(f"{name} {kind}" for name, kind in columns)
+
+
+DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS entries (
+    {_columns(ENTRIES_COLUMNS)},
+    {_ENGINE_TIME},
+    INDEX engine_timestamp_minmax engine_timestamp TYPE minmax GRANULARITY 1,
+    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4
+) ENGINE = ReplacingMergeTree ORDER BY (account_id, engine_timestamp)""",
+    f"""CREATE TABLE IF NOT EXISTS transactions (
+    {_columns(TRANSACTIONS_COLUMNS)},
+    {_ENGINE_TIME},
+    INDEX chain_sequence_minmax chain_sequence TYPE minmax GRANULARITY 1,
+    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
+    INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4
+) ENGINE = ReplacingMergeTree ORDER BY engine_timestamp""",
+    f"""CREATE TABLE IF NOT EXISTS balances (
+    {_columns(BALANCES_COLUMNS)},
+    {_ENGINE_TIME},
+    INDEX engine_timestamp_minmax engine_timestamp TYPE minmax GRANULARITY 1
+) ENGINE = ReplacingMergeTree ORDER BY (account_id, engine_timestamp)""",
+)
+
+TABLES = ("entries", "transactions", "balances")
+
+
+def create_tables(client: ClickHouseClient) -> None:
+    """Idempotent: creates whatever is missing, touches nothing that exists."""
+    for statement in DDL:
+        client.command(statement)
