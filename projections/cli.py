@@ -1,0 +1,279 @@
+"""Read-model commands: `register(subparsers)` adds them to any argparse CLI (the `ledger` CLI wires
+them in); `python -m projections ...` runs them standalone.
+
+    project [--source engine|kafka] [--once]      run the projector (engine change feed or Kafka)
+    statement ACCOUNT --from T --to T [--limit N]  an account's entries with opening/closing balances
+    balance ACCOUNT [--at T]                       balances as of a time (default: now)
+    totals --from T --to T                         per day x currency x type x source x change
+    correlation ID                                 transactions sharing a correlation id
+    reconcile                                      ClickHouse against engine balances; exit 1 on drift
+    audit export --from T --to T --format csv|parquet --out DIR
+    audit verify [--export DIR]                    the live chain, or an export (and its live head)
+
+Times: ISO 8601 (UTC when no offset: 2026-01-31, 2026-01-31T12:00:00Z), an engine timestamp in
+ns, or `now`. Output: one JSON object per line (u128 values as decimal strings, as on the wire).
+Settings: LEDGER_CLICKHOUSE__*, LEDGER_ENGINE__*, LEDGER_KAFKA__* (facade/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from facade.settings import Settings
+from projections.client import ClickHouseClient
+from projections.projector import Projector
+
+_SAFE_INTEGER_MAX = (1 << 53) - 1
+"""Integers above this are printed as decimal strings: exact in every JSON reader."""
+
+
+def parse_time(text: str) -> int:
+    """An engine timestamp (ns since the Unix epoch) from ISO 8601, an integer or `now`."""
+    if text == "now":
+        return time.time_ns()
+    if text.isdigit():
+        return int(text)
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bool) or value is None or isinstance(value, float | str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= _SAFE_INTEGER_MAX else str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _print(value: object) -> None:
+    print(json.dumps(_jsonable(value), ensure_ascii=False))
+
+
+def _project(settings: Settings, args: argparse.Namespace) -> int:
+    from projections.client import open_client
+
+    client = open_client(settings.clickhouse)
+    try:
+        projector = Projector(client)
+        if args.source == "kafka":
+            return _project_kafka(settings, projector, args.once)
+        return asyncio.run(_project_engine(settings, projector, args.once))
+    finally:
+        client.close()
+
+
+async def _project_engine(settings: Settings, projector: Projector, once: bool) -> int:
+    from facade.engine import open_engine
+    from facade.metadata_store import MetadataStore
+    from projections.projector import change_capture
+
+    engine = await open_engine(settings.engine)
+    store = await MetadataStore.open(settings.api.metadata_db)
+    try:
+        capture = change_capture(engine, projector, settings.clickhouse.projector_checkpoint, store)
+        if once:
+            total = 0
+            while published := await capture.run_once():
+                total += published
+            _print({"changes_projected": total, "lag_seconds": projector.lag_seconds})
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
+        await capture.run(stop)
+        return 0
+    finally:
+        await store.close()
+        await engine.close()
+
+
+def _project_kafka(settings: Settings, projector: Projector, once: bool) -> int:
+    from projections.kafka_consumer import KafkaProjector
+
+    if not settings.kafka.bootstrap_servers:
+        raise SystemExit("projections project --source kafka: set LEDGER_KAFKA__BOOTSTRAP_SERVERS")
+    consumer = KafkaProjector(projector, settings.kafka, settings.clickhouse)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if once:
+            while consumer.run_once(timeout_seconds=1.0):
+                pass
+            _print({"entries_consumed": consumer.consumed, "lag_seconds": projector.lag_seconds})
+        else:
+            consumer.run(stop)
+    finally:
+        consumer.close()
+    return 0
+
+
+def _with_client(
+    action: Callable[[ClickHouseClient, argparse.Namespace], int],
+) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        from projections.client import open_client
+        from projections.schema import create_tables
+
+        client = open_client(settings.clickhouse)
+        try:
+            create_tables(client)
+            return action(client, args)
+        finally:
+            client.close()
+
+    return run
+
+
+def _statement(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.queries import statement
+
+    _print(
+        statement(client, int(args.account), parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.limit)
+    )
+    return 0
+
+
+def _balance(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.queries import balance_as_of
+
+    _print(balance_as_of(client, int(args.account), parse_time(args.at)))
+    return 0
+
+
+def _totals(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.queries import daily_totals
+
+    for total in daily_totals(client, parse_time(args.timestamp_from), parse_time(args.timestamp_to)):
+        _print(total)
+    return 0
+
+
+def _correlation(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.queries import transactions_by_correlation_id
+
+    for row in transactions_by_correlation_id(client, args.correlation_id):
+        _print(row)
+    return 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    del args
+
+    async def run() -> int:
+        from facade.engine import open_engine
+        from projections.client import open_client
+        from projections.reconcile import reconcile
+
+        engine = await open_engine(settings.engine)
+        client = open_client(settings.clickhouse)
+        try:
+            report = await reconcile(engine, client)
+        finally:
+            client.close()
+            await engine.close()
+        _print(dataclasses.asdict(report) | {"ok": report.ok})
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
+
+
+def _audit_export(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.audit import export
+
+    manifest = export(
+        client, Path(args.out), parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.format
+    )
+    _print(manifest)
+    return 0
+
+
+def _audit_verify(client: ClickHouseClient, args: argparse.Namespace) -> int:
+    from projections.audit import verify_export, verify_live
+
+    if args.export:
+        report = verify_export(Path(args.export), None if args.files_only else client, progress=True)
+    else:
+        report = verify_live(client, progress=True)
+    _print(dataclasses.asdict(report) | {"ok": report.ok})
+    return 0 if report.ok else 1
+
+
+def register(subparsers: Any) -> None:
+    """Adds the read-model commands to an argparse subparsers object (`parser.add_subparsers()`).
+    Each parser sets `projections_run(settings, args) -> exit code`; call `run(args)` to dispatch."""
+    project = subparsers.add_parser("project", help="run the ClickHouse projector")
+    project.add_argument("--source", choices=("engine", "kafka"), default="engine")
+    project.add_argument("--once", action="store_true", help="catch up, then exit")
+    project.set_defaults(projections_run=_project)
+
+    statement = subparsers.add_parser("statement", help="an account's statement for a period")
+    statement.add_argument("account")
+    statement.add_argument("--from", dest="timestamp_from", required=True)
+    statement.add_argument("--to", dest="timestamp_to", required=True)
+    statement.add_argument("--limit", type=int, default=1000)
+    statement.set_defaults(projections_run=_with_client(_statement))
+
+    balance = subparsers.add_parser("balance", help="an account's balances as of a time")
+    balance.add_argument("account")
+    balance.add_argument("--at", default="now")
+    balance.set_defaults(projections_run=_with_client(_balance))
+
+    totals = subparsers.add_parser("totals", help="daily totals for reconciliation")
+    totals.add_argument("--from", dest="timestamp_from", required=True)
+    totals.add_argument("--to", dest="timestamp_to", required=True)
+    totals.set_defaults(projections_run=_with_client(_totals))
+
+    correlation = subparsers.add_parser("correlation", help="transactions by correlation id")
+    correlation.add_argument("correlation_id")
+    correlation.set_defaults(projections_run=_with_client(_correlation))
+
+    reconcile = subparsers.add_parser("reconcile", help="compare ClickHouse with engine balances")
+    reconcile.set_defaults(projections_run=_reconcile)
+
+    audit = subparsers.add_parser("audit", help="audit exports and chain verification")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    export = audit_commands.add_parser("export", help="export chain rows of a time range with a manifest")
+    export.add_argument("--from", dest="timestamp_from", required=True)
+    export.add_argument("--to", dest="timestamp_to", required=True)
+    export.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    export.add_argument("--out", required=True, help="an empty or new directory")
+    export.set_defaults(projections_run=_with_client(_audit_export))
+    verify = audit_commands.add_parser("verify", help="verify the live chain, or an export")
+    verify.add_argument("--export", help="an export directory (default: verify the live read model)")
+    verify.add_argument("--files-only", action="store_true", help="with --export: do not compare with the live head")
+    verify.set_defaults(projections_run=_with_client(_audit_verify))
+
+
+def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """Dispatches a parsed read-model command; returns its exit code."""
+    handler: Callable[[Settings, argparse.Namespace], int] = args.projections_run
+    return handler(settings or Settings(), args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m projections", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    register(parser.add_subparsers(dest="command", required=True))
+    sys.exit(run(parser.parse_args(argv)))

@@ -1,0 +1,79 @@
+"""The read-model commands end to end, in-process: project from the engine's data directory, query,
+reconcile, export and verify, with settings as the `ledger` CLI would build them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from facade.engine.embedded import EmbeddedEngine
+from facade.engine.types import Account
+from facade.settings import ApiSettings, ClickHouseSettings, EngineSettings, Settings
+from projections import cli
+from tests.projections.conftest import ACCOUNT_IDS, CODE, LEDGER, Metadata, Workload
+
+
+def command(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[object]]:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    code = cli.run(parser.parse_args(argv), settings)
+    lines = capsys.readouterr().out.splitlines()
+    return code, [json.loads(line) for line in lines]
+
+
+def test_parse_time() -> None:
+    assert cli.parse_time("1970-01-01T00:00:01Z") == 1_000_000_000
+    assert cli.parse_time("1970-01-02") == 86_400 * 1_000_000_000
+    assert cli.parse_time("1795581614956174029") == 1795581614956174029
+
+
+async def post_rounds(data_dir: Path, rounds: int) -> None:
+    engine = await EmbeddedEngine.open(data_dir)
+    try:
+        await engine.create_accounts([Account(id=i, ledger=LEDGER, code=CODE) for i in ACCOUNT_IDS])
+        workload = Workload(engine, Metadata())
+        for number in range(rounds):
+            await workload.round(number)
+    finally:
+        await engine.close()  # The commands open the engine's directory themselves.
+
+
+def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Synchronous, as the CLI runs its own event loops."""
+    asyncio.run(post_rounds(tmp_path / "engine", 3))
+    settings = Settings(
+        engine=EngineSettings(data_dir=tmp_path / "engine"),
+        api=ApiSettings(metadata_db=tmp_path / "metadata.sqlite3"),
+        clickhouse=ClickHouseSettings(
+            chdb_path=tmp_path / "clickhouse-cli", projector_checkpoint=tmp_path / "projector.json"
+        ),
+    )
+    code, out = command(settings, capsys, "project", "--once")
+    assert (code, out[0]) == (0, out[0])
+    assert isinstance(out[0], dict) and out[0]["changes_projected"] == 24
+
+    code, out = command(settings, capsys, "balance", "3")
+    assert code == 0 and isinstance(out[0], dict) and out[0]["credits_posted"] > 0
+
+    code, out = command(settings, capsys, "statement", "3", "--from", "1970-01-01", "--to", "now")
+    assert code == 0 and isinstance(out[0], dict) and len(out[0]["lines"]) > 0
+
+    code, out = command(settings, capsys, "totals", "--from", "0", "--to", "now")
+    assert code == 0 and sum(row["transactions"] for row in out if isinstance(row, dict)) == 24
+
+    code, out = command(settings, capsys, "reconcile")
+    assert code == 0 and isinstance(out[0], dict) and out[0]["ok"] is True
+
+    export = tmp_path / "export"
+    code, out = command(
+        settings, capsys, "audit", "export", "--from", "0", "--to", "now", "--format", "parquet", "--out", str(export)
+    )
+    assert code == 0 and isinstance(out[0], dict) and out[0]["row_count"] == 24
+    code, out = command(settings, capsys, "audit", "verify", "--export", str(export))
+    assert code == 0 and isinstance(out[0], dict) and out[0]["ok"] is True
+    code, out = command(settings, capsys, "audit", "verify")
+    assert code == 0 and isinstance(out[0], dict) and out[0]["rows_checked"] == 24
