@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from prometheus_client import REGISTRY
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes.chain import GENESIS
+from facade.changes.entries import build_entries
 from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
@@ -89,3 +95,29 @@ async def test_redelivery_never_double_counts(
     assert await replay(engine, projector, timestamp_from=middle, metadata=metadata, progress=False) == 16
     assert counts(client) == before
     assert client.query_rows("SELECT sum(toUInt256(amount)) FROM entries") == sums
+
+
+async def test_records_lag_and_rejects_what_it_cannot_project(
+    engine: EmbeddedEngine, client: ChdbClient, workload: Workload
+) -> None:
+    await workload.round(0)
+    events = await engine.get_change_events(ChangeEventsFilter())
+    debit, credit, _ = build_entries(events[0], None, GENESIS)
+    projector = Projector(client)
+    rejections = (
+        ("schema_version", 2, "schema_version"),
+        ("event_id", "1:D", "event id"),
+        ("account_id", "1\t2", "invalid literal"),
+        ("amount", str(1 << 128), "out of range"),
+    )
+    for field, value, message in rejections:
+        bad = entries_pb2.LedgerEntry()
+        bad.CopyFrom(debit)
+        setattr(bad, field, value)
+        with pytest.raises(ValueError, match=message):  # EntryError is a ValueError, as is int("1\t2").
+            projector.project([credit, bad])
+    assert counts(client) == (0, 0, 0)
+    assert projector.project([debit, credit]) == 2 + 1 + 2
+    lag = REGISTRY.get_sample_value("ledger_projection_lag_seconds")
+    assert lag is not None and 0 < lag < 60
+    assert projector.lag_seconds > 0
