@@ -4,6 +4,13 @@ ledger serve                         run the service (settings from LEDGER_* var
 ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
 ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
+
+The ClickHouse read model (projections/cli.py has the details):
+ledger project [--source engine|kafka] [--once]
+ledger statement ACCOUNT --from T --to T | balance ACCOUNT [--at T] | totals --from T --to T
+ledger correlation ID | reconcile
+ledger audit export --from T --to T --format csv|parquet --out DIR
+ledger audit verify [--export DIR]
 """
 
 from __future__ import annotations
@@ -54,8 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--from", dest="timestamp_from", default="beginning", help="'beginning' or an engine timestamp (ns)"
     )
     replay.add_argument("--to-topic", required=True)
+    from projections import cli as read_model
+
+    read_model.register(commands)
     args = parser.parse_args(argv)
     settings = Settings()
+    if hasattr(args, "projections_run"):
+        raise SystemExit(read_model.run(args, settings))
     if args.command == "serve":
         from facade.api.server import serve
 

@@ -77,3 +77,47 @@ def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and isinstance(out[0], dict) and out[0]["ok"] is True
     code, out = command(settings, capsys, "audit", "verify")
     assert code == 0 and isinstance(out[0], dict) and out[0]["rows_checked"] == 24
+
+
+def test_ledger_console_script(tmp_path: Path) -> None:
+    """The installed `ledger` entry point carries the read-model commands, configured by LEDGER_* variables:
+    project, export, tamper with the export, verify (exit 1 names the problem)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    asyncio.run(post_rounds(tmp_path / "engine", 2))
+    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    env = os.environ | {
+        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
+        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
+        "LEDGER_CLICKHOUSE__CHDB_PATH": str(tmp_path / "clickhouse"),
+        "LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT": str(tmp_path / "projector.json"),
+    }
+
+    def ledger_run(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [ledger, *argv]
+        return subprocess.run(command, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    done = ledger_run("project", "--once")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["changes_projected"] == 16
+    export = tmp_path / "export"
+    done = ledger_run("audit", "export", "--from", "0", "--to", "now", "--format", "csv", "--out", str(export))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["row_count"] == 16
+    done = ledger_run("audit", "verify", "--export", str(export))
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True, done.stdout + done.stderr
+
+    data = next(export.glob("*.csv"))
+    lines = data.read_text().splitlines()
+    header = lines[0].split(",")
+    amount = header.index("amount")
+    cells = lines[3].split(",")
+    cells[amount] = str(int(cells[amount]) + 1)
+    lines[3] = ",".join(cells)
+    data.write_text("\n".join(lines) + "\n")
+    done = ledger_run("audit", "verify", "--export", str(export), "--files-only")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["ok"] is False
