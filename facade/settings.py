@@ -114,6 +114,14 @@ class ClickHouseSettings(BaseModel):
         description="Durable position of the projector in the engine's change feed (no-Kafka mode).",
     )
     consumer_group: str = Field(default="ledger-projector", description="Kafka mode: consumer group.")
+    serve_history: bool = Field(
+        default=True, description="`ledger serve` opens the read model and serves ledger.v1.History (and readiness)."
+    )
+    project_in_service: bool = Field(
+        default=True,
+        description="`ledger serve` also runs the projector from the engine's change feed. Required with chDB "
+        "(one process per directory); false on façades that query a ClickHouse server fed by `ledger project`.",
+    )
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,12 @@ class ProjectorStats:
 class Projector:
     """The EntrySink into ClickHouse. One per database: it is the tables' only writer."""
 
-    def __init__(self, client: ClickHouseClient, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, client: ClickHouseClient, clock_ns: Callable[[], int] = time.time_ns, executor: Executor | None = None
+    ) -> None:
         self._client = client
+        self._executor = executor
+        """Where `publish` runs inserts: the thread that owns the client when queries share it (the service)."""
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         schema.create_tables(client)
@@ -92,7 +97,7 @@ class Projector:
 
     async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
         """EntrySink: returns once every entry is inserted (and so visible to every query)."""
-        await asyncio.to_thread(self.project, entries)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.project, entries)
 
     def project(self, entries: Sequence[entries_pb2.LedgerEntry]) -> int:
         """Inserts the rows of `entries` that are not there yet; returns how many rows it inserted."""

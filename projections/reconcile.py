@@ -103,27 +103,45 @@ async def _engine_balance_as_of(engine: Engine, account: Account, timestamp: int
     return Balance(b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted, 0)
 
 
-async def reconcile(engine: Engine, client: ClickHouseClient) -> ReconciliationReport:
-    """Compares every engine account (and every account ClickHouse knows) as of the projected time."""
+@dataclass(slots=True, frozen=True)
+class ReadModelFigures:
+    """The read model's side of a reconciliation, read in one go (a service reads it on the thread
+    that owns its ClickHouse client, then compares on the event loop)."""
+
+    timestamp: int
+    from_entries: dict[int, Balance]
+    from_series: dict[int, Balance]
+
+
+def read_figures(client: ClickHouseClient) -> ReadModelFigures:
     timestamp = projected_timestamp(client)
-    from_entries = balances_from_entries(client, timestamp)
-    from_series = latest_balances(client, timestamp)
+    return ReadModelFigures(timestamp, balances_from_entries(client, timestamp), latest_balances(client, timestamp))
+
+
+async def compare(engine: Engine, figures: ReadModelFigures) -> ReconciliationReport:
+    """Compares every engine account (and every account the read model knows) as of figures.timestamp."""
+    timestamp, from_entries, from_series = figures.timestamp, figures.from_entries, figures.from_series
     accounts = await _engine_accounts(engine)
     report = ReconciliationReport(timestamp=timestamp)
     report.unknown_accounts = sorted(set(from_entries) - set(accounts))
     zero = Balance(0, 0, 0, 0, 0)
     for account_id, account in sorted(accounts.items()):
         report.accounts_checked += 1
-        figures = [("entries", from_entries.get(account_id, zero))]
+        figures_of_account = [("entries", from_entries.get(account_id, zero))]
         if account_id in from_series or (from_series and account_id in from_entries):
-            figures.append(("balances", from_series.get(account_id, zero)))
+            figures_of_account.append(("balances", from_series.get(account_id, zero)))
         engine_now = _engine_balance(account)
-        if all(not _differences(account_id, source, engine_now, figure) for source, figure in figures):
+        if all(not _differences(account_id, source, engine_now, figure) for source, figure in figures_of_account):
             continue
         engine_then = await _engine_balance_as_of(engine, account, timestamp)
         if engine_then is None:
             report.accounts_not_comparable.append(account_id)
             continue
-        for source, figure in figures:
+        for source, figure in figures_of_account:
             report.drifts.extend(_differences(account_id, source, engine_then, figure))
     return report
+
+
+async def reconcile(engine: Engine, client: ClickHouseClient) -> ReconciliationReport:
+    """Compares every engine account (and every account ClickHouse knows) as of the projected time."""
+    return await compare(engine, read_figures(client))

@@ -1,0 +1,76 @@
+"""The read model inside the service: the ClickHouse client behind ledger.v1.History, and (by default)
+the projector that feeds it from the engine's change feed.
+
+One client, one thread: every ClickHouse call (projector inserts and History queries alike) runs on a
+single-thread executor. chDB sessions are not safe to share across threads, and the event loop must
+never block on a query; one thread gives both, and ClickHouse does the parallel work inside a query.
+
+Where the projector runs:
+- embedded default (chDB): in the service (`clickhouse.project_in_service`), because chDB opens its
+  directory in one process only; the service is the read model's only writer;
+- ClickHouse server: in its own process (`ledger project`), with `project_in_service=false` on every
+  façade, which then only query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from facade.changes.poller import ChangeCapture, MetadataSource
+from facade.engine.protocol import Engine
+from facade.settings import ClickHouseSettings
+from projections.client import ClickHouseClient, open_client
+from projections.projector import Projector, change_capture
+from projections.queries import projected_timestamp
+
+T = TypeVar("T")
+
+
+class ReadModel:
+    def __init__(self, client: ClickHouseClient, executor: ThreadPoolExecutor) -> None:
+        self._client = client
+        self._executor = executor
+        self.projector: Projector | None = None
+        self._capture: ChangeCapture | None = None
+
+    @classmethod
+    async def open(
+        cls, settings: ClickHouseSettings, engine: Engine, metadata: MetadataSource | None = None
+    ) -> ReadModel:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(executor, open_client, settings)
+        model = cls(client, executor)
+        if settings.project_in_service:
+            # Projector() creates the tables and reads their high-water marks: ClickHouse calls.
+            model.projector = await loop.run_in_executor(executor, lambda: Projector(client, executor=executor))
+            projector = model.projector
+            model._capture = await loop.run_in_executor(
+                executor, lambda: change_capture(engine, projector, settings.projector_checkpoint, metadata)
+            )
+        return model
+
+    async def query(self, function: Callable[[ClickHouseClient], T]) -> T:
+        """Runs `function(client)` on the client's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, self._client)
+
+    async def projected_until(self) -> int:
+        return await self.query(projected_timestamp)
+
+    async def ping(self) -> None:
+        """Raises when ClickHouse does not answer (readiness)."""
+        await self.query(lambda client: client.query_rows("SELECT 1"))
+
+    async def run_projector(self, stop: asyncio.Event) -> None:
+        """Change capture from the engine into ClickHouse until `stop` is set (no-op without a projector)."""
+        if self._capture is not None:
+            await self._capture.run(stop)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._client.close)
+        self._executor.shutdown(wait=True)
