@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from facade.domain.mapping import (
+    IDEMPOTENCY_KEY_LENGTH_MAX,
     LABEL_LENGTH_MAX,
     LABELS_COUNT_MAX,
     LEGS_MAX,
@@ -116,6 +117,10 @@ def test_resolutions_reference_the_authorized_legs() -> None:
 
 
 texts = st.text(max_size=24)
+# Valid keys: 1..128 UTF-8 bytes (a code point may take 4).
+idempotency_keys = st.text(min_size=1, max_size=IDEMPOTENCY_KEY_LENGTH_MAX).filter(
+    lambda key: len(key.encode()) <= IDEMPOTENCY_KEY_LENGTH_MAX
+)
 metadata_strategy = st.builds(
     Metadata,
     source=texts,
@@ -129,7 +134,7 @@ metadata_strategy = st.builds(
 amounts = st.integers(1, AMOUNT_MAX - 1).map(str)
 
 
-@given(metadata=metadata_strategy, amounts=st.lists(amounts, min_size=1, max_size=LEGS_MAX), key=st.text(min_size=1))
+@given(metadata=metadata_strategy, amounts=st.lists(amounts, min_size=1, max_size=LEGS_MAX), key=idempotency_keys)
 def test_the_body_is_canonical_json_and_rebuilds_the_exact_transaction(
     metadata: Metadata, amounts: list[str], key: str
 ) -> None:
