@@ -45,6 +45,7 @@ CLOCK_LEEWAY_SECONDS = 30
 TOKEN_CACHE_ENTRIES_MAX = 10_000
 
 _SERVICE = "/ledger.v1.Ledger/"
+_HISTORY = "/ledger.v1.History/"
 METHOD_SCOPES: dict[str, str] = {
     _SERVICE + "CreateAccount": SCOPE_ADMIN,
     _SERVICE + "GetAccount": SCOPE_READ,
@@ -57,6 +58,12 @@ METHOD_SCOPES: dict[str, str] = {
     _SERVICE + "VoidTransaction": SCOPE_WRITE,
     _SERVICE + "GetTransaction": SCOPE_READ,
     _SERVICE + "ListAccountEntries": SCOPE_READ,
+    # The read model: an owned account's history is a read; cross-client views are administration.
+    _HISTORY + "GetStatement": SCOPE_READ,
+    _HISTORY + "GetBalanceAsOf": SCOPE_READ,
+    _HISTORY + "GetDailyTotals": SCOPE_ADMIN,
+    _HISTORY + "ListTransactionsByCorrelation": SCOPE_ADMIN,
+    _HISTORY + "Reconcile": SCOPE_ADMIN,
 }
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 REFLECTION_PREFIX = "/grpc.reflection."

@@ -102,6 +102,7 @@ def row(name: str, concurrency: int, rate: float, latencies: list[float], errors
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
+    parser.add_argument("--read-model", action="store_true", help="run the ClickHouse projector in the server too")
     args = parser.parse_args()
     seconds = args.seconds
 
@@ -118,6 +119,10 @@ async def main() -> None:
         LEDGER_API__METADATA_DB=str(data / "metadata.sqlite3"),
         LEDGER_OBSERVABILITY__METRICS_PORT="0",
         LEDGER_OBSERVABILITY__LOG_LEVEL="WARNING",
+        LEDGER_CLICKHOUSE__CHDB_PATH=str(data / "clickhouse"),
+        LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT=str(data / "projector.json"),
+        # The write path alone by default; --read-model adds the in-service projector's CPU.
+        LEDGER_CLICKHOUSE__SERVE_HISTORY="true" if args.read_model else "false",
     )
     server = subprocess.Popen([shutil.which("ledger") or "ledger", "serve"], env=env)
     token = issue_token(AuthSettings(), "bench", SCOPES_ALL)

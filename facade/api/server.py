@@ -1,4 +1,5 @@
-"""Assembles and runs the service: engine, metadata store, ledger service, gRPC server, change capture.
+"""Assembles and runs the service: engine, metadata store, ledger service, read model, gRPC server,
+change capture.
 
 Start-up order: engine (recovers its journal) → metadata store → settlement accounts → gRPC server →
 health SERVING. Shutdown reverses it: health NOT_SERVING (load balancers drain), stop accepting calls
@@ -18,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor
@@ -31,6 +33,7 @@ from facade.observability.tracing import configure_tracing
 from facade.runtime import freeze_heap, tune_gc
 from facade.service import LedgerService
 from facade.settings import Settings
+from projections.read_model import ReadModel
 
 GRACE_SECONDS = 5.0
 MESSAGE_SIZE_MAX = 16 * 1024 * 1024
@@ -47,6 +50,7 @@ class RunningServer:
     engine: Engine
     store: MetadataStore
     health: health.aio.HealthServicer
+    read_model: ReadModel | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stop_background: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -59,6 +63,8 @@ class RunningServer:
         for task in self.background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.read_model is not None:
+            await self.read_model.close()
         await self.engine.close()
         await self.store.close()
 
@@ -89,10 +95,19 @@ async def start(settings: Settings) -> RunningServer:
         ],
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
+    read_model = None
+    if settings.clickhouse.serve_history:
+        read_model = await ReadModel.open(settings.clickhouse, engine, metadata=store)
+        history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(service, engine, read_model), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        (
+            ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
+            history_pb2.DESCRIPTOR.services_by_name["History"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     address = f"{settings.api.host}:{settings.api.port}"
@@ -101,7 +116,11 @@ async def start(settings: Settings) -> RunningServer:
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, service, engine, store, health_servicer)
+    running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
+    if read_model is not None and read_model.projector is not None:
+        running.background.append(
+            asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
+        )
     if settings.kafka.bootstrap_servers:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 

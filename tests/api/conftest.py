@@ -14,12 +14,13 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import RunningServer, start
 from facade.auth import SCOPES_ALL, hash_secret, issue_token
-from facade.settings import ApiKeySettings, ApiSettings, AuthSettings, EngineSettings, Settings
+from facade.settings import ApiKeySettings, ApiSettings, AuthSettings, ClickHouseSettings, EngineSettings, Settings
 
 API_KEY_SECRET = "s3cret-key-material"
 
 
-def make_settings(directory: Path, **api: Any) -> Settings:
+def make_settings(directory: Path, history: bool = False, **api: Any) -> Settings:
+    """A loopback server's settings; the read model (chDB + in-service projector) only when `history`."""
     return Settings(
         engine=EngineSettings(data_dir=directory / "engine"),
         api=ApiSettings(port=0, metadata_db=directory / "metadata.sqlite3", **api),
@@ -33,6 +34,11 @@ def make_settings(directory: Path, **api: Any) -> Settings:
                     scopes=["ledger.read"],
                 )
             ],
+        ),
+        clickhouse=ClickHouseSettings(
+            serve_history=history,
+            chdb_path=directory / "clickhouse",
+            projector_checkpoint=directory / "projector.json",
         ),
     )
 
@@ -95,8 +101,8 @@ def transfer(source: str, destination: str, amount: int, currency: str = "USD") 
     )
 
 
-async def open_api(directory: Path, **api: Any) -> Api:
-    settings = make_settings(directory, **api)
+async def open_api(directory: Path, history: bool = False, **api: Any) -> Api:
+    settings = make_settings(directory, history, **api)
     server = await start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     return Api(settings, server, channel, rpc.LedgerStub(channel))

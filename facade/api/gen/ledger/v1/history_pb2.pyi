@@ -139,9 +139,11 @@ class StatementLine(_message.Message):
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
     engine_timestamp: _builtins.int
     change: _builtins.str
-    """"post", "authorize", "capture", "void" or "expire"."""
+    """The engine change, as ledger.v1.EntryChange names it: SINGLE_PHASE, TWO_PHASE_PENDING, TWO_PHASE_POSTED,
+    TWO_PHASE_VOIDED or TWO_PHASE_EXPIRED.
+    """
     side: _builtins.str
-    """"debit" or "credit": this account's side."""
+    """"DEBIT" or "CREDIT": this account's side."""
     amount: _builtins.str
     signed_amount: _builtins.str
     """Credits positive, debits negative: the change to credits minus debits."""
