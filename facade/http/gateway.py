@@ -1,0 +1,388 @@
+"""The FastAPI JSON gateway: every ledger.v1.Ledger RPC as an HTTP route, for teams behind an HTTP API
+gateway. OpenAPI at /openapi.json, Swagger UI at /docs.
+
+Same service, same mapping, same auth, same errors as gRPC:
+- Each route calls the one LedgerService (so facade.domain.mapping maps, validates and derives ids:
+  a transaction posted here has the same id and is the same transaction over gRPC).
+- Credentials: the `Authorization` header, `Bearer <jwt>` or `ApiKey <key_id>.<secret>`, checked by the
+  same Authenticator, needing the scope facade.auth.METHOD_SCOPES gives the corresponding RPC.
+- The JSON is the proto3 JSON mapping of the gRPC messages (see facade.http.models).
+
+Routes (custom methods in the `:verb` style of Google's API design guide):
+    POST /v1/accounts                                 CreateAccount        ledger.admin
+    GET  /v1/accounts                                 ListAccounts         ledger.read
+    GET  /v1/accounts/{account_id}                    GetAccount           ledger.read
+    GET  /v1/accounts/{account_id}/balance            GetBalance           ledger.read
+    GET  /v1/accounts/{account_id}/entries            ListAccountEntries   ledger.read
+    POST /v1/transactions                             PostTransaction      ledger.write
+    POST /v1/transactions:batch                       PostTransactions     ledger.write
+    GET  /v1/transactions?idempotency_key=...         GetTransaction       ledger.read
+    GET  /v1/transactions/{transaction_id}            GetTransaction       ledger.read
+    POST /v1/transactions/{authorization_id}:capture  CaptureTransaction   ledger.write
+    POST /v1/transactions/{authorization_id}:void     VoidTransaction      ledger.write
+(StreamTransactions has no HTTP form: use :batch.)
+
+Errors: a JSON body {"code", "reason", "message", "metadata"}: `code` is the gRPC status name and
+`reason` the google.rpc.ErrorInfo reason the gRPC API gives for the same failure. The HTTP status
+follows the gRPC code (HTTP_STATUS below). FAILED_PRECONDITION is 422, not 409: the request is valid
+but the ledger's state refuses it (INSUFFICIENT_FUNDS, AUTHORIZATION_ALREADY_CAPTURED, ...), and 409
+stays ALREADY_EXISTS alone (IDEMPOTENCY_KEY_REUSED, ACCOUNT_REFERENCE_REUSED), so a client that looks
+at the status only can still tell "retry later / fix the state" from "you reused a key". RESOURCE_EXHAUSTED
+is 429 with Retry-After (whole seconds, rounded up) and metadata.retry_after_ms. Requests the schema
+rejects (malformed JSON, wrong types, unknown fields) are 400 INVALID_ARGUMENT with reason
+INVALID_REQUEST, or INVALID_AMOUNT when the bad field is an amount (e.g. a JSON number: amounts are
+decimal strings), and metadata.field naming the field as the mapping module does (legs[0].amount).
+
+A batch answers 200 with one result per item; each failed item carries the same error object.
+"""
+
+# No `from __future__ import annotations`: the routes' Annotated dependencies are built in build_app
+# (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
+
+import math
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+import grpc
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.api.servicer import (
+    account_message,
+    balance_message,
+    entry_message,
+    fill_posted,
+    metadata_from,
+    post_request,
+    transaction_message,
+)
+from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
+from facade.domain.mapping import DomainError
+from facade.http import models as m
+from facade.service import LedgerService, TransactionView
+
+API_VERSION = "v1"
+RPC_PREFIX = "/ledger.v1.Ledger/"
+U64_MAX = 2**64 - 1
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 422,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+# Fields whose schema errors get the mapping module's reason rather than INVALID_REQUEST.
+_FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": m.Error, "description": "INVALID_ARGUMENT (including INVALID_REQUEST: the schema rejected it)"},
+    401: {"model": m.Error, "description": "UNAUTHENTICATED: missing or invalid credentials"},
+    403: {"model": m.Error, "description": "PERMISSION_DENIED: the credentials lack the route's scope"},
+    404: {"model": m.Error, "description": "NOT_FOUND (e.g. ACCOUNT_NOT_FOUND, TRANSACTION_NOT_FOUND)"},
+    409: {"model": m.Error, "description": "ALREADY_EXISTS (e.g. IDEMPOTENCY_KEY_REUSED)"},
+    422: {"model": m.Error, "description": "FAILED_PRECONDITION (e.g. INSUFFICIENT_FUNDS)"},
+    429: {"model": m.Error, "description": "RESOURCE_EXHAUSTED: write queue full; see Retry-After"},
+    503: {"model": m.Error, "description": "UNAVAILABLE: the engine is unavailable"},
+    504: {"model": m.Error, "description": "DEADLINE_EXCEEDED"},
+}
+
+_credentials = APIKeyHeader(
+    name="Authorization",
+    scheme_name="LedgerCredentials",
+    description="`Bearer <jwt>` (HS256; `sub` = client id, `scope` = space-separated scopes) or "
+    "`ApiKey <key_id>.<secret>`. Scopes: ledger.read, ledger.write, ledger.admin.",
+    auto_error=False,
+)
+
+
+def error_response(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+) -> JSONResponse:
+    metadata = metadata or {}
+    headers: dict[str, str] = {}
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and metadata.get("retry_after_ms", "").isdigit():
+        headers["Retry-After"] = str(max(1, math.ceil(int(metadata["retry_after_ms"]) / 1000)))
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="ledger"'
+    body = m.error_body(DomainError(code, reason, message, metadata))
+    return JSONResponse(body, status_code=HTTP_STATUS.get(code, 500), headers=headers)
+
+
+def _field_name(location: tuple[int | str, ...]) -> str:
+    """('body', 'legs', 0, 'amount') → 'legs[0].amount', as the mapping module names fields."""
+    name = ""
+    for part in location[1:] if location and location[0] in ("body", "query", "path", "header") else location:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or str(location[0] if location else "body")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def domain_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, DomainError)
+        return error_response(error.code, error.reason, error.message, error.metadata)
+
+    async def auth_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, AuthError)
+        return error_response(error.code, error.reason, error.message)
+
+    async def validation_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        errors = list(error.errors())
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "invalid"}
+        location = tuple(first.get("loc", ()))
+        field = _field_name(location)
+        last = location[-1] if location else ""
+        reason = _FIELD_REASONS.get(last, "INVALID_REQUEST") if isinstance(last, str) else "INVALID_REQUEST"
+        message = "; ".join(f"{_field_name(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors[:10])
+        metadata = {"field": field, "error": str(first.get("type", "")), "errors": str(len(errors))}
+        return error_response(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+
+    async def http_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        if error.status_code == 404:
+            return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
+        if error.status_code == 405:
+            response = error_response(grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "method not allowed")
+            response.status_code = 405
+            return response
+        response = error_response(grpc.StatusCode.UNKNOWN, "HTTP_ERROR", str(error.detail))
+        response.status_code = error.status_code
+        return response
+
+    async def unexpected_error(_request: Request, _error: Exception) -> JSONResponse:
+        return error_response(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
+    app = FastAPI(
+        title="Ledger JSON gateway",
+        version=API_VERSION,
+        description=(__doc__ or "").split("\n\n", 1)[0]
+        + "\n\nMoney, ids and 64-bit timestamps are decimal strings, never JSON numbers. Errors carry the gRPC "
+        "status name and the same machine-readable reason as the gRPC API.",
+    )
+    _install_error_handlers(app)
+    router = APIRouter(prefix="/" + API_VERSION, responses=_ERROR_RESPONSES)
+
+    def caller(rpc: str) -> Any:
+        """The authenticated principal, holding the scope the gRPC method `rpc` needs."""
+        scope = METHOD_SCOPES[RPC_PREFIX + rpc]
+
+        async def principal(authorization: Annotated[str | None, Security(_credentials)]) -> Principal:
+            found = authenticator.authenticate(authorization)
+            authenticator.authorize(found, scope)
+            return found
+
+        return Depends(principal)
+
+    def route(
+        method: Literal["GET", "POST"], path: str, rpc: str, response_model: type[BaseModel], tag: str, summary: str
+    ) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Any]:
+        scope = METHOD_SCOPES[RPC_PREFIX + rpc]
+        return router.api_route(
+            path,
+            methods=[method],
+            response_model=response_model,
+            tags=[tag],
+            summary=summary,
+            operation_id=rpc if rpc != "GetTransaction" or "{" in path else "GetTransactionByIdempotencyKey",
+            description=f"gRPC: `ledger.v1.Ledger/{rpc}`. Scope: `{scope}`.",
+            openapi_extra={"x-required-scope": scope},
+        )
+
+    AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]  # noqa: N806
+
+    @route("POST", "/accounts", "CreateAccount", m.Account, "accounts", "Open an account (idempotent per reference)")
+    async def create_account(
+        principal: Annotated[Principal, caller("CreateAccount")], body: m.CreateAccountRequest
+    ) -> dict[str, Any]:
+        request = m.to_message(body, pb.CreateAccountRequest())
+        view = await service.create_account(
+            principal,
+            request.currency,
+            request.external_reference,
+            request.owner,
+            int(request.type),
+            dict(request.metadata),
+        )
+        return m.from_message(account_message(view))
+
+    @route("GET", "/accounts", "ListAccounts", m.ListAccountsResponse, "accounts", "List the caller's accounts")
+    async def list_accounts(
+        principal: Annotated[Principal, caller("ListAccounts")],
+        page_size: Annotated[int, Query(ge=0, le=m.UINT32_MAX, description="At most 1000; 0 = 100.")] = 0,
+        page_token: Annotated[str, Query(description="A previous response's next_page_token.")] = "",
+        currency: Annotated[str, Query(description="Only accounts in this currency.")] = "",
+    ) -> dict[str, Any]:
+        views, token = await service.list_accounts(principal, page_size, page_token, currency)
+        return m.from_message(
+            pb.ListAccountsResponse(accounts=[account_message(v) for v in views], next_page_token=token)
+        )
+
+    @route("GET", "/accounts/{account_id}", "GetAccount", m.Account, "accounts", "An account and its balance")
+    async def get_account(
+        principal: Annotated[Principal, caller("GetAccount")], account_id: AccountPath
+    ) -> dict[str, Any]:
+        return m.from_message(account_message(await service.get_account(principal, account_id)))
+
+    @route("GET", "/accounts/{account_id}/balance", "GetBalance", m.Balance, "accounts", "Posted, pending, available")
+    async def get_balance(
+        principal: Annotated[Principal, caller("GetBalance")], account_id: AccountPath
+    ) -> dict[str, Any]:
+        view = await service.get_account(principal, account_id)
+        return m.from_message(balance_message(view.account, view.record.currency))
+
+    @route(
+        "GET",
+        "/accounts/{account_id}/entries",
+        "ListAccountEntries",
+        m.ListAccountEntriesResponse,
+        "accounts",
+        "An account's entries, cursor-paginated",
+    )
+    async def list_account_entries(
+        principal: Annotated[Principal, caller("ListAccountEntries")],
+        account_id: AccountPath,
+        page_size: Annotated[int, Query(ge=0, le=m.UINT32_MAX, description="At most 1000; 0 = 100.")] = 0,
+        page_token: Annotated[str, Query(description="A previous response's next_page_token.")] = "",
+        from_ns: Annotated[
+            int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
+        ] = 0,
+        to_ns: Annotated[
+            int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
+        ] = 0,
+        order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")] = "asc",
+    ) -> dict[str, Any]:
+        entries, token = await service.list_account_entries(
+            principal, account_id, page_size, page_token, from_ns, to_ns, order == "desc"
+        )
+        return m.from_message(
+            pb.ListAccountEntriesResponse(entries=[entry_message(e) for e in entries], next_page_token=token)
+        )
+
+    @route("POST", "/transactions", "PostTransaction", m.Transaction, "transactions", "Post one atomic transaction")
+    async def post_transaction(
+        principal: Annotated[Principal, caller("PostTransaction")], body: m.PostTransactionRequest
+    ) -> dict[str, Any]:
+        request = m.to_message(body, pb.PostTransactionRequest())
+        [result] = await service.post_transactions(principal, [post_request(request)])
+        if isinstance(result, DomainError):
+            raise result
+        return m.from_message(_posted(request, result))
+
+    @route(
+        "POST",
+        "/transactions:batch",
+        "PostTransactions",
+        m.PostTransactionsResponse,
+        "transactions",
+        "Post independent transactions; a result per item",
+    )
+    async def post_transactions(
+        principal: Annotated[Principal, caller("PostTransactions")], body: m.PostTransactionsRequest
+    ) -> dict[str, Any]:
+        request = m.to_message(body, pb.PostTransactionsRequest())
+        results = await service.post_transactions(principal, [post_request(r) for r in request.transactions])
+        return {
+            "results": [
+                {"error": m.error_body(result)}
+                if isinstance(result, DomainError)
+                else {"transaction": m.from_message(_posted(item, result))}
+                for item, result in zip(request.transactions, results, strict=True)
+            ]
+        }
+
+    @route(
+        "GET",
+        "/transactions",
+        "GetTransaction",
+        m.Transaction,
+        "transactions",
+        "A transaction by the idempotency key it was posted with",
+    )
+    async def get_transaction_by_key(
+        principal: Annotated[Principal, caller("GetTransaction")],
+        idempotency_key: Annotated[str, Query(min_length=1, description="The key the transaction was posted with.")],
+    ) -> dict[str, Any]:
+        return m.from_message(transaction_message(await service.get_transaction(principal, "", idempotency_key)))
+
+    @route("GET", "/transactions/{transaction_id}", "GetTransaction", m.Transaction, "transactions", "A transaction")
+    async def get_transaction(
+        principal: Annotated[Principal, caller("GetTransaction")],
+        transaction_id: Annotated[str, Path(description="32 lowercase hex digits.")],
+    ) -> dict[str, Any]:
+        return m.from_message(transaction_message(await service.get_transaction(principal, transaction_id, "")))
+
+    AuthorizationPath = Annotated[str, Path(description="The authorization's transaction id (32 hex digits).")]  # noqa: N806
+
+    @route(
+        "POST",
+        "/transactions/{authorization_id}:capture",
+        "CaptureTransaction",
+        m.Transaction,
+        "transactions",
+        "Capture an authorization, fully or partly",
+    )
+    async def capture(
+        principal: Annotated[Principal, caller("CaptureTransaction")],
+        authorization_id: AuthorizationPath,
+        body: m.CaptureTransactionRequest,
+    ) -> dict[str, Any]:
+        request = m.to_message(body, pb.CaptureTransactionRequest())
+        view = await service.resolve_authorization(
+            principal, request.idempotency_key, authorization_id, True, request.amount, metadata_from(request.metadata)
+        )
+        return m.from_message(transaction_message(view))
+
+    @route(
+        "POST",
+        "/transactions/{authorization_id}:void",
+        "VoidTransaction",
+        m.Transaction,
+        "transactions",
+        "Release an authorization's hold",
+    )
+    async def void(
+        principal: Annotated[Principal, caller("VoidTransaction")],
+        authorization_id: AuthorizationPath,
+        body: m.VoidTransactionRequest,
+    ) -> dict[str, Any]:
+        request = m.to_message(body, pb.VoidTransactionRequest())
+        view = await service.resolve_authorization(
+            principal, request.idempotency_key, authorization_id, False, "", metadata_from(request.metadata)
+        )
+        return m.from_message(transaction_message(view))
+
+    app.include_router(router)
+    return app
+
+
+def _posted(request: pb.PostTransactionRequest, view: TransactionView) -> pb.Transaction:
+    message = pb.Transaction()
+    fill_posted(message, request, view)
+    return message
