@@ -49,7 +49,9 @@ class ObservabilitySettings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(default=True, description="One JSON object per line (Loki-friendly).")
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables.")
+    metrics_port: int = Field(
+        default=9464, ge=-1, le=65535, description="Ops HTTP: /metrics, /healthz, /readyz; 0 = any free port, -1 = off."
+    )
     otlp_endpoint: str = Field(default="", description="OTLP/gRPC trace exporter endpoint; empty = off.")
 
 

@@ -17,16 +17,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
+from facade.api.asgi import AsgiServer
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
+from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor
 from facade.changes.poller import ChangeCapture
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
+from facade.http.gateway import build_app
 from facade.metadata_store import MetadataStore
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
@@ -51,12 +53,25 @@ class RunningServer:
     store: MetadataStore
     health: health.aio.HealthServicer
     read_model: ReadModel | None = None
+    readiness: Readiness | None = None
+    ops: AsgiServer | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stop_background: asyncio.Event = field(default_factory=asyncio.Event)
+    http: AsgiServer | None = None
+    """The JSON gateway (facade.http), when api.http_port >= 0."""
+
+    @property
+    def http_port(self) -> int:
+        """The JSON gateway's bound port; 0 when it is off."""
+        return self.http.port if self.http is not None else 0
 
     async def stop(self) -> None:
+        if self.readiness is not None:
+            self.readiness.draining = True
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(GRACE_SECONDS)
         await self.service.close()
         self.stop_background.set()
@@ -67,6 +82,8 @@ class RunningServer:
             await self.read_model.close()
         await self.engine.close()
         await self.store.close()
+        if self.ops is not None:
+            await self.ops.stop()  # Last: /healthz answers while the instance drains.
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -86,8 +103,9 @@ async def start(settings: Settings) -> RunningServer:
     store = await MetadataStore.open(settings.api.metadata_db)
     service = LedgerService(engine, store, settings.api)
     await service.start()
+    authenticator = Authenticator(settings.auth)
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(), AuthInterceptor(Authenticator(settings.auth))],
+        interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator)],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
@@ -117,6 +135,14 @@ async def start(settings: Settings) -> RunningServer:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
+    if settings.api.http_port >= 0:
+        try:
+            running.http = await AsgiServer.start(
+                build_app(service, authenticator), settings.api.host, settings.api.http_port, "http-gateway"
+            )
+        except BaseException:
+            await running.stop()
+            raise
     if read_model is not None and read_model.projector is not None:
         running.background.append(
             asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
@@ -132,7 +158,25 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, settings.kafka, settings.kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
-    log.info("serving", address=address, port=port, engine=engine.name, tls=credentials is not None)
+    checks: dict[str, Check] = {"engine": engine_check(engine)}
+    if settings.kafka.bootstrap_servers:
+        checks["kafka"] = kafka_check(settings.kafka)
+    if read_model is not None:
+        checks["clickhouse"] = read_model.ping
+    running.readiness = Readiness(checks)
+    observability = settings.observability
+    if observability.metrics_port >= 0:
+        running.ops = await AsgiServer.start(
+            build_ops_app(running.readiness), observability.metrics_host, observability.metrics_port, "ops-http"
+        )
+    log.info(
+        "serving",
+        address=address,
+        port=port,
+        engine=engine.name,
+        tls=credentials is not None,
+        ops_port=running.ops.port if running.ops else None,
+    )
     return running
 
 
@@ -144,8 +188,6 @@ async def serve(settings: Settings) -> None:
     )
     if settings.observability.otlp_endpoint:  # Otherwise the API's no-op tracer: spans cost nothing.
         configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
-    if settings.observability.metrics_port:
-        start_http_server(settings.observability.metrics_port, settings.observability.metrics_host)
     running = await start(settings)
     freeze_heap()  # The recovered ledger state is long-lived: keep it out of GC scans.
     stopping = asyncio.Event()

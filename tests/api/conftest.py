@@ -14,7 +14,15 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import RunningServer, start
 from facade.auth import SCOPES_ALL, hash_secret, issue_token
-from facade.settings import ApiKeySettings, ApiSettings, AuthSettings, ClickHouseSettings, EngineSettings, Settings
+from facade.settings import (
+    ApiKeySettings,
+    ApiSettings,
+    AuthSettings,
+    ClickHouseSettings,
+    EngineSettings,
+    ObservabilitySettings,
+    Settings,
+)
 
 API_KEY_SECRET = "s3cret-key-material"
 
@@ -35,6 +43,7 @@ def make_settings(directory: Path, history: bool = False, **api: Any) -> Setting
                 )
             ],
         ),
+        observability=ObservabilitySettings(metrics_port=0),  # The ops endpoints on a free port.
         clickhouse=ClickHouseSettings(
             serve_history=history,
             chdb_path=directory / "clickhouse",
