@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ from facade.changes.checkpoint import Checkpoint
 from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEventsFilter
+from facade.observability import metrics
 
 BATCH_CHANGES_MAX = 4096
 """Changes per poll; also the bound on re-emitted changes after a crash."""
@@ -59,6 +61,8 @@ class ChangeCapture:
         self._metadata = metadata
         self._batch_changes_max = batch_changes_max
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
+        self._sink_name = type(sink).__name__
+        """The metrics label: a bounded set (KafkaEntryPublisher, Projector)."""
 
     @property
     def lag_timestamp(self) -> int:
@@ -71,6 +75,8 @@ class ChangeCapture:
             ChangeEventsFilter(timestamp_min=self.checkpoint.timestamp_last + 1, limit=self._batch_changes_max)
         )
         if not events:
+            # Caught up: nothing committed is unpublished, whatever the age of the last change.
+            metrics.change_capture_lag_seconds.labels(self._sink_name).set(0)
             return 0
         metadata: Mapping[int, entries_pb2.EntryMetadata] = {}
         if self._metadata is not None:
@@ -86,6 +92,10 @@ class ChangeCapture:
         checkpoint = Checkpoint(timestamp_last=events[-1].timestamp, link=link)
         await asyncio.to_thread(checkpoints.save, self._checkpoint_path, checkpoint)
         self.checkpoint = checkpoint
+        metrics.change_capture_published_total.labels(self._sink_name).inc(len(events))
+        metrics.change_capture_lag_seconds.labels(self._sink_name).set(
+            max(0, time.time_ns() - checkpoint.timestamp_last) / 1e9
+        )
         return len(events)
 
     async def run(self, stop: asyncio.Event) -> None:

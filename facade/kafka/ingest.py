@@ -20,6 +20,7 @@ ingestion client, so idempotency keys are scoped to it.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -38,6 +39,7 @@ from facade.settings import KafkaSettings
 POLL_RECORDS_MAX = 1000
 POLL_TIMEOUT_SECONDS = 0.05
 PRODUCE_FLUSH_TIMEOUT_SECONDS = 30.0
+LAG_INTERVAL_SECONDS = 1.0
 
 
 class IngestError(RuntimeError):
@@ -88,6 +90,7 @@ class CommandIngestor:
             }
         )
         self._consumer.subscribe([settings.commands_topic])
+        self._lag_recorded_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -100,6 +103,7 @@ class CommandIngestor:
         )
         messages = [m for m in messages if not _is_partition_eof(m)]
         if not messages:
+            self._record_lag()
             return 0
         errors: list[str] = []
         commands: list[_Command] = []
@@ -126,7 +130,23 @@ class CommandIngestor:
             metrics.kafka_producer_errors_total.labels(self._settings.results_topic).inc(len(errors) or remaining)
             raise IngestError(f"results/DLQ not acknowledged ({remaining} pending): {errors[:3]}")
         self._commit()
+        self._record_lag()
         return len(messages)
+
+    def _record_lag(self) -> None:
+        """Consumer lag per assigned partition: high watermark minus position. Both are local reads
+        (the watermark librdkafka cached from its last fetch), at most once per LAG_INTERVAL_SECONDS."""
+        now = time.monotonic()
+        if now - self._lag_recorded_at < LAG_INTERVAL_SECONDS:
+            return
+        self._lag_recorded_at = now
+        for partition in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(partition, cached=True)
+            if high < 0 or partition.offset < 0:
+                continue  # Nothing fetched yet: unknown, not zero.
+            metrics.kafka_consumer_lag.labels(partition.topic, str(partition.partition)).set(
+                max(0, high - partition.offset)
+            )
 
     def _commit(self) -> None:
         """Commits the offsets of everything consumed so far (all of it is durable and answered)."""

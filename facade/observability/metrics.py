@@ -66,7 +66,7 @@ kafka_producer_errors_total = Counter(
     "ledger_kafka_producer_errors_total", "Records Kafka failed to acknowledge.", ["topic"]
 )
 change_capture_lag_seconds = Gauge(
-    "ledger_change_capture_lag_seconds", "Now minus the engine timestamp of the last change published."
+    "ledger_change_capture_lag_seconds", "Now minus the engine timestamp of the last change published.", ["sink"]
 )
 change_capture_published_total = Counter(
     "ledger_change_capture_published_total", "Changes published by change capture.", ["sink"]
