@@ -34,6 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
 
 from facade.domain.mapping import DomainError, MappedTransaction, transfer_status_error
 from facade.engine.protocol import Engine
@@ -42,6 +45,8 @@ from facade.metadata_store import MetadataStore
 from facade.observability import metrics
 from facade.observability.tracing import tracer
 
+BATCH_SPAN_LINKS_MAX = 128
+"""Links on one engine.batch span (one per traced request it carries); a bound keeps spans small."""
 BATCHES_IN_FLIGHT_MAX = 2
 """Batches committing at once. Two overlap one batch's engine write with the next one's metadata write;
 the store's and the engine's single threads still run the writes in the order they were submitted."""
@@ -94,11 +99,26 @@ def judge(results: Sequence[CreateTransferResult]) -> Outcome:
 class _Item:
     transaction: MappedTransaction
     deadline: float | None
+    span_context: SpanContext = INVALID_SPAN_CONTEXT
+    """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.future.done():
             self.future.set_result(outcome)
+
+
+def _batch_parentage(batch: Sequence[_Item]) -> tuple[otel_context.Context, list[Link]]:
+    """A batch serves many requests: its span is a child of the first traced one (so a request's
+    trace shows its batch) and links every traced request it carries (so each trace can find it)."""
+    contexts: dict[int, SpanContext] = {}
+    for item in batch:
+        if item.span_context.is_valid and len(contexts) < BATCH_SPAN_LINKS_MAX:
+            contexts.setdefault(item.span_context.span_id, item.span_context)
+    if not contexts:
+        return otel_context.Context(), []
+    first = next(iter(contexts.values()))
+    return trace.set_span_in_context(NonRecordingSpan(first)), [Link(c) for c in contexts.values()]
 
 
 class GroupCommitter:
@@ -150,7 +170,8 @@ class GroupCommitter:
         if self._queued_transfers + count > self._queue_transfers_max:
             metrics.backpressure_rejections_total.labels("batcher").inc()
             raise QueueFullError(f"write queue full ({self._queued_transfers} transfers queued)")
-        items = [_Item(t, deadline) for t in transactions]
+        span_context = trace.get_current_span().get_span_context()
+        items = [_Item(t, deadline, span_context) for t in transactions]
         self._queue.extend(items)
         self._queued_transfers += count
         metrics.write_queue_depth.set(self._queued_transfers)
@@ -222,7 +243,8 @@ class GroupCommitter:
                 leaders[item.transaction.transaction_id] = item
             else:
                 followers.append((item, leader))
-        with tracer().start_as_current_span("engine.batch") as span:
+        parent, links = _batch_parentage(batch)
+        with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
             span.set_attribute("ledger.batch.transactions", len(batch))
             priors = await self._store.prepare([item.transaction for item in leaders.values()])
             submitted: list[_Item] = []

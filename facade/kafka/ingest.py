@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link
 
 from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
 from facade.auth import SCOPE_WRITE, Principal
 from facade.domain.mapping import DomainError
 from facade.observability import metrics
-from facade.observability.tracing import extract_headers, tracer
+from facade.observability.tracing import extract_headers, inject_headers, tracer
 from facade.service import LedgerService, TransactionView
 from facade.settings import KafkaSettings
 
@@ -40,6 +44,7 @@ POLL_RECORDS_MAX = 1000
 POLL_TIMEOUT_SECONDS = 0.05
 PRODUCE_FLUSH_TIMEOUT_SECONDS = 30.0
 LAG_INTERVAL_SECONDS = 1.0
+INGEST_SPAN_LINKS_MAX = 128
 
 
 class IngestError(RuntimeError):
@@ -62,6 +67,14 @@ def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
 def _is_partition_eof(message: Message) -> bool:
     error = message.error()
     return error is not None and error.code() == KafkaError._PARTITION_EOF
+
+
+def _ingest_parentage(commands: Sequence[_Command]) -> tuple[otel_context.Context, list[Link]]:
+    """One span per consumed batch: a child of the first command's producer span (its traceparent
+    header), linking every traced command in the batch."""
+    contexts = [extract_headers(_headers(c.message)) for c in commands[:INGEST_SPAN_LINKS_MAX]]
+    spans = [trace.get_current_span(context).get_span_context() for context in contexts]
+    return contexts[0], [Link(span) for span in spans if span.is_valid]
 
 
 class CommandIngestor:
@@ -91,6 +104,7 @@ class CommandIngestor:
         )
         self._consumer.subscribe([settings.commands_topic])
         self._lag_recorded_at = 0.0
+        self._results_context: otel_context.Context | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -154,9 +168,10 @@ class CommandIngestor:
 
     async def _post_with_backpressure(self, commands: list[_Command]) -> list[TransactionView | DomainError]:
         while True:
-            parent = extract_headers(_headers(commands[0].message))
-            with tracer().start_as_current_span("kafka.ingest", context=parent) as span:
+            parent, links = _ingest_parentage(commands)
+            with tracer().start_as_current_span("kafka.ingest", context=parent, links=links) as span:
                 span.set_attribute("messaging.batch.message_count", len(commands))
+                self._results_context = trace.set_span_in_context(span)
                 try:
                     return await self._service.post_transactions(
                         self._principal, [post_request(c.request) for c in commands]
@@ -181,6 +196,7 @@ class CommandIngestor:
             ("correlation_id", request.metadata.correlation_id.encode()),
             ("status", status.encode()),
             ("reason", reason.encode()),
+            *inject_headers(self._results_context),  # Results continue the trace of the batch that wrote them.
         ]
         self._produce(
             self._settings.results_topic,

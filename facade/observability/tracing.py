@@ -38,10 +38,10 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
-def inject_headers() -> list[tuple[str, bytes]]:
-    """The current trace context as Kafka headers."""
+def inject_headers(context: otel_context.Context | None = None) -> list[tuple[str, str | bytes | None]]:
+    """The trace context (default: the current one) as Kafka headers."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return [(key, value.encode()) for key, value in carrier.items()]
 
 
