@@ -38,6 +38,10 @@ class KafkaSettings(BaseModel):
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=7)
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
+    change_capture_enabled: bool = Field(
+        default=True, description="Publish confirmed entries to entries_topic (one façade per engine cluster)."
+    )
+    ingest_enabled: bool = Field(default=True, description="Consume commands_topic (any number of façades).")
     change_capture_checkpoint: Path = Field(
         default=Path("data/change-capture/kafka.json"),
         description="Durable position of the entries publisher in the engine's change feed.",

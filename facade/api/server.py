@@ -147,16 +147,16 @@ async def start(settings: Settings) -> RunningServer:
         running.background.append(
             asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
         )
-    if settings.kafka.bootstrap_servers:
+    kafka = settings.kafka
+    if kafka.bootstrap_servers and kafka.change_capture_enabled:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
-        capture = ChangeCapture(
-            engine, KafkaEntryPublisher(settings.kafka), settings.kafka.change_capture_checkpoint, metadata=store
-        )
+        capture = ChangeCapture(engine, KafkaEntryPublisher(kafka), kafka.change_capture_checkpoint, metadata=store)
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
+    if kafka.bootstrap_servers and kafka.ingest_enabled:
         from facade.kafka.ingest import CommandIngestor
 
-        ingestor = CommandIngestor(service, settings.kafka, settings.kafka.ingest_client_id)
+        ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     checks: dict[str, Check] = {"engine": engine_check(engine)}
     if settings.kafka.bootstrap_servers:

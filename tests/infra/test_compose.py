@@ -18,7 +18,7 @@ INFRA = Path(__file__).resolve().parents[2] / "infra"
 PINNED = re.compile(r"^[\w./-]+:(?!latest$)[\w.-]*\d[\w.-]*$")
 EXPECTED_SERVICES = {
     "tigerbeetle-0", "tigerbeetle-1", "tigerbeetle-2", "kafka-1", "kafka-2", "kafka-3", "clickhouse",
-    "ledger-1", "ledger-2", "prometheus", "grafana", "loki", "promtail",
+    "ledger-1", "ledger-2", "projector", "prometheus", "grafana", "loki", "promtail",
 }  # fmt: skip
 
 
@@ -77,3 +77,28 @@ def test_dashboard_queries_only_metrics_the_service_exports() -> None:
     assert {"ledger_request_duration_seconds", "ledger_deduplicated_requests"} <= {
         n.removesuffix("_total") for n in used
     }
+
+
+def test_every_ledger_variable_in_compose_is_a_real_setting() -> None:
+    """A misspelt LEDGER_* variable is silently ignored by pydantic-settings: catch it here."""
+    from pydantic import BaseModel
+
+    from facade.settings import Settings
+
+    services = compose_config()["services"]
+    assert isinstance(services, dict)
+    checked = 0
+    for name, service in services.items():
+        for variable in service.get("environment") or {}:
+            if not variable.startswith("LEDGER_"):
+                continue
+            model: type[BaseModel] = Settings
+            *sections, leaf = variable.removeprefix("LEDGER_").lower().split("__")
+            for section in sections:
+                assert section in model.model_fields, f"{name}: {variable}: no section {section!r}"
+                annotation = model.model_fields[section].annotation
+                assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                model = annotation
+            assert leaf in model.model_fields, f"{name}: {variable} is not a setting"
+            checked += 1
+    assert checked > 20
