@@ -99,11 +99,11 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
     http_port: int = Field(
-        default=-1,
+        default=8080,
         ge=-1,
         le=65535,
         description="The FastAPI JSON gateway (same operations, auth and errors as gRPC; OpenAPI at /docs) on "
-        "`host`: -1 = off (the default: opt in, e.g. LEDGER_API__HTTP_PORT=8080), 0 = any free port.",
+        "`host`: -1 = off, 0 = any free port.",
     )
     metadata_db: Path = Field(default=Path("data/metadata.sqlite3"), description="Durable metadata/idempotency store.")
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)

@@ -118,6 +118,7 @@ async def main() -> None:
         LEDGER_ENGINE__DATA_DIR=str(data / "engine"),
         LEDGER_API__METADATA_DB=str(data / "metadata.sqlite3"),
         LEDGER_OBSERVABILITY__METRICS_PORT="-1",
+        LEDGER_API__HTTP_PORT="-1",
         LEDGER_OBSERVABILITY__LOG_LEVEL="WARNING",
         LEDGER_CLICKHOUSE__CHDB_PATH=str(data / "clickhouse"),
         LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT=str(data / "projector.json"),

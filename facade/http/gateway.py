@@ -40,13 +40,14 @@ A batch answers 200 with one result per item; each failed item carries the same 
 # (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
 
 import math
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,6 +65,7 @@ from facade.api.servicer import (
 from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
 from facade.domain.mapping import DomainError
 from facade.http import models as m
+from facade.observability import metrics
 from facade.service import LedgerService, TransactionView
 
 API_VERSION = "v1"
@@ -187,6 +189,20 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         "status name and the same machine-readable reason as the gRPC API.",
     )
     _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Latency per operation and HTTP status, next to the gRPC edge's (label values are bounded:
+        operation ids and status codes)."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        operation = getattr(route, "operation_id", None) or "unmatched"
+        metrics.request_duration_seconds.labels("http", operation, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
     router = APIRouter(prefix="/" + API_VERSION, responses=_ERROR_RESPONSES)
 
     def caller(rpc: str) -> Any:

@@ -28,7 +28,9 @@ API_KEY_SECRET = "s3cret-key-material"
 
 
 def make_settings(directory: Path, history: bool = False, **api: Any) -> Settings:
-    """A loopback server's settings; the read model (chDB + in-service projector) only when `history`."""
+    """A loopback server's settings; the read model (chDB + in-service projector) only when `history`,
+    the JSON gateway only when `http_port` is given."""
+    api.setdefault("http_port", -1)
     return Settings(
         engine=EngineSettings(data_dir=directory / "engine"),
         api=ApiSettings(port=0, metadata_db=directory / "metadata.sqlite3", **api),

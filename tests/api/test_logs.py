@@ -48,6 +48,7 @@ def test_a_request_log_line_carries_request_correlation_and_trace_ids(tmp_path: 
         "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
         "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
         "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
+        "LEDGER_API__HTTP_PORT": "-1",
         "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
     }

@@ -426,3 +426,17 @@ async def test_backpressure_is_429_with_retry_after(tmp_path: Path) -> None:
         assert await http.available(alice) == len(responses) - len(rejected)
     finally:
         await close_http(http)
+
+
+async def test_requests_are_measured_per_operation_and_status(http: Http) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(operation: str, status: str) -> float:
+        labels = {"edge": "http", "method": operation, "code": status}
+        return REGISTRY.get_sample_value("ledger_request_duration_seconds_count", labels) or 0.0
+
+    alice = await http.account("alice")
+    posted, refused = count("PostTransaction", "200"), count("PostTransaction", "422")
+    await http.post("m1", credit(alice, 10))
+    await http.post("m2", debit(alice, 1_000), expect=422)
+    assert (count("PostTransaction", "200") - posted, count("PostTransaction", "422") - refused) == (1, 1)
