@@ -173,6 +173,23 @@ class MetadataStore:
         row = self._db.execute("SELECT * FROM accounts WHERE account_id = ?", (str(account_id),)).fetchone()
         return _account(row) if row else None
 
+    async def account_owners(self, account_ids: Sequence[int]) -> dict[int, str]:
+        """The owning client of each known account among `account_ids` (one query)."""
+
+        def query() -> dict[int, str]:
+            found: dict[int, str] = {}
+            ids = [str(a) for a in account_ids]
+            for start in range(0, len(ids), QUERY_VARIABLES_MAX):
+                chunk = ids[start : start + QUERY_VARIABLES_MAX]
+                rows = self._db.execute(
+                    f"SELECT account_id, client_id FROM accounts WHERE account_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                found.update((int(account_id), client_id) for account_id, client_id in rows)
+            return found
+
+        return await self._run(query)
+
     async def list_accounts(self, client_id: str, after: str, limit: int, currency: str) -> list[AccountRecord]:
         def query() -> list[AccountRecord]:
             rows = self._db.execute(

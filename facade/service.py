@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from facade.auth import Principal
+from facade.auth import SCOPE_ADMIN, Principal
 from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
 from facade.domain.mapping import (
     ACCOUNT_CODE_CUSTOMER,
@@ -105,6 +105,10 @@ class LedgerService:
         self.settings = settings
         self.currencies = Currencies(dict(settings.currencies))
         self.committer = GroupCommitter(engine, store, settings.write_queue_transfers_max, settings.batch_transfers_max)
+        self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
+        self._owners: dict[int, str] = {}
+        """account id → owning client: ownership never changes, so a known owner is cached for good
+        (bounded by the number of accounts; a miss costs one metadata-store query per call)."""
 
     async def start(self) -> None:
         """Creates each currency's settlement account (idempotently) and starts group commit."""
@@ -214,7 +218,38 @@ class LedgerService:
                 )
             except DomainError as error:
                 mapped.append(error)
-        return await self._submit(mapped, deadline)
+        return await self._submit(await self._owned_legs(principal, mapped), deadline)
+
+    async def _owned_legs(
+        self, principal: Principal, mapped: list[MappedTransaction | DomainError]
+    ) -> list[MappedTransaction | DomainError]:
+        """A client moves money only between its own accounts (and the settlement accounts); ledger.admin
+        may move any. Another client's account is answered exactly like a missing one (ACCOUNT_NOT_FOUND),
+        so ids reveal nothing. Checked before anything is queued, so a refused transaction writes nothing."""
+        if SCOPE_ADMIN in principal.scopes:
+            return mapped
+        accounts = {
+            account_id
+            for transaction in mapped
+            if isinstance(transaction, MappedTransaction)
+            for leg in transaction.legs
+            for account_id in (leg.debit_account_id, leg.credit_account_id)
+        } - self._settlement_ids
+        unknown = [account_id for account_id in accounts if account_id not in self._owners]
+        if unknown:
+            self._owners.update(await self.store.account_owners(unknown))
+        checked: list[MappedTransaction | DomainError] = []
+        for transaction in mapped:
+            if isinstance(transaction, MappedTransaction) and any(
+                self._owners.get(account_id, principal.client_id) != principal.client_id
+                for leg in transaction.legs
+                for account_id in (leg.debit_account_id, leg.credit_account_id)
+                if account_id not in self._settlement_ids
+            ):
+                checked.append(DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account"))
+            else:
+                checked.append(transaction)
+        return checked
 
     async def resolve_authorization(
         self,

@@ -35,7 +35,7 @@ import grpc
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.auth import SCOPES_ALL, issue_token
+from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
 
 ACCOUNTS = 64
@@ -128,7 +128,10 @@ async def main() -> None:
     server = subprocess.Popen([shutil.which("ledger") or "ledger", "serve"], env=env)
     token = issue_token(AuthSettings(), "bench", SCOPES_ALL)
     floor_met: list[str] = []
-    metadata = (("authorization", f"Bearer {token}"),)
+    admin = (("authorization", f"Bearer {token}"),)
+    # Writes as a payment service would: read + write only, so the account-ownership check runs.
+    writer_token = issue_token(AuthSettings(), "bench", frozenset({SCOPE_READ, SCOPE_WRITE}))
+    metadata = (("authorization", f"Bearer {writer_token}"),)
     try:
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
@@ -144,7 +147,7 @@ async def main() -> None:
                     pb.CreateAccountRequest(
                         currency="USD", external_reference=f"acct-{i}", type=pb.ACCOUNT_TYPE_OVERDRAFT_ALLOWED
                     ),
-                    metadata=metadata,
+                    metadata=admin,
                 )
                 accounts.append(account.account_id)
             case = 0

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facade.api.errors import STATUS_DETAILS_KEY, error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.auth import SCOPE_READ
+from facade.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE
 
 from .conftest import API_KEY_SECRET, Api, credit, debit, open_api, transfer
 
@@ -305,3 +305,30 @@ async def test_backpressure_when_the_write_queue_is_full(tmp_path: Path) -> None
     finally:
         await api.channel.close()
         await api.server.stop()
+
+
+async def test_a_client_moves_money_only_between_its_own_accounts(api: Api) -> None:
+    writer = frozenset({SCOPE_READ, SCOPE_WRITE})
+    alice, bob = await api.account("alice"), await api.account("bob")
+    mallory = await api.account("mallory", client="client-b")
+    await api.post("seed", credit(alice, 1_000))
+
+    async def post_as(client: str, key: str, leg: pb.Leg, scopes: frozenset[str] = writer) -> pb.Transaction:
+        response: pb.Transaction = await api.stub.PostTransaction(
+            pb.PostTransactionRequest(idempotency_key=key, legs=[leg]), metadata=api.auth(client, scopes)
+        )
+        return response
+
+    for key, leg in (("steal", transfer(alice, mallory, 400)), ("drain", debit(alice, 400)), ("gift", credit(bob, 1))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await post_as("client-b", key, leg)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (info := error_info(refused.value)) and info.reason == "ACCOUNT_NOT_FOUND"
+    assert (await api.available(alice), await api.available(bob), await api.available(mallory)) == (1_000, 0, 0)
+
+    await post_as("client-a", "own", transfer(alice, bob, 300))  # Its own accounts: allowed.
+    await post_as("client-b", "admin", transfer(alice, mallory, 100), SCOPES_ADMIN_WRITE)  # Admin: any account.
+    assert (await api.available(alice), await api.available(bob), await api.available(mallory)) == (600, 300, 100)
+
+
+SCOPES_ADMIN_WRITE = frozenset({SCOPE_ADMIN, SCOPE_WRITE, SCOPE_READ})
