@@ -167,7 +167,9 @@ class GroupCommitter:
         count = 0
         for transaction in transactions:
             count += len(transaction.transfers)
-        if self._queued_transfers + count > self._queue_transfers_max:
+        # An empty queue admits any one submission (bounded by the API's batch limit), so a batch larger
+        # than the queue is not refused forever; otherwise the bound holds.
+        if self._queued_transfers and self._queued_transfers + count > self._queue_transfers_max:
             metrics.backpressure_rejections_total.labels("batcher").inc()
             raise QueueFullError(f"write queue full ({self._queued_transfers} transfers queued)")
         span_context = trace.get_current_span().get_span_context()
