@@ -26,11 +26,17 @@ from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEventsFilter
 from facade.observability import metrics
+from facade.observability.logs import get_logger
 
 BATCH_CHANGES_MAX = 4096
 """Changes per poll; also the bound on re-emitted changes after a crash."""
 POLL_INTERVAL_SECONDS = 0.01
 """Sleep between polls that found nothing new."""
+RETRY_BACKOFF_MIN_SECONDS = 0.1
+RETRY_BACKOFF_MAX_SECONDS = 5.0
+"""A failing sink is retried with exponential backoff between these bounds."""
+
+log = get_logger("ledger.change_capture")
 
 
 class EntrySink(Protocol):
@@ -100,8 +106,20 @@ class ChangeCapture:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls until `stop` is set; a full batch polls again at once (catching up)."""
+        backoff = RETRY_BACKOFF_MIN_SECONDS
         while not stop.is_set():
-            published = await self.run_once()
+            try:
+                published = await self.run_once()
+            except Exception as error:  # The sink is down (broker, ClickHouse): retry, never skip.
+                # The checkpoint did not move, so the retry re-publishes the same batch: the same
+                # event ids, within the documented at-least-once window.
+                metrics.retries_total.labels("change_capture").inc()
+                log.warning("change capture retrying", sink=self._sink_name, error=str(error), backoff_s=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
+                continue
+            backoff = RETRY_BACKOFF_MIN_SECONDS
             if published < self._batch_changes_max:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), POLL_INTERVAL_SECONDS)

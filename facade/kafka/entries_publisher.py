@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from facade.api.gen.ledger.v1 import entries_pb2
+from facade.observability import metrics
 from facade.settings import KafkaSettings
 
 SCHEMA_HEADER = b"ledger.v1.LedgerEntry"
@@ -70,6 +71,7 @@ class KafkaEntryPublisher:
                     self._producer.poll(QUEUE_FULL_RETRY_SECONDS)
         remaining = self._producer.flush(self._flush_timeout_seconds)
         if remaining or errors:
+            metrics.kafka_producer_errors_total.labels(self._topic).inc(len(errors) + remaining)
             raise PublishError(f"{remaining} records undelivered, {len(errors)} failed: {errors[:3]}")
 
     def close(self) -> None:

@@ -160,3 +160,43 @@ async def test_replay_re_emits_identical_entries_from_a_timestamp(engine: Embedd
     partial = CollectingSink()
     assert await replay(engine, partial, timestamp_from=middle, metadata=Metadata(), progress=False) == 4
     assert partial.entries == live.entries[8:]
+
+
+class FlakySink(CollectingSink):
+    """A sink that is down for its first `failures` publishes (a broker or ClickHouse outage)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise ConnectionError("sink unavailable")
+        await super().publish(entries)
+
+
+async def test_a_failing_sink_is_retried_until_it_accepts_and_nothing_is_skipped(
+    engine: EmbeddedEngine, tmp_path: Path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def retries() -> float:
+        return REGISTRY.get_sample_value("ledger_retries_total", {"component": "change_capture"}) or 0.0
+
+    before = retries()
+    await engine.create_transfers(transfers(1, 5))
+    sink = FlakySink(failures=2)
+    capture = ChangeCapture(engine, sink, tmp_path / "checkpoint.json")
+    stop = asyncio.Event()
+    running = asyncio.create_task(capture.run(stop))
+    for _ in range(200):
+        if len(sink.entries) == 10:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert sink.attempts == 3 and retries() - before == 2
+    assert [int(e.transfer_id) for e in sink.entries[::2]] == [1, 2, 3, 4, 5]
+    verify_chain(sink.entries)
