@@ -20,12 +20,13 @@ ingestion client, so idempotency keys are scoped to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -36,6 +37,7 @@ from facade.api.servicer import item_result, post_request
 from facade.auth import SCOPE_WRITE, Principal
 from facade.domain.mapping import DomainError
 from facade.observability import metrics
+from facade.observability.logs import get_logger
 from facade.observability.tracing import extract_headers, inject_headers, tracer
 from facade.service import LedgerService, TransactionView
 from facade.settings import KafkaSettings
@@ -44,7 +46,12 @@ POLL_RECORDS_MAX = 1000
 POLL_TIMEOUT_SECONDS = 0.05
 PRODUCE_FLUSH_TIMEOUT_SECONDS = 30.0
 LAG_INTERVAL_SECONDS = 1.0
+RETRY_BACKOFF_MIN_SECONDS = 0.1
+RETRY_BACKOFF_MAX_SECONDS = 5.0
+REWIND_TIMEOUT_SECONDS = 10.0
 INGEST_SPAN_LINKS_MAX = 128
+
+log = get_logger("ledger.kafka_ingest")
 
 
 class IngestError(RuntimeError):
@@ -107,8 +114,31 @@ class CommandIngestor:
         self._results_context: otel_context.Context | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Ingests until `stop` is set. A failed round (results not acknowledged, broker trouble) is
+        retried with backoff from the last committed offsets: its commands are consumed again and,
+        being idempotent, post once; their results are published again (marked deduplicated)."""
+        backoff = RETRY_BACKOFF_MIN_SECONDS
         while not stop.is_set():
-            await self.run_once()
+            try:
+                await self.run_once()
+            except Exception as error:  # Never let ingestion stop silently: rewind and retry.
+                metrics.retries_total.labels("kafka_ingest").inc()
+                log.warning("kafka ingest retrying", error=str(error), backoff_s=backoff)
+                await asyncio.to_thread(self._rewind)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
+                continue
+            backoff = RETRY_BACKOFF_MIN_SECONDS
+
+    def _rewind(self) -> None:
+        """Seeks every assigned partition back to its committed offset (the earliest when none)."""
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for partition in self._consumer.committed(assignment, timeout=REWIND_TIMEOUT_SECONDS):
+            offset = partition.offset if partition.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(partition.topic, partition.partition, offset))
 
     async def run_once(self) -> int:
         """Processes one poll's records; returns how many commands it handled."""

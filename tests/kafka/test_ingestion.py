@@ -197,3 +197,40 @@ async def test_poison_and_rejected_commands_go_to_the_dlq(kafka_cluster: KafkaCl
     results = read(settings, settings.results_topic, 3)
     assert sorted(header(m, "status") for m in results) == ["POSTED", "REJECTED", "REJECTED"]
     assert await balance(service, alice) == 7
+
+
+class CommitFailsOnce(CommandIngestor):
+    """The offset commit fails once (say, a group rebalance): run() must rewind and carry on."""
+
+    failed = False
+
+    def _commit(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise IngestError("simulated offset commit failure")
+        super()._commit()
+
+
+async def test_run_survives_a_failed_round_and_posts_everything_once(
+    kafka_cluster: KafkaCluster, service: LedgerService
+) -> None:
+    import asyncio
+
+    settings = kafka_settings(kafka_cluster)
+    [alice] = await accounts(service, "alice")
+    produce(settings, [(alice, command(f"r{i}", credit(alice, 10))) for i in range(20)])
+    ingestor = CommitFailsOnce(service, settings, INGEST_CLIENT)
+    stop = asyncio.Event()
+    running = asyncio.create_task(ingestor.run(stop))
+    try:
+        # The failed round published 20 results; the retried round publishes them again.
+        messages = await asyncio.to_thread(read, settings, settings.results_topic, 40)
+    finally:
+        stop.set()
+        await running
+        ingestor.close()
+    assert ingestor.failed
+    assert await balance(service, alice) == 200, "the failed round's commands posted once"
+    results = [pb.TransactionResult.FromString(m.value() or b"") for m in messages]
+    assert len(results) == 40
+    assert sum(1 for r in results if r.transaction.deduplicated) == 20
