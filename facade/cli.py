@@ -4,6 +4,7 @@ ledger serve                         run the service (settings from LEDGER_* var
 ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
 ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
+ledger kafka init                    create the service's topics (LEDGER_KAFKA__* settings) and verify them
 
 The ClickHouse read model (projections/cli.py has the details):
 ledger project [--source engine|kafka] [--once]
@@ -46,6 +47,22 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
     print(f"replayed {asyncio.run(run())} changes to {topic}")
 
 
+def _kafka_init(settings: Settings) -> None:
+    from facade.kafka.topics import TopicError, ensure_topics, topic_specs
+
+    if not settings.kafka.bootstrap_servers:
+        raise SystemExit("ledger kafka init: set LEDGER_KAFKA__BOOTSTRAP_SERVERS (e.g. the address printed by "
+                         "scripts/kafka_broker.py start)")  # fmt: skip
+    try:
+        created = set(ensure_topics(settings.kafka))
+    except TopicError as error:
+        raise SystemExit(f"ledger kafka init: {error}") from None
+    for spec in topic_specs(settings.kafka):
+        state = "created" if spec.name in created else "verified"
+        print(f"{state:8} {spec.name} ({spec.role.value}): {spec.partitions} partitions, "
+              f"replication {spec.replication_factor}, {dict(spec.config)}")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--from", dest="timestamp_from", default="beginning", help="'beginning' or an engine timestamp (ns)"
     )
     replay.add_argument("--to-topic", required=True)
+    kafka = commands.add_parser("kafka", help="Kafka administration").add_subparsers(
+        dest="kafka_command", required=True
+    )
+    kafka.add_parser(
+        "init",
+        help="create the missing topics (entries, commands, results, DLQ, checkpoints) with the partitions, "
+        "replication and min.insync.replicas from LEDGER_KAFKA__* settings, and verify the existing ones",
+    )
     from projections import cli as read_model
 
     read_model.register(commands)
@@ -78,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if settings.auth.mode != "dev" and not settings.auth.jwt_secret.get_secret_value():
             raise SystemExit("ledger dev-token: no signing secret (auth.mode=enforce without jwt_secret)")
         print(issue_token(settings.auth, args.client_id, frozenset(args.scopes.split()), args.ttl_seconds))
+    elif args.command == "kafka":
+        _kafka_init(settings)
     else:
         _replay(settings, args.timestamp_from, args.to_topic)
 

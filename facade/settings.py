@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,8 +35,19 @@ class KafkaSettings(BaseModel):
     ingest_client_id: str = Field(
         default="kafka-ingest", description="The client commands from Kafka are posted as (scopes idempotency keys)."
     )
+    checkpoints_topic: str = "ledger.checkpoints.v1"
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=7)
+    topic_min_insync_replicas: int = Field(
+        default=1, ge=1, le=7, description="min.insync.replicas of created topics (production: 2 with 3 replicas)."
+    )
+    entries_retention_ms: int = Field(
+        default=-1, ge=-1, description="retention.ms of the entries topic; -1 keeps every entry (system of record)."
+    )
+    provision_topics: bool = Field(
+        default=True,
+        description="At start, create missing topics and refuse to start on a partition or replication mismatch.",
+    )
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
     change_capture_enabled: bool = Field(
         default=True, description="Publish confirmed entries to entries_topic (one façade per engine cluster)."
@@ -46,6 +57,12 @@ class KafkaSettings(BaseModel):
         default=Path("data/change-capture/kafka.json"),
         description="Durable position of the entries publisher in the engine's change feed.",
     )
+
+    @model_validator(mode="after")
+    def _insync_within_replication(self) -> KafkaSettings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError("topic_min_insync_replicas cannot exceed topic_replication_factor: no write would succeed")
+        return self
 
 
 class ObservabilitySettings(BaseModel):

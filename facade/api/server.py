@@ -13,6 +13,7 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,6 +37,9 @@ from facade.runtime import freeze_heap, tune_gc
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
+
+if TYPE_CHECKING:
+    from facade.kafka.topics import TopicHealth
 
 GRACE_SECONDS = 5.0
 MESSAGE_SIZE_MAX = 16 * 1024 * 1024
@@ -99,6 +103,13 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 async def start(settings: Settings) -> RunningServer:
+    if settings.kafka.bootstrap_servers and settings.kafka.provision_topics:
+        # Before anything serves: a façade whose topics are missing or mis-set must not start.
+        from facade.kafka.topics import ensure_topics
+
+        created = await asyncio.to_thread(ensure_topics, settings.kafka)
+        if created:
+            log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
     service = LedgerService(engine, store, settings.api)
@@ -148,10 +159,16 @@ async def start(settings: Settings) -> RunningServer:
             asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
         )
     kafka = settings.kafka
+    topic_health: TopicHealth | None = None
+    if kafka.bootstrap_servers:
+        from facade.kafka.topics import TopicHealth
+
+        topic_health = TopicHealth(kafka)
     if kafka.bootstrap_servers and kafka.change_capture_enabled:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
-        capture = ChangeCapture(engine, KafkaEntryPublisher(kafka), kafka.change_capture_checkpoint, metadata=store)
+        publisher = KafkaEntryPublisher(kafka, health=topic_health)
+        capture = ChangeCapture(engine, publisher, kafka.change_capture_checkpoint, metadata=store)
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
     if kafka.bootstrap_servers and kafka.ingest_enabled:
         from facade.kafka.ingest import CommandIngestor
@@ -159,8 +176,8 @@ async def start(settings: Settings) -> RunningServer:
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     checks: dict[str, Check] = {"engine": engine_check(engine)}
-    if settings.kafka.bootstrap_servers:
-        checks["kafka"] = kafka_check(settings.kafka)
+    if topic_health is not None:
+        checks["kafka"] = kafka_check(topic_health)
     if read_model is not None:
         checks["clickhouse"] = read_model.ping
     running.readiness = Readiness(checks)
