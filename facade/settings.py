@@ -33,7 +33,22 @@ class KafkaSettings(BaseModel):
     results_topic: str = "ledger.results.v1"
     consumer_group: str = "ledger-ingest"
     ingest_client_id: str = Field(
-        default="kafka-ingest", description="The client commands from Kafka are posted as (scopes idempotency keys)."
+        default="kafka-ingest",
+        description="The client a command acts for when it names none (header ledger-client-id); scopes idempotency keys.",
+    )
+    ingest_acts_for: list[str] = Field(
+        default_factory=list,
+        description="Clients a command may act for besides ingest_client_id (its ledger-client-id header); "
+        "'*' = any client. Any other client is refused PERMISSION_DENIED and dead-lettered.",
+    )
+    ingest_scopes: list[str] = Field(
+        default_factory=lambda: ["ledger.write"],
+        description="Scopes the ingestion principal holds (checked as for a gRPC caller; ledger.admin: any account).",
+    )
+    ingest_transactional_id: str = Field(
+        default="",
+        description="transactional.id of the results producer; unique per ingesting façade and stable across "
+        "its restarts (a restart then aborts the crashed transaction at once). Empty: <client_id>-ingest-<hostname>.",
     )
     checkpoints_topic: str = "ledger.checkpoints.v1"
     topic_partitions: int = Field(default=6, ge=1, le=1024)
