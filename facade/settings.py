@@ -34,7 +34,8 @@ class KafkaSettings(BaseModel):
     consumer_group: str = "ledger-ingest"
     ingest_client_id: str = Field(
         default="kafka-ingest",
-        description="The client a command acts for when it names none (header ledger-client-id); scopes idempotency keys.",
+        description="The client a command acts for when it names none (header ledger-client-id); "
+        "scopes idempotency keys.",
     )
     ingest_acts_for: list[str] = Field(
         default_factory=list,
