@@ -69,9 +69,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(args, "projections_run"):
         raise SystemExit(read_model.run(args, settings))
     if args.command == "serve":
+        from facade._token import JwksError
         from facade.api.server import serve
+        from facade.auth import InsecureStartError
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except (InsecureStartError, JwksError) as error:
+            raise SystemExit(f"ledger serve: {error}") from None
     elif args.command == "dev-token":
         from facade.auth import issue_token
 

@@ -110,7 +110,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _credentials = APIKeyHeader(
     name="Authorization",
     scheme_name="LedgerCredentials",
-    description="`Bearer <jwt>` (HS256; `sub` = client id, `scope` = space-separated scopes) or "
+    description="`Bearer <jwt>` (HS256 with the shared secret, or RS/PS/ES/EdDSA with the JWKS key named by `kid`; "
+    "`exp` required, `sub` = client id, `scope` = space-separated scopes) or "
     "`ApiKey <key_id>.<secret>`. Scopes: ledger.read, ledger.write, ledger.admin.",
     auto_error=False,
 )
@@ -144,7 +145,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def auth_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, AuthError)
-        return error_response(error.code, error.reason, error.message)
+        return error_response(error.code, error.reason, error.message, error.metadata)
 
     async def validation_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -210,7 +211,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         scope = METHOD_SCOPES[RPC_PREFIX + rpc]
 
         async def principal(authorization: Annotated[str | None, Security(_credentials)]) -> Principal:
-            found = authenticator.authenticate(authorization)
+            found = await authenticator.authenticate_async(authorization)
             authenticator.authorize(found, scope)
             return found
 
