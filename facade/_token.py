@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = [
     "HMAC_ALGORITHMS",
@@ -134,7 +135,7 @@ def _public_key(raw: object, allowed: frozenset[str]) -> PublicKey | None:
         key = jwt.PyJWK(raw, algorithm=min(algorithms)).key
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
-    if getattr(key, "key_size", RSA_KEY_BITS_MIN) < RSA_KEY_BITS_MIN:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < RSA_KEY_BITS_MIN:
         return None
     return PublicKey(kid, algorithms, key)
 
