@@ -214,9 +214,16 @@ class JwksKeys:
         """Reads the key set; on failure raises JwksError and keeps the previous keys."""
         assert self.configured
         self._loaded_at = time.monotonic()
-        version = self._version() if self._file is not None else None
+        version = None
+        if self._file is not None:  # Before reading: a change during the read is seen by the next check.
+            try:
+                version = self._version()
+            except OSError as error:
+                raise JwksError(f"cannot read the key set {self._file}: {error.strerror}") from error
+        # Recorded even when the content is bad: a broken file is re-read when it changes, not per call.
+        self._file_version = version
         keys = parse_jwks(self._read(), self._algorithms)
-        self._keys, self._file_version = keys, version
+        self._keys = keys
         assert self._keys
 
     def reload_due(self, *, kid_missed: bool) -> bool:
