@@ -4,6 +4,7 @@ keeps the last good keys, reloads are bounded, and a key set that cannot be read
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -176,3 +177,17 @@ async def test_url_refetches_are_bounded(endpoint: _KeySetServer, rsa_keys: list
     for index in range(20):
         assert await reason(authenticator, token(rsa_keys[1], f"random-{index}")) == "TOKEN_KEY_UNKNOWN"
     assert endpoint.fetches == 1
+
+
+async def test_the_cache_never_outlives_exp() -> None:
+    """With no clock skew allowed, a token verified (and cached) a moment before its exp is refused
+    right after it: the cache keeps no token past its own exp."""
+    settings = AuthSettings(jwt_clock_skew_seconds=0)
+    authenticator = Authenticator(settings)
+    expires_at = int(time.time()) + 2
+    claims = {"sub": "client-a", "iss": "ledger-service", "aud": "ledger", "exp": expires_at}
+    bearer = f"Bearer {jwt.encode(claims, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    assert await reason(authenticator, bearer) == "OK"
+    assert await reason(authenticator, bearer) == "OK"  # From the cache.
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.05)
+    assert await reason(authenticator, bearer) == "TOKEN_EXPIRED"
