@@ -90,7 +90,7 @@ class AuthSettings(BaseModel):
     mode: Literal["dev", "enforce"] = Field(
         default="dev",
         description="dev: a built-in signing secret so `ledger dev-token` works out of the box; "
-        "enforce: jwt_secret must be set.",
+        "enforce: jwt_secret (>= 32 bytes) or a JWK Set (jwks_file / jwks_url) must be set.",
     )
     jwt_secret: SecretStr = SecretStr("")
     jwt_issuer: str = "ledger-service"

@@ -24,6 +24,7 @@ from facade.api.server import start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.cli import main
 from facade.dev_certs import DEV_CERT_FILES, write_dev_certs
+from facade.settings import AuthSettings
 from tests.api.conftest import make_settings
 
 Pem = tuple[bytes, bytes]
@@ -184,3 +185,17 @@ def test_dev_certs_command_writes_a_working_set_and_keeps_keys_private(tmp_path:
         x509.load_pem_x509_certificate((tmp_path / name).read_bytes()).verify_directly_issued_by(ca)
     with pytest.raises(SystemExit, match="already holds"):
         main(["dev-certs", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"tls_cert_file": Path("server.crt")},
+        {"tls_key_file": Path("server.key")},
+        {"tls_client_ca_file": Path("ca.crt")},
+    ],
+)
+def test_half_a_tls_configuration_is_refused(files: dict[str, Path]) -> None:
+    """It would serve plaintext (or skip the client certificate) while the operator believes otherwise."""
+    with pytest.raises(ValueError, match="tls_"):
+        AuthSettings(**files)  # type: ignore[arg-type]
