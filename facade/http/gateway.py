@@ -97,7 +97,11 @@ _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": m.Error, "description": "INVALID_ARGUMENT (including INVALID_REQUEST: the schema rejected it)"},
-    401: {"model": m.Error, "description": "UNAUTHENTICATED: missing or invalid credentials"},
+    401: {
+        "model": m.Error,
+        "description": "UNAUTHENTICATED: MISSING_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, "
+        "TOKEN_CLAIM_INVALID (metadata.claim), TOKEN_KEY_UNKNOWN, INVALID_API_KEY",
+    },
     403: {"model": m.Error, "description": "PERMISSION_DENIED: the credentials lack the route's scope"},
     404: {"model": m.Error, "description": "NOT_FOUND (e.g. ACCOUNT_NOT_FOUND, TRANSACTION_NOT_FOUND)"},
     409: {"model": m.Error, "description": "ALREADY_EXISTS (e.g. IDEMPOTENCY_KEY_REUSED)"},
