@@ -2,6 +2,8 @@
 
 ledger serve                         run the service (settings from LEDGER_* variables / .env)
 ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
+ledger dev-certs --out DIR [--host NAME ...]
+                                     write a development CA + server/client certificates (TLS, mTLS)
 ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
 ledger kafka init                    create the service's topics (LEDGER_KAFKA__* settings) and verify them
@@ -73,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     token.add_argument("--client-id", default="dev-client")
     token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
     token.add_argument("--ttl-seconds", type=int, default=24 * 3600)
+    certs = commands.add_parser("dev-certs", help="write a development CA and server/client certificates")
+    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a DNS name or IP the server certificate is valid for (repeat)"
+    )
+    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--force", action="store_true", help="replace existing files")
     replay = commands.add_parser("replay", help="re-emit confirmed entries to a Kafka topic")
     replay.add_argument(
         "--from", dest="timestamp_from", default="beginning", help="'beginning' or an engine timestamp (ns)"
@@ -94,9 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(args, "projections_run"):
         raise SystemExit(read_model.run(args, settings))
     if args.command == "serve":
+        from facade._token import JwksError
         from facade.api.server import serve
+        from facade.auth import InsecureStartError
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except (InsecureStartError, JwksError) as error:
+            raise SystemExit(f"ledger serve: {error}") from None
     elif args.command == "dev-token":
         from facade.auth import issue_token
 
@@ -105,6 +119,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(issue_token(settings.auth, args.client_id, frozenset(args.scopes.split()), args.ttl_seconds))
     elif args.command == "kafka":
         _kafka_init(settings)
+    elif args.command == "dev-certs":
+        from pathlib import Path
+
+        from facade.dev_certs import HOSTS_DEFAULT, VALIDITY_DAYS_MAX, write_dev_certs
+
+        if not 1 <= args.days <= VALIDITY_DAYS_MAX:
+            raise SystemExit(f"ledger dev-certs: --days must be 1..{VALIDITY_DAYS_MAX}")
+        try:
+            written = write_dev_certs(
+                Path(args.out), hosts=[*HOSTS_DEFAULT, *args.host], days=args.days, force=args.force
+            )
+        except FileExistsError as error:
+            raise SystemExit(f"ledger dev-certs: {error}") from None
+        print(f"wrote ca.crt, server.crt/.key, client.crt/.key (and ca.key) to {written.directory}")
     else:
         _replay(settings, args.timestamp_from, args.to_topic)
 

@@ -113,11 +113,17 @@ class ApiKeySettings(BaseModel):
     scopes: list[str]
 
 
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]  # fmt: skip
+"""Never "none"."""
+
+
 class AuthSettings(BaseModel):
     mode: Literal["dev", "enforce"] = Field(
         default="dev",
         description="dev: a built-in signing secret so `ledger dev-token` works out of the box; "
-        "enforce: jwt_secret must be set.",
+        "enforce: jwt_secret (>= 32 bytes) or a JWK Set (jwks_file / jwks_url) must be set.",
     )
     jwt_secret: SecretStr = SecretStr("")
     jwt_issuer: str = "ledger-service"
@@ -126,6 +132,35 @@ class AuthSettings(BaseModel):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(default=None, description="Set to require client certificates (mTLS).")
+    # Strict tokens (facade/_token.py). TLS files above apply to every edge: gRPC, the JSON gateway, the ops port.
+    jwt_algorithms: list[JwtAlgorithm] = Field(
+        default=["HS256", "RS256", "PS256", "ES256", "ES384", "EdDSA"],
+        min_length=1,
+        description="Accepted JWT algorithms; HS* verify with jwt_secret only, the others with a JWKS key only.",
+    )
+    jwt_clock_skew_seconds: int = Field(default=30, ge=0, le=300, description="Allowed clock skew for exp/nbf/iat.")
+    jwt_lifetime_seconds_max: int = Field(
+        default=30 * 24 * 3600, ge=60, le=366 * 24 * 3600, description="Tokens whose exp is further ahead are refused."
+    )
+    jwks_file: Path | None = Field(default=None, description="JWK Set file for key rotation (reloaded on change).")
+    jwks_url: str = Field(default="", description="JWK Set URL for key rotation (PyJWKClient); empty = none.")
+    jwks_refresh_seconds_min: float = Field(
+        default=10.0, ge=0, le=3600, description="A JWKS URL is re-fetched for an unknown kid at most this often."
+    )
+    jwks_lifespan_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="The key set is reloaded at least this often (removed keys stop)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_complete(self) -> AuthSettings:
+        """Half a TLS configuration would silently serve plaintext: refuse it."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("auth.tls_cert_file and auth.tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("auth.tls_client_ca_file (mTLS) needs auth.tls_cert_file and auth.tls_key_file")
+        if self.jwks_file is not None and self.jwks_url:
+            raise ValueError("set one of auth.jwks_file and auth.jwks_url")
+        return self
 
 
 class ApiSettings(BaseModel):

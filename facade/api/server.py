@@ -19,13 +19,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from facade.api.asgi import AsgiServer
+from facade.api.asgi import AsgiServer, TlsFiles
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
 from facade.api.servicer import LedgerServicer
-from facade.auth import Authenticator, AuthInterceptor
+from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
 from facade.changes.poller import ChangeCapture
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
@@ -102,7 +102,17 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(chain)
 
 
+def _tls_files(settings: Settings) -> TlsFiles | None:
+    """The gRPC port's TLS files, for the HTTP edges too: TLS on one edge means TLS on every edge."""
+    auth = settings.auth
+    if not auth.tls_cert_file or not auth.tls_key_file:
+        return None
+    return TlsFiles(Path(auth.tls_cert_file), Path(auth.tls_key_file), auth.tls_client_ca_file)
+
+
 async def start(settings: Settings) -> RunningServer:
+    guard_dev_mode(settings.auth, [settings.api.host])  # Before anything is opened or bound.
+    authenticator = Authenticator(settings.auth)  # Refuses a bad secret or key set before the engine opens.
     if settings.kafka.bootstrap_servers and settings.kafka.provision_topics:
         # Before anything serves: a façade whose topics are missing or mis-set must not start.
         from facade.kafka.topics import ensure_topics
@@ -114,7 +124,6 @@ async def start(settings: Settings) -> RunningServer:
     store = await MetadataStore.open(settings.api.metadata_db)
     service = LedgerService(engine, store, settings.api)
     await service.start()
-    authenticator = Authenticator(settings.auth)
     server = grpc.aio.server(
         interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator)],
         options=[
@@ -149,7 +158,11 @@ async def start(settings: Settings) -> RunningServer:
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
-                build_app(service, authenticator), settings.api.host, settings.api.http_port, "http-gateway"
+                build_app(service, authenticator),
+                settings.api.host,
+                settings.api.http_port,
+                "http-gateway",
+                tls=_tls_files(settings),
             )
         except BaseException:
             await running.stop()
@@ -184,7 +197,11 @@ async def start(settings: Settings) -> RunningServer:
     observability = settings.observability
     if observability.metrics_port >= 0:
         running.ops = await AsgiServer.start(
-            build_ops_app(running.readiness), observability.metrics_host, observability.metrics_port, "ops-http"
+            build_ops_app(running.readiness),
+            observability.metrics_host,
+            observability.metrics_port,
+            "ops-http",
+            tls=_tls_files(settings),
         )
     log.info(
         "serving",
