@@ -7,6 +7,7 @@ ledger dev-certs --out DIR [--host NAME ...]
 ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
 ledger kafka init                    create the service's topics (LEDGER_KAFKA__* settings) and verify them
+ledger kafka schema [--out FILE]     the ledger.v1 descriptor set (protoc --decode, schema registries)
 
 The ClickHouse read model (projections/cli.py has the details):
 ledger project [--source engine|kafka] [--once]
@@ -47,6 +48,20 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
             await engine.close()
 
     print(f"replayed {asyncio.run(run())} changes to {topic}")
+
+
+def _kafka_schema(out: str) -> None:
+    import sys
+
+    from facade.kafka.encoding import descriptor_set
+
+    if out == "-":
+        if sys.stdout.isatty():
+            raise SystemExit("ledger kafka schema: binary output; redirect it or pass --out FILE")
+        sys.stdout.buffer.write(descriptor_set())
+        return
+    with open(out, "wb") as file:
+        file.write(descriptor_set())
 
 
 def _kafka_init(settings: Settings) -> None:
@@ -90,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     kafka = commands.add_parser("kafka", help="Kafka administration").add_subparsers(
         dest="kafka_command", required=True
     )
+    schema = kafka.add_parser(
+        "schema",
+        help="write the FileDescriptorSet of every ledger.v1 message (for protoc --decode --descriptor_set_in, "
+        "schema registries, Kafka Connect) to --out or standard output",
+    )
+    schema.add_argument("--out", default="-", help="file to write (default: standard output, binary)")
     kafka.add_parser(
         "init",
         help="create the missing topics (entries, commands, results, DLQ, checkpoints) with the partitions, "
@@ -117,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if settings.auth.mode != "dev" and not settings.auth.jwt_secret.get_secret_value():
             raise SystemExit("ledger dev-token: no signing secret (auth.mode=enforce without jwt_secret)")
         print(issue_token(settings.auth, args.client_id, frozenset(args.scopes.split()), args.ttl_seconds))
+    elif args.command == "kafka" and args.kafka_command == "schema":
+        _kafka_schema(args.out)
     elif args.command == "kafka":
         _kafka_init(settings)
     elif args.command == "dev-certs":

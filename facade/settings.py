@@ -52,6 +52,13 @@ class KafkaSettings(BaseModel):
         "its restarts (a restart then aborts the crashed transaction at once). Empty: <client_id>-ingest-<hostname>.",
     )
     checkpoints_topic: str = "ledger.checkpoints.v1"
+    entries_encoding: Literal["protobuf", "json"] = Field(
+        default="protobuf",
+        description="Value encoding of entries: protobuf, or proto3 JSON (kcat, Connect, ClickHouse).",
+    )
+    results_encoding: Literal["protobuf", "json"] = Field(
+        default="protobuf", description="Value encoding of ingestion results (commands are read in either, by header)."
+    )
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=7)
     topic_min_insync_replicas: int = Field(

@@ -17,6 +17,7 @@ import threading
 from confluent_kafka import Consumer, KafkaError
 
 from facade.api.gen.ledger.v1 import entries_pb2
+from facade.kafka.encoding import CONTENT_TYPE_HEADER, RecordDecodeError, decode_value, header_value
 from facade.settings import ClickHouseSettings, KafkaSettings
 from projections.projector import Projector
 
@@ -67,11 +68,12 @@ class KafkaProjector:
             value = message.value()
             if value is None:
                 raise ConsumeError(f"{message.topic()}[{message.partition()}]@{message.offset()}: empty message")
+            content_type = header_value(message.headers(), CONTENT_TYPE_HEADER)
             try:
-                entries.append(entries_pb2.LedgerEntry.FromString(value))
-            except Exception as error:  # protobuf's DecodeError; any undecodable payload stops us.
+                entries.append(decode_value(entries_pb2.LedgerEntry, value, content_type))
+            except RecordDecodeError as error:  # Any undecodable payload stops us: nothing is skipped.
                 where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
-                raise ConsumeError(f"{where}: not a LedgerEntry: {error}") from error
+                raise ConsumeError(f"{where}: {error}") from error
         self._projector.project(entries)
         self._consumer.commit(asynchronous=False)
         self.consumed += len(entries)

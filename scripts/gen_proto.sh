@@ -10,6 +10,9 @@ mapfile -t protos < <(find proto -name '*.proto' | sort)
 .venv/bin/python -m grpc_tools.protoc -I proto \
     --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
     "${protos[@]}"
+# The descriptor set consumers decode Kafka values with (`ledger kafka schema`, `protoc --decode`).
+.venv/bin/python -m grpc_tools.protoc -I proto --include_imports --descriptor_set_out="$out/ledger_v1.binpb" \
+    "${protos[@]}"
 # Make every generated directory a package.
 find "$out" -type d -exec sh -c 'test -f "$1/__init__.py" || : > "$1/__init__.py"' _ {} \;
 # protoc writes imports relative to proto/ ("from ledger.v1 import x_pb2"); make them package-absolute.

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/install_compose.sh  # `docker compose config` for tests/infra
+bash scripts/install_test_tools.sh  # kcat, protoc: Kafka consumers that are not project code
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict facade projections scripts tests

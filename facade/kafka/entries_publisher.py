@@ -1,4 +1,5 @@
-"""Publishes LedgerEntry events to `ledger.entries.v1`: the EntrySink for change capture.
+"""Publishes LedgerEntry events to `ledger.entries.v1`: the EntrySink for change capture. Values and
+headers: facade/kafka/encoding.py.
 
 Producer: idempotent (enable.idempotence: no duplicates or reordering from internal retries), acks=all
 (every in-sync replica has the record before it counts as delivered). Key: the entry's account id, so
@@ -14,11 +15,11 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from facade.api.gen.ledger.v1 import entries_pb2
+from facade.kafka.encoding import ValueEncoding, cloud_event_headers, encode_value
 from facade.kafka.topics import TopicHealth
 from facade.observability import metrics
 from facade.settings import KafkaSettings
 
-SCHEMA_HEADER = b"ledger.v1.LedgerEntry"
 QUEUE_FULL_RETRY_SECONDS = 0.05
 
 
@@ -46,6 +47,8 @@ class KafkaEntryPublisher:
         self._topic = topic or settings.entries_topic
         self._flush_timeout_seconds = settings.delivery_timeout_ms / 1000 + 5
         self._health = health
+        self._encoding = ValueEncoding(settings.entries_encoding)
+        self._source = settings.client_id
         """Told each batch's outcome, so readiness detail says when entries are undeliverable."""
 
     async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
@@ -64,8 +67,14 @@ class KafkaEntryPublisher:
                     self._producer.produce(
                         self._topic,
                         key=entry.account_id.encode(),
-                        value=entry.SerializeToString(),
-                        headers=[("schema", SCHEMA_HEADER), ("event_id", entry.event_id.encode())],
+                        value=encode_value(entry, self._encoding),
+                        headers=cloud_event_headers(
+                            entry,
+                            event_id=entry.event_id,
+                            time_ns=entry.engine_timestamp,
+                            source=self._source,
+                            encoding=self._encoding,
+                        ),
                         on_delivery=on_delivery,
                     )
                     break

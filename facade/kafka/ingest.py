@@ -1,6 +1,7 @@
 """Kafka ingestion: `ledger.commands.v1` → the same mapping and group-commit path as the gRPC API.
 
-Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema). Per poll:
+Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema), protobuf or proto3 JSON
+by its content-type header (facade/kafka/encoding.py). Per poll:
 1. decode; a malformed record is answered MALFORMED_COMMAND;
 2. post every decoded command in one `LedgerService.post_transactions` call per client (one durable
    group commit for the lot);
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 
 import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
@@ -43,6 +43,14 @@ from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
 from facade.auth import METHOD_SCOPES, Principal
 from facade.domain.mapping import DomainError
+from facade.kafka.encoding import (
+    CONTENT_TYPE_HEADER,
+    RecordDecodeError,
+    ValueEncoding,
+    cloud_event_headers,
+    decode_value,
+    encode_value,
+)
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from facade.observability.tracing import extract_headers, inject_headers, tracer
@@ -119,6 +127,7 @@ class CommandIngestor:
         self._client_default = client_id
         self._acts_for = frozenset({client_id, *settings.ingest_acts_for})
         self._scopes = frozenset(settings.ingest_scopes)
+        self._encoding = ValueEncoding(settings.results_encoding)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
@@ -206,11 +215,11 @@ class CommandIngestor:
             if message.error():
                 raise IngestError(f"consume failed: {message.error()}")
             try:
-                request = ledger_pb2.PostTransactionRequest.FromString(message.value() or b"")
-            except DecodeError:
-                malformed = DomainError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", "not a ledger.v1.PostTransactionRequest"
+                request = decode_value(
+                    ledger_pb2.PostTransactionRequest, message.value(), _header(message, CONTENT_TYPE_HEADER)
                 )
+            except RecordDecodeError as error:
+                malformed = DomainError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", str(error))
                 answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), malformed))
                 continue
             client_id = _header(message, CLIENT_HEADER) or self._client_default
@@ -320,12 +329,13 @@ class CommandIngestor:
             ("reason", reason.encode()),
             *inject_headers(self._results_context),  # Results continue the trace of the batch that wrote them.
         ]
+        value = item_result(result)
+        where = f"{command.message.topic()}/{command.message.partition()}/{command.message.offset()}"
+        headers += cloud_event_headers(
+            value, event_id=where, time_ns=time.time_ns(), source=self._settings.client_id, encoding=self._encoding
+        )
         self._produce(
-            self._settings.results_topic,
-            command.message.key(),
-            item_result(result).SerializeToString(),
-            headers,
-            errors,
+            self._settings.results_topic, command.message.key(), encode_value(value, self._encoding), headers, errors
         )
         if isinstance(result, DomainError):
             self._dead_letter(command.message, result.reason, result.message, errors)

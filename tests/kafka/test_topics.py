@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,12 @@ async def test_health_fails_while_topics_are_missing_or_records_undeliverable(ka
     publisher.close()
 
     delete_topic(bootstrap, settings.results_topic)
-    await asyncio.sleep(0)
+    # Deletion propagates to the cluster metadata asynchronously: the check fails once it has.
+    deadline = time.monotonic() + ADMIN_TIMEOUT_SECONDS
+    while (problem := await asyncio.to_thread(health.problem, 1.0)) is None:
+        assert time.monotonic() < deadline, "health still ok after the results topic was deleted"
+        await asyncio.sleep(0.2)
+    assert problem == f"topics missing: {settings.results_topic}"
     with pytest.raises(RuntimeError, match=f"topics missing: {settings.results_topic}"):
         await check()
 

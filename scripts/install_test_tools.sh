@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Tools the tests use as a user would, from Debian's packages (test-only; the service needs none of them):
+#   kcat               reads the entries topic as JSON, as platform engineers do
+#   protobuf-compiler  `protoc --decode` with the descriptor set the package ships
+set -euo pipefail
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
