@@ -1,9 +1,12 @@
 """Assembles and runs the service: engine, metadata store, ledger service, read model, gRPC server,
 change capture.
 
-Start-up order: engine (recovers its journal) → metadata store → settlement accounts → gRPC server →
-health SERVING. Shutdown reverses it: health NOT_SERVING (load balancers drain), stop accepting calls
-with a grace period, finish queued writes, stop change capture, close the engine.
+Start-up order: engine (recovers its journal) → metadata store → start-up consistency (engine, store
+and checkpoints agree, or the service refuses to start: facade.consistency) → settlement accounts →
+gRPC server → health SERVING; the continuous consistency check then runs in the background and
+/readyz fails on any inconsistency it finds. Shutdown reverses it: health NOT_SERVING (load balancers
+drain), stop accepting calls with a grace period, finish queued writes, stop change capture, close the
+engine.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor
 from facade.changes.poller import ChangeCapture
+from facade.consistency import ConsistencyMonitor, verify_startup
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
 from facade.http.gateway import build_app
@@ -59,6 +63,7 @@ class RunningServer:
     stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     http: AsgiServer | None = None
     """The JSON gateway (facade.http), when api.http_port >= 0."""
+    consistency: ConsistencyMonitor | None = None
 
     @property
     def http_port(self) -> int:
@@ -98,9 +103,31 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(chain)
 
 
+def checkpoint_paths(settings: Settings) -> list[Path]:
+    """The change-capture checkpoints this service advances (each must point at a change the engine holds)."""
+    paths: list[Path] = []
+    if settings.kafka.bootstrap_servers and settings.kafka.change_capture_enabled:
+        paths.append(settings.kafka.change_capture_checkpoint)
+    if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
+        paths.append(settings.clickhouse.projector_checkpoint)
+    return paths
+
+
 async def start(settings: Settings) -> RunningServer:
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
+    try:
+        startup = await verify_startup(
+            engine,
+            store,
+            instance_name=settings.consistency.instance_name,
+            store_path=settings.api.metadata_db,
+            checkpoint_paths=checkpoint_paths(settings),
+        )
+    except BaseException:
+        await store.close()
+        await engine.close()
+        raise
     service = LedgerService(engine, store, settings.api)
     await service.start()
     authenticator = Authenticator(settings.auth)
@@ -158,7 +185,17 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
+    running.consistency = ConsistencyMonitor(
+        engine,
+        store,
+        marker=startup.marker,
+        checkpoint_paths=checkpoint_paths(settings),
+        read_model_position=read_model.projected_until if read_model is not None else None,
+        interval_seconds=settings.consistency.check_interval_seconds,
+    )
+    running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))
     checks: dict[str, Check] = {"engine": engine_check(engine)}
+    checks["consistency"] = running.consistency.check
     if settings.kafka.bootstrap_servers:
         checks["kafka"] = kafka_check(settings.kafka)
     if read_model is not None:
