@@ -331,6 +331,8 @@ class ConsistencyMonitor:
         self._accounts_checked = 0
         self._transfers_checked = 0
         self.status = ConsistencyStatus(ok=True, reason="")
+        self._round_lock = asyncio.Lock()
+        """One round at a time (the background task and an explicit call share the cursors)."""
         metrics.consistency_ok.set(1)
 
     async def check(self) -> None:
@@ -373,6 +375,10 @@ class ConsistencyMonitor:
         return ""
 
     async def check_round(self) -> ConsistencyStatus:
+        async with self._round_lock:
+            return await self._check_round()
+
+    async def _check_round(self) -> ConsistencyStatus:
         if not self.status.ok:
             return self.status  # An inconsistency does not heal by itself.
         reason = await self._inconsistency()

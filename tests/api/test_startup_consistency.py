@@ -1,0 +1,176 @@
+"""Start-up consistency through the real start-up path (facade.api.server.start) on real files: the
+storage table's rows for a lost, older or foreign metadata store and a lost journal each end in a
+refusal that names the damage, never in a ready service with less; and the continuous check takes a
+running service out of readiness when its store loses writes."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from facade.api.server import start
+from facade.changes import checkpoint as checkpoints
+from facade.changes.chain import GENESIS
+from facade.consistency import StartupConsistencyError
+from facade.domain.mapping import transfer_id
+from facade.metadata_store import id_bytes
+from facade.settings import Settings
+from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
+
+
+async def run_some_traffic(api: Api, prefix: str, count: int = 5) -> str:
+    alice, bob = await api.account(f"{prefix}-alice"), await api.account(f"{prefix}-bob")
+    await api.post(f"{prefix}-fund", credit(alice, 10_000))
+    for n in range(count):
+        await api.post(f"{prefix}-pay-{n}", transfer(alice, bob, 100))
+    await api.post(f"{prefix}-out", debit(bob, 50))
+    return alice
+
+
+async def close(api: Api) -> None:
+    await api.channel.close()
+    await api.server.stop()
+
+
+async def refused(settings: Settings) -> str:
+    with pytest.raises(StartupConsistencyError) as raised:
+        await start(settings)
+    return str(raised.value)
+
+
+def delete_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def copy_store(source: Path, destination: Path) -> None:
+    """A consistent copy of a closed store (its -wal file too, if one is left)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copy2(f"{source}{suffix}", destination / f"{source.name}{suffix}")
+
+
+async def test_fresh_start_then_restarts_agree(tmp_path: Path) -> None:
+    api = await open_api(tmp_path)
+    try:
+        alice = await run_some_traffic(api, "a")
+        await api.restart()  # Same engine, same store: the markers agree.
+        assert await api.available(alice) == 10_000 - 500
+        await api.restart()
+        assert await api.available(alice) == 10_000 - 500
+    finally:
+        await close(api)
+
+
+async def test_a_deleted_metadata_store_with_the_journal_intact_refuses(tmp_path: Path) -> None:
+    api = await open_api(tmp_path)
+    await run_some_traffic(api, "a")
+    await close(api)
+    delete_store(api.settings.api.metadata_db)
+    message = await refused(api.settings)
+    assert str(api.settings.api.metadata_db) in message and "missing or new" in message
+    assert await refused(api.settings) == message, "the empty store a refused start leaves refuses again"
+
+
+async def test_a_deleted_metadata_store_refuses_even_before_the_first_marker(tmp_path: Path) -> None:
+    """Data from a build without markers: the engine holds accounts and transfers, the store is new."""
+    api = await open_api(tmp_path)
+    await run_some_traffic(api, "a")
+    await close(api)
+    delete_store(api.settings.api.metadata_db)
+    renamed = make_settings(tmp_path)  # Another façade name: the engine has no marker under it.
+    renamed.consistency.instance_name = "renamed"
+    message = await refused(renamed)
+    assert str(renamed.api.metadata_db) in message and "holds accounts and transfers" in message
+
+
+async def test_an_older_copy_of_the_metadata_store_refuses(tmp_path: Path) -> None:
+    api = await open_api(tmp_path)
+    await run_some_traffic(api, "a")
+    await close(api)
+    copy_store(api.settings.api.metadata_db, tmp_path / "backup")
+    api = await open_api(tmp_path)
+    await run_some_traffic(api, "b", count=3)  # Written after the copy was taken.
+    await close(api)
+    delete_store(api.settings.api.metadata_db)
+    copy_store(tmp_path / "backup" / api.settings.api.metadata_db.name, api.settings.api.metadata_db.parent)
+    message = await refused(api.settings)
+    assert str(api.settings.api.metadata_db) in message and "older than the engine" in message
+    # b-alice, b-bob and b's five transfers were written after the copy was taken.
+    assert "2 of 4 engine accounts and 5 of 12 engine transfers" in message
+
+
+async def test_a_deleted_journal_with_the_store_intact_refuses(tmp_path: Path) -> None:
+    api = await open_api(tmp_path)
+    await run_some_traffic(api, "a")
+    await close(api)
+    shutil.rmtree(api.settings.engine.data_dir)
+    message = await refused(api.settings)
+    assert "engine's data is missing" in message and str(api.settings.api.metadata_db) in message
+    assert await refused(api.settings) == message, "the empty journal a refused start leaves refuses again"
+
+
+async def test_another_deployments_store_refuses(tmp_path: Path) -> None:
+    first, second = await open_api(tmp_path / "one"), await open_api(tmp_path / "two")
+    await close(first)
+    await close(second)
+    delete_store(first.settings.api.metadata_db)
+    copy_store(second.settings.api.metadata_db, first.settings.api.metadata_db.parent)
+    message = await refused(first.settings)
+    assert "another deployment's" in message
+
+
+async def test_a_first_start_interrupted_between_the_markers_completes(tmp_path: Path) -> None:
+    """Store marked, engine not (the journal of a ledger that never held data was removed): nothing
+    was ever acknowledged, so starting is safe and writes the engine's marker."""
+    api = await open_api(tmp_path)
+    await close(api)
+    shutil.rmtree(api.settings.engine.data_dir)
+    api = await open_api(tmp_path)
+    try:
+        alice = await run_some_traffic(api, "a")
+        await api.restart()
+        assert await api.available(alice) == 9_500
+    finally:
+        await close(api)
+
+
+async def test_a_checkpoint_ahead_of_the_engine_refuses(tmp_path: Path) -> None:
+    """Journal and store both gone, but change capture had published changes: the engine lost them."""
+    settings = make_settings(tmp_path, history=True)
+    checkpoints.save(settings.clickhouse.projector_checkpoint, checkpoints.Checkpoint(1_700_000_000, GENESIS))
+    message = await refused(settings)
+    assert str(settings.clickhouse.projector_checkpoint) in message and "does not hold" in message
+
+
+async def test_readiness_fails_when_the_store_loses_writes(tmp_path: Path) -> None:
+    api = await open_api(tmp_path)
+    try:
+        await run_some_traffic(api, "a")
+        monitor = api.server.consistency
+        assert monitor is not None and api.server.ops is not None
+        status = await monitor.check_round()
+        assert status.ok and status.transfers_checked == 7 and status.accounts_checked == 2
+        ready_url = f"http://127.0.0.1:{api.server.ops.port}/readyz"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(ready_url)).status_code == 200
+            await run_some_traffic(api, "b", count=1)
+            # The store loses the newest transaction's rows (as a restored or damaged file would).
+            lost = id_bytes(transfer_id("client-a", "b-out", 0))
+            with sqlite3.connect(api.settings.api.metadata_db) as db:
+                assert db.execute("DELETE FROM transfers WHERE transfer_id = ?", (lost,)).rowcount == 1
+            status = await monitor.check_round()
+            assert not status.ok and "0 of 2 engine accounts and 1 of 3 engine transfers" in status.reason
+            ready = await client.get(ready_url)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["consistency"]["ok"] is False
+            assert "no metadata rows" in ready.json()["checks"]["consistency"]["error"]
+            metrics = (await client.get(f"http://127.0.0.1:{api.server.ops.port}/metrics")).text
+            assert "ledger_consistency_ok 0.0" in metrics
+    finally:
+        await close(api)
