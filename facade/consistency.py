@@ -23,8 +23,9 @@ engine, and the engine (the money) cannot be rebuilt from the store. Cases:
     absent         absent            first start, or an upgrade from a build without markers: marked
                                      when the engine holds no customer data, or when the store has
                                      data and covers the engine's; refused when the engine holds data
-                                     and the store has none, unless other façades' markers show a
-                                     shared cluster this façade is joining
+                                     and the store has none, unless (TigerBeetle only) other façades'
+                                     markers show a shared cluster this façade is joining, or the
+                                     operator says so (consistency.join_unmarked_engine)
 
 Coverage (exclusive engines only: the embedded engine, which exactly one process owns): the newest
 RECENT_OBJECTS_MAX customer accounts and transfers of the engine all have their rows in the store.
@@ -228,6 +229,7 @@ async def verify_startup(
     instance_name: str,
     store_path: Path,
     checkpoint_paths: Sequence[Path],
+    join_unmarked_engine: bool = False,
 ) -> StartupReport:
     """Refuses (StartupConsistencyError) unless engine, store and checkpoints agree; see the module
     docstring. Writes the instance marker on a first start. Bounded: a few engine queries of at most
@@ -268,12 +270,19 @@ async def verify_startup(
     marker: InstanceMarker
     if engine_id is None and stored is None:
         if await _engine_has_customer_data(engine) and not store_has_data:
-            others = await engine.query_accounts(QueryFilter(code=ACCOUNT_CODE_INSTANCE_MARKER, limit=2))
-            if is_exclusive(engine) or not others:
+            others = await engine.query_accounts(QueryFilter(code=ACCOUNT_CODE_INSTANCE_MARKER, limit=1))
+            joining = not is_exclusive(engine) and (bool(others) or join_unmarked_engine)
+            if not joining:
                 raise StartupConsistencyError(
                     f"{where} is missing or new (empty) but the engine ({engine.name}) holds accounts and "
                     "transfers: refusing to serve the ledger without its metadata and idempotency records. "
                     "Restore the store file (with its -wal file), or point api.metadata_db at it"
+                    + (
+                        ""
+                        if is_exclusive(engine)
+                        else " (a new façade on a shared cluster whose data predates "
+                        "instance markers: consistency.join_unmarked_engine)"
+                    )
                 )
         marker = InstanceMarker(instance_name, secrets.randbits(INSTANCE_ID_BITS) | 1)
         await store.put_instance_marker(marker.name, marker.instance_id)  # Store first: see the docstring.

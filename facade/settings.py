@@ -152,6 +152,12 @@ class ConsistencySettings(BaseModel):
     check_interval_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="Pause between rounds of the continuous consistency check."
     )
+    join_unmarked_engine: bool = Field(
+        default=False,
+        description="TigerBeetle backend only: start with a new, empty metadata store although the cluster holds "
+        "data and no façade's marker (data that predates instance markers). For a façade joining such a shared "
+        "cluster; never to get past a lost store (its idempotency records and metadata would be gone).",
+    )
 
 
 class Settings(BaseSettings):

@@ -29,7 +29,7 @@ from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor
 from facade.changes.poller import ChangeCapture
-from facade.consistency import ConsistencyMonitor, verify_startup
+from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
 from facade.http.gateway import build_app
@@ -123,6 +123,7 @@ async def start(settings: Settings) -> RunningServer:
             instance_name=settings.consistency.instance_name,
             store_path=settings.api.metadata_db,
             checkpoint_paths=checkpoint_paths(settings),
+            join_unmarked_engine=settings.consistency.join_unmarked_engine,
         )
     except BaseException:
         await store.close()
@@ -225,7 +226,12 @@ async def serve(settings: Settings) -> None:
     )
     if settings.observability.otlp_endpoint:  # Otherwise the API's no-op tracer: spans cost nothing.
         configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
-    running = await start(settings)
+    try:
+        running = await start(settings)
+    except StartupConsistencyError as error:
+        # A refusal, not a crash: one log line that says what is damaged and what to do, exit status 2.
+        log.error("refusing to start", reason=str(error))
+        raise SystemExit(2) from error
     freeze_heap()  # The recovered ledger state is long-lived: keep it out of GC scans.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,21 +5,34 @@ running service out of readiness when its store loses writes."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
+from facade.auth import SCOPES_ALL, issue_token
 from facade.changes import checkpoint as checkpoints
 from facade.changes.chain import GENESIS
 from facade.consistency import StartupConsistencyError
 from facade.domain.mapping import transfer_id
 from facade.metadata_store import id_bytes
-from facade.settings import Settings
+from facade.settings import AuthSettings, Settings
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
+from tests.api.test_logs import json_lines
+
+STOP_SECONDS = 30
 
 
 async def run_some_traffic(api: Api, prefix: str, count: int = 5) -> str:
@@ -174,3 +187,40 @@ async def test_readiness_fails_when_the_store_loses_writes(tmp_path: Path) -> No
             assert "ledger_consistency_ok 0.0" in metrics
     finally:
         await close(api)
+
+
+def test_ledger_serve_refuses_a_deleted_store_with_exit_status_2(tmp_path: Path) -> None:
+    """The storage table's row as operators met it: `ledger serve`, traffic, stop, delete
+    metadata.sqlite3, start again: a refusal naming the store (no /readyz 200 over an empty ledger)."""
+    env = os.environ | {
+        "LEDGER_API__PORT": "0",
+        "LEDGER_API__HTTP_PORT": "-1",
+        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
+        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
+        "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
+        "LEDGER_OBSERVABILITY__LOG_JSON": "true",
+        "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
+    }
+    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        [*_, serving] = json_lines(server.stdout, lambda line: line.get("event") == "serving")
+        with grpc.insecure_channel(f"127.0.0.1:{serving['port']}") as channel:
+            stub: Any = rpc.LedgerStub(channel)
+            metadata = (("authorization", f"Bearer {issue_token(AuthSettings(), 'client-a', SCOPES_ALL)}"),)
+            request = pb.CreateAccountRequest(currency="USD", external_reference="a", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT)
+            account = stub.CreateAccount(request, metadata=metadata).account_id
+            stub.PostTransaction(
+                pb.PostTransactionRequest(idempotency_key="fund", legs=[credit(str(account), 500)]), metadata=metadata
+            )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(STOP_SECONDS)
+    delete_store(tmp_path / "metadata.sqlite3")
+    refused_start = subprocess.run(
+        [ledger, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=STOP_SECONDS, check=False
+    )
+    assert refused_start.returncode == 2, refused_start.stderr
+    [line] = [json.loads(text) for text in refused_start.stdout.splitlines() if "refusing to start" in text]
+    assert str(tmp_path / "metadata.sqlite3") in line["reason"] and "missing or new" in line["reason"]
