@@ -39,8 +39,10 @@ engine; a checkpoint ahead of the engine means the engine lost acknowledged chan
 Continuously (`ConsistencyMonitor`): each round, at most ROUND_OBJECTS_MAX engine accounts and
 transfers after the previous round's cursor (so all history is covered over time) are matched against
 the store (exclusive engines), the marker is re-read, and the checkpoints and the read model's
-position are re-checked. The first inconsistency found is kept (it does not heal by itself): /readyz
-fails with its reason and `ledger_consistency_ok` drops to 0.
+position are re-checked; every READ_MODEL_RECONCILE_ROUNDS rounds the in-service read model's
+balances are reconciled with the engine's (projections.reconcile: lag is not drift). The first
+inconsistency found is kept (it does not heal by itself): /readyz fails with its reason and
+`ledger_consistency_ok` drops to 0.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ RECENT_OBJECTS_MAX = QUERY_LIMIT_MAX
 """Newest engine accounts and transfers whose store rows the start-up check requires (one query each)."""
 ROUND_OBJECTS_MAX = QUERY_LIMIT_MAX
 """Engine accounts and transfers matched against the store per continuous round (one query each)."""
+READ_MODEL_RECONCILE_ROUNDS = 12
+"""The in-service read model is reconciled with the engine (every account, projections.reconcile) on
+the first round and then every this many rounds: it scans all accounts, so not every round."""
 INSTANCE_ID_BITS = 127
 """Random bits of an instance id (never 0, never 2^128-1: ids and user_data the engine accepts)."""
 
@@ -325,6 +330,7 @@ class ConsistencyMonitor:
         marker: InstanceMarker,
         checkpoint_paths: Sequence[Path],
         read_model_position: Callable[[], Awaitable[int]] | None,
+        read_model_drift: Callable[[], Awaitable[str]] | None = None,
         interval_seconds: float,
     ) -> None:
         assert interval_seconds > 0
@@ -333,6 +339,8 @@ class ConsistencyMonitor:
         self._marker = marker
         self._checkpoint_paths = list(checkpoint_paths)
         self._read_model_position = read_model_position
+        self._read_model_drift = read_model_drift
+        """The read model's reconciliation with the engine: "" when they agree, else the drift."""
         self._interval_seconds = interval_seconds
         self._account_cursor = 0
         self._transfer_cursor = 0
@@ -381,6 +389,8 @@ class ConsistencyMonitor:
             position = await self._read_model_position()
             if await _checkpoint_ahead(self._engine, position):
                 return f"the read model is projected to {position}, a change the engine does not hold"
+        if self._read_model_drift is not None and self.status.rounds % READ_MODEL_RECONCILE_ROUNDS == 0:
+            return await self._read_model_drift()
         return ""
 
     async def check_round(self) -> ConsistencyStatus:

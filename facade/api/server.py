@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from facade.runtime import freeze_heap, tune_gc
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
+from projections.reconcile import compare, drift_reason, read_figures
 
 GRACE_SECONDS = 5.0
 MESSAGE_SIZE_MAX = 16 * 1024 * 1024
@@ -111,6 +113,18 @@ def checkpoint_paths(settings: Settings) -> list[Path]:
     if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
         paths.append(settings.clickhouse.projector_checkpoint)
     return paths
+
+
+def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[[], Awaitable[str]] | None:
+    """The continuous check's reconciliation of the read model this service projects (None otherwise)."""
+    if read_model is None or read_model.projector is None:
+        return None
+    model = read_model
+
+    async def drift() -> str:
+        return drift_reason(await compare(engine, await model.query(read_figures)))
+
+    return drift
 
 
 async def start(settings: Settings) -> RunningServer:
@@ -192,6 +206,7 @@ async def start(settings: Settings) -> RunningServer:
         marker=startup.marker,
         checkpoint_paths=checkpoint_paths(settings),
         read_model_position=read_model.projected_until if read_model is not None else None,
+        read_model_drift=_read_model_drift(engine, read_model),
         interval_seconds=settings.consistency.check_interval_seconds,
     )
     running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))

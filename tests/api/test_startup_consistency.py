@@ -5,6 +5,7 @@ running service out of readiness when its store loses writes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -25,14 +26,16 @@ from facade.api.server import start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.changes import checkpoint as checkpoints
 from facade.changes.chain import GENESIS
-from facade.consistency import StartupConsistencyError
+from facade.consistency import READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
 from facade.domain.mapping import transfer_id
 from facade.metadata_store import id_bytes
 from facade.settings import AuthSettings, Settings
+from projections.reconcile import ReadModelFigures, compare
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
 from tests.api.test_logs import json_lines
 
 STOP_SECONDS = 30
+WAIT_SECONDS = 30.0
 
 
 async def run_some_traffic(api: Api, prefix: str, count: int = 5) -> str:
@@ -224,3 +227,49 @@ def test_ledger_serve_refuses_a_deleted_store_with_exit_status_2(tmp_path: Path)
     assert refused_start.returncode == 2, refused_start.stderr
     [line] = [json.loads(text) for text in refused_start.stdout.splitlines() if "refusing to start" in text]
     assert str(tmp_path / "metadata.sqlite3") in line["reason"] and "missing or new" in line["reason"]
+
+
+async def test_readiness_fails_when_the_read_model_drifts(tmp_path: Path) -> None:
+    """The in-service read model is reconciled with the engine by the continuous check: a bogus entry in
+    ClickHouse (an account the engine does not have) takes the service out of readiness."""
+    api = await open_api(tmp_path, history=True)
+    try:
+        await run_some_traffic(api, "a")
+        read_model, monitor = api.server.read_model, api.server.consistency
+        assert read_model is not None and monitor is not None
+        last = await api.post("a-last", credit(await api.account("a-alice"), 1))
+        deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+        while await read_model.projected_until() < last.committed_at_ns:
+            assert asyncio.get_running_loop().time() < deadline, "projector did not catch up"
+            await asyncio.sleep(0.05)
+        while monitor.status.rounds % READ_MODEL_RECONCILE_ROUNDS:  # Up to the next reconciling round.
+            assert (await monitor.check_round()).ok
+        assert (await monitor.check_round()).ok, "a consistent read model reconciles"
+        await read_model.query(
+            lambda client: client.command(
+                "INSERT INTO entries (event_id, engine_timestamp, change, side, account_id, counterparty_account_id, "
+                "amount, signed_amount, chain_sequence) "
+                "VALUES ('1:D', 1, 'SINGLE_PHASE', 'DEBIT', 12345, 1, 500, -500, 999999)"
+            )
+        )
+        while monitor.status.rounds % READ_MODEL_RECONCILE_ROUNDS:
+            assert (await monitor.check_round()).ok, "only the reconciling round looks at balances"
+        status = await monitor.check_round()
+        assert not status.ok and "1 accounts the engine does not have (first: 12345)" in status.reason
+        assert api.server.readiness is not None
+        ready, body = await api.server.readiness.report()
+        assert not ready and "drifts" in str(body["checks"])
+    finally:
+        await close(api)
+
+
+async def test_reconciling_before_anything_was_projected_is_not_drift(tmp_path: Path) -> None:
+    """As of timestamp 0 (an empty read model) every balance is zero, however far the engine moved:
+    the continuous check's first round runs while the projector has not caught up."""
+    api = await open_api(tmp_path)
+    try:
+        await run_some_traffic(api, "a")
+        report = await compare(api.server.engine, ReadModelFigures(0, {}, {}))
+        assert report.ok and report.drifts == [] and report.accounts_checked >= 2
+    finally:
+        await close(api)
