@@ -166,14 +166,20 @@ class LedgerService:
             metadata,
             fingerprint({"currency": currency, "owner": owner, "type": account_type, "metadata": metadata}),
         )
+        reused = DomainError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            "ACCOUNT_REFERENCE_REUSED",
+            "an account with this external_reference exists with different attributes",
+        )
+        flags = customer_account_flags(account_type == ACCOUNT_TYPE_NO_OVERDRAFT)
+        # Read first: the account may exist already, created through another façade (whose store this
+        # one does not share); a record with other attributes must not enter this store.
+        existing = await self.engine.lookup_accounts([new_id])
+        if existing and (existing[0].ledger != ledger or existing[0].flags != flags):
+            raise reused
         stored = await self.store.put_account(record)  # Metadata first: write last, read first.
         if stored.fingerprint != record.fingerprint:
-            raise DomainError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "ACCOUNT_REFERENCE_REUSED",
-                "an account with this external_reference exists with different attributes",
-            )
-        flags = customer_account_flags(account_type == ACCOUNT_TYPE_NO_OVERDRAFT)
+            raise reused
         owner_hash = account_owner(principal.client_id)
         [result] = await self.engine.create_accounts(
             [Account(id=new_id, user_data_128=owner_hash, ledger=ledger, code=ACCOUNT_CODE_CUSTOMER, flags=flags)]

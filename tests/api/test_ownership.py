@@ -166,6 +166,23 @@ async def test_two_facades_with_their_own_stores_on_one_engine(engine: EmbeddedE
         assert len(entries.entries) == 3
         assert (await first.available("client-a", alice), await first.available("client-a", bob)) == (69_000, 30_000)
 
+        # A re-creates its account through façade 2: idempotent with the same attributes (now façade 2's
+        # store knows it too); with other attributes refused, and nothing enters façade 2's store.
+        carol = await first.create_account("client-a", "carol")
+        assert await second.create_account("client-a", "carol") == carol
+        assert await second.store.get_account(int(carol)) is not None
+        dave = await first.create_account("client-a", "dave")
+        with pytest.raises(grpc.aio.AioRpcError) as reused:
+            await second.stub.CreateAccount(
+                pb.CreateAccountRequest(
+                    currency="USD", external_reference="dave", type=pb.ACCOUNT_TYPE_OVERDRAFT_ALLOWED
+                ),
+                metadata=auth("client-a", ADMIN),
+            )
+        assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert (info := error_info(reused.value)) is not None and info.reason == "ACCOUNT_REFERENCE_REUSED"
+        assert await second.store.get_account(int(dave)) is None
+
         # ledger.admin may move any account, through any façade.
         await second.post("client-b", "admin-move", transfer(alice, mallory, 9_000), scopes=ADMIN)
         assert (await first.available("client-a", alice), await second.available("client-b", mallory)) == (
