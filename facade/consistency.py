@@ -50,9 +50,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from facade.changes import checkpoint as checkpoints
 from facade.domain.mapping import (
@@ -70,11 +71,13 @@ from facade.engine.types import (
     QueryFilter,
     QueryFilterFlags,
 )
-from facade.metadata_store import MetadataStore
+from facade.metadata_store import QUERY_VARIABLES_MAX, MetadataStore
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 
 __all__ = [
+    "COVERAGE_PAGE_MAX",
+    "READ_MODEL_RECONCILE_ROUNDS",
     "RECENT_OBJECTS_MAX",
     "ROUND_OBJECTS_MAX",
     "ConsistencyMonitor",
@@ -86,9 +89,12 @@ __all__ = [
 ]
 
 RECENT_OBJECTS_MAX = QUERY_LIMIT_MAX
-"""Newest engine accounts and transfers whose store rows the start-up check requires (one query each)."""
+"""Newest engine accounts and transfers (each) whose store rows the start-up check requires."""
 ROUND_OBJECTS_MAX = QUERY_LIMIT_MAX
-"""Engine accounts and transfers matched against the store per continuous round (one query each)."""
+"""Engine accounts and transfers (each) matched against the store per continuous round."""
+COVERAGE_PAGE_MAX = QUERY_VARIABLES_MAX
+"""Objects per engine query and store query while matching: each holds the engine's or the store's
+single thread for about a millisecond, so writes interleave (one 8189-id store query takes ~30 ms)."""
 READ_MODEL_RECONCILE_ROUNDS = 12
 """The in-service read model is reconciled with the engine (every account, projections.reconcile) on
 the first round and then every this many rounds: it scans all accounts, so not every round."""
@@ -169,29 +175,77 @@ class _Coverage:
         )
 
 
+class _Stamped(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    missing_ids: list[int]
+    seen: int
+    cursor: int
+    """Forward: the newest timestamp seen (the next scan starts after it); newest-first: the oldest."""
+
+
+def _page_filter(cursor: int, newest: bool) -> QueryFilter:
+    if newest:  # Newest first, before the cursor (0: from the very newest).
+        return QueryFilter(timestamp_max=max(cursor - 1, 0), limit=COVERAGE_PAGE_MAX, flags=QueryFilterFlags.REVERSED)
+    return QueryFilter(timestamp_min=cursor + 1, limit=COVERAGE_PAGE_MAX)
+
+
+async def _scan(
+    fetch: Callable[[QueryFilter], Awaitable[Sequence[_Stamped]]],
+    known: Callable[[list[int]], Awaitable[Collection[int]]],
+    *,
+    cursor: int,
+    count_max: int,
+    newest: bool,
+) -> _Scan:
+    """Up to count_max engine objects from the cursor on, page by page (one engine query and one store
+    query per page: neither single-threaded component is held for long), and which lack store rows.
+    The engine is read first: a row is written before its object, so every object seen has its row."""
+    missing: list[int] = []
+    seen = 0
+    for _ in range(-(-count_max // COVERAGE_PAGE_MAX)):
+        page = await fetch(_page_filter(cursor, newest))
+        assert len(page) <= COVERAGE_PAGE_MAX
+        if not page:
+            break
+        found = await known([o.id for o in page])
+        missing.extend(o.id for o in page if o.id not in found)
+        seen += len(page)
+        cursor = page[-1].timestamp
+        if len(page) < COVERAGE_PAGE_MAX or (newest and cursor <= 1):
+            break
+    assert seen <= count_max + COVERAGE_PAGE_MAX
+    return _Scan(missing, seen, cursor)
+
+
 async def _coverage(
-    engine: Engine, store: MetadataStore, *, account_timestamp_min: int, transfer_timestamp_min: int, newest: bool
+    engine: Engine, store: MetadataStore, *, account_cursor: int, transfer_cursor: int, newest: bool
 ) -> _Coverage:
-    """The newest page (start-up), or the page after the cursors (continuous rounds). The engine is
-    read first: a row is written before its object, so every object seen must have its row."""
-    flags = QueryFilterFlags.REVERSED if newest else QueryFilterFlags.NONE
-    limit = RECENT_OBJECTS_MAX if newest else ROUND_OBJECTS_MAX
-    accounts = await engine.query_accounts(
-        QueryFilter(code=ACCOUNT_CODE_CUSTOMER, timestamp_min=account_timestamp_min, limit=limit, flags=flags)
+    """The newest RECENT_OBJECTS_MAX (start-up), or up to ROUND_OBJECTS_MAX after the cursors (rounds)."""
+    count_max = RECENT_OBJECTS_MAX if newest else ROUND_OBJECTS_MAX
+
+    async def customer_accounts(page: QueryFilter) -> Sequence[_Stamped]:
+        return await engine.query_accounts(replace(page, code=ACCOUNT_CODE_CUSTOMER))
+
+    accounts = await _scan(
+        customer_accounts, store.account_owners, cursor=account_cursor, count_max=count_max, newest=newest
     )
-    transfers = await engine.query_transfers(
-        QueryFilter(timestamp_min=transfer_timestamp_min, limit=limit, flags=flags)
+    transfers = await _scan(
+        engine.query_transfers, store.known_transfers, cursor=transfer_cursor, count_max=count_max, newest=newest
     )
-    assert len(accounts) <= limit and len(transfers) <= limit
-    known_accounts = await store.account_owners([a.id for a in accounts])
-    known_transfers = await store.known_transfers([t.id for t in transfers])
     return _Coverage(
-        missing_account_ids=[a.id for a in accounts if a.id not in known_accounts],
-        missing_transfer_ids=[t.id for t in transfers if t.id not in known_transfers],
-        accounts_seen=len(accounts),
-        transfers_seen=len(transfers),
-        account_timestamp_max=max((a.timestamp for a in accounts), default=account_timestamp_min),
-        transfer_timestamp_max=max((t.timestamp for t in transfers), default=transfer_timestamp_min),
+        missing_account_ids=accounts.missing_ids,
+        missing_transfer_ids=transfers.missing_ids,
+        accounts_seen=accounts.seen,
+        transfers_seen=transfers.seen,
+        account_timestamp_max=accounts.cursor,
+        transfer_timestamp_max=transfers.cursor,
     )
 
 
@@ -297,7 +351,7 @@ async def verify_startup(
         marker = InstanceMarker(instance_name, stored[1])
     accounts_checked = transfers_checked = 0
     if is_exclusive(engine):
-        coverage = await _coverage(engine, store, account_timestamp_min=0, transfer_timestamp_min=0, newest=True)
+        coverage = await _coverage(engine, store, account_cursor=0, transfer_cursor=0, newest=True)
         if not coverage.complete:
             raise StartupConsistencyError(
                 f"{where} is older than the engine's data: of the newest engine objects, {coverage.describe()}. "
@@ -370,8 +424,8 @@ class ConsistencyMonitor:
             coverage = await _coverage(
                 self._engine,
                 self._store,
-                account_timestamp_min=self._account_cursor + 1,
-                transfer_timestamp_min=self._transfer_cursor + 1,
+                account_cursor=self._account_cursor,
+                transfer_cursor=self._transfer_cursor,
                 newest=False,
             )
             if not coverage.complete:

@@ -26,7 +26,7 @@ from facade.api.server import start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.changes import checkpoint as checkpoints
 from facade.changes.chain import GENESIS
-from facade.consistency import READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
+from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
 from facade.domain.mapping import transfer_id
 from facade.metadata_store import id_bytes
 from facade.settings import AuthSettings, Settings
@@ -273,3 +273,33 @@ async def test_reconciling_before_anything_was_projected_is_not_drift(tmp_path: 
         assert report.ok and report.drifts == [] and report.accounts_checked >= 2
     finally:
         await close(api)
+
+
+async def test_coverage_spans_many_pages_forward_and_newest_first(tmp_path: Path) -> None:
+    """1,100 transfers (several COVERAGE_PAGE_MAX pages): the continuous round and the start-up check
+    both find the one transfer whose store row is gone, however deep in the pages it sits."""
+    api = await open_api(tmp_path)
+    alice = await api.account("alice")
+    for batch in range(2):
+        count = 1_000 if batch == 0 else 100
+        response = await api.stub.PostTransactions(
+            pb.PostTransactionsRequest(
+                transactions=[
+                    pb.PostTransactionRequest(idempotency_key=f"bulk-{batch}-{n}", legs=[credit(alice, 1)])
+                    for n in range(count)
+                ]
+            ),
+            metadata=api.auth(),
+        )
+        assert all(result.HasField("transaction") for result in response.results)
+    assert 2 * COVERAGE_PAGE_MAX < 1_100
+    lost = id_bytes(transfer_id("client-a", "bulk-0-3", 0))  # In the oldest page, the newest-first scan's last.
+    with sqlite3.connect(api.settings.api.metadata_db) as db:
+        assert db.execute("DELETE FROM transfers WHERE transfer_id = ?", (lost,)).rowcount == 1
+    monitor = api.server.consistency
+    assert monitor is not None
+    status = await monitor.check_round()
+    assert not status.ok and "1 of 1100 engine transfers" in status.reason
+    await close(api)
+    message = await refused(api.settings)
+    assert "older than the engine" in message and "1 of 1100 engine transfers" in message
