@@ -21,11 +21,12 @@ engine, and the engine (the money) cannot be rebuilt from the store. Cases:
     absent         present, empty    an interrupted first start: the engine marker is written
     differs        differs           the store belongs to another instance: refuse
     absent         absent            first start, or an upgrade from a build without markers: marked
-                                     when the engine holds no customer data, or when the store has
-                                     data and covers the engine's; refused when the engine holds data
-                                     and the store has none, unless (TigerBeetle only) other façades'
-                                     markers show a shared cluster this façade is joining, or the
-                                     operator says so (consistency.join_unmarked_engine)
+                                     when neither side has data, or both have and the store covers
+                                     the engine's; refused when the store has data and the engine none
+                                     (lost journal), and when the engine has data and the store none
+                                     (lost store), unless (TigerBeetle only) other façades' markers
+                                     show a shared cluster this façade is joining, or the operator
+                                     says so (consistency.join_unmarked_engine)
 
 Coverage (exclusive engines only: the embedded engine, which exactly one process owns): the newest
 RECENT_OBJECTS_MAX customer accounts and transfers of the engine all have their rows in the store.
@@ -297,7 +298,6 @@ async def verify_startup(
     engine_id = await _marker_in_engine(engine, instance_name)
     stored = await store.instance_marker()
     store_has_data = await store.has_data()
-    created = False
     where = f"metadata store {store_path}"
     if stored is not None and stored[0] != instance_name:
         raise StartupConsistencyError(
@@ -316,19 +316,24 @@ async def verify_startup(
             f"{where} belongs to instance {stored[1]:032x} but the engine's marker for façade {instance_name!r} "
             f"is instance {engine_id:032x}: the store (or the engine) is another deployment's"
         )
-    if engine_id is None and stored is not None:
-        if store_has_data:
-            raise StartupConsistencyError(
-                f"the engine ({engine.name}) has no data of instance {stored[1]:032x}, but {where} records "
-                "accounts and transactions of it: the engine's data is missing (journal directory deleted or "
-                "replaced, or the wrong cluster). Refusing to start with less money than was acknowledged: "
-                "restore the engine's data"
-            )
-        await _write_engine_marker(engine, InstanceMarker(instance_name, stored[1]))  # Interrupted first start.
-        created = True
+    if engine_id is None and stored is not None and store_has_data:
+        raise StartupConsistencyError(
+            f"the engine ({engine.name}) has no data of instance {stored[1]:032x}, but {where} records "
+            "accounts and transactions of it: the engine's data is missing (journal directory deleted or "
+            "replaced, or the wrong cluster). Refusing to start with less money than was acknowledged: "
+            "restore the engine's data"
+        )
     marker: InstanceMarker
     if engine_id is None and stored is None:
-        if await _engine_has_customer_data(engine) and not store_has_data:
+        engine_has_data = await _engine_has_customer_data(engine)
+        if store_has_data and not engine_has_data:
+            raise StartupConsistencyError(
+                f"the engine ({engine.name}) holds no accounts or transfers, but {where} records accounts and "
+                "transactions (written by a build without instance markers): the engine's data is missing "
+                "(journal directory deleted or replaced, or the wrong cluster). Refusing to start with less "
+                "money than was acknowledged: restore the engine's data"
+            )
+        if engine_has_data and not store_has_data:
             others = await engine.query_accounts(QueryFilter(code=ACCOUNT_CODE_INSTANCE_MARKER, limit=1))
             joining = not is_exclusive(engine) and (bool(others) or join_unmarked_engine)
             if not joining:
@@ -349,6 +354,8 @@ async def verify_startup(
     else:
         assert stored is not None
         marker = InstanceMarker(instance_name, stored[1])
+        # Engine marker absent here only after an interrupted first start (a marked store without data).
+        created = engine_id is None
     accounts_checked = transfers_checked = 0
     if is_exclusive(engine):
         coverage = await _coverage(engine, store, account_cursor=0, transfer_cursor=0, newest=True)

@@ -23,12 +23,14 @@ import pytest
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
-from facade.auth import SCOPES_ALL, issue_token
+from facade.auth import SCOPES_ALL, Principal, issue_token
 from facade.changes import checkpoint as checkpoints
 from facade.changes.chain import GENESIS
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
-from facade.domain.mapping import transfer_id
-from facade.metadata_store import id_bytes
+from facade.domain.mapping import Metadata, transfer_id
+from facade.engine.embedded import EmbeddedEngine
+from facade.metadata_store import MetadataStore, id_bytes
+from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest
 from facade.settings import AuthSettings, Settings
 from projections.reconcile import ReadModelFigures, compare
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
@@ -303,3 +305,42 @@ async def test_coverage_spans_many_pages_forward_and_newest_first(tmp_path: Path
     await close(api)
     message = await refused(api.settings)
     assert "older than the engine" in message and "1 of 1100 engine transfers" in message
+
+
+async def write_without_markers(directory: Path) -> str:
+    """What a build without instance markers left behind: engine and store with data, no markers."""
+    settings = make_settings(directory)
+    engine = await EmbeddedEngine.open(settings.engine.data_dir)
+    store = await MetadataStore.open(settings.api.metadata_db)
+    service = LedgerService(engine, store, settings.api)
+    await service.start()
+    try:
+        principal = Principal("client-a", SCOPES_ALL)
+        view = await service.create_account(principal, "USD", "alice", "alice", ACCOUNT_TYPE_NO_OVERDRAFT, {})
+        alice = str(view.record.account_id)
+        [posted] = await service.post_transactions(principal, [PostRequest("fund", [credit(alice, 700)], Metadata())])
+        assert not isinstance(posted, Exception)
+    finally:
+        await service.close()
+        await store.close()
+        await engine.close()
+    return alice
+
+
+async def test_an_upgrade_from_a_build_without_markers_is_adopted(tmp_path: Path) -> None:
+    alice = await write_without_markers(tmp_path)
+    api = await open_api(tmp_path)
+    try:
+        assert await api.available(alice) == 700
+        await api.restart()  # Now marked on both sides.
+        assert await api.available(alice) == 700
+    finally:
+        await close(api)
+
+
+async def test_an_upgrade_whose_journal_was_lost_refuses(tmp_path: Path) -> None:
+    await write_without_markers(tmp_path)
+    settings = make_settings(tmp_path)
+    shutil.rmtree(settings.engine.data_dir)
+    message = await refused(settings)
+    assert "holds no accounts or transfers" in message and str(settings.api.metadata_db) in message
