@@ -6,8 +6,6 @@ them on an internal interface):
     GET /readyz    readiness: every dependency answers within its timeout — the engine, Kafka (when
                    configured), ClickHouse (when the read model is open) — and the service is not
                    draining. 503 with the failing checks otherwise; take the instance out of rotation.
-                   The "consistency" check (facade.consistency.ConsistencyMonitor.check) fails
-                   once the engine, the metadata store and the checkpoints were found to disagree.
 
 Readiness runs the checks concurrently, each bounded by `CHECK_TIMEOUT_SECONDS`, so a hung dependency
 makes /readyz answer 503 quickly instead of hanging the load balancer's probe.

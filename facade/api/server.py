@@ -200,18 +200,7 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
-    running.consistency = ConsistencyMonitor(
-        engine,
-        store,
-        marker=startup.marker,
-        checkpoint_paths=checkpoint_paths(settings),
-        read_model_position=read_model.projected_until if read_model is not None else None,
-        read_model_drift=_read_model_drift(engine, read_model),
-        interval_seconds=settings.consistency.check_interval_seconds,
-    )
-    running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))
     checks: dict[str, Check] = {"engine": engine_check(engine)}
-    checks["consistency"] = running.consistency.check
     if settings.kafka.bootstrap_servers:
         checks["kafka"] = kafka_check(settings.kafka)
     if read_model is not None:
@@ -222,6 +211,18 @@ async def start(settings: Settings) -> RunningServer:
         running.ops = await AsgiServer.start(
             build_ops_app(running.readiness), observability.metrics_host, observability.metrics_port, "ops-http"
         )
+    running.consistency = ConsistencyMonitor(
+        engine,
+        store,
+        marker=startup.marker,
+        checkpoint_paths=checkpoint_paths(settings),
+        read_model_position=read_model.projected_until if read_model is not None else None,
+        read_model_drift=_read_model_drift(engine, read_model),
+        interval_seconds=settings.consistency.check_interval_seconds,
+    )
+    running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))
+    # Readiness fails on any inconsistency the continuous check finds (engine, store, checkpoints, read model).
+    running.readiness.checks["consistency"] = running.consistency.check
     log.info(
         "serving",
         address=address,
