@@ -105,28 +105,6 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(chain)
 
 
-def checkpoint_paths(settings: Settings) -> list[Path]:
-    """The change-capture checkpoints this service advances (each must point at a change the engine holds)."""
-    paths: list[Path] = []
-    if settings.kafka.bootstrap_servers and settings.kafka.change_capture_enabled:
-        paths.append(settings.kafka.change_capture_checkpoint)
-    if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
-        paths.append(settings.clickhouse.projector_checkpoint)
-    return paths
-
-
-def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[[], Awaitable[str]] | None:
-    """The continuous check's reconciliation of the read model this service projects (None otherwise)."""
-    if read_model is None or read_model.projector is None:
-        return None
-    model = read_model
-
-    async def drift() -> str:
-        return drift_reason(await compare(engine, await model.query(read_figures)))
-
-    return drift
-
-
 async def start(settings: Settings) -> RunningServer:
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
@@ -256,3 +234,25 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("stopping")
     await running.stop()
+
+
+def checkpoint_paths(settings: Settings) -> list[Path]:
+    """The change-capture checkpoints this service advances (each must point at a change the engine holds)."""
+    paths: list[Path] = []
+    if settings.kafka.bootstrap_servers and settings.kafka.change_capture_enabled:
+        paths.append(settings.kafka.change_capture_checkpoint)
+    if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
+        paths.append(settings.clickhouse.projector_checkpoint)
+    return paths
+
+
+def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[[], Awaitable[str]] | None:
+    """The continuous check's reconciliation of the read model this service projects (None otherwise)."""
+    if read_model is None or read_model.projector is None:
+        return None
+    model = read_model
+
+    async def drift() -> str:
+        return drift_reason(await compare(engine, await model.query(read_figures)))
+
+    return drift
