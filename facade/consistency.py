@@ -310,6 +310,12 @@ async def verify_startup(
             f"façade {instance_name!r} (instance {engine_id:032x}): refusing to serve the ledger without its "
             "metadata and idempotency records. Restore the store file (with its -wal file) from where it was, "
             "or point api.metadata_db at it"
+            + (
+                ""
+                if is_exclusive(engine)
+                else f"; if this is another façade with its own store, give it its own consistency.instance_name "
+                f"(not {instance_name!r})"
+            )
         )
     if engine_id is not None and stored is not None and engine_id != stored[1]:
         raise StartupConsistencyError(

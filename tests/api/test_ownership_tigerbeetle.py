@@ -161,3 +161,4 @@ def test_a_facade_that_lost_its_store_refuses_to_start_on_tigerbeetle(tmp_path: 
     assert refused_start.returncode == 2, refused_start.stderr
     [line] = [json.loads(text) for text in refused_start.stdout.splitlines() if "refusing to start" in text]
     assert str(tmp_path / "metadata.sqlite3") in line["reason"] and "missing or new" in line["reason"]
+    assert f"its own consistency.instance_name (not {name!r})" in line["reason"]  # The other likely cause.
