@@ -69,6 +69,15 @@ CREATE TABLE transfers (
 ) WITHOUT ROWID;
 """
 
+INSTANCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instance (
+    name TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL
+);
+"""
+"""The start-up consistency marker (facade.consistency): which engine instance this store belongs to.
+Added without a schema version bump: an older store simply has no marker yet (an upgrade)."""
+
 QUERY_VARIABLES_MAX = 500
 """Ids per `IN (...)` query (SQLite's default limit is 999 variables)."""
 
@@ -134,6 +143,7 @@ class MetadataStore:
             elif version != SCHEMA_VERSION:
                 db.close()
                 raise RuntimeError(f"{path}: metadata schema version {version}, this build reads {SCHEMA_VERSION}")
+            db.executescript(INSTANCE_SCHEMA)
             return db
 
         try:
@@ -149,6 +159,55 @@ class MetadataStore:
     async def close(self) -> None:
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
+
+    # The instance marker and consistency checks (facade.consistency).
+
+    async def instance_marker(self) -> tuple[str, int] | None:
+        """(façade name, instance id) of the engine instance this store belongs to; None if unmarked."""
+
+        def query() -> tuple[str, int] | None:
+            row = self._db.execute("SELECT name, instance_id FROM instance").fetchone()
+            return (row[0], int(row[1])) if row else None
+
+        return await self._run(query)
+
+    async def put_instance_marker(self, name: str, instance_id: int) -> None:
+        """Durably records the marker (once: a store belongs to one instance for good)."""
+
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN")
+                assert self._db.execute("SELECT COUNT(*) FROM instance").fetchone()[0] == 0
+                self._db.execute("INSERT INTO instance VALUES (?, ?)", (name, str(instance_id)))
+
+        await self._run(write)
+
+    async def has_data(self) -> bool:
+        """Whether any account or transaction was ever recorded here."""
+
+        def query() -> bool:
+            return any(
+                self._db.execute(statement).fetchone()
+                for statement in ("SELECT 1 FROM accounts LIMIT 1", "SELECT 1 FROM transactions LIMIT 1")
+            )
+
+        return await self._run(query)
+
+    async def known_transfers(self, transfer_ids: Sequence[int]) -> set[int]:
+        """The transfers among `transfer_ids` whose transaction intent this store holds."""
+
+        def query() -> set[int]:
+            found: set[int] = set()
+            ids = [id_bytes(i) for i in transfer_ids]
+            for start in range(0, len(ids), QUERY_VARIABLES_MAX):
+                chunk = ids[start : start + QUERY_VARIABLES_MAX]
+                rows = self._db.execute(
+                    f"SELECT transfer_id FROM transfers WHERE transfer_id IN ({','.join('?' * len(chunk))})", chunk
+                )
+                found.update(int.from_bytes(transfer_id, "big") for (transfer_id,) in rows)
+            return found
+
+        return await self._run(query)
 
     # Accounts.
 

@@ -7,6 +7,10 @@ what the engine does not hold.
 
 Tenancy: every account belongs to the client that created it (the authenticated principal's
 client id). Reads of another client's account answer NOT_FOUND, exactly as for a missing one.
+Ownership fails closed and lives in the engine: a customer account's user_data_128 is the hash of
+its owner (facade.domain.mapping.account_owner), so every façade on one engine cluster, and a façade
+whose metadata store is new, sees the same owner. An account whose owner is unknown (missing, or
+created before owners were carried and unknown to the local store) is nobody's but an admin's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from facade.domain.mapping import (
     MappedTransaction,
     Metadata,
     account_id,
+    account_owner,
     customer_account_flags,
     decode_transaction,
     fingerprint,
@@ -47,6 +52,7 @@ from facade.domain.mapping import (
 )
 from facade.engine.protocol import Engine, EngineUnavailableError
 from facade.engine.types import (
+    BATCH_EVENTS_MAX,
     Account,
     AccountFilter,
     AccountFilterFlags,
@@ -66,6 +72,11 @@ BATCH_TRANSACTIONS_MAX = 1000
 
 ACCOUNT_TYPE_NO_OVERDRAFT = 1
 ACCOUNT_TYPE_OVERDRAFT_ALLOWED = 2
+OWNERS_CACHED_MAX = 1 << 20
+"""Accounts whose owner hash is cached (16 bytes + dict overhead each, ~200 MiB at most); the oldest
+entry is evicted first. Ownership is immutable, so a cached owner never goes stale."""
+OWNER_UNKNOWN = 0
+"""user_data_128 of accounts created before owners were carried in the engine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +117,10 @@ class LedgerService:
         self.currencies = Currencies(dict(settings.currencies))
         self.committer = GroupCommitter(engine, store, settings.write_queue_transfers_max, settings.batch_transfers_max)
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
-        self._owners: dict[int, str] = {}
-        """account id → owning client: ownership never changes, so a known owner is cached for good
-        (bounded by the number of accounts; a miss costs one metadata-store query per call)."""
+        self._owners: dict[int, int] = {}
+        """account id → owner hash (account_owner), read from the engine: ownership never changes, so a
+        known owner is cached (at most OWNERS_CACHED_MAX, oldest evicted; a miss costs one batched
+        engine lookup per call). Missing accounts and unknown owners are not cached."""
 
     async def start(self) -> None:
         """Creates each currency's settlement account (idempotently) and starts group commit."""
@@ -154,26 +166,86 @@ class LedgerService:
             metadata,
             fingerprint({"currency": currency, "owner": owner, "type": account_type, "metadata": metadata}),
         )
+        reused = DomainError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            "ACCOUNT_REFERENCE_REUSED",
+            "an account with this external_reference exists with different attributes",
+        )
+        flags = customer_account_flags(account_type == ACCOUNT_TYPE_NO_OVERDRAFT)
+        # Read first: the account may exist already, created through another façade (whose store this
+        # one does not share); a record with other attributes must not enter this store.
+        existing = await self.engine.lookup_accounts([new_id])
+        if existing and (existing[0].ledger != ledger or existing[0].flags != flags):
+            raise reused
         stored = await self.store.put_account(record)  # Metadata first: write last, read first.
         if stored.fingerprint != record.fingerprint:
-            raise DomainError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "ACCOUNT_REFERENCE_REUSED",
-                "an account with this external_reference exists with different attributes",
-            )
-        flags = customer_account_flags(account_type == ACCOUNT_TYPE_NO_OVERDRAFT)
+            raise reused
+        owner_hash = account_owner(principal.client_id)
         [result] = await self.engine.create_accounts(
-            [Account(id=new_id, ledger=ledger, code=ACCOUNT_CODE_CUSTOMER, flags=flags)]
+            [Account(id=new_id, user_data_128=owner_hash, ledger=ledger, code=ACCOUNT_CODE_CUSTOMER, flags=flags)]
         )
-        if result.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS):
+        if result.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS) and not (
+            result.status is CreateAccountStatus.EXISTS_WITH_DIFFERENT_USER_DATA_128
+            and await self._legacy_account(new_id)
+        ):
             raise DomainError(grpc.StatusCode.INTERNAL, "ACCOUNT_CREATE_FAILED", result.status.name.lower())
         return await self.get_account(principal, str(new_id))
 
+    async def _legacy_account(self, account_id_value: int) -> bool:
+        """An account created before owners were carried in the engine (user_data_128 = 0): re-creating
+        it is idempotent (the store just matched its attributes); the engine account stays immutable."""
+        found = await self.engine.lookup_accounts([account_id_value])
+        return bool(found) and found[0].user_data_128 == OWNER_UNKNOWN
+
+    async def _account_owners(self, account_ids: Sequence[int]) -> dict[int, int]:
+        """The owner hash of each existing account among `account_ids`; OWNER_UNKNOWN when the engine
+        carries none and the local store does not know it. Missing accounts are absent."""
+        owners = {a: self._owners[a] for a in account_ids if a in self._owners}
+        missing = [a for a in account_ids if a not in owners]
+        legacy: list[int] = []
+        for start in range(0, len(missing), BATCH_EVENTS_MAX):
+            for account in await self.engine.lookup_accounts(missing[start : start + BATCH_EVENTS_MAX]):
+                owners[account.id] = account.user_data_128
+                if account.user_data_128 == OWNER_UNKNOWN:
+                    legacy.append(account.id)
+        if legacy:
+            # Accounts from before owners were carried: the local store may know them; if not, they
+            # stay OWNER_UNKNOWN (admin only). A store's owner is as immutable as the engine's.
+            for legacy_id, client_id in (await self.store.account_owners(legacy)).items():
+                owners[legacy_id] = account_owner(client_id)
+        for found_id in missing:
+            owner_hash = owners.get(found_id, OWNER_UNKNOWN)
+            if owner_hash != OWNER_UNKNOWN:
+                if len(self._owners) >= OWNERS_CACHED_MAX:
+                    del self._owners[next(iter(self._owners))]
+                self._owners[found_id] = owner_hash
+        assert len(self._owners) <= OWNERS_CACHED_MAX
+        return owners
+
     async def _owned_account(self, principal: Principal, account_id_text: str) -> AccountRecord:
-        record = await self.store.get_account(parse_id(account_id_text, "account_id"))
-        if record is None or (record.client_id != principal.client_id and "ledger.admin" not in principal.scopes):
+        """The account's record, if the caller may see it. The local store's record when it has one;
+        otherwise (an account created through another façade, or a store that is new) a record made
+        from what the engine holds, for the owner by the engine's owner hash (or an admin): currency
+        and type, without the external reference, owner label and metadata the engine does not keep."""
+        requested = parse_id(account_id_text, "account_id")
+        admin = SCOPE_ADMIN in principal.scopes
+        record = await self.store.get_account(requested)
+        if record is not None:
+            if record.client_id != principal.client_id and not admin:
+                raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+            return record
+        found = await self.engine.lookup_accounts([requested])
+        if not found or found[0].code != ACCOUNT_CODE_CUSTOMER:
             raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
-        return record
+        account = found[0]
+        mine = account.user_data_128 == account_owner(principal.client_id)
+        if not mine and not admin:
+            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+        account_type = ACCOUNT_TYPE_NO_OVERDRAFT if is_no_overdraft(account) else ACCOUNT_TYPE_OVERDRAFT_ALLOWED
+        currency = self.currencies.code_of_ledger(account.ledger)
+        # The client is the caller's own when the owner hash says so; an admin reading a foreign
+        # account learns only that its owner is not the admin (the hash is one-way).
+        return AccountRecord(requested, principal.client_id if mine else "", "", currency, "", account_type, {}, "")
 
     async def get_account(self, principal: Principal, account_id_text: str) -> AccountView:
         record = await self._owned_account(principal, account_id_text)
@@ -235,13 +307,13 @@ class LedgerService:
             for leg in transaction.legs
             for account_id in (leg.debit_account_id, leg.credit_account_id)
         } - self._settlement_ids
-        unknown = [account_id for account_id in accounts if account_id not in self._owners]
-        if unknown:
-            self._owners.update(await self.store.account_owners(unknown))
+        # Fail closed: a missing account, an unknown owner and another client's owner all refuse.
+        owners = await self._account_owners(sorted(accounts))
+        caller = account_owner(principal.client_id)
         checked: list[MappedTransaction | DomainError] = []
         for transaction in mapped:
             if isinstance(transaction, MappedTransaction) and any(
-                self._owners.get(account_id, principal.client_id) != principal.client_id
+                owners.get(account_id, OWNER_UNKNOWN) != caller
                 for leg in transaction.legs
                 for account_id in (leg.debit_account_id, leg.credit_account_id)
                 if account_id not in self._settlement_ids

@@ -212,6 +212,29 @@ class ClickHouseSettings(BaseModel):
     )
 
 
+class ConsistencySettings(BaseModel):
+    """Start-up and continuous consistency between the engine, the metadata store and the change-capture
+    checkpoints (facade.consistency)."""
+
+    instance_name: str = Field(
+        default="default",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="This façade's name on its engine cluster: each façade with its own metadata store needs a "
+        "distinct one (the store and the engine both carry a marker under it).",
+    )
+    check_interval_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="Pause between rounds of the continuous consistency check."
+    )
+    join_unmarked_engine: bool = Field(
+        default=False,
+        description="TigerBeetle backend only: start with a new, empty metadata store although the cluster holds "
+        "data and no façade's marker (data that predates instance markers). For a façade joining such a shared "
+        "cluster; never to get past a lost store (its idempotency records and metadata would be gone).",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -221,3 +244,4 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
+    consistency: ConsistencySettings = ConsistencySettings()

@@ -86,6 +86,10 @@ def _differences(account_id: int, source: str, engine: Balance, clickhouse: Bala
 
 async def _engine_balance_as_of(engine: Engine, account: Account, timestamp: int) -> Balance | None:
     """The engine's balance as of `timestamp` when it can tell (history accounts), else None."""
+    if timestamp == 0:
+        # Nothing projected yet: before the first change every balance is zero. (Passed on, a zero
+        # timestamp_max would mean "unbounded" to the engine and compare the latest balances.)
+        return Balance(0, 0, 0, 0, 0)
     moved = await engine.get_account_transfers(
         AccountFilter(account_id=account.id, timestamp_min=timestamp + 1, limit=1)
     )
@@ -145,3 +149,16 @@ async def compare(engine: Engine, figures: ReadModelFigures) -> ReconciliationRe
 async def reconcile(engine: Engine, client: ClickHouseClient) -> ReconciliationReport:
     """Compares every engine account (and every account ClickHouse knows) as of the projected time."""
     return await compare(engine, read_figures(client))
+
+
+def drift_reason(report: ReconciliationReport) -> str:
+    """ "" when the read model agrees with the engine; otherwise one line saying what drifted (for
+    readiness and logs: bounded, whatever the number of drifting accounts)."""
+    if report.ok:
+        return ""
+    drifting = report.drifting_accounts
+    return (
+        f"the read model drifts from the engine as of {report.timestamp}: {len(drifting)} accounts with different "
+        f"balances (first: {drifting[0] if drifting else '-'}), {len(report.unknown_accounts)} accounts the engine "
+        f"does not have (first: {report.unknown_accounts[0] if report.unknown_accounts else '-'})"
+    )

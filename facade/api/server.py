@@ -1,9 +1,12 @@
 """Assembles and runs the service: engine, metadata store, ledger service, read model, gRPC server,
 change capture.
 
-Start-up order: engine (recovers its journal) → metadata store → settlement accounts → gRPC server →
-health SERVING. Shutdown reverses it: health NOT_SERVING (load balancers drain), stop accepting calls
-with a grace period, finish queued writes, stop change capture, close the engine.
+Start-up order: engine (recovers its journal) → metadata store → start-up consistency (engine, store
+and checkpoints agree, or the service refuses to start: facade.consistency) → settlement accounts →
+gRPC server → health SERVING; the continuous consistency check then runs in the background and
+/readyz fails on any inconsistency it finds. Shutdown reverses it: health NOT_SERVING (load balancers
+drain), stop accepting calls with a grace period, finish queued writes, stop change capture, close the
+engine.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +31,7 @@ from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
 from facade.changes.poller import ChangeCapture
+from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
 from facade.http.gateway import build_app
@@ -37,6 +42,7 @@ from facade.runtime import freeze_heap, tune_gc
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
+from projections.reconcile import compare, drift_reason, read_figures
 
 if TYPE_CHECKING:
     from facade.kafka.topics import TopicHealth
@@ -63,6 +69,7 @@ class RunningServer:
     stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     http: AsgiServer | None = None
     """The JSON gateway (facade.http), when api.http_port >= 0."""
+    consistency: ConsistencyMonitor | None = None
 
     @property
     def http_port(self) -> int:
@@ -122,6 +129,19 @@ async def start(settings: Settings) -> RunningServer:
             log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
+    try:
+        startup = await verify_startup(
+            engine,
+            store,
+            instance_name=settings.consistency.instance_name,
+            store_path=settings.api.metadata_db,
+            checkpoint_paths=checkpoint_paths(settings),
+            join_unmarked_engine=settings.consistency.join_unmarked_engine,
+        )
+    except BaseException:
+        await store.close()
+        await engine.close()
+        raise
     service = LedgerService(engine, store, settings.api)
     await service.start()
     server = grpc.aio.server(
@@ -203,6 +223,18 @@ async def start(settings: Settings) -> RunningServer:
             "ops-http",
             tls=_tls_files(settings),
         )
+    running.consistency = ConsistencyMonitor(
+        engine,
+        store,
+        marker=startup.marker,
+        checkpoint_paths=checkpoint_paths(settings),
+        read_model_position=read_model.projected_until if read_model is not None else None,
+        read_model_drift=_read_model_drift(engine, read_model),
+        interval_seconds=settings.consistency.check_interval_seconds,
+    )
+    running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))
+    # Readiness fails on any inconsistency the continuous check finds (engine, store, checkpoints, read model).
+    running.readiness.checks["consistency"] = running.consistency.check
     log.info(
         "serving",
         address=address,
@@ -222,7 +254,12 @@ async def serve(settings: Settings) -> None:
     )
     if settings.observability.otlp_endpoint:  # Otherwise the API's no-op tracer: spans cost nothing.
         configure_tracing(settings.observability.service_name, settings.observability.otlp_endpoint)
-    running = await start(settings)
+    try:
+        running = await start(settings)
+    except StartupConsistencyError as error:
+        # A refusal, not a crash: one log line that says what is damaged and what to do, exit status 2.
+        log.error("refusing to start", reason=str(error))
+        raise SystemExit(2) from error
     freeze_heap()  # The recovered ledger state is long-lived: keep it out of GC scans.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -231,3 +268,25 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("stopping")
     await running.stop()
+
+
+def checkpoint_paths(settings: Settings) -> list[Path]:
+    """The change-capture checkpoints this service advances (each must point at a change the engine holds)."""
+    paths: list[Path] = []
+    if settings.kafka.bootstrap_servers and settings.kafka.change_capture_enabled:
+        paths.append(settings.kafka.change_capture_checkpoint)
+    if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
+        paths.append(settings.clickhouse.projector_checkpoint)
+    return paths
+
+
+def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[[], Awaitable[str]] | None:
+    """The continuous check's reconciliation of the read model this service projects (None otherwise)."""
+    if read_model is None or read_model.projector is None:
+        return None
+    model = read_model
+
+    async def drift() -> str:
+        return drift_reason(await compare(engine, await model.query(read_figures)))
+
+    return drift

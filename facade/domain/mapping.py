@@ -6,6 +6,11 @@ Ledgers and accounts
   and DEBIT (money out). Customer accounts have code CUSTOMER and the `history` flag; NO_OVERDRAFT
   accounts add `debits_must_not_exceed_credits`, so the engine itself refuses to overdraw them.
 - Account ids are derived from (client, external reference): creating an account is idempotent.
+- A customer account's user_data_128 = H(owning client): the owner lives in the engine, immutable like
+  the account, so every façade on the cluster (and a façade that lost its metadata store) sees it.
+  The write path's ownership check reads it from there (facade.service). Accounts created before the
+  owner was carried have user_data_128 = 0: nobody's but an admin's, unless the local metadata store
+  knows their owner.
 
 Ids: BLAKE2b-128 with a per-kind personalisation over length-prefixed parts, so no two different
 inputs (client "a", key "bc" versus client "ab", key "c") can share an id; never 0 or 2^128-1.
@@ -69,6 +74,10 @@ BODY_VERSION = 1
 
 ACCOUNT_CODE_CUSTOMER = 1
 ACCOUNT_CODE_SETTLEMENT = 100
+ACCOUNT_CODE_INSTANCE_MARKER = 101
+"""A façade's instance marker account (facade.consistency): user_data_128 = the instance id."""
+INSTANCE_MARKER_LEDGER = 0xFFFF_FFFF
+"""The markers' own ledger: no currency uses it, so no transfer can ever touch a marker."""
 ERROR_DOMAIN = "ledger.v1"
 
 
@@ -128,6 +137,16 @@ def transfer_id(client_id: str, idempotency_key: str, leg_index: int) -> int:
 
 def account_id(client_id: str, external_reference: str) -> int:
     return _id128(b"ledger.account", f"{len(client_id)}:{client_id}{external_reference}")
+
+
+def account_owner(client_id: str) -> int:
+    """The owner hash kept in a customer account's user_data_128 (never 0: 0 means "owner unknown")."""
+    return _id128(b"ledger.owner", f"{len(client_id)}:{client_id}")
+
+
+def instance_marker_id(instance_name: str) -> int:
+    """The fixed id of a façade's instance marker account in the engine."""
+    return _id128(b"ledger.instance", instance_name)
 
 
 @functools.cache

@@ -74,3 +74,14 @@ change_capture_published_total = Counter(
 projection_lag_seconds = Gauge(
     "ledger_projection_lag_seconds", "Now minus the engine timestamp of the last change projected."
 )
+
+# Consistency between engine, metadata store, checkpoints and read model (facade.consistency).
+consistency_ok = Gauge(
+    "ledger_consistency_ok",
+    "1 while the engine, the metadata store and the checkpoints agree; 0 once an inconsistency is found.",
+)
+consistency_rounds_total = Counter(
+    "ledger_consistency_rounds_total",
+    "Continuous consistency check rounds by result: ok, inconsistent, error (could not check).",
+    ["result"],
+)

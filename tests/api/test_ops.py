@@ -62,7 +62,7 @@ async def test_health_and_readiness(api: Api) -> None:
         ready = await client.get(ops_url(api, "/readyz"))
         assert ready.status_code == 200, ready.text
         body = ready.json()
-        assert body["status"] == "ready" and set(body["checks"]) == {"engine", "clickhouse"}
+        assert body["status"] == "ready" and set(body["checks"]) == {"engine", "consistency", "clickhouse"}
         assert all(check["ok"] for check in body["checks"].values())
 
         assert api.server.readiness is not None
