@@ -134,7 +134,6 @@ def test_torn_tail_is_truncated_and_unacknowledged(tmp_path: Path) -> None:
 def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None:
     ledger = EmbeddedLedger.open(tmp_path)
     ledger.create_accounts([Account(id=i, ledger=1, code=1) for i in range(1, 3)])
-    # Enough records after the damaged one that it cannot be a torn tail.
     for batch in range(12):
         transfers = [
             Transfer(id=(batch << 32) + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1)
@@ -147,7 +146,7 @@ def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None
         byte = journal.read(1)
         journal.seek(200)
         journal.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(JournalCorruptError):
+    with pytest.raises(JournalCorruptError, match=r"op 1 at byte 0: body damaged"):
         EmbeddedLedger.open(tmp_path)
 
 
