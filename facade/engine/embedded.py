@@ -103,6 +103,11 @@ class EmbeddedLedger:
         return self._journal.size
 
     @property
+    def journal_op_last(self) -> int:
+        """The op of the last acknowledged journal record."""
+        return self._journal.op_last
+
+    @property
     def write_failure(self) -> str | None:
         """Why the engine is dead for writes until a restart (a failed fdatasync), or None."""
         return self._journal.failure

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from facade.engine.journal import (
@@ -80,10 +80,26 @@ class Finding:
     offset: int
     detail: str
     repairable: bool
+    ops_following: int = 0  # Like findings for the next ops, folded into this one (e.g. a new mirror).
 
     def __str__(self) -> str:
         verdict = "repairable" if self.repairable else "NOT repairable"
-        return f"{self.kind.value}: {self.path} op {self.op} at byte {self.offset}: {self.detail} [{verdict}]"
+        more = f" (and the {self.ops_following} ops after it)" if self.ops_following else ""
+        return f"{self.kind.value}: {self.path} op {self.op} at byte {self.offset}{more}: {self.detail} [{verdict}]"
+
+
+def _add(findings: list[Finding], finding: Finding) -> None:
+    """Appends, folding a run of like findings for consecutive ops into one."""
+    if findings:
+        last = findings[-1]
+        if (
+            (last.kind, last.path, last.repairable) == (finding.kind, finding.path, finding.repairable)
+            and last.op + last.ops_following + 1 == finding.op
+            and finding.kind in (FindingKind.RECORD_MISSING, FindingKind.HEADER_COPY_DAMAGED)
+        ):
+            findings[-1] = replace(last, ops_following=last.ops_following + 1)
+            return
+    findings.append(finding)
 
 
 @dataclass(slots=True)
@@ -274,11 +290,8 @@ def check(directory: Path, mirror: Path | None = None, *, trust_journal_without_
         for files, e in zip(copies, examined, strict=True):
             if e.record is None:
                 kind = FindingKind.RECORD_DAMAGED if e.present else FindingKind.RECORD_MISSING
-                result.findings.append(
-                    Finding(
-                        kind, files.journal_path, op, offset, f"{e.reason}; intact in {chosen_files.directory}", True
-                    )
-                )
+                detail = f"{e.reason}; intact in {chosen_files.directory}"
+                _add(result.findings, Finding(kind, files.journal_path, op, offset, detail, True))
         assert chosen.record is not None
         result.records.append(chosen.record)
         offset += len(chosen.data)
@@ -340,7 +353,8 @@ def _check_slots(result: CheckResult, copies: list[_Files]) -> None:
         for index, record in enumerate(result.records):
             start = index * HEADER_SIZE
             if files.headers[start : start + HEADER_SIZE] != expected[start : start + HEADER_SIZE]:
-                result.findings.append(
+                _add(
+                    result.findings,
                     Finding(
                         FindingKind.HEADER_COPY_DAMAGED,
                         files.headers_path,
@@ -348,7 +362,7 @@ def _check_slots(result: CheckResult, copies: list[_Files]) -> None:
                         start,
                         "rewritten from the intact record" if start < len(files.headers) else "missing; rewritten",
                         True,
-                    )
+                    ),
                 )
         if len(files.headers) > len(expected):
             result.findings.append(
