@@ -66,6 +66,7 @@ import fcntl
 import hashlib
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,6 +291,11 @@ class Journal:
         self.checksum_last = checksum_last
         self.size = size
         self.failure: str | None = None  # Set for good by a fatal write error.
+        self._sync_executor = (
+            ThreadPoolExecutor(max_workers=len(copies) - 1, thread_name_prefix="ledger-journal-sync")
+            if len(copies) > 1
+            else None
+        )
         for copy in self._copies:
             assert os.fstat(copy.journal_fd).st_size == size
             assert os.fstat(copy.headers_fd).st_size == op_last * HEADER_SIZE
@@ -338,12 +344,18 @@ class Journal:
                 ) from error
 
     def _sync_all(self, *, kind: str) -> None:
-        for copy in self._copies:
-            fd = copy.journal_fd if kind == "journal" else copy.headers_fd
+        """fdatasyncs every copy; the mirror's in parallel (fdatasync releases the GIL), so a mirror
+        costs about one disk flush of latency, not two."""
+        fds = [copy.journal_fd if kind == "journal" else copy.headers_fd for copy in self._copies]
+        errors: list[OSError | None]
+        if self._sync_executor is None:
+            errors = [_fdatasync(fds[0])]
+        else:
+            futures = [self._sync_executor.submit(_fdatasync, fd) for fd in fds[1:]]
+            errors = [_fdatasync(fds[0])] + [future.result() for future in futures]
+        for copy, error in zip(self._copies, errors, strict=True):
             path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
-            try:
-                os.fdatasync(fd)
-            except OSError as error:
+            if error is not None:
                 self.failure = (
                     f"fdatasync of {path} failed ({errno.errorcode.get(error.errno or 0, '?')}): after a failed "
                     "fdatasync the page cache cannot be trusted, so the engine writes nothing more; the "
@@ -407,6 +419,16 @@ class Journal:
             os.close(copy.headers_fd)
         for lock_fd in self._lock_fds:
             unlock_directory(lock_fd)
+        if self._sync_executor is not None:
+            self._sync_executor.shutdown(wait=True)
+
+
+def _fdatasync(fd: int) -> OSError | None:
+    try:
+        os.fdatasync(fd)
+    except OSError as error:
+        return error
+    return None
 
 
 def _write_fully(fd: int, data: bytes) -> None:
