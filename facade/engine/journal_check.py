@@ -107,6 +107,7 @@ class CheckResult:
     directories: list[Path]
     records: list[Record] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    durable_op_max: int = 0  # The highest op any valid header copy vouches for.
 
     @property
     def healthy(self) -> bool:
@@ -122,7 +123,10 @@ class CheckResult:
 
     def report(self) -> str:
         where = " + ".join(str(directory) for directory in self.directories)
-        lines = [f"journal {where}: {len(self.records)} intact records, {self.size} bytes"]
+        lines = [
+            f"journal {where}: {len(self.records)} intact records, {self.size} bytes; "
+            f"header copies vouch for {self.durable_op_max} records"
+        ]
         lines += [f"  {finding}" for finding in self.findings]
         return "\n".join(lines)
 
@@ -248,6 +252,7 @@ def check(directory: Path, mirror: Path | None = None, *, trust_journal_without_
     from a torn one."""
     copies = [_load(directory)] + ([_load(mirror)] if mirror is not None else [])
     result = CheckResult([files.directory for files in copies])
+    result.durable_op_max = max(files.slot_op_max() for files in copies)
     with_headers = [files for files in copies if files.headers_present]
     for files in copies:
         if files.journal and not files.headers_present:
