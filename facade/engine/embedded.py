@@ -85,6 +85,9 @@ class EmbeddedLedger:
         self.write_blocked: str | None = None
         """Why writes are refused for now (e.g. disk full); cleared by the first append that succeeds."""
         self._write_attempt_monotonic = 0.0
+        # Set if the state could not be rebuilt after a failed append: it may hold an unacknowledged
+        # batch, so nothing more is served from it, reads included.
+        self._state_failure: str | None = None
 
     @classmethod
     def open(
@@ -110,10 +113,15 @@ class EmbeddedLedger:
     @property
     def write_failure(self) -> str | None:
         """Why the engine is dead for writes until a restart (a failed fdatasync), or None."""
-        return self._journal.failure
+        return self._journal.failure or self._state_failure
+
+    def _check_readable(self) -> None:
+        if self._state_failure is not None:
+            raise EngineUnavailableError(self._state_failure)
 
     def _check_writable(self, size: int) -> None:
         """Refuses a write at once, before touching the state, when it cannot be journaled."""
+        self._check_readable()
         failure = self._journal.failure
         if failure is not None:
             raise EngineUnavailableError(f"engine is dead for writes until restarted: {failure}")
@@ -156,7 +164,14 @@ class EmbeddedLedger:
             self._journal.append(records)
         except JournalWriteError as error:
             # The state already holds the batch: go back to exactly what was acknowledged.
-            self.state = _rebuild(self._journal.read_acknowledged())
+            try:
+                self.state = _rebuild(self._journal.read_acknowledged())
+            except BaseException as rebuild_error:
+                self._state_failure = (
+                    f"engine failed: the append failed ({error}) and re-reading the acknowledged journal "
+                    f"failed too ({rebuild_error!r}); restart to recover from the journal"
+                )
+                raise EngineUnavailableError(self._state_failure) from rebuild_error
             if error.fatal:
                 raise EngineUnavailableError(f"engine is dead for writes until restarted: {error}") from error
             self.write_blocked = str(error)
@@ -230,26 +245,33 @@ class EmbeddedLedger:
         return results
 
     def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        self._check_readable()
         validate_ids(list(ids))
         return self.state.lookup_accounts(ids)
 
     def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        self._check_readable()
         validate_ids(list(ids))
         return self.state.lookup_transfers(ids)
 
     def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
+        self._check_readable()
         return self.state.get_account_transfers(filter)
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
+        self._check_readable()
         return self.state.get_account_balances(filter)
 
     def query_accounts(self, filter: QueryFilter) -> list[Account]:
+        self._check_readable()
         return self.state.query_accounts(filter)
 
     def query_transfers(self, filter: QueryFilter) -> list[Transfer]:
+        self._check_readable()
         return self.state.query_transfers(filter)
 
     def get_change_events(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
+        self._check_readable()
         return self.state.get_change_events(filter)
 
     def next_expiry(self) -> int | None:

