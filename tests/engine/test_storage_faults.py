@@ -35,6 +35,7 @@ from ._journal_workload import CODE, LEDGER, NANOSECONDS_PER_SECOND, Acknowledge
 SEED = int(os.environ.get("LEDGER_FAULT_SEED", random.SystemRandom().randrange(1 << 32)))
 FLIPS_PER_PART = 2  # Random bits per record part (header, body) per copy.
 LARGE_TRANSFERS_PER_BATCH = 8189
+UNIFORM_CASES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,3 +385,74 @@ def test_format_v1_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / JOURNAL_FILE).write_bytes(bytes(32) + (0x4C474A31).to_bytes(4, "little") + bytes(44))
     with pytest.raises(JournalFormatError, match="format v1 journal"):
         EmbeddedLedger.open(tmp_path)
+
+
+def test_torn_two_record_append_keeps_whole_records_only(tmp_path: Path) -> None:
+    """A pulse and a batch written in one append, torn at every length: each record is kept whole or
+    dropped whole, and the acknowledged base is always there."""
+    base, acknowledged = _base(tmp_path)
+    extended = tmp_path / "extended"
+    shutil.copytree(base, extended)
+    clock = Clock()
+    clock.now_ns += 20 * NANOSECONDS_PER_SECOND  # The pending transfers expire inside the next append.
+    ledger = EmbeddedLedger.open(extended, clock)
+    try:
+        ids = [a.id for a in acknowledged.accounts]
+        batch = [
+            Transfer(
+                id=3 * 10**9 + i, debit_account_id=ids[4], credit_account_id=ids[5], amount=3, ledger=LEDGER, code=CODE
+            )
+            for i in range(4)
+        ]
+        ledger.create_transfers(batch)
+        after_both = _snapshot(ledger, acknowledged, batch)
+    finally:
+        ledger.close()
+    records = check(extended).records
+    pulse, last = records[-2].header, records[-1].header
+    assert (pulse.operation, last.operation) == (Operation.PULSE, Operation.CREATE_TRANSFERS)
+    journal = (extended / JOURNAL_FILE).read_bytes()
+    headers = (base / HEADERS_FILE).read_bytes()
+    case = tmp_path / "case"
+    shutil.copytree(base, case)
+    _write(case, journal[: pulse.offset + pulse.record_size], headers)
+    ledger = EmbeddedLedger.open(case)
+    try:
+        after_pulse = _snapshot(ledger, acknowledged, [])
+    finally:
+        ledger.close()
+    for length in range(len(journal) - pulse.offset + 1):
+        _write(case, journal[: pulse.offset + length], headers)
+        if length < pulse.record_size:
+            truth = acknowledged
+        elif length < pulse.record_size + last.record_size:
+            truth = after_pulse
+        else:
+            truth = after_both
+        assert _open_and_judge(case, None, truth) == "recovered", f"torn at {length}"
+    print(f"\ntorn two-record append (pulse + batch): {len(journal) - pulse.offset + 1} lengths recovered, lost: 0")
+
+
+def test_bit_flips_at_uniform_random_offsets_anywhere(small: Pristine, tmp_path: Path) -> None:
+    """Offsets drawn over the whole of either file, with and without a mirror."""
+    rng = random.Random(SEED + 5)
+    counts: Counter[str] = Counter()
+    journal_size = (small.directory / JOURNAL_FILE).stat().st_size
+    headers_size = (small.directory / HEADERS_FILE).stat().st_size
+    for case in range(UNIFORM_CASES):
+        name = JOURNAL_FILE if rng.random() < 0.8 else HEADERS_FILE
+        offset = rng.randrange(journal_size if name == JOURNAL_FILE else headers_size)
+        with_mirror = case % 4 == 0
+        directory, mirror = _copy(small, tmp_path / "case")
+        _flip(directory / name, offset, rng.randrange(8))
+        outcome = _open_and_judge(directory, mirror if with_mirror else None, small.acknowledged)
+        if name == JOURNAL_FILE:
+            op = next(s.op for s in small.spans if s.offset <= offset < s.offset + s.size)
+        else:
+            op = offset // HEADER_SIZE + 1
+        where = f"seed {SEED}: {name} byte {offset} (op {op}), mirror={with_mirror}"
+        expected = "refused" if name == JOURNAL_FILE and not with_mirror else "recovered"
+        assert outcome == expected, where
+        counts["tried"] += 1
+        counts[outcome] += 1
+    print(f"\nbit flips at uniform offsets: {dict(counts)}, acknowledged lost: 0")
