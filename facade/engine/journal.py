@@ -281,8 +281,8 @@ class Journal:
         self._copies = [
             _Copy(
                 directory,
-                os.open(directory / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND),
-                os.open(directory / HEADERS_FILE, os.O_WRONLY | os.O_APPEND),
+                os.open(directory / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+                os.open(directory / HEADERS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
             )
             for directory in copies
         ]

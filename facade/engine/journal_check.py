@@ -432,10 +432,13 @@ def recover(directory: Path, mirror: Path | None = None) -> tuple[Journal, list[
         for path in directories:
             lock_fds.append(lock_directory(path))
         for path in directories:
-            if not (path / JOURNAL_FILE).exists():
-                # A new data directory (or a new mirror, filled from the primary below).
+            journal_path = path / JOURNAL_FILE
+            new = not journal_path.exists()
+            if new or (journal_path.stat().st_size == 0 and not (path / HEADERS_FILE).exists()):
+                # A new data directory (or a new mirror, filled from the primary below). The entries
+                # are made durable before anything is acknowledged into them.
                 (path / HEADERS_FILE).touch()
-                (path / JOURNAL_FILE).touch()
+                journal_path.touch()
                 fsync_directory(path)
         result = check(directory, mirror)
         if not result.repairable:
