@@ -115,8 +115,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_journal_command(args, settings))
     if args.command == "serve":
         from facade.api.server import serve
+        from facade.engine.journal import JournalCorruptError
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except JournalCorruptError as error:  # A refusal to start, not a crash: say exactly why.
+            raise SystemExit(f"ledger serve: {error}") from None
     elif args.command == "dev-token":
         from facade.auth import issue_token
 

@@ -85,3 +85,29 @@ def test_backup_of_a_live_engine_restores_every_acknowledged_record(tmp_path: Pa
     finally:
         ledger.close()
     assert check(tmp_path / "new", tmp_path / "new-mirror").healthy
+
+
+def test_serve_refuses_to_start_on_damage_naming_it(tmp_path: Path) -> None:
+    directory = tmp_path / "data" / "engine"
+    write_workload(directory, records=6, transfers_per_batch=10, seed=9)
+    last = check(directory).records[-1].header
+    _flip(directory / JOURNAL_FILE, last.offset + 5)  # The last record's header: acknowledged, not torn.
+    environment = {
+        "LEDGER_ENGINE__DATA_DIR": str(directory),
+        "LEDGER_API__PORT": "0",
+        "LEDGER_API__HTTP_PORT": "-1",
+        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
+        "LEDGER_OBSERVABILITY__METRICS_PORT": "0",
+    }
+    served = subprocess.run(
+        [str(LEDGER_SCRIPT), "serve"],
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, **environment},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert served.returncode == 1, served.stdout + served.stderr
+    assert f"{directory / JOURNAL_FILE} op {last.op} at byte {last.offset}: header damaged" in served.stderr
+    assert "Traceback" not in served.stderr
