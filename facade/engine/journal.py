@@ -51,11 +51,12 @@ from 1 (the full decision lives in `facade.engine.journal_check`):
 The v1 format (no header copies) is refused with a clear message rather than migrated: it only ever
 held development data, and a refusal cannot silently lose what a migration bug would.
 
-Write faults (`JournalWriteError`): a failed write (ENOSPC, EDQUOT, EFBIG, EIO on write) is rolled
-back: the files are truncated to the last acknowledged size (header copies first, so a crash midway
-leaves at worst a complete unacknowledged record) and synced, and the journal stays usable. A failed
-fdatasync is fatal for writes: after it the page cache cannot be trusted (fsyncgate), so nothing more
-is written until a restart re-reads the disk.
+Write faults (`JournalWriteError`): a failed write is rolled back: the files are truncated to the
+last acknowledged size (header copies first, so a crash midway leaves at worst a complete
+unacknowledged record) and synced. After a lack of space (ENOSPC, EDQUOT, EFBIG) the journal stays
+usable and the next append may succeed. A failed fdatasync, an EIO from a write, or a rollback that
+cannot be synced is fatal for writes: after it the page cache cannot be trusted (fsyncgate), so
+nothing more is written until a restart re-reads the disk.
 """
 
 from __future__ import annotations
@@ -335,10 +336,14 @@ class Journal:
                 _write_fully(fd, data)
             except OSError as error:
                 self._rollback()  # Raises a fatal error itself if the rollback cannot be made durable.
-                reason = os.strerror(error.errno) if error.errno else str(error)
+                name = errno.errorcode.get(error.errno or 0, "?")
+                reason = f"writing {path} failed ({name}: {os.strerror(error.errno) if error.errno else error})"
+                if error.errno == errno.EIO:
+                    # The device failed, not the space: as after a failed fdatasync, trust nothing more.
+                    self.failure = f"{reason}; the append was rolled back and the engine writes nothing more"
+                    raise JournalWriteError(self.failure, fatal=True, errno_value=error.errno) from error
                 raise JournalWriteError(
-                    f"writing {path} failed ({errno.errorcode.get(error.errno or 0, '?')}: {reason}); "
-                    "the append was rolled back, nothing of it was applied",
+                    f"{reason}; the append was rolled back, nothing of it was applied",
                     fatal=False,
                     errno_value=error.errno,
                 ) from error

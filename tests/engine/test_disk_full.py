@@ -203,3 +203,29 @@ def test_failed_fdatasync_is_dead_for_writes_but_reads_serve_acknowledged_state(
         _assert_serving(reopened, acknowledged + ([3] if in_doubt else []), 4)
     finally:
         reopened.close()
+
+
+def test_eio_from_a_write_is_dead_for_writes_and_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = EmbeddedLedger.open(tmp_path)
+    try:
+        ledger.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        ledger.create_transfers(_batch(1))
+        write = os.write
+
+        def failing(fd: int, data: bytes) -> int:
+            raise OSError(errno.EIO, f"fd {fd}, {len(data)} bytes: {os.strerror(errno.EIO)}")
+
+        monkeypatch.setattr(os, "write", failing)
+        with pytest.raises(EngineUnavailableError, match=r"dead for writes.*EIO"):
+            ledger.create_transfers(_batch(2))
+        monkeypatch.setattr(os, "write", write)
+        assert ledger.write_failure is not None and ledger.write_blocked is None
+        _assert_files_at_acknowledged_size(ledger, tmp_path)
+        _assert_serving(ledger, [1], 2)
+    finally:
+        ledger.close()
+    reopened = EmbeddedLedger.open(tmp_path)
+    try:
+        _assert_serving(reopened, [1], 2)
+    finally:
+        reopened.close()
