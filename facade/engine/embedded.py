@@ -127,11 +127,9 @@ class EmbeddedLedger:
             raise EngineUnavailableError(f"engine is dead for writes until restarted: {failure}")
         if self.write_blocked is None:
             return
-        now = time.monotonic()
-        if now - self._write_attempt_monotonic < WRITE_RETRY_INTERVAL_SECONDS or not self._journal.space_available(
-            size
-        ):
-            raise EngineUnavailableError(f"writes paused: {self.write_blocked}")
+        retry_due = time.monotonic() - self._write_attempt_monotonic >= WRITE_RETRY_INTERVAL_SECONDS
+        if not retry_due or not self._journal.space_available(size):
+            raise EngineUnavailableError(f"writes paused until the disk has room (last failure: {self.write_blocked})")
 
     def _record(
         self, operation: Operation, *, timestamp: int, count: int, results_checksum: int, body: bytes,
