@@ -8,6 +8,12 @@ ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
 ledger kafka init                    create the service's topics (LEDGER_KAFKA__* settings) and verify them
 ledger kafka schema [--out FILE]     the ledger.v1 descriptor set (protoc --decode, schema registries)
+ledger doctor [--data-dir D] [--mirror-dir M] [--repair]
+                                     verify (and repair) the embedded engine's journal offline;
+                                     exit 0 healthy/repaired, 1 damage found or unrepairable
+ledger backup --to DIR [--data-dir D] copy the verified, acknowledged journal (works while serving)
+ledger restore --from DIR [--data-dir D] [--mirror-dir M]
+                                     copy a verified backup into an empty data directory
 
 The ClickHouse read model (projections/cli.py has the details):
 ledger project [--source engine|kafka] [--once]
@@ -80,6 +86,33 @@ def _kafka_init(settings: Settings) -> None:
               f"replication {spec.replication_factor}, {dict(spec.config)}")  # fmt: skip
 
 
+def _journal_command(args: argparse.Namespace, settings: Settings) -> int:
+    """doctor / backup / restore on the embedded engine's journal (facade/engine/journal_check.py)."""
+    from pathlib import Path
+
+    from facade.engine.journal import JournalCorruptError, JournalLockedError
+    from facade.engine.journal_check import backup, doctor, restore
+
+    data_dir = Path(args.data_dir) if args.data_dir else settings.engine.data_dir
+    mirror_value = getattr(args, "mirror_dir", None) or settings.engine.mirror_dir
+    mirror = Path(mirror_value) if mirror_value else None
+    try:
+        if args.command == "doctor":
+            code, report = doctor(data_dir, mirror, repair=args.repair)
+            print(report)
+            return code
+        if args.command == "backup":
+            result = backup(data_dir, Path(args.to), mirror)
+            print(f"backed up {len(result.records)} records ({result.size} bytes) to {args.to}")
+            return 0
+        result = restore(Path(args.source), data_dir, mirror)
+        print(f"restored {len(result.records)} records ({result.size} bytes) into {data_dir}")
+        return 0
+    except (JournalCorruptError, JournalLockedError, FileExistsError) as error:
+        print(f"ledger {args.command}: {error}")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,6 +149,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="create the missing topics (entries, commands, results, DLQ, checkpoints) with the partitions, "
         "replication and min.insync.replicas from LEDGER_KAFKA__* settings, and verify the existing ones",
     )
+    doctor = commands.add_parser("doctor", help="verify (and repair) the embedded engine's journal")
+    backup = commands.add_parser("backup", help="copy the verified, acknowledged journal to a directory")
+    restore = commands.add_parser("restore", help="copy a verified backup into an empty data directory")
+    for journal_command in (doctor, backup, restore):
+        journal_command.add_argument("--data-dir", default=None, help="default: LEDGER_ENGINE__DATA_DIR")
+    for journal_command in (doctor, backup, restore):
+        journal_command.add_argument("--mirror-dir", default=None, help="default: LEDGER_ENGINE__MIRROR_DIR")
+    doctor.add_argument("--repair", action="store_true", help="restore damage from intact copies")
+    backup.add_argument("--to", required=True)
+    restore.add_argument("--from", dest="source", required=True)
     from projections import cli as read_model
 
     read_model.register(commands)
@@ -123,14 +166,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings()
     if hasattr(args, "projections_run"):
         raise SystemExit(read_model.run(args, settings))
+    if args.command in ("doctor", "backup", "restore"):
+        raise SystemExit(_journal_command(args, settings))
     if args.command == "serve":
         from facade._token import JwksError
         from facade.api.server import serve
         from facade.auth import InsecureStartError
+        from facade.engine.journal import JournalCorruptError
 
         try:
             asyncio.run(serve(settings))
-        except (InsecureStartError, JwksError) as error:
+        except (InsecureStartError, JwksError, JournalCorruptError) as error:  # A refusal, not a crash: say why.
             raise SystemExit(f"ledger serve: {error}") from None
     elif args.command == "dev-token":
         from facade.auth import issue_token

@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class EngineSettings(BaseModel):
     backend: Literal["embedded", "tigerbeetle"] = "embedded"
     data_dir: Path = Field(default=Path("data/engine"), description="Embedded engine: journal directory.")
+    mirror_dir: Path | None = Field(
+        default=None,
+        description="Embedded engine: a second journal copy (ideally another disk), fsynced before every "
+        "acknowledgement; damaged records are restored from it at start-up.",
+    )
     tb_cluster_id: int = Field(default=0, ge=0, description="TigerBeetle backend: cluster id.")
     tb_addresses: str = Field(default="3000", description="TigerBeetle backend: comma-separated replica addresses.")
 

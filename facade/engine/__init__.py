@@ -19,4 +19,4 @@ async def open_engine(settings: EngineSettings) -> Engine:
         return TigerBeetleEngine(cluster_id=settings.tb_cluster_id, addresses=settings.tb_addresses)
     from facade.engine.embedded import EmbeddedEngine
 
-    return await EmbeddedEngine.open(settings.data_dir)
+    return await EmbeddedEngine.open(settings.data_dir, mirror_dir=settings.mirror_dir)

@@ -9,9 +9,14 @@
 A batch that changed nothing (every event failed without burning an id, or every event `exists`)
 is not journaled: an idempotent retry costs no fsync.
 
-If the journal write fails, the in-memory state is ahead of the disk: the ledger marks itself failed
-and refuses every further call; a restart recovers from the journal (TigerBeetle crashes in that
-situation for the same reason: after a failed fsync the page cache cannot be trusted).
+If the journal append fails, the in-memory state is ahead of the disk, so it is rebuilt from the
+acknowledged journal (reads never see an unacknowledged batch) and:
+- a failed *write* (disk full, quota, EIO on write) was rolled back completely by the journal: writes
+  answer EngineUnavailableError with the reason (`write_blocked`) and resume by themselves once the
+  file system has room again (probed with statvfs, at most every WRITE_RETRY_INTERVAL_SECONDS);
+- a failed *fdatasync* makes the engine dead for writes until a restart (`write_failure`): after it the
+  page cache cannot be trusted (TigerBeetle crashes in that situation for the same reason). Reads keep
+  serving the acknowledged state; liveness checks should read `write_failure`.
 
 `EmbeddedEngine` is the async Engine: every operation, read or write, runs on one dedicated thread,
 in arrival order. That single writer gives linearizability for free: a read issued after an
@@ -31,7 +36,8 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
-from facade.engine.journal import Journal, Operation, Record, encode_record
+from facade.engine.journal import HEADER_SIZE, Header, Journal, JournalWriteError, Operation, Record, encode_record
+from facade.engine.journal_check import recover
 from facade.engine.protocol import EngineUnavailableError
 from facade.engine.state_machine import StateMachine
 from facade.engine.types import (
@@ -52,6 +58,9 @@ from facade.observability import metrics
 
 PULSE_INTERVAL_SECONDS = 0.1
 """How often the engine checks for expired pending transfers when no writes arrive."""
+WRITE_RETRY_INTERVAL_SECONDS = 1.0
+"""While writes are blocked (disk full), how often a write may re-try the disk instead of being refused
+at once: each failed attempt costs a rebuild of the state from the journal."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -73,16 +82,20 @@ class EmbeddedLedger:
         self._journal = journal
         self.state = state
         self._clock = clock
-        self._failed: BaseException | None = None
+        self.write_blocked: str | None = None
+        """Why writes are refused for now (e.g. disk full); cleared by the first append that succeeds."""
+        self._write_attempt_monotonic = 0.0
+        # Set if the state could not be rebuilt after a failed append: it may hold an unacknowledged
+        # batch, so nothing more is served from it, reads included.
+        self._state_failure: str | None = None
 
     @classmethod
-    def open(cls, directory: Path, clock: Callable[[], int] = time.time_ns) -> EmbeddedLedger:
-        journal, records = Journal.open(directory)
-        state = StateMachine()
+    def open(
+        cls, directory: Path, clock: Callable[[], int] = time.time_ns, *, mirror: Path | None = None
+    ) -> EmbeddedLedger:
+        journal, records, _ = recover(directory, mirror)
         try:
-            for record in records:
-                _replay(state, record)
-            state.check_invariants()
+            state = _rebuild(records)
         except BaseException:
             journal.close()
             raise
@@ -92,30 +105,81 @@ class EmbeddedLedger:
     def journal_size(self) -> int:
         return self._journal.size
 
-    def _check_usable(self) -> None:
-        if self._failed is not None:
-            raise EngineUnavailableError(f"engine failed and must be restarted: {self._failed!r}")
+    @property
+    def journal_op_last(self) -> int:
+        """The op of the last acknowledged journal record."""
+        return self._journal.op_last
 
-    def _pulse_record(self, realtime_ns: int) -> bytes | None:
+    @property
+    def write_failure(self) -> str | None:
+        """Why the engine is dead for writes until a restart (a failed fdatasync), or None."""
+        return self._journal.failure or self._state_failure
+
+    def _check_readable(self) -> None:
+        if self._state_failure is not None:
+            raise EngineUnavailableError(self._state_failure)
+
+    def _check_writable(self, size: int) -> None:
+        """Refuses a write at once, before touching the state, when it cannot be journaled."""
+        self._check_readable()
+        failure = self._journal.failure
+        if failure is not None:
+            raise EngineUnavailableError(f"engine is dead for writes until restarted: {failure}")
+        if self.write_blocked is None:
+            return
+        retry_due = time.monotonic() - self._write_attempt_monotonic >= WRITE_RETRY_INTERVAL_SECONDS
+        if not retry_due or not self._journal.space_available(size):
+            raise EngineUnavailableError(f"writes paused until the disk has room (last failure: {self.write_blocked})")
+
+    def _record(
+        self, operation: Operation, *, timestamp: int, count: int, results_checksum: int, body: bytes,
+        previous: Header | None,
+    ) -> tuple[Header, bytes]:  # fmt: skip
+        journal = self._journal
+        if previous is None:
+            op, offset, parent = journal.op_last + 1, journal.size, journal.checksum_last
+        else:
+            op, offset, parent = previous.op + 1, previous.offset + previous.record_size, previous.checksum
+        return encode_record(
+            op=op, parent=parent, offset=offset, operation=operation, timestamp=timestamp, count=count,
+            results_checksum=results_checksum, body=body,
+        )  # fmt: skip
+
+    def _pulse_record(self, realtime_ns: int) -> tuple[Header, bytes] | None:
         next_expiry = self.state.next_expiry()
         if next_expiry is None or next_expiry > realtime_ns:
             return None
         expired = self.state.pulse(realtime_ns)
         assert expired > 0
-        return encode_record(self._journal.next_op(), Operation.PULSE, realtime_ns, expired, 0, b"")
+        return self._record(
+            Operation.PULSE, timestamp=realtime_ns, count=expired, results_checksum=0, body=b"", previous=None
+        )
 
-    def _commit(self, records: list[bytes]) -> None:
+    def _commit(self, records: list[tuple[Header, bytes]]) -> None:
         started = time.perf_counter()
+        self._write_attempt_monotonic = time.monotonic()
         try:
             self._journal.append(records)
-            metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
-        except BaseException as error:
-            self._failed = error
-            raise EngineUnavailableError(f"journal write failed; engine stopped: {error!r}") from error
+        except JournalWriteError as error:
+            # The state already holds the batch: go back to exactly what was acknowledged.
+            try:
+                self.state = _rebuild(self._journal.read_acknowledged())
+            except BaseException as rebuild_error:
+                self._state_failure = (
+                    f"engine failed: the append failed ({error}) and re-reading the acknowledged journal "
+                    f"failed too ({rebuild_error!r}); restart to recover from the journal"
+                )
+                raise EngineUnavailableError(self._state_failure) from rebuild_error
+            if error.fatal:
+                raise EngineUnavailableError(f"engine is dead for writes until restarted: {error}") from error
+            self.write_blocked = str(error)
+            raise EngineUnavailableError(f"writes paused: {error}; they resume when the disk has room") from error
+        metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
+        self.write_blocked = None
 
     def pulse(self) -> int:
         """Expires due pending transfers durably; returns how many expired."""
-        self._check_usable()
+        self._check_writable(HEADER_SIZE)
         before = len(self.state.changes)
         record = self._pulse_record(self._clock())
         if record is not None:
@@ -123,12 +187,12 @@ class EmbeddedLedger:
         return len(self.state.changes) - before
 
     def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
-        self._check_usable()
         if len(accounts) > BATCH_EVENTS_MAX:
             raise FieldRangeError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not accounts:
             return []
         body = encode_accounts(accounts)
+        self._check_writable(HEADER_SIZE + len(body))
         events = decode_accounts(body)
         state = self.state
         timestamp = state.prepare(len(events), self._clock())
@@ -136,24 +200,26 @@ class EmbeddedLedger:
         results = state.create_accounts(events, timestamp)
         if state.dirty:
             checksum = _results_checksum([r.status for r in results])
-            op = self._journal.next_op()
-            record = encode_record(op, Operation.CREATE_ACCOUNTS, timestamp, len(events), checksum, body)
+            record = self._record(
+                Operation.CREATE_ACCOUNTS, timestamp=timestamp, count=len(events), results_checksum=checksum,
+                body=body, previous=None,
+            )  # fmt: skip
             self._commit([record])
         return results
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        self._check_usable()
         if len(transfers) > BATCH_EVENTS_MAX:
             raise FieldRangeError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
             return []
         body = encode_transfers(transfers)
+        self._check_writable(2 * HEADER_SIZE + len(body))
         events = decode_transfers(body)
         state = self.state
         realtime_ns = self._clock()
         # Expire first, in its own record, so limits see released reservations as TigerBeetle's
         # pulse would have released them.
-        records: list[bytes] = []
+        records: list[tuple[Header, bytes]] = []
         pulse = self._pulse_record(realtime_ns)
         if pulse is not None:
             records.append(pulse)
@@ -162,40 +228,48 @@ class EmbeddedLedger:
         results = state.create_transfers(events, timestamp)
         if state.dirty:
             checksum = _results_checksum([r.status for r in results])
-            op = self._journal.next_op()
-            records.append(encode_record(op, Operation.CREATE_TRANSFERS, timestamp, len(events), checksum, body))
+            records.append(
+                self._record(
+                    Operation.CREATE_TRANSFERS,
+                    timestamp=timestamp,
+                    count=len(events),
+                    results_checksum=checksum,
+                    body=body,
+                    previous=pulse[0] if pulse is not None else None,
+                )
+            )
         if records:
             self._commit(records)
         return results
 
     def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
-        self._check_usable()
+        self._check_readable()
         validate_ids(list(ids))
         return self.state.lookup_accounts(ids)
 
     def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
-        self._check_usable()
+        self._check_readable()
         validate_ids(list(ids))
         return self.state.lookup_transfers(ids)
 
     def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
-        self._check_usable()
+        self._check_readable()
         return self.state.get_account_transfers(filter)
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
-        self._check_usable()
+        self._check_readable()
         return self.state.get_account_balances(filter)
 
     def query_accounts(self, filter: QueryFilter) -> list[Account]:
-        self._check_usable()
+        self._check_readable()
         return self.state.query_accounts(filter)
 
     def query_transfers(self, filter: QueryFilter) -> list[Transfer]:
-        self._check_usable()
+        self._check_readable()
         return self.state.query_transfers(filter)
 
     def get_change_events(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
-        self._check_usable()
+        self._check_readable()
         return self.state.get_change_events(filter)
 
     def next_expiry(self) -> int | None:
@@ -203,6 +277,16 @@ class EmbeddedLedger:
 
     def close(self) -> None:
         self._journal.close()
+
+
+def _rebuild(records: list[Record]) -> StateMachine:
+    """A state machine holding exactly `records`, replayed in order and checked."""
+    state = StateMachine()
+    for record in records:
+        _replay(state, record)
+    state.check_invariants()
+    assert not records or state.prepare_timestamp > 0
+    return state
 
 
 def _replay(state: StateMachine, record: Record) -> None:
@@ -234,11 +318,16 @@ class EmbeddedEngine:
         self._pulse_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, clock: Callable[[], int] = time.time_ns) -> EmbeddedEngine:
+    async def open(
+        cls, data_dir: Path, clock: Callable[[], int] = time.time_ns, *, mirror_dir: Path | None = None
+    ) -> EmbeddedEngine:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-engine")
         loop = asyncio.get_running_loop()
+        mirror = Path(mirror_dir) if mirror_dir is not None else None
         try:
-            ledger = await loop.run_in_executor(executor, EmbeddedLedger.open, Path(data_dir), clock)
+            ledger = await loop.run_in_executor(
+                executor, lambda: EmbeddedLedger.open(Path(data_dir), clock, mirror=mirror)
+            )
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -249,6 +338,17 @@ class EmbeddedEngine:
     @property
     def ledger(self) -> EmbeddedLedger:
         return self._ledger
+
+    @property
+    def write_failure(self) -> str | None:
+        """Set for good when the engine is dead for writes (a failed fdatasync): liveness should fail.
+        Reads keep serving the acknowledged state."""
+        return self._ledger.write_failure
+
+    @property
+    def write_blocked(self) -> str | None:
+        """Why writes are refused for now (disk full); they resume by themselves. Readiness only."""
+        return self._ledger.write_blocked
 
     async def _run(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if self._closed:
@@ -265,7 +365,9 @@ class EmbeddedEngine:
                 try:
                     await self._run(self._ledger.pulse)
                 except EngineUnavailableError:
-                    return
+                    # Disk full: expiry resumes with the writes. Dead for writes: nothing more to do.
+                    if self._ledger.write_failure is not None or self._closed:
+                        return
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         return await self._run(self._ledger.create_accounts, list(accounts))

@@ -118,6 +118,10 @@ def _change_type(flags: int) -> ChangeEventType:
 
 class TigerBeetleEngine:
     name = "tigerbeetle"
+    # The embedded engine's storage-fault state, for uniform liveness/readiness checks: a cluster's
+    # replicas handle their own storage faults, so from here writes are never dead or paused for good.
+    write_failure: str | None = None
+    write_blocked: str | None = None
 
     def __init__(self, cluster_id: int, addresses: str) -> None:
         self._client: Any = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=addresses)

@@ -2,7 +2,7 @@
 
 Batch n holds transfers with ids (n << 32) + i. After each batch is acknowledged (durable) it prints
 "acked n" and flushes, so the parent knows exactly which batches were acknowledged before SIGKILL.
-Usage: python _crash_writer.py DATA_DIR FIRST_BATCH ACCOUNTS BATCH_SIZE
+Usage: python _crash_writer.py DATA_DIR FIRST_BATCH ACCOUNTS BATCH_SIZE [MIRROR_DIR]
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def batch_transfers(batch: int, accounts: int, size: int) -> list[Transfer]:
 
 def main() -> None:
     directory, first_batch, accounts, size = Path(sys.argv[1]), *map(int, sys.argv[2:5])
-    ledger = EmbeddedLedger.open(directory)
+    mirror = Path(sys.argv[5]) if len(sys.argv) > 5 else None
+    ledger = EmbeddedLedger.open(directory, mirror=mirror)
     results = ledger.create_accounts([Account(id=i, ledger=LEDGER, code=CODE) for i in range(1, accounts + 1)])
     assert all(r.status in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS) for r in results)
     batch = first_batch

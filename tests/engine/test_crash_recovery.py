@@ -16,6 +16,7 @@ import pytest
 
 from facade.engine.embedded import EmbeddedLedger
 from facade.engine.journal import JOURNAL_FILE, JournalCorruptError, JournalLockedError
+from facade.engine.journal_check import check
 from facade.engine.types import Account, CreateTransferStatus, Transfer
 
 from ._crash_writer import batch_transfers
@@ -24,14 +25,18 @@ WRITER = Path(__file__).with_name("_crash_writer.py")
 ACCOUNTS = 50
 BATCH_SIZE = 300
 ROUNDS = 8
+ROUNDS_MIRROR = 4
 ROUND_SECONDS_MAX = 0.8
 ACK_WAIT_SECONDS_MAX = 30.0
 
 
-def run_writer_until_killed(directory: Path, first_batch: int, rng: random.Random) -> set[int]:
+def run_writer_until_killed(
+    directory: Path, first_batch: int, rng: random.Random, mirror: Path | None = None
+) -> set[int]:
     """Starts the writer, lets it run for a random time, SIGKILLs it; returns the acked batches."""
+    mirror_args = [str(mirror)] if mirror is not None else []
     process = subprocess.Popen(
-        [sys.executable, str(WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE)],
+        [sys.executable, str(WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE), *mirror_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -66,9 +71,10 @@ def run_writer_until_killed(directory: Path, first_batch: int, rng: random.Rando
     return acked
 
 
-def check_recovered(directory: Path, acked_all: set[int]) -> int:
+def check_recovered(directory: Path, acked_all: set[int], mirror: Path | None = None) -> int:
     """Reopens the ledger and checks every invariant; returns the highest batch present."""
-    ledger = EmbeddedLedger.open(directory)  # Replays the journal and asserts the state invariants.
+    # Replays the journal and asserts the state invariants; evens out the mirror if it fell behind.
+    ledger = EmbeddedLedger.open(directory, mirror=mirror)
     try:
         by_batch: dict[int, list[Transfer]] = defaultdict(list)
         for transfer in ledger.state.transfers_ordered:
@@ -110,6 +116,23 @@ def test_sigkill_at_random_points_keeps_every_acknowledged_batch(tmp_path: Path)
     assert len(acked_all) >= ROUNDS
 
 
+@pytest.mark.slow
+def test_sigkill_with_a_mirror_keeps_every_acknowledged_batch_in_both_copies(tmp_path: Path) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    directory, mirror = tmp_path / "data", tmp_path / "mirror"
+    acked_all: set[int] = set()
+    next_batch = 1
+    for _ in range(ROUNDS_MIRROR):
+        acked_all |= run_writer_until_killed(directory, next_batch, rng, mirror)
+        highest = check_recovered(directory, acked_all, mirror)
+        assert check(directory, mirror).healthy
+        assert (directory / JOURNAL_FILE).read_bytes() == (mirror / JOURNAL_FILE).read_bytes()
+        # The mirror alone holds every acknowledged batch too.
+        assert check_recovered(mirror, acked_all) == highest
+        next_batch = highest + 1
+    assert len(acked_all) >= ROUNDS_MIRROR
+
+
 def test_torn_tail_is_truncated_and_unacknowledged(tmp_path: Path) -> None:
     ledger = EmbeddedLedger.open(tmp_path)
     ledger.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
@@ -134,7 +157,6 @@ def test_torn_tail_is_truncated_and_unacknowledged(tmp_path: Path) -> None:
 def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None:
     ledger = EmbeddedLedger.open(tmp_path)
     ledger.create_accounts([Account(id=i, ledger=1, code=1) for i in range(1, 3)])
-    # Enough records after the damaged one that it cannot be a torn tail.
     for batch in range(12):
         transfers = [
             Transfer(id=(batch << 32) + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1)
@@ -147,7 +169,7 @@ def test_damaged_record_before_the_tail_refuses_to_start(tmp_path: Path) -> None
         byte = journal.read(1)
         journal.seek(200)
         journal.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(JournalCorruptError):
+    with pytest.raises(JournalCorruptError, match=r"op 1 at byte 0: body damaged"):
         EmbeddedLedger.open(tmp_path)
 
 
