@@ -72,6 +72,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         handler: Any = await continuation(handler_call_details)
         if handler is None:
+            # grpc answers UNIMPLEMENTED itself; count it under one label (method names are the caller's).
+            metrics.request_duration_seconds.labels("grpc", "unmatched", "UNIMPLEMENTED").observe(0.0)
             return handler
         method = handler_call_details.method
         pairs = _metadata(handler_call_details)
