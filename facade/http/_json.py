@@ -4,9 +4,11 @@ Python's json module (what FastAPI uses) is lenient where a ledger must not be: 
 last one wins (`"amount":"1","amount":"999"` would post 999 while a reviewer or another parser reads 1),
 `\\ud800` escapes give strings no UTF-8 encoder accepts (they failed later, as a 500), NaN and Infinity
 are accepted, and invalid UTF-8 bytes surface as an untyped error. `parse_body` refuses each of these
-with a `MalformedBody` (HTTP 400) naming a machine-readable reason, before any model sees the value.
+with a `MalformedRequest` (HTTP 400) naming a machine-readable reason, before any model sees the value.
 
-`StrictJsonRoute` makes every route of a router parse bodies this way (FastAPI calls `request.json()`).
+`StrictJsonRoute` makes every route of a router parse bodies this way (FastAPI calls `request.json()`),
+and refuses query parameters the route does not declare (UNKNOWN_QUERY_PARAMETER): as the request models
+forbid unknown fields, a misspelt `page_size` must not silently fall back to the default.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,7 +27,8 @@ __all__ = [
     "REASON_DUPLICATE_KEY",
     "REASON_INVALID_UNICODE",
     "REASON_MALFORMED_JSON",
-    "MalformedBody",
+    "REASON_UNKNOWN_QUERY_PARAMETER",
+    "MalformedRequest",
     "StrictJsonRoute",
     "parse_body",
 ]
@@ -32,14 +36,18 @@ __all__ = [
 REASON_MALFORMED_JSON = "MALFORMED_JSON"
 REASON_DUPLICATE_KEY = "DUPLICATE_KEY"
 REASON_INVALID_UNICODE = "INVALID_UNICODE"
+REASON_UNKNOWN_QUERY_PARAMETER = "UNKNOWN_QUERY_PARAMETER"
+DEPENDANTS_MAX = 64
+"""Bound on the walk over a route's dependency tree (the gateway's routes have two or three)."""
 JSON_DEPTH_MAX = 32
 """Deepest nesting a body may have: the request models nest at most 4 levels."""
 _FIELD_TEXT_MAX = 64
 """Longest key quoted back in an error (the caller's text, truncated)."""
 
 
-class MalformedBody(StarletteHTTPException):
-    """A body that is not one well-formed JSON document: HTTP 400 with `reason`."""
+class MalformedRequest(StarletteHTTPException):
+    """A body that is not one well-formed JSON document, or an undeclared query parameter: HTTP 400
+    with `reason`."""
 
     def __init__(self, reason: str, message: str, field: str = "") -> None:
         super().__init__(status_code=400, detail=message)
@@ -79,7 +87,7 @@ def _check_strings(document: Any) -> None:
     while stack:
         value, depth = stack.pop()
         if depth > JSON_DEPTH_MAX:
-            raise MalformedBody(REASON_MALFORMED_JSON, f"the body nests deeper than {JSON_DEPTH_MAX} levels")
+            raise MalformedRequest(REASON_MALFORMED_JSON, f"the body nests deeper than {JSON_DEPTH_MAX} levels")
         if isinstance(value, str):
             texts: list[str] = [value]
         elif isinstance(value, dict):
@@ -94,32 +102,32 @@ def _check_strings(document: Any) -> None:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as error:
-                raise MalformedBody(
+                raise MalformedRequest(
                     REASON_INVALID_UNICODE,
                     f"a string holds a lone surrogate ({_quoted(text)!r}): not valid Unicode",
                 ) from error
 
 
 def parse_body(body: bytes) -> Any:
-    """The JSON document in `body`, or MalformedBody."""
+    """The JSON document in `body`, or MalformedRequest."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise MalformedBody(REASON_MALFORMED_JSON, f"the body is not UTF-8 (byte {error.start})") from error
+        raise MalformedRequest(REASON_MALFORMED_JSON, f"the body is not UTF-8 (byte {error.start})") from error
     try:
         document = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_refuse_constant)
     except _DuplicateKeyError as error:
-        raise MalformedBody(
+        raise MalformedRequest(
             REASON_DUPLICATE_KEY, f"duplicate key {_quoted(error.key)!r} in a JSON object", _quoted(error.key)
         ) from error
     except json.JSONDecodeError as error:
-        raise MalformedBody(
+        raise MalformedRequest(
             REASON_MALFORMED_JSON, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from error
     except RecursionError as error:
-        raise MalformedBody(REASON_MALFORMED_JSON, "the body nests too deeply") from error
+        raise MalformedRequest(REASON_MALFORMED_JSON, "the body nests too deeply") from error
     except ValueError as error:  # NaN/Infinity, or an integer literal too long to convert.
-        raise MalformedBody(REASON_MALFORMED_JSON, "invalid JSON: a number out of range or not JSON") from error
+        raise MalformedRequest(REASON_MALFORMED_JSON, "invalid JSON: a number out of range or not JSON") from error
     _check_strings(document)
     return document
 
@@ -131,13 +139,34 @@ class _StrictJsonRequest(Request):
         return self._json
 
 
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameter names a route declares, its dependencies' included."""
+    names: set[str] = set()
+    pending = [dependant]
+    for _ in range(DEPENDANTS_MAX):
+        if not pending:
+            return frozenset(names)
+        current = pending.pop()
+        names.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    raise AssertionError(f"more than {DEPENDANTS_MAX} dependants")
+
+
 class StrictJsonRoute(APIRoute):
-    """An APIRoute whose request bodies go through `parse_body`."""
+    """An APIRoute whose request bodies go through `parse_body` and whose query names are checked."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        declared = _query_names(self.dependant)
 
         async def strict(request: Request) -> Response:
+            for name in request.query_params:
+                if name not in declared:
+                    raise MalformedRequest(
+                        REASON_UNKNOWN_QUERY_PARAMETER,
+                        f"unknown query parameter {_quoted(name)!r}",
+                        _quoted(name),
+                    )
             return await handler(_StrictJsonRequest(request.scope, request.receive))
 
         return strict

@@ -34,7 +34,8 @@ INVALID_REQUEST, or INVALID_AMOUNT when the bad field is an amount (e.g. a JSON 
 decimal strings), and metadata.field naming the field as the mapping module does (legs[0].amount).
 A body that is not one well-formed JSON document is 400 INVALID_ARGUMENT before any schema sees it
 (facade.http._json): MALFORMED_JSON (syntax, not UTF-8, NaN, too deep), DUPLICATE_KEY (a key twice
-in one object: no "last one wins"), INVALID_UNICODE (a lone surrogate escape). Nothing unexpected
+in one object: no "last one wins"), INVALID_UNICODE (a lone surrogate escape); a query parameter the
+route does not declare is 400 UNKNOWN_QUERY_PARAMETER. Nothing unexpected
 answers with its text: 500 INTERNAL "internal error (error id ...)", the detail logged under that id.
 Every answer, 500s included, is counted in ledger_request_duration_seconds{edge="http"}.
 
@@ -71,7 +72,7 @@ from facade.api.servicer import (
 from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
 from facade.domain.mapping import DomainError
 from facade.http import models as m
-from facade.http._json import MalformedBody, StrictJsonRoute
+from facade.http._json import MalformedRequest, StrictJsonRoute
 from facade.observability import metrics
 from facade.service import LedgerService, TransactionView
 
@@ -174,7 +175,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        if isinstance(error, MalformedBody):
+        if isinstance(error, MalformedRequest):
             metadata = {"field": error.field} if error.field else {}
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, error.reason, error.message, metadata)
         if error.status_code == 400:
