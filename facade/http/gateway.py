@@ -104,13 +104,18 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": m.Error, "description": "INVALID_ARGUMENT (including INVALID_REQUEST: the schema rejected it)"},
+    400: {
+        "model": m.Error,
+        "description": "INVALID_ARGUMENT: INVALID_REQUEST (the schema rejected it), MALFORMED_JSON, DUPLICATE_KEY, "
+        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, or the mapping's reason (INVALID_AMOUNT, ...)",
+    },
     401: {"model": m.Error, "description": "UNAUTHENTICATED: missing or invalid credentials"},
     403: {"model": m.Error, "description": "PERMISSION_DENIED: the credentials lack the route's scope"},
     404: {"model": m.Error, "description": "NOT_FOUND (e.g. ACCOUNT_NOT_FOUND, TRANSACTION_NOT_FOUND)"},
     409: {"model": m.Error, "description": "ALREADY_EXISTS (e.g. IDEMPOTENCY_KEY_REUSED)"},
     422: {"model": m.Error, "description": "FAILED_PRECONDITION (e.g. INSUFFICIENT_FUNDS)"},
     429: {"model": m.Error, "description": "RESOURCE_EXHAUSTED: write queue full; see Retry-After"},
+    500: {"model": m.Error, "description": "INTERNAL: an unexpected failure; metadata.error_id finds it in the logs"},
     503: {"model": m.Error, "description": "UNAVAILABLE: the engine is unavailable"},
     504: {"model": m.Error, "description": "DEADLINE_EXCEEDED"},
 }
