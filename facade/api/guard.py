@@ -14,6 +14,7 @@ unauthenticated caller learns nothing about how its bytes decode.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,8 +92,12 @@ def _guard_stream(inner: Any, method: str, *, streaming_request: bool) -> Callab
         if not streaming_request and isinstance(request, Malformed):
             await _abort_malformed(context, request)
         try:
-            async for response in inner(well_formed(request) if streaming_request else request, context):
-                yield response
+            answers = inner(well_formed(request) if streaming_request else request, context)
+            if inspect.isawaitable(answers):  # A handler that answers with context.write() (health's Watch).
+                await answers
+            else:
+                async for response in answers:
+                    yield response
         except grpc.aio.AbortError:
             raise
         except Exception as error:

@@ -5,11 +5,13 @@ database text; every status is counted in the request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from facade.api.errors import error_info
@@ -23,6 +25,10 @@ GARBAGE = (
     b"\x0a\x02\xc3\x28",  # Field 1 (a string) holding invalid UTF-8.
     b"\x0a\x03\xed\xa0\x80",  # A UTF-8-encoded lone surrogate: invalid UTF-8 too.
 )
+
+
+COUNT_WAIT_ROUNDS_MAX = 500
+"""Bound on waiting for the server to count a call (10 ms apart)."""
 
 
 def _identity(data: bytes) -> bytes:
@@ -44,6 +50,16 @@ def _samples(operation: str, code: str) -> float:
     return REGISTRY.get_sample_value("ledger_request_duration_seconds_count", labels) or 0.0
 
 
+async def _counted(operation: str, code: str, expected: float) -> None:
+    """Waits (bounded) until the server has counted the call: it records after sending the status, so the
+    client can see the answer a moment before the sample exists."""
+    for _ in range(COUNT_WAIT_ROUNDS_MAX):
+        if _samples(operation, code) >= expected:
+            break
+        await asyncio.sleep(0.01)
+    assert _samples(operation, code) == expected
+
+
 def _assert_clean(error: grpc.aio.AioRpcError) -> None:
     details = error.details() or ""
     assert not any(marker.lower() in details.lower() for marker in LEAK_MARKERS), details
@@ -61,7 +77,7 @@ async def test_undecodable_requests_are_invalid_argument(api: Api, method: str, 
     info = error_info(caught.value)
     assert info is not None and info.reason == "MALFORMED_REQUEST"
     _assert_clean(caught.value)
-    assert _samples(operation, "INVALID_ARGUMENT") == before + 1
+    await _counted(operation, "INVALID_ARGUMENT", before + 1)
 
 
 async def test_authentication_comes_before_decoding(api: Api) -> None:
@@ -106,4 +122,22 @@ async def test_unexpected_failure_is_internal_with_an_error_id(api: Api) -> None
     assert info is not None and info.reason == "INTERNAL"
     assert info.metadata["error_id"] in (caught.value.details() or "")
     _assert_clean(caught.value)
-    assert _samples("GetAccount", "INTERNAL") == before + 1
+    await _counted("GetAccount", "INTERNAL", before + 1)
+
+
+async def test_streams_answering_with_context_write_pass_the_guard_and_are_counted(api: Api) -> None:
+    """Health's Watch answers through context.write() (a coroutine, not an async generator): the guard and
+    the metrics wrap it without breaking it; a garbage request to it is refused like any other."""
+    before = _samples("Watch", "CANCELLED")
+    stub = health_pb2_grpc.HealthStub(api.channel)
+    call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await call.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    call.cancel()
+    await _counted("Watch", "CANCELLED", before + 1)
+    watch = api.channel.unary_stream(
+        "/grpc.health.v1.Health/Watch", request_serializer=_identity, response_deserializer=_identity
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await watch(GARBAGE[2]).read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -122,3 +122,27 @@ async def test_unexpected_failure_is_500_internal_with_error_id_and_counted(http
     assert len(error_id) == 16 and error_id in payload["message"]
     assert not any(marker.lower() in response.text.lower() for marker in LEAK_MARKERS), response.text
     assert _samples("http", "GetAccount", "500") == before + 1
+
+
+async def test_u128_fields_refuse_values_from_2_to_the_128(http: Http) -> None:
+    alice = await http.account("alice")
+    for amount in (str(2**128), str(2**128 - 1), "-1", "0"):
+        payload = await http.error(
+            "POST",
+            "/v1/transactions",
+            _body(f"a{amount}", alice)
+            | {"legs": [{"type": "LEG_TYPE_CREDIT", "account_id": alice, "amount": amount, "currency": "USD"}]},
+            400,
+            "INVALID_ARGUMENT",
+            "INVALID_AMOUNT",
+        )
+        assert payload["metadata"]["field"] == "legs[0].amount"
+    for account_id in (str(2**128), "-1"):
+        leg = {"type": "LEG_TYPE_CREDIT", "account_id": account_id, "amount": "1", "currency": "USD"}
+        await http.error(
+            "POST", "/v1/transactions", {"idempotency_key": f"i{account_id}", "legs": [leg]}, 400,
+            "INVALID_ARGUMENT", "INVALID_ID",
+        )  # fmt: skip
+        response = await http.client.get(f"/v1/accounts/{account_id}", headers=http.auth())
+        assert response.status_code == 400 and response.json()["reason"] == "INVALID_ID", response.text
+    assert await http.available(alice) == 0
