@@ -1,30 +1,39 @@
 """Authentication and authorization for every API.
 
 Credentials, in the `authorization` header (gRPC metadata or HTTP):
-- `Bearer <JWT>`: HS256, verified with PyJWT; `exp`, `iss` and `aud` are required and checked; `sub`
-  is the client id and `scope` a space-separated list of scopes.
+- `Bearer <JWT>`: verified strictly by facade/_token.py: algorithms pinned per key type (HS* with the
+  shared secret, RS/PS/ES/EdDSA with the JWKS key its `kid` names, never `none`), `exp` required and a
+  number within `jwt_lifetime_seconds_max`, `nbf`/`iat` type-checked and not in the future beyond the
+  clock skew, a non-empty string `sub` (the client id), `iss`/`aud` equal to the settings' when set,
+  `scope` a space-separated string of scopes.
 - `ApiKey <key_id>.<secret>`: only SHA-256(secret) is configured; compared in constant time.
 
 Scopes: ledger.read (reads), ledger.write (posting), ledger.admin (account administration and
-cross-client reads). No or bad credentials → UNAUTHENTICATED; missing scope → PERMISSION_DENIED.
-gRPC health checks are open (load balancers probe them without credentials); everything else,
-reflection included, needs credentials.
+cross-client reads). No or bad credentials → UNAUTHENTICATED with a reason (MISSING_CREDENTIALS,
+INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, TOKEN_CLAIM_INVALID + metadata.claim,
+TOKEN_KEY_UNKNOWN, INVALID_API_KEY); missing scope → PERMISSION_DENIED. gRPC health checks are open
+(load balancers probe them without credentials); everything else, reflection included, needs credentials.
 
-Verified tokens are cached (token → principal and expiry, at most `TOKEN_CACHE_ENTRIES_MAX`): a
-client sends the same token on every call, and HMAC verification plus claim parsing would otherwise
-be most of a small RPC's cost. A cached token is still checked against its `exp` on every call; the
-cache holds nothing a token does not carry itself, so it changes no outcome.
+Verified tokens are cached (SHA-256 of the token → principal and deadline, at most
+`TOKEN_CACHE_ENTRIES_MAX`): a client sends the same token on every call, and signature verification plus
+claim parsing would otherwise be most of a small RPC's cost. An entry lives until the token's `exp` or
+`TOKEN_CACHE_SECONDS_MAX`, whichever is first (so a key removed from the key set stops verifying its
+tokens within that bound); past it the token is verified again, so the cache changes no outcome.
 
 Local use: in `dev` mode a built-in signing secret is used when none is configured, so that
-`ledger dev-token` prints a working token on a fresh machine. `enforce` mode refuses to start without
-a configured secret.
+`ledger dev-token` prints a working token on a fresh machine. Anyone can sign with it: the service warns
+at start (`guard_dev_mode`) and refuses to listen on anything but loopback with it. `enforce` mode refuses
+to start without a configured secret or key set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
+import ipaddress
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +42,8 @@ from typing import Any
 import grpc
 import jwt
 
+from facade._token import JwksKeys, TokenReason, TokenRejectedError, TokenVerifier
+from facade.observability.logs import get_logger
 from facade.settings import AuthSettings
 
 SCOPE_READ = "ledger.read"
@@ -42,7 +53,11 @@ SCOPES_ALL = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
 DEV_SECRET = "ledger-dev-secret-not-for-production-use-0123456789"
 TOKEN_TTL_SECONDS_DEFAULT = 24 * 3600
 CLOCK_LEEWAY_SECONDS = 30
+"""The default clock skew (auth.jwt_clock_skew_seconds)."""
 TOKEN_CACHE_ENTRIES_MAX = 10_000
+TOKEN_CACHE_SECONDS_MAX = 60.0
+JWT_SECRET_BYTES_MIN = 32
+"""RFC 7518 §3.2: an HS256 key has at least 256 bits."""
 
 _SERVICE = "/ledger.v1.Ledger/"
 _HISTORY = "/ledger.v1.History/"
@@ -68,6 +83,8 @@ METHOD_SCOPES: dict[str, str] = {
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 REFLECTION_PREFIX = "/grpc.reflection."
 
+log = get_logger("ledger.auth")
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -76,14 +93,25 @@ class Principal:
 
 
 class AuthError(Exception):
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.metadata = metadata or {}
+
+
+class InsecureStartError(RuntimeError):
+    """The configuration would expose the service unsafely; `ledger serve` exits non-zero with this text."""
 
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
+
+
+def uses_builtin_secret(settings: AuthSettings) -> bool:
+    return settings.mode == "dev" and not settings.jwt_secret.get_secret_value()
 
 
 def signing_secret(settings: AuthSettings) -> str:
@@ -93,6 +121,34 @@ def signing_secret(settings: AuthSettings) -> str:
     if settings.mode == "dev":
         return DEV_SECRET
     raise RuntimeError("auth.mode=enforce needs LEDGER_AUTH__JWT_SECRET")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # Any other name may resolve to anything: not provably loopback.
+
+
+def guard_dev_mode(settings: AuthSettings, hosts: list[str]) -> None:
+    """With the built-in secret (written in this file) anyone can sign an admin token: say so loudly,
+    and refuse to listen anywhere but on loopback."""
+    if not uses_builtin_secret(settings):
+        return
+    exposed = [host for host in hosts if not is_loopback(host)]
+    warning = (
+        "auth.mode=dev with the built-in signing secret: anyone can sign tokens with every scope. "
+        "Set LEDGER_AUTH__JWT_SECRET (or LEDGER_AUTH__MODE=enforce) before exposing this service."
+    )
+    log.warning("insecure_dev_auth", detail=warning, hosts=hosts)
+    print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    if exposed:
+        raise InsecureStartError(
+            f"refusing to listen on {', '.join(exposed)} with auth.mode=dev and the built-in signing secret; "
+            "bind 127.0.0.1, or set LEDGER_AUTH__JWT_SECRET / LEDGER_AUTH__MODE=enforce"
+        )
 
 
 def issue_token(
@@ -114,12 +170,75 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _shared_secret(settings: AuthSettings, keys: JwksKeys) -> bytes | None:
+    configured = settings.jwt_secret.get_secret_value()
+    if configured:
+        if len(configured.encode()) < JWT_SECRET_BYTES_MIN:
+            raise RuntimeError(f"auth.jwt_secret must be at least {JWT_SECRET_BYTES_MIN} bytes")
+        return configured.encode()
+    if settings.mode == "dev":
+        return DEV_SECRET.encode()
+    if not keys.configured:
+        raise RuntimeError(
+            "auth.mode=enforce needs LEDGER_AUTH__JWT_SECRET or a key set (LEDGER_AUTH__JWKS_FILE / _JWKS_URL)"
+        )
+    return None  # Enforce mode with a key set only: HS* tokens are refused.
+
+
+def _unauthenticated(rejected: TokenRejectedError) -> AuthError:
+    metadata = {"claim": rejected.claim} if rejected.claim else {}
+    return AuthError(grpc.StatusCode.UNAUTHENTICATED, rejected.reason.value, rejected.message, metadata)
+
+
 class Authenticator:
+    """`authenticate` never blocks (memory only); `authenticate_async`, used by both edges, also reloads
+    the key set (off the event loop) when it is due or a token names an unknown key."""
+
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
-        self._secret = signing_secret(settings)
+        algorithms = frozenset(settings.jwt_algorithms)
+        self._keys = JwksKeys(
+            file=settings.jwks_file,
+            url=settings.jwks_url,
+            algorithms=algorithms,
+            refresh_seconds_min=settings.jwks_refresh_seconds_min,
+            lifespan_seconds=settings.jwks_lifespan_seconds,
+        )
+        secret = _shared_secret(settings, self._keys)
+        if self._keys.configured:
+            self._keys.load()  # At start: a key set that cannot be read refuses the start (JwksError).
+        self._verifier = TokenVerifier(
+            secret=secret,
+            keys=self._keys,
+            algorithms=algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            skew_seconds=settings.jwt_clock_skew_seconds,
+            lifetime_seconds_max=settings.jwt_lifetime_seconds_max,
+        )
         self._api_keys = {key.key_id: key for key in settings.api_keys}
-        self._verified: dict[str, tuple[Principal, float]] = {}  # token → (principal, exp + leeway)
+        self._verified: dict[bytes, tuple[Principal, float]] = {}  # SHA-256(token) → (principal, valid until)
+        self._reload_lock = asyncio.Lock()
+
+    async def authenticate_async(self, authorization: str | None) -> Principal:
+        if self._keys.reload_due(kid_missed=False):
+            await self._reload(kid_missed=False)
+        try:
+            return self.authenticate(authorization)
+        except AuthError as error:
+            if error.reason != TokenReason.TOKEN_KEY_UNKNOWN or not self._keys.reload_due(kid_missed=True):
+                raise
+        await self._reload(kid_missed=True)
+        return self.authenticate(authorization)
+
+    async def _reload(self, *, kid_missed: bool) -> None:
+        async with self._reload_lock:
+            if not self._keys.reload_due(kid_missed=kid_missed):
+                return  # Another call reloaded while this one waited.
+            try:
+                await asyncio.to_thread(self._keys.load)
+            except Exception as error:  # Keep the last good keys; the operator sees why.
+                log.error("jwks_reload_failed", error=str(error))
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -134,35 +253,27 @@ class Authenticator:
         )
 
     def _jwt(self, token: str) -> Principal:
-        cached = self._verified.get(token)
+        now = time.time()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cached = self._verified.get(digest)
         if cached is not None:
-            principal, expires_at = cached
-            if time.time() < expires_at:
+            principal, valid_until = cached
+            if now < valid_until:
                 return principal
-            del self._verified[token]
-        principal, expires_at = self._verify_jwt(token)
-        if len(self._verified) >= TOKEN_CACHE_ENTRIES_MAX:
-            self._verified.clear()  # Simple and bounded: the next calls verify again.
-        self._verified[token] = (principal, expires_at)
-        return principal
-
-    def _verify_jwt(self, token: str) -> tuple[Principal, float]:
+            del self._verified[digest]
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                audience=self._settings.jwt_audience,
-                issuer=self._settings.jwt_issuer,
-                leeway=CLOCK_LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as error:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED", "token expired") from error
-        except jwt.InvalidTokenError as error:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN", f"invalid token: {error}") from error
-        scopes = frozenset(str(claims.get("scope", "")).split())
-        return Principal(str(claims["sub"]), scopes), float(claims["exp"]) + CLOCK_LEEWAY_SECONDS
+            verified = self._verifier.verify(token, now)
+        except TokenRejectedError as rejected:
+            raise _unauthenticated(rejected) from None  # Our message only; no library text.
+        principal = Principal(verified.subject, verified.scopes)
+        # Never past exp: between exp and exp + skew the token is verified on every call.
+        valid_until = min(verified.expires_at, now + TOKEN_CACHE_SECONDS_MAX)
+        if valid_until > now:
+            while len(self._verified) >= TOKEN_CACHE_ENTRIES_MAX:
+                del self._verified[next(iter(self._verified))]  # The oldest entry.
+            self._verified[digest] = (principal, valid_until)
+        assert len(self._verified) <= TOKEN_CACHE_ENTRIES_MAX
+        return principal
 
     def _api_key(self, credential: str) -> Principal:
         key_id, _, secret = credential.partition(".")
@@ -202,7 +313,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         scope = METHOD_SCOPES.get(method, SCOPE_READ if method.startswith(REFLECTION_PREFIX) else SCOPE_ADMIN)
         try:
-            principal = self._authenticator.authenticate(
+            principal = await self._authenticator.authenticate_async(
                 _metadata_value(handler_call_details.invocation_metadata, "authorization")
             )
             self._authenticator.authorize(principal, scope)
@@ -219,10 +330,10 @@ def _rejecting_handler(handler: Any, error: AuthError) -> Any:
     from facade.api.errors import abort_details
 
     async def reject_unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_details(context, error.code, error.reason, error.message)
+        await abort_details(context, error.code, error.reason, error.message, error.metadata)
 
     async def reject_stream(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_details(context, error.code, error.reason, error.message)
+        await abort_details(context, error.code, error.reason, error.message, error.metadata)
         yield  # pragma: no cover - makes this an async generator
 
     if handler.unary_unary:

@@ -2,8 +2,11 @@
 
 ledger serve                         run the service (settings from LEDGER_* variables / .env)
 ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
+ledger dev-certs --out DIR [--host NAME ...]
+                                     write a development CA + server/client certificates (TLS, mTLS)
 ledger replay --from beginning|<ns> --to-topic TOPIC
                                      re-emit confirmed entries from the engine's history to Kafka
+ledger kafka init                    create the service's topics (LEDGER_KAFKA__* settings) and verify them
 
 The ClickHouse read model (projections/cli.py has the details):
 ledger project [--source engine|kafka] [--once]
@@ -46,6 +49,22 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
     print(f"replayed {asyncio.run(run())} changes to {topic}")
 
 
+def _kafka_init(settings: Settings) -> None:
+    from facade.kafka.topics import TopicError, ensure_topics, topic_specs
+
+    if not settings.kafka.bootstrap_servers:
+        raise SystemExit("ledger kafka init: set LEDGER_KAFKA__BOOTSTRAP_SERVERS (e.g. the address printed by "
+                         "scripts/kafka_broker.py start)")  # fmt: skip
+    try:
+        created = set(ensure_topics(settings.kafka))
+    except TopicError as error:
+        raise SystemExit(f"ledger kafka init: {error}") from None
+    for spec in topic_specs(settings.kafka):
+        state = "created" if spec.name in created else "verified"
+        print(f"{state:8} {spec.name} ({spec.role.value}): {spec.partitions} partitions, "
+              f"replication {spec.replication_factor}, {dict(spec.config)}")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,11 +75,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     token.add_argument("--client-id", default="dev-client")
     token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
     token.add_argument("--ttl-seconds", type=int, default=24 * 3600)
+    certs = commands.add_parser("dev-certs", help="write a development CA and server/client certificates")
+    certs.add_argument("--out", required=True, help="output directory")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a DNS name or IP the server certificate is valid for (repeat)"
+    )
+    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--force", action="store_true", help="replace existing files")
     replay = commands.add_parser("replay", help="re-emit confirmed entries to a Kafka topic")
     replay.add_argument(
         "--from", dest="timestamp_from", default="beginning", help="'beginning' or an engine timestamp (ns)"
     )
     replay.add_argument("--to-topic", required=True)
+    kafka = commands.add_parser("kafka", help="Kafka administration").add_subparsers(
+        dest="kafka_command", required=True
+    )
+    kafka.add_parser(
+        "init",
+        help="create the missing topics (entries, commands, results, DLQ, checkpoints) with the partitions, "
+        "replication and min.insync.replicas from LEDGER_KAFKA__* settings, and verify the existing ones",
+    )
     from projections import cli as read_model
 
     read_model.register(commands)
@@ -69,15 +103,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(args, "projections_run"):
         raise SystemExit(read_model.run(args, settings))
     if args.command == "serve":
+        from facade._token import JwksError
         from facade.api.server import serve
+        from facade.auth import InsecureStartError
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except (InsecureStartError, JwksError) as error:
+            raise SystemExit(f"ledger serve: {error}") from None
     elif args.command == "dev-token":
         from facade.auth import issue_token
 
         if settings.auth.mode != "dev" and not settings.auth.jwt_secret.get_secret_value():
             raise SystemExit("ledger dev-token: no signing secret (auth.mode=enforce without jwt_secret)")
         print(issue_token(settings.auth, args.client_id, frozenset(args.scopes.split()), args.ttl_seconds))
+    elif args.command == "kafka":
+        _kafka_init(settings)
+    elif args.command == "dev-certs":
+        from pathlib import Path
+
+        from facade.dev_certs import HOSTS_DEFAULT, VALIDITY_DAYS_MAX, write_dev_certs
+
+        if not 1 <= args.days <= VALIDITY_DAYS_MAX:
+            raise SystemExit(f"ledger dev-certs: --days must be 1..{VALIDITY_DAYS_MAX}")
+        try:
+            written = write_dev_certs(
+                Path(args.out), hosts=[*HOSTS_DEFAULT, *args.host], days=args.days, force=args.force
+            )
+        except FileExistsError as error:
+            raise SystemExit(f"ledger dev-certs: {error}") from None
+        print(f"wrote ca.crt, server.crt/.key, client.crt/.key (and ca.key) to {written.directory}")
     else:
         _replay(settings, args.timestamp_from, args.to_topic)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,10 +33,37 @@ class KafkaSettings(BaseModel):
     results_topic: str = "ledger.results.v1"
     consumer_group: str = "ledger-ingest"
     ingest_client_id: str = Field(
-        default="kafka-ingest", description="The client commands from Kafka are posted as (scopes idempotency keys)."
+        default="kafka-ingest",
+        description="The client a command acts for when it names none (header ledger-client-id); "
+        "scopes idempotency keys.",
     )
+    ingest_acts_for: list[str] = Field(
+        default_factory=list,
+        description="Clients a command may act for besides ingest_client_id (its ledger-client-id header); "
+        "'*' = any client. Any other client is refused PERMISSION_DENIED and dead-lettered.",
+    )
+    ingest_scopes: list[str] = Field(
+        default_factory=lambda: ["ledger.write"],
+        description="Scopes the ingestion principal holds (checked as for a gRPC caller; ledger.admin: any account).",
+    )
+    ingest_transactional_id: str = Field(
+        default="",
+        description="transactional.id of the results producer; unique per ingesting façade and stable across "
+        "its restarts (a restart then aborts the crashed transaction at once). Empty: <client_id>-ingest-<hostname>.",
+    )
+    checkpoints_topic: str = "ledger.checkpoints.v1"
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=7)
+    topic_min_insync_replicas: int = Field(
+        default=1, ge=1, le=7, description="min.insync.replicas of created topics (production: 2 with 3 replicas)."
+    )
+    entries_retention_ms: int = Field(
+        default=-1, ge=-1, description="retention.ms of the entries topic; -1 keeps every entry (system of record)."
+    )
+    provision_topics: bool = Field(
+        default=True,
+        description="At start, create missing topics and refuse to start on a partition or replication mismatch.",
+    )
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
     change_capture_enabled: bool = Field(
         default=True, description="Publish confirmed entries to entries_topic (one façade per engine cluster)."
@@ -46,6 +73,12 @@ class KafkaSettings(BaseModel):
         default=Path("data/change-capture/kafka.json"),
         description="Durable position of the entries publisher in the engine's change feed.",
     )
+
+    @model_validator(mode="after")
+    def _insync_within_replication(self) -> KafkaSettings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError("topic_min_insync_replicas cannot exceed topic_replication_factor: no write would succeed")
+        return self
 
 
 class ObservabilitySettings(BaseModel):
@@ -80,11 +113,17 @@ class ApiKeySettings(BaseModel):
     scopes: list[str]
 
 
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]  # fmt: skip
+"""Never "none"."""
+
+
 class AuthSettings(BaseModel):
     mode: Literal["dev", "enforce"] = Field(
         default="dev",
         description="dev: a built-in signing secret so `ledger dev-token` works out of the box; "
-        "enforce: jwt_secret must be set.",
+        "enforce: jwt_secret (>= 32 bytes) or a JWK Set (jwks_file / jwks_url) must be set.",
     )
     jwt_secret: SecretStr = SecretStr("")
     jwt_issuer: str = "ledger-service"
@@ -93,6 +132,35 @@ class AuthSettings(BaseModel):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(default=None, description="Set to require client certificates (mTLS).")
+    # Strict tokens (facade/_token.py). TLS files above apply to every edge: gRPC, the JSON gateway, the ops port.
+    jwt_algorithms: list[JwtAlgorithm] = Field(
+        default=["HS256", "RS256", "PS256", "ES256", "ES384", "EdDSA"],
+        min_length=1,
+        description="Accepted JWT algorithms; HS* verify with jwt_secret only, the others with a JWKS key only.",
+    )
+    jwt_clock_skew_seconds: int = Field(default=30, ge=0, le=300, description="Allowed clock skew for exp/nbf/iat.")
+    jwt_lifetime_seconds_max: int = Field(
+        default=30 * 24 * 3600, ge=60, le=366 * 24 * 3600, description="Tokens whose exp is further ahead are refused."
+    )
+    jwks_file: Path | None = Field(default=None, description="JWK Set file for key rotation (reloaded on change).")
+    jwks_url: str = Field(default="", description="JWK Set URL for key rotation (PyJWKClient); empty = none.")
+    jwks_refresh_seconds_min: float = Field(
+        default=10.0, ge=0, le=3600, description="A JWKS URL is re-fetched for an unknown kid at most this often."
+    )
+    jwks_lifespan_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="The key set is reloaded at least this often (removed keys stop)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_complete(self) -> AuthSettings:
+        """Half a TLS configuration would silently serve plaintext: refuse it."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("auth.tls_cert_file and auth.tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("auth.tls_client_ca_file (mTLS) needs auth.tls_cert_file and auth.tls_key_file")
+        if self.jwks_file is not None and self.jwks_url:
+            raise ValueError("set one of auth.jwks_file and auth.jwks_url")
+        return self
 
 
 class ApiSettings(BaseModel):

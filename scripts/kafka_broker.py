@@ -2,8 +2,9 @@
 """A real Apache Kafka (KRaft) on 127.0.0.1 for tests and local runs: no Docker, no mocks.
 
     python scripts/kafka_broker.py fetch                       # broker jars from Maven Central (cached)
-    python scripts/kafka_broker.py start --data-dir DIR [--brokers 3] [--port 9092]
-    python scripts/kafka_broker.py stop --data-dir DIR
+    python scripts/kafka_broker.py start [--data-dir data/kafka] [--brokers 3] [--port 9092]
+    python scripts/kafka_broker.py stop [--data-dir data/kafka]
+    python scripts/kafka_broker.py address [--data-dir data/kafka]   # bootstrap of a running cluster
     python scripts/kafka_broker.py stop-broker --data-dir DIR --node 2    # fault tests (3 brokers)
     python scripts/kafka_broker.py start-broker --data-dir DIR --node 2
 
@@ -11,7 +12,11 @@
 (`LEDGER_KAFKA_CACHE`, default ~/.cache/ledger-service/kafka-<version>): a second run does no network
 work. Each node is a combined broker+controller; three nodes form a three-voter controller quorum with
 replication factor 3 and min.insync.replicas 2. Every wait is bounded; a broker that does not come up
-fails with the tail of its log.
+fails with the tail of its log, and a start that fails stops every node it launched (no JVM is left
+behind). `start` prints the bootstrap address (for LEDGER_KAFKA__BOOTSTRAP_SERVERS) on stdout.
+
+Any Python runs it: without `confluent_kafka` (the system Python) it re-executes itself with the
+project's virtualenv (`.venv`, made by scripts/bootstrap.sh).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -39,6 +45,8 @@ STOP_TIMEOUT_SECONDS = 30.0
 PROBE_INTERVAL_SECONDS = 0.2
 LOG_TAIL_LINES = 40
 STATE_FILE = "cluster.json"
+DATA_DIR_DEFAULT = Path("data/kafka")
+VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 
 POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -137,10 +145,14 @@ class KafkaCluster:
                       "--cluster-id", self.cluster_id, "--config", str(properties)),
                 check=True, capture_output=True,
             )  # fmt: skip
-        for node in self.nodes:
-            self._launch(node, libs)
-        self._save()
-        self.wait_ready()
+        try:
+            for node in self.nodes:
+                self._launch(node, libs)
+            self._save()
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # A failed start leaves nothing running.
+            raise
 
     def stop(self) -> None:
         # Signal every node first: stopped one at a time, each would wait on a shrinking quorum.
@@ -279,10 +291,15 @@ class KafkaCluster:
 
 
 def _kraft_cluster_id() -> str:
-    # KRaft cluster ids are 16 random bytes, base64url without padding (22 characters).
+    """16 random bytes, base64url without padding (22 characters), as `kafka-storage random-uuid` makes
+    them: Kafka rejects an id whose text starts with '-' (it reads as an option; 1 id in 64 did)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    for _ in range(64):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+    raise AssertionError("64 random cluster ids in a row started with '-'")
 
 
 def _java(libs: Path, main_class: str, *args: str) -> list[str]:
@@ -315,25 +332,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ensure_client_library() -> None:
+    """Readiness probes use confluent_kafka: re-run under the project's virtualenv when this Python
+    lacks it (the README's `python scripts/kafka_broker.py start` on a system Python)."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ModuleNotFoundError:
+        if not VENV_PYTHON.exists() or Path(sys.prefix).resolve() == VENV_PYTHON.parent.parent.resolve():
+            raise SystemExit(
+                "kafka_broker.py needs confluent_kafka: run `bash scripts/bootstrap.sh` first "
+                "(it creates .venv with the project's dependencies)"
+            ) from None
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="fetch the broker jars (cached)")
     start = commands.add_parser("start", help="format and start a cluster")
-    start.add_argument("--data-dir", type=Path, required=True)
+    start.add_argument("--data-dir", type=Path, default=DATA_DIR_DEFAULT, help="default: %(default)s")
     start.add_argument("--brokers", type=int, choices=(1, 3), default=1)
     start.add_argument("--port", type=int, default=None, help="first broker port (default: free ports)")
-    for name in ("stop", "stop-broker", "start-broker"):
+    for name in ("stop", "stop-broker", "start-broker", "address"):
         command = commands.add_parser(name)
-        command.add_argument("--data-dir", type=Path, required=True)
-        if name != "stop":
+        command.add_argument("--data-dir", type=Path, default=DATA_DIR_DEFAULT, help="default: %(default)s")
+        if name not in ("stop", "address"):
             command.add_argument("--node", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command != "fetch":
+        _ensure_client_library()
     if args.command == "fetch":
         print(fetch())
     elif args.command == "start":
+        if (args.data_dir / STATE_FILE).exists() and any(
+            n.pid and _alive(n.pid) for n in KafkaCluster.load(args.data_dir).nodes
+        ):
+            raise SystemExit(f"kafka_broker.py: a cluster is already running in {args.data_dir} (stop it first)")
         cluster = KafkaCluster(args.data_dir, brokers=args.brokers)
-        cluster.start(port=args.port)
+        try:
+            cluster.start(port=args.port)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            raise SystemExit(f"kafka_broker.py: start failed, every node stopped: {error}") from None
+        print(cluster.bootstrap_servers)
+    elif not (args.data_dir / STATE_FILE).exists():
+        raise SystemExit(f"kafka_broker.py: no cluster in {args.data_dir} ({STATE_FILE} missing)")
+    elif args.command == "address":
+        cluster = KafkaCluster.load(args.data_dir)
+        if not any(n.pid and _alive(n.pid) for n in cluster.nodes):
+            raise SystemExit(f"kafka_broker.py: the cluster in {args.data_dir} is not running")
         print(cluster.bootstrap_servers)
     elif args.command == "stop":
         KafkaCluster.load(args.data_dir).stop()

@@ -1,6 +1,9 @@
 """Runs an ASGI app (the JSON gateway, the ops endpoints) with uvicorn inside the service's own event
 loop, next to the grpc.aio server: one process, one loop, one shutdown sequence.
 
+With `TlsFiles` the server speaks TLS only (a plaintext request fails the handshake), and with a client
+CA it requires a client certificate from that CA (CERT_REQUIRED), exactly as the gRPC port does.
+
 uvicorn's `Server.serve` installs its own SIGINT/SIGTERM handlers; the service owns signals (it drains
 gRPC, the write queue and background tasks in order), so this subclass leaves them alone.
 """
@@ -9,12 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 STARTUP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    """Set: a client certificate signed by this CA is required (mTLS)."""
 
 
 class _Server(uvicorn.Server):
@@ -32,7 +46,12 @@ class AsgiServer:
         self.port = port
 
     @classmethod
-    async def start(cls, app: object, host: str, port: int, name: str) -> AsgiServer:
+    async def start(cls, app: object, host: str, port: int, name: str, *, tls: TlsFiles | None = None) -> AsgiServer:
+        tls_options: dict[str, object] = {}
+        if tls is not None:
+            tls_options = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+            if tls.client_ca_file is not None:
+                tls_options |= {"ssl_ca_certs": str(tls.client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             app,  # type: ignore[arg-type]  # Any ASGI application.
             host=host,
@@ -41,6 +60,7 @@ class AsgiServer:
             access_log=False,  # Requests are logged and measured by the app itself.
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_SECONDS,
+            **tls_options,  # type: ignore[arg-type]  # Typed per option above.
         )
         server = _Server(config)
         task = asyncio.create_task(server.serve(), name=name)

@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facade.engine.protocol import Engine
-from facade.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from facade.kafka.topics import TopicHealth
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -63,17 +66,15 @@ def engine_check(engine: Engine) -> Check:
     return check
 
 
-def kafka_check(settings: KafkaSettings) -> Check:
-    """Cluster metadata from the brokers: answers only when a broker is reachable."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "client.id": f"{settings.client_id}-ready"})
+def kafka_check(health: TopicHealth) -> Check:
+    """Kafka can take the service's records: brokers answer, every topic exists, and the last delivery
+    of entries did not fail."""
     metadata_timeout = CHECK_TIMEOUT_SECONDS / 2
 
     async def check() -> None:
-        metadata = await asyncio.to_thread(admin.list_topics, timeout=metadata_timeout)
-        if not metadata.brokers:
-            raise RuntimeError("no brokers in the cluster metadata")
+        problem = await asyncio.to_thread(health.problem, metadata_timeout)
+        if problem is not None:
+            raise RuntimeError(problem)
 
     return check
 

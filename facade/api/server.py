@@ -13,19 +13,20 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from facade.api.asgi import AsgiServer
+from facade.api.asgi import AsgiServer, TlsFiles
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
 from facade.api.servicer import LedgerServicer
-from facade.auth import Authenticator, AuthInterceptor
+from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
 from facade.changes.poller import ChangeCapture
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
@@ -37,6 +38,9 @@ from facade.runtime import freeze_heap, tune_gc
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
+
+if TYPE_CHECKING:
+    from facade.kafka.topics import TopicHealth
 
 GRACE_SECONDS = 5.0
 MESSAGE_SIZE_MAX = 16 * 1024 * 1024
@@ -99,12 +103,28 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(chain)
 
 
+def _tls_files(settings: Settings) -> TlsFiles | None:
+    """The gRPC port's TLS files, for the HTTP edges too: TLS on one edge means TLS on every edge."""
+    auth = settings.auth
+    if not auth.tls_cert_file or not auth.tls_key_file:
+        return None
+    return TlsFiles(Path(auth.tls_cert_file), Path(auth.tls_key_file), auth.tls_client_ca_file)
+
+
 async def start(settings: Settings) -> RunningServer:
+    guard_dev_mode(settings.auth, [settings.api.host])  # Before anything is opened or bound.
+    authenticator = Authenticator(settings.auth)  # Refuses a bad secret or key set before the engine opens.
+    if settings.kafka.bootstrap_servers and settings.kafka.provision_topics:
+        # Before anything serves: a façade whose topics are missing or mis-set must not start.
+        from facade.kafka.topics import ensure_topics
+
+        created = await asyncio.to_thread(ensure_topics, settings.kafka)
+        if created:
+            log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
     service = LedgerService(engine, store, settings.api)
     await service.start()
-    authenticator = Authenticator(settings.auth)
     server = grpc.aio.server(
         interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator), RequestGuardInterceptor()],
         options=[
@@ -139,7 +159,11 @@ async def start(settings: Settings) -> RunningServer:
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
-                build_app(service, authenticator), settings.api.host, settings.api.http_port, "http-gateway"
+                build_app(service, authenticator),
+                settings.api.host,
+                settings.api.http_port,
+                "http-gateway",
+                tls=_tls_files(settings),
             )
         except BaseException:
             await running.stop()
@@ -149,10 +173,16 @@ async def start(settings: Settings) -> RunningServer:
             asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
         )
     kafka = settings.kafka
+    topic_health: TopicHealth | None = None
+    if kafka.bootstrap_servers:
+        from facade.kafka.topics import TopicHealth
+
+        topic_health = TopicHealth(kafka)
     if kafka.bootstrap_servers and kafka.change_capture_enabled:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
-        capture = ChangeCapture(engine, KafkaEntryPublisher(kafka), kafka.change_capture_checkpoint, metadata=store)
+        publisher = KafkaEntryPublisher(kafka, health=topic_health)
+        capture = ChangeCapture(engine, publisher, kafka.change_capture_checkpoint, metadata=store)
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
     if kafka.bootstrap_servers and kafka.ingest_enabled:
         from facade.kafka.ingest import CommandIngestor
@@ -160,15 +190,19 @@ async def start(settings: Settings) -> RunningServer:
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     checks: dict[str, Check] = {"engine": engine_check(engine)}
-    if settings.kafka.bootstrap_servers:
-        checks["kafka"] = kafka_check(settings.kafka)
+    if topic_health is not None:
+        checks["kafka"] = kafka_check(topic_health)
     if read_model is not None:
         checks["clickhouse"] = read_model.ping
     running.readiness = Readiness(checks)
     observability = settings.observability
     if observability.metrics_port >= 0:
         running.ops = await AsgiServer.start(
-            build_ops_app(running.readiness), observability.metrics_host, observability.metrics_port, "ops-http"
+            build_ops_app(running.readiness),
+            observability.metrics_host,
+            observability.metrics_port,
+            "ops-http",
+            tls=_tls_files(settings),
         )
     log.info(
         "serving",

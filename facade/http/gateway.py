@@ -109,7 +109,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "INVALID_ARGUMENT: INVALID_REQUEST (the schema rejected it), MALFORMED_JSON, DUPLICATE_KEY, "
         "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, or the mapping's reason (INVALID_AMOUNT, ...)",
     },
-    401: {"model": m.Error, "description": "UNAUTHENTICATED: missing or invalid credentials"},
+    401: {
+        "model": m.Error,
+        "description": "UNAUTHENTICATED: MISSING_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, "
+        "TOKEN_CLAIM_INVALID (metadata.claim), TOKEN_KEY_UNKNOWN, INVALID_API_KEY",
+    },
     403: {"model": m.Error, "description": "PERMISSION_DENIED: the credentials lack the route's scope"},
     404: {"model": m.Error, "description": "NOT_FOUND (e.g. ACCOUNT_NOT_FOUND, TRANSACTION_NOT_FOUND)"},
     409: {"model": m.Error, "description": "ALREADY_EXISTS (e.g. IDEMPOTENCY_KEY_REUSED)"},
@@ -123,7 +127,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _credentials = APIKeyHeader(
     name="Authorization",
     scheme_name="LedgerCredentials",
-    description="`Bearer <jwt>` (HS256; `sub` = client id, `scope` = space-separated scopes) or "
+    description="`Bearer <jwt>` (HS256 with the shared secret, or RS/PS/ES/EdDSA with the JWKS key named by `kid`; "
+    "`exp` required, `sub` = client id, `scope` = space-separated scopes) or "
     "`ApiKey <key_id>.<secret>`. Scopes: ledger.read, ledger.write, ledger.admin.",
     auto_error=False,
 )
@@ -164,7 +169,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def auth_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, AuthError)
-        return error_response(error.code, error.reason, error.message)
+        return error_response(error.code, error.reason, error.message, error.metadata)
 
     async def validation_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -238,7 +243,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         scope = METHOD_SCOPES[RPC_PREFIX + rpc]
 
         async def principal(authorization: Annotated[str | None, Security(_credentials)]) -> Principal:
-            found = authenticator.authenticate(authorization)
+            found = await authenticator.authenticate_async(authorization)
             authenticator.authorize(found, scope)
             return found
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from facade.api.gen.ledger.v1 import entries_pb2
+from facade.kafka.topics import TopicHealth
 from facade.observability import metrics
 from facade.settings import KafkaSettings
 
@@ -39,11 +40,13 @@ def producer_config(settings: KafkaSettings) -> dict[str, object]:
 
 
 class KafkaEntryPublisher:
-    def __init__(self, settings: KafkaSettings, topic: str | None = None) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str | None = None, health: TopicHealth | None = None) -> None:
         assert settings.bootstrap_servers, "Kafka is not configured"
         self._producer = Producer(producer_config(settings))
         self._topic = topic or settings.entries_topic
         self._flush_timeout_seconds = settings.delivery_timeout_ms / 1000 + 5
+        self._health = health
+        """Told each batch's outcome, so readiness detail says when entries are undeliverable."""
 
     async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
         await asyncio.to_thread(self._publish_blocking, entries)
@@ -72,7 +75,12 @@ class KafkaEntryPublisher:
         remaining = self._producer.flush(self._flush_timeout_seconds)
         if remaining or errors:
             metrics.kafka_producer_errors_total.labels(self._topic).inc(len(errors) + remaining)
-            raise PublishError(f"{remaining} records undelivered, {len(errors)} failed: {errors[:3]}")
+            reason = f"{remaining} records undelivered, {len(errors)} failed: {errors[:3]}"
+            if self._health is not None:
+                self._health.failed(f"{self._topic}: {reason}")
+            raise PublishError(reason)
+        if self._health is not None:
+            self._health.delivered()
 
     def close(self) -> None:
         self._producer.flush(self._flush_timeout_seconds)

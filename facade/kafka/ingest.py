@@ -1,32 +1,39 @@
 """Kafka ingestion: `ledger.commands.v1` → the same mapping and group-commit path as the gRPC API.
 
 Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema). Per poll:
-1. decode; a malformed record goes to the DLQ (`ledger.commands.dlq.v1`) with `reason` headers;
-2. post every decoded command in one `LedgerService.post_transactions` call (one durable group
-   commit for the lot);
-3. publish one `ledger.v1.TransactionResult` per command to `ledger.results.v1` (headers: correlation
-   id, idempotency key, status, reason), and rejected commands to the DLQ as well;
-4. wait until Kafka acknowledged those records (acks=all), then commit the consumed offsets.
-A crash anywhere before 4 redelivers the records; their idempotency keys make the second write a
-no-op that returns the original result, so redelivery is harmless.
+1. decode; a malformed record is answered MALFORMED_COMMAND;
+2. post every decoded command in one `LedgerService.post_transactions` call per client (one durable
+   group commit for the lot);
+3. in ONE Kafka transaction: one `ledger.v1.TransactionResult` per command to `ledger.results.v1`
+   (headers: correlation id, idempotency key, status, reason), rejected and malformed commands to the
+   DLQ (`ledger.commands.dlq.v1`, with `reason` headers), and the consumed offsets
+   (`send_offsets_to_transaction`); then commit the transaction.
+Results and offsets become visible together or not at all: a consumer of results with
+`isolation.level=read_committed` sees exactly one result per command, whatever crashes. A crash (or
+any failure) before the commit aborts the transaction — at the latest when this ingestor's
+`transactional.id` starts again, which fences the old producer — and the records are consumed again;
+their idempotency keys make the second write a no-op that returns the original outcome.
 
 Backpressure: when the write queue is full the consumer pauses its partitions, waits the retry hint,
 resumes and retries the same records: nothing is dropped, nothing spins.
 
-Authentication is Kafka's (SASL/ACLs on the commands topic); commands are posted as the configured
-ingestion client, so idempotency keys are scoped to it.
+Identity: a command acts for the client named in its `ledger-client-id` header (the configured
+`ingest_client_id` when absent). The ingestion principal may act only for the clients listed in
+`ingest_acts_for` (its own always), with `ingest_scopes`; ownership and scopes are then checked exactly
+as for a gRPC caller. A command for any other client is answered PERMISSION_DENIED and dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,7 +41,7 @@ from opentelemetry.trace import Link
 
 from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
-from facade.auth import SCOPE_WRITE, Principal
+from facade.auth import METHOD_SCOPES, Principal
 from facade.domain.mapping import DomainError
 from facade.observability import metrics
 from facade.observability.logs import get_logger
@@ -84,12 +91,34 @@ def _ingest_parentage(commands: Sequence[_Command]) -> tuple[otel_context.Contex
     return contexts[0], [Link(span) for span in spans if span.is_valid]
 
 
+CLIENT_HEADER = "ledger-client-id"
+"""The record header naming the client a command acts for."""
+ACTS_FOR_ANY = "*"
+POST_SCOPE = METHOD_SCOPES["/ledger.v1.Ledger/PostTransactions"]
+"""A command is a PostTransactions call: it needs what that RPC needs."""
+TRANSACTION_TIMEOUT_SECONDS = 30.0
+"""Bound on each transactional request (init, send offsets, commit, abort)."""
+
+
+def transactional_id(settings: KafkaSettings) -> str:
+    return settings.ingest_transactional_id or f"{settings.client_id}-ingest-{socket.gethostname()}"
+
+
+def _header(message: Message, name: str) -> str | None:
+    for key, value in _headers(message):
+        if key == name and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
 class CommandIngestor:
     def __init__(self, service: LedgerService, settings: KafkaSettings, client_id: str = "kafka-ingest") -> None:
         assert settings.bootstrap_servers, "Kafka is not configured"
         self._service = service
         self._settings = settings
-        self._principal = Principal(client_id, frozenset({SCOPE_WRITE}))
+        self._client_default = client_id
+        self._acts_for = frozenset({client_id, *settings.ingest_acts_for})
+        self._scopes = frozenset(settings.ingest_scopes)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
@@ -98,25 +127,44 @@ class CommandIngestor:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                # Static membership, one stable identity per façade (as its transactional.id): a
+                # restarted façade takes its partitions back at once instead of waiting out the
+                # session timeout of the member it was before the crash.
+                "group.instance.id": transactional_id(settings),
             }
         )
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "client.id": f"{settings.client_id}-results",
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-            }
-        )
+        self._producer = self._new_producer()
+        self._transactions_ready = False
         self._consumer.subscribe([settings.commands_topic])
         self._lag_recorded_at = 0.0
         self._results_context: otel_context.Context | None = None
 
+    def _new_producer(self) -> Producer:
+        return Producer(
+            {
+                "bootstrap.servers": self._settings.bootstrap_servers,
+                "client.id": f"{self._settings.client_id}-results",
+                "transactional.id": transactional_id(self._settings),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 2 * 1000),
+            }
+        )
+
+    def _principal(self, client_id: str) -> Principal | None:
+        """The principal a command acts as, or None when the ingestion principal may not act for it or
+        lacks the scope a gRPC caller of PostTransactions needs."""
+        if POST_SCOPE not in self._scopes:
+            return None
+        if client_id in self._acts_for or ACTS_FOR_ANY in self._acts_for:
+            return Principal(client_id, self._scopes)
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Ingests until `stop` is set. A failed round (results not acknowledged, broker trouble) is
+        """Ingests until `stop` is set. A failed round (transaction not committed, broker trouble) is
         retried with backoff from the last committed offsets: its commands are consumed again and,
-        being idempotent, post once; their results are published again (marked deduplicated)."""
+        being idempotent, post once; the aborted round's results were never visible."""
         backoff = RETRY_BACKOFF_MIN_SECONDS
         while not stop.is_set():
             try:
@@ -142,6 +190,8 @@ class CommandIngestor:
 
     async def run_once(self) -> int:
         """Processes one poll's records; returns how many commands it handled."""
+        if not self._transactions_ready:
+            await asyncio.to_thread(self._init_transactions)
         messages: list[Message] = await asyncio.to_thread(
             self._consumer.consume, POLL_RECORDS_MAX, POLL_TIMEOUT_SECONDS
         )
@@ -149,33 +199,77 @@ class CommandIngestor:
         if not messages:
             self._record_lag()
             return 0
-        errors: list[str] = []
-        commands: list[_Command] = []
+        assert len(messages) <= POLL_RECORDS_MAX
+        answered: list[tuple[_Command, TransactionView | DomainError]] = []
+        by_client: dict[str, list[_Command]] = {}
         for message in messages:
             if message.error():
                 raise IngestError(f"consume failed: {message.error()}")
             try:
                 request = ledger_pb2.PostTransactionRequest.FromString(message.value() or b"")
-            except DecodeError as error:
+            except DecodeError:
                 malformed = DomainError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "MALFORMED_COMMAND",
-                    f"not a ledger.v1.PostTransactionRequest: {error}",
+                    grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", "not a ledger.v1.PostTransactionRequest"
                 )
-                self._publish_result(_Command(message, ledger_pb2.PostTransactionRequest()), malformed, errors)
+                answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), malformed))
                 continue
-            commands.append(_Command(message, request))
-        if commands:
-            results = await self._post_with_backpressure(commands)
-            for command, result in zip(commands, results, strict=True):
-                self._publish_result(command, result, errors)
-        remaining = await asyncio.to_thread(self._producer.flush, PRODUCE_FLUSH_TIMEOUT_SECONDS)
-        if remaining or errors:
-            metrics.kafka_producer_errors_total.labels(self._settings.results_topic).inc(len(errors) or remaining)
-            raise IngestError(f"results/DLQ not acknowledged ({remaining} pending): {errors[:3]}")
-        self._commit()
+            client_id = _header(message, CLIENT_HEADER) or self._client_default
+            if self._principal(client_id) is None:
+                denied = DomainError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "PERMISSION_DENIED",
+                    f"the ingestion principal may not act for client {client_id!r} (or lacks scope {POST_SCOPE})",
+                )
+                answered.append((_Command(message, request), denied))
+                continue
+            by_client.setdefault(client_id, []).append(_Command(message, request))
+        for client_id, commands in by_client.items():
+            results = await self._post_with_backpressure(client_id, commands)
+            answered.extend(zip(commands, results, strict=True))
+        await asyncio.to_thread(self._publish_transaction, answered)
         self._record_lag()
         return len(messages)
+
+    def _init_transactions(self) -> None:
+        """Registers the transactional.id: aborts whatever a previous instance with the same id left open
+        (a crash mid-round), and fences that instance's producer."""
+        self._producer.init_transactions(TRANSACTION_TIMEOUT_SECONDS)
+        self._transactions_ready = True
+
+    def _publish_transaction(self, answered: Sequence[tuple[_Command, TransactionView | DomainError]]) -> None:
+        """Results, dead letters and consumed offsets in one Kafka transaction."""
+        errors: list[str] = []
+        self._producer.begin_transaction()
+        try:
+            for command, result in answered:
+                self._publish_result(command, result, errors)
+            self._commit()
+        except Exception as error:
+            self._abort()
+            if isinstance(error, KafkaException):
+                raise IngestError(f"results transaction failed: {error.args[0]}") from error
+            raise
+        if errors:  # commit_transaction raises when a record failed; this is the belt to its braces.
+            raise AssertionError(f"transaction committed with failed records: {errors[:3]}")
+
+    def _commit(self) -> None:
+        """Adds the consumed offsets to the open transaction and commits it: results, dead letters and
+        offsets become visible together."""
+        positions = [p for p in self._consumer.position(self._consumer.assignment()) if p.offset >= 0]
+        self._producer.send_offsets_to_transaction(
+            positions, self._consumer.consumer_group_metadata(), TRANSACTION_TIMEOUT_SECONDS
+        )
+        self._producer.commit_transaction(TRANSACTION_TIMEOUT_SECONDS)
+
+    def _abort(self) -> None:
+        """Aborts the open transaction; a producer in a fatal state (fenced, say) is replaced."""
+        try:
+            self._producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
+        except KafkaException as error:
+            log.warning("kafka ingest abort failed; new producer", error=str(error.args[0]))
+            self._producer = self._new_producer()
+            self._transactions_ready = False
+        metrics.kafka_producer_errors_total.labels(self._settings.results_topic).inc()
 
     def _record_lag(self) -> None:
         """Consumer lag per assigned partition: high watermark minus position. Both are local reads
@@ -192,20 +286,18 @@ class CommandIngestor:
                 max(0, high - partition.offset)
             )
 
-    def _commit(self) -> None:
-        """Commits the offsets of everything consumed so far (all of it is durable and answered)."""
-        self._consumer.commit(asynchronous=False)
-
-    async def _post_with_backpressure(self, commands: list[_Command]) -> list[TransactionView | DomainError]:
+    async def _post_with_backpressure(
+        self, client_id: str, commands: list[_Command]
+    ) -> list[TransactionView | DomainError]:
+        principal = self._principal(client_id)
+        assert principal is not None and commands
         while True:
             parent, links = _ingest_parentage(commands)
             with tracer().start_as_current_span("kafka.ingest", context=parent, links=links) as span:
                 span.set_attribute("messaging.batch.message_count", len(commands))
                 self._results_context = trace.set_span_in_context(span)
                 try:
-                    return await self._service.post_transactions(
-                        self._principal, [post_request(c.request) for c in commands]
-                    )
+                    return await self._service.post_transactions(principal, [post_request(c.request) for c in commands])
                 except DomainError as error:
                     if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                         raise

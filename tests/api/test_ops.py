@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.ops import Readiness, kafka_check
+from facade.kafka.topics import TopicHealth
 from facade.settings import KafkaSettings
 from tests.api.conftest import Api, credit, debit, open_api
 
@@ -80,7 +81,7 @@ async def test_readiness_names_an_unreachable_kafka() -> None:
         return None
 
     readiness = Readiness(
-        {"engine": engine_ok, "kafka": kafka_check(KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"))}
+        {"engine": engine_ok, "kafka": kafka_check(TopicHealth(KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")))}
     )
     ready, body = await readiness.report()
     assert not ready and body["status"] == "not_ready"

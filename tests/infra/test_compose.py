@@ -102,3 +102,27 @@ def test_every_ledger_variable_in_compose_is_a_real_setting() -> None:
             assert leaf in model.model_fields, f"{name}: {variable} is not a setting"
             checked += 1
     assert checked > 20
+
+
+def test_every_facade_edge_ships_behind_mutual_tls() -> None:
+    """gRPC, the JSON gateway and the ops port share the TLS files (facade/api/server.py); compose sets
+    them with a client CA (mTLS), mounts the certificates, and its health check and Prometheus present
+    the client certificate over https."""
+    services = compose_config()["services"]
+    assert isinstance(services, dict)
+    for name in ("ledger-1", "ledger-2"):
+        service = services[name]
+        environment = service["environment"]
+        assert environment["LEDGER_AUTH__MODE"] == "enforce"
+        assert environment["LEDGER_AUTH__TLS_CERT_FILE"] == "/certs/server.crt"
+        assert environment["LEDGER_AUTH__TLS_KEY_FILE"] == "/certs/server.key"
+        assert environment["LEDGER_AUTH__TLS_CLIENT_CA_FILE"] == "/certs/ca.crt"
+        assert any(volume["target"] == "/certs" and volume.get("read_only") for volume in service["volumes"]), name
+        check = " ".join(service["healthcheck"]["test"])
+        assert "https://localhost:9464/readyz" in check and "load_cert_chain" in check, name
+        assert "http://" not in check
+    prometheus = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    [job] = [job for job in prometheus["scrape_configs"] if job["job_name"] == "ledger"]
+    assert job["scheme"] == "https"
+    assert {"ca_file", "cert_file", "key_file"} <= set(job["tls_config"])
+    assert any(volume["target"] == "/certs" for volume in services["prometheus"]["volumes"])

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Message, Producer
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPES_ALL, Principal
 from facade.engine.embedded import EmbeddedEngine
-from facade.kafka.ingest import CommandIngestor, IngestError
+from facade.kafka.ingest import CLIENT_HEADER, CommandIngestor, IngestError
 from facade.metadata_store import MetadataStore
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
@@ -83,17 +83,28 @@ def transfer(source: str, destination: str, amount: int) -> pb.Leg:
     )
 
 
-def read(settings: KafkaSettings, topic: str, count: int) -> list[Message]:
+EXTRA_WAIT_SECONDS = 3.0
+"""How long a reader asking for one record more than expected waits for a duplicate to show up."""
+
+
+def read(
+    settings: KafkaSettings,
+    topic: str,
+    count: int,
+    isolation: str = "read_committed",
+    wait_seconds: float = WAIT_SECONDS,
+) -> list[Message]:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": unique_topic("reader"),
             "auto.offset.reset": "earliest",
+            "isolation.level": isolation,
         }
     )
     consumer.subscribe([topic])
     messages: list[Message] = []
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
     while len(messages) < count and time.monotonic() < deadline:
         message = consumer.poll(0.5)
         if message is not None and not message.error():
@@ -146,10 +157,10 @@ async def test_commands_in_results_out_with_correct_balances(
 
 
 class CrashBeforeCommit(CommandIngestor):
-    """Dies after the write is durable and answered, before committing offsets (once)."""
+    """Dies after the write is durable and the results are produced, before the transaction commits."""
 
     def _commit(self) -> None:
-        raise IngestError("simulated crash before the offset commit")
+        raise IngestError("simulated crash before the transaction commit")
 
 
 async def test_duplicates_and_redelivered_commands_post_once(
@@ -163,16 +174,20 @@ async def test_duplicates_and_redelivered_commands_post_once(
         await ingest(crashing, 2)
     crashing.close()
     assert await balance(service, alice) == 500
-    # A new consumer in the same group gets the uncommitted records again.
+    # A new consumer in the same group gets the records again: the aborted round committed no offsets.
     restarted = CommandIngestor(service, settings, INGEST_CLIENT)
     try:
         await ingest(restarted, 2)
     finally:
         restarted.close()
     assert await balance(service, alice) == 500
-    results = [pb.TransactionResult.FromString(m.value() or b"") for m in read(settings, settings.results_topic, 4)]
-    assert len(results) == 4
-    assert sum(1 for r in results if not r.transaction.deduplicated) == 1
+    # Whatever of the aborted round's results reached the log, no read_committed consumer sees it.
+    assert len(read(settings, settings.results_topic, 2)) == 2
+    messages = read(settings, settings.results_topic, 3, wait_seconds=EXTRA_WAIT_SECONDS)
+    visible = [pb.TransactionResult.FromString(m.value() or b"") for m in messages]
+    assert len(visible) == 2
+    assert {r.transaction.transaction_id for r in visible} == {visible[0].transaction.transaction_id}
+    assert all(r.transaction.deduplicated for r in visible), "the original post was the aborted round's"
 
 
 async def test_poison_and_rejected_commands_go_to_the_dlq(kafka_cluster: KafkaCluster, service: LedgerService) -> None:
@@ -200,14 +215,14 @@ async def test_poison_and_rejected_commands_go_to_the_dlq(kafka_cluster: KafkaCl
 
 
 class CommitFailsOnce(CommandIngestor):
-    """The offset commit fails once (say, a group rebalance): run() must rewind and carry on."""
+    """The transaction commit fails once (say, a group rebalance): run() must abort, rewind and carry on."""
 
     failed = False
 
     def _commit(self) -> None:
         if not self.failed:
             self.failed = True
-            raise IngestError("simulated offset commit failure")
+            raise IngestError("simulated transaction commit failure")
         super()._commit()
 
 
@@ -223,14 +238,54 @@ async def test_run_survives_a_failed_round_and_posts_everything_once(
     stop = asyncio.Event()
     running = asyncio.create_task(ingestor.run(stop))
     try:
-        # The failed round published 20 results; the retried round publishes them again.
-        messages = await asyncio.to_thread(read, settings, settings.results_topic, 40)
+        # The failed round's results were aborted; the retried round's 20 are the visible ones.
+        await asyncio.to_thread(read, settings, settings.results_topic, 20)
     finally:
         stop.set()
         await running
         ingestor.close()
     assert ingestor.failed
     assert await balance(service, alice) == 200, "the failed round's commands posted once"
-    results = [pb.TransactionResult.FromString(m.value() or b"") for m in messages]
-    assert len(results) == 40
-    assert sum(1 for r in results if r.transaction.deduplicated) == 20
+    messages = read(settings, settings.results_topic, 21, wait_seconds=EXTRA_WAIT_SECONDS)
+    visible = [pb.TransactionResult.FromString(m.value() or b"") for m in messages]
+    assert len(visible) == 20
+    assert len({r.transaction.transaction_id for r in visible}) == 20
+
+
+async def test_commands_act_for_the_client_they_name_when_permitted(
+    kafka_cluster: KafkaCluster, tmp_path: Path
+) -> None:
+    """An account created over gRPC by client-a is credited by a command acting for client-a; a command
+    for a client the ingestion principal may not act for is refused PERMISSION_DENIED into the DLQ."""
+    engine = await EmbeddedEngine.open(tmp_path / "engine2")
+    store = await MetadataStore.open(tmp_path / "metadata2.sqlite3")
+    ledger = LedgerService(engine, store, ApiSettings())
+    await ledger.start()
+    settings = kafka_settings(kafka_cluster).model_copy(update={"ingest_acts_for": ["client-a"]})
+    try:
+        owner = Principal("client-a", SCOPES_ALL)
+        alice = str((await ledger.create_account(owner, "USD", "a", "a", 1, {})).record.account_id)
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+        as_a: list[tuple[str, str | bytes | None]] = [(CLIENT_HEADER, b"client-a")]
+        producer.produce(settings.commands_topic, key=alice, value=command("p1", credit(alice, 70)), headers=as_a)
+        as_b: list[tuple[str, str | bytes | None]] = [(CLIENT_HEADER, b"client-b")]
+        producer.produce(settings.commands_topic, key=alice, value=command("p2", credit(alice, 5)), headers=as_b)
+        # No header: the default ingestion client, which does not own client-a's account.
+        producer.produce(settings.commands_topic, key=alice, value=command("p3", credit(alice, 9)))
+        assert producer.flush(30) == 0
+        ingestor = CommandIngestor(ledger, settings, INGEST_CLIENT)
+        try:
+            await ingest(ingestor, 3)
+        finally:
+            ingestor.close()
+        assert await balance(ledger, alice) == 70
+        by_key = {header(m, "idempotency_key"): m for m in read(settings, settings.results_topic, 3)}
+        assert header(by_key["p1"], "status") == "POSTED"
+        assert (header(by_key["p2"], "status"), header(by_key["p2"], "reason")) == ("REJECTED", "PERMISSION_DENIED")
+        assert (header(by_key["p3"], "status"), header(by_key["p3"], "reason")) == ("REJECTED", "ACCOUNT_NOT_FOUND")
+        dlq = read(settings, settings.commands_dlq_topic, 2)
+        assert sorted(header(m, "reason") for m in dlq) == ["ACCOUNT_NOT_FOUND", "PERMISSION_DENIED"]
+    finally:
+        await ledger.close()
+        await engine.close()
+        await store.close()
