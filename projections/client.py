@@ -5,9 +5,15 @@ unchanged: DDL from `projections.schema`, queries from `projections.queries`, in
 TabSeparated text built once by `projections.rows`. So one set of SQL serves both, and what the chDB
 tests exercise is what runs against a server.
 
-Query parameters use ClickHouse's own binding (`{name:Type}` placeholders), never string
-formatting, so ids, strings and timestamps cannot change a statement's meaning. Results come back
-as JSONCompact (64-bit and wider integers unquoted; Python's json parses them exactly).
+No SQL from strings: every value reaches a statement as a bound parameter (ClickHouse's own
+`{name:Type}` placeholders), rendered once by `bind_parameters` for both backends. The server parses a
+parameter's value in its *escaped* text form (backslash escapes, as in TabSeparated), so the raw text
+of a string is not its value: `a\nb` would arrive as a newline and a lone trailing backslash as a parse
+error. `bind_parameters` escapes every string and range-checks every integer, so ids, strings and
+timestamps cannot change a statement's meaning or fail to parse. The only other text spliced into SQL
+is identifiers (table names, column lists, the database name), which come from constants or settings
+and are checked by `identifier`. Results come back as JSONCompact (64-bit and wider integers unquoted;
+Python's json parses them exactly).
 
 The calls are synchronous: chDB runs queries on the calling thread (and releases the GIL), and the
 async callers (the projector) hand them to a worker thread.
@@ -16,8 +22,10 @@ async callers (the projector) hand them to a worker thread.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -56,8 +64,66 @@ class ClickHouseClient(Protocol):
     def close(self) -> None: ...
 
 
-def _parameter_strings(parameters: Parameters | None) -> dict[str, str]:
-    return {name: str(value) for name, value in (parameters or {}).items()}
+PARAMETER_INT_MAX = (1 << 256) - 1
+"""The widest integer a parameter may carry (UInt256); the read model's values are at most u128."""
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_PARAMETER_NAME = _IDENTIFIER
+# ClickHouse's escaped text form (readEscapedString): the escape character itself, the TabSeparated
+# delimiters, and the characters a reader might take for quoting.
+_ESCAPED_TEXT = str.maketrans(
+    {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "'": "\\'", "`": "\\`"}
+)
+
+
+class ParameterError(ValueError):
+    """A parameter value no ClickHouse value can equal (a string that is not valid Unicode, an
+    integer out of range): the caller's input, not an operating error."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoundValue:
+    """A parameter value already in ClickHouse's escaped text form. clickhouse-connect sends a value
+    of a type it does not know as `str(value)` (binding.format_bind_value), so the server receives
+    exactly the text chDB receives; a plain str would be escaped a second time."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def identifier(name: str) -> str:
+    """`name` when it is a plain SQL identifier (the only text other than constants spliced into SQL)."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ClickHouseError(f"not a plain identifier: {name!r}")
+    return name
+
+
+def escaped_text(value: str) -> str:
+    """`value` in ClickHouse's escaped text form, as a `{name:String}` parameter is parsed."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ParameterError("a string parameter is not valid Unicode (lone surrogate)") from error
+    return value.translate(_ESCAPED_TEXT)
+
+
+def bind_parameters(parameters: Parameters | None) -> dict[str, BoundValue]:
+    """Every value of `parameters` rendered for `{name:Type}` binding: strings escaped, integers
+    range-checked (bool is refused: it is an int to Python but no read-model column)."""
+    bound: dict[str, BoundValue] = {}
+    for name, value in (parameters or {}).items():
+        assert _PARAMETER_NAME.fullmatch(name), f"parameter name {name!r}"
+        if isinstance(value, str):
+            bound[name] = BoundValue(escaped_text(value))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= PARAMETER_INT_MAX:
+                raise ParameterError(f"integer parameter {name} out of range")
+            bound[name] = BoundValue(str(value))
+        else:
+            raise AssertionError(f"parameter {name}: unsupported type {type(value).__name__}")
+    assert len(bound) == len(parameters or {})
+    return bound
 
 
 def _rows(payload: bytes) -> list[Row]:
@@ -89,13 +155,16 @@ class ChdbClient:
         self.path = path
         self.database = database
         self._closed = False
-        self.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        self.command(f"USE {database}")
+        self.command(f"CREATE DATABASE IF NOT EXISTS {identifier(database)}")
+        self.command(f"USE {identifier(database)}")
 
     def _query(self, sql: str, fmt: str, parameters: Parameters | None) -> bytes:
         assert not self._closed, "ChdbClient is closed"
         try:
-            result = self._session.query(sql, fmt, params=_parameter_strings(parameters))  # type: ignore[no-untyped-call]
+            params = {name: value.text for name, value in bind_parameters(parameters).items()}
+            result = self._session.query(sql, fmt, params=params)  # type: ignore[no-untyped-call]
+        except ParameterError:
+            raise
         except Exception as error:  # chdb raises its own ChdbError (untyped); keep the message.
             raise ClickHouseError(str(error)) from error
         return bytes(result.bytes()) if result is not None else b""
@@ -106,7 +175,9 @@ class ChdbClient:
     def insert_tsv(self, table: str, columns: Sequence[str], data: str) -> None:
         if not data:
             return
-        self._query(f"INSERT INTO {table} ({', '.join(columns)}) FORMAT TabSeparated\n{data}", "TabSeparated", None)
+        names = ", ".join(identifier(column) for column in columns)
+        # The rows are data, not SQL: TabSeparated text escaped by projections.rows.
+        self._query(f"INSERT INTO {identifier(table)} ({names}) FORMAT TabSeparated\n{data}", "TabSeparated", None)
 
     def query_rows(self, sql: str, parameters: Parameters | None = None) -> list[Row]:
         return _rows(self._query(f"{sql}\nSETTINGS {JSON_SETTINGS}", "JSONCompact", parameters))
@@ -136,7 +207,7 @@ class ServerClient:
             username=settings.user,
             password=settings.password.get_secret_value(),
         )
-        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {identifier(settings.database)}")
         bootstrap.close()
         self._client = clickhouse_connect.get_client(
             host=settings.host,
@@ -148,7 +219,9 @@ class ServerClient:
 
     def command(self, sql: str, parameters: Parameters | None = None) -> None:
         try:
-            self._client.command(sql, parameters=dict(parameters or {}))
+            self._client.command(sql, parameters=bind_parameters(parameters))
+        except ParameterError:
+            raise
         except Exception as error:
             raise ClickHouseError(str(error)) from error
 
@@ -165,7 +238,9 @@ class ServerClient:
 
     def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
         try:
-            return self._client.raw_query(sql, parameters=dict(parameters or {}), fmt=fmt)
+            return self._client.raw_query(sql, parameters=bind_parameters(parameters), fmt=fmt)
+        except ParameterError:
+            raise
         except Exception as error:
             raise ClickHouseError(str(error)) from error
 

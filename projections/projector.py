@@ -46,6 +46,9 @@ Key = tuple[int, int]
 
 @dataclass(slots=True, frozen=True)
 class _Table:
+    """A read-model table. `name`, `columns` and `key_sql` are constants spliced into SQL as identifiers;
+    values are always bound parameters (projections.client.bind_parameters)."""
+
     name: str
     columns: tuple[str, ...]
     key_sql: str

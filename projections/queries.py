@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from projections.client import ClickHouseClient, Row
+from projections.client import ClickHouseClient, ParameterError, Row
 
 STATEMENT_LINES_MAX = 10_000
 """Most lines in one statement page; the next page starts after the last line's timestamp."""
@@ -158,27 +158,29 @@ def balance_as_of(client: ClickHouseClient, account_id: int, timestamp: int) -> 
     return derived.get(account_id, ZERO_BALANCE)
 
 
-_POSTING = "('SINGLE_PHASE', 'TWO_PHASE_POSTED')"
-_RESOLVING = "('TWO_PHASE_POSTED', 'TWO_PHASE_VOIDED', 'TWO_PHASE_EXPIRED')"
-_BALANCES_FROM_ENTRIES = f"""
-SELECT
-    account_id,
-    sumIf(toUInt256(amount), side = 'DEBIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
-    sumIf(toUInt256(amount), side = 'DEBIT' AND change IN {_POSTING}),
-    sumIf(toUInt256(amount), side = 'CREDIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
-    sumIf(toUInt256(amount), side = 'CREDIT' AND change IN {_POSTING}),
-    max(engine_timestamp)
-FROM entries
-WHERE engine_timestamp <= {{timestamp:UInt64}} AND {{account_filter:String}} IN ('', toString(account_id))
-GROUP BY account_id
-ORDER BY account_id"""  # noqa: E501
-_RESOLVED = f"""
+# The change kinds are constants written into the text, never values bound from a caller.
+_RESOLVED = """
 WITH resolved AS (
     SELECT account_id, if(change = 'TWO_PHASE_EXPIRED', transfer_id, pending_id)
     FROM entries
-    WHERE change IN {_RESOLVING} AND engine_timestamp <= {{timestamp:UInt64}}
-        AND {{account_filter:String}} IN ('', toString(account_id))
+    WHERE change IN ('TWO_PHASE_POSTED', 'TWO_PHASE_VOIDED', 'TWO_PHASE_EXPIRED')
+        AND engine_timestamp <= {timestamp:UInt64}
+        AND {account_filter:String} IN ('', toString(account_id))
 )"""
+_BALANCES_FROM_ENTRIES = """
+SELECT
+    account_id,
+    sumIf(toUInt256(amount), side = 'DEBIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
+    sumIf(toUInt256(amount), side = 'DEBIT' AND change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')),
+    sumIf(toUInt256(amount), side = 'CREDIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
+    sumIf(toUInt256(amount), side = 'CREDIT' AND change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')),
+    max(engine_timestamp)
+FROM entries
+WHERE engine_timestamp <= {timestamp:UInt64} AND {account_filter:String} IN ('', toString(account_id))
+GROUP BY account_id
+ORDER BY account_id"""  # noqa: E501
+_BALANCES_FROM_ENTRIES_QUERY = _RESOLVED + _BALANCES_FROM_ENTRIES
+"""Two constant texts joined: no value is ever part of the SQL."""
 
 
 def balances_from_entries(
@@ -186,7 +188,7 @@ def balances_from_entries(
 ) -> dict[int, Balance]:
     """Every account's balances as of `timestamp` (or just `account_id`'s), summed from `entries`."""
     found = client.query_rows(
-        _RESOLVED + _BALANCES_FROM_ENTRIES,
+        _BALANCES_FROM_ENTRIES_QUERY,
         {"timestamp": timestamp, "account_filter": "" if account_id is None else str(account_id)},
     )
     return {to_int(row[0]): _balance(row[1:]) for row in found}
@@ -308,9 +310,13 @@ LIMIT {limit:UInt32}"""
 def transactions_by_correlation_id(client: ClickHouseClient, correlation_id: str) -> list[TransactionRow]:
     """Every change whose metadata carries `correlation_id`, in commit order."""
     assert correlation_id, "an empty correlation id matches every change without metadata"
-    found = client.query_rows(
-        _BY_CORRELATION, {"correlation_id": correlation_id, "limit": TRANSACTIONS_BY_CORRELATION_MAX}
-    )
+    try:
+        found = client.query_rows(
+            _BY_CORRELATION, {"correlation_id": correlation_id, "limit": TRANSACTIONS_BY_CORRELATION_MAX}
+        )
+    except ParameterError:
+        # Not valid Unicode (a lone surrogate): every stored id is, so none equals it.
+        return []
     return [
         TransactionRow(
             engine_timestamp=to_int(r[0]),

@@ -3,10 +3,15 @@
 Every error carries a google.rpc.ErrorInfo: `reason` (e.g. INSUFFICIENT_FUNDS), `domain` "ledger.v1" and
 string metadata (e.g. which leg). RESOURCE_EXHAUSTED also carries a google.rpc.RetryInfo, so clients and
 proxies know when to retry.
+
+No response carries a Python exception's or a database's text: `unexpected_error` turns any error the
+service did not translate into INTERNAL (or UNAVAILABLE for an engine that cannot serve) with a generic
+message and an error id, and logs the detail under that id. Both edges (gRPC, the JSON gateway) use it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, NoReturn
 
 import grpc
@@ -14,8 +19,29 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from facade.domain.mapping import ERROR_DOMAIN, DomainError
+from facade.engine.protocol import EngineUnavailableError
+from facade.observability.logs import get_logger
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+REASON_INTERNAL = "INTERNAL"
+REASON_ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+REASON_MALFORMED_REQUEST = "MALFORMED_REQUEST"
+ERROR_ID_BYTES = 8
+
+log = get_logger("ledger.errors")
+
+
+def unexpected_error(error: Exception, *, edge: str, operation: str) -> DomainError:
+    """The error a caller sees for an exception nothing translated: a reason and an error id, never the
+    exception's text (it may quote SQL, file paths or a database's message). The detail is logged with
+    the id, so an operator can find it from the caller's report."""
+    error_id = os.urandom(ERROR_ID_BYTES).hex()
+    log.error("unexpected error", error_id=error_id, edge=edge, operation=operation, exc_info=error)
+    metadata = {"error_id": error_id}
+    if isinstance(error, EngineUnavailableError):
+        message = f"engine unavailable (error id {error_id})"
+        return DomainError(grpc.StatusCode.UNAVAILABLE, REASON_ENGINE_UNAVAILABLE, message, metadata)
+    return DomainError(grpc.StatusCode.INTERNAL, REASON_INTERNAL, f"internal error (error id {error_id})", metadata)
 
 
 def status_details(

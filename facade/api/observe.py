@@ -7,7 +7,9 @@ carries one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import itertools
 import os
 import time
@@ -50,6 +52,9 @@ def _observed(parent: Any, request_id: str, correlation_id: str, method: str, co
             span.set_attribute("rpc.method", short)
             try:
                 yield
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # The caller went away (or its deadline passed): no status was sent.
+                raise
             except BaseException:
                 status = context.code()
                 code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
@@ -72,6 +77,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         handler: Any = await continuation(handler_call_details)
         if handler is None:
+            # grpc answers UNIMPLEMENTED itself; count it under one label (method names are the caller's).
+            metrics.request_duration_seconds.labels("grpc", "unmatched", "UNIMPLEMENTED").observe(0.0)
             return handler
         method = handler_call_details.method
         pairs = _metadata(handler_call_details)
@@ -97,5 +104,20 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.stream_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:  # Health's Watch: counted like the rest.
+            inner_answers: Any = handler.unary_stream
+
+            async def answers(request: Any, context: Any) -> Any:
+                with _observed(parent, request_id, correlation_id, method, context):
+                    found = inner_answers(request, context)
+                    if inspect.isawaitable(found):  # It answers with context.write().
+                        await found
+                    else:
+                        async for response in found:
+                            yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                answers, handler.request_deserializer, handler.response_serializer
             )
         return handler

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facade.api.asgi import AsgiServer, TlsFiles
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
@@ -145,7 +146,7 @@ async def start(settings: Settings) -> RunningServer:
     service = LedgerService(engine, store, settings.api)
     await service.start()
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator)],
+        interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator), RequestGuardInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),

@@ -29,9 +29,15 @@ but the ledger's state refuses it (INSUFFICIENT_FUNDS, AUTHORIZATION_ALREADY_CAP
 stays ALREADY_EXISTS alone (IDEMPOTENCY_KEY_REUSED, ACCOUNT_REFERENCE_REUSED), so a client that looks
 at the status only can still tell "retry later / fix the state" from "you reused a key". RESOURCE_EXHAUSTED
 is 429 with Retry-After (whole seconds, rounded up) and metadata.retry_after_ms. Requests the schema
-rejects (malformed JSON, wrong types, unknown fields) are 400 INVALID_ARGUMENT with reason
+rejects (wrong types, unknown fields, integers out of range) are 400 INVALID_ARGUMENT with reason
 INVALID_REQUEST, or INVALID_AMOUNT when the bad field is an amount (e.g. a JSON number: amounts are
 decimal strings), and metadata.field naming the field as the mapping module does (legs[0].amount).
+A body that is not one well-formed JSON document is 400 INVALID_ARGUMENT before any schema sees it
+(facade.http._json): MALFORMED_JSON (syntax, not UTF-8, NaN, too deep), DUPLICATE_KEY (a key twice
+in one object: no "last one wins"), INVALID_UNICODE (a lone surrogate escape); a query parameter the
+route does not declare is 400 UNKNOWN_QUERY_PARAMETER. Nothing unexpected
+answers with its text: 500 INTERNAL "internal error (error id ...)", the detail logged under that id.
+Every answer, 500s included, is counted in ledger_request_duration_seconds{edge="http"}.
 
 A batch answers 200 with one result per item; each failed item carries the same error object.
 """
@@ -52,6 +58,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.servicer import (
     account_message,
@@ -65,6 +72,7 @@ from facade.api.servicer import (
 from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
 from facade.domain.mapping import DomainError
 from facade.http import models as m
+from facade.http._json import MalformedRequest, StrictJsonRoute
 from facade.observability import metrics
 from facade.service import LedgerService, TransactionView
 
@@ -96,7 +104,11 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": m.Error, "description": "INVALID_ARGUMENT (including INVALID_REQUEST: the schema rejected it)"},
+    400: {
+        "model": m.Error,
+        "description": "INVALID_ARGUMENT: INVALID_REQUEST (the schema rejected it), MALFORMED_JSON, DUPLICATE_KEY, "
+        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, or the mapping's reason (INVALID_AMOUNT, ...)",
+    },
     401: {
         "model": m.Error,
         "description": "UNAUTHENTICATED: MISSING_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, "
@@ -107,6 +119,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": m.Error, "description": "ALREADY_EXISTS (e.g. IDEMPOTENCY_KEY_REUSED)"},
     422: {"model": m.Error, "description": "FAILED_PRECONDITION (e.g. INSUFFICIENT_FUNDS)"},
     429: {"model": m.Error, "description": "RESOURCE_EXHAUSTED: write queue full; see Retry-After"},
+    500: {"model": m.Error, "description": "INTERNAL: an unexpected failure; metadata.error_id finds it in the logs"},
     503: {"model": m.Error, "description": "UNAVAILABLE: the engine is unavailable"},
     504: {"model": m.Error, "description": "DEADLINE_EXCEEDED"},
 }
@@ -142,6 +155,13 @@ def _field_name(location: tuple[int | str, ...]) -> str:
     return name or str(location[0] if location else "body")
 
 
+def _unexpected_response(request: Request, error: Exception) -> JSONResponse:
+    route = request.scope.get("route")
+    operation = getattr(route, "operation_id", None) or "unmatched"
+    found = unexpected_error(error, edge="http", operation=operation)
+    return error_response(found.code, found.reason, found.message, found.metadata)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def domain_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, DomainError)
@@ -165,6 +185,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
+        if isinstance(error, MalformedRequest):
+            metadata = {"field": error.field} if error.field else {}
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, error.reason, error.message, metadata)
+        if error.status_code == 400:
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, REASON_MALFORMED_REQUEST, "malformed request")
         if error.status_code == 404:
             return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
         if error.status_code == 405:
@@ -175,14 +200,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.status_code = error.status_code
         return response
 
-    async def unexpected_error(_request: Request, _error: Exception) -> JSONResponse:
-        return error_response(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return _unexpected_response(request, error)
 
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    app.add_exception_handler(Exception, internal_error)
 
 
 def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
@@ -200,7 +225,10 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         """Latency per operation and HTTP status, next to the gRPC edge's (label values are bounded:
         operation ids and status codes)."""
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response: Response = await call_next(request)
+        except Exception as error:  # Answered here (not by Starlette's outermost handler) so it is counted.
+            response = _unexpected_response(request, error)
         route = request.scope.get("route")
         operation = getattr(route, "operation_id", None) or "unmatched"
         metrics.request_duration_seconds.labels("http", operation, str(response.status_code)).observe(
@@ -208,7 +236,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         )
         return response
 
-    router = APIRouter(prefix="/" + API_VERSION, responses=_ERROR_RESPONSES)
+    router = APIRouter(prefix="/" + API_VERSION, responses=_ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     def caller(rpc: str) -> Any:
         """The authenticated principal, holding the scope the gRPC method `rpc` needs."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from facade.domain.mapping import (
     CORRELATION_ID_LENGTH_MAX,
@@ -43,6 +44,7 @@ U64_PATTERN = r"^(0|[1-9][0-9]{0,19})$"
 SIGNED_PATTERN = r"^-?(0|[1-9][0-9]{0,38})$"
 HEX_ID_PATTERN = r"^[0-9a-f]{32}$"
 UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
 M = TypeVar("M", bound=Message)
 
 # Documented (pattern in the OpenAPI schema) but validated by the mapping module, so a malformed
@@ -83,6 +85,17 @@ NanosString = Annotated[
         examples=["1764052518000000000"],
     ),
 ]
+
+
+def _u64_decimal(text: str) -> str:
+    """The pattern admits 20 digits; a u64 holds 2^64-1 at most (ParseDict would fail later, as a 500)."""
+    if int(text) > UINT64_MAX:
+        raise ValueError(f"must be at most {UINT64_MAX} (u64)")
+    return text
+
+
+RequestNanosString = Annotated[NanosString, AfterValidator(_u64_decimal)]
+"""A u64 nanosecond timestamp in a request: the pattern, then the range."""
 Labels = Annotated[
     dict[str, str],
     Field(description=f"At most {LABELS_COUNT_MAX} entries, keys and values at most 128 bytes."),
@@ -130,7 +143,7 @@ class TransactionMetadata(_Request):
     )
     description: str = Field(default="", description=f"Human-readable; at most {DESCRIPTION_LENGTH_MAX} bytes.")
     labels: Labels = Field(default_factory=dict)
-    occurred_at_ns: NanosString = Field(
+    occurred_at_ns: RequestNanosString = Field(
         default="0", description="When the business event happened (ns since the Unix epoch, decimal); 0 = not given."
     )
 
@@ -287,8 +300,14 @@ class ListAccountEntriesResponse(_Response):
 
 
 def to_message(model: BaseModel, message: M) -> M:
-    """A validated request model → the ledger_pb2 request of the same shape."""
-    json_format.ParseDict(model.model_dump(), message)
+    """A validated request model → the ledger_pb2 request of the same shape. The models are stricter
+    than the messages, so a ParseError is a gap in them: still the caller's input, still a 400."""
+    try:
+        json_format.ParseDict(model.model_dump(), message)
+    except json_format.ParseError as error:
+        raise DomainError(
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "a field is out of range for its type"
+        ) from error
     return message
 
 

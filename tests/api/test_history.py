@@ -148,3 +148,26 @@ async def test_ownership_scopes_and_bad_requests(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.ListTransactionsByCorrelation(hpb.ListTransactionsByCorrelationRequest(), metadata=api.auth())
     assert (info := error_info(failed.value)) and info.reason == "CORRELATION_ID_REQUIRED"
+
+
+async def test_correlation_ids_match_exactly_whatever_their_characters(api: Api) -> None:
+    """Each id finds its own transaction only: `a\\nb` (backslash, n) is not `a<newline>b`, a quote and
+    a trailing backslash are just characters (they once reached ClickHouse as escape sequences)."""
+    alice = await api.account("alice")
+    hostile = ["a\nb", "a\\nb", "q'\\", "\\", "tab\there", "{correlation_id:String}", "nul\0"]
+    posted = {}
+    for number, correlation_id in enumerate(hostile):
+        meta = pb.TransactionMetadata(correlation_id=correlation_id)
+        posted[correlation_id] = await api.post(f"c{number}", credit(alice, 100 + number), metadata=meta)
+    await caught_up(api, max(t.committed_at_ns for t in posted.values()))
+    stub = history(api)
+    for correlation_id, transaction in posted.items():
+        found = await stub.ListTransactionsByCorrelation(
+            hpb.ListTransactionsByCorrelationRequest(correlation_id=correlation_id), metadata=api.auth()
+        )
+        assert [t.transaction_id for t in found.transfers] == [transaction.transaction_id], repr(correlation_id)
+    for absent in ("a\\\\nb", "q'", "q'\\\\", "\\\\", "a"):
+        found = await stub.ListTransactionsByCorrelation(
+            hpb.ListTransactionsByCorrelationRequest(correlation_id=absent), metadata=api.auth()
+        )
+        assert list(found.transfers) == [], repr(absent)

@@ -395,7 +395,7 @@ async def test_amounts_are_decimal_strings_and_requests_are_checked(http: Http) 
     malformed = await http.client.post(
         "/v1/transactions", content=b"{not json", headers={**http.auth(), "Content-Type": "application/json"}
     )
-    assert malformed.status_code == 400 and malformed.json()["reason"] == "INVALID_REQUEST"
+    assert malformed.status_code == 400 and malformed.json()["reason"] == "MALFORMED_JSON"
     await http.error(
         "GET", f"/v1/accounts/{alice}/entries?page_size=-1", None, 400, "INVALID_ARGUMENT", "INVALID_REQUEST"
     )

@@ -1,0 +1,157 @@
+"""Clean statuses for whatever a caller sends: the innermost server interceptor.
+
+grpc.aio decodes a request with the handler's deserializer before any servicer code runs; when that
+raises (bytes that are not the message, invalid UTF-8 in a string field) grpc answers UNKNOWN with the
+Python exception's text. So the deserializer is wrapped: a request that does not decode becomes a
+`Malformed` marker, and the handler answers INVALID_ARGUMENT with reason MALFORMED_REQUEST (a stream
+stops reading at the first one, answers what it read, then fails the same way). An exception a servicer
+did not translate becomes INTERNAL (UNAVAILABLE for an engine that cannot serve) with an error id,
+through facade.api.errors.unexpected_error, never its text.
+
+Innermost (last in the server's interceptor list), so authentication still runs first: an
+unauthenticated caller learns nothing about how its bytes decode.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from facade.api.errors import REASON_MALFORMED_REQUEST, abort_details, abort_domain, unexpected_error
+
+__all__ = ["Malformed", "RequestGuardInterceptor", "guarded_deserializer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request body that did not decode as the method's message (`what` names the message type)."""
+
+    what: str
+
+
+def guarded_deserializer(deserializer: Callable[[bytes], Any] | None, what: str) -> Callable[[bytes], Any]:
+    """`deserializer` that returns a Malformed marker instead of raising."""
+    assert what
+
+    def deserialize(raw: bytes) -> Any:
+        if deserializer is None:
+            return raw
+        try:
+            return deserializer(raw)
+        except Exception:  # DecodeError, or any failure inside a generated parser: the bytes are bad.
+            return Malformed(what)
+
+    return deserialize
+
+
+async def _abort_malformed(context: Context, malformed: Malformed) -> None:
+    await abort_details(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        REASON_MALFORMED_REQUEST,
+        f"the request is not a valid {malformed.what} (undecodable protobuf or invalid UTF-8 in a string field)",
+        {"message_type": malformed.what},
+    )
+
+
+async def _abort_unexpected(context: Context, error: Exception, method: str) -> None:
+    await abort_domain(context, unexpected_error(error, edge="grpc", operation=method.rsplit("/", 1)[-1]))
+
+
+def _guard_unary(inner: Any, method: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def unary(request: Any, context: Context) -> Any:
+        if isinstance(request, Malformed):
+            await _abort_malformed(context, request)
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort_unexpected(context, error, method)
+
+    return unary
+
+
+def _guard_stream(inner: Any, method: str, *, streaming_request: bool) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        malformed: list[Malformed] = []
+
+        async def well_formed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for item in requests:
+                if isinstance(item, Malformed):
+                    malformed.append(item)
+                    return
+                yield item
+
+        if not streaming_request and isinstance(request, Malformed):
+            await _abort_malformed(context, request)
+        try:
+            answers = inner(well_formed(request) if streaming_request else request, context)
+            if inspect.isawaitable(answers):  # A handler that answers with context.write() (health's Watch).
+                await answers
+            else:
+                async for response in answers:
+                    yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort_unexpected(context, error, method)
+        if malformed:
+            await _abort_malformed(context, malformed[0])
+
+    return stream
+
+
+class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        what = method.strip("/").replace("/", ".") + " request"
+        deserializer = guarded_deserializer(handler.request_deserializer, what)
+        serializer = handler.response_serializer
+        if handler.unary_unary:
+            guarded = _guard_unary(handler.unary_unary, method)
+            return grpc.unary_unary_rpc_method_handler(guarded, deserializer, serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method, streaming_request=False), deserializer, serializer
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _guard_stream(handler.stream_stream, method, streaming_request=True), deserializer, serializer
+            )
+        inner: Any = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+            malformed: list[Malformed] = []
+
+            async def well_formed() -> AsyncIterator[Any]:
+                async for item in requests:
+                    if isinstance(item, Malformed):
+                        malformed.append(item)
+                        return
+                    yield item
+
+            try:
+                response = await inner(well_formed(), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _abort_unexpected(context, error, method)
+            if malformed:
+                await _abort_malformed(context, malformed[0])
+            return response
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
