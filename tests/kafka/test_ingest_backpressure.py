@@ -40,18 +40,24 @@ pytestmark = pytest.mark.kafka
 COMMANDS = 300
 
 
-class SlowDisk(EmbeddedEngine):
-    """The real embedded engine on a slow disk: each durable write takes 10 ms longer, so a burst of
-    writers keeps the write queue full long enough for the consumer to meet it full."""
+class StalledDisk(EmbeddedEngine):
+    """The real embedded engine whose writes wait at a gate: the other writers fill the write queue, and it
+    stays full until the consumer has met it full (the test opens the gate then). Without the gate the
+    consumer could arrive at a moment the queue was empty and be admitted, and the test would race."""
+
+    gate: asyncio.Event
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        await asyncio.sleep(0.01)
+        await self.gate.wait()
         return await super().create_transfers(transfers)
 
 
 @pytest.fixture
 async def tiny_queue_service(tmp_path: Path) -> AsyncIterator[LedgerService]:
-    engine = await SlowDisk.open(tmp_path / "engine")
+    engine = await StalledDisk.open(tmp_path / "engine")
+    assert isinstance(engine, StalledDisk)
+    engine.gate = asyncio.Event()
+    engine.gate.set()  # Open while the accounts are made; the test closes it.
     store = await MetadataStore.open(tmp_path / "metadata.sqlite3")
     ledger = LedgerService(engine, store, ApiSettings(write_queue_transfers_max=4, batch_transfers_max=4))
     await ledger.start()
@@ -101,12 +107,24 @@ async def test_full_write_queue_pauses_the_consumer_and_loses_nothing(
             competing_posted += 1
 
     refusals: list[str] = []
+    assert isinstance(service.engine, StalledDisk)
+    gate = service.engine.gate
+    gate.clear()
     competitors = [asyncio.create_task(compete(worker)) for worker in range(32)]  # More than 2 batches in flight hold.
+
+    async def open_gate_once_paused() -> None:
+        while not paused() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        gate.set()
+
+    opener = asyncio.create_task(open_gate_once_paused())
     ingestor = CommandIngestor(service, settings, INGEST_CLIENT)
     try:
         await ingest(ingestor, COMMANDS)
     finally:
         stop.set()
+        gate.set()
+        await opener
         for task in competitors:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
