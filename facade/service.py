@@ -11,8 +11,10 @@ client id). Reads of another client's account answer NOT_FOUND, exactly as for a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,7 +106,14 @@ class LedgerService:
         self.store = store
         self.settings = settings
         self.currencies = Currencies(dict(settings.currencies))
-        self.committer = GroupCommitter(engine, store, settings.write_queue_transfers_max, settings.batch_transfers_max)
+        self.committer = GroupCommitter(
+            engine,
+            store,
+            settings.write_queue_transfers_max,
+            settings.batch_transfers_max,
+            queue_wait_seconds_max=settings.write_queue_wait_ms_max / 1000,
+            retry_after_seconds_min=settings.retry_after_ms / 1000,
+        )
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, str] = {}
         """account id → owning client: ownership never changes, so a known owner is cached for good
@@ -220,6 +229,14 @@ class LedgerService:
                 mapped.append(error)
         return await self._submit(await self._owned_legs(principal, mapped), deadline)
 
+    def admit(self, transfers: int, deadline: float | None = None) -> None:
+        """Refuses (RESOURCE_EXHAUSTED, with a retry hint) work that could not commit in time, before an
+        edge spends time parsing or mapping it. `transfers` may be an estimate (one per leg)."""
+        try:
+            self.committer.admit(transfers, deadline)
+        except QueueFullError as error:
+            raise queue_full(error) from error
+
     async def _owned_legs(
         self, principal: Principal, mapped: list[MappedTransaction | DomainError]
     ) -> list[MappedTransaction | DomainError]:
@@ -286,13 +303,14 @@ class LedgerService:
             try:
                 futures = self.committer.submit(valid, deadline)
             except QueueFullError as error:
-                raise DomainError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "WRITE_QUEUE_FULL",
-                    str(error),
-                    {"retry_after_ms": str(self.settings.retry_after_ms)},
-                ) from error
-            outcomes = list(await wait_all(futures))
+                raise queue_full(error) from error
+            try:
+                outcomes = list(await wait_all(futures))
+            except asyncio.CancelledError:
+                # The caller gave up (its RPC was cancelled or its deadline passed): what is still queued
+                # is dropped, so nothing is committed for a caller who will never see the answer.
+                self.committer.abandon(futures)
+                raise
         outcomes.reverse()
         counts: dict[tuple[str, str], int] = {}
         for item in mapped:
@@ -385,6 +403,13 @@ class LedgerService:
 
     async def balances(self, principal: Principal, account_id_text: str) -> AccountView:
         return await self.get_account(principal, account_id_text)
+
+
+def queue_full(error: QueueFullError) -> DomainError:
+    retry_after_ms = max(1, math.ceil(error.retry_after_seconds * 1000))
+    return DomainError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "WRITE_QUEUE_FULL", str(error), {"retry_after_ms": str(retry_after_ms)}
+    )
 
 
 def parse_id_hex(text: str) -> int:

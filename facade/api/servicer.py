@@ -13,7 +13,15 @@ from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from facade.auth import current_principal
 from facade.domain.mapping import DomainError, Kind, LegSpec, Metadata, TransactionType
 from facade.engine.types import Account, AccountFlags
-from facade.service import AccountView, EntryView, LedgerService, PostRequest, TransactionView, deadline_from_timeout
+from facade.service import (
+    BATCH_TRANSACTIONS_MAX,
+    AccountView,
+    EntryView,
+    LedgerService,
+    PostRequest,
+    TransactionView,
+    deadline_from_timeout,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 STREAM_IN_FLIGHT_MAX = 4096
@@ -230,10 +238,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     async def PostTransaction(  # noqa: N802
         self, request: ledger_pb2.PostTransactionRequest, context: Context
     ) -> ledger_pb2.Transaction:
+        deadline = deadline_from_timeout(context.time_remaining())
         try:
-            [result] = await self._service.post_transactions(
-                current_principal.get(), [post_request(request)], deadline_from_timeout(context.time_remaining())
-            )
+            self._service.admit(len(request.legs), deadline)
+            [result] = await self._service.post_transactions(current_principal.get(), [post_request(request)], deadline)
         except DomainError as error:
             await abort_domain(context, error)
         if isinstance(result, DomainError):
@@ -245,11 +253,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     async def PostTransactions(  # noqa: N802
         self, request: ledger_pb2.PostTransactionsRequest, context: Context
     ) -> ledger_pb2.PostTransactionsResponse:
+        deadline = deadline_from_timeout(context.time_remaining())
         try:
+            if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused below.
+                # Admission before mapping: a batch the queue cannot take in time costs a count, not a parse.
+                self._service.admit(sum(len(r.legs) for r in request.transactions), deadline)
             results = await self._service.post_transactions(
-                current_principal.get(),
-                [post_request(r) for r in request.transactions],
-                deadline_from_timeout(context.time_remaining()),
+                current_principal.get(), [post_request(r) for r in request.transactions], deadline
             )
         except DomainError as error:
             await abort_domain(context, error)
