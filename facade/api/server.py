@@ -22,7 +22,7 @@ from facade.api.asgi import AsgiServer
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
-from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
+from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor
 from facade.changes.poller import ChangeCapture
@@ -158,12 +158,14 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
-    checks: dict[str, Check] = {"engine": engine_check(engine)}
+    # Ready = can serve writes (engine + metadata store); Kafka and ClickHouse are reported, not required.
+    checks: dict[str, Check] = {"engine": engine_check(engine), "metadata": metadata_check(store)}
+    dependencies: dict[str, Check] = {}
     if settings.kafka.bootstrap_servers:
-        checks["kafka"] = kafka_check(settings.kafka)
+        dependencies["kafka"] = kafka_check(settings.kafka)
     if read_model is not None:
-        checks["clickhouse"] = read_model.ping
-    running.readiness = Readiness(checks)
+        dependencies["clickhouse"] = read_model.ping
+    running.readiness = Readiness(checks, dependencies, {"engine": engine_liveness(engine)})
     observability = settings.observability
     if observability.metrics_port >= 0:
         running.ops = await AsgiServer.start(

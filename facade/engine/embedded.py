@@ -92,6 +92,11 @@ class EmbeddedLedger:
     def journal_size(self) -> int:
         return self._journal.size
 
+    @property
+    def write_failure(self) -> str | None:
+        """Set once a journal write failed: the ledger refuses every call until restarted."""
+        return None if self._failed is None else f"journal write failed: {self._failed!r}"
+
     def _check_usable(self) -> None:
         if self._failed is not None:
             raise EngineUnavailableError(f"engine failed and must be restarted: {self._failed!r}")
@@ -249,6 +254,10 @@ class EmbeddedEngine:
     @property
     def ledger(self) -> EmbeddedLedger:
         return self._ledger
+
+    @property
+    def write_failure(self) -> str | None:
+        return self._ledger.write_failure
 
     async def _run(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if self._closed:

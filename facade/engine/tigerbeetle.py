@@ -123,6 +123,11 @@ class TigerBeetleEngine:
         self._client: Any = tb.ClientAsync(cluster_id=cluster_id, replica_addresses=addresses)
         self._closed = False
 
+    @property
+    def write_failure(self) -> str | None:
+        """None: the cluster's replicas recover by themselves; an unreachable cluster is transient."""
+        return None
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineUnavailableError("engine is closed")
