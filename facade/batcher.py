@@ -20,7 +20,8 @@ Two batches commit at once (BATCHES_IN_FLIGHT_MAX): the engine write of one over
 write of the next. The store's and the engine's single threads keep submission order.
 
 Admission: work is admitted only if it can finish within its deadline. The committer measures its
-own throughput (transfers committed per second, a moving average over recent batches) and refuses a
+own cost (BatchCost: fixed and per-transfer seconds of recent batches) and the event loop's lag (on a
+saturated loop every await waits behind everyone else's callbacks), and refuses a
 submission at once (QueueFullError: the edge answers RESOURCE_EXHAUSTED / HTTP 429 with a retry hint
 computed from the expected wait, or the Kafka consumer pauses) when the work ahead of it would take
 longer than the caller's remaining deadline or `queue_wait_seconds_max`, or when the queue would hold
@@ -36,6 +37,7 @@ batch (its intent written) it completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -62,6 +64,11 @@ COST_EWMA_WEIGHT = 0.2
 """Weight of the newest batch in the batch cost estimate: recent enough to follow a change of load within
 a few batches, smooth enough that one slow fsync does not shut the door."""
 QUEUE_WAIT_SECONDS_MAX_DEFAULT = 1.0
+LOOP_PROBE_SECONDS = 0.01
+"""How often the committer measures the event loop's lag (how late a timer fires)."""
+LOOP_TURNS_PER_WRITE = 6
+"""Event-loop turns between a write's arrival and its answer (handler, drain task, store thread done,
+engine thread done, future resolved, answer sent): on a saturated loop each waits about the lag."""
 RETRY_AFTER_SECONDS_MIN = 0.01
 RETRY_AFTER_SECONDS_MAX = 30.0
 """Bounds of the retry hint given with a refusal (the expected time for the queue to drain)."""
@@ -225,12 +232,16 @@ class GroupCommitter:
         self._in_flight_batches = 0
         self.cost = BatchCost()
         """The measured cost of a batch: the basis of every expected wait (none before the first batch)."""
+        self._probe: asyncio.Task[None] | None = None
+        self.loop_lag_seconds = 0.0
+        """Moving average of the event loop's lag (see _probe_loop)."""
         self._completed_last = 0.0
         """time.monotonic() of the last batch completion: a batch's time starts at its own start or there,
         whichever is later, so overlapping batches are not counted twice."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="group-commit")
+        self._probe = asyncio.create_task(self._probe_loop(), name="group-commit-loop-probe")
 
     async def close(self) -> None:
         """Finishes what is queued, then stops."""
@@ -238,6 +249,20 @@ class GroupCommitter:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+    async def _probe_loop(self) -> None:
+        """Measures how late a short timer fires: the wait every await of a write sees on this loop."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            started = loop.time()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            lag_seconds = max(0.0, loop.time() - started - LOOP_PROBE_SECONDS)
+            self.loop_lag_seconds += COST_EWMA_WEIGHT * (lag_seconds - self.loop_lag_seconds)
+            assert self.loop_lag_seconds >= 0.0
 
     @property
     def queued_transfers(self) -> int:
@@ -255,12 +280,13 @@ class GroupCommitter:
         return self._batch_transfers_max / seconds if seconds > 0.0 else 0.0
 
     def expected_wait_seconds(self, transfers: int = 0) -> float:
-        """How long `transfers` more would take to commit behind what is queued and in flight, at the
-        measured batch cost (0.0 while nothing has been measured)."""
+        """How long `transfers` more would take to be answered: the batches queued and in flight at the
+        measured batch cost, plus the event loop's turns at its measured lag."""
         assert transfers >= 0
         queued = self._queued_transfers + transfers
         batches = self._in_flight_batches + -(-queued // self._batch_transfers_max)
-        return self.cost.seconds(self._in_flight_transfers + queued, batches)
+        loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
+        return self.cost.seconds(self._in_flight_transfers + queued, batches) + loop_seconds
 
     def _retry_after_seconds(self) -> float:
         """The time for the queue ahead to drain: a caller retrying then finds room."""
@@ -273,8 +299,19 @@ class GroupCommitter:
         assert transfers >= 0
         if self._closing:
             raise QueueFullError("shutting down", RETRY_AFTER_SECONDS_MAX)
+        budget_seconds = self._queue_wait_seconds_max
+        if deadline is not None:
+            budget_seconds = min(budget_seconds, deadline - time.monotonic())
+        loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
+        if loop_seconds > budget_seconds:  # The loop is saturated: more work only makes everyone late.
+            metrics.backpressure_rejections_total.labels("batcher").inc()
+            raise QueueFullError(
+                f"service busy: about {loop_seconds * 1000:.0f} ms of event-loop delay, "
+                f"more than the {max(0.0, budget_seconds) * 1000:.0f} ms this request can wait",
+                self._retry_after_seconds(),
+            )
         # An empty queue admits any one submission (bounded by the API's batch limit), so a batch larger
-        # than the bounds is not refused forever (the rate is measured only from batches that commit).
+        # than the bounds is not refused forever (the cost is measured only from batches that commit).
         if not self._queued_transfers:
             return
         if self._queued_transfers + transfers > self._queue_transfers_max:
@@ -283,9 +320,6 @@ class GroupCommitter:
                 f"write queue full ({self._queued_transfers} transfers queued)", self._retry_after_seconds()
             )
         wait_seconds = self.expected_wait_seconds(transfers)
-        budget_seconds = self._queue_wait_seconds_max
-        if deadline is not None:
-            budget_seconds = min(budget_seconds, deadline - time.monotonic())
         if wait_seconds > budget_seconds:
             metrics.backpressure_rejections_total.labels("batcher").inc()
             raise QueueFullError(

@@ -65,6 +65,10 @@ PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 BATCH_TRANSACTIONS_MAX = 1000
 """Transactions per PostTransactions call."""
+MAP_IN_THREAD_TRANSACTIONS_MIN = 64
+"""Batches at least this large are mapped in a worker thread: mapping a thousand transactions on the
+event loop would hold it for tens of milliseconds, and every other call (and grpc's accepting of new
+calls, one per loop turn) would wait that long."""
 
 ACCOUNT_TYPE_NO_OVERDRAFT = 1
 ACCOUNT_TYPE_OVERDRAFT_ALLOWED = 2
@@ -211,6 +215,16 @@ class LedgerService:
     ) -> list[TransactionView | DomainError]:
         if len(requests) > BATCH_TRANSACTIONS_MAX:
             raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
+        if len(requests) >= MAP_IN_THREAD_TRANSACTIONS_MIN:
+            mapped = await asyncio.to_thread(self._map_posts, principal, requests)
+        else:
+            mapped = self._map_posts(principal, requests)
+        return await self._submit(await self._owned_legs(principal, mapped), deadline)
+
+    def _map_posts(
+        self, principal: Principal, requests: Sequence[PostRequest]
+    ) -> list[MappedTransaction | DomainError]:
+        """Pure (no I/O, no shared mutable state): safe in a worker thread."""
         mapped: list[MappedTransaction | DomainError] = []
         for request in requests:
             try:
@@ -227,7 +241,8 @@ class LedgerService:
                 )
             except DomainError as error:
                 mapped.append(error)
-        return await self._submit(await self._owned_legs(principal, mapped), deadline)
+        assert len(mapped) == len(requests)
+        return mapped
 
     def admit(self, transfers: int, deadline: float | None = None) -> None:
         """Refuses (RESOURCE_EXHAUSTED, with a retry hint) work that could not commit in time, before an

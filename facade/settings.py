@@ -117,6 +117,20 @@ class ApiSettings(BaseModel):
         "it would take longer than this to commit at the recently measured rate (or longer than the caller's "
         "remaining deadline).",
     )
+    grpc_concurrent_rpcs_max: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        description="Admission: gRPC calls beyond this many in progress are refused at once with RESOURCE_EXHAUSTED "
+        "by grpc itself, before any of their bytes are parsed (bounds the event loop's backlog); 0 = no limit.",
+    )
+    http_concurrent_requests_max: int = Field(
+        default=128,
+        ge=0,
+        le=100_000,
+        description="Admission: JSON gateway writes beyond this many in progress are refused at once with 429 "
+        "before their bodies are read; 0 = no limit.",
+    )
     http_body_bytes_max: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,

@@ -53,8 +53,21 @@ HTTP_CLIENTS = 40
 UNLOADED_CLIENTS = 4
 UNLOADED_SECONDS = 3.0
 RETRY_DELAY_SECONDS_MAX = 1.0
+UNARY_CLIENTS_PER_CONNECTION = 10
+"""Clients are many processes in real life, each with its own connection: here each batch client and each
+group of unary clients gets its own HTTP/2 connection, so a batch does not hold unary calls behind it in
+one TCP stream (a client-side queue the server cannot see)."""
 DRAIN_SECONDS = DEADLINE_SECONDS + 2.0
 """After the load: everything still queued or in flight has committed or been dropped by then."""
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -96,14 +109,43 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
     return 0.05
 
 
-async def created_total(client: httpx.AsyncClient, url: str) -> float:
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: httpx.AsyncClient, url: str) -> Samples:
     response = await client.get(url)
-    total = 0.0
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == "ledger_transactions_total" and sample.labels.get("outcome") == "created":
-                total += sample.value
-    return total
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def created_total(samples: Samples) -> float:
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "ledger_transactions_total" and ("outcome", "created") in labels
+    )
+
+
+def server_quantile(before: Samples, after: Samples, method: str, code: str, fraction: float) -> float:
+    """The server-side latency quantile (its request histogram, from handler entry to answer): the upper
+    bound of the bucket holding it. Apart from the client's, it excludes time queued before the handler."""
+    buckets: list[tuple[float, float]] = []
+    for (name, labels), value in after.items():
+        label = dict(labels)
+        wanted = {"method": method, "code": code, "edge": "grpc"}
+        if name == "ledger_request_duration_seconds_bucket" and all(label.get(k) == v for k, v in wanted.items()):
+            buckets.append((float(label["le"]), value - before.get((name, labels), 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return 0.0
+    total = buckets[-1][1]
+    for bound, count in buckets:
+        if count >= fraction * total:
+            return bound
+    return buckets[-1][0]
 
 
 async def main() -> None:
@@ -146,6 +188,12 @@ async def main() -> None:
         ):
             await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
             stub: Any = rpc.LedgerStub(channel)
+            own_connection = [("grpc.use_local_subchannel_pool", 1)]
+            channels = [
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own_connection)
+                for _ in range(UNARY_CLIENTS // UNARY_CLIENTS_PER_CONNECTION + BATCH_CLIENTS + 1)
+            ]
+            stubs: list[Any] = [rpc.LedgerStub(c) for c in channels]
             accounts = []
             for i in range(ACCOUNTS):
                 account = await stub.CreateAccount(
@@ -238,7 +286,8 @@ async def main() -> None:
                     n = 0
                     while time.perf_counter() < stop_at:
                         request = transaction(f"{tag}u-{worker}-{n}", n + worker)
-                        await asyncio.sleep(await grpc_call(tallies["unary"], request, stub.PostTransaction, 1))
+                        method = stubs[worker // UNARY_CLIENTS_PER_CONNECTION].PostTransaction
+                        await asyncio.sleep(await grpc_call(tallies["unary"], request, method, 1))
                         n += 1
 
                 async def batch_worker(worker: int) -> None:
@@ -250,7 +299,8 @@ async def main() -> None:
                             ]
                         )
                         tally = tallies["batch"]
-                        await asyncio.sleep(await grpc_call(tally, request, stub.PostTransactions, BATCH_SIZE))
+                        method = stubs[-1 - worker].PostTransactions
+                        await asyncio.sleep(await grpc_call(tally, request, method, BATCH_SIZE))
                         n += 1
 
                 async def http_worker(worker: int) -> None:
@@ -266,15 +316,22 @@ async def main() -> None:
                 )
                 return tallies
 
-            before = await created_total(ops, metrics_url)
+            first = await scrape(ops, metrics_url)
             unloaded = await run(UNLOADED_SECONDS, UNLOADED_CLIENTS, 0, 0, "q")
             await asyncio.sleep(0.5)
-            created_unloaded = await created_total(ops, metrics_url) - before
+            second = await scrape(ops, metrics_url)
             started = time.perf_counter()
+            cpu_client, cpu_server = time.process_time(), process_cpu_seconds(server.pid)
             overload = await run(args.seconds, UNARY_CLIENTS, BATCH_CLIENTS, HTTP_CLIENTS, "o")
             elapsed = time.perf_counter() - started
+            cpu_client = time.process_time() - cpu_client
+            cpu_server = process_cpu_seconds(server.pid) - cpu_server
             await asyncio.sleep(DRAIN_SECONDS)
-            created_overload = await created_total(ops, metrics_url) - before - created_unloaded
+            third = await scrape(ops, metrics_url)
+            for extra in channels:
+                await extra.close()
+            created_unloaded = created_total(second) - created_total(first)
+            created_overload = created_total(third) - created_total(second)
     finally:
         server.terminate()
         server.wait(30)
@@ -286,7 +343,9 @@ async def main() -> None:
           f"p50 {percentile(base.admitted, 0.5) * 1e3:.1f} ms, p99 {base_p99 * 1e3:.1f} ms "
           f"(committed {created_unloaded:.0f}, acknowledged {base.acknowledged})")  # fmt: skip
     print(f"overload: {UNARY_CLIENTS} unary + {BATCH_CLIENTS} batch ({BATCH_SIZE} tx) + {HTTP_CLIENTS} HTTP clients, "
-          f"{DEADLINE_SECONDS:.0f} s deadlines, {elapsed:.1f} s")  # fmt: skip
+          f"{DEADLINE_SECONDS:.0f} s deadlines, {elapsed:.1f} s; CPU busy: server {cpu_server / elapsed:.0%}, "
+          f"clients {cpu_client / elapsed:.0%} of one core (load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores)")  # fmt: skip
     header = f"{'edge':<8}{'admitted':>9}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}{'refusal p99 ms':>16}{'deadline':>10}"
     print(header + "  other")
     print("-" * (len(header) + 12))
@@ -305,6 +364,12 @@ async def main() -> None:
     print(f"transactions acknowledged: {acknowledged} ({acknowledged / elapsed:,.0f}/s); committed by the server: "
           f"{created_overload:.0f}; committed after the caller gave up: {late:.0f}")  # fmt: skip
     ratio = unary_p99 / base_p99 if base_p99 else float("inf")
+    print(
+        "server-side (handler entry to answer, histogram bucket bound) PostTransaction p99: unloaded "
+        f"{server_quantile(first, second, 'PostTransaction', 'OK', 0.99) * 1e3:.0f} ms, overload admitted "
+        f"{server_quantile(second, third, 'PostTransaction', 'OK', 0.99) * 1e3:.0f} ms, overload refused "
+        f"{server_quantile(second, third, 'PostTransaction', 'RESOURCE_EXHAUSTED', 0.99) * 1e3:.0f} ms"
+    )
     print(f"admitted unary p99 under overload / unloaded p99: {ratio:.2f}x (goal <= 2x)")
 
 

@@ -111,6 +111,7 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=settings.api.grpc_concurrent_rpcs_max or None,
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None

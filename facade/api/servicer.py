@@ -15,6 +15,7 @@ from facade.domain.mapping import DomainError, Kind, LegSpec, Metadata, Transact
 from facade.engine.types import Account, AccountFlags
 from facade.service import (
     BATCH_TRANSACTIONS_MAX,
+    MAP_IN_THREAD_TRANSACTIONS_MIN,
     AccountView,
     EntryView,
     LedgerService,
@@ -164,6 +165,14 @@ def posted_result(
     return message
 
 
+def batch_response(
+    request: ledger_pb2.PostTransactionsRequest, results: list[TransactionView | DomainError]
+) -> ledger_pb2.PostTransactionsResponse:
+    response = ledger_pb2.PostTransactionsResponse()
+    response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
+    return response
+
+
 def item_result(result: TransactionView | DomainError) -> ledger_pb2.TransactionResult:
     if isinstance(result, DomainError):
         return ledger_pb2.TransactionResult(
@@ -263,9 +272,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
             )
         except DomainError as error:
             await abort_domain(context, error)
-        response = ledger_pb2.PostTransactionsResponse()
-        response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
-        return response
+        if len(results) >= MAP_IN_THREAD_TRANSACTIONS_MIN:  # Off the event loop, as the mapping was.
+            return await asyncio.to_thread(batch_response, request, results)
+        return batch_response(request, results)
 
     async def StreamTransactions(  # noqa: N802
         self, request_iterator: AsyncIterator[ledger_pb2.PostTransactionRequest], _context: Context

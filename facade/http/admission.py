@@ -7,6 +7,8 @@ An ASGI middleware in front of the routes, so a refusal costs a header lookup, n
   WRITE_QUEUE_FULL and Retry-After (the expected wait) before its body is read or parsed: the check is
   LedgerService.admit for one transfer, the least a write costs (the route checks the real count once
   it is parsed);
+- a write beyond `concurrent_writes_max` in progress is refused with 429 before its body is read: the
+  event loop's backlog stays bounded, so what is admitted is answered in time;
 - the caller's deadline is the `X-Request-Timeout-Ms` header (how long the client will wait, as gRPC's
   deadline): admission needs it to finish in time, and queued work is dropped once it has passed, so
   nothing is committed for a client that gave up. Routes read it from `request_deadline`.
@@ -34,6 +36,8 @@ REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_TIMEOUT_MS_MAX = 3_600_000
 """A longer announced timeout is a client's mistake (or a wish to pin queue space): refused."""
 WRITE_PATH_PREFIX = "/v1/transactions"
+CONCURRENCY_RETRY_AFTER_MS = 100
+"""Retry hint when refused for concurrency: a write in progress is answered within its wait bound."""
 
 request_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
 """The current HTTP request's deadline (time.monotonic()), or None when the client announced none."""
@@ -57,12 +61,16 @@ class AdmissionMiddleware:
         *,
         service: LedgerService,
         body_bytes_max: int,
+        concurrent_writes_max: int,
         refuse: Callable[[DomainError], Response],
     ) -> None:
-        assert body_bytes_max > 0
+        assert body_bytes_max > 0 and concurrent_writes_max >= 0
         self.app = app
         self.service = service
         self.body_bytes_max = body_bytes_max
+        self.concurrent_writes_max = concurrent_writes_max
+        """0: no limit."""
+        self.writes_in_progress = 0
         self.refuse = refuse
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send, error: DomainError, status: int) -> None:
@@ -92,12 +100,31 @@ class AdmissionMiddleware:
                 await self._respond(scope, receive, send, error, 400)
                 return
             deadline = time.monotonic() + int(timeout_text) / 1000
-        if scope["path"].startswith(WRITE_PATH_PREFIX):
+        write = scope["path"].startswith(WRITE_PATH_PREFIX)
+        if write:
             try:
+                if 0 < self.concurrent_writes_max <= self.writes_in_progress:
+                    raise DomainError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "TOO_MANY_REQUESTS",
+                        f"{self.writes_in_progress} writes in progress on this gateway",
+                        {"retry_after_ms": str(CONCURRENCY_RETRY_AFTER_MS)},
+                    )
                 self.service.admit(1, deadline)
             except DomainError as error:
                 await self._respond(scope, receive, send, error, 429)
                 return
+            self.writes_in_progress += 1
+        try:
+            await self._admitted(scope, receive, send, deadline, length_text)
+        finally:
+            if write:
+                self.writes_in_progress -= 1
+                assert self.writes_in_progress >= 0
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, deadline: float | None, length_text: str | None
+    ) -> None:
         if length_text is None:
             # No announced length (chunked): read up to the limit before the route sees a byte.
             chunks: list[bytes] = []

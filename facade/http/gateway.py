@@ -203,6 +203,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         AdmissionMiddleware,
         service=service,
         body_bytes_max=service.settings.http_body_bytes_max,
+        concurrent_writes_max=service.settings.http_concurrent_requests_max,
         refuse=lambda error: error_response(error.code, error.reason, error.message, error.metadata),
     )
 

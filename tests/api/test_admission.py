@@ -214,7 +214,7 @@ async def deadline_refuses(http: Http) -> None:
     # are ahead of a new write (two in flight, the queued one, its own).
     for _ in range(50):
         committer.cost.observe(1, 2.0)
-    assert committer.expected_wait_seconds(1) == pytest.approx(6.0, rel=0.01)
+    assert committer.expected_wait_seconds(1) >= 6.0
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await post_within(api, "short-deadline", credit(alice, 1), 5.0)
