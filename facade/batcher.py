@@ -263,6 +263,8 @@ class GroupCommitter:
             lag_seconds = max(0.0, loop.time() - started - LOOP_PROBE_SECONDS)
             self.loop_lag_seconds += COST_EWMA_WEIGHT * (lag_seconds - self.loop_lag_seconds)
             assert self.loop_lag_seconds >= 0.0
+            metrics.event_loop_lag_seconds.set(self.loop_lag_seconds)
+            metrics.write_expected_wait_seconds.set(self.expected_wait_seconds(1))
 
     @property
     def queued_transfers(self) -> int:

@@ -324,6 +324,7 @@ async def main() -> None:
             cpu_client, cpu_server = time.process_time(), process_cpu_seconds(server.pid)
             overload = await run(args.seconds, UNARY_CLIENTS, BATCH_CLIENTS, HTTP_CLIENTS, "o")
             elapsed = time.perf_counter() - started
+            at_end = await scrape(ops, metrics_url)
             cpu_client = time.process_time() - cpu_client
             cpu_server = process_cpu_seconds(server.pid) - cpu_server
             await asyncio.sleep(DRAIN_SECONDS)
@@ -364,6 +365,14 @@ async def main() -> None:
     print(f"transactions acknowledged: {acknowledged} ({acknowledged / elapsed:,.0f}/s); committed by the server: "
           f"{created_overload:.0f}; committed after the caller gave up: {late:.0f}")  # fmt: skip
     ratio = unary_p99 / base_p99 if base_p99 else float("inf")
+    gauges = {name: value for (name, _), value in at_end.items() if not name.endswith("_bucket")}
+    lag_ms = gauges.get("ledger_event_loop_lag_seconds", 0.0) * 1e3
+    wait_ms = gauges.get("ledger_write_expected_wait_seconds", 0.0) * 1e3
+    rate = gauges.get("ledger_write_throughput_transfers_per_second", 0.0)
+    print(
+        f"server at the end of the overload: event-loop lag {lag_ms:.0f} ms, expected write wait {wait_ms:.0f} ms, "
+        f"measured commit rate {rate:,.0f} transfers/s (full batches)"
+    )
     print(
         "server-side (handler entry to answer, histogram bucket bound) PostTransaction p99: unloaded "
         f"{server_quantile(first, second, 'PostTransaction', 'OK', 0.99) * 1e3:.0f} ms, overload admitted "

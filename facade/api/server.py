@@ -32,7 +32,7 @@ from facade.http.gateway import build_app
 from facade.metadata_store import MetadataStore
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
-from facade.runtime import freeze_heap, tune_gc
+from facade.runtime import freeze_heap, tune_gc, tune_switch_interval
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
@@ -186,6 +186,7 @@ async def start(settings: Settings) -> RunningServer:
 async def serve(settings: Settings) -> None:
     """`ledger serve`: runs until SIGINT/SIGTERM."""
     tune_gc()
+    tune_switch_interval()
     configure_logging(
         settings.observability.log_level, settings.observability.log_json, settings.observability.service_name
     )
