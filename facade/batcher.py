@@ -297,13 +297,17 @@ class GroupCommitter:
 
     def admit(self, transfers: int, deadline: float | None = None) -> None:
         """Raises QueueFullError unless `transfers` more could commit within the wait bound and before
-        `deadline` (a time.monotonic() value). Cheap: an edge calls it before mapping a large request."""
+        `deadline` (a time.monotonic() value; DeadlineExceededError once it has passed). Cheap: an edge
+        calls it before mapping a large request."""
         assert transfers >= 0
         if self._closing:
-            raise QueueFullError("shutting down", RETRY_AFTER_SECONDS_MAX)
+            # Short: a caller in-process (the Kafka consumer) must come back soon enough to see it stop.
+            raise QueueFullError("shutting down", self._retry_after_seconds_min)
         budget_seconds = self._queue_wait_seconds_max
         if deadline is not None:
             budget_seconds = min(budget_seconds, deadline - time.monotonic())
+            if budget_seconds <= 0.0:
+                raise DeadlineExceededError("deadline passed before the transaction was queued")
         loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
         if loop_seconds > budget_seconds:  # The loop is saturated: more work only makes everyone late.
             metrics.backpressure_rejections_total.labels("batcher").inc()

@@ -251,6 +251,8 @@ class LedgerService:
             self.committer.admit(transfers, deadline)
         except QueueFullError as error:
             raise queue_full(error) from error
+        except DeadlineExceededError as error:
+            raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
 
     async def _owned_legs(
         self, principal: Principal, mapped: list[MappedTransaction | DomainError]
@@ -319,6 +321,8 @@ class LedgerService:
                 futures = self.committer.submit(valid, deadline)
             except QueueFullError as error:
                 raise queue_full(error) from error
+            except DeadlineExceededError as error:
+                raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
             try:
                 outcomes = list(await wait_all(futures))
             except asyncio.CancelledError:
