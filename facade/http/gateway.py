@@ -468,7 +468,7 @@ def parse_batch(body: bytes) -> pb.PostTransactionsRequest:
     is checked before any item is validated, so an oversized batch costs one decode."""
     try:
         document = json.loads(body)
-    except ValueError as error:  # JSONDecodeError and undecodable bytes alike.
+    except (ValueError, RecursionError) as error:  # Malformed, undecodable, or nested beyond the parser.
         raise RequestValidationError(
             [{"loc": ("body",), "msg": "the body is not valid JSON", "type": "json_invalid"}]
         ) from error
