@@ -19,15 +19,25 @@ share its outcome (as replays). So an outcome is only ever read from the store o
 Two batches commit at once (BATCHES_IN_FLIGHT_MAX): the engine write of one overlaps the metadata
 write of the next. The store's and the engine's single threads keep submission order.
 
-Backpressure: the queue holds at most `queue_transfers_max` transfers; beyond that `submit` raises
-QueueFullError at once (the edge answers RESOURCE_EXHAUSTED with a retry hint, or the Kafka consumer
-pauses), instead of letting latency grow without bound. A request whose deadline passes while queued
-is dropped before it reaches the store or the engine (DEADLINE_EXCEEDED); once in a batch it completes.
+Admission: work is admitted only if it can finish within its deadline. The committer measures its
+own cost (BatchCost: fixed and per-transfer seconds of recent batches) and the event loop's lag (on a
+saturated loop every await waits behind everyone else's callbacks), and refuses a
+submission at once (QueueFullError: the edge answers RESOURCE_EXHAUSTED / HTTP 429 with a retry hint
+computed from the expected wait, or the Kafka consumer pauses) when the work ahead of it would take
+longer than the caller's remaining deadline or `queue_wait_seconds_max`, or when the queue would hold
+more than `queue_transfers_max` transfers. `admit` runs the same check without queueing, so an edge can
+refuse a large batch before it spends time mapping it.
+
+Nothing is committed for a caller who gave up: an item whose deadline has passed, or will pass before
+its batch can commit, is dropped when batches form (DEADLINE_EXCEEDED), before the metadata store's
+intent or the engine sees it; so is an item whose caller was cancelled (`abandon`). Once an item is in a
+batch (its intent written) it completes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -50,10 +60,27 @@ BATCH_SPAN_LINKS_MAX = 128
 BATCHES_IN_FLIGHT_MAX = 2
 """Batches committing at once. Two overlap one batch's engine write with the next one's metadata write;
 the store's and the engine's single threads still run the writes in the order they were submitted."""
+COST_EWMA_WEIGHT = 0.2
+"""Weight of the newest batch in the batch cost estimate: recent enough to follow a change of load within
+a few batches, smooth enough that one slow fsync does not shut the door."""
+QUEUE_WAIT_SECONDS_MAX_DEFAULT = 1.0
+LOOP_PROBE_SECONDS = 0.01
+"""How often the committer measures the event loop's lag (how late a timer fires)."""
+LOOP_TURNS_PER_WRITE = 6
+"""Event-loop turns between a write's arrival and its answer (handler, drain task, store thread done,
+engine thread done, future resolved, answer sent): on a saturated loop each waits about the lag."""
+RETRY_AFTER_SECONDS_MIN = 0.01
+RETRY_AFTER_SECONDS_MAX = 30.0
+"""Bounds of the retry hint given with a refusal (the expected time for the queue to drain)."""
 
 
 class QueueFullError(Exception):
-    """The write queue is full: retry after a short delay."""
+    """The write queue cannot take this work in time: retry after `retry_after_seconds`."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        assert RETRY_AFTER_SECONDS_MIN <= retry_after_seconds <= RETRY_AFTER_SECONDS_MAX
+        self.retry_after_seconds = retry_after_seconds
 
 
 class DeadlineExceededError(Exception):
@@ -108,6 +135,56 @@ class _Item:
             self.future.set_result(outcome)
 
 
+class BatchCost:
+    """What a batch of n transfers costs the committer: `fixed_seconds + n * transfer_seconds`, fitted
+    by least squares over recent batches (exponentially weighted).
+
+    Why a line and not a rate: every batch pays the same fsyncs whatever its size, and the queue is
+    drained in batches of up to `batch_transfers_max`. A rate measured on small batches (a quiet service)
+    would price a burst of 1,000 queued transfers at 1,000 fsyncs; the line prices it at one batch.
+    Until batches of different sizes have been seen, the per-transfer cost is unknown (0) and a batch
+    costs its average time."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self._n = 0.0
+        self._s = 0.0
+        self._nn = 0.0
+        self._ns = 0.0
+
+    def observe(self, transfers: int, seconds: float) -> None:
+        assert transfers >= 1 and seconds > 0.0
+        n = float(transfers)
+        if self.batches == 0:
+            self._n, self._s, self._nn, self._ns = n, seconds, n * n, n * seconds
+        else:
+            weight = COST_EWMA_WEIGHT
+            self._n += weight * (n - self._n)
+            self._s += weight * (seconds - self._s)
+            self._nn += weight * (n * n - self._nn)
+            self._ns += weight * (n * seconds - self._ns)
+        self.batches += 1
+        assert self._n >= 1.0 - 1e-9 and self._s > 0.0
+
+    @property
+    def transfer_seconds(self) -> float:
+        variance = self._nn - self._n * self._n
+        if variance < 1.0:  # Every recent batch had about the same size: no slope to fit.
+            return 0.0
+        return max(0.0, (self._ns - self._n * self._s) / variance)
+
+    @property
+    def fixed_seconds(self) -> float:
+        return max(0.0, self._s - self.transfer_seconds * self._n)
+
+    def seconds(self, transfers: int, batches: int) -> float:
+        """The time to commit `transfers` transfers in `batches` batches (0.0 before any batch)."""
+        assert transfers >= 0 and batches >= 0
+        if self.batches == 0:
+            return 0.0
+        return batches * self.fixed_seconds + transfers * self.transfer_seconds
+
+
 def _batch_parentage(batch: Sequence[_Item]) -> tuple[otel_context.Context, list[Link]]:
     """A batch serves many requests: its span is a child of the first traced one (so a request's
     trace shows its batch) and links every traced request it carries (so each trace can find it)."""
@@ -128,9 +205,14 @@ class GroupCommitter:
         store: MetadataStore,
         queue_transfers_max: int = 65_536,
         batch_transfers_max: int = BATCH_EVENTS_MAX,
+        *,
+        queue_wait_seconds_max: float = QUEUE_WAIT_SECONDS_MAX_DEFAULT,
+        retry_after_seconds_min: float = RETRY_AFTER_SECONDS_MIN,
     ) -> None:
         assert 0 < batch_transfers_max <= BATCH_EVENTS_MAX
         assert queue_transfers_max >= 1
+        assert queue_wait_seconds_max > 0
+        assert RETRY_AFTER_SECONDS_MIN <= retry_after_seconds_min <= RETRY_AFTER_SECONDS_MAX
         self._engine = engine
         self._store = store
         self._queue: deque[_Item] = deque()
@@ -142,9 +224,24 @@ class GroupCommitter:
         self._closing = False
         self._leaders: dict[int, _Item] = {}
         """Transaction id → the item carrying it to the store and engine, while its batch commits."""
+        self._queue_wait_seconds_max = queue_wait_seconds_max
+        self._retry_after_seconds_min = retry_after_seconds_min
+        self._queued_futures: set[asyncio.Future[Outcome]] = set()
+        """Futures of items still in the queue (not yet in a batch): only these may be abandoned."""
+        self._in_flight_transfers = 0
+        self._in_flight_batches = 0
+        self.cost = BatchCost()
+        """The measured cost of a batch: the basis of every expected wait (none before the first batch)."""
+        self._probe: asyncio.Task[None] | None = None
+        self.loop_lag_seconds = 0.0
+        """Moving average of the event loop's lag (see _probe_loop)."""
+        self._completed_last = 0.0
+        """time.monotonic() of the last batch completion: a batch's time starts at its own start or there,
+        whichever is later, so overlapping batches are not counted twice."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="group-commit")
+        self._probe = asyncio.create_task(self._probe_loop(), name="group-commit-loop-probe")
 
     async def close(self) -> None:
         """Finishes what is queued, then stops."""
@@ -152,53 +249,150 @@ class GroupCommitter:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+    async def _probe_loop(self) -> None:
+        """Measures how late a short timer fires: the wait every await of a write sees on this loop."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            started = loop.time()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            lag_seconds = max(0.0, loop.time() - started - LOOP_PROBE_SECONDS)
+            self.loop_lag_seconds += COST_EWMA_WEIGHT * (lag_seconds - self.loop_lag_seconds)
+            assert self.loop_lag_seconds >= 0.0
+            metrics.event_loop_lag_seconds.set(self.loop_lag_seconds)
+            metrics.write_expected_wait_seconds.set(self.expected_wait_seconds(1))
 
     @property
     def queued_transfers(self) -> int:
         return self._queued_transfers
+
+    @property
+    def in_flight_transfers(self) -> int:
+        """Transfers in batches being committed now."""
+        return self._in_flight_transfers
+
+    @property
+    def throughput_transfers_per_second(self) -> float:
+        """The commit rate of full batches at the measured cost; 0.0 before the first batch."""
+        seconds = self.cost.seconds(self._batch_transfers_max, 1)
+        return self._batch_transfers_max / seconds if seconds > 0.0 else 0.0
+
+    def expected_wait_seconds(self, transfers: int = 0) -> float:
+        """How long `transfers` more would take to be answered: the batches queued and in flight at the
+        measured batch cost, plus the event loop's turns at its measured lag."""
+        assert transfers >= 0
+        queued = self._queued_transfers + transfers
+        batches = self._in_flight_batches + -(-queued // self._batch_transfers_max)
+        loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
+        return self.cost.seconds(self._in_flight_transfers + queued, batches) + loop_seconds
+
+    def _retry_after_seconds(self) -> float:
+        """The time for the queue ahead to drain: a caller retrying then finds room."""
+        wait = self.expected_wait_seconds()
+        return min(RETRY_AFTER_SECONDS_MAX, max(self._retry_after_seconds_min, wait))
+
+    def admit(self, transfers: int, deadline: float | None = None) -> None:
+        """Raises QueueFullError unless `transfers` more could commit within the wait bound and before
+        `deadline` (a time.monotonic() value; DeadlineExceededError once it has passed). Cheap: an edge
+        calls it before mapping a large request."""
+        assert transfers >= 0
+        if self._closing:
+            # Short: a caller in-process (the Kafka consumer) must come back soon enough to see it stop.
+            raise QueueFullError("shutting down", self._retry_after_seconds_min)
+        budget_seconds = self._queue_wait_seconds_max
+        if deadline is not None:
+            budget_seconds = min(budget_seconds, deadline - time.monotonic())
+            if budget_seconds <= 0.0:
+                raise DeadlineExceededError("deadline passed before the transaction was queued")
+        loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
+        if loop_seconds > budget_seconds:  # The loop is saturated: more work only makes everyone late.
+            metrics.backpressure_rejections_total.labels("batcher").inc()
+            raise QueueFullError(
+                f"service busy: about {loop_seconds * 1000:.0f} ms of event-loop delay, "
+                f"more than the {max(0.0, budget_seconds) * 1000:.0f} ms this request can wait",
+                self._retry_after_seconds(),
+            )
+        # An empty queue admits any one submission (bounded by the API's batch limit), so a batch larger
+        # than the bounds is not refused forever (the cost is measured only from batches that commit).
+        if not self._queued_transfers:
+            return
+        if self._queued_transfers + transfers > self._queue_transfers_max:
+            metrics.backpressure_rejections_total.labels("batcher").inc()
+            raise QueueFullError(
+                f"write queue full ({self._queued_transfers} transfers queued)", self._retry_after_seconds()
+            )
+        wait_seconds = self.expected_wait_seconds(transfers)
+        if wait_seconds > budget_seconds:
+            metrics.backpressure_rejections_total.labels("batcher").inc()
+            raise QueueFullError(
+                f"write queue busy: about {wait_seconds * 1000:.0f} ms of work queued, "
+                f"more than the {max(0.0, budget_seconds) * 1000:.0f} ms this request can wait",
+                self._retry_after_seconds(),
+            )
 
     def submit(
         self, transactions: Sequence[MappedTransaction], deadline: float | None = None
     ) -> list[asyncio.Future[Outcome]]:
         """Queues transactions (all or none); each future resolves with the transaction's outcome once
         it is durable. `deadline` is a time.monotonic() value."""
-        if self._closing:
-            raise QueueFullError("shutting down")
         count = 0
         for transaction in transactions:
             count += len(transaction.transfers)
-        # An empty queue admits any one submission (bounded by the API's batch limit), so a batch larger
-        # than the queue is not refused forever; otherwise the bound holds.
-        if self._queued_transfers and self._queued_transfers + count > self._queue_transfers_max:
-            metrics.backpressure_rejections_total.labels("batcher").inc()
-            raise QueueFullError(f"write queue full ({self._queued_transfers} transfers queued)")
+        self.admit(count, deadline)
         span_context = trace.get_current_span().get_span_context()
         items = [_Item(t, deadline, span_context) for t in transactions]
         self._queue.extend(items)
+        self._queued_futures.update(item.future for item in items)
         self._queued_transfers += count
         metrics.write_queue_depth.set(self._queued_transfers)
         self._wakeup.set()
+        assert self._queued_transfers >= count
         return [item.future for item in items]
+
+    def abandon(self, futures: Sequence[asyncio.Future[Outcome]]) -> int:
+        """The caller gave up (cancelled): its items still queued are dropped when batches form, so they
+        are never committed; items already in a batch complete. Returns how many were dropped."""
+        dropped = 0
+        for future in futures:
+            if future in self._queued_futures and not future.done():
+                future.cancel()
+                dropped += 1
+        assert dropped <= len(futures)
+        return dropped
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         transfers = 0
-        now = time.monotonic()
+        # An item whose deadline passes before its batch can commit would be committed for a caller that
+        # has given up: it is dropped now, before its intent is written, and never reaches the engine.
+        # Its commit ends after the batches in flight and its own: about one average batch later.
+        own_transfers = min(self._queued_transfers, self._batch_transfers_max)
+        commit_seconds = self.cost.seconds(self._in_flight_transfers + own_transfers, self._in_flight_batches + 1)
+        cutoff = time.monotonic() + commit_seconds
         while self._queue:
             item = self._queue[0]
             size = len(item.transaction.transfers)
             if batch and transfers + size > self._batch_transfers_max:
                 break
             self._queue.popleft()
+            self._queued_futures.discard(item.future)
             self._queued_transfers -= size
             if item.future.cancelled():
+                metrics.dropped_transactions_total.labels("cancelled").inc()
                 continue
-            if item.deadline is not None and item.deadline <= now:
-                item.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+            if item.deadline is not None and item.deadline <= cutoff:
+                metrics.dropped_transactions_total.labels("deadline").inc()
+                item.future.set_exception(DeadlineExceededError("deadline passed before the transaction could commit"))
+                item.future.exception()  # Retrieved: its caller may have gone, and that is no error to log.
                 continue
             batch.append(item)
             transfers += size
         assert transfers <= self._batch_transfers_max or len(batch) == 1
+        assert self._queued_transfers >= 0
         metrics.write_queue_depth.set(self._queued_transfers)
         return batch
 
@@ -216,20 +410,40 @@ class GroupCommitter:
                 continue
             batch = self._take_batch()
             if batch:
-                in_flight.add(asyncio.create_task(self._commit_or_fail(batch)))
+                transfers = sum(len(item.transaction.transfers) for item in batch)
+                self._in_flight_transfers += transfers
+                self._in_flight_batches += 1
+                in_flight.add(asyncio.create_task(self._commit_or_fail(batch, transfers)))
                 # Yield once so this batch's first write is queued before the next batch forms.
                 await asyncio.sleep(0)
         if in_flight:
             await asyncio.wait(in_flight)
 
-    async def _commit_or_fail(self, batch: list[_Item]) -> None:
+    def _measure(self, transfers: int, started: float) -> None:
+        """Folds one committed batch into the throughput estimate."""
+        completed = time.monotonic()
+        busy_seconds = completed - max(started, self._completed_last)
+        self._completed_last = completed
+        if busy_seconds <= 0.0:
+            return
+        self.cost.observe(transfers, busy_seconds)
+        metrics.write_throughput_transfers_per_second.set(self.throughput_transfers_per_second)
+
+    async def _commit_or_fail(self, batch: list[_Item], transfers: int) -> None:
+        """Commits a batch of `transfers` transfers (already counted in flight by the caller)."""
+        assert transfers <= self._in_flight_transfers
+        started = time.monotonic()
         try:
             await self._commit(batch)
+            self._measure(transfers, started)
         except Exception as error:  # The batch's callers get the error; the committer lives on.
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
         finally:
+            self._in_flight_transfers -= transfers
+            self._in_flight_batches -= 1
+            assert self._in_flight_transfers >= 0 and self._in_flight_batches >= 0
             for item in batch:
                 if self._leaders.get(item.transaction.transaction_id) is item:
                     del self._leaders[item.transaction.transaction_id]

@@ -15,8 +15,10 @@ created before owners were carried and unknown to the local store) is nobody's b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +71,10 @@ PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 BATCH_TRANSACTIONS_MAX = 1000
 """Transactions per PostTransactions call."""
+MAP_IN_THREAD_TRANSACTIONS_MIN = 64
+"""Batches at least this large are mapped in a worker thread: mapping a thousand transactions on the
+event loop would hold it for tens of milliseconds, and every other call (and grpc's accepting of new
+calls, one per loop turn) would wait that long."""
 
 ACCOUNT_TYPE_NO_OVERDRAFT = 1
 ACCOUNT_TYPE_OVERDRAFT_ALLOWED = 2
@@ -115,7 +121,14 @@ class LedgerService:
         self.store = store
         self.settings = settings
         self.currencies = Currencies(dict(settings.currencies))
-        self.committer = GroupCommitter(engine, store, settings.write_queue_transfers_max, settings.batch_transfers_max)
+        self.committer = GroupCommitter(
+            engine,
+            store,
+            settings.write_queue_transfers_max,
+            settings.batch_transfers_max,
+            queue_wait_seconds_max=settings.write_queue_wait_ms_max / 1000,
+            retry_after_seconds_min=settings.retry_after_ms / 1000,
+        )
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, int] = {}
         """account id → owner hash (account_owner), read from the engine: ownership never changes, so a
@@ -274,6 +287,16 @@ class LedgerService:
     ) -> list[TransactionView | DomainError]:
         if len(requests) > BATCH_TRANSACTIONS_MAX:
             raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
+        if len(requests) >= MAP_IN_THREAD_TRANSACTIONS_MIN:
+            mapped = await asyncio.to_thread(self._map_posts, principal, requests)
+        else:
+            mapped = self._map_posts(principal, requests)
+        return await self._submit(await self._owned_legs(principal, mapped), deadline)
+
+    def _map_posts(
+        self, principal: Principal, requests: Sequence[PostRequest]
+    ) -> list[MappedTransaction | DomainError]:
+        """Pure (no I/O, no shared mutable state): safe in a worker thread."""
         mapped: list[MappedTransaction | DomainError] = []
         for request in requests:
             try:
@@ -290,7 +313,18 @@ class LedgerService:
                 )
             except DomainError as error:
                 mapped.append(error)
-        return await self._submit(await self._owned_legs(principal, mapped), deadline)
+        assert len(mapped) == len(requests)
+        return mapped
+
+    def admit(self, transfers: int, deadline: float | None = None) -> None:
+        """Refuses (RESOURCE_EXHAUSTED, with a retry hint) work that could not commit in time, before an
+        edge spends time parsing or mapping it. `transfers` may be an estimate (one per leg)."""
+        try:
+            self.committer.admit(transfers, deadline)
+        except QueueFullError as error:
+            raise queue_full(error) from error
+        except DeadlineExceededError as error:
+            raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
 
     async def _owned_legs(
         self, principal: Principal, mapped: list[MappedTransaction | DomainError]
@@ -358,13 +392,16 @@ class LedgerService:
             try:
                 futures = self.committer.submit(valid, deadline)
             except QueueFullError as error:
-                raise DomainError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "WRITE_QUEUE_FULL",
-                    str(error),
-                    {"retry_after_ms": str(self.settings.retry_after_ms)},
-                ) from error
-            outcomes = list(await wait_all(futures))
+                raise queue_full(error) from error
+            except DeadlineExceededError as error:
+                raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
+            try:
+                outcomes = list(await wait_all(futures))
+            except asyncio.CancelledError:
+                # The caller gave up (its RPC was cancelled or its deadline passed): what is still queued
+                # is dropped, so nothing is committed for a caller who will never see the answer.
+                self.committer.abandon(futures)
+                raise
         outcomes.reverse()
         counts: dict[tuple[str, str], int] = {}
         for item in mapped:
@@ -457,6 +494,13 @@ class LedgerService:
 
     async def balances(self, principal: Principal, account_id_text: str) -> AccountView:
         return await self.get_account(principal, account_id_text)
+
+
+def queue_full(error: QueueFullError) -> DomainError:
+    retry_after_ms = max(1, math.ceil(error.retry_after_seconds * 1000))
+    return DomainError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "WRITE_QUEUE_FULL", str(error), {"retry_after_ms": str(retry_after_ms)}
+    )
 
 
 def parse_id_hex(text: str) -> int:

@@ -189,6 +189,34 @@ class ApiSettings(BaseModel):
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
     retry_after_ms: int = Field(default=50, ge=1, le=60_000)
+    write_queue_wait_ms_max: int = Field(
+        default=1000,
+        ge=1,
+        le=60_000,
+        description="Admission: a write is refused at once (RESOURCE_EXHAUSTED / HTTP 429) when the queue ahead of "
+        "it would take longer than this to commit at the recently measured rate (or longer than the caller's "
+        "remaining deadline).",
+    )
+    grpc_concurrent_rpcs_max: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        description="Admission: gRPC calls beyond this many in progress are refused at once with RESOURCE_EXHAUSTED "
+        "by grpc itself, before any of their bytes are parsed (bounds the event loop's backlog); 0 = no limit.",
+    )
+    http_concurrent_requests_max: int = Field(
+        default=128,
+        ge=0,
+        le=100_000,
+        description="Admission: JSON gateway writes beyond this many in progress are refused at once with 429 "
+        "before their bodies are read; 0 = no limit.",
+    )
+    http_body_bytes_max: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="JSON gateway: larger request bodies are refused with 413 before they are read.",
+    )
     currencies: dict[str, CurrencySettings] = Field(default_factory=_default_currencies)
 
 

@@ -2,13 +2,21 @@
 them on an internal interface):
 
     GET /metrics   Prometheus exposition (every metric in facade/observability/metrics.py)
-    GET /healthz   liveness: the process and its event loop answer. Restart the instance when it fails.
-    GET /readyz    readiness: every dependency answers within its timeout — the engine, Kafka (when
-                   configured), ClickHouse (when the read model is open) — and the service is not
-                   draining. 503 with the failing checks otherwise; take the instance out of rotation.
+    GET /healthz   liveness: the process and its event loop answer, and nothing that only a restart
+                   can cure has happened (the engine's `write_failure`: writes dead for good). 503 with
+                   the reasons otherwise; restart the instance.
+    GET /readyz    readiness = "can serve writes": every required check answers within its timeout —
+                   the engine and the metadata store (and whatever else joins `checks`, e.g. a
+                   consistency check) — and the service is not draining. 503 with the failing checks
+                   otherwise; take the instance out of rotation.
 
-Readiness runs the checks concurrently, each bounded by `CHECK_TIMEOUT_SECONDS`, so a hung dependency
-makes /readyz answer 503 quickly instead of hanging the load balancer's probe.
+Dependencies the write path does not need (Kafka: the change feed waits in the engine; ClickHouse: the
+read model catches up) are probed with the same timeouts and reported under "dependencies" in the
+/readyz body and as `ledger_dependency_up{dependency=...}`, but do not make /readyz 503: during a Kafka
+outage writes still work, and pulling every façade out of rotation would turn it into a full outage.
+
+Readiness runs the probes concurrently, each bounded by `CHECK_TIMEOUT_SECONDS`, so a hung dependency
+answers quickly instead of hanging the load balancer's probe.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facade.engine.protocol import Engine
+from facade.metadata_store import MetadataStore
+from facade.observability import metrics
 
 if TYPE_CHECKING:
     from facade.kafka.topics import TopicHealth
@@ -31,11 +41,24 @@ CHECK_TIMEOUT_SECONDS = 2.0
 
 Check = Callable[[], Awaitable[None]]
 """Returns when the dependency answers; raises (anything) when it does not."""
+LiveCheck = Callable[[], str | None]
+"""Why the process must be restarted, or None. Synchronous and local: liveness never waits on a dependency
+(a slow dependency must not get healthy instances restarted)."""
 
 
 class Readiness:
-    def __init__(self, checks: Mapping[str, Check]) -> None:
+    """The ops probes' checks. Other components join by adding to the dicts: `checks` (required for
+    /readyz), `dependencies` (reported only), `liveness` (/healthz)."""
+
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        dependencies: Mapping[str, Check] | None = None,
+        liveness: Mapping[str, LiveCheck] | None = None,
+    ) -> None:
         self.checks = dict(checks)
+        self.dependencies = dict(dependencies or {})
+        self.liveness = dict(liveness or {})
         self.draining = False
         """Set at shutdown: readiness fails first, so load balancers stop routing before calls are refused."""
 
@@ -50,18 +73,54 @@ class Readiness:
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     async def report(self) -> tuple[bool, dict[str, object]]:
-        names = list(self.checks)
-        results = await asyncio.gather(*(self._run(self.checks[name]) for name in names))
-        checks = dict(zip(names, results, strict=True))
-        ready = not self.draining and all(result["ok"] for result in results)
-        return ready, {"status": "ready" if ready else "not_ready", "draining": self.draining, "checks": checks}
+        probes = {**self.dependencies, **self.checks}
+        names = list(probes)
+        results = dict(zip(names, await asyncio.gather(*(self._run(probes[name]) for name in names)), strict=True))
+        for name, result in results.items():
+            metrics.dependency_up.labels(name).set(1 if result["ok"] else 0)
+        checks = {name: results[name] for name in self.checks}
+        dependencies = {name: results[name] for name in self.dependencies if name not in self.checks}
+        ready = not self.draining and all(result["ok"] for result in checks.values())
+        body: dict[str, object] = {
+            "status": "ready" if ready else "not_ready",
+            "draining": self.draining,
+            "checks": checks,
+            "dependencies": dependencies,
+        }
+        return ready, body
+
+    def alive(self) -> tuple[bool, dict[str, object]]:
+        failures = {name: reason for name, check in self.liveness.items() if (reason := check()) is not None}
+        if failures:
+            return False, {"status": "failed", "failures": failures}
+        return True, {"status": "ok"}
 
 
 def engine_check(engine: Engine) -> Check:
-    """A lookup goes through the engine's full request path (its thread, or the TigerBeetle cluster)."""
+    """A lookup goes through the engine's full request path (its thread, or the TigerBeetle cluster);
+    an engine whose writes are dead is not ready either, whatever its reads do."""
 
     async def check() -> None:
+        failure = engine.write_failure
+        if failure is not None:
+            raise RuntimeError(f"engine cannot write: {failure}")
         await engine.lookup_accounts([1])
+
+    return check
+
+
+def engine_liveness(engine: Engine) -> LiveCheck:
+    def check() -> str | None:
+        return engine.write_failure
+
+    return check
+
+
+def metadata_check(store: MetadataStore) -> Check:
+    """A read through the metadata store's thread and SQLite: every write needs the store first."""
+
+    async def check() -> None:
+        await store.get_account(0)
 
     return check
 
@@ -87,8 +146,9 @@ def build_ops_app(readiness: Readiness) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        alive, body = readiness.alive()
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -28,7 +28,7 @@ from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, 
 from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor
-from facade.api.ops import Check, Readiness, build_ops_app, engine_check, kafka_check
+from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
 from facade.changes.poller import ChangeCapture
@@ -39,7 +39,7 @@ from facade.http.gateway import build_app
 from facade.metadata_store import MetadataStore
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
-from facade.runtime import freeze_heap, tune_gc
+from facade.runtime import freeze_heap, tune_gc, tune_switch_interval
 from facade.service import LedgerService
 from facade.settings import Settings
 from projections.read_model import ReadModel
@@ -121,13 +121,22 @@ def _tls_files(settings: Settings) -> TlsFiles | None:
 async def start(settings: Settings) -> RunningServer:
     guard_dev_mode(settings.auth, [settings.api.host])  # Before anything is opened or bound.
     authenticator = Authenticator(settings.auth)  # Refuses a bad secret or key set before the engine opens.
+    kafka_unreachable = False
     if settings.kafka.bootstrap_servers and settings.kafka.provision_topics:
-        # Before anything serves: a façade whose topics are missing or mis-set must not start.
-        from facade.kafka.topics import ensure_topics
+        # Before anything serves: a façade whose topics are mis-set must not start. An unreachable
+        # cluster does not stop it (writes do not need Kafka): the topics are provisioned once it answers.
+        from facade.kafka.topics import KAFKA_START_TIMEOUT_SECONDS, KafkaUnreachableError, ensure_topics
 
-        created = await asyncio.to_thread(ensure_topics, settings.kafka)
-        if created:
-            log.info("kafka topics created", topics=created)
+        try:
+            created = await asyncio.to_thread(
+                ensure_topics, settings.kafka, timeout_seconds=KAFKA_START_TIMEOUT_SECONDS
+            )
+        except KafkaUnreachableError as error:
+            kafka_unreachable = True
+            log.warning("kafka unreachable at start; topics provisioned when it answers", error=str(error))
+        else:
+            if created:
+                log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
     store = await MetadataStore.open(settings.api.metadata_db)
     try:
@@ -152,6 +161,7 @@ async def start(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=settings.api.grpc_concurrent_rpcs_max or None,
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None
@@ -198,6 +208,14 @@ async def start(settings: Settings) -> RunningServer:
         from facade.kafka.topics import TopicHealth
 
         topic_health = TopicHealth(kafka)
+        if kafka_unreachable:
+            from facade.kafka.topics import provision_in_background
+
+            running.background.append(
+                asyncio.create_task(
+                    provision_in_background(kafka, running.stop_background, topic_health), name="kafka-provision"
+                )
+            )
     if kafka.bootstrap_servers and kafka.change_capture_enabled:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
@@ -209,12 +227,14 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
-    checks: dict[str, Check] = {"engine": engine_check(engine)}
+    # Ready = can serve writes (engine + metadata store); Kafka and ClickHouse are reported, not required.
+    checks: dict[str, Check] = {"engine": engine_check(engine), "metadata": metadata_check(store)}
+    dependencies: dict[str, Check] = {}
     if topic_health is not None:
-        checks["kafka"] = kafka_check(topic_health)
+        dependencies["kafka"] = kafka_check(topic_health)
     if read_model is not None:
-        checks["clickhouse"] = read_model.ping
-    running.readiness = Readiness(checks)
+        dependencies["clickhouse"] = read_model.ping
+    running.readiness = Readiness(checks, dependencies, {"engine": engine_liveness(engine)})
     observability = settings.observability
     if observability.metrics_port >= 0:
         running.ops = await AsgiServer.start(
@@ -250,6 +270,7 @@ async def start(settings: Settings) -> RunningServer:
 async def serve(settings: Settings) -> None:
     """`ledger serve`: runs until SIGINT/SIGTERM."""
     tune_gc()
+    tune_switch_interval()
     configure_logging(
         settings.observability.log_level, settings.observability.log_json, settings.observability.service_name
     )

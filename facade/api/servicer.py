@@ -13,7 +13,16 @@ from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from facade.auth import current_principal
 from facade.domain.mapping import DomainError, Kind, LegSpec, Metadata, TransactionType
 from facade.engine.types import Account, AccountFlags
-from facade.service import AccountView, EntryView, LedgerService, PostRequest, TransactionView, deadline_from_timeout
+from facade.service import (
+    BATCH_TRANSACTIONS_MAX,
+    MAP_IN_THREAD_TRANSACTIONS_MIN,
+    AccountView,
+    EntryView,
+    LedgerService,
+    PostRequest,
+    TransactionView,
+    deadline_from_timeout,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 STREAM_IN_FLIGHT_MAX = 4096
@@ -156,6 +165,14 @@ def posted_result(
     return message
 
 
+def batch_response(
+    request: ledger_pb2.PostTransactionsRequest, results: list[TransactionView | DomainError]
+) -> ledger_pb2.PostTransactionsResponse:
+    response = ledger_pb2.PostTransactionsResponse()
+    response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
+    return response
+
+
 def item_result(result: TransactionView | DomainError) -> ledger_pb2.TransactionResult:
     if isinstance(result, DomainError):
         return ledger_pb2.TransactionResult(
@@ -230,10 +247,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     async def PostTransaction(  # noqa: N802
         self, request: ledger_pb2.PostTransactionRequest, context: Context
     ) -> ledger_pb2.Transaction:
+        deadline = deadline_from_timeout(context.time_remaining())
         try:
-            [result] = await self._service.post_transactions(
-                current_principal.get(), [post_request(request)], deadline_from_timeout(context.time_remaining())
-            )
+            self._service.admit(len(request.legs), deadline)
+            [result] = await self._service.post_transactions(current_principal.get(), [post_request(request)], deadline)
         except DomainError as error:
             await abort_domain(context, error)
         if isinstance(result, DomainError):
@@ -245,17 +262,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     async def PostTransactions(  # noqa: N802
         self, request: ledger_pb2.PostTransactionsRequest, context: Context
     ) -> ledger_pb2.PostTransactionsResponse:
+        deadline = deadline_from_timeout(context.time_remaining())
         try:
+            if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused below.
+                # Admission before mapping: a batch the queue cannot take in time costs a count, not a parse.
+                self._service.admit(sum(len(r.legs) for r in request.transactions), deadline)
             results = await self._service.post_transactions(
-                current_principal.get(),
-                [post_request(r) for r in request.transactions],
-                deadline_from_timeout(context.time_remaining()),
+                current_principal.get(), [post_request(r) for r in request.transactions], deadline
             )
         except DomainError as error:
             await abort_domain(context, error)
-        response = ledger_pb2.PostTransactionsResponse()
-        response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
-        return response
+        if len(results) >= MAP_IN_THREAD_TRANSACTIONS_MIN:  # Off the event loop, as the mapping was.
+            return await asyncio.to_thread(batch_response, request, results)
+        return batch_response(request, results)
 
     async def StreamTransactions(  # noqa: N802
         self, request_iterator: AsyncIterator[ledger_pb2.PostTransactionRequest], _context: Context

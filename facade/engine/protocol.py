@@ -39,6 +39,14 @@ class Engine(Protocol):
     name: str
     """The backend's name: 'embedded' or 'tigerbeetle'."""
 
+    @property
+    def write_failure(self) -> str | None:
+        """Why this engine can never write again without a restart or a repair (e.g. a journal write
+        failed and the page cache cannot be trusted), or None while writes can succeed. A transient fault
+        (a cluster briefly unreachable, a disk that may get space back) is not one. Liveness (/healthz)
+        fails on it: restarting the process is the remedy."""
+        ...
+
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]: ...
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]: ...

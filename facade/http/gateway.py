@@ -40,11 +40,18 @@ answers with its text: 500 INTERNAL "internal error (error id ...)", the detail 
 Every answer, 500s included, is counted in ledger_request_duration_seconds{edge="http"}.
 
 A batch answers 200 with one result per item; each failed item carries the same error object.
+
+Admission (facade.http.admission): a body above api.http_body_bytes_max is 413 REQUEST_TOO_LARGE before
+it is read; a write the queue cannot take in time is 429 before its body is parsed; the optional
+`X-Request-Timeout-Ms` header is the caller's deadline (as gRPC's): work still queued when it passes is
+never committed (504 DEADLINE_EXCEEDED). A batch body is parsed, validated and converted in a worker
+thread, item by item, so a large one does not stall the event loop that serves gRPC too.
 """
 
 # No `from __future__ import annotations`: the routes' Annotated dependencies are built in build_app
 # (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -55,7 +62,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
@@ -70,11 +77,12 @@ from facade.api.servicer import (
     transaction_message,
 )
 from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
-from facade.domain.mapping import DomainError
+from facade.domain.mapping import DomainError, invalid
 from facade.http import models as m
-from facade.http._json import MalformedRequest, StrictJsonRoute
+from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
+from facade.http.admission import AdmissionMiddleware, request_deadline
 from facade.observability import metrics
-from facade.service import LedgerService, TransactionView
+from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
 
 API_VERSION = "v1"
 RPC_PREFIX = "/ledger.v1.Ledger/"
@@ -219,6 +227,14 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         "status name and the same machine-readable reason as the gRPC API.",
     )
     _install_error_handlers(app)
+    # Added before `observe`, so it runs inside it: refusals are measured like any other answer.
+    app.add_middleware(
+        AdmissionMiddleware,
+        service=service,
+        body_bytes_max=service.settings.http_body_bytes_max,
+        concurrent_writes_max=service.settings.http_concurrent_requests_max,
+        refuse=lambda error: error_response(error.code, error.reason, error.message, error.metadata),
+    )
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -250,7 +266,14 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         return Depends(principal)
 
     def route(
-        method: Literal["GET", "POST"], path: str, rpc: str, response_model: type[BaseModel], tag: str, summary: str
+        method: Literal["GET", "POST"],
+        path: str,
+        rpc: str,
+        response_model: type[BaseModel],
+        tag: str,
+        summary: str,
+        *,
+        openapi_extra: dict[str, Any] | None = None,
     ) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Any]:
         scope = METHOD_SCOPES[RPC_PREFIX + rpc]
         return router.api_route(
@@ -261,7 +284,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
             summary=summary,
             operation_id=rpc if rpc != "GetTransaction" or "{" in path else "GetTransactionByIdempotencyKey",
             description=f"gRPC: `ledger.v1.Ledger/{rpc}`. Scope: `{scope}`.",
-            openapi_extra={"x-required-scope": scope},
+            openapi_extra={"x-required-scope": scope, **(openapi_extra or {})},
         )
 
     AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]  # noqa: N806
@@ -339,7 +362,7 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         principal: Annotated[Principal, caller("PostTransaction")], body: m.PostTransactionRequest
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.PostTransactionRequest())
-        [result] = await service.post_transactions(principal, [post_request(request)])
+        [result] = await service.post_transactions(principal, [post_request(request)], request_deadline.get())
         if isinstance(result, DomainError):
             raise result
         return m.from_message(_posted(request, result))
@@ -351,20 +374,17 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         m.PostTransactionsResponse,
         "transactions",
         "Post independent transactions; a result per item",
+        openapi_extra={"requestBody": _BATCH_REQUEST_BODY},
     )
     async def post_transactions(
-        principal: Annotated[Principal, caller("PostTransactions")], body: m.PostTransactionsRequest
-    ) -> dict[str, Any]:
-        request = m.to_message(body, pb.PostTransactionsRequest())
-        results = await service.post_transactions(principal, [post_request(r) for r in request.transactions])
-        return {
-            "results": [
-                {"error": m.error_body(result)}
-                if isinstance(result, DomainError)
-                else {"transaction": m.from_message(_posted(item, result))}
-                for item, result in zip(request.transactions, results, strict=True)
-            ]
-        }
+        principal: Annotated[Principal, caller("PostTransactions")], http_request: Request
+    ) -> Response:
+        # Read here, parsed in a worker thread (parse_batch): the body is declared in openapi_extra.
+        request = await asyncio.to_thread(parse_batch, await http_request.body())
+        deadline = request_deadline.get()
+        service.admit(sum(len(r.legs) for r in request.transactions), deadline)  # Before mapping.
+        results = await service.post_transactions(principal, [post_request(r) for r in request.transactions], deadline)
+        return await asyncio.to_thread(_batch_response, request, results)
 
     @route(
         "GET",
@@ -404,7 +424,13 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.CaptureTransactionRequest())
         view = await service.resolve_authorization(
-            principal, request.idempotency_key, authorization_id, True, request.amount, metadata_from(request.metadata)
+            principal,
+            request.idempotency_key,
+            authorization_id,
+            True,
+            request.amount,
+            metadata_from(request.metadata),
+            request_deadline.get(),
         )
         return m.from_message(transaction_message(view))
 
@@ -423,12 +449,88 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.VoidTransactionRequest())
         view = await service.resolve_authorization(
-            principal, request.idempotency_key, authorization_id, False, "", metadata_from(request.metadata)
+            principal,
+            request.idempotency_key,
+            authorization_id,
+            False,
+            "",
+            metadata_from(request.metadata),
+            request_deadline.get(),
         )
         return m.from_message(transaction_message(view))
 
     app.include_router(router)
+    _declare_batch_schema(app)
     return app
+
+
+_BATCH_REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PostTransactionsRequest"}}},
+}
+_TRANSACTION = TypeAdapter(m.PostTransactionRequest)
+
+
+def _declare_batch_schema(app: FastAPI) -> None:
+    """The batch route reads its body itself (parse_batch), so FastAPI does not see the model: its
+    schema joins the components here, under the name the route's requestBody refers to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schema = m.PostTransactionsRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = document["components"]["schemas"]
+            for name, definition in schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["PostTransactionsRequest"] = schema
+        return app.openapi_schema  # type: ignore[return-value]  # Set by generate().
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema.
+
+
+def _request_error(errors: list[Any], *location: int | str) -> RequestValidationError:
+    return RequestValidationError([{**error, "loc": ("body", *location, *error["loc"])} for error in errors])
+
+
+def parse_batch(body: bytes) -> pb.PostTransactionsRequest:
+    """A PostTransactions JSON body → the ledger_pb2 request, validated exactly as the route's model would
+    be. Runs in a worker thread: the JSON is decoded in one call, then the items are validated and
+    converted one at a time, so the event loop (which serves gRPC too) keeps its turns; the item count
+    is checked before any item is validated, so an oversized batch costs one decode."""
+    document = parse_body(body)  # Strict: duplicate keys, lone surrogates, NaN refused (MalformedRequest).
+    items = document.get("transactions") if isinstance(document, dict) else None
+    if not isinstance(items, list) or len(document) != 1:
+        try:
+            m.PostTransactionsRequest.model_validate(document)  # Its errors name what is wrong.
+        except ValidationError as error:
+            raise _request_error(list(error.errors(include_url=False))) from error
+        raise _request_error([{"loc": (), "msg": "invalid batch", "type": "invalid"}])
+    if len(items) > BATCH_TRANSACTIONS_MAX:
+        raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
+    message = pb.PostTransactionsRequest()
+    for index, item in enumerate(items):
+        try:
+            model = _TRANSACTION.validate_python(item)
+        except ValidationError as error:
+            raise _request_error(list(error.errors(include_url=False)), "transactions", index) from error
+        m.to_message(model, message.transactions.add())
+    assert len(message.transactions) == len(items)
+    return message
+
+
+def _batch_response(request: pb.PostTransactionsRequest, results: list[TransactionView | DomainError]) -> Response:
+    """The batch's JSON response, rendered in a worker thread (a thousand results take a while)."""
+    content = {
+        "results": [
+            {"error": m.error_body(result)}
+            if isinstance(result, DomainError)
+            else {"transaction": m.from_message(_posted(item, result))}
+            for item, result in zip(request.transactions, results, strict=True)
+        ]
+    }
+    # What FastAPI does with a route's response_model: validate, then dump (every field present).
+    return JSONResponse(m.PostTransactionsResponse.model_validate(content).model_dump(mode="json", by_alias=True))
 
 
 def _posted(request: pb.PostTransactionRequest, view: TransactionView) -> pb.Transaction:

@@ -15,6 +15,8 @@ façade that can still serve writes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Mapping, Sequence
@@ -31,16 +33,20 @@ if TYPE_CHECKING:
 from facade.settings import KafkaSettings
 
 __all__ = [
+    "KafkaUnreachableError",
     "TopicError",
     "TopicHealth",
     "TopicRole",
     "TopicSpec",
     "ensure_topics",
+    "provision_in_background",
     "topic_specs",
 ]
 
 ADMIN_TIMEOUT_SECONDS = 30.0
-"""Bound on each admin request (metadata, create): a broker that does not answer fails start-up."""
+"""Bound on each admin request (metadata, create)."""
+KAFKA_START_TIMEOUT_SECONDS = 5.0
+"""How long start-up waits for cluster metadata before serving without Kafka (provisioning later)."""
 
 TOPICS_MAX = 8
 """The service owns five topics; a bound so a mis-set list can never fan out unboundedly."""
@@ -56,6 +62,10 @@ class TopicRole(enum.Enum):
 
 class TopicError(RuntimeError):
     """A topic is missing and could not be created, or exists with settings that break the guarantees."""
+
+
+class KafkaUnreachableError(TopicError):
+    """No cluster metadata within the bound: nothing is known about the topics yet (retry later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +103,16 @@ def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "client.id": f"{settings.client_id}-admin"})
 
 
-def _metadata(admin: AdminClient) -> ClusterMetadata:
+def _metadata(admin: AdminClient, timeout_seconds: float = ADMIN_TIMEOUT_SECONDS) -> ClusterMetadata:
     try:
-        return admin.list_topics(timeout=ADMIN_TIMEOUT_SECONDS)
+        return admin.list_topics(timeout=timeout_seconds)
     except KafkaException as error:
-        raise TopicError(f"Kafka cluster metadata unavailable: {error.args[0]}") from error
+        raise KafkaUnreachableError(f"Kafka cluster metadata unavailable: {error.args[0]}") from error
 
 
-def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec] | None = None) -> list[str]:
+def ensure_topics(
+    settings: KafkaSettings, specs: Sequence[TopicSpec] | None = None, *, timeout_seconds: float = ADMIN_TIMEOUT_SECONDS
+) -> list[str]:
     """Creates the missing topics, verifies the present ones; returns the names it created.
 
     Blocking (admin requests): call it off the event loop. Raises `TopicError` with every problem found.
@@ -109,7 +121,7 @@ def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec] | None = N
     specs = list(specs if specs is not None else topic_specs(settings))
     assert 0 < len(specs) <= TOPICS_MAX
     admin = _admin(settings)
-    metadata = _metadata(admin)
+    metadata = _metadata(admin, timeout_seconds)
     brokers = len(metadata.brokers)
     problems: list[str] = []
     missing: list[TopicSpec] = []
@@ -190,6 +202,8 @@ class TopicHealth:
         self._names = [spec.name for spec in topic_specs(settings)]
         self._admin = _admin(settings)
         self.delivery_error: str | None = None
+        self.provisioning_error: str | None = None
+        """Set when topics provisioned after start turned out mis-set (a start-time check refuses instead)."""
 
     def delivered(self) -> None:
         self.delivery_error = None
@@ -206,6 +220,32 @@ class TopicHealth:
         if not metadata.brokers:
             return "no brokers in the cluster metadata"
         missing = [n for n in self._names if n not in metadata.topics or metadata.topics[n].error is not None]
+        if self.provisioning_error is not None:
+            return self.provisioning_error
         if missing:
             return f"topics missing: {', '.join(missing)}"
         return None if self.delivery_error is None else f"records undeliverable: {self.delivery_error}"
+
+
+PROVISION_RETRY_SECONDS_MIN = 1.0
+PROVISION_RETRY_SECONDS_MAX = 30.0
+
+
+async def provision_in_background(settings: KafkaSettings, stop: asyncio.Event, health: TopicHealth) -> None:
+    """Kafka was unreachable at start: the façade serves writes anyway (Kafka is a dependency, not the
+    system of record), and the topics are provisioned once a broker answers. A mismatch found then is
+    reported by the health check (and logged) rather than stopping a running façade."""
+    delay = PROVISION_RETRY_SECONDS_MIN
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(ensure_topics, settings)
+            health.provisioning_error = None
+            return
+        except KafkaUnreachableError:
+            pass
+        except TopicError as error:
+            health.provisioning_error = str(error)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, PROVISION_RETRY_SECONDS_MAX)

@@ -38,6 +38,26 @@ backpressure_rejections_total = Counter(
     ["edge"],
 )
 write_queue_depth = Gauge("ledger_write_queue_depth", "Transfers waiting for the group-commit batcher.")
+write_throughput_transfers_per_second = Gauge(
+    "ledger_write_throughput_transfers_per_second",
+    "The group-commit batcher's recently measured commit rate (the basis of admission control).",
+)
+event_loop_lag_seconds = Gauge(
+    "ledger_event_loop_lag_seconds", "Moving average of how late a short timer fires on the service's event loop."
+)
+write_expected_wait_seconds = Gauge(
+    "ledger_write_expected_wait_seconds", "Admission's estimate of how long a new write would take to be answered."
+)
+dropped_transactions_total = Counter(
+    "ledger_dropped_transactions_total",
+    "Queued transactions dropped before reaching the engine: their caller gave up (deadline, cancelled).",
+    ["cause"],
+)
+dependency_up = Gauge(
+    "ledger_dependency_up",
+    "1 when the dependency answered its last readiness/health probe, else 0 (engine, metadata, kafka, ...).",
+    ["dependency"],
+)
 
 # Engine.
 engine_batch_size = Histogram(

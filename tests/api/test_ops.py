@@ -62,8 +62,9 @@ async def test_health_and_readiness(api: Api) -> None:
         ready = await client.get(ops_url(api, "/readyz"))
         assert ready.status_code == 200, ready.text
         body = ready.json()
-        assert body["status"] == "ready" and set(body["checks"]) == {"engine", "consistency", "clickhouse"}
+        assert body["status"] == "ready" and set(body["checks"]) == {"engine", "metadata", "consistency"}
         assert all(check["ok"] for check in body["checks"].values())
+        assert set(body["dependencies"]) == {"clickhouse"} and body["dependencies"]["clickhouse"]["ok"] is True
 
         assert api.server.readiness is not None
         api.server.readiness.draining = True  # What stop() does first.

@@ -165,3 +165,21 @@ def test_broker_script_runs_as_the_readme_says(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     cluster = KafkaCluster.load(data_dir)
     assert all(node.pid == 0 for node in cluster.nodes)
+
+
+async def test_the_service_refuses_to_start_on_mismatched_topics_and_provisions_them_otherwise(
+    kafka_cluster: KafkaCluster, tmp_path: Path
+) -> None:
+    from facade.api.server import start
+    from tests.api.conftest import make_settings
+
+    kafka = unique_settings(kafka_cluster.bootstrap_servers, topic_partitions=2, ingest_enabled=False,
+                            change_capture_checkpoint=tmp_path / "capture.json")  # fmt: skip
+    settings = make_settings(tmp_path)
+    settings.kafka = kafka
+    server = await start(settings)  # Missing topics: created before anything serves.
+    await server.stop()
+    assert describe(kafka_cluster.bootstrap_servers, kafka.entries_topic)[0] == 2
+    settings.kafka = kafka.model_copy(update={"topic_partitions": 4})
+    with pytest.raises(TopicError, match="has 2 partitions, settings say 4"):
+        await start(settings)
