@@ -51,7 +51,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, Sp
 from facade.domain.mapping import DomainError, MappedTransaction, transfer_status_error
 from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
-from facade.metadata_store import MetadataStore
+from facade.metadata import MetadataStore
 from facade.observability import metrics
 from facade.observability.tracing import tracer
 

@@ -36,7 +36,7 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
     from facade.changes.replay import replay
     from facade.engine import open_engine
     from facade.kafka.entries_publisher import KafkaEntryPublisher
-    from facade.metadata_store import MetadataStore
+    from facade.metadata import open_metadata_store
 
     if not settings.kafka.bootstrap_servers:
         raise SystemExit("ledger replay: set LEDGER_KAFKA__BOOTSTRAP_SERVERS")
@@ -44,7 +44,7 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
 
     async def run() -> int:
         engine = await open_engine(settings.engine)
-        store = await MetadataStore.open(settings.api.metadata_db)
+        store = await open_metadata_store(settings.api)
         publisher = KafkaEntryPublisher(settings.kafka, topic)
         try:
             return await replay(engine, publisher, start, metadata=store)

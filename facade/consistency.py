@@ -72,7 +72,8 @@ from facade.engine.types import (
     QueryFilter,
     QueryFilterFlags,
 )
-from facade.metadata_store import QUERY_VARIABLES_MAX, MetadataStore
+from facade.metadata import MetadataStore
+from facade.metadata_store import QUERY_VARIABLES_MAX
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 
@@ -287,7 +288,7 @@ async def verify_startup(
     store: MetadataStore,
     *,
     instance_name: str,
-    store_path: Path,
+    store_path: Path | str,
     checkpoint_paths: Sequence[Path],
     join_unmarked_engine: bool = False,
 ) -> StartupReport:

@@ -63,7 +63,7 @@ from facade.engine.types import (
     Transfer,
     TransferFlags,
 )
-from facade.metadata_store import AccountRecord, MetadataStore, StoredTransaction
+from facade.metadata import AccountRecord, MetadataStore, StoredTransaction
 from facade.observability import metrics
 from facade.settings import ApiSettings
 

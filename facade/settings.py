@@ -186,6 +186,15 @@ class ApiSettings(BaseModel):
         "`host`: -1 = off, 0 = any free port.",
     )
     metadata_db: Path = Field(default=Path("data/metadata.sqlite3"), description="Durable metadata/idempotency store.")
+    metadata_backend: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="sqlite: a file per façade (metadata_db); postgres: one database shared by every façade "
+        "(metadata_dsn), so a retry or a read through any façade sees the others' records.",
+    )
+    metadata_dsn: SecretStr = Field(
+        default=SecretStr(""), description="PostgreSQL metadata store: libpq DSN or URI (postgresql://...)."
+    )
+    metadata_pool_size: int = Field(default=4, ge=1, le=64, description="PostgreSQL metadata store: connections.")
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
     retry_after_ms: int = Field(default=50, ge=1, le=60_000)
@@ -218,6 +227,12 @@ class ApiSettings(BaseModel):
         description="JSON gateway: larger request bodies are refused with 413 before they are read.",
     )
     currencies: dict[str, CurrencySettings] = Field(default_factory=_default_currencies)
+
+    @model_validator(mode="after")
+    def _metadata_dsn_for_postgres(self) -> ApiSettings:
+        if self.metadata_backend == "postgres" and not self.metadata_dsn.get_secret_value():
+            raise ValueError("api.metadata_backend=postgres needs api.metadata_dsn (LEDGER_API__METADATA_DSN)")
+        return self
 
 
 class ClickHouseSettings(BaseModel):

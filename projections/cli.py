@@ -83,11 +83,11 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _project_engine(settings: Settings, projector: Projector, once: bool) -> int:
     from facade.engine import open_engine
-    from facade.metadata_store import MetadataStore
+    from facade.metadata import open_metadata_store
     from projections.projector import change_capture
 
     engine = await open_engine(settings.engine)
-    store = await MetadataStore.open(settings.api.metadata_db)
+    store = await open_metadata_store(settings.api)
     try:
         capture = change_capture(engine, projector, settings.clickhouse.projector_checkpoint, store)
         if once:

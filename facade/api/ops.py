@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from facade.engine.protocol import Engine
-from facade.metadata_store import MetadataStore
+from facade.metadata import MetadataStore
 from facade.observability import metrics
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from facade.consistency import ConsistencyMonitor, StartupConsistencyError, veri
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
 from facade.http.gateway import build_app
-from facade.metadata_store import MetadataStore
+from facade.metadata import MetadataStore, metadata_location, open_metadata_store
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
 from facade.runtime import freeze_heap, tune_gc, tune_switch_interval
@@ -138,13 +138,13 @@ async def start(settings: Settings) -> RunningServer:
             if created:
                 log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
-    store = await MetadataStore.open(settings.api.metadata_db)
+    store = await open_metadata_store(settings.api)
     try:
         startup = await verify_startup(
             engine,
             store,
             instance_name=settings.consistency.instance_name,
-            store_path=settings.api.metadata_db,
+            store_path=metadata_location(settings.api),
             checkpoint_paths=checkpoint_paths(settings),
             join_unmarked_engine=settings.consistency.join_unmarked_engine,
         )

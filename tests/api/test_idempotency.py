@@ -1,12 +1,14 @@
 """Idempotency across the crash windows of the write protocol (intent → engine → failure record), with
-the real store and engine, and the token cache's expiry."""
+the real store and engine, on both metadata stores (SQLite and PostgreSQL), and the token cache's expiry."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +23,17 @@ from facade.settings import AuthSettings
 
 from .conftest import Api, credit, debit, open_api
 from .test_api import expect_error
+
+
+@pytest.fixture
+async def api(tmp_path: Path, metadata_backend: dict[str, Any]) -> AsyncIterator[Api]:
+    """The server of tests/api/conftest.py, once per metadata store backend."""
+    instance = await open_api(tmp_path, **metadata_backend)
+    try:
+        yield instance
+    finally:
+        await instance.channel.close()
+        await instance.server.stop()
 
 
 def request(key: str, *legs: pb.Leg) -> pb.PostTransactionRequest:
@@ -138,9 +151,11 @@ async def test_an_older_store_layout_is_refused_not_misread(tmp_path: Path) -> N
     await reopened.close()
 
 
-async def test_concurrent_repeats_across_batches_share_the_first_outcome(tmp_path: Path) -> None:
+async def test_concurrent_repeats_across_batches_share_the_first_outcome(
+    tmp_path: Path, metadata_backend: dict[str, Any]
+) -> None:
     """One transfer per batch, so repeats land in later batches, committing while the first does."""
-    api = await open_api(tmp_path, batch_transfers_max=1)
+    api = await open_api(tmp_path, batch_transfers_max=1, **metadata_backend)
     try:
         alice = await api.account("alice")
         await api.post("fund", credit(alice, 10))

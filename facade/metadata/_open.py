@@ -1,0 +1,25 @@
+"""Opens the metadata store the settings name: SQLite per façade (the default) or shared PostgreSQL."""
+
+from __future__ import annotations
+
+from facade.metadata._postgres import PostgresMetadataStore, describe_dsn
+from facade.metadata._protocol import MetadataStore
+from facade.metadata_store import MetadataStore as SqliteMetadataStore
+from facade.settings import ApiSettings
+
+__all__ = ["metadata_location", "open_metadata_store"]
+
+
+async def open_metadata_store(settings: ApiSettings) -> MetadataStore:
+    if settings.metadata_backend == "postgres":
+        return await PostgresMetadataStore.open(
+            settings.metadata_dsn.get_secret_value(), pool_size=settings.metadata_pool_size
+        )
+    return await SqliteMetadataStore.open(settings.metadata_db)
+
+
+def metadata_location(settings: ApiSettings) -> str:
+    """Where the store is, for messages (never a password)."""
+    if settings.metadata_backend == "postgres":
+        return describe_dsn(settings.metadata_dsn.get_secret_value())
+    return str(settings.metadata_db)

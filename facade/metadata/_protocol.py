@@ -1,0 +1,84 @@
+"""The metadata store protocol: what the service, the group committer, the consistency checks and
+change capture need from the store that keeps what does not fit the engine (accounts' attributes,
+idempotency intents and fingerprints, canonical bodies, recorded failures, the instance marker).
+
+Every backend keeps TigerBeetle's "write last, read first" per batch (facade/metadata_store.py tells
+the whole protocol): `prepare` records the intents durably before the engine sees the transfers, in
+one durable write (one round trip to a server); success is read back from the engine, never stored;
+`record_failures` is durable before the refused callers are answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.domain.mapping import MappedTransaction
+from facade.metadata_store import AccountRecord, Prior, StoredTransaction
+
+__all__ = ["MetadataStore", "MetadataStoreError"]
+
+
+class MetadataStoreError(RuntimeError):
+    """The store cannot be reached or refused a statement (a backend's own errors, translated at the seam).
+    Operating errors only: a write that raises this was not acknowledged, and its caller may retry."""
+
+
+class MetadataStore(Protocol):
+    """The seam between the service and wherever its metadata lives (SQLite per façade, or a PostgreSQL
+    database shared by many façades). Ids are the engine's u128 integers."""
+
+    async def close(self) -> None: ...
+
+    # The instance marker and consistency checks (facade.consistency).
+
+    async def instance_marker(self) -> tuple[str, int] | None:
+        """(façade name, instance id) of the engine instance this store belongs to; None if unmarked."""
+        ...
+
+    async def put_instance_marker(self, name: str, instance_id: int) -> None:
+        """Durably records the marker (once: a store belongs to one instance for good)."""
+        ...
+
+    async def has_data(self) -> bool:
+        """Whether any account or transaction was ever recorded here."""
+        ...
+
+    async def known_transfers(self, transfer_ids: Sequence[int]) -> set[int]:
+        """The transfers among `transfer_ids` whose transaction intent this store holds."""
+        ...
+
+    # Accounts.
+
+    async def put_account(self, record: AccountRecord) -> AccountRecord:
+        """Inserts the account, or returns the one already stored under its (client, reference)."""
+        ...
+
+    async def get_account(self, account_id: int) -> AccountRecord | None: ...
+
+    async def account_owners(self, account_ids: Sequence[int]) -> dict[int, str]:
+        """The owning client of each known account among `account_ids`."""
+        ...
+
+    async def list_accounts(self, client_id: str, after: str, limit: int, currency: str) -> list[AccountRecord]:
+        """The client's accounts whose id (as decimal text, byte order) follows `after`, in that order."""
+        ...
+
+    # Transactions.
+
+    async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
+        """Step 1 of a batch: what is already stored for these (distinct) transaction ids, and a durable
+        intent for every other one, before the engine sees any of them."""
+        ...
+
+    async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
+        """Step 3 of a batch: (transaction id, DomainError.to_json()) of each refused transaction, durable
+        before those callers are answered. A recorded failure is final for its idempotency key."""
+        ...
+
+    async def get_transaction(self, transaction_id: int) -> StoredTransaction | None: ...
+
+    async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
+        """Change capture's MetadataSource: the domain metadata of each transfer that has any."""
+        ...
