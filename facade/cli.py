@@ -1,6 +1,7 @@
 """`ledger`: the service's command line.
 
-ledger serve                         run the service (settings from LEDGER_* variables / .env)
+ledger serve [--workers N]           run the service (settings from LEDGER_* variables / .env); N processes on
+                                     one port with the TigerBeetle backend and the PostgreSQL metadata store
 ledger dev-token [--client-id ID]    print a development JWT with every scope (dev auth mode)
 ledger dev-certs --out DIR [--host NAME ...]
                                      write a development CA + server/client certificates (TLS, mTLS)
@@ -118,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the service")
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes on one port (SO_REUSEPORT; TigerBeetle backend only)"
+    )
+    serve.add_argument("--worker-of", default="", help=argparse.SUPPRESS)  # Names a worker in `ps`.
     token = commands.add_parser("dev-token", help="print a development JWT")
     token.add_argument("--client-id", default="dev-client")
     token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
@@ -169,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command in ("doctor", "backup", "restore"):
         raise SystemExit(_journal_command(args, settings))
     if args.command == "serve":
+        from facade.workers import serve_workers, workers_refusal
+
+        if refusal := workers_refusal(settings, args.workers):
+            raise SystemExit(f"ledger serve: {refusal}")
+        if args.workers > 1:
+            raise SystemExit(serve_workers(settings, args.workers))
         from facade._token import JwksError
         from facade.api.server import serve
         from facade.auth import InsecureStartError

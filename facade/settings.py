@@ -195,6 +195,11 @@ class ApiSettings(BaseModel):
         default=SecretStr(""), description="PostgreSQL metadata store: libpq DSN or URI (postgresql://...)."
     )
     metadata_pool_size: int = Field(default=4, ge=1, le=64, description="PostgreSQL metadata store: connections.")
+    grpc_reuse_port: bool = Field(
+        default=False,
+        description="SO_REUSEPORT on the gRPC port: set by `ledger serve --workers N` for its workers (the kernel "
+        "spreads connections over them); off otherwise, so a second server on a busy port fails to bind.",
+    )
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
     retry_after_ms: int = Field(default=50, ge=1, le=60_000)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ async def start(settings: Settings) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if settings.api.grpc_reuse_port else 0),
         ],
         maximum_concurrent_rpcs=settings.api.grpc_concurrent_rpcs_max or None,
     )
@@ -263,6 +264,7 @@ async def start(settings: Settings) -> RunningServer:
         engine=engine.name,
         tls=credentials is not None,
         ops_port=running.ops.port if running.ops else None,
+        pid=os.getpid(),
     )
     return running
 

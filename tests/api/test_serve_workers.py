@@ -1,0 +1,105 @@
+"""`ledger serve --workers N`: refused with a clear message where it cannot be right (the embedded
+engine is single-writer; per-worker SQLite stores would not share idempotency records), and over a real
+TigerBeetle cluster (TB_ADDRESSES; skipped otherwise) N worker processes serve one port, sharing the
+PostgreSQL metadata store: a retry through any connection replays the original outcome."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
+from tests.api.conftest import credit
+from tests.api.test_logs import json_lines
+from tests.api.test_ownership_tigerbeetle import ledger_command
+from tests.metadata.test_shared_facades import auth, facade_env, post
+from tests.postgres_fixtures import free_port
+
+WORKERS = 3
+CONNECTIONS = 12
+STOP_SECONDS = 30
+
+
+def refusal(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ledger_command(), "serve", "--workers", "2"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=STOP_SECONDS,
+        check=False,
+    )
+
+
+def test_workers_are_refused_with_the_embedded_engine(tmp_path: Path) -> None:
+    env = os.environ | {"LEDGER_ENGINE__BACKEND": "embedded", "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine")}
+    refused = refusal(env, tmp_path)
+    assert refused.returncode == 1
+    assert "needs the TigerBeetle backend" in refused.stderr and "single-writer" in refused.stderr
+    assert not (tmp_path / "engine").exists()  # Refused before anything was opened.
+
+
+def test_workers_are_refused_with_a_store_per_worker(tmp_path: Path) -> None:
+    env = os.environ | {"LEDGER_ENGINE__BACKEND": "tigerbeetle", "LEDGER_API__METADATA_BACKEND": "sqlite"}
+    refused = refusal(env, tmp_path)
+    assert refused.returncode == 1 and "needs the shared metadata store" in refused.stderr
+
+
+def children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: str) -> None:
+    if not os.environ.get("TB_ADDRESSES"):
+        pytest.skip("needs a TigerBeetle cluster: run with TB_ADDRESSES=3000")
+    port = free_port()
+    env = facade_env(
+        tmp_path,
+        postgres_dsn,
+        engine__backend="tigerbeetle",
+        engine__tb_addresses=os.environ["TB_ADDRESSES"],
+        engine__tb_cluster_id=os.environ.get("TB_CLUSTER_ID", "0"),
+        consistency__instance_name=f"workers-{uuid.uuid4().hex[:12]}",
+        consistency__join_unmarked_engine="true",
+        api__port=str(port),
+    )
+    supervisor = subprocess.Popen(
+        [ledger_command(), "serve", "--workers", str(WORKERS)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    assert supervisor.stdout is not None
+    try:
+        serving: list[dict[str, Any]] = []
+        while len(serving) < WORKERS:  # Worker 0 first, then the others (each logs one "serving" line).
+            serving.append(json_lines(supervisor.stdout, lambda line: line.get("event") == "serving")[-1])
+        assert {line["port"] for line in serving} == {port}
+        assert {line["pid"] for line in serving} == children(supervisor.pid)  # N distinct worker processes.
+        run = uuid.uuid4().hex[:12]
+        client = f"client-{run}"
+        outcomes: list[pb.Transaction] = []
+        for index in range(CONNECTIONS):  # A new connection each: the kernel picks a worker per connection.
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub: Any = rpc.LedgerStub(channel)
+                if index == 0:
+                    account = stub.CreateAccount(
+                        pb.CreateAccountRequest(
+                            currency="USD", external_reference=run, owner=run, type=pb.ACCOUNT_TYPE_NO_OVERDRAFT
+                        ),
+                        metadata=auth(client),
+                    )
+                    account_id = str(account.account_id)
+                outcomes.append(post(stub, client, "once", credit(account_id, 5)))
+        assert not outcomes[0].deduplicated
+        assert all(o.deduplicated and o.committed_at_ns == outcomes[0].committed_at_ns for o in outcomes[1:])
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(STOP_SECONDS)
+    assert supervisor.returncode == 0
