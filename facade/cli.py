@@ -119,11 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service")
-    serve.add_argument(
+    serve_command = commands.add_parser("serve", help="run the service")
+    serve_command.add_argument(
         "--workers", type=int, default=1, help="server processes on one port (SO_REUSEPORT; TigerBeetle backend only)"
     )
-    serve.add_argument("--worker-of", default="", help=argparse.SUPPRESS)  # Names a worker in `ps`.
+    serve_command.add_argument("--worker-of", default="", help=argparse.SUPPRESS)  # Names a worker in `ps`.
     token = commands.add_parser("dev-token", help="print a development JWT")
     token.add_argument("--client-id", default="dev-client")
     token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
