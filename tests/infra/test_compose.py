@@ -18,12 +18,17 @@ INFRA = Path(__file__).resolve().parents[2] / "infra"
 PINNED = re.compile(r"^[\w./-]+:(?!latest$)[\w.-]*\d[\w.-]*$")
 EXPECTED_SERVICES = {
     "tigerbeetle-0", "tigerbeetle-1", "tigerbeetle-2", "kafka-1", "kafka-2", "kafka-3", "clickhouse",
-    "ledger-1", "ledger-2", "projector", "prometheus", "grafana", "loki", "promtail",
+    "ledger-1", "ledger-2", "projector", "prometheus", "grafana", "loki", "promtail", "postgres",
 }  # fmt: skip
 
 
 def compose_config() -> dict[str, object]:
-    environment = dict(os.environ, LEDGER_JWT_SECRET="check-only", GRAFANA_ADMIN_PASSWORD="check-only")
+    environment = dict(
+        os.environ,
+        LEDGER_JWT_SECRET="check-only",
+        GRAFANA_ADMIN_PASSWORD="check-only",
+        LEDGER_POSTGRES_PASSWORD="check-only",
+    )
     process = subprocess.run(
         ["docker", "compose", "-f", str(INFRA / "docker-compose.yml"), "config", "--format", "json"],
         capture_output=True,
@@ -51,11 +56,29 @@ def test_compose_requires_secrets_from_the_environment() -> None:
         ["docker", "compose", "-f", str(INFRA / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k not in ("LEDGER_JWT_SECRET", "GRAFANA_ADMIN_PASSWORD")},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LEDGER_JWT_SECRET", "GRAFANA_ADMIN_PASSWORD", "LEDGER_POSTGRES_PASSWORD")
+        },
         check=False,
     )
     assert process.returncode != 0
-    assert "LEDGER_JWT_SECRET" in process.stderr or "GRAFANA_ADMIN_PASSWORD" in process.stderr
+    assert any(
+        name in process.stderr for name in ("LEDGER_JWT_SECRET", "GRAFANA_ADMIN_PASSWORD", "LEDGER_POSTGRES_PASSWORD")
+    )
+
+
+def test_facades_share_one_postgresql_metadata_store() -> None:
+    """Many façades, one truth: the same store and instance name on every façade (facade.metadata)."""
+    services = compose_config()["services"]
+    assert isinstance(services, dict)
+    facades = [services[name]["environment"] for name in ("ledger-1", "ledger-2")]
+    assert {env["LEDGER_API__METADATA_BACKEND"] for env in facades} == {"postgres"}
+    assert len({env["LEDGER_API__METADATA_DSN"] for env in facades}) == 1
+    assert "@postgres:5432/" in facades[0]["LEDGER_API__METADATA_DSN"]
+    assert len({env["LEDGER_CONSISTENCY__INSTANCE_NAME"] for env in facades}) == 1
+    assert "postgres" in services["ledger-1"]["depends_on"]
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(INFRA)) for p in INFRA.rglob("*.yml")))
