@@ -20,11 +20,13 @@ from google.rpc import error_details_pb2, status_pb2
 
 from facade.domain.mapping import ERROR_DOMAIN, DomainError
 from facade.engine.protocol import EngineUnavailableError
+from facade.metadata import MetadataStoreError
 from facade.observability.logs import get_logger
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REASON_INTERNAL = "INTERNAL"
 REASON_ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+REASON_METADATA_UNAVAILABLE = "METADATA_UNAVAILABLE"
 REASON_MALFORMED_REQUEST = "MALFORMED_REQUEST"
 ERROR_ID_BYTES = 8
 
@@ -41,6 +43,9 @@ def unexpected_error(error: Exception, *, edge: str, operation: str) -> DomainEr
     if isinstance(error, EngineUnavailableError):
         message = f"engine unavailable (error id {error_id})"
         return DomainError(grpc.StatusCode.UNAVAILABLE, REASON_ENGINE_UNAVAILABLE, message, metadata)
+    if isinstance(error, MetadataStoreError):  # Shared store unreachable: nothing acknowledged, retry.
+        message = f"metadata store unavailable (error id {error_id})"
+        return DomainError(grpc.StatusCode.UNAVAILABLE, REASON_METADATA_UNAVAILABLE, message, metadata)
     return DomainError(grpc.StatusCode.INTERNAL, REASON_INTERNAL, f"internal error (error id {error_id})", metadata)
 
 

@@ -13,7 +13,8 @@ prior, exactly as if it had arrived a moment later: same fingerprint, an intent 
 another fingerprint, IDEMPOTENCY_KEY_REUSED. No transfer goes to the engine under a body other than
 the one stored.
 
-Statements are constants with bound parameters only. The schema is created once (under an advisory
+Statements are constants with bound parameters only; arrays travel in binary format (`%b`: an
+8189-body array binds in ~4 ms instead of ~60 ms as text). The schema is created once (under an advisory
 lock, so façades starting together do not race) and carries a version that every open checks.
 """
 
@@ -84,8 +85,8 @@ CREATE TABLE IF NOT EXISTS metadata_instance (
 
 _PREPARE = """
 WITH input AS (
-    SELECT * FROM unnest(%(ids)s::bytea[], %(clients)s::text[], %(keys)s::text[], %(fingerprints)s::bytea[],
-                         %(bodies)s::text[]) AS i (transaction_id, client_id, idempotency_key, fingerprint, body)
+    SELECT * FROM unnest(%(ids)b::bytea[], %(clients)b::text[], %(keys)b::text[], %(fingerprints)b::bytea[],
+                         %(bodies)b::text[]) AS i (transaction_id, client_id, idempotency_key, fingerprint, body)
 ),
 prior AS (
     SELECT t.transaction_id, t.fingerprint, t.failure
@@ -102,7 +103,7 @@ upserted AS (
 legs AS (
     INSERT INTO metadata_transfers (transfer_id, transaction_id, leg_index)
     SELECT l.transfer_id, l.transaction_id, l.leg_index
-    FROM unnest(%(transfer_ids)s::bytea[], %(transfer_transactions)s::bytea[], %(leg_indexes)s::integer[])
+    FROM unnest(%(transfer_ids)b::bytea[], %(transfer_transactions)b::bytea[], %(leg_indexes)b::integer[])
         AS l (transfer_id, transaction_id, leg_index)
     JOIN upserted u ON u.transaction_id = l.transaction_id AND u.inserted
     ON CONFLICT (transfer_id) DO NOTHING
@@ -113,7 +114,7 @@ SELECT transaction_id, fingerprint, failure FROM upserted WHERE NOT inserted
 """
 _RECORD_FAILURES = """
 UPDATE metadata_transactions t SET failure = f.failure
-FROM unnest(%(ids)s::bytea[], %(failures)s::text[]) AS f (transaction_id, failure)
+FROM unnest(%(ids)b::bytea[], %(failures)b::text[]) AS f (transaction_id, failure)
 WHERE t.transaction_id = f.transaction_id AND t.failure IS NULL
 """
 _PUT_ACCOUNT = """
@@ -130,15 +131,15 @@ FROM metadata_accounts WHERE client_id = %(client)s AND account_id > %(after)s
     AND (%(currency)s = '' OR currency = %(currency)s)
 ORDER BY account_id LIMIT %(limit)s
 """
-_ACCOUNT_OWNERS = "SELECT account_id, client_id FROM metadata_accounts WHERE account_id = ANY(%s::text[])"
-_KNOWN_TRANSFERS = "SELECT transfer_id FROM metadata_transfers WHERE transfer_id = ANY(%s::bytea[])"
+_ACCOUNT_OWNERS = "SELECT account_id, client_id FROM metadata_accounts WHERE account_id = ANY(%b::text[])"
+_KNOWN_TRANSFERS = "SELECT transfer_id FROM metadata_transfers WHERE transfer_id = ANY(%b::bytea[])"
 _GET_TRANSACTION = """
 SELECT client_id, idempotency_key, body, failure FROM metadata_transactions WHERE transaction_id = %s
 """
 _METADATA_FOR = """
 SELECT x.transfer_id, x.leg_index, t.transaction_id, t.client_id, t.idempotency_key, t.body
 FROM metadata_transfers x JOIN metadata_transactions t ON t.transaction_id = x.transaction_id
-WHERE x.transfer_id = ANY(%s::bytea[])
+WHERE x.transfer_id = ANY(%b::bytea[])
 """
 _HAS_DATA = """
 SELECT EXISTS (SELECT 1 FROM metadata_accounts) OR EXISTS (SELECT 1 FROM metadata_transactions)
@@ -161,6 +162,17 @@ class PostgresMetadataStore:
         """Connects, creates the schema if absent and refuses another schema version."""
         assert 1 <= pool_size <= POOL_CONNECTIONS_MAX
         location = describe_dsn(dsn)
+        # One connection first: a wrong address, database or password fails now with the server's own
+        # reason (a pool would retry it until its timeout), and the schema is ready before the pool opens.
+        try:
+            connection = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        except psycopg.Error as error:
+            raise MetadataStoreError(f"metadata store {location}: cannot connect ({str(error).strip()})") from None
+        try:
+            async with connection:
+                await _create_schema(connection, location)
+        except psycopg.Error as error:
+            raise MetadataStoreError(f"metadata store {location}: {type(error).__name__}: {error}") from None
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             dsn,
             min_size=pool_size,
@@ -175,32 +187,7 @@ class PostgresMetadataStore:
         except PoolTimeout as error:
             await pool.close()
             raise MetadataStoreError(f"metadata store {location}: cannot connect ({error})") from None
-        store = cls(pool, location)
-        try:
-            await store._create_schema()
-        except BaseException:
-            await pool.close()
-            raise
-        return store
-
-    async def _create_schema(self) -> None:
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            await connection.execute(_SCHEMA_VERSIONS)
-            cursor = await connection.execute(
-                "SELECT version FROM ledger_schema_versions WHERE component = %s", (SCHEMA_COMPONENT,)
-            )
-            row = await cursor.fetchone()
-            if row is None:
-                await connection.execute(_SCHEMA)
-                await connection.execute(
-                    "INSERT INTO ledger_schema_versions (component, version) VALUES (%s, %s)",
-                    (SCHEMA_COMPONENT, SCHEMA_VERSION),
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise MetadataStoreError(
-                    f"{self.location}: metadata schema version {row[0]}, this build reads {SCHEMA_VERSION}"
-                )
+        return cls(pool, location)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
@@ -339,6 +326,26 @@ class PostgresMetadataStore:
                 leg_index=leg_index,
             )
         return found
+
+
+async def _create_schema(connection: psycopg.AsyncConnection[tuple[Any, ...]], location: str) -> None:
+    """Creates the tables once (façades starting together serialise on an advisory lock), or refuses a
+    schema of another version (never misread)."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        await connection.execute(_SCHEMA_VERSIONS)
+        cursor = await connection.execute(
+            "SELECT version FROM ledger_schema_versions WHERE component = %s", (SCHEMA_COMPONENT,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            await connection.execute(_SCHEMA)
+            await connection.execute(
+                "INSERT INTO ledger_schema_versions (component, version) VALUES (%s, %s)",
+                (SCHEMA_COMPONENT, SCHEMA_VERSION),
+            )
+        elif row[0] != SCHEMA_VERSION:
+            raise MetadataStoreError(f"{location}: metadata schema version {row[0]}, this build reads {SCHEMA_VERSION}")
 
 
 def describe_dsn(dsn: str) -> str:
