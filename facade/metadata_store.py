@@ -22,9 +22,9 @@ the crash, never the money).
 
 Ids are stored as 16-byte big-endian BLOBs in WITHOUT ROWID tables: one B-tree insert per row.
 
-In production with several façade processes, point them at their own store each (idempotency is
-scoped per client and the transfer ids make engine writes idempotent across processes), or replace
-this module's SQL with a shared database; the interface is what the service depends on.
+This is the per-façade backend of the protocol in facade/metadata/_protocol.py. Several façades on
+one TigerBeetle cluster share facade/metadata/_postgres.py instead (api.metadata_backend=postgres), so
+a retry through any of them sees every recorded outcome.
 """
 
 from __future__ import annotations

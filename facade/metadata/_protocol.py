@@ -6,6 +6,11 @@ Every backend keeps TigerBeetle's "write last, read first" per batch (facade/met
 the whole protocol): `prepare` records the intents durably before the engine sees the transfers, in
 one durable write (one round trip to a server); success is read back from the engine, never stored;
 `record_failures` is durable before the refused callers are answered.
+
+A backend may run calls concurrently (PostgreSQL: a pool of connections; SQLite: one thread, in
+order). The group committer never has one transaction id in two calls at once (repeats are folded into
+the first occurrence while it commits), so no order between calls is needed within a façade; between
+façades sharing a store, `prepare` itself decides which intent is stored first.
 """
 
 from __future__ import annotations

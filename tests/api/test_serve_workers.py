@@ -17,7 +17,8 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from tests.api.conftest import credit
+from facade.api.server import start
+from tests.api.conftest import Api, credit, make_settings
 from tests.api.test_logs import json_lines
 from tests.api.test_ownership_tigerbeetle import ledger_command
 from tests.metadata.test_shared_facades import auth, facade_env, post
@@ -103,3 +104,50 @@ def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: s
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(STOP_SECONDS)
     assert supervisor.returncode == 0
+
+
+async def open_on(directory: Path, port: int, *, reuse_port: bool) -> Api:
+    """tests/api/conftest.py's server on a fixed port."""
+    settings = make_settings(directory)
+    settings.api = settings.api.model_copy(update={"port": port, "grpc_reuse_port": reuse_port})
+    server = await start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    return Api(settings, server, channel, rpc.LedgerStub(channel))
+
+
+async def test_the_grpc_port_is_shared_only_when_asked(tmp_path: Path) -> None:
+    """SO_REUSEPORT only for workers (api.grpc_reuse_port): otherwise a second server on a busy port
+    fails to start instead of silently taking half of its connections."""
+    port = free_port()
+    first = await open_on(tmp_path / "first", port, reuse_port=False)
+    try:
+        busy = subprocess.run(
+            [ledger_command(), "serve"],
+            env=os.environ
+            | {
+                "LEDGER_API__PORT": str(port),
+                "LEDGER_API__HTTP_PORT": "-1",
+                "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
+                "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
+                "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "second" / "engine"),
+                "LEDGER_API__METADATA_DB": str(tmp_path / "second" / "metadata.sqlite3"),
+            },
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=STOP_SECONDS,
+            check=False,
+        )
+        assert busy.returncode != 0 and "bind" in (busy.stdout + busy.stderr).lower()
+    finally:
+        await first.channel.close()
+        await first.server.stop()
+    shared = [await open_on(tmp_path / f"shared-{i}", port, reuse_port=True) for i in range(2)]
+    try:
+        for api in shared:  # Both bound the one port and serve it.
+            assert api.server.port == port
+            assert await api.available(await api.account("alice")) == 0
+    finally:
+        for api in shared:
+            await api.channel.close()
+            await api.server.stop()
