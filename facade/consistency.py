@@ -72,7 +72,7 @@ from facade.engine.types import (
     QueryFilter,
     QueryFilterFlags,
 )
-from facade.metadata import MetadataStore
+from facade.metadata import InstanceMarkerTakenError, MetadataStore
 from facade.metadata_store import QUERY_VARIABLES_MAX
 from facade.observability import metrics
 from facade.observability.logs import get_logger
@@ -356,7 +356,18 @@ async def verify_startup(
                     )
                 )
         marker = InstanceMarker(instance_name, secrets.randbits(INSTANCE_ID_BITS) | 1)
-        await store.put_instance_marker(marker.name, marker.instance_id)  # Store first: see the docstring.
+        try:
+            await store.put_instance_marker(marker.name, marker.instance_id)  # Store first: see the docstring.
+        except InstanceMarkerTakenError:
+            # Façades sharing one store started together and each found it unmarked: the first marker
+            # stands and this façade joins it (the same deployment), or refuses if it is another's.
+            raced = await store.instance_marker()
+            if raced is None or raced[0] != instance_name:
+                raise StartupConsistencyError(
+                    f"{where} was just marked by façade {raced[0] if raced else None!r}, this façade is "
+                    f"{instance_name!r}: façades sharing a store use one consistency.instance_name"
+                ) from None
+            marker = InstanceMarker(instance_name, raced[1])
         created = True
     else:
         assert stored is not None

@@ -6,12 +6,13 @@
 
 from facade.metadata._open import metadata_location, open_metadata_store
 from facade.metadata._postgres import PostgresMetadataStore
-from facade.metadata._protocol import MetadataStore, MetadataStoreError
+from facade.metadata._protocol import InstanceMarkerTakenError, MetadataStore, MetadataStoreError
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction
 from facade.metadata_store import MetadataStore as SqliteMetadataStore
 
 __all__ = [
     "AccountRecord",
+    "InstanceMarkerTakenError",
     "MetadataStore",
     "MetadataStoreError",
     "PostgresMetadataStore",

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.domain.mapping import MappedTransaction, parse_body_summary
-from facade.metadata._protocol import MetadataStoreError
+from facade.metadata._protocol import InstanceMarkerTakenError, MetadataStoreError
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction, id_bytes
 
 __all__ = ["POOL_CONNECTIONS_MAX", "SCHEMA_VERSION", "PostgresMetadataStore"]
@@ -222,10 +222,7 @@ class PostgresMetadataStore:
         async with self._connection() as connection:
             cursor = await connection.execute(_PUT_INSTANCE_MARKER, (name, str(instance_id)))
             if cursor.rowcount != 1:  # Façades sharing the store started at once: one marker wins.
-                raise MetadataStoreError(
-                    f"metadata store {self.location} was marked by another façade starting at the same time: "
-                    "start this one again"
-                )
+                raise InstanceMarkerTakenError(f"metadata store {self.location} was marked by another façade first")
 
     async def has_data(self) -> bool:
         [(found,)] = await self._fetch(_HAS_DATA, ())

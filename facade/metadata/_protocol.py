@@ -22,12 +22,17 @@ from facade.api.gen.ledger.v1 import entries_pb2
 from facade.domain.mapping import MappedTransaction
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction
 
-__all__ = ["MetadataStore", "MetadataStoreError"]
+__all__ = ["InstanceMarkerTakenError", "MetadataStore", "MetadataStoreError"]
 
 
 class MetadataStoreError(RuntimeError):
     """The store cannot be reached or refused a statement (a backend's own errors, translated at the seam).
     Operating errors only: a write that raises this was not acknowledged, and its caller may retry."""
+
+
+class InstanceMarkerTakenError(MetadataStoreError):
+    """`put_instance_marker` found a marker already there: another façade sharing the store wrote its
+    own first (they started together). The caller reads the marker that stands."""
 
 
 class MetadataStore(Protocol):
@@ -43,7 +48,8 @@ class MetadataStore(Protocol):
         ...
 
     async def put_instance_marker(self, name: str, instance_id: int) -> None:
-        """Durably records the marker (once: a store belongs to one instance for good)."""
+        """Durably records the marker (once: a store belongs to one instance for good). A shared store
+        raises InstanceMarkerTakenError when another façade's marker got there first."""
         ...
 
     async def has_data(self) -> bool:
