@@ -61,6 +61,11 @@ class KafkaSettings(BaseModel):
         default="protobuf",
         description="Value encoding of entries: protobuf, or proto3 JSON (kcat, Connect, ClickHouse).",
     )
+    schema_registry_url: str = Field(
+        default="",
+        description="Confluent-compatible Schema Registry: protobuf values then use Confluent's serializer and "
+        "wire format (schemas registered under <topic>-value). Empty: plain protobuf.",
+    )
     results_encoding: Literal["protobuf", "json"] = Field(
         default="protobuf", description="Value encoding of ingestion results (commands are read in either, by header)."
     )
