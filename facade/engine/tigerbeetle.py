@@ -136,6 +136,14 @@ class _RequestLimit:
         assert 0 < count <= BATCH_EVENTS_MAX
         return count
 
+    def events_possible(self, event_size: int) -> int:
+        """Most events a request may hold without having been refused: larger ones surely are."""
+        if self.refused_min is None:
+            return BATCH_EVENTS_MAX
+        count = min(BATCH_EVENTS_MAX, (self.refused_min - 1 - _trailer_size(event_size)) // event_size)
+        assert count >= self.events_max(event_size)
+        return count
+
     def accepted(self, event_count: int, event_size: int) -> None:
         size = _request_body_size(event_count, event_size)
         self.accepted_max = max(self.accepted_max, size)
@@ -151,21 +159,25 @@ class _RequestLimit:
         assert self.accepted_max < self.refused_min
 
 
-def _chunk_end(flags: Sequence[int], start: int, count_max: int, imported_mask: int) -> int:
+def _chunk_end(flags: Sequence[int], start: int, *, count_max: int, count_possible: int, imported_mask: int) -> int:
     """The end (exclusive) of the next request's events from `start`: as many whole linked chains
     as fit in `count_max` events, never starting the next request with an event whose imported flag
-    differs from the batch's first event. Raises TooMuchDataError when no such end exists."""
+    differs from the batch's first event. When not even one such run fits in `count_max` but it may
+    fit the cluster (`count_possible`: not yet refused), that run alone. Else TooMuchDataError."""
     count = len(flags)
-    assert 0 <= start < count and count_max > 0
+    assert 0 <= start < count and 0 < count_max <= count_possible
     if count - start <= count_max:
         return count
     imported_first = flags[0] & imported_mask
     for end in range(start + count_max, start, -1):
         if not flags[end - 1] & _LINKED and flags[end] & imported_mask == imported_first:
             return end
+    for end in range(start + count_max + 1, min(count, start + count_possible) + 1):
+        if end == count or (not flags[end - 1] & _LINKED and flags[end] & imported_mask == imported_first):
+            return end
     raise TooMuchDataError(
         f"events {start}..: a linked chain (or a run that must stay with the batch's first event's "
-        f"imported mode) is longer than the {count_max} events one request to this cluster holds"
+        f"imported mode) is longer than the {count_possible} events one request to this cluster holds"
     )
 
 
@@ -423,6 +435,15 @@ class TigerBeetleEngine:
         except tb.TooMuchDataError as error:
             raise _translate(error) from error
 
+    def _chunk_end(self, flags: list[int], start: int, *, event_size: int, imported_mask: int) -> int:
+        return _chunk_end(
+            flags,
+            start,
+            count_max=self._limit.events_max(event_size),
+            count_possible=self._limit.events_possible(event_size),
+            imported_mask=imported_mask,
+        )
+
     async def _create_split(
         self,
         events: list[Any],
@@ -437,12 +458,12 @@ class TigerBeetleEngine:
         # Refuse a chain that cannot fit before anything is sent (with what is known of the limit).
         start = 0
         while start < len(events):
-            start = _chunk_end(flags, start, self._limit.events_max(event_size), imported_mask)
+            start = self._chunk_end(flags, start, event_size=event_size, imported_mask=imported_mask)
         results: list[_R] = []
         start = 0
         refusals = 0
         while start < len(events):
-            end = _chunk_end(flags, start, self._limit.events_max(event_size), imported_mask)
+            end = self._chunk_end(flags, start, event_size=event_size, imported_mask=imported_mask)
             chunk = events[start:end]
             try:
                 chunk_results = await self._call(submit, chunk)
