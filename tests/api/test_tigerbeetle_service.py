@@ -1,16 +1,22 @@
 """The service on a real TigerBeetle (`LEDGER_ENGINE__BACKEND=tigerbeetle`), over loopback gRPC.
 
-Runs when `TB_ADDRESSES` is set (as the engine conformance suite). The README's recipe starts a
-`--development` replica (32 KiB requests: 253 transfers), so a 300-item PostTransactions only works when
-the engine adapter splits the batcher's batch; expiries only reach the statement and the reconciliation
-when the change feed carries them. A real cluster is shared and cannot be reset: every client id,
-reference and idempotency key here is fresh.
+The README's recipe starts a `--development` replica (32 KiB requests: 253 transfers), so a 300-item
+PostTransactions only works when the engine adapter splits the batcher's batch; expiries only reach the
+statement and the reconciliation when the change feed carries them.
+
+- With `TB_ADDRESSES` (as the engine conformance suite), the batch test runs on that cluster. It is shared
+  and cannot be reset: every client id, reference and idempotency key here is fresh.
+- With `TB_BINARY` (a `tigerbeetle` executable), the read-model test formats and starts its own
+  `--development` replica on a free loopback port: Reconcile compares every account of the cluster, so
+  it needs one whose whole history the fresh read model can project in a test's time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,20 +33,19 @@ from facade.settings import EngineSettings
 from tests.api.conftest import Api, credit, make_settings, transfer
 from tests.engine.conftest import TB_SKIP_REASON
 
-pytestmark = pytest.mark.skipif(not os.environ.get("TB_ADDRESSES"), reason=TB_SKIP_REASON)
+needs_cluster = pytest.mark.skipif(not os.environ.get("TB_ADDRESSES"), reason=TB_SKIP_REASON)
+needs_binary = pytest.mark.skipif(
+    not os.environ.get("TB_BINARY"), reason="no TigerBeetle binary: run with TB_BINARY=/path/to/tigerbeetle"
+)
 
 BATCH_ITEMS = 300
 WAIT_SECONDS = 60.0
-"""Bound on waiting for the projector (it reads the shared cluster's whole history first) and expiry."""
+"""Bound on waiting for the replica to listen, and for the expiry to reach the read model."""
 
 
-async def open_tigerbeetle_api(directory: Path, history: bool) -> Api:
+async def open_tigerbeetle_api(directory: Path, *, history: bool, addresses: str, cluster_id: int) -> Api:
     settings = make_settings(directory, history)
-    settings.engine = EngineSettings(
-        backend="tigerbeetle",
-        tb_addresses=os.environ["TB_ADDRESSES"],
-        tb_cluster_id=int(os.environ.get("TB_CLUSTER_ID", "0")),
-    )
+    settings.engine = EngineSettings(backend="tigerbeetle", tb_addresses=addresses, tb_cluster_id=cluster_id)
     server = await start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     return Api(settings, server, channel, rpc.LedgerStub(channel))
@@ -48,7 +53,8 @@ async def open_tigerbeetle_api(directory: Path, history: bool) -> Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    instance = await open_tigerbeetle_api(tmp_path, history=False)
+    addresses, cluster_id = os.environ["TB_ADDRESSES"], int(os.environ.get("TB_CLUSTER_ID", "0"))
+    instance = await open_tigerbeetle_api(tmp_path, history=False, addresses=addresses, cluster_id=cluster_id)
     try:
         yield instance
     finally:
@@ -56,9 +62,49 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         await instance.server.stop()
 
 
+async def listening(port: int) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            assert asyncio.get_running_loop().time() < deadline, "the replica did not start listening"
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 @pytest.fixture
-async def api_history(tmp_path: Path) -> AsyncIterator[Api]:
-    instance = await open_tigerbeetle_api(tmp_path, history=True)
+async def fresh_cluster(tmp_path: Path) -> AsyncIterator[str]:
+    """A new single-replica `--development` cluster (id 0) on a free loopback port; its address."""
+    binary = os.environ["TB_BINARY"]
+    data_file = tmp_path / "0_0.tigerbeetle"
+    subprocess.run(
+        [binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development", str(data_file)],
+        check=True,
+        capture_output=True,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    replica = await asyncio.create_subprocess_exec(
+        binary, "start", f"--addresses=127.0.0.1:{port}", "--development", str(data_file),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await listening(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        replica.terminate()
+        await replica.wait()
+        data_file.unlink()  # 1 GiB: pytest keeps the last runs' temporary directories.
+
+
+@pytest.fixture
+async def api_history(tmp_path: Path, fresh_cluster: str) -> AsyncIterator[Api]:
+    instance = await open_tigerbeetle_api(tmp_path / "service", history=True, addresses=fresh_cluster, cluster_id=0)
     try:
         yield instance
     finally:
@@ -71,6 +117,7 @@ def client() -> str:
     return f"tb-{uuid.uuid4().hex}"
 
 
+@needs_cluster
 async def test_post_transactions_with_300_items(api: Api, client: str) -> None:
     alice = await api.account("alice", client=client)
     request = pb.PostTransactionsRequest(
@@ -95,6 +142,7 @@ async def test_post_transactions_with_300_items(api: Api, client: str) -> None:
     assert int(balance.available) == total
 
 
+@needs_binary
 async def test_an_expired_hold_reaches_the_statement_and_reconciles(api_history: Api, client: str) -> None:
     api = api_history
     history = hrpc.HistoryStub(api.channel)
