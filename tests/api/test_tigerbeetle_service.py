@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,15 +30,13 @@ from facade.api.server import start
 from facade.settings import EngineSettings
 from tests.api.conftest import Api, credit, make_settings, transfer
 from tests.engine.conftest import TB_SKIP_REASON
+from tests.tigerbeetle_fixtures import needs_binary, tigerbeetle_replica
 
 needs_cluster = pytest.mark.skipif(not os.environ.get("TB_ADDRESSES"), reason=TB_SKIP_REASON)
-needs_binary = pytest.mark.skipif(
-    not os.environ.get("TB_BINARY"), reason="no TigerBeetle binary: run with TB_BINARY=/path/to/tigerbeetle"
-)
 
 BATCH_ITEMS = 300
 WAIT_SECONDS = 60.0
-"""Bound on waiting for the replica to listen, and for the expiry to reach the read model."""
+"""Bound on waiting for the expiry to reach the read model."""
 
 
 async def open_tigerbeetle_api(directory: Path, *, history: bool, addresses: str, cluster_id: int) -> Api:
@@ -62,54 +58,15 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         await instance.server.stop()
 
 
-async def listening(port: int) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while True:
+@pytest.fixture
+async def api_history(tmp_path: Path) -> AsyncIterator[Api]:
+    async with tigerbeetle_replica(tmp_path) as address:
+        instance = await open_tigerbeetle_api(tmp_path / "service", history=True, addresses=address, cluster_id=0)
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            assert asyncio.get_running_loop().time() < deadline, "the replica did not start listening"
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-
-
-@pytest.fixture
-async def fresh_cluster(tmp_path: Path) -> AsyncIterator[str]:
-    """A new single-replica `--development` cluster (id 0) on a free loopback port; its address."""
-    binary = os.environ["TB_BINARY"]
-    data_file = tmp_path / "0_0.tigerbeetle"
-    subprocess.run(
-        [binary, "format", "--cluster=0", "--replica=0", "--replica-count=1", "--development", str(data_file)],
-        check=True,
-        capture_output=True,
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    replica = await asyncio.create_subprocess_exec(
-        binary, "start", f"--addresses=127.0.0.1:{port}", "--development", str(data_file),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await listening(port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        replica.terminate()
-        await replica.wait()
-        data_file.unlink()  # 1 GiB: pytest keeps the last runs' temporary directories.
-
-
-@pytest.fixture
-async def api_history(tmp_path: Path, fresh_cluster: str) -> AsyncIterator[Api]:
-    instance = await open_tigerbeetle_api(tmp_path / "service", history=True, addresses=fresh_cluster, cluster_id=0)
-    try:
-        yield instance
-    finally:
-        await instance.channel.close()
-        await instance.server.stop()
+            yield instance
+        finally:
+            await instance.channel.close()
+            await instance.server.stop()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from facade.engine.types import (
     Transfer,
     TransferFlags,
 )
+from tests.tigerbeetle_fixtures import needs_binary, tigerbeetle_replica
 
 from .conftest import TB_SKIP_REASON, Ids
 
@@ -44,6 +45,8 @@ LINKED = TransferFlags.LINKED
 DEVELOPMENT_LIMIT_REQUEST_BYTES = 32 * 1024
 DEVELOPMENT_TRANSFERS_MAX = 253
 DEVELOPMENT_IDS_MAX = 2031
+CLIENTS_MAX = 64
+"""Client sessions a replica keeps (TigerBeetle's config.zig `clients_max`): one more evicts the oldest."""
 EXPIRY_POLLS_MAX = 100
 """Polls of the change feed, 0.1 s apart, for a pending transfer with a 1 s timeout to expire."""
 
@@ -341,3 +344,25 @@ async def test_expiry_appears_in_the_change_feed_as_on_the_embedded_engine(
     assert expired.transfer.id == real_ids(102) and expired.timestamp > expired.transfer.timestamp
     assert expired.debit_account is not None and expired.debit_account.debits_pending == 0
     assert normalized(real, real_ids) == normalized(await expiry_scenario(embedded, embedded_ids, ledger), embedded_ids)
+
+
+@needs_binary
+async def test_an_evicted_client_is_replaced(tmp_path: Path) -> None:
+    """Eviction ends a client session for good: the call that finds out is unavailable (retryable), and
+    the engine's next call runs on a fresh session. On a replica of its own: evicting disturbs others."""
+    async with tigerbeetle_replica(tmp_path) as address:
+        engine = TigerBeetleEngine(cluster_id=0, addresses=address)
+        try:
+            assert await engine.lookup_accounts([1]) == []  # Registers the engine's session.
+            for _ in range(CLIENTS_MAX):  # Newer sessions, one at a time (a replica caps its connections).
+                other = tb.ClientAsync(cluster_id=0, replica_addresses=address)
+                try:
+                    assert await other.lookup_accounts([1]) == []
+                finally:
+                    await other.close()
+            with pytest.raises(EngineUnavailableError, match="evicted"):
+                await engine.lookup_accounts([1])
+            await engine.create_accounts([Account(id=7, ledger=1, code=1)])
+            assert [a.id for a in await engine.lookup_accounts([7])] == [7]
+        finally:
+            await engine.close()
