@@ -90,6 +90,8 @@ LIMIT_REQUEST_BYTES_DEFAULT = MESSAGE_SIZE_MAX
 """A replica's `--limit-request` unless set (production default; `--development` uses 32 KiB)."""
 LIMIT_REQUEST_BYTES_MIN = 4096
 """The smallest `--limit-request` a replica starts with: every cluster accepts requests this large."""
+REQUEST_BODY_SIZE_FLOOR = LIMIT_REQUEST_BYTES_MIN - MESSAGE_HEADER_SIZE
+"""A request body every cluster accepts: a refusal of one this small is not the cluster's limit."""
 MULTI_BATCH_TRAILER_SIZE_UNPADDED = 4
 """One trailer item and the postamble (u16 each), padded up to a whole event in the request."""
 EVENT_SIZE_ACCOUNT = 128
@@ -128,7 +130,7 @@ class _RequestLimit:
     def __init__(self, limit_request_bytes: int) -> None:
         assert LIMIT_REQUEST_BYTES_MIN <= limit_request_bytes <= MESSAGE_SIZE_MAX
         self.body_size_configured = limit_request_bytes - MESSAGE_HEADER_SIZE
-        self.accepted_max = LIMIT_REQUEST_BYTES_MIN - MESSAGE_HEADER_SIZE
+        self.accepted_max = REQUEST_BODY_SIZE_FLOOR
         self.refused_min: int | None = None
 
     def body_size(self) -> int:
@@ -158,9 +160,10 @@ class _RequestLimit:
 
     def refused(self, event_count: int, event_size: int) -> None:
         size = _request_body_size(event_count, event_size)
+        assert size > REQUEST_BODY_SIZE_FLOOR
         if size <= self.accepted_max:
             # The cluster's limit shrank (a restart with a smaller one): forget what it took.
-            self.accepted_max = LIMIT_REQUEST_BYTES_MIN - MESSAGE_HEADER_SIZE
+            self.accepted_max = REQUEST_BODY_SIZE_FLOOR
         self.refused_min = size if self.refused_min is None else min(self.refused_min, size)
         assert self.accepted_max < self.refused_min
 
@@ -467,6 +470,14 @@ class TigerBeetleEngine:
         except tb.TooMuchDataError as error:
             raise _translate(error) from error
 
+    def _refused(self, error: Exception, *, refusals: int, event_count: int, event_size: int) -> None:
+        """Learns from the client's refusal of a request, or raises it translated when the cluster's
+        limit cannot explain it (a request every cluster accepts, or too many refusals in one call)."""
+        assert refusals > 0 and event_count > 0
+        if refusals > REQUEST_REFUSALS_MAX or _request_body_size(event_count, event_size) <= REQUEST_BODY_SIZE_FLOOR:
+            raise _translate(error) from error
+        self._limit.refused(event_count, event_size)
+
     def _chunk_end(self, flags: list[int], start: int, *, event_size: int, imported_mask: int) -> int:
         return _chunk_end(
             flags,
@@ -501,10 +512,8 @@ class TigerBeetleEngine:
                 chunk_results = await self._call(submit, chunk)
             except tb.TooMuchDataError as error:
                 # Refused before sending: learn the limit and size the same events again.
-                self._limit.refused(len(chunk), event_size)
                 refusals += 1
-                if refusals > REQUEST_REFUSALS_MAX or len(chunk) == 1:
-                    raise _translate(error) from error
+                self._refused(error, refusals=refusals, event_count=len(chunk), event_size=event_size)
                 continue
             self._limit.accepted(len(chunk), event_size)
             assert len(chunk_results) == len(chunk)
@@ -522,10 +531,8 @@ class TigerBeetleEngine:
             try:
                 found.extend(await self._call(submit, chunk))
             except tb.TooMuchDataError as error:
-                self._limit.refused(len(chunk), EVENT_SIZE_ID)
                 refusals += 1
-                if refusals > REQUEST_REFUSALS_MAX or len(chunk) == 1:
-                    raise _translate(error) from error
+                self._refused(error, refusals=refusals, event_count=len(chunk), event_size=EVENT_SIZE_ID)
                 continue
             self._limit.accepted(len(chunk), EVENT_SIZE_ID)
             start += len(chunk)
