@@ -298,8 +298,9 @@ class ChangeEvent:
 
     `timestamp` is the change's own engine timestamp: the transfer's for single-phase, pending, post and
     void events; the expiry's for TWO_PHASE_EXPIRED (whose `transfer` is the expired pending transfer).
-    The account snapshots carry balances as of the change. The TigerBeetle backend cannot read them
-    through the client (it has no change-events call), so there they are None and expiries are absent.
+    The account snapshots carry balances as of the change. Both backends fill them (the TigerBeetle one
+    from TigerBeetle's own `get_change_events`, expiries included); None only from a backend that
+    cannot tell.
     """
 
     timestamp: int
