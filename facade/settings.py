@@ -24,6 +24,13 @@ class EngineSettings(BaseModel):
     )
     tb_cluster_id: int = Field(default=0, ge=0, description="TigerBeetle backend: cluster id.")
     tb_addresses: str = Field(default="3000", description="TigerBeetle backend: comma-separated replica addresses.")
+    tb_limit_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        le=1024 * 1024,
+        description="TigerBeetle backend: the replicas' --limit-request (32 KiB with --development); larger "
+        "work is split into requests this size, and a smaller real limit is learned from the client's refusals.",
+    )
 
 
 class KafkaSettings(BaseModel):
