@@ -14,6 +14,7 @@ Contract, for both backends:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,8 +31,23 @@ from facade.engine.types import (
 )
 
 
+class EngineFault(enum.Enum):
+    """Why the engine refuses: what a caller may be told (the message, with paths and OS errors, is for logs)."""
+
+    UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    """Closed, or its cluster unreachable: retry."""
+    STORAGE_FULL = "STORAGE_FULL"
+    """No space for the journal: writes resume by themselves when space returns; reads serve."""
+    STORAGE_FAILED = "STORAGE_FAILED"
+    """A write or fsync failed for good: writes need a restart by an operator; reads serve."""
+
+
 class EngineUnavailableError(RuntimeError):
-    """The engine cannot serve now (closed, or its cluster unreachable); the request may be retried."""
+    """The engine cannot serve now; `fault` says why in terms a caller may see."""
+
+    def __init__(self, message: str, fault: EngineFault = EngineFault.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 @runtime_checkable
