@@ -87,38 +87,49 @@ def serve_workers(settings: Settings, workers: int) -> int:
     """Runs `workers` worker processes until a signal or until one exits; returns the exit status."""
     assert not workers_refusal(settings, workers) and workers > 1
     processes: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    signalled = False
+    """Stopped by SIGINT/SIGTERM (a clean exit), rather than by a worker's exit (a failure)."""
 
-    def stop(signal_number: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def forward(signal_number: int) -> None:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal_number)
 
+    def on_signal(signal_number: int, _frame: FrameType | None) -> None:
+        nonlocal signalled
+        signalled = True
+        forward(signal_number)
+
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, stop)
+        signal.signal(signal_number, on_signal)
     processes.append(subprocess.Popen(_worker_command(0, workers), env=_worker_env(0)))
     deadline = time.monotonic() + FIRST_WORKER_WAIT_SECONDS
     while not _port_answers(settings.api.host, settings.api.port):
-        if processes[0].poll() is not None or stopping or time.monotonic() > deadline:
-            stop(signal.SIGTERM, None)
-            processes[0].wait(STOP_WAIT_SECONDS)
-            return processes[0].returncode or 1
+        if processes[0].poll() is not None or signalled or time.monotonic() > deadline:
+            forward(signal.SIGTERM)
+            _reap(processes)
+            return 0 if signalled else _exit_status(processes[0].returncode) or 1
         time.sleep(PORT_PROBE_SECONDS)
     processes.extend(subprocess.Popen(_worker_command(i, workers), env=_worker_env(i)) for i in range(1, workers))
-    status = 0
     while all(process.poll() is None for process in processes):
         time.sleep(PORT_PROBE_SECONDS)
-    for process in processes:
-        if process.poll() is not None:
-            status = status or process.returncode
-    stop(signal.SIGTERM, None)
+    exited = next(process for process in processes if process.returncode is not None)
+    forward(signal.SIGTERM)  # No half-sized service behind the port: the others stop too.
+    _reap(processes)
+    assert all(process.returncode is not None for process in processes)
+    return 0 if signalled else _exit_status(exited.returncode) or 1
+
+
+def _reap(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         try:
             process.wait(STOP_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert all(process.returncode is not None for process in processes)
-    return 0 if stopping else status
+
+
+def _exit_status(returncode: int | None) -> int:
+    """A worker's status as a shell reports it: 128 + N for a worker killed by signal N."""
+    assert returncode is not None
+    return 128 - returncode if returncode < 0 else returncode

@@ -59,11 +59,10 @@ def children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
-def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: str) -> None:
+def tigerbeetle_workers_env(tmp_path: Path, postgres_dsn: str, port: int) -> dict[str, str]:
     if not os.environ.get("TB_ADDRESSES"):
         pytest.skip("needs a TigerBeetle cluster: run with TB_ADDRESSES=3000")
-    port = free_port()
-    env = facade_env(
+    return facade_env(
         tmp_path,
         postgres_dsn,
         engine__backend="tigerbeetle",
@@ -73,14 +72,25 @@ def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: s
         consistency__join_unmarked_engine="true",
         api__port=str(port),
     )
+
+
+def wait_serving(supervisor: subprocess.Popen[str], workers: int) -> list[dict[str, Any]]:
+    """The "serving" line of each worker (worker 0 first, then the others)."""
+    assert supervisor.stdout is not None
+    serving: list[dict[str, Any]] = []
+    while len(serving) < workers:
+        serving.append(json_lines(supervisor.stdout, lambda line: line.get("event") == "serving")[-1])
+    return serving
+
+
+def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: str) -> None:
+    port = free_port()
+    env = tigerbeetle_workers_env(tmp_path, postgres_dsn, port)
     supervisor = subprocess.Popen(
         [ledger_command(), "serve", "--workers", str(WORKERS)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True
     )
-    assert supervisor.stdout is not None
     try:
-        serving: list[dict[str, Any]] = []
-        while len(serving) < WORKERS:  # Worker 0 first, then the others (each logs one "serving" line).
-            serving.append(json_lines(supervisor.stdout, lambda line: line.get("event") == "serving")[-1])
+        serving = wait_serving(supervisor, WORKERS)
         assert {line["port"] for line in serving} == {port}
         assert {line["pid"] for line in serving} == children(supervisor.pid)  # N distinct worker processes.
         run = uuid.uuid4().hex[:12]
@@ -104,6 +114,26 @@ def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: s
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(STOP_SECONDS)
     assert supervisor.returncode == 0
+
+
+def test_a_worker_that_dies_takes_the_others_down(tmp_path: Path, postgres_dsn: str) -> None:
+    """No half-sized service behind the port: the supervisor stops every worker and exits non-zero (its
+    own supervisor, systemd or compose, restarts the whole set)."""
+    env = tigerbeetle_workers_env(tmp_path, postgres_dsn, free_port())
+    supervisor = subprocess.Popen(
+        [ledger_command(), "serve", "--workers", "2"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        workers = {line["pid"] for line in wait_serving(supervisor, 2)}
+        os.kill(max(workers), signal.SIGKILL)
+        supervisor.wait(STOP_SECONDS)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    assert supervisor.returncode != 0
+    for pid in workers:  # Every worker is gone (reaped by the supervisor, so no /proc entry).
+        assert not Path(f"/proc/{pid}").exists()
 
 
 async def open_on(directory: Path, port: int, *, reuse_port: bool) -> Api:
