@@ -297,14 +297,19 @@ class MetadataStore:
 
     async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
         """Step 3 of a batch: (transaction id, DomainError.to_json()) for each refused transaction, in
-        one durable SQLite transaction. A recorded failure is final for its idempotency key."""
+        one durable SQLite transaction. A recorded failure is final for its idempotency key, except
+        IDEMPOTENCY_KEY_FAILED (a retry that met the engine's burned id), which the original reason
+        replaces if it is recorded later (façades sharing a store: the retry raced the first façade)."""
 
         def write() -> None:
             with self._db:
                 self._db.execute("BEGIN")
+                # The engine's placeholder (a retry met the burned id first) yields to the original reason.
                 self._db.executemany(
-                    "UPDATE transactions SET failure = ? WHERE transaction_id = ? AND failure IS NULL",
-                    [(failure, id_bytes(tx_id)) for tx_id, failure in failures],
+                    "UPDATE transactions SET failure = ? WHERE transaction_id = ? AND (failure IS NULL OR "
+                    "(json_extract(failure, '$[1]') = 'IDEMPOTENCY_KEY_FAILED' "
+                    "AND json_extract(?, '$[1]') <> 'IDEMPOTENCY_KEY_FAILED'))",
+                    [(failure, id_bytes(tx_id), failure) for tx_id, failure in failures],
                 )
 
         if failures:

@@ -36,6 +36,9 @@ from facade.metadata_store import AccountRecord, Prior, StoredTransaction, id_by
 __all__ = ["POOL_CONNECTIONS_MAX", "SCHEMA_VERSION", "PostgresMetadataStore"]
 
 SCHEMA_VERSION = 1
+FAILURE_PLACEHOLDER_REASON = "IDEMPOTENCY_KEY_FAILED"
+"""What a retry records when the engine answers id_already_failed: the only failure a later record
+(the original reason) replaces."""
 SCHEMA_COMPONENT = "metadata"
 SCHEMA_LOCK_KEY = 0x6C656467_65726D64  # "ledgermd": serialises schema creation across façades.
 POOL_CONNECTIONS_MAX = 64
@@ -115,7 +118,12 @@ SELECT transaction_id, fingerprint, failure FROM upserted WHERE NOT inserted
 _RECORD_FAILURES = """
 UPDATE metadata_transactions t SET failure = f.failure
 FROM unnest(%(ids)b::bytea[], %(failures)b::text[]) AS f (transaction_id, failure)
-WHERE t.transaction_id = f.transaction_id AND t.failure IS NULL
+WHERE t.transaction_id = f.transaction_id AND (
+    t.failure IS NULL
+    -- The engine's placeholder (a retry through another façade met the burned id first) yields to the
+    -- original reason, recorded by the façade whose batch the engine refused.
+    OR (t.failure::jsonb ->> 1 = %(placeholder)s AND f.failure::jsonb ->> 1 <> %(placeholder)s)
+)
 """
 _PUT_ACCOUNT = """
 INSERT INTO metadata_accounts (account_id, client_id, external_reference, currency, owner, type, metadata, fingerprint)
@@ -297,7 +305,11 @@ class PostgresMetadataStore:
         if failures:
             await self._write(
                 _RECORD_FAILURES,
-                {"ids": [id_bytes(tx_id) for tx_id, _ in failures], "failures": [failure for _, failure in failures]},
+                {
+                    "ids": [id_bytes(tx_id) for tx_id, _ in failures],
+                    "failures": [failure for _, failure in failures],
+                    "placeholder": FAILURE_PLACEHOLDER_REASON,
+                },
             )
 
     async def get_transaction(self, transaction_id: int) -> StoredTransaction | None:

@@ -139,6 +139,20 @@ async def test_a_recorded_failure_is_final(store: MetadataStore) -> None:
     assert stored is not None and stored.failure == refusal()
 
 
+async def test_the_engine_placeholder_yields_to_the_original_reason(store: MetadataStore) -> None:
+    """Façade B's retry met the engine's burned id (IDEMPOTENCY_KEY_FAILED) before façade A recorded why
+    the engine refused it: A's record replaces the placeholder, and then stays."""
+    raced, original_first = transaction("raced"), transaction("original-first")
+    placeholder = DomainError(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_FAILED", "failed").to_json()
+    await store.prepare([raced, original_first])
+    await store.record_failures([(raced.transaction_id, placeholder), (original_first.transaction_id, refusal())])
+    await store.record_failures([(raced.transaction_id, refusal()), (original_first.transaction_id, placeholder)])
+    await store.record_failures([(raced.transaction_id, refusal("OTHER"))])
+    priors = await store.prepare([raced, original_first])
+    assert priors[raced.transaction_id].failure == refusal()
+    assert priors[original_first.transaction_id].failure == refusal()
+
+
 def account(account_id: int, reference: str, *, client: str = "client-a", currency: str = "USD") -> AccountRecord:
     return AccountRecord(account_id, client, reference, currency, "owner", 1, {"k": "v"}, f"fp-{reference}")
 
