@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.domain.mapping import MappedTransaction, parse_body_summary
+from facade.engine.types import BATCH_EVENTS_MAX
 from facade.metadata._protocol import InstanceMarkerTakenError, MetadataStoreError
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction, id_bytes
 
@@ -272,6 +273,7 @@ class PostgresMetadataStore:
 
     async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
         """One statement, one round trip, one commit (none written when every id is known)."""
+        assert len(transactions) <= BATCH_EVENTS_MAX  # One engine batch: at least one transfer each.
         keys = [id_bytes(t.transaction_id) for t in transactions]
         assert len(set(keys)) == len(keys), "transaction ids in one prepare must be distinct"
         if not keys:

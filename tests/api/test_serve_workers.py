@@ -19,9 +19,8 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
 from tests.api.conftest import Api, credit, make_settings
-from tests.api.test_logs import json_lines
 from tests.api.test_ownership_tigerbeetle import ledger_command
-from tests.metadata.test_shared_facades import auth, facade_env, post
+from tests.metadata.test_shared_facades import LogLines, auth, facade_env, post
 from tests.postgres_fixtures import free_port
 
 WORKERS = 3
@@ -77,10 +76,8 @@ def tigerbeetle_workers_env(tmp_path: Path, postgres_dsn: str, port: int) -> dic
 def wait_serving(supervisor: subprocess.Popen[str], workers: int) -> list[dict[str, Any]]:
     """The "serving" line of each worker (worker 0 first, then the others)."""
     assert supervisor.stdout is not None
-    serving: list[dict[str, Any]] = []
-    while len(serving) < workers:
-        serving.append(json_lines(supervisor.stdout, lambda line: line.get("event") == "serving")[-1])
-    return serving
+    lines = LogLines(supervisor.stdout)
+    return [lines.wait("serving") for _ in range(workers)]
 
 
 def test_workers_share_one_port_over_tigerbeetle(tmp_path: Path, postgres_dsn: str) -> None:
