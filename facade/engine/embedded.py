@@ -43,8 +43,8 @@ from facade.engine.types import (
     ChangeEventsFilter,
     CreateAccountResult,
     CreateTransferResult,
-    FieldRangeError,
     QueryFilter,
+    TooMuchDataError,
     Transfer,
     validate_ids,
 )
@@ -125,7 +125,7 @@ class EmbeddedLedger:
     def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         self._check_usable()
         if len(accounts) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not accounts:
             return []
         body = encode_accounts(accounts)
@@ -144,7 +144,7 @@ class EmbeddedLedger:
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
         self._check_usable()
         if len(transfers) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
             return []
         body = encode_transfers(transfers)

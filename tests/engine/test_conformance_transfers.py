@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from facade.engine.embedded import EmbeddedLedger
 from facade.engine.protocol import Engine
 from facade.engine.types import (
     AMOUNT_MAX,
+    NS_PER_SECOND,
     U128_MAX,
     Account,
     AccountFlags,
@@ -502,8 +505,8 @@ CASES = [
 ]
 
 # Statuses that need the clock or imported timestamps relative to existing objects: covered by the
-# dedicated tests below. OVERFLOWS_TIMEOUT cannot be reached: timestamp + u32 seconds in ns stays
-# below 2^64 for any timestamp below TigerBeetle's 2^63 ceiling.
+# dedicated tests below. OVERFLOWS_TIMEOUT needs a clock within 2^32 s of TigerBeetle's 2^63 - 1
+# timestamp ceiling (year 2262): only the embedded engine, with an injected clock, can be asked.
 COVERED_ELSEWHERE = {
     S.IMPORTED_EVENT_EXPECTED,
     S.PENDING_TRANSFER_EXPIRED,
@@ -511,8 +514,8 @@ COVERED_ELSEWHERE = {
     S.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT,
     S.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_CREDIT_ACCOUNT,
     S.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO,
+    S.OVERFLOWS_TIMEOUT,
 }
-UNREACHABLE = {S.OVERFLOWS_TIMEOUT}
 
 
 async def setup_accounts(engine: Engine, ids: Ids, accounts: list[Account] = ACCOUNTS) -> None:
@@ -529,7 +532,7 @@ async def test_create_transfers_table(engine: Engine, ids: Ids, case: Case) -> N
 
 
 def test_every_status_is_covered() -> None:
-    covered = set().union(*(c.covers for c in CASES)) | COVERED_ELSEWHERE | UNREACHABLE
+    covered = set().union(*(c.covers for c in CASES)) | COVERED_ELSEWHERE
     assert covered == set(S), f"uncovered: {set(S) - covered}"
 
 
@@ -739,3 +742,18 @@ async def test_rolled_back_imported_chain_keeps_imported_timestamps(engine: Engi
     # The failing event itself reports its slot (it was never created): after every imported one.
     assert results[2].timestamp > base + 13
     assert await engine.lookup_transfers([ids(100), ids(101)]) == []
+
+
+def test_overflows_timeout_near_the_timestamp_ceiling(tmp_path: Path) -> None:
+    """TigerBeetle sums timestamp + timeout in u63 (state_machine.zig create_transfer): a pending
+    transfer whose expiry would pass 2^63 - 1 is refused. Embedded only: it needs the clock there."""
+    timestamp_ceiling = (1 << 63) - 1
+    clock_ns = timestamp_ceiling - 10 * NS_PER_SECOND
+    ledger = EmbeddedLedger.open(tmp_path / "engine", clock=lambda: clock_ns)
+    try:
+        accounts = [Account(id=i, ledger=1, code=1) for i in (1, 2)]
+        assert [r.status.name for r in ledger.create_accounts(accounts)] == ["CREATED", "CREATED"]
+        results = ledger.create_transfers([pending(100, timeout=11), pending(101, timeout=9), pending(102, timeout=0)])
+        assert [r.status for r in results] == [S.OVERFLOWS_TIMEOUT, S.CREATED, S.CREATED]
+    finally:
+        ledger.close()
