@@ -228,10 +228,12 @@ class Generator:
     """Draws batches and queries from a seed. `observe` feeds back the reference backend's outcome (what
     was created, stored amounts), so later events refer to pending transfers that exist."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, ledger_first: int = 2) -> None:
+        """`ledger_first`: this run's first ledger (the second is the next). A shared cluster keeps
+        other runs' objects, so the caller draws it per run; it changes no outcome, only isolation."""
+        assert 0 < ledger_first < (1 << 32) - 3
         self.rng = random.Random(seed)
         rng = self.rng
-        ledger_first = rng.randint(1, 1 << 30) * 2
         self.ledgers = (ledger_first, ledger_first + 1)
         self.code_base = rng.randint(1, 60_000)
         self.accounts: dict[int, _AccountInfo] = {}
@@ -545,6 +547,8 @@ class Generator:
         offset = 0
         for _ in range(rng.randint(1, 4)):
             t = self._transfer() if rng.random() < 0.3 else self._single()
+            if self._crashes_tigerbeetle_0_17_8(t):
+                t = self._single()
             t.flags = int(t.flags) | int(F.IMPORTED)
             t.timestamp = 0
             t.timeout = 0 if rng.random() < 0.9 else 5
@@ -566,6 +570,19 @@ class Generator:
         events = [s.transfer for s in specs]
         self._linked(events)
         return Batch(BatchKind.TRANSFERS, transfers=tuple(specs), label="imported_transfers")
+
+    def _crashes_tigerbeetle_0_17_8(self, t: Transfer) -> bool:
+        """An imported post/void of a pending transfer that has a timeout trips an assertion in
+        TigerBeetle 0.17.8 (post_or_void_pending_transfer: `assert(!t.flags.imported)` when removing
+        the expiry) and crashes the replica, again on every restart since the request is already in
+        its log (tigerbeetle/tigerbeetle PR #3867 removes the assertions: such posts/voids succeed).
+        The embedded engine creates them, as fixed TigerBeetle does (conformance:
+        test_imported_post_or_void_of_a_pending_transfer_with_a_timeout); the generator never sends
+        one, so that a long run against 0.17.8 survives."""
+        if not t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER):
+            return False
+        p = self.created.get(t.pending_id)
+        return p is not None and p.timeout != 0 and t.id not in self.created
 
     def _account_batch(self, *, imported: bool) -> Batch:
         rng = self.rng

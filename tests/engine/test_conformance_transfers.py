@@ -28,7 +28,7 @@ from facade.engine.types import (
     TransferFlags,
 )
 
-from .conftest import Ids
+from .conftest import Ids, embedded_only
 
 S = CreateTransferStatus
 F = TransferFlags
@@ -757,3 +757,25 @@ def test_overflows_timeout_near_the_timestamp_ceiling(tmp_path: Path) -> None:
         assert [r.status for r in results] == [S.OVERFLOWS_TIMEOUT, S.CREATED, S.CREATED]
     finally:
         ledger.close()
+
+
+async def test_imported_post_or_void_of_a_pending_transfer_with_a_timeout(engine: Engine, ids: Ids) -> None:
+    """Docs (create_transfers.md, imported events) allow posting or voiding with an imported event and
+    say nothing against a pending transfer with a timeout. TigerBeetle 0.17.8 trips an assertion on it
+    (post_or_void_pending_transfer: `assert(!t.flags.imported)` while removing the expiry): the replica
+    crashes, and again on every restart. Fixed upstream by tigerbeetle/tigerbeetle PR #3867 (assertions
+    removed, the post/void succeeds); the embedded engine does what the fix does."""
+    embedded_only(engine, "TigerBeetle 0.17.8 crashes on this request (tigerbeetle/tigerbeetle PR #3867)")
+    await setup_accounts(engine, ids)
+    await engine.create_transfers([ids.transfer(pending(100, amount=10, timeout=3600))])
+    await engine.create_transfers([ids.transfer(pending(101, amount=4, timeout=3600))])
+    [newest] = await engine.lookup_transfers([ids(101)])
+    results = await engine.create_transfers(
+        [
+            ids.transfer(imported(102, newest.timestamp + 1, flags=F.POST_PENDING_TRANSFER, pending_id=100, amount=6)),
+            ids.transfer(imported(103, newest.timestamp + 2, flags=F.VOID_PENDING_TRANSFER, pending_id=101, amount=0)),
+        ]
+    )
+    assert [r.status for r in results] == [S.CREATED, S.CREATED]
+    [debit] = await engine.lookup_accounts([ids(1)])
+    assert (debit.debits_pending, debit.debits_posted) == (0, 6)
