@@ -51,10 +51,12 @@ from facade.engine.types import (
 
 __all__ = [
     "AccountSpec",
+    "Anchor",
     "Batch",
     "BatchKind",
     "Generator",
     "IdSpace",
+    "Newest",
     "Query",
     "QueryKind",
     "TimestampBound",
@@ -115,17 +117,38 @@ class IdSpace:
 
 
 @dataclass(frozen=True, slots=True)
+class Newest:
+    """A backend's newest account and transfer timestamps, anchors for imported timestamps."""
+
+    account: int
+    transfer: int
+
+    @property
+    def object(self) -> int:
+        return max(self.account, self.transfer)
+
+
+class Anchor(enum.Enum):
+    NEWEST_OBJECT = "newest_object"
+    """Above every object: a valid imported timestamp (offset > 0) or a regressing one (offset 0)."""
+    NEWEST_TRANSFER = "newest_transfer"
+    """Above the newest transfer but maybe not above newer (imported) accounts: *_must_postdate_*."""
+
+
+@dataclass(frozen=True, slots=True)
 class TransferSpec:
     """A transfer with symbolic ids. `timestamp_offset`, when set, makes the timestamp
-    `newest object's timestamp + offset` on each backend (imported events); otherwise `timestamp`
-    is sent as it is."""
+    `anchor's timestamp + offset` on each backend (imported events); otherwise `timestamp` is sent as
+    it is."""
 
     transfer: Transfer
     timestamp_offset: int | None = None
+    anchor: Anchor = Anchor.NEWEST_OBJECT
 
-    def materialize(self, ids: IdSpace, timestamp_newest: int) -> Transfer:
+    def materialize(self, ids: IdSpace, newest: Newest) -> Transfer:
         t = self.transfer
-        timestamp = t.timestamp if self.timestamp_offset is None else timestamp_newest + self.timestamp_offset
+        anchor_timestamp = newest.object if self.anchor == Anchor.NEWEST_OBJECT else newest.transfer
+        timestamp = t.timestamp if self.timestamp_offset is None else anchor_timestamp + self.timestamp_offset
         return replace(
             t,
             id=ids(t.id),
@@ -141,9 +164,9 @@ class AccountSpec:
     account: Account
     timestamp_offset: int | None = None
 
-    def materialize(self, ids: IdSpace, timestamp_newest: int) -> Account:
+    def materialize(self, ids: IdSpace, newest: Newest) -> Account:
         a = self.account
-        timestamp = a.timestamp if self.timestamp_offset is None else timestamp_newest + self.timestamp_offset
+        timestamp = a.timestamp if self.timestamp_offset is None else newest.object + self.timestamp_offset
         return replace(a, id=ids(a.id), timestamp=timestamp)
 
 
@@ -426,6 +449,12 @@ class Generator:
         rng = self.rng
         post = rng.random() < 0.55
         flags = int(F.POST_PENDING_TRANSFER if post else F.VOID_PENDING_TRANSFER)
+        closing = [i for i in self.pending_open if self.created[i].flags & (F.CLOSING_DEBIT | F.CLOSING_CREDIT)]
+        if closing and rng.random() < 0.3:
+            # Reopen closed accounts now and then, or most of them end up closed.
+            return Transfer(
+                id=self._fresh_transfer_id(), pending_id=rng.choice(closing), flags=int(F.VOID_PENDING_TRANSFER)
+            )
         pendings = self.pending_open if self.pending_open and rng.random() < 0.8 else list(self.created)
         if pendings and rng.random() < 0.95:
             pending_id = rng.choice(pendings)
@@ -545,6 +574,7 @@ class Generator:
         rng = self.rng
         specs: list[TransferSpec] = []
         offset = 0
+        anchor = Anchor.NEWEST_TRANSFER if rng.random() < 0.15 else Anchor.NEWEST_OBJECT
         for _ in range(rng.randint(1, 4)):
             t = self._transfer() if rng.random() < 0.3 else self._single()
             if self._crashes_tigerbeetle_0_17_8(t):
@@ -564,9 +594,13 @@ class Generator:
                 t.flags = int(t.flags) & ~int(F.IMPORTED)  # imported_event_expected (or _not_expected first).
                 specs.append(TransferSpec(t))
                 continue
+            if choice < 0.12:
+                t.timestamp = TIMESTAMP_RANGE_MAX  # In range, but after the cluster's clock.
+                specs.append(TransferSpec(t))
+                continue
             # Mostly increasing; sometimes equal to the previous one or to the newest object (regress).
-            offset = offset if choice < 0.15 else 0 if choice < 0.18 else offset + rng.randint(1, 3)
-            specs.append(TransferSpec(t, timestamp_offset=min(offset, TIMESTAMP_OFFSET_MAX)))
+            offset = offset if choice < 0.17 else 0 if choice < 0.2 else offset + rng.randint(1, 3)
+            specs.append(TransferSpec(t, timestamp_offset=min(offset, TIMESTAMP_OFFSET_MAX), anchor=anchor))
         events = [s.transfer for s in specs]
         self._linked(events)
         return Batch(BatchKind.TRANSFERS, transfers=tuple(specs), label="imported_transfers")
@@ -599,6 +633,8 @@ class Generator:
                     a.flags = int(a.flags) & ~int(AF.IMPORTED)
                 elif choice < 0.1:
                     pass  # Timestamp 0: out of range.
+                elif choice < 0.12:
+                    a.timestamp = TIMESTAMP_RANGE_MAX  # In range, but after the cluster's clock.
                 else:
                     offset = 0 if choice < 0.15 else offset + rng.randint(1, 3)
                     spec = AccountSpec(a, timestamp_offset=min(offset, TIMESTAMP_OFFSET_MAX))

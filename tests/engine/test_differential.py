@@ -64,6 +64,7 @@ from ._generator import (
     BatchKind,
     Generator,
     IdSpace,
+    Newest,
     Query,
     QueryKind,
     TimestampBound,
@@ -76,6 +77,7 @@ QUERIES_PER_BATCH_MAX = 3
 REQUEST_TIMEOUT_SECONDS = 30
 _R = TypeVar("_R")
 _RUN_RANDOM = random.SystemRandom()
+_NEWEST_UNUSED = Newest(account=0, transfer=0)
 
 S = CreateTransferStatus
 SA = CreateAccountStatus
@@ -119,15 +121,13 @@ class Side:
             pending_id=sym(t.pending_id),
         )
 
-    async def newest_timestamp(self) -> int:
-        """The newest object's timestamp on this backend (every run's objects, on a shared cluster)."""
-        newest = 0
-        for found in (
-            await self.engine.query_accounts(QueryFilter(flags=QueryFilterFlags.REVERSED, limit=1)),
-            await self.engine.query_transfers(QueryFilter(flags=QueryFilterFlags.REVERSED, limit=1)),
-        ):
-            newest = max([newest, *(o.timestamp for o in found)])
-        return newest
+    async def newest(self) -> Newest:
+        """The newest account and transfer timestamps on this backend (every run's, on a shared cluster)."""
+        accounts = await self.engine.query_accounts(QueryFilter(flags=QueryFilterFlags.REVERSED, limit=1))
+        transfers = await self.engine.query_transfers(QueryFilter(flags=QueryFilterFlags.REVERSED, limit=1))
+        return Newest(
+            account=accounts[0].timestamp if accounts else 0, transfer=transfers[0].timestamp if transfers else 0
+        )
 
     def bound(self, bound: TimestampBound) -> int:
         if bound.transfer_id == 0:
@@ -245,7 +245,7 @@ class Run:
     async def _submit_accounts(self, batch: Batch) -> None:
         outcomes = []
         for side in self.sides:
-            newest = await side.newest_timestamp() if batch.imported else 0
+            newest = await side.newest() if batch.imported else _NEWEST_UNUSED
             accounts = [spec.materialize(side.ids, newest) for spec in batch.accounts]
             results = await side.engine.create_accounts(accounts)
             stored = await side.engine.lookup_accounts([a.id for a in accounts])
@@ -274,7 +274,7 @@ class Run:
         statuses_first = self.statuses_first.get(id(batch.transfers))
         outcomes = []
         for side in self.sides:
-            newest = await side.newest_timestamp() if batch.imported else 0
+            newest = await side.newest() if batch.imported else _NEWEST_UNUSED
             transfers = [spec.materialize(side.ids, newest) for spec in batch.transfers]
             results = await side.engine.create_transfers(transfers)
             stored = await side.engine.lookup_transfers(list(dict.fromkeys(t.id for t in transfers)))
