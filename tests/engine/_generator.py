@@ -528,7 +528,9 @@ class Generator:
             t.flags = int(t.flags) | int(F.VOID_PENDING_TRANSFER) | int(F.BALANCING_CREDIT)
         elif mutation == 14:
             t.ledger = rng.choice(self.ledgers) + 2
-        elif mutation == 15:
+        elif mutation == 15 and self.created:
+            # An absolute timestamp of 1 regresses on every backend only once this run has a transfer
+            # (a shared cluster has other runs' transfers, a fresh embedded engine may have none).
             t.flags = int(t.flags) | int(F.IMPORTED)
             t.timestamp = 1
         else:
@@ -574,7 +576,9 @@ class Generator:
         rng = self.rng
         specs: list[TransferSpec] = []
         offset = 0
-        anchor = Anchor.NEWEST_TRANSFER if rng.random() < 0.15 else Anchor.NEWEST_OBJECT
+        # Anchored on the newest transfer only once this run has one: before, the newest transfer of a
+        # shared cluster is another run's, and a fresh embedded engine has none.
+        anchor = Anchor.NEWEST_TRANSFER if self.created and rng.random() < 0.15 else Anchor.NEWEST_OBJECT
         for _ in range(rng.randint(1, 4)):
             t = self._transfer() if rng.random() < 0.3 else self._single()
             if self._crashes_tigerbeetle_0_17_8(t):
