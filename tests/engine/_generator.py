@@ -340,6 +340,13 @@ class Generator:
 
     def next_batch(self) -> Batch:
         kind = _pick(self.rng, _BATCH_KINDS)
+        last = self.batches[-1] if self.batches else None
+        if last is not None and last.kind == BatchKind.ACCOUNTS and self.created and self.rng.random() < 0.3:
+            # Accounts newer than the newest transfer: an imported transfer anchored on that transfer
+            # and naming one of them is not after its account (imported_event_timestamp_must_postdate_*).
+            fresh = [spec.account.id for spec in last.accounts if spec.account.id in self.accounts]
+            if fresh:
+                return self._imported_transfer_batch(account_fresh=self.rng.choice(fresh))
         if kind == "resubmit_batch" and self.batches:
             return replace(self.rng.choice(self.batches), label="resubmit_batch")
         if kind == "accounts":
@@ -479,7 +486,7 @@ class Generator:
         if p is not None and rng.random() < 0.3:
             # Fields that must match (or be 0 to inherit): sometimes the right ones, sometimes not.
             t.debit_account_id = p.debit_account_id if rng.random() < 0.7 else p.credit_account_id
-            t.credit_account_id = p.credit_account_id if rng.random() < 0.8 else 0
+            t.credit_account_id = rng.choice((p.credit_account_id, p.credit_account_id, 0, p.debit_account_id))
             t.ledger = p.ledger if rng.random() < 0.8 else self.ledgers[1] if p.ledger == self.ledgers[0] else 0
             t.code = p.code if rng.random() < 0.8 else p.code + 1
         if rng.random() < 0.3:
@@ -534,7 +541,12 @@ class Generator:
             t.flags = int(t.flags) | int(F.IMPORTED)
             t.timestamp = 1
         else:
-            t.amount = AMOUNT_MAX
+            # Half the range twice on one account, one pending and one posted, overflows the sum of
+            # both (overflows_debits/_credits) while each balance alone still fits.
+            # Account 1 (ledger 1, no limit) collects them, so the two halves meet.
+            t.amount = rng.choice((AMOUNT_MAX, 1 << 127))
+            if t.ledger == self.ledgers[0] and t.credit_account_id != 1:
+                t.debit_account_id = 1
         return t
 
     def _resubmit(self) -> Transfer:
@@ -572,20 +584,30 @@ class Generator:
         # 11..13: verbatim.
         return t
 
-    def _imported_transfer_batch(self) -> Batch:
+    def _imported_transfer_batch(self, *, account_fresh: int = 0) -> Batch:
         rng = self.rng
         specs: list[TransferSpec] = []
         offset = 0
         # Anchored on the newest transfer only once this run has one: before, the newest transfer of a
         # shared cluster is another run's, and a fresh embedded engine has none.
-        anchor = Anchor.NEWEST_TRANSFER if self.created and rng.random() < 0.15 else Anchor.NEWEST_OBJECT
+        anchor = Anchor.NEWEST_TRANSFER if self.created and rng.random() < 0.3 else Anchor.NEWEST_OBJECT
+        if account_fresh:
+            assert self.created
+            anchor = Anchor.NEWEST_TRANSFER
         for _ in range(rng.randint(1, 4)):
             t = self._transfer() if rng.random() < 0.3 else self._single()
+            if account_fresh:
+                others = [i for i, info in self.accounts.items() if info.ledger == self.accounts[account_fresh].ledger]
+                other = rng.choice([i for i in others if i != account_fresh] or [account_fresh])
+                t = self._single()
+                t.ledger = self.accounts[account_fresh].ledger
+                t.debit_account_id, t.credit_account_id = rng.choice(((account_fresh, other), (other, account_fresh)))
             if self._crashes_tigerbeetle_0_17_8(t):
                 t = self._single()
             t.flags = int(t.flags) | int(F.IMPORTED)
             t.timestamp = 0
-            t.timeout = 0 if rng.random() < 0.9 else 5
+            # A timeout on an imported pending transfer is refused (imported_event_timeout_must_be_zero).
+            t.timeout = 5 if rng.random() < (0.3 if t.flags & F.PENDING else 0.05) else 0
             choice = rng.random()
             if choice < 0.05:
                 specs.append(TransferSpec(t))  # Timestamp 0: out of range.
@@ -598,12 +620,12 @@ class Generator:
                 t.flags = int(t.flags) & ~int(F.IMPORTED)  # imported_event_expected (or _not_expected first).
                 specs.append(TransferSpec(t))
                 continue
-            if choice < 0.12:
+            if choice < 0.14:
                 t.timestamp = TIMESTAMP_RANGE_MAX  # In range, but after the cluster's clock.
                 specs.append(TransferSpec(t))
                 continue
             # Mostly increasing; sometimes equal to the previous one or to the newest object (regress).
-            offset = offset if choice < 0.17 else 0 if choice < 0.2 else offset + rng.randint(1, 3)
+            offset = offset if choice < 0.19 else 0 if choice < 0.22 else offset + rng.randint(1, 3)
             specs.append(TransferSpec(t, timestamp_offset=min(offset, TIMESTAMP_OFFSET_MAX), anchor=anchor))
         events = [s.transfer for s in specs]
         self._linked(events)
