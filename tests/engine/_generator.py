@@ -15,8 +15,11 @@ What it draws (weights in `_TRANSFER_KINDS` / `_BATCH_KINDS`):
   AMOUNT_MAX-1, AMOUNT_MAX) that reach every overflow check, one invalid field at a time, resubmissions
   of earlier events verbatim or with one field changed;
 - linked flags at random, so chains break in the middle and stay open at the batch end;
-- imported batches (transfers or accounts) with increasing, regressing, equal and out-of-range
-  timestamps, a non-imported event mixed in, and a timeout on an imported pending transfer;
+- imported batches (transfers or accounts) with increasing, regressing, equal, out-of-range and
+  future timestamps, a non-imported event mixed in, a timeout on an imported pending transfer, and
+  imported transfers naming accounts newer than the newest transfer (must_postdate_*); never an
+  imported post/void of a pending transfer with a timeout (it crashes TigerBeetle 0.17.8, see
+  `_crashes_tigerbeetle_0_17_8`);
 - whole earlier batches resubmitted verbatim;
 - queries: lookups (known, unknown, reserved ids), get_account_transfers / get_account_balances with
   random flags, user_data, code, limit and timestamp bounds (a stored object's timestamp +-1, or out of

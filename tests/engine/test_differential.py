@@ -19,7 +19,7 @@ timestamps are placed just above the cluster's newest object.
 
 Default: DIFF_SEEDS=4 runs of DIFF_BATCHES=50 batches (200 batches). Knobs (environment):
     DIFF_BATCHES  batches per seed            DIFF_SEEDS  seeds          DIFF_SEED  first seed (random)
-Long run (20 000 batches, about 11 minutes against a local --development replica) against a TigerBeetle
+Long run (20 000 batches, about 7 minutes against a local --development replica) against a TigerBeetle
 started on its own (`tigerbeetle format --cluster=0 --replica=0 --replica-count=1 --development
 0_0.tigerbeetle && tigerbeetle start --addresses=3000 --development 0_0.tigerbeetle`):
     TB_ADDRESSES=3000 DIFF_SEEDS=10 DIFF_BATCHES=2000 .venv/bin/python -m pytest \\
