@@ -419,6 +419,14 @@ class Generator:
         return t
 
     def _transfer(self) -> Transfer:
+        t = self._transfer_any()
+        if t.flags & F.PENDING and 0 < t.timeout < TIMEOUT_FAR_SECONDS:
+            # Resubmissions and invalid fields can make a pending transfer with a short timeout; one
+            # that expired mid-run would race the backends' pulses (see TIMEOUT_FAR_SECONDS).
+            t.timeout = TIMEOUT_FAR_SECONDS
+        return t
+
+    def _transfer_any(self) -> Transfer:
         rng = self.rng
         kind = _pick(rng, _TRANSFER_KINDS)
         if kind == "pending":
@@ -621,6 +629,8 @@ class Generator:
                 continue
             if choice < 0.1:
                 t.flags = int(t.flags) & ~int(F.IMPORTED)  # imported_event_expected (or _not_expected first).
+                # First in the batch, it is created: a short timeout would expire mid-run.
+                t.timeout = 0
                 specs.append(TransferSpec(t))
                 continue
             if choice < 0.14:

@@ -67,6 +67,7 @@ from facade.engine.types import (
 
 from ._generator import (
     ACCOUNT_IDS_UNKNOWN,
+    TIMEOUT_FAR_SECONDS,
     Batch,
     BatchKind,
     Generator,
@@ -165,6 +166,8 @@ class Model:
             self.closed_at_creation.add(a.id)
 
     def transfer_created(self, t: Transfer) -> None:
+        # The model knows no expiry: a pending transfer that could expire during a run is a generator bug.
+        assert t.timeout == 0 or t.timeout >= TIMEOUT_FAR_SECONDS, f"expiring pending transfer generated: {t}"
         dr, cr = self.balances[t.debit_account_id], self.balances[t.credit_account_id]
         assert self.ledger[t.debit_account_id] == self.ledger[t.credit_account_id] == t.ledger
         if t.flags & F.PENDING:
