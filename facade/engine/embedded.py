@@ -49,8 +49,8 @@ from facade.engine.types import (
     ChangeEventsFilter,
     CreateAccountResult,
     CreateTransferResult,
-    FieldRangeError,
     QueryFilter,
+    TooMuchDataError,
     Transfer,
     validate_ids,
 )
@@ -196,7 +196,7 @@ class EmbeddedLedger:
 
     def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         if len(accounts) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not accounts:
             return []
         body = encode_accounts(accounts)
@@ -217,7 +217,7 @@ class EmbeddedLedger:
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
         if len(transfers) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
             return []
         body = encode_transfers(transfers)

@@ -8,8 +8,9 @@ Contract, for both backends:
 - `create_*` return one result per event, in event order (TigerBeetle 0.17's dense results), and return
   only after the batch is durable. A batch holds at most BATCH_EVENTS_MAX events.
 - Reads are strongly consistent: they see every write acknowledged before they were issued.
-- An argument that cannot be encoded (a u128 field above 2^128-1, a batch too large) raises
-  FieldRangeError and nothing is written.
+- An argument that cannot be encoded (a u128 field above 2^128-1) raises FieldRangeError and nothing
+  is written. More than one request or reply holds (a batch above BATCH_EVENTS_MAX events, a query
+  `limit` above QUERY_LIMIT_MAX) raises its subclass TooMuchDataError, as the official client does.
 """
 
 from __future__ import annotations
