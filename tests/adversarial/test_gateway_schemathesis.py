@@ -50,6 +50,9 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
 
+HTTP_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "upgrade"})
+
+
 def _fuzz(
     operation: schemathesis.APIOperation[Any, Any, Any, Any],
     mode: GenerationMode,
@@ -73,6 +76,10 @@ def _fuzz(
     @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     def run(case: schemathesis.Case[Any]) -> None:
         tally.cases += 1
+        # Framing headers make an invalid HTTP message, not an invalid API request: the HTTP server (h11)
+        # answers those itself (400 text/plain) before the application, so they are outside the contract.
+        for name in [name for name in case.headers if name.lower() in HTTP_FRAMING_HEADERS]:
+            del case.headers[name]
         # A valid token, except where a negative case left the header out (then 401 is the refusal).
         if mode == GenerationMode.POSITIVE or "Authorization" in case.headers:
             case.headers["Authorization"] = authorization
