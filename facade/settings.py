@@ -243,6 +243,11 @@ class ClickHouseSettings(BaseModel):
         description="`ledger serve` also runs the projector from the engine's change feed. Required with chDB "
         "(one process per directory); false on façades that query a ClickHouse server fed by `ledger project`.",
     )
+    projector_process: bool = Field(
+        default=True,
+        description="chDB backend: chDB, the projector and the History queries run in a child process `ledger serve` "
+        "supervises, so projection never competes with writes for the interpreter; false = in the service's process.",
+    )
 
 
 class ConsistencySettings(BaseModel):

@@ -25,12 +25,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes import checkpoint as checkpoints
 from facade.changes.chain import Link
 from facade.changes.checkpoint import START, Checkpoint
-from facade.changes.poller import ChangeCapture, MetadataSource
+from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource
 from facade.engine.protocol import Engine
 from facade.observability import metrics
 from projections import rows, schema
@@ -39,6 +40,11 @@ from projections.queries import to_int, to_str
 
 BATCH_ENTRIES_MAX = 2 * 8189
 """Most entries per publish: change capture's largest batch (8189 changes, two sides each)."""
+
+PROJECTION_POLL_INTERVAL_SECONDS = 0.25
+"""How long change capture into the read model waits after a batch that was not full. Each insert
+costs per batch (three table inserts, new parts, later merges), so a few large batches a second
+instead of a hundred small ones; the projection lag grows by at most this much."""
 
 Key = tuple[int, int]
 """A row's identity in its table: (account_id, engine_timestamp); (0, engine_timestamp) for transactions."""
@@ -165,9 +171,15 @@ class Projector:
         return Checkpoint(timestamp_last=to_int(timestamp), link=link)
 
 
+class ProjectionSink(EntrySink, Protocol):
+    """A projector in this process (Projector) or in the read model's own process (RemoteProjector)."""
+
+    def resume_checkpoint(self) -> Checkpoint: ...
+
+
 def change_capture(
     engine: Engine,
-    projector: Projector,
+    projector: ProjectionSink,
     checkpoint_path: Path,
     metadata: MetadataSource | None = None,
     batch_changes_max: int | None = None,
@@ -176,6 +188,11 @@ def change_capture(
     ClickHouse holds: the checkpoint file is rewritten from the read model before capture starts, so
     the two can never disagree (the read model is the truth; the file only serves the poller)."""
     checkpoints.save(checkpoint_path, projector.resume_checkpoint())
-    if batch_changes_max is None:
-        return ChangeCapture(engine, projector, checkpoint_path, metadata)
-    return ChangeCapture(engine, projector, checkpoint_path, metadata, batch_changes_max=batch_changes_max)
+    return ChangeCapture(
+        engine,
+        projector,
+        checkpoint_path,
+        metadata,
+        batch_changes_max=BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max,
+        poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
+    )

@@ -229,7 +229,8 @@ class LedgerServer:
         except OSError:
             return None
         for line in text.splitlines():
-            if line.startswith('ledger_change_capture_lag_seconds{sink="Projector"}'):
+            # The projector's sink: Projector in the service's process, RemoteProjector in its own.
+            if line.startswith("ledger_change_capture_lag_seconds{") and 'Projector"}' in line:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
