@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import enum
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -41,10 +42,10 @@ from typing import Any
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.chain import Link
 from facade.changes.checkpoint import Checkpoint
-from facade.changes.entries import build_entries
 from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEvent, ChangeEventType
 from facade.settings import ClickHouseSettings
+from projections._change_rows import change_rows
 from projections.client import ClickHouseError, Parameters, Row, open_client
 from projections.projector import Projector
 
@@ -55,6 +56,9 @@ START_TIMEOUT_SECONDS = 120.0
 CALL_TIMEOUT_SECONDS = 120.0
 """The longest one request may take (a full batch insert, a reconciliation over the whole model)."""
 STOP_TIMEOUT_SECONDS = 30.0
+NICE_INCREMENT = 5
+"""The child runs at a lower CPU priority: when the cores are saturated, writes get them first and the
+projection lags instead (it catches up in the next quiet moment; its lag is exported)."""
 
 
 class _Op(enum.Enum):
@@ -125,15 +129,11 @@ def _decode_changes(changes: _Changes) -> tuple[list[ChangeEvent], dict[int, ent
 
 
 def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
-    """Builds and chains the entries of `changes` (as change capture would) and projects them."""
+    """Builds and chains the rows of `changes` (as change capture and the projector would, without
+    LedgerEntry messages in between: projections._change_rows) and projects them."""
     events, metadata = _decode_changes(changes)
-    link = previous
-    entries: list[entries_pb2.LedgerEntry] = []
-    for event in events:
-        debit, credit, link = build_entries(event, metadata.get(event.transfer.id), link)
-        entries.append(debit)
-        entries.append(credit)
-    projector.project(entries)
+    found, link = change_rows(events, metadata, previous)
+    projector.project_rows(found)
     assert link.sequence == previous.sequence + len(events)
     return link
 
@@ -148,6 +148,7 @@ def _child(connection: Connection, settings: ClickHouseSettings) -> None:
     """The child's loop: one request, one reply, until CLOSE or the service goes away."""
     # Ctrl-C reaches the whole process group: the service stops the child itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICE_INCREMENT)
     try:
         client = open_client(settings)
         projector = Projector(client)

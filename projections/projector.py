@@ -35,6 +35,7 @@ from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, M
 from facade.engine.protocol import Engine
 from facade.observability import metrics
 from projections import rows, schema
+from projections._change_rows import ChangeRows
 from projections.client import ClickHouseClient
 from projections.queries import to_int, to_str
 
@@ -124,14 +125,39 @@ class Projector:
                 batches[_BALANCES.name].setdefault((account, timestamp), balance)
             if entry.side == entries_pb2.DEBIT:
                 batches[_TRANSACTIONS.name].setdefault((0, timestamp), rows.transaction_row(entry))
+        newest = max(entry.engine_timestamp for entry in entries)
+        return self._insert_batches(batches, newest, len(entries))
+
+    def project_rows(self, changes: Sequence[ChangeRows]) -> int:
+        """`project` for rows built straight from engine changes (projections._change_rows, the read
+        model's own process): the same tables, keys and redelivery rules."""
+        assert 2 * len(changes) <= BATCH_ENTRIES_MAX, f"{len(changes)} changes > BATCH_ENTRIES_MAX / 2"
+        if not changes:
+            return 0
+        entries: dict[Key, str] = {}
+        balances: dict[Key, str] = {}
+        transactions: dict[Key, str] = {}
+        for change in changes:
+            timestamp = change.engine_timestamp
+            entries.setdefault((change.debit_account_id, timestamp), change.debit_entry)
+            entries.setdefault((change.credit_account_id, timestamp), change.credit_entry)
+            if change.debit_balance is not None:
+                balances.setdefault((change.debit_account_id, timestamp), change.debit_balance)
+            if change.credit_balance is not None:
+                balances.setdefault((change.credit_account_id, timestamp), change.credit_balance)
+            transactions.setdefault((0, timestamp), change.transaction)
+        batches = {_ENTRIES.name: entries, _BALANCES.name: balances, _TRANSACTIONS.name: transactions}
+        newest = max(change.engine_timestamp for change in changes)
+        return self._insert_batches(batches, newest, 2 * len(changes))
+
+    def _insert_batches(self, batches: dict[str, dict[Key, str]], newest: int, entries_count: int) -> int:
         inserted = 0
         with self._lock:
             for table in _INSERT_ORDER:
                 inserted += self._insert_fresh(table, batches[table.name])
-            newest = max(entry.engine_timestamp for entry in entries)
             self.last_engine_timestamp = max(self.last_engine_timestamp, newest)
             self.stats.batches += 1
-            self.stats.entries_received += len(entries)
+            self.stats.entries_received += entries_count
         metrics.projection_lag_seconds.set(self.lag_seconds)
         return inserted
 

@@ -3,6 +3,7 @@ chained the same way, as the in-process projector; a killed child is restarted a
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from pathlib import Path
@@ -17,9 +18,12 @@ from projections.read_model import ReadModel
 from tests.projections.conftest import Metadata, Workload, drain
 
 ROWS = (
-    "SELECT engine_timestamp, chain_sequence, chain_hash, transfer_id, correlation_id FROM transactions "
-    "ORDER BY engine_timestamp"
+    "SELECT * FROM entries ORDER BY account_id, engine_timestamp",
+    "SELECT * FROM balances ORDER BY account_id, engine_timestamp",
+    "SELECT * FROM transactions ORDER BY engine_timestamp",
 )
+"""Every column of every table: the child builds rows straight from changes (projections._change_rows),
+the reference from LedgerEntry messages (projections.rows); they must agree byte for byte."""
 COUNTS = "SELECT (SELECT count() FROM entries), (SELECT count() FROM transactions), (SELECT count() FROM balances)"
 
 
@@ -41,7 +45,7 @@ async def test_child_projects_what_the_in_process_projector_projects(
         assert model.process is not None and model.process.pid not in (None, os.getpid())
         assert model.capture is not None
         assert await drain(model.capture) == 3 * 8
-        remote = await model.query(lambda client: rows(client, ROWS))
+        remote = [await model.query(functools.partial(rows, sql=sql)) for sql in ROWS]
         remote_counts = await model.query(lambda client: rows(client, COUNTS))
     finally:
         await model.close()
@@ -49,7 +53,8 @@ async def test_child_projects_what_the_in_process_projector_projects(
     reference = ChdbClient(tmp_path / "reference", "ledger")
     try:
         assert await drain(change_capture(engine, Projector(reference), tmp_path / "ref.json", metadata)) == 3 * 8
-        assert remote == rows(reference, ROWS)
+        assert remote == [rows(reference, sql) for sql in ROWS]
+        assert all(remote)
         assert remote_counts == rows(reference, COUNTS) == [[48, 24, 48]]
     finally:
         reference.close()
