@@ -20,8 +20,9 @@ to the no-op baseline and to PostgreSQL from the same run rather than absolute n
 
     python scripts/bench_api.py [--seconds 3] [--profile DIR]
 
---profile DIR records the defaults server with py-spy (a flame graph per configuration, when py-spy can
-attach) or else runs it under cProfile (a .prof file written when the server stops).
+--profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
+the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
+event loop's thread only, written when the server stops).
 """
 
 from __future__ import annotations
@@ -207,19 +208,31 @@ class LedgerServer:
         command = [str(beside) if beside.exists() else shutil.which("ledger") or "ledger", "serve"]
         self._spy: subprocess.Popen[bytes] | None = None
         self._profile_name = config.label.replace(" ", "-")
-        py_spy = shutil.which("py-spy")
+        py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         if profile_dir is not None and py_spy is None:
             profile_path = profile_dir / f"{self._profile_name}.prof"
             command = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "facade.cli", "serve"]
             print(f"profiling with cProfile into {profile_path}", file=sys.stderr)
         self.process = subprocess.Popen(command, env=env, cwd=self.data, stdout=subprocess.DEVNULL)
         if profile_dir is not None and py_spy is not None:
-            svg = profile_dir / f"{self._profile_name}.svg"
+            # Collapsed stacks (one "frame;frame;... samples" line per stack): greppable, and
+            # speedscope or flamegraph.pl draw them. The read model's child process is included.
+            folded = profile_dir / f"{self._profile_name}.folded"
             self._spy = subprocess.Popen(
-                [py_spy, "record", "--pid", str(self.process.pid), "--subprocesses", "--output", str(svg)],
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(self.process.pid),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(folded),
+                ],
                 stdout=subprocess.DEVNULL,
             )
-            print(f"profiling with py-spy into {svg}", file=sys.stderr)
+            print(f"profiling with py-spy into {folded}", file=sys.stderr)
 
     def projection_lag_seconds(self) -> float | None:
         """The change-capture lag the projector last reported (now minus the newest change inserted)."""
