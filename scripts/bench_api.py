@@ -142,6 +142,7 @@ async def load(
     latencies: list[float] = []
     done = 0
     errors = 0
+    error_kinds: dict[str, int] = {}
     stop_at = time.perf_counter() + seconds
 
     async def worker(index: int) -> None:
@@ -152,8 +153,10 @@ async def load(
             try:
                 completed = await call(index, n)  # Not `done += await ...`: that reads `done` before awaiting.
                 done += completed
-            except Exception:  # An error counts and the worker goes on (AioRpcError, psycopg errors).
+            except Exception as error:  # An error counts and the worker goes on (AioRpcError, psycopg errors).
                 errors += 1
+                kind = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+                error_kinds[kind] = error_kinds.get(kind, 0) + 1
             latencies.append(time.perf_counter() - started)
             n += 1
 
@@ -162,6 +165,8 @@ async def load(
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
     result = Result(name, concurrency, done / elapsed, latencies, errors)
+    if error_kinds:
+        result.notes.append("errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items())))
     if cpu_pid is not None and done:
         result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
     return result
