@@ -75,9 +75,15 @@ class ChangeCapture:
         batch_changes_max: int = BATCH_CHANGES_MAX,
         *,
         poll_interval_seconds: float = POLL_INTERVAL_SECONDS,
+        small_batch_changes: int = 0,
+        small_batch_wait_seconds: float = 0.0,
     ) -> None:
         assert 0 < batch_changes_max <= 8189
         assert 0 < poll_interval_seconds <= POLL_INTERVAL_SECONDS_MAX
+        assert 0 <= small_batch_changes <= batch_changes_max
+        assert (
+            small_batch_changes == 0 or poll_interval_seconds <= small_batch_wait_seconds <= POLL_INTERVAL_SECONDS_MAX
+        )
         self._engine = engine
         self._sink = sink
         self._checkpoint_path = checkpoint_path
@@ -86,6 +92,10 @@ class ChangeCapture:
         self._poll_interval_seconds = poll_interval_seconds
         """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
         whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
+        self._small_batch_changes = small_batch_changes
+        self._small_batch_wait_seconds = small_batch_wait_seconds
+        """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
+        instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
         self._change_sink = sink if isinstance(sink, ChangeSink) else None
         self._sink_name = type(sink).__name__
@@ -148,4 +158,7 @@ class ChangeCapture:
             backoff = RETRY_BACKOFF_MIN_SECONDS
             if published < self._batch_changes_max:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._poll_interval_seconds)
+                    wait_seconds = self._poll_interval_seconds
+                    if published < self._small_batch_changes:
+                        wait_seconds = self._small_batch_wait_seconds
+                    await asyncio.wait_for(stop.wait(), wait_seconds)
