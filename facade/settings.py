@@ -114,6 +114,16 @@ class ObservabilitySettings(BaseModel):
         default=9464, ge=-1, le=65535, description="Ops HTTP: /metrics, /healthz, /readyz; 0 = any free port, -1 = off."
     )
     otlp_endpoint: str = Field(default="", description="OTLP/gRPC trace exporter endpoint; empty = off.")
+    rpc_log_sample_every: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Per-RPC log line at INFO for 1 call in N that succeeded quickly (1 = every call); failed "
+        "and slow calls always get one, the others are logged at DEBUG.",
+    )
+    rpc_log_slow_ms: int = Field(
+        default=100, ge=0, le=3_600_000, description="An RPC at least this slow always gets its INFO log line."
+    )
 
 
 class CurrencySettings(BaseModel):
@@ -274,6 +284,11 @@ class ClickHouseSettings(BaseModel):
         default=True,
         description="`ledger serve` also runs the projector from the engine's change feed. Required with chDB "
         "(one process per directory); false on façades that query a ClickHouse server fed by `ledger project`.",
+    )
+    projector_process: bool = Field(
+        default=True,
+        description="chDB backend: chDB, the projector and the History queries run in a child process `ledger serve` "
+        "supervises, so projection never competes with writes for the interpreter; false = in the service's process.",
     )
 
 

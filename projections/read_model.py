@@ -6,8 +6,11 @@ single-thread executor. chDB sessions are not safe to share across threads, and 
 never block on a query; one thread gives both, and ClickHouse does the parallel work inside a query.
 
 Where the projector runs:
-- embedded default (chDB): in the service (`clickhouse.project_in_service`), because chDB opens its
-  directory in one process only; the service is the read model's only writer;
+- embedded default (chDB): supervised by the service (`clickhouse.project_in_service`), because chDB
+  opens its directory in one process only; the service is the read model's only writer. With
+  `clickhouse.projector_process` (the default) chDB, the projector and the queries live in a child
+  process (projections._process) so projection never competes with writes for the interpreter;
+  otherwise on this thread in the service's own process;
 - ClickHouse server: in its own process (`ledger project`), with `project_in_service=false` on every
   façade, which then only query.
 """
@@ -23,8 +26,9 @@ from typing import TypeVar
 from facade.changes.poller import ChangeCapture, MetadataSource
 from facade.engine.protocol import Engine
 from facade.settings import ClickHouseSettings
+from projections._process import ProjectionProcess, RemoteClient, RemoteProjector
 from projections.client import ClickHouseClient, open_client
-from projections.projector import Projector, change_capture
+from projections.projector import ProjectionSink, Projector, change_capture
 from projections.queries import projected_timestamp
 
 T = TypeVar("T")
@@ -34,7 +38,9 @@ class ReadModel:
     def __init__(self, client: ClickHouseClient, executor: ThreadPoolExecutor) -> None:
         self._client = client
         self._executor = executor
-        self.projector: Projector | None = None
+        self.projector: ProjectionSink | None = None
+        self.process: ProjectionProcess | None = None
+        """The child that owns chDB (clickhouse.projector_process), else None."""
         self._capture: ChangeCapture | None = None
 
     @classmethod
@@ -43,16 +49,33 @@ class ReadModel:
     ) -> ReadModel:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         loop = asyncio.get_running_loop()
+        if settings.backend == "chdb" and settings.projector_process:
+            process = ProjectionProcess(settings)
+            await loop.run_in_executor(executor, process.start)
+            model = cls(RemoteClient(process, settings.database), executor)
+            model.process = process
+            if settings.project_in_service:
+                remote = RemoteProjector(process, executor)
+                model.projector = remote
+                model._capture = await loop.run_in_executor(
+                    executor, lambda: change_capture(engine, remote, settings.projector_checkpoint, metadata)
+                )
+            return model
         client = await loop.run_in_executor(executor, open_client, settings)
         model = cls(client, executor)
         if settings.project_in_service:
             # Projector() creates the tables and reads their high-water marks: ClickHouse calls.
-            model.projector = await loop.run_in_executor(executor, lambda: Projector(client, executor=executor))
-            projector = model.projector
+            projector = await loop.run_in_executor(executor, lambda: Projector(client, executor=executor))
+            model.projector = projector
             model._capture = await loop.run_in_executor(
                 executor, lambda: change_capture(engine, projector, settings.projector_checkpoint, metadata)
             )
         return model
+
+    @property
+    def capture(self) -> ChangeCapture | None:
+        """Change capture into this read model (None without a projector)."""
+        return self._capture
 
     async def query(self, function: Callable[[ClickHouseClient], T]) -> T:
         """Runs `function(client)` on the client's thread."""

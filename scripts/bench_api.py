@@ -1,25 +1,36 @@
 #!/usr/bin/env python3
-"""Benchmark the gRPC API end to end: durable transactions/s and latency percentiles.
+"""Benchmark the gRPC API end to end as users run it: durable tx/s, latency, server CPU per transaction.
 
-Starts `ledger serve` (embedded engine, fresh temp data dir) in its own process and a no-op grpc.aio
-server (same protocol, handler returns at once) as the baseline, then drives both from this process
-with asyncio clients over loopback:
+One run measures, from this one client process over loopback:
 
-- unary:  PostTransaction, one transaction per RPC, at several concurrency levels;
-- batch:  PostTransactions, N transactions per RPC;
-- stream: StreamTransactions (bidirectional), one transaction per message.
+- "defaults": `ledger serve` exactly as `scripts/run.sh` starts it (read model on, projector in the
+  service, JSON gateway on, metrics on, logs at INFO); only the ports (free ones) and the data
+  directory (a fresh temp dir, the server's working directory) differ;
+- "read model off": the same with `clickhouse.serve_history=false` (the write path alone), labelled;
+- the no-op grpc.aio server (same protocol, the handler returns at once): what gRPC itself costs here;
+- the PostgreSQL peer: a plain double-entry ledger (accounts(id, balance) + transfers, row locks, one
+  database transaction per transfer, fsync on) on a throwaway cluster this script starts with
+  initdb/pg_ctl (binaries from scripts/install_postgres.sh), driven by psycopg 3 async with the same
+  concurrency and the same transfers.
 
-Every write is acknowledged only after the engine and the metadata store fsynced it. Latency is per
-RPC (per message for the stream). The no-op ratio says how much of the single-RPC cost is gRPC itself
-on this machine. Client and server share the machine's 2 cores, so absolute numbers are a floor.
+Server CPU µs/tx is the growth of utime+stime (/proc/<pid>/stat) of the server's whole process tree over
+a row, divided by the transactions it acknowledged. Every write is acknowledged only after it is durable.
+Client and servers share the machine's cores (and on a shared machine, other load): compare the ratios
+to the no-op baseline and to PostgreSQL from the same run rather than absolute numbers across runs.
 
-    python scripts/bench_api.py [--seconds 5]
+    python scripts/bench_api.py [--seconds 3] [--profile DIR]
+
+--profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
+the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
+event loop's thread only, written when the server stops).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import glob
 import os
 import shutil
 import socket
@@ -27,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +53,18 @@ from facade.settings import AuthSettings
 
 ACCOUNTS = 64
 SERVER_START_TIMEOUT_SECONDS = 60.0
+SERVER_STOP_TIMEOUT_SECONDS = 60.0
 FLOOR_TX_PER_SECOND = 10_000
 FLOOR_LATENCY_SECONDS_P99 = 0.100
+STREAM_READ_AHEAD_MAX = 512
+LAG_SAMPLE_INTERVAL_SECONDS = 0.1
+CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+
+UNARY_CONCURRENCY = (16, 64)
+BATCHES = ((100, 4), (1000, 4))
+"""(transactions per RPC, concurrent RPCs)."""
+STREAMS = 16
 
 
 def free_port() -> int:
@@ -56,22 +79,70 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-class NoopLedger(rpc.LedgerServicer):
-    async def PostTransaction(self, _request: Any, _context: Any) -> pb.Transaction:  # noqa: N802
-        return pb.Transaction()
+def tree_cpu_seconds(root_pid: int) -> float:
+    """utime+stime of `root_pid` and every live descendant (the projector child, PostgreSQL backends)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            stat = Path(stat_path).read_text()
+            # The command name is in parentheses and may hold spaces: split after its closing one.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            pid = int(stat_path.split("/")[2])
+            children.setdefault(int(fields[1]), []).append(pid)
+            times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+    total = 0.0
+    pending = [root_pid]
+    while pending:
+        pid = pending.pop()
+        total += times.get(pid, 0.0)
+        pending.extend(children.get(pid, []))
+    return total
 
 
-async def wait_ready(channel: grpc.aio.Channel) -> None:
-    await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
+@dataclass(slots=True)
+class Result:
+    name: str
+    concurrency: int
+    rate: float
+    latencies: list[float]
+    errors: int
+    cpu_us_per_tx: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def print_header() -> None:
+    header = f"{'case':<52}{'conc':>5}{'tx/s':>10}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'CPU µs/tx':>10}"
+    print(f"{header}{'errors':>7}{'vs no-op':>9}{'vs PG':>7}  notes")
+    print("-" * 134)
+
+
+def print_row(result: Result, noop_rate: float | None = None, peer_rate: float | None = None) -> None:
+    lat = result.latencies
+    cpu = f"{result.cpu_us_per_tx:,.0f}" if result.cpu_us_per_tx is not None else "-"
+    vs_noop = f"{result.rate / noop_rate:.2f}x" if noop_rate else ""
+    vs_peer = f"{result.rate / peer_rate:.2f}x" if peer_rate else ""
+    print(
+        f"{result.name:<52}{result.concurrency:>5}{result.rate:>10,.0f}{percentile(lat, 0.5) * 1e3:>8.1f}"
+        f"{percentile(lat, 0.95) * 1e3:>8.1f}{percentile(lat, 0.99) * 1e3:>8.1f}{cpu:>10}{result.errors:>7}"
+        f"{vs_noop:>9}{vs_peer:>7}  {'; '.join(result.notes)}",
+        flush=True,
+    )
 
 
 async def load(
-    seconds: float, concurrency: int, call: Callable[[int, int], Awaitable[int]]
-) -> tuple[float, list[float], int]:
-    """Runs `concurrency` workers calling call(worker, n) for `seconds`; returns (tx/s, latencies, errors)."""
+    name: str,
+    seconds: float,
+    concurrency: int,
+    call: Callable[[int, int], Awaitable[int]],
+    *,
+    cpu_pid: int | None = None,
+) -> Result:
+    """Runs `concurrency` workers calling call(worker, n) for `seconds`; n counts each worker's calls."""
     latencies: list[float] = []
     done = 0
     errors = 0
+    error_kinds: dict[str, int] = {}
     stop_at = time.perf_counter() + seconds
 
     async def worker(index: int) -> None:
@@ -82,167 +153,246 @@ async def load(
             try:
                 completed = await call(index, n)  # Not `done += await ...`: that reads `done` before awaiting.
                 done += completed
-            except grpc.aio.AioRpcError:
+            except Exception as error:  # An error counts and the worker goes on (AioRpcError, psycopg errors).
                 errors += 1
+                kind = error.code().name if isinstance(error, grpc.aio.AioRpcError) else type(error).__name__
+                error_kinds[kind] = error_kinds.get(kind, 0) + 1
             latencies.append(time.perf_counter() - started)
             n += 1
 
+    cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return done / (time.perf_counter() - started), latencies, errors
+    elapsed = time.perf_counter() - started
+    result = Result(name, concurrency, done / elapsed, latencies, errors)
+    if error_kinds:
+        result.notes.append("errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items())))
+    if cpu_pid is not None and done:
+        result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
+    return result
 
 
-def row(name: str, concurrency: int, rate: float, latencies: list[float], errors: int, ratio: str = "") -> str:
-    return (
-        f"{name:<34}{concurrency:>6}{rate:>12,.0f}{percentile(latencies, 0.5) * 1e3:>9.2f}"
-        f"{percentile(latencies, 0.95) * 1e3:>9.2f}{percentile(latencies, 0.99) * 1e3:>9.2f}{errors:>8}{ratio:>10}"
-    )
+def transfer_pair(n: int) -> tuple[int, int]:
+    """The (source, destination) account indexes of the n-th transfer, the same for every ledger."""
+    source, destination = n % ACCOUNTS, (n * 7 + 1) % ACCOUNTS
+    if source == destination:
+        destination = (n + 1) % ACCOUNTS
+    return source, destination
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")
-    parser.add_argument("--read-model", action="store_true", help="run the ClickHouse projector in the server too")
-    args = parser.parse_args()
-    seconds = args.seconds
+# --- The ledger service --------------------------------------------------------------------------------
 
-    # Baseline: a no-op grpc.aio server in this process's event loop... would share the client's
-    # loop, so it runs in a subprocess like the real one.
-    noop_port = free_port()
-    noop = subprocess.Popen([sys.executable, __file__, "--noop-server", str(noop_port)])
-    data = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    port = free_port()
-    env = dict(
-        os.environ,
-        LEDGER_API__PORT=str(port),
-        LEDGER_ENGINE__DATA_DIR=str(data / "engine"),
-        LEDGER_API__METADATA_DB=str(data / "metadata.sqlite3"),
-        LEDGER_OBSERVABILITY__METRICS_PORT="-1",
-        LEDGER_API__HTTP_PORT="-1",
-        LEDGER_OBSERVABILITY__LOG_LEVEL="WARNING",
-        LEDGER_CLICKHOUSE__CHDB_PATH=str(data / "clickhouse"),
-        LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT=str(data / "projector.json"),
-        # The write path alone by default; --read-model adds the in-service projector's CPU.
-        LEDGER_CLICKHOUSE__SERVE_HISTORY="true" if args.read_model else "false",
-    )
-    server = subprocess.Popen([shutil.which("ledger") or "ledger", "serve"], env=env)
-    token = issue_token(AuthSettings(), "bench", SCOPES_ALL)
-    floor_met: list[str] = []
-    admin = (("authorization", f"Bearer {token}"),)
+
+@dataclass(slots=True, frozen=True)
+class Config:
+    label: str
+    env: dict[str, str]
+
+
+CONFIGS = (
+    Config("defaults", {}),  # What scripts/run.sh runs.
+    Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}),
+)
+
+
+class LedgerServer:
+    """`ledger serve` in a fresh working directory: its default relative data paths land in there."""
+
+    def __init__(self, config: Config, profile_dir: Path | None) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="bench-api-"))
+        self.port = free_port()
+        self.metrics_port = free_port()
+        env = dict(
+            os.environ,
+            LEDGER_API__PORT=str(self.port),
+            LEDGER_API__HTTP_PORT=str(free_port()),
+            LEDGER_OBSERVABILITY__METRICS_PORT=str(self.metrics_port),
+            **config.env,
+        )
+        beside = Path(sys.executable).parent / "ledger"  # The virtualenv's console script, activated or not.
+        command = [str(beside) if beside.exists() else shutil.which("ledger") or "ledger", "serve"]
+        self._spy: subprocess.Popen[bytes] | None = None
+        self._profile_name = config.label.replace(" ", "-")
+        py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        if profile_dir is not None and py_spy is None:
+            profile_path = profile_dir / f"{self._profile_name}.prof"
+            command = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "facade.cli", "serve"]
+            print(f"profiling with cProfile into {profile_path}", file=sys.stderr)
+        self.process = subprocess.Popen(command, env=env, cwd=self.data, stdout=subprocess.DEVNULL)
+        if profile_dir is not None and py_spy is not None:
+            # Collapsed stacks (one "frame;frame;... samples" line per stack): greppable, and
+            # speedscope or flamegraph.pl draw them. The read model's child process is included.
+            folded = profile_dir / f"{self._profile_name}.folded"
+            self._spy = subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(self.process.pid),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(folded),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            print(f"profiling with py-spy into {folded}", file=sys.stderr)
+
+    def projection_lag_seconds(self) -> float | None:
+        """The change-capture lag the projector last reported (now minus the newest change inserted)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            # The projector's sink: Projector in the service's process, RemoteProjector in its own.
+            if line.startswith("ledger_change_capture_lag_seconds{") and 'Projector"}' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(SERVER_STOP_TIMEOUT_SECONDS)
+        if self._spy is not None:
+            self._spy.wait(SERVER_STOP_TIMEOUT_SECONDS)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lag_sampler(server: LedgerServer, samples: list[float]) -> Iterator[None]:
+    """Samples the projector's lag every LAG_SAMPLE_INTERVAL_SECONDS in a thread while the block runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(LAG_SAMPLE_INTERVAL_SECONDS):
+            lag = server.projection_lag_seconds()
+            if lag is not None:
+                samples.append(lag)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def transaction(accounts: list[str], key: str, n: int) -> pb.PostTransactionRequest:
+    source, destination = transfer_pair(n)
+    return pb.PostTransactionRequest(
+        idempotency_key=key,
+        legs=[
+            pb.Leg(
+                type=pb.LEG_TYPE_TRANSFER, from_account_id=accounts[source], to_account_id=accounts[destination],
+                amount=str(1 + n % 1000), currency="USD",
+            )
+        ],
+        metadata=pb.TransactionMetadata(source="bench", correlation_id=key),
+    )  # fmt: skip
+
+
+async def stream_load(
+    name: str, seconds: float, streams: int, stub: Any, accounts: list[str], metadata: Any, *, cpu_pid: int
+) -> Result:
+    latencies: list[float] = []
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def run_stream(worker: int) -> None:
+        nonlocal done
+        sent: asyncio.Queue[float] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[pb.PostTransactionRequest]:
+            n = 0
+            while time.perf_counter() < stop_at:
+                while sent.qsize() > STREAM_READ_AHEAD_MAX:  # Bounded read-ahead, like a real client.
+                    await asyncio.sleep(0.001)
+                await sent.put(time.perf_counter())
+                yield transaction(accounts, f"s{name}-{worker}-{n}", n + worker)
+                n += 1
+
+        async for result in stub.StreamTransactions(requests(), metadata=metadata):
+            latencies.append(time.perf_counter() - sent.get_nowait())
+            done += 1 if result.HasField("transaction") else 0
+
+    cpu_before = tree_cpu_seconds(cpu_pid)
+    started = time.perf_counter()
+    await asyncio.gather(*(run_stream(i) for i in range(streams)))
+    result = Result("StreamTransactions (1 tx/msg)", streams, done / (time.perf_counter() - started), latencies, 0)
+    if done:
+        result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
+    return result
+
+
+async def bench_ledger(config: Config, seconds: float, profile_dir: Path | None) -> list[Result]:
+    server = LedgerServer(config, profile_dir)
+    admin = (("authorization", f"Bearer {issue_token(AuthSettings(), 'bench', SCOPES_ALL)}"),)
     # Writes as a payment service would: read + write only, so the account-ownership check runs.
     writer_token = issue_token(AuthSettings(), "bench", frozenset({SCOPE_READ, SCOPE_WRITE}))
     metadata = (("authorization", f"Bearer {writer_token}"),)
+    results: list[Result] = []
+    tag = config.label.replace(" ", "-")
     try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{noop_port}") as noop_channel,
-        ):
-            await wait_ready(channel)
-            await wait_ready(noop_channel)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
             stub: Any = rpc.LedgerStub(channel)
-            noop_stub: Any = rpc.LedgerStub(noop_channel)
-            accounts = []
+            accounts: list[str] = []
             for i in range(ACCOUNTS):
-                account = await stub.CreateAccount(
-                    pb.CreateAccountRequest(
-                        currency="USD", external_reference=f"acct-{i}", type=pb.ACCOUNT_TYPE_OVERDRAFT_ALLOWED
-                    ),
-                    metadata=admin,
+                request = pb.CreateAccountRequest(
+                    currency="USD", external_reference=f"acct-{i}", type=pb.ACCOUNT_TYPE_OVERDRAFT_ALLOWED
                 )
-                accounts.append(account.account_id)
-            case = 0
+                accounts.append((await stub.CreateAccount(request, metadata=admin)).account_id)
+            pid = server.process.pid
+            lag_samples: list[float] = []
+            with lag_sampler(server, lag_samples):
+                for concurrency in UNARY_CONCURRENCY:
 
-            def transaction(key: str, n: int) -> pb.PostTransactionRequest:
-                source, destination = accounts[n % ACCOUNTS], accounts[(n * 7 + 1) % ACCOUNTS]
-                if source == destination:
-                    destination = accounts[(n + 1) % ACCOUNTS]
-                return pb.PostTransactionRequest(
-                    idempotency_key=key,
-                    legs=[
-                        pb.Leg(
-                            type=pb.LEG_TYPE_TRANSFER, from_account_id=source, to_account_id=destination,
-                            amount=str(1 + n % 1000), currency="USD",
+                    async def unary_call(worker: int, n: int, concurrency: int = concurrency) -> int:
+                        key = f"{tag}-u{concurrency}-{worker}-{n}"
+                        await stub.PostTransaction(transaction(accounts, key, n + worker), metadata=metadata)
+                        return 1
+
+                    name = f"PostTransaction (1 tx/RPC) [{config.label}]"
+                    results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=pid))
+                for size, concurrency in BATCHES:
+
+                    async def batch_call(worker: int, n: int, size: int = size, concurrency: int = concurrency) -> int:
+                        request = pb.PostTransactionsRequest(
+                            transactions=[
+                                transaction(accounts, f"{tag}-b{size}x{concurrency}-{worker}-{n}-{i}", n * size + i)
+                                for i in range(size)
+                            ]
                         )
-                    ],
-                    metadata=pb.TransactionMetadata(source="bench", correlation_id=key),
-                )  # fmt: skip
+                        response = await stub.PostTransactions(request, metadata=metadata)
+                        return sum(1 for r in response.results if r.HasField("transaction"))
 
-            header = f"{'case':<34}{'conc':>6}{'tx/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-            print(f"{header}{'errors':>8}{'vs no-op':>10}")
-            print("-" * 97)
-            for concurrency in (16, 64, 256):
-                case += 1
-
-                async def noop_call(worker: int, n: int) -> int:
-                    await noop_stub.PostTransaction(transaction(f"noop-{worker}-{n}", n), metadata=metadata)
-                    return 1
-
-                async def unary_call(worker: int, n: int, case: int = case) -> int:
-                    await stub.PostTransaction(transaction(f"u{case}-{worker}-{n}", n + worker), metadata=metadata)
-                    return 1
-
-                noop_rate, noop_lat, noop_errors = await load(seconds, concurrency, noop_call)
-                rate, lat, errors = await load(seconds, concurrency, unary_call)
-                print(row("no-op grpc.aio unary (baseline)", concurrency, noop_rate, noop_lat, noop_errors))
-                print(row("PostTransaction (1 tx/RPC)", concurrency, rate, lat, errors, f"{rate / noop_rate:.2f}x"))
-            for batch_size, concurrency in ((100, 4), (100, 16), (1000, 4)):
-                case += 1
-
-                async def batch_call(worker: int, n: int, case: int = case, size: int = batch_size) -> int:
-                    request = pb.PostTransactionsRequest(
-                        transactions=[transaction(f"b{case}-{worker}-{n}-{i}", n * size + i) for i in range(size)]
-                    )
-                    response = await stub.PostTransactions(request, metadata=metadata)
-                    return sum(1 for r in response.results if r.HasField("transaction"))
-
-                rate, lat, errors = await load(seconds, concurrency, batch_call)
-                print(row(f"PostTransactions ({batch_size} tx/RPC)", concurrency, rate, lat, errors))
-                if rate >= FLOOR_TX_PER_SECOND and percentile(lat, 0.99) < FLOOR_LATENCY_SECONDS_P99 and not errors:
-                    floor_met.append(f"{batch_size} tx/RPC at concurrency {concurrency}: {rate:,.0f} tx/s")
-            for streams in (4, 16):
-                case += 1
-                stream_latencies: list[float] = []
-                stream_done = 0
-                stop_at = time.perf_counter() + seconds
-
-                async def run_stream(
-                    worker: int,
-                    case: int = case,
-                    stop_at: float = stop_at,
-                    stream_latencies: list[float] = stream_latencies,
-                ) -> None:
-                    nonlocal stream_done
-                    sent: asyncio.Queue[float] = asyncio.Queue()
-
-                    async def requests() -> AsyncIterator[pb.PostTransactionRequest]:
-                        n = 0
-                        while time.perf_counter() < stop_at:
-                            while sent.qsize() > 512:  # Bounded read-ahead, like a real client.
-                                await asyncio.sleep(0.001)
-                            await sent.put(time.perf_counter())
-                            yield transaction(f"s{case}-{worker}-{n}", n + worker)
-                            n += 1
-
-                    async for result in stub.StreamTransactions(requests(), metadata=metadata):
-                        stream_latencies.append(time.perf_counter() - sent.get_nowait())
-                        stream_done += 1 if result.HasField("transaction") else 0
-
-                started = time.perf_counter()
-                await asyncio.gather(*(run_stream(i) for i in range(streams)))
-                rate = stream_done / (time.perf_counter() - started)
-                print(row("StreamTransactions (1 tx/msg)", streams, rate, stream_latencies, 0))
+                    name = f"PostTransactions ({size} tx/RPC) [{config.label}]"
+                    results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=pid))
+                stream = await stream_load(tag, seconds, STREAMS, stub, accounts, metadata, cpu_pid=pid)
+                stream.name = f"{stream.name} [{config.label}]"
+                results.append(stream)
+            if lag_samples:
+                lag_note = (
+                    f"projection lag at insert p99 {percentile(lag_samples, 0.99):.2f} s, "
+                    f"max {max(lag_samples):.2f} s ({len(lag_samples)} samples)"
+                )
+                results[-1].notes.append(lag_note)
     finally:
-        server.terminate()
-        noop.terminate()
-        server.wait(30)
-        noop.wait(30)
-        shutil.rmtree(data, ignore_errors=True)
-    print()
-    verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"
-    floor = f"batched >= {FLOOR_TX_PER_SECOND:,} tx/s with p99 < {FLOOR_LATENCY_SECONDS_P99 * 1e3:.0f} ms"
-    print(f"Floor ({floor}): {verdict}")
-    print("Durable: every acknowledged transaction was fsynced by the engine journal and the metadata store.")
-    print("Client and servers share this machine's cores; conc = concurrent RPCs (streams for the stream rows).")
+        server.stop()
+    return results
+
+
+# --- The no-op baseline --------------------------------------------------------------------------------
+
+
+class NoopLedger(rpc.LedgerServicer):
+    async def PostTransaction(self, _request: Any, _context: Any) -> pb.Transaction:  # noqa: N802
+        return pb.Transaction()
 
 
 async def noop_server(port: int) -> None:
@@ -251,6 +401,174 @@ async def noop_server(port: int) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+async def bench_noop(seconds: float) -> list[Result]:
+    port = free_port()
+    # In its own process like the real server (in this one it would share the client's event loop).
+    process = subprocess.Popen([sys.executable, __file__, "--noop-server", str(port)])
+    results: list[Result] = []
+    accounts = [f"{i:032x}" for i in range(ACCOUNTS)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
+            stub: Any = rpc.LedgerStub(channel)
+            for concurrency in UNARY_CONCURRENCY:
+
+                async def noop_call(worker: int, n: int) -> int:
+                    await stub.PostTransaction(transaction(accounts, f"noop-{worker}-{n}", n))
+                    return 1
+
+                name = "no-op grpc.aio unary (baseline)"
+                results.append(await load(name, seconds, concurrency, noop_call, cpu_pid=process.pid))
+    finally:
+        process.terminate()
+        process.wait(SERVER_STOP_TIMEOUT_SECONDS)
+    return results
+
+
+# --- The PostgreSQL peer -------------------------------------------------------------------------------
+
+PG_SCHEMA = (
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL DEFAULT 0)",
+    "CREATE TABLE transfers (id bigserial PRIMARY KEY, idempotency_key text NOT NULL UNIQUE, "
+    "debit_account_id bigint NOT NULL REFERENCES accounts, credit_account_id bigint NOT NULL REFERENCES accounts, "
+    "amount bigint NOT NULL CHECK (amount > 0), created_at timestamptz NOT NULL DEFAULT now())",
+)
+PG_BATCHES = BATCHES[:1]
+"""The batch rows the peer runs too (a 1000-transfer call takes it seconds: longer than a row)."""
+PG_LOCK = "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+"""Both accounts locked in id order: concurrent transfers between the same pair never deadlock."""
+PG_INSERT = (
+    "INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount) VALUES (%s, %s, %s, %s)"
+)
+PG_DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
+PG_CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (fsync on, the defaults) in a temp dir on a free port."""
+
+    def __init__(self) -> None:
+        found = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "install_postgres.sh")], capture_output=True, text=True, check=True
+        )
+        bindir = Path(found.stdout.strip())
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.port = free_port()
+        # initdb refuses to run as root: run the cluster as the postgres user the Debian package created.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        data = self.directory / "data"
+        subprocess.run(
+            [*self._as, str(bindir / "initdb"), "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+        self._pg_ctl = [*self._as, str(bindir / "pg_ctl"), "-D", str(data)]
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300"
+        subprocess.run(
+            [*self._pg_ctl, "-o", options, "-l", str(self.directory / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        self.pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        self.dsn = f"host=127.0.0.1 port={self.port} user=bench dbname=postgres"
+
+    def stop(self) -> None:
+        subprocess.run([*self._pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def bench_postgres(seconds: float) -> list[Result]:
+    import psycopg
+
+    cluster = PostgresCluster()
+    results: list[Result] = []
+    try:
+        async with await psycopg.AsyncConnection.connect(cluster.dsn, autocommit=True) as setup:
+            for statement in PG_SCHEMA:
+                await setup.execute(statement)
+            await setup.execute("INSERT INTO accounts (id) SELECT generate_series(0, %s)", (ACCOUNTS - 1,))
+        concurrency_max = max(*UNARY_CONCURRENCY, *(c for _, c in PG_BATCHES))
+        connections = [await psycopg.AsyncConnection.connect(cluster.dsn) for _ in range(concurrency_max)]
+
+        async def post(connection: psycopg.AsyncConnection[Any], key: str, n: int) -> None:
+            source, destination = transfer_pair(n)
+            amount = 1 + n % 1000
+            async with connection.transaction():
+                await connection.execute(PG_LOCK, ([source, destination],))
+                await connection.execute(PG_INSERT, (key, source, destination, amount))
+                await connection.execute(PG_DEBIT, (amount, source))
+                await connection.execute(PG_CREDIT, (amount, destination))
+
+        try:
+            for concurrency in UNARY_CONCURRENCY:
+
+                async def unary_call(worker: int, n: int, concurrency: int = concurrency) -> int:
+                    await post(connections[worker], f"u{concurrency}-{worker}-{n}", n + worker)
+                    return 1
+
+                name = "PostgreSQL peer: 1 transfer per call"
+                results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=cluster.pid))
+            for size, concurrency in PG_BATCHES:
+
+                async def batch_call(worker: int, n: int, size: int = size, concurrency: int = concurrency) -> int:
+                    for i in range(size):  # One database transaction per transfer, like the ledger's results.
+                        await post(connections[worker], f"b{size}x{concurrency}-{worker}-{n}-{i}", n * size + i)
+                    return size
+
+                name = f"PostgreSQL peer: {size} transfers per call"
+                results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=cluster.pid))
+        finally:
+            for connection in connections:
+                await connection.close()
+    finally:
+        cluster.stop()
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR", help="profile the servers into DIR")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL peer")
+    args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    print_header()
+    noop = await bench_noop(args.seconds)
+    noop_rates = {result.concurrency: result.rate for result in noop}
+    for result in noop:
+        print_row(result)
+    peer: list[Result] = [] if args.no_postgres else await bench_postgres(args.seconds)
+    for result in peer:
+        print_row(result)
+    peer_unary = {result.concurrency: result.rate for result in peer[: len(UNARY_CONCURRENCY)]}
+    peer_batches = peer[len(UNARY_CONCURRENCY) :]
+    peer_batch = {
+        (size, result.concurrency): result.rate for (size, _), result in zip(PG_BATCHES, peer_batches, strict=False)
+    }
+    floor_met: list[str] = []
+    for config in CONFIGS:
+        results = await bench_ledger(config, args.seconds, args.profile)
+        unary, batches = results[: len(UNARY_CONCURRENCY)], results[len(UNARY_CONCURRENCY) : -1]
+        for result in unary:
+            print_row(result, noop_rates.get(result.concurrency), peer_unary.get(result.concurrency))
+        for (size, concurrency), result in zip(BATCHES, batches, strict=True):
+            print_row(result, None, peer_batch.get((size, concurrency)))
+            p99 = percentile(result.latencies, 0.99)
+            if result.rate >= FLOOR_TX_PER_SECOND and p99 < FLOOR_LATENCY_SECONDS_P99 and not result.errors:
+                floor_met.append(f"{config.label}, {size} tx/RPC x{concurrency}: {result.rate:,.0f} tx/s")
+        print_row(results[-1])
+    print()
+    verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"
+    floor = f"batched >= {FLOOR_TX_PER_SECOND:,} tx/s with p99 < {FLOOR_LATENCY_SECONDS_P99 * 1e3:.0f} ms"
+    print(f"Floor ({floor}): {verdict}")
+    print("Durable: every acknowledged ledger write was fsynced by the engine journal and the metadata store;")
+    print("every PostgreSQL transfer was committed with fsync on. CPU µs/tx: the server's process tree (/proc).")
+    print("Client and servers share this machine's cores; conc = concurrent calls (streams for the stream rows).")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from facade.api.asgi import AsgiServer, TlsFiles
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
-from facade.api.observe import ObservabilityInterceptor
+from facade.api.observe import ObservabilityInterceptor, RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
@@ -156,7 +156,11 @@ async def start(settings: Settings) -> RunningServer:
     service = LedgerService(engine, store, settings.api)
     await service.start()
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(), AuthInterceptor(authenticator), RequestGuardInterceptor()],
+        interceptors=[
+            ObservabilityInterceptor(_rpc_log_sampling(settings)),
+            AuthInterceptor(authenticator),
+            RequestGuardInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
             ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
@@ -292,6 +296,11 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("stopping")
     await running.stop()
+
+
+def _rpc_log_sampling(settings: Settings) -> RpcLogSampling:
+    observability = settings.observability
+    return RpcLogSampling(every=observability.rpc_log_sample_every, slow_seconds=observability.rpc_log_slow_ms / 1000)
 
 
 def checkpoint_paths(settings: Settings) -> list[Path]:

@@ -17,21 +17,24 @@ import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes import checkpoint as checkpoints
+from facade.changes.chain import Link
 from facade.changes.checkpoint import Checkpoint
 from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
-from facade.engine.types import ChangeEventsFilter
+from facade.engine.types import ChangeEvent, ChangeEventsFilter
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 
 BATCH_CHANGES_MAX = 4096
 """Changes per poll; also the bound on re-emitted changes after a crash."""
 POLL_INTERVAL_SECONDS = 0.01
-"""Sleep between polls that found nothing new."""
+"""Sleep between polls that did not fill a batch (the default: Kafka publishing, latency first)."""
+POLL_INTERVAL_SECONDS_MAX = 1.0
+"""The longest a sink may ask to wait between such polls (its lag grows by up to that much)."""
 RETRY_BACKOFF_MIN_SECONDS = 0.1
 RETRY_BACKOFF_MAX_SECONDS = 5.0
 """A failing sink is retried with exponential backoff between these bounds."""
@@ -43,6 +46,17 @@ class EntrySink(Protocol):
     async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
         """Returns once every entry is durably accepted (Kafka: acks=all delivered)."""
         ...
+
+
+@runtime_checkable
+class ChangeSink(Protocol):
+    """A sink that builds the entries itself, elsewhere (the read model's own process): it gets the raw
+    changes, their metadata and the chain head, and returns the new head once every entry is accepted.
+    Change capture then does no per-change work in this process beyond reading the feed."""
+
+    async def publish_changes(
+        self, events: Sequence[ChangeEvent], metadata: Mapping[int, entries_pb2.EntryMetadata], previous: Link
+    ) -> Link: ...
 
 
 class MetadataSource(Protocol):
@@ -59,14 +73,31 @@ class ChangeCapture:
         checkpoint_path: Path,
         metadata: MetadataSource | None = None,
         batch_changes_max: int = BATCH_CHANGES_MAX,
+        *,
+        poll_interval_seconds: float = POLL_INTERVAL_SECONDS,
+        small_batch_changes: int = 0,
+        small_batch_wait_seconds: float = 0.0,
     ) -> None:
         assert 0 < batch_changes_max <= 8189
+        assert 0 < poll_interval_seconds <= POLL_INTERVAL_SECONDS_MAX
+        assert 0 <= small_batch_changes <= batch_changes_max
+        assert (
+            small_batch_changes == 0 or poll_interval_seconds <= small_batch_wait_seconds <= POLL_INTERVAL_SECONDS_MAX
+        )
         self._engine = engine
         self._sink = sink
         self._checkpoint_path = checkpoint_path
         self._metadata = metadata
         self._batch_changes_max = batch_changes_max
+        self._poll_interval_seconds = poll_interval_seconds
+        """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
+        whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
+        self._small_batch_changes = small_batch_changes
+        self._small_batch_wait_seconds = small_batch_wait_seconds
+        """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
+        instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
+        self._change_sink = sink if isinstance(sink, ChangeSink) else None
         self._sink_name = type(sink).__name__
         """The metrics label: a bounded set (KafkaEntryPublisher, Projector)."""
 
@@ -88,13 +119,18 @@ class ChangeCapture:
         if self._metadata is not None:
             metadata = await self._metadata.metadata_for([event.transfer.id for event in events])
         link = self.checkpoint.link
-        entries: list[entries_pb2.LedgerEntry] = []
-        for event in events:
-            assert event.timestamp > self.checkpoint.timestamp_last
-            debit, credit, link = build_entries(event, metadata.get(event.transfer.id), link)
-            entries.append(debit)
-            entries.append(credit)
-        await self._sink.publish(entries)
+        assert events[0].timestamp > self.checkpoint.timestamp_last
+        if self._change_sink is not None:
+            link = await self._change_sink.publish_changes(events, metadata, link)
+            assert link.sequence == self.checkpoint.link.sequence + len(events)
+        else:
+            entries: list[entries_pb2.LedgerEntry] = []
+            for event in events:
+                assert event.timestamp > self.checkpoint.timestamp_last
+                debit, credit, link = build_entries(event, metadata.get(event.transfer.id), link)
+                entries.append(debit)
+                entries.append(credit)
+            await self._sink.publish(entries)
         checkpoint = Checkpoint(timestamp_last=events[-1].timestamp, link=link)
         await asyncio.to_thread(checkpoints.save, self._checkpoint_path, checkpoint)
         self.checkpoint = checkpoint
@@ -122,4 +158,7 @@ class ChangeCapture:
             backoff = RETRY_BACKOFF_MIN_SECONDS
             if published < self._batch_changes_max:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), POLL_INTERVAL_SECONDS)
+                    wait_seconds = self._poll_interval_seconds
+                    if published < self._small_batch_changes:
+                        wait_seconds = self._small_batch_wait_seconds
+                    await asyncio.wait_for(stop.wait(), wait_seconds)

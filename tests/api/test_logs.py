@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
@@ -51,6 +52,7 @@ def test_a_request_log_line_carries_request_correlation_and_trace_ids(tmp_path: 
         "LEDGER_API__HTTP_PORT": "-1",
         "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
+        "LEDGER_OBSERVABILITY__RPC_LOG_SAMPLE_EVERY": "1",  # Every call: this test is about one line's content.
     }
     ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
@@ -81,3 +83,49 @@ def test_a_request_log_line_carries_request_correlation_and_trace_ids(tmp_path: 
         server.terminate()
         server.wait(timeout=30)
     assert server.returncode == 0  # SIGTERM drains and exits cleanly.
+
+
+def test_request_log_lines_are_sampled_but_failed_calls_always_logged(tmp_path: Path) -> None:
+    """Default sampling keeps the hot path free of a log line per call: quick successes are logged 1 in
+    N (the first call included), a failed call always is."""
+    env = os.environ | {
+        "LEDGER_API__PORT": "0",
+        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
+        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
+        "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
+        "LEDGER_API__HTTP_PORT": "-1",
+        "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
+        "LEDGER_OBSERVABILITY__LOG_JSON": "true",
+        "LEDGER_OBSERVABILITY__RPC_LOG_SLOW_MS": "60000",  # No call here is slow enough to be logged for it.
+    }
+    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        [*_, serving] = json_lines(server.stdout, lambda line: line.get("event") == "serving")
+        metadata = (("authorization", f"Bearer {issue_token(AuthSettings(), 'client-a', SCOPES_ALL)}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{serving['port']}") as channel:
+            stub: Any = rpc.LedgerStub(channel)
+            account = stub.CreateAccount(
+                pb.CreateAccountRequest(currency="USD", external_reference="a", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT),
+                metadata=(*metadata, ("x-request-id", "first")),
+            )
+            for n in range(5):
+                found = stub.GetAccount(
+                    pb.GetAccountRequest(account_id=account.account_id),
+                    metadata=(*metadata, ("x-request-id", f"quiet-{n}")),
+                )
+                assert found.account_id == account.account_id
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.GetAccount(
+                    pb.GetAccountRequest(account_id="0" * 31 + "1"), metadata=(*metadata, ("x-request-id", "failing"))
+                )
+            assert failed.value.code() != grpc.StatusCode.OK
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode == 0
+    # Everything it wrote, read after it stopped (readline buffering would hide lines from a selector).
+    lines = [json.loads(text) for text in server.stdout.read().splitlines()]
+    logged = [(line["request_id"], line["code"]) for line in lines if line.get("event") == "rpc"]
+    assert logged == [("first", "OK"), ("failing", failed.value.code().name)]

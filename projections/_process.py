@@ -1,0 +1,323 @@
+"""The read model in its own process: chDB, the projector's inserts and the History queries run in a
+child process that `ledger serve` starts, feeds and restarts; the service's interpreter only reads the
+change feed and hands the changes over in large batches.
+
+Why the child owns chDB and receives the changes from the service (rather than reading the journal itself): the
+embedded engine is single-writer and in-process, and change capture (the engine's change feed joined
+with the metadata store's domain metadata, chained for audit) already runs in the service with its
+checkpoint and at-least-once rules. A child reading the journal would duplicate the journal decoding
+and the metadata join, and a second reader of a file being written needs its own torn-tail rules.
+Shipping the changes keeps one change-capture path (reading the feed, the metadata join, the
+checkpoint stay in the service) and moves what costs most - building and chaining the entries, row
+building, ClickHouse inserts and merges, queries - off the service's interpreter (the GIL) and into a
+process the OS schedules on its own. The changes travel in the engine's own 128-byte binary layout
+(facade.engine.codec): a few µs per change to encode, where pickling the objects costs ~20.
+
+chDB opens a directory in one process only, so the child answers the History queries too: the
+service reaches it through `RemoteClient`, the same ClickHouseClient protocol the queries already
+use, over a pipe.
+
+One request at a time: the pipe is used from the read model's single thread only (projections
+.read_model), so requests never interleave. Every call is bounded by CALL_TIMEOUT_SECONDS; a child that
+dies or stops answering is killed, the call fails with ClickHouseError (change capture retries with
+backoff, a query answers an error) and the next call starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes.chain import Link
+from facade.changes.checkpoint import Checkpoint
+from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
+from facade.engine.types import Account, ChangeEvent, ChangeEventType
+from facade.settings import ClickHouseSettings
+from projections._change_rows import change_rows
+from projections.client import ClickHouseError, Parameters, Row, open_client
+from projections.projector import Projector
+
+__all__ = ["ProjectionProcess", "RemoteClient", "RemoteProjector"]
+
+START_TIMEOUT_SECONDS = 120.0
+"""Spawning the child, importing chDB and opening its directory (a cold start is slow on a busy host)."""
+CALL_TIMEOUT_SECONDS = 120.0
+"""The longest one request may take (a full batch insert, a reconciliation over the whole model)."""
+STOP_TIMEOUT_SECONDS = 30.0
+NICE_INCREMENT = 5
+"""The child runs at a lower CPU priority: when the cores are saturated, writes get them first and the
+projection lags instead (it catches up in the next quiet moment; its lag is exported)."""
+
+
+class _Op(enum.Enum):
+    COMMAND = "command"
+    INSERT_TSV = "insert_tsv"
+    QUERY_ROWS = "query_rows"
+    QUERY_RAW = "query_raw"
+    PROJECT = "project"
+    PROJECT_CHANGES = "project_changes"
+    RESUME_CHECKPOINT = "resume_checkpoint"
+    CLOSE = "close"
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    op: _Op
+    arguments: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Changes:
+    """A batch of engine changes in transit: the engine's binary layout plus what it does not hold."""
+
+    timestamps: list[int]
+    types: list[int]
+    transfers: bytes
+    accounts: bytes
+    """Debit then credit account per change; id 0 (never a real account) where the backend has none."""
+    metadata: dict[int, bytes]
+    """Serialized EntryMetadata by transfer id, for the transfers that have any."""
+
+
+_NO_ACCOUNT = Account()
+
+
+def _encode_changes(events: Sequence[ChangeEvent], metadata: Mapping[int, entries_pb2.EntryMetadata]) -> _Changes:
+    accounts: list[Account] = []
+    for event in events:
+        accounts.append(event.debit_account or _NO_ACCOUNT)
+        accounts.append(event.credit_account or _NO_ACCOUNT)
+    return _Changes(
+        timestamps=[event.timestamp for event in events],
+        types=[event.type.value for event in events],
+        transfers=encode_transfers([event.transfer for event in events]),
+        accounts=encode_accounts(accounts),
+        metadata={transfer_id: found.SerializeToString() for transfer_id, found in metadata.items()},
+    )
+
+
+def _decode_changes(changes: _Changes) -> tuple[list[ChangeEvent], dict[int, entries_pb2.EntryMetadata]]:
+    transfers = decode_transfers(changes.transfers)
+    accounts = decode_accounts(changes.accounts)
+    assert len(transfers) == len(changes.timestamps) == len(changes.types)
+    assert len(accounts) == 2 * len(transfers)
+    events = [
+        ChangeEvent(
+            timestamp=timestamp,
+            type=ChangeEventType(kind),
+            transfer=transfer,
+            debit_account=accounts[2 * i] if accounts[2 * i].id != 0 else None,
+            credit_account=accounts[2 * i + 1] if accounts[2 * i + 1].id != 0 else None,
+        )
+        for i, (timestamp, kind, transfer) in enumerate(zip(changes.timestamps, changes.types, transfers, strict=True))
+    ]
+    parse = entries_pb2.EntryMetadata.FromString
+    metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
+    return events, metadata
+
+
+def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
+    """Builds and chains the rows of `changes` (as change capture and the projector would, without
+    LedgerEntry messages in between: projections._change_rows) and projects them."""
+    events, metadata = _decode_changes(changes)
+    found, link = change_rows(events, metadata, previous)
+    projector.project_rows(found)
+    assert link.sequence == previous.sequence + len(events)
+    return link
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    value: Any = None
+    error: str = ""
+
+
+def _child(connection: Connection, settings: ClickHouseSettings) -> None:
+    """The child's loop: one request, one reply, until CLOSE or the service goes away."""
+    # Ctrl-C reaches the whole process group: the service stops the child itself, in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICE_INCREMENT)
+    try:
+        client = open_client(settings)
+        projector = Projector(client)
+    except Exception as error:
+        connection.send(_Reply(error=f"{type(error).__name__}: {error}"))
+        return
+    connection.send(_Reply())
+    try:
+        while True:
+            try:
+                request: _Request = connection.recv()
+            except EOFError:  # The service is gone: close chDB cleanly and exit.
+                return
+            if request.op is _Op.CLOSE:
+                connection.send(_Reply())
+                return
+            try:
+                value: Any
+                if request.op is _Op.PROJECT:
+                    [payloads] = request.arguments
+                    value = projector.project([entries_pb2.LedgerEntry.FromString(p) for p in payloads])
+                elif request.op is _Op.PROJECT_CHANGES:
+                    value = _project_changes(projector, *request.arguments)
+                elif request.op is _Op.RESUME_CHECKPOINT:
+                    value = projector.resume_checkpoint()
+                else:
+                    value = getattr(client, request.op.value)(*request.arguments)
+                reply = _Reply(value=value)
+            except Exception as error:  # Answered, not fatal: the caller decides (retry, error status).
+                reply = _Reply(error=f"{type(error).__name__}: {error}")
+            connection.send(reply)
+    finally:
+        client.close()
+
+
+class ProjectionProcess:
+    """The parent's handle on the child: starts it, sends requests, restarts it after a failure."""
+
+    def __init__(self, settings: ClickHouseSettings) -> None:
+        assert settings.backend == "chdb", "a ClickHouse server is its own process already"
+        self._settings = settings
+        self._context = multiprocessing.get_context("spawn")  # No fork of a process running gRPC threads.
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+        """Belt and braces: requests never interleave on the pipe even if a second thread calls."""
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        assert self._process is None and self._connection is None
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_child, args=(child, self._settings), name="ledger-read-model", daemon=True
+        )
+        process.start()
+        child.close()
+        self._process, self._connection = process, parent
+        reply = self._receive(START_TIMEOUT_SECONDS)
+        if reply.error:
+            self._kill()
+            raise ClickHouseError(f"read model process failed to start: {reply.error}")
+        assert self._process.is_alive()
+
+    def call(self, op: _Op, *arguments: Any) -> Any:
+        with self._lock:
+            if self._connection is None:
+                self.restarts += 1
+                self.start()
+            assert self._connection is not None
+            try:
+                self._connection.send(_Request(op, arguments))
+            except OSError as error:
+                self._kill()
+                raise ClickHouseError(f"read model process is gone: {error}") from error
+            reply = self._receive(CALL_TIMEOUT_SECONDS)
+        if reply.error:
+            raise ClickHouseError(reply.error)
+        return reply.value
+
+    def _receive(self, timeout_seconds: float) -> _Reply:
+        assert self._connection is not None
+        try:
+            if not self._connection.poll(timeout_seconds):
+                self._kill()
+                raise ClickHouseError(f"read model process did not answer within {timeout_seconds:.0f} s")
+            reply: _Reply = self._connection.recv()
+        except (EOFError, OSError) as error:
+            self._kill()
+            raise ClickHouseError(f"read model process is gone: {error!r}") from error
+        return reply
+
+    def _kill(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(STOP_TIMEOUT_SECONDS)
+        self._process, self._connection = None, None
+
+    def close(self) -> None:
+        """Asks the child to close chDB and exit; kills it if it does not."""
+        with self._lock:
+            if self._connection is None:
+                return
+            with contextlib.suppress(ClickHouseError, OSError):
+                self._connection.send(_Request(_Op.CLOSE, ()))
+                self._receive(STOP_TIMEOUT_SECONDS)
+            assert self._process is not None
+            self._process.join(STOP_TIMEOUT_SECONDS)
+            self._kill()
+
+
+class RemoteClient:
+    """ClickHouseClient over the pipe: the queries in projections.queries run unchanged."""
+
+    def __init__(self, process: ProjectionProcess, database: str) -> None:
+        self._process = process
+        self.database = database
+
+    def command(self, sql: str, parameters: Parameters | None = None) -> None:
+        self._process.call(_Op.COMMAND, sql, parameters)
+
+    def insert_tsv(self, table: str, columns: Sequence[str], data: str) -> None:
+        self._process.call(_Op.INSERT_TSV, table, tuple(columns), data)
+
+    def query_rows(self, sql: str, parameters: Parameters | None = None) -> list[Row]:
+        rows: list[Row] = self._process.call(_Op.QUERY_ROWS, sql, parameters)
+        return rows
+
+    def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
+        raw: bytes = self._process.call(_Op.QUERY_RAW, sql, fmt, parameters)
+        return raw
+
+    def close(self) -> None:
+        self._process.close()
+
+
+class RemoteProjector:
+    """The projector's side of change capture in the service: entries go to the child, serialized in
+    one message per batch, on the read model's thread (the one that owns the pipe)."""
+
+    def __init__(self, process: ProjectionProcess, executor: Executor) -> None:
+        self._process = process
+        self._executor = executor
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        """EntrySink: returns once the child has inserted every entry (visible to every query)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.project, entries)
+
+    async def publish_changes(
+        self, events: Sequence[ChangeEvent], metadata: Mapping[int, entries_pb2.EntryMetadata], previous: Link
+    ) -> Link:
+        """ChangeSink: the child builds, chains and inserts the entries; returns the chain's new head."""
+        changes = _encode_changes(events, metadata)
+        link: Link = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._process.call, _Op.PROJECT_CHANGES, changes, previous
+        )
+        assert link.sequence == previous.sequence + len(events)
+        return link
+
+    def project(self, entries: Sequence[entries_pb2.LedgerEntry]) -> int:
+        inserted: int = self._process.call(_Op.PROJECT, [entry.SerializeToString() for entry in entries])
+        assert inserted <= len(entries) * 3  # An entry makes at most three rows (entry, balance, transaction).
+        return inserted
+
+    def resume_checkpoint(self) -> Checkpoint:
+        checkpoint: Checkpoint = self._process.call(_Op.RESUME_CHECKPOINT)
+        return checkpoint
