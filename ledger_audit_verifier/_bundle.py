@@ -1,0 +1,276 @@
+"""Export bundles: rows + the signed checkpoint covering them + inclusion proofs, verified offline.
+
+Leaf input of a change (the Merkle leaf is SHA-256(0x00 || leaf input)):
+
+    previous_hash [32]u8           the audit chain's previous link (32 zero bytes before the first)
+    b"ledger.v1.chain\\x01"         domain separation and version
+    sequence u64, engine_timestamp u64, change u8          (big-endian)
+    transfer [128]u8               TigerBeetle's transfer layout, little-endian
+    metadata_size u32 (big-endian), metadata (canonical JSON, UTF-8, keys sorted, no spaces)
+
+That is exactly what the chain hashes (chain_hash = SHA-256(leaf input)), so a leaf commits to the
+whole chain before it: proving an export's last row proves every row before it back to the first,
+and proving its first row pins where it starts. Leaf index = sequence - 1.
+
+Verification (nothing read but the bundle and the key; nothing written):
+ 1. The checkpoint's Ed25519 signature verifies with the given key (key id from the key).
+ 2. Every file listed by the manifest is present with its SHA-256 and row count (truncation).
+ 3. Rows form an unbroken chain: sequences consecutive from the manifest's first, each
+    previous_hash the previous row's chain_hash, each chain_hash = SHA-256(leaf input).
+ 4. The first and last rows (every row when the evidence says "all") have inclusion proofs that
+    verify against the checkpoint's root and size.
+An altered row whose chain was recomputed no longer has the leaf the signed tree holds; a deleted,
+inserted or reordered row breaks step 3; a wrong key or a forged checkpoint fails step 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger_audit_verifier._merkle import ProofError, leaf_hash, verify_inclusion
+from ledger_audit_verifier._note import Checkpoint, NoteError, VerifierKey, parse_checkpoint
+
+__all__ = [
+    "EVIDENCE_NAME",
+    "EVIDENCE_VERSION",
+    "BundleReport",
+    "leaf_input",
+    "row_leaf_input",
+    "verify_bundle",
+]
+
+EVIDENCE_NAME = "evidence.json"
+EVIDENCE_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+EVIDENCE_BYTES_MAX = 64 * 1024 * 1024
+"""An evidence file holds at most EVIDENCE_ALL_ROWS_MAX proofs (~4 KiB each): larger is refused."""
+FILES_MAX = 100_000
+"""Export files per bundle considered; more is refused."""
+CHANGES: Mapping[str, int] = {
+    "SINGLE_PHASE": 1,
+    "TWO_PHASE_PENDING": 2,
+    "TWO_PHASE_POSTED": 3,
+    "TWO_PHASE_VOIDED": 4,
+    "TWO_PHASE_EXPIRED": 5,
+}
+"""ledger.v1.EntryChange values (proto/ledger/v1/entries.proto)."""
+METADATA_FIELDS = (
+    "transaction_id", "idempotency_key", "client_id", "transaction_type", "source", "correlation_id",
+    "description", "labels", "currency", "leg_index",
+)  # fmt: skip
+_DOMAIN = b"ledger.v1.chain\x01"
+_FIXED = struct.Struct(">QQB")
+_SIZE = struct.Struct(">I")
+_TRANSFER = struct.Struct("<12Q Q I I I H H Q")
+_MASK64 = (1 << 64) - 1
+_U128_MAX = (1 << 128) - 1
+
+
+def leaf_input(
+    *,
+    previous_hash: bytes,
+    sequence: int,
+    engine_timestamp: int,
+    change: int,
+    transfer: bytes,
+    metadata: bytes,
+) -> bytes:
+    assert len(previous_hash) == 32 and len(transfer) == 128
+    assert sequence >= 1
+    return b"".join(
+        (
+            previous_hash,
+            _DOMAIN,
+            _FIXED.pack(sequence, engine_timestamp, change),
+            transfer,
+            _SIZE.pack(len(metadata)),
+            metadata,
+        )
+    )
+
+
+def _u128(text: str) -> tuple[int, int]:
+    value = int(text)
+    if not 0 <= value <= _U128_MAX:
+        raise ValueError(f"{text} is not a u128")
+    return value & _MASK64, value >> 64
+
+
+def row_leaf_input(row: Mapping[str, str]) -> bytes:
+    """The leaf input of one exported `transactions` row (CSV values as text)."""
+    transfer = _TRANSFER.pack(
+        *_u128(row["transfer_id"]),
+        *_u128(row["debit_account_id"]),
+        *_u128(row["credit_account_id"]),
+        *_u128(row["amount"]),
+        *_u128(row["pending_id"]),
+        *_u128(row["user_data_128"]),
+        int(row["user_data_64"]),
+        int(row["user_data_32"]),
+        int(row["timeout_seconds"]),
+        int(row["ledger"]),
+        int(row["code"]),
+        int(row["transfer_flags"]),
+        int(row["transfer_timestamp"]),
+    )
+    metadata = b""
+    if int(row["has_metadata"]) != 0:
+        mapping: dict[str, object] = {name: row[name] for name in METADATA_FIELDS}
+        mapping["labels"] = json.loads(row["labels"])
+        mapping["leg_index"] = int(row["leg_index"])
+        metadata = json.dumps(mapping, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if row["change"] not in CHANGES:
+        raise ValueError(f"unknown change {row['change']!r}")
+    return leaf_input(
+        previous_hash=bytes.fromhex(row["chain_previous_hash"]),
+        sequence=int(row["chain_sequence"]),
+        engine_timestamp=int(row["engine_timestamp"]),
+        change=CHANGES[row["change"]],
+        transfer=transfer,
+        metadata=metadata,
+    )
+
+
+@dataclass(slots=True)
+class BundleReport:
+    rows_checked: int = 0
+    rows_proved: int = 0
+    tree_size: int = 0
+    root_hash: str = ""
+    key_id: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _rows(path: Path, fmt: str) -> Iterator[dict[str, str]]:
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            yield from csv.DictReader(handle)
+        return
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]  # Optional: only for Parquet exports.
+    except ImportError as error:
+        raise ValueError("a Parquet export needs pyarrow installed") from error
+    for record in pq.read_table(path).to_pylist():
+        yield {name: str(value) for name, value in record.items()}
+
+
+class _RefusedError(Exception):
+    """Verification stops at the first problem: what follows it proves nothing."""
+
+
+def _load_json(path: Path, limit: int) -> dict[str, object]:
+    if not path.is_file():
+        raise _RefusedError(f"{path.name} is missing")
+    data = path.read_bytes()
+    if len(data) > limit:
+        raise _RefusedError(f"{path.name} is larger than {limit} bytes")
+    try:
+        loaded = json.loads(data)
+    except ValueError as error:
+        raise _RefusedError(f"{path.name} is not JSON: {error}") from error
+    if not isinstance(loaded, dict):
+        raise _RefusedError(f"{path.name} is not a JSON object")
+    return loaded
+
+
+def _proofs(evidence: Mapping[str, object]) -> dict[int, list[bytes]]:
+    listed = evidence.get("proofs")
+    if not isinstance(listed, list):
+        raise _RefusedError("evidence has no proofs list")
+    proofs: dict[int, list[bytes]] = {}
+    try:
+        for proof in listed:
+            proofs[int(proof["sequence"])] = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
+    except (KeyError, TypeError, ValueError, binascii.Error) as error:
+        raise _RefusedError(f"malformed proof in evidence: {error}") from error
+    return proofs
+
+
+def _verify(directory: Path, key: VerifierKey, report: BundleReport) -> None:
+    manifest = _load_json(directory / MANIFEST_NAME, EVIDENCE_BYTES_MAX)
+    evidence = _load_json(directory / EVIDENCE_NAME, EVIDENCE_BYTES_MAX)
+    if evidence.get("version") != EVIDENCE_VERSION:
+        raise _RefusedError(f"evidence version {evidence.get('version')!r} not supported")
+    note = evidence.get("checkpoint")
+    if not isinstance(note, str):
+        raise _RefusedError("evidence has no checkpoint")
+    checkpoint: Checkpoint = parse_checkpoint(note.encode(), key)
+    report.tree_size = checkpoint.tree_size
+    report.root_hash = checkpoint.root_hash.hex()
+    report.key_id = checkpoint.key_id
+    every_row = evidence.get("proof_rows") == "all"
+    proofs = _proofs(evidence)
+    files = manifest.get("files")
+    fmt = manifest.get("format")
+    if not isinstance(files, list) or len(files) > FILES_MAX or fmt not in ("csv", "parquet"):
+        raise _RefusedError("manifest lists no files or an unknown format")
+    row_count = int(str(manifest.get("row_count", -1)))
+    first_sequence = int(str(manifest.get("first_sequence", 0)))
+    previous = bytes.fromhex(str(manifest.get("previous_hash", "")))
+    if row_count == 0:
+        return
+    if len(previous) != 32 or first_sequence < 1:
+        raise _RefusedError("manifest has no valid first sequence and previous hash")
+    sequence_expected = first_sequence
+    last_row: tuple[int, bytes] | None = None
+    for listed in files:
+        path = directory / Path(str(listed["name"])).name
+        if not path.is_file():
+            raise _RefusedError(f"{path.name} is missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != listed["sha256"]:
+            raise _RefusedError(f"{path.name}: SHA-256 differs from the manifest's")
+        rows_in_file = 0
+        for row in _rows(path, str(fmt)):
+            rows_in_file += 1
+            sequence = int(row["chain_sequence"])
+            if sequence != sequence_expected:
+                raise _RefusedError(
+                    f"sequence {sequence} where {sequence_expected} was expected (missing, extra or reordered row)"
+                )
+            if bytes.fromhex(row["chain_previous_hash"]) != previous:
+                raise _RefusedError(f"sequence {sequence}: previous_hash is not the previous row's hash")
+            data = row_leaf_input(row)
+            if hashlib.sha256(data).hexdigest() != row["chain_hash"]:
+                raise _RefusedError(f"sequence {sequence}: hash does not match the row's contents (altered row)")
+            leaf = leaf_hash(data)
+            proof = proofs.get(sequence)
+            is_first = sequence == first_sequence
+            if proof is None and (every_row or is_first):
+                raise _RefusedError(f"sequence {sequence}: no inclusion proof in the evidence")
+            if proof is not None:
+                verify_inclusion(sequence - 1, checkpoint.tree_size, leaf, proof, checkpoint.root_hash)
+                report.rows_proved += 1
+            previous = bytes.fromhex(row["chain_hash"])
+            sequence_expected += 1
+            report.rows_checked += 1
+            last_row = (sequence, leaf)
+        if rows_in_file != int(listed["rows"]):
+            raise _RefusedError(f"{path.name}: {rows_in_file} rows, the manifest says {listed['rows']}")
+    if last_row is None or report.rows_checked != row_count:
+        raise _RefusedError(f"{report.rows_checked} rows where the manifest says {row_count} (truncated export)")
+    if last_row[0] not in proofs:
+        raise _RefusedError(f"sequence {last_row[0]}: the last row has no inclusion proof in the evidence")
+
+
+def verify_bundle(directory: Path, key: VerifierKey) -> BundleReport:
+    """Verifies an export bundle offline with the public key alone; reads files, writes nothing."""
+    report = BundleReport()
+    try:
+        _verify(directory, key, report)
+    except (_RefusedError, NoteError, ProofError) as error:
+        report.problems.append(str(error))
+    except (KeyError, ValueError, TypeError, struct.error) as error:
+        report.problems.append(f"malformed bundle: {type(error).__name__}: {error}")
+    return report
