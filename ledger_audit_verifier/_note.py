@@ -58,6 +58,7 @@ def key_hash(name: str, public_key: bytes) -> bytes:
 @dataclass(slots=True, frozen=True)
 class VerifierKey:
     name: str
+    """Key name: no "+", space or newline (C2SP signed-note)."""
     public_key: bytes
     """Raw 32-byte Ed25519 public key."""
 
@@ -78,7 +79,7 @@ class VerifierKey:
             if not isinstance(loaded, Ed25519PublicKey):
                 raise NoteError("the PEM public key is not Ed25519")
             return cls(name, loaded.public_bytes_raw())
-        parts = text.rsplit("+", 2)
+        parts = text.split("+", 2)  # The name holds no "+"; base64 may.
         if len(parts) != 3:
             raise NoteError("a verifier key is <name>+<key id hex>+<base64 key>")
         name, key_id, encoded = parts
