@@ -271,8 +271,10 @@ class ConsistencySettings(BaseModel):
 class AuditSettings(BaseModel):
     """Signed checkpoints over a Merkle tree of every change (facade.audit, docs/audit.md)."""
 
-    data_dir: Path = Field(
-        default=Path("data/audit"), description="Merkle tree levels, signing keys (0600) and the checkpoint log."
+    data_dir: Path | None = Field(
+        default=None,
+        description="Merkle tree levels, signing keys (0600) and the checkpoint log; default: `audit` next to the "
+        "engine's data dir (data/audit).",
     )
     enabled: bool = Field(default=True, description="`ledger serve` feeds the tree and seals checkpoints.")
     origin: str = Field(

@@ -13,7 +13,7 @@ import base64
 import json
 from typing import Any
 
-from facade.audit.log import AuditLog, SealedCheckpoint
+from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.settings import Settings
 
 __all__ = ["PROVE_CHANGES_MAX", "register_evidence_commands"]
@@ -40,7 +40,7 @@ def _checkpoint_at(audit: AuditLog, tree_size: int | None) -> SealedCheckpoint:
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    audit = AuditLog(settings.audit)
+    audit = open_audit_log(settings)
     try:
         if args.rotate:
             audit.keys.rotate()
@@ -54,7 +54,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
     del args
-    audit = AuditLog(settings.audit)
+    audit = open_audit_log(settings)
     try:
         sealed = audit.seal()
     finally:
@@ -103,7 +103,7 @@ def _sequences(settings: Settings, args: argparse.Namespace) -> list[int]:
 
 def _prove(settings: Settings, args: argparse.Namespace) -> int:
     sequences = _sequences(settings, args)
-    audit = AuditLog(settings.audit)
+    audit = open_audit_log(settings)
     try:
         sealed = _checkpoint_at(audit, args.tree_size)
         for sequence in sequences:
@@ -125,7 +125,7 @@ def _prove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _consistency(settings: Settings, args: argparse.Namespace) -> int:
-    audit = AuditLog(settings.audit)
+    audit = open_audit_log(settings)
     try:
         old = audit.at_size(args.old)
         new = _checkpoint_at(audit, args.new)

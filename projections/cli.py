@@ -231,11 +231,11 @@ def _audit_export_bundle(settings: Settings, args: argparse.Namespace) -> int:
         return _with_client(_audit_export)(settings, args)
 
     def run(client: ClickHouseClient, args: argparse.Namespace) -> int:
-        from facade.audit.log import AuditLog
+        from facade.audit.log import open_audit_log
         from projections.audit import export
         from projections.audit_evidence import attach_evidence, catch_up
 
-        audit = AuditLog(settings.audit)
+        audit = open_audit_log(settings)
         try:
             catch_up(audit, client)
             directory = Path(args.out)

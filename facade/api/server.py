@@ -227,6 +227,11 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
+    from facade.audit.service import start_audit
+
+    audit = await start_audit(settings, engine, store, read_model)
+    if audit is not None:
+        running.background.append(asyncio.create_task(audit.run(running.stop_background), name="audit"))
     # Ready = can serve writes (engine + metadata store); Kafka and ClickHouse are reported, not required.
     checks: dict[str, Check] = {"engine": engine_check(engine), "metadata": metadata_check(store)}
     dependencies: dict[str, Check] = {}
@@ -234,6 +239,8 @@ async def start(settings: Settings) -> RunningServer:
         dependencies["kafka"] = kafka_check(topic_health)
     if read_model is not None:
         dependencies["clickhouse"] = read_model.ping
+    if audit is not None and audit.self_audit is not None:
+        dependencies["audit"] = audit.self_audit.check
     running.readiness = Readiness(checks, dependencies, {"engine": engine_liveness(engine)})
     observability = settings.observability
     if observability.metrics_port >= 0:

@@ -21,15 +21,16 @@ import os
 from base64 import b64decode, b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from facade.audit.keys import KeyRing
 from facade.audit.merkle import MerkleTree
 from facade.changes import checkpoint as heads
 from facade.changes.chain import Link
-from facade.settings import AuditSettings
+from facade.settings import AuditSettings, Settings
 from ledger_audit_verifier import Checkpoint, checkpoint_body, parse_checkpoint
 
-__all__ = ["CHECKPOINTS_MAX", "AuditLog", "LeafRecord", "SealedCheckpoint"]
+__all__ = ["CHECKPOINTS_MAX", "AuditLog", "LeafRecord", "SealedCheckpoint", "audit_directory", "open_audit_log"]
 
 CHECKPOINTS_MAX = 10_000_000
 """Checkpoints kept in the log (one per 10 000 changes by default: 10^11 changes)."""
@@ -57,10 +58,22 @@ class SealedCheckpoint:
         return self.checkpoint.tree_size
 
 
+def audit_directory(settings: Settings) -> Path:
+    """settings.audit.data_dir, or `audit` next to the engine's data dir (so tests and deployments that
+    move the data dir move the audit log with it)."""
+    return settings.audit.data_dir or settings.engine.data_dir.parent / "audit"
+
+
+def open_audit_log(settings: Settings) -> AuditLog:
+    return AuditLog(settings.audit, directory=audit_directory(settings))
+
+
 class AuditLog:
-    def __init__(self, settings: AuditSettings) -> None:
+    def __init__(self, settings: AuditSettings, *, directory: Path | None = None) -> None:
         self.settings = settings
-        self.directory = settings.data_dir
+        resolved = directory or settings.data_dir
+        assert resolved is not None, "no audit data dir: use open_audit_log(settings)"
+        self.directory = resolved
         self.tree = MerkleTree(self.directory / "tree")
         self.keys = KeyRing(self.directory, settings.origin, settings.signing_key_file)
         self._head_path = self.directory / "tree" / "head.json"

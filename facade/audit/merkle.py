@@ -44,18 +44,30 @@ class MerkleTree:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self._fds: list[int] = []
-        self._counts: list[int] = []
-        for level in range(LEVELS_MAX):
-            fd = os.open(directory / f"level-{level:02d}.bin", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            self._fds.append(fd)
-            self._counts.append(0)
+        self._fds: dict[int, int] = {}
+        """Level files open so far: only the ~log2(n) levels that exist, opened on first use."""
+        self._counts = [0] * LEVELS_MAX
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         with self.lock():
             pass  # Recovers a torn append left by a crash.
 
+    def _fd(self, level: int) -> int:
+        assert 0 <= level < LEVELS_MAX
+        fd = self._fds.get(level)
+        if fd is None:
+            path = self.directory / f"level-{level:02d}.bin"
+            fd = self._fds[level] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        return fd
+
+    def _levels(self) -> int:
+        """Levels with a file: they are created bottom-up, so the first missing one ends them."""
+        level = 0
+        while level < LEVELS_MAX and (level in self._fds or (self.directory / f"level-{level:02d}.bin").exists()):
+            level += 1
+        return level
+
     def close(self) -> None:
-        for fd in self._fds:
+        for fd in self._fds.values():
             os.close(fd)
         os.close(self._lock_fd)
         self._fds.clear()
@@ -67,8 +79,8 @@ class MerkleTree:
 
     def refresh(self) -> int:
         """Re-reads the leaf count (another process may have appended); returns it."""
-        for level, fd in enumerate(self._fds):
-            self._counts[level] = os.fstat(fd).st_size // HASH_SIZE
+        for level in range(self._levels()):
+            self._counts[level] = os.fstat(self._fd(level)).st_size // HASH_SIZE
         return self._counts[0]
 
     @contextlib.contextmanager
@@ -82,34 +94,39 @@ class MerkleTree:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _recover(self) -> None:
-        for level, fd in enumerate(self._fds):
+        levels = self._levels()
+        self._counts = [0] * LEVELS_MAX
+        for level in range(levels):
+            fd = self._fd(level)
             size = os.fstat(fd).st_size
             if size % HASH_SIZE:
                 os.ftruncate(fd, size - size % HASH_SIZE)
             self._counts[level] = size // HASH_SIZE
         for level in range(LEVELS_MAX - 1):
             expected = self._counts[level] // 2
+            if expected == 0 and self._counts[level + 1] == 0:
+                break
             if self._counts[level + 1] > expected:
-                os.ftruncate(self._fds[level + 1], expected * HASH_SIZE)
+                os.ftruncate(self._fd(level + 1), expected * HASH_SIZE)
                 self._counts[level + 1] = expected
             missing = range(self._counts[level + 1], expected)
             if missing:
                 parents = [node_hash(self.node(level, 2 * j), self.node(level, 2 * j + 1)) for j in missing]
                 self._write(level + 1, parents)
-        for fd in self._fds:
+        for fd in self._fds.values():
             os.fsync(fd)
 
     def _write(self, level: int, hashes: Sequence[bytes]) -> None:
         data = b"".join(hashes)
         assert len(data) == HASH_SIZE * len(hashes)
-        written = os.write(self._fds[level], data)
+        written = os.write(self._fd(level), data)
         assert written == len(data)
         self._counts[level] += len(hashes)
 
     def node(self, level: int, index: int) -> bytes:
         """The root of the complete subtree of 2^level leaves starting at leaf index << level."""
         assert 0 <= level < LEVELS_MAX and index >= 0
-        data = os.pread(self._fds[level], HASH_SIZE, index * HASH_SIZE)
+        data = os.pread(self._fd(level), HASH_SIZE, index * HASH_SIZE)
         assert len(data) == HASH_SIZE
         return data
 
@@ -146,8 +163,8 @@ class MerkleTree:
                 parents.append(node_hash(hashes[position], hashes[position + 1]))
                 position += 2
             level, start, hashes = level + 1, start // 2, parents
-        for fd in self._fds[: level + 1]:
-            os.fsync(fd)
+        for written_level in range(level + 1):
+            os.fsync(self._fd(written_level))
         assert self._counts[0] == size + len(new)
         return len(new)
 

@@ -64,6 +64,8 @@ class AuditSink:
         if latest is not None:
             self._sealed_size = latest.tree_size
         self._sealed_at = time.monotonic()
+        self._published_size = self._sealed_size
+        """Checkpoints up to this size were handed to every publisher (a failed publish is retried)."""
 
     def resume_position(self) -> positions.Checkpoint:
         """Where the change capture must start: after the last leaf the tree holds."""
@@ -75,9 +77,10 @@ class AuditSink:
         await asyncio.to_thread(self.audit.append, records)
         settings = self.audit.settings
         pending = self.audit.head().link.sequence - self._sealed_size
-        if pending >= settings.checkpoint_entries or (
+        due = pending >= settings.checkpoint_entries or (
             pending > 0 and time.monotonic() - self._sealed_at >= settings.checkpoint_interval_seconds
-        ):
+        )
+        if due or self._published_size < self._sealed_size:
             await self.seal()
 
     async def seal(self) -> SealedCheckpoint:
@@ -87,6 +90,9 @@ class AuditSink:
             log.info("checkpoint sealed", tree_size=sealed.tree_size, key_id=sealed.checkpoint.key_id)
         self._sealed_size = sealed.tree_size
         self._sealed_at = time.monotonic()
-        for publish in self._publishers:
-            await publish(sealed)
+        if self._published_size < sealed.tree_size:
+            # A failure raises into the change capture, which retries the batch and so this publish.
+            for publish in self._publishers:
+                await publish(sealed)
+            self._published_size = sealed.tree_size
         return sealed

@@ -110,7 +110,7 @@ consistency_rounds_total = Counter(
 audit_checkpoints_total = Counter("ledger_audit_checkpoints_total", "Signed checkpoints sealed by this process.")
 audit_last_verified_timestamp = Gauge(
     "ledger_audit_last_verified_timestamp",
-    "Engine timestamp (ns) of the last checkpoint the self-audit recomputed from the read model and found intact.",
+    "Engine time (Unix seconds) of the last checkpoint the self-audit recomputed from the read model and found intact.",
 )
 audit_failures_total = Counter(
     "ledger_audit_failures_total",

@@ -1,0 +1,63 @@
+"""The audit log inside `ledger serve`: its own change capture into the Merkle tree (sealing every N
+changes or T seconds, publishing checkpoints to Kafka when configured) and the background self-audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from facade.audit.log import AuditLog, open_audit_log
+from facade.audit.self_audit import SelfAudit
+from facade.audit.sink import AuditSink, Publisher
+from facade.changes import checkpoint as positions
+from facade.changes.poller import ChangeCapture, MetadataSource
+from facade.engine.protocol import Engine
+from facade.settings import Settings
+from projections.read_model import ReadModel
+
+__all__ = ["AuditRuntime", "start_audit"]
+
+POSITION_FILE = "capture.json"
+
+
+@dataclass(slots=True)
+class AuditRuntime:
+    log: AuditLog
+    sink: AuditSink
+    capture: ChangeCapture
+    self_audit: SelfAudit | None
+    interval_seconds: float
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Feeds the tree and self-audits until `stop`; then closes the log."""
+        try:
+            tasks = [asyncio.create_task(self.capture.run(stop), name="audit-capture")]
+            if self.self_audit is not None:
+                tasks.append(asyncio.create_task(self.self_audit.run(stop, self.interval_seconds), name="self-audit"))
+            await asyncio.gather(*tasks)
+        finally:
+            with contextlib.suppress(Exception):
+                self.log.close()
+
+
+async def start_audit(
+    settings: Settings, engine: Engine, metadata: MetadataSource, read_model: ReadModel | None
+) -> AuditRuntime | None:
+    """None when settings.audit.enabled is off. The signing key is created here on first run."""
+    if not settings.audit.enabled:
+        return None
+    log = await asyncio.to_thread(open_audit_log, settings)
+    await asyncio.to_thread(log.keys.active)
+    publishers: list[Publisher] = []
+    if settings.kafka.bootstrap_servers:
+        from facade.kafka.checkpoints_publisher import KafkaCheckpointPublisher
+
+        publishers.append(KafkaCheckpointPublisher(settings.kafka).publish)
+    sink = AuditSink(log, publishers=publishers)
+    position = log.directory / POSITION_FILE
+    # The tree is the truth: the capture resumes after its last leaf, whatever the position file says.
+    await asyncio.to_thread(positions.save, position, sink.resume_position())
+    capture = ChangeCapture(engine, sink, position, metadata)
+    self_audit = SelfAudit(log, read_model.query, engine=engine) if read_model is not None else None
+    return AuditRuntime(log, sink, capture, self_audit, settings.audit.self_audit_interval_seconds)
