@@ -22,7 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--public-key", required=True, help="verifier key line or Ed25519 public key PEM")
     parser.add_argument("--key-name", default="", help="key name, when --public-key is a PEM file")
     args = parser.parse_args(argv)
-    key = VerifierKey.parse(Path(args.public_key).read_text(), name=args.key_name)
+    try:
+        key = VerifierKey.parse(Path(args.public_key).read_text(), name=args.key_name)
+    except (OSError, NoteError) as error:
+        print(json.dumps({"ok": False, "problems": [f"public key: {error}"]}))
+        return 2
     if args.export:
         report = verify_bundle(Path(args.export), key)
         print(json.dumps({"ok": report.ok, "rows_checked": report.rows_checked, "rows_proved": report.rows_proved,
