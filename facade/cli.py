@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser("serve", help="run the service")
     token = commands.add_parser("dev-token", help="print a development JWT")
     token.add_argument("--client-id", default="dev-client")
-    token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
+    token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin ledger.audit")
     token.add_argument("--ttl-seconds", type=int, default=24 * 3600)
     certs = commands.add_parser("dev-certs", help="write a development CA and server/client certificates")
     certs.add_argument("--out", required=True, help="output directory")

@@ -15,11 +15,9 @@ from typing import Any
 
 from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.settings import Settings
+from projections.audit_evidence import PROVE_CHANGES_MAX
 
-__all__ = ["PROVE_CHANGES_MAX", "register_evidence_commands"]
-
-PROVE_CHANGES_MAX = 64
-"""Changes proved per `prove --transaction` (a transaction's legs and phases); more is refused."""
+__all__ = ["register_evidence_commands"]
 
 
 def _emit(document: object, out: str | None) -> None:
@@ -76,29 +74,25 @@ def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
 def _sequences(settings: Settings, args: argparse.Namespace) -> list[int]:
     if args.sequence is not None:
         return [args.sequence]
+    from projections.audit_evidence import sequences_of_event, sequences_of_transaction
     from projections.client import open_client
-    from projections.queries import to_int
 
     client = open_client(settings.clickhouse)
     try:
         if args.transaction is not None:
-            rows = client.query_rows(
-                "SELECT chain_sequence FROM transactions WHERE transaction_id = {id:String} "
-                "ORDER BY chain_sequence LIMIT {limit:UInt32}",
-                {"id": args.transaction, "limit": PROVE_CHANGES_MAX + 1},
-            )
+            found = sequences_of_transaction(client, args.transaction)
         else:
-            timestamp = int(str(args.event).split(":", 1)[0])
-            rows = client.query_rows(
-                "SELECT chain_sequence FROM transactions WHERE engine_timestamp = {t:UInt64}", {"t": timestamp}
-            )
+            try:
+                found = sequences_of_event(client, args.event)
+            except ValueError as error:
+                raise SystemExit(str(error)) from error
     finally:
         client.close()
-    if not rows:
+    if not found:
         raise SystemExit("no such change in the read model")
-    if len(rows) > PROVE_CHANGES_MAX:
+    if len(found) > PROVE_CHANGES_MAX:
         raise SystemExit(f"more than {PROVE_CHANGES_MAX} changes: prove them by --sequence")
-    return [to_int(row[0]) for row in rows]
+    return found
 
 
 def _prove(settings: Settings, args: argparse.Namespace) -> int:

@@ -27,10 +27,19 @@ from facade.changes.chain import Link, canonical_bytes
 from ledger_audit_verifier import EVIDENCE_NAME, verify_bundle
 from projections.audit import ChainRow, Manifest, _chain_pages
 from projections.client import ClickHouseClient
-from projections.queries import TIMESTAMP_MAX
+from projections.queries import TIMESTAMP_MAX, to_int
 from projections.rows import CHANGE_VALUES
 
-__all__ = ["EVIDENCE_ALL_ROWS_MAX", "Evidence", "attach_evidence", "catch_up", "row_leaf_input"]
+__all__ = [
+    "EVIDENCE_ALL_ROWS_MAX",
+    "PROVE_CHANGES_MAX",
+    "Evidence",
+    "attach_evidence",
+    "catch_up",
+    "row_leaf_input",
+    "sequences_of_event",
+    "sequences_of_transaction",
+]
 
 EVIDENCE_ALL_ROWS_MAX = 1000
 """Exports up to this many rows carry a proof for every row; larger ones for their first and last."""
@@ -71,6 +80,32 @@ def catch_up(audit: AuditLog, client: ClickHouseClient) -> int:
             records.append(LeafRecord(row.chain_sequence, row.engine_timestamp, previous, data))
         added += audit.append(records)
     return added
+
+
+PROVE_CHANGES_MAX = 64
+"""Changes proved per request by transaction id (its legs and phases); more is refused."""
+
+
+def sequences_of_transaction(client: ClickHouseClient, transaction_id: str) -> list[int]:
+    """Chain sequences of a transaction's changes (at most PROVE_CHANGES_MAX + 1, to detect more)."""
+    rows = client.query_rows(
+        "SELECT DISTINCT chain_sequence FROM transactions WHERE transaction_id = {id:String} "
+        "ORDER BY chain_sequence LIMIT {limit:UInt32}",
+        {"id": transaction_id, "limit": PROVE_CHANGES_MAX + 1},
+    )
+    return [to_int(row[0]) for row in rows]
+
+
+def sequences_of_event(client: ClickHouseClient, event_id: str) -> list[int]:
+    """The chain sequence of the change an entry event id ("<engine timestamp>:D|C") belongs to."""
+    timestamp_text, _, side = event_id.partition(":")
+    if not timestamp_text.isdigit() or side not in ("D", "C"):
+        raise ValueError(f"event id {event_id!r} is not <engine timestamp>:D or :C")
+    rows = client.query_rows(
+        "SELECT DISTINCT chain_sequence FROM transactions WHERE engine_timestamp = {t:UInt64}",
+        {"t": int(timestamp_text)},
+    )
+    return [to_int(row[0]) for row in rows]
 
 
 def _covering(audit: AuditLog, last_sequence: int) -> SealedCheckpoint:

@@ -165,9 +165,11 @@ async def start(settings: Settings) -> RunningServer:
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None
+    history: HistoryServicer | None = None
     if settings.clickhouse.serve_history:
         read_model = await ReadModel.open(settings.clickhouse, engine, metadata=store)
-        history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(service, engine, read_model), server)
+        history = HistoryServicer(service, engine, read_model)
+        history_pb2_grpc.add_HistoryServicer_to_server(history, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -232,6 +234,8 @@ async def start(settings: Settings) -> RunningServer:
     audit = await start_audit(settings, engine, store, read_model)
     if audit is not None:
         running.background.append(asyncio.create_task(audit.run(running.stop_background), name="audit"))
+        if history is not None:
+            history.audit.audit = audit.log
     # Ready = can serve writes (engine + metadata store); Kafka and ClickHouse are reported, not required.
     checks: dict[str, Check] = {"engine": engine_check(engine), "metadata": metadata_check(store)}
     dependencies: dict[str, Check] = {}

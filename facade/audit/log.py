@@ -78,6 +78,8 @@ class AuditLog:
         self.keys = KeyRing(self.directory, settings.origin, settings.signing_key_file)
         self._head_path = self.directory / "tree" / "head.json"
         self._checkpoints_path = self.directory / _CHECKPOINTS
+        self._checkpoints: list[SealedCheckpoint] = []
+        self._checkpoints_offset = 0
 
     def close(self) -> None:
         self.tree.close()
@@ -102,20 +104,22 @@ class AuditLog:
     # Checkpoints --------------------------------------------------------------------------------
 
     def checkpoints(self) -> list[SealedCheckpoint]:
-        """Every checkpoint, oldest first, each verified with its own public key."""
+        """Every checkpoint, oldest first, each verified with its own public key once (then cached;
+        only lines appended since the last call are read)."""
         if not self._checkpoints_path.exists():
-            return []
-        sealed: list[SealedCheckpoint] = []
-        with self._checkpoints_path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if number >= CHECKPOINTS_MAX:
+            return list(self._checkpoints)
+        with self._checkpoints_path.open("rb") as handle:
+            handle.seek(self._checkpoints_offset)
+            for line in handle:
+                if len(self._checkpoints) >= CHECKPOINTS_MAX:
                     break
-                if not line.endswith("\n"):
+                if not line.endswith(b"\n"):
                     break  # A torn last line (crash mid-append): it was never acknowledged.
                 note = json.loads(line)["note"]
-                key_id = _key_id_of(note)
-                sealed.append(SealedCheckpoint(note, parse_checkpoint(note.encode(), self.keys.verifier(key_id))))
-        return sealed
+                verifier = self.keys.verifier(_key_id_of(note))
+                self._checkpoints.append(SealedCheckpoint(note, parse_checkpoint(note.encode(), verifier)))
+                self._checkpoints_offset += len(line)
+        return list(self._checkpoints)
 
     def latest(self) -> SealedCheckpoint | None:
         found = self.checkpoints()

@@ -1,0 +1,147 @@
+"""ledger.v1.History audit evidence over loopback gRPC: the running service feeds its Merkle tree from
+the engine's change feed and seals checkpoints; checkpoints and inclusion/consistency proofs come back
+over the API and verify with the stand-alone verifier and the public key alone. Scope ledger.audit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from facade.api.errors import error_info
+from facade.api.gen.ledger.v1 import history_pb2 as hpb
+from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
+from facade.audit.keys import KeyRing
+from facade.auth import SCOPE_AUDIT, SCOPE_READ, SCOPE_WRITE
+from facade.settings import AuditSettings
+from ledger_audit_verifier import VerifierKey, parse_checkpoint, verify_consistency, verify_inclusion
+from tests.api.conftest import Api, credit, make_settings, transfer
+
+WAIT_SECONDS = 30.0
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    import grpc as grpc_module
+
+    from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
+    from facade.api.server import start
+
+    settings = make_settings(tmp_path, history=True)
+    settings = settings.model_copy(
+        update={"audit": AuditSettings(checkpoint_entries=2, self_audit_interval_seconds=0.1)}
+    )
+    server = await start(settings)
+    channel = grpc_module.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    instance = Api(settings, server, channel, rpc.LedgerStub(channel))
+    try:
+        yield instance
+    finally:
+        await instance.channel.close()
+        await instance.server.stop()
+
+
+def reason(error: grpc.aio.AioRpcError) -> str:
+    info = error_info(error)
+    assert info is not None
+    return str(info.reason)
+
+
+def history(api: Api) -> Any:
+    return hrpc.HistoryStub(api.channel)
+
+
+def public_key(api: Api) -> VerifierKey:
+    """What an auditor gets from us out of band (`ledger audit keys`)."""
+    keys = KeyRing(api.settings.engine.data_dir.parent / "audit", api.settings.audit.origin).verifier_keys()
+    assert len(keys) == 1
+    return keys[0]
+
+
+async def sealed_through(api: Api, timestamp: int) -> hpb.SignedCheckpoint:
+    """Waits until a checkpoint covers the change committed at `timestamp` (the read model too)."""
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while True:
+        try:
+            checkpoint: hpb.SignedCheckpoint = await history(api).GetCheckpoint(
+                hpb.GetCheckpointRequest(), metadata=api.auth()
+            )
+            totals = await history(api).GetDailyTotals(hpb.GetDailyTotalsRequest(), metadata=api.auth())
+            if checkpoint.timestamp_last >= timestamp and totals.projected_until >= timestamp:
+                return checkpoint
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: no checkpoint yet.
+                raise
+        assert asyncio.get_running_loop().time() < deadline, "no checkpoint sealed"
+        await asyncio.sleep(0.05)
+
+
+async def test_checkpoints_and_proofs_verify_offline(api: Api) -> None:
+    alice, bob = await api.account("alice"), await api.account("bob")
+    first = await api.post("a1", credit(alice, 10_000))
+    await api.post("a2", transfer(alice, bob, 2_500))
+    old = await sealed_through(api, first.committed_at_ns)
+    last = await api.post("a3", transfer(alice, bob, 100))
+    await api.post("a4", transfer(bob, alice, 7))
+    new = await sealed_through(api, last.committed_at_ns)
+    key = public_key(api)
+    audit_only = api.auth(scopes=frozenset({SCOPE_AUDIT}))
+
+    checkpoint = parse_checkpoint(new.note.encode(), key)  # Signed by the service's key.
+    assert (checkpoint.tree_size, checkpoint.root_hash, checkpoint.key_id) == (new.tree_size, new.root_hash, key.key_id)
+
+    proof = await history(api).GetInclusionProof(
+        hpb.GetInclusionProofRequest(transaction_id=last.transaction_id), metadata=audit_only
+    )
+    assert len(proof.proofs) == 1
+    signed = parse_checkpoint(proof.checkpoint.note.encode(), key)
+    leaf = proof.proofs[0]
+    verify_inclusion(leaf.leaf_index, signed.tree_size, leaf.leaf_hash, list(leaf.hashes), signed.root_hash)
+
+    by_sequence = await history(api).GetInclusionProof(
+        hpb.GetInclusionProofRequest(sequence=1, tree_size=old.tree_size), metadata=audit_only
+    )
+    older = parse_checkpoint(by_sequence.checkpoint.note.encode(), key)
+    assert older.tree_size == old.tree_size
+    item = by_sequence.proofs[0]
+    verify_inclusion(0, older.tree_size, item.leaf_hash, list(item.hashes), older.root_hash)
+
+    consistency = await history(api).GetConsistencyProof(
+        hpb.GetConsistencyProofRequest(old_size=old.tree_size), metadata=audit_only
+    )
+    a = parse_checkpoint(consistency.old_checkpoint.note.encode(), key)
+    b = parse_checkpoint(consistency.new_checkpoint.note.encode(), key)
+    assert b.tree_size >= new.tree_size > a.tree_size
+    verify_consistency(a.tree_size, b.tree_size, list(consistency.hashes), a.root_hash, b.root_hash)
+    assert base64.b64encode(a.previous_hash)  # Checkpoints chain: each names the previous one's hash.
+
+
+async def test_scope_and_bad_requests(api: Api) -> None:
+    alice = await api.account("alice")
+    await api.post("b1", credit(alice, 5))
+    posted = await api.post("b2", credit(alice, 6))  # Two changes: the tree seals every 2.
+    await sealed_through(api, posted.committed_at_ns)
+    stub = history(api)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.GetCheckpoint(
+            hpb.GetCheckpointRequest(), metadata=api.auth(scopes=frozenset({SCOPE_READ, SCOPE_WRITE}))
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetInclusionProof(hpb.GetInclusionProofRequest(transaction_id="no-such"), metadata=api.auth())
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(missing.value) == "CHANGE_NOT_FOUND"
+    with pytest.raises(grpc.aio.AioRpcError) as beyond:
+        await stub.GetInclusionProof(hpb.GetInclusionProofRequest(sequence=10_000), metadata=api.auth())
+    assert reason(beyond.value) == "NOT_IN_CHECKPOINT"
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await stub.GetConsistencyProof(hpb.GetConsistencyProofRequest(old_size=999), metadata=api.auth())
+    assert reason(unknown.value) == "CHECKPOINT_NOT_FOUND"
+    with pytest.raises(grpc.aio.AioRpcError) as no_target:
+        await stub.GetInclusionProof(hpb.GetInclusionProofRequest(), metadata=api.auth())
+    assert no_target.value.code() == grpc.StatusCode.INVALID_ARGUMENT
