@@ -65,7 +65,7 @@ def _period_end(timestamp_to: int) -> int:
     return timestamp_to or time.time_ns()
 
 
-def _signed(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
+def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
     checkpoint = sealed.checkpoint
     return history_pb2.SignedCheckpoint(
         note=sealed.note,
@@ -88,7 +88,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         self, request: history_pb2.GetCheckpointRequest, context: Context
     ) -> history_pb2.SignedCheckpoint:
         try:
-            return _signed(await self.audit.checkpoint(request.tree_size))
+            return signed_checkpoint(await self.audit.checkpoint(request.tree_size))
         except DomainError as error:
             await abort_domain(context, error)
 
@@ -105,7 +105,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         except DomainError as error:
             await abort_domain(context, error)
         return history_pb2.InclusionProof(
-            checkpoint=_signed(sealed),
+            checkpoint=signed_checkpoint(sealed),
             proofs=[
                 history_pb2.LeafProof(
                     sequence=p.sequence, leaf_index=p.sequence - 1, leaf_hash=p.leaf_hash, hashes=list(p.hashes)
@@ -121,7 +121,9 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
             old, new, hashes = await self.audit.consistency(request.old_size, request.new_size)
         except DomainError as error:
             await abort_domain(context, error)
-        return history_pb2.ConsistencyProof(old_checkpoint=_signed(old), new_checkpoint=_signed(new), hashes=hashes)
+        return history_pb2.ConsistencyProof(
+            old_checkpoint=signed_checkpoint(old), new_checkpoint=signed_checkpoint(new), hashes=hashes
+        )
 
     async def _owned(self, account_id_text: str) -> int:
         """The account id when the caller may read it: NOT_FOUND otherwise (as GetAccount)."""

@@ -32,7 +32,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
     from facade.api.server import start
 
-    settings = make_settings(tmp_path, history=True)
+    settings = make_settings(tmp_path, history=True, http_port=0)
     settings = settings.model_copy(
         update={"audit": AuditSettings(checkpoint_entries=2, self_audit_interval_seconds=0.1)}
     )
@@ -145,3 +145,41 @@ async def test_scope_and_bad_requests(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as no_target:
         await stub.GetInclusionProof(hpb.GetInclusionProofRequest(), metadata=api.auth())
     assert no_target.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_json_gateway_routes(api: Api) -> None:
+    """The same evidence under /v1/audit, proto3 JSON (u64 decimal strings, base64 hashes)."""
+    import httpx
+
+    alice, bob = await api.account("alice"), await api.account("bob")
+    await api.post("c1", credit(alice, 900))
+    posted = await api.post("c2", transfer(alice, bob, 90))
+    await sealed_through(api, posted.committed_at_ns)
+    key = public_key(api)
+    base = f"http://127.0.0.1:{api.server.http_port}/v1/audit"
+    audit_only = dict(api.auth(scopes=frozenset({SCOPE_AUDIT})))
+    async with httpx.AsyncClient() as client:
+        checkpoint = (await client.get(f"{base}/checkpoint", headers=audit_only)).json()
+        signed = parse_checkpoint(checkpoint["note"].encode(), key)
+        assert checkpoint["tree_size"] == str(signed.tree_size)
+        answer = await client.get(
+            f"{base}/inclusion-proof", params={"transaction_id": posted.transaction_id}, headers=audit_only
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        tree = parse_checkpoint(body["checkpoint"]["note"].encode(), key)
+        (leaf,) = body["proofs"]
+        hashes = [base64.b64decode(h) for h in leaf["hashes"]]
+        verify_inclusion(
+            int(leaf["leaf_index"]), tree.tree_size, base64.b64decode(leaf["leaf_hash"]), hashes, tree.root_hash
+        )
+        consistency = await client.get(
+            f"{base}/consistency-proof", params={"old_size": str(signed.tree_size)}, headers=audit_only
+        )
+        assert consistency.status_code == 200 and consistency.json()["hashes"] == []  # Same checkpoint.
+        denied = await client.get(f"{base}/checkpoint", headers=dict(api.auth(scopes=frozenset({SCOPE_READ}))))
+        assert denied.status_code == 403
+        unknown = await client.get(f"{base}/checkpoint", params={"size": "1"}, headers=audit_only)
+        assert (unknown.status_code, unknown.json()["reason"]) == (400, "UNKNOWN_QUERY_PARAMETER")
+        missing = await client.get(f"{base}/checkpoint", params={"tree_size": "77"}, headers=audit_only)
+        assert (missing.status_code, missing.json()["reason"]) == (404, "CHECKPOINT_NOT_FOUND")
