@@ -1,5 +1,6 @@
 """The audit log inside `ledger serve`: its own change capture into the Merkle tree (sealing every N
-changes or T seconds, publishing checkpoints to Kafka when configured) and the background self-audit."""
+changes or T seconds; each checkpoint stored in the read model's `audit_checkpoints` and published to
+Kafka when configured) and the background self-audit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from facade.audit.log import AuditLog, open_audit_log
+from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.audit.self_audit import SelfAudit
 from facade.audit.sink import AuditSink, Publisher
 from facade.changes import checkpoint as positions
@@ -54,6 +55,13 @@ async def start_audit(
         from facade.kafka.checkpoints_publisher import KafkaCheckpointPublisher
 
         publishers.append(KafkaCheckpointPublisher(settings.kafka).publish)
+    if read_model is not None:
+        from projections.audit_checkpoints import store_checkpoint
+
+        async def store(sealed: SealedCheckpoint) -> None:
+            await read_model.query(lambda client: store_checkpoint(client, sealed))
+
+        publishers.append(store)
     sink = AuditSink(log, publishers=publishers)
     position = log.directory / POSITION_FILE
     # The tree is the truth: the capture resumes after its last leaf, whatever the position file says.

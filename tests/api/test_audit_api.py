@@ -118,7 +118,21 @@ async def test_checkpoints_and_proofs_verify_offline(api: Api) -> None:
     b = parse_checkpoint(consistency.new_checkpoint.note.encode(), key)
     assert b.tree_size >= new.tree_size > a.tree_size
     verify_consistency(a.tree_size, b.tree_size, list(consistency.hashes), a.root_hash, b.root_hash)
-    assert base64.b64encode(a.previous_hash)  # Checkpoints chain: each names the previous one's hash.
+    assert b.previous_hash != bytes(32)  # Not the first: checkpoints chain, each naming the previous body's hash.
+
+    # Every checkpoint is in the read model too, verbatim.
+    from projections.audit_checkpoints import list_checkpoints
+
+    assert api.server.read_model is not None
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while new.tree_size not in [
+        row.tree_size for row in (stored := await api.server.read_model.query(list_checkpoints))
+    ]:
+        # Stored right after the seal that GetCheckpoint already shows.
+        assert asyncio.get_running_loop().time() < deadline, "checkpoint not stored in the read model"
+        await asyncio.sleep(0.05)
+    for row in stored:
+        assert parse_checkpoint(row.note.encode(), key).tree_size == row.tree_size
 
 
 async def test_scope_and_bad_requests(api: Api) -> None:
