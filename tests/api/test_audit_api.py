@@ -125,12 +125,12 @@ async def test_checkpoints_and_proofs_verify_offline(api: Api) -> None:
 
     assert api.server.read_model is not None
     deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while new.tree_size not in [
-        row.tree_size for row in (stored := await api.server.read_model.query(list_checkpoints))
-    ]:
+    stored = await api.server.read_model.query(list_checkpoints)
+    while new.tree_size not in [row.tree_size for row in stored]:
         # Stored right after the seal that GetCheckpoint already shows.
         assert asyncio.get_running_loop().time() < deadline, "checkpoint not stored in the read model"
         await asyncio.sleep(0.05)
+        stored = await api.server.read_model.query(list_checkpoints)
     for row in stored:
         assert parse_checkpoint(row.note.encode(), key).tree_size == row.tree_size
 
