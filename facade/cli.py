@@ -20,7 +20,8 @@ ledger project [--source engine|kafka] [--once]
 ledger statement ACCOUNT --from T --to T | balance ACCOUNT [--at T] | totals --from T --to T
 ledger correlation ID | reconcile
 ledger audit export --from T --to T --format csv|parquet --out DIR
-ledger audit verify [--export DIR]
+ledger audit verify [--export DIR [--public-key FILE]]
+ledger audit keys [--rotate] | checkpoint | prove --sequence N | consistency --old N   (docs/audit.md)
 """
 
 from __future__ import annotations

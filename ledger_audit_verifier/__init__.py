@@ -23,7 +23,16 @@ from ledger_audit_verifier._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from ledger_audit_verifier._note import Checkpoint, NoteError, VerifierKey, checkpoint_body, key_hash, parse_checkpoint
+from ledger_audit_verifier._note import (
+    Checkpoint,
+    NoteError,
+    VerifierKey,
+    checkpoint_body,
+    key_hash,
+    parse_checkpoint,
+    parse_checkpoint_any,
+    parse_keys,
+)
 from ledger_audit_verifier._proofs import verify_proof_document
 
 __all__ = [
@@ -39,6 +48,8 @@ __all__ = [
     "leaf_input",
     "node_hash",
     "parse_checkpoint",
+    "parse_checkpoint_any",
+    "parse_keys",
     "root_from_inclusion",
     "row_leaf_input",
     "verify_bundle",

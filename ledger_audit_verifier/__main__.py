@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ledger_audit_verifier._bundle import verify_bundle
 from ledger_audit_verifier._merkle import ProofError
-from ledger_audit_verifier._note import NoteError, VerifierKey
+from ledger_audit_verifier._note import NoteError, parse_keys
 from ledger_audit_verifier._proofs import verify_proof_document
 
 
@@ -19,11 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--export", help="an export bundle directory")
     target.add_argument("--proof", help="a proof document (JSON)")
-    parser.add_argument("--public-key", required=True, help="verifier key line or Ed25519 public key PEM")
+    parser.add_argument(
+        "--public-key", required=True, help="verifier key lines (one per signing key) or an Ed25519 public key PEM"
+    )
     parser.add_argument("--key-name", default="", help="key name, when --public-key is a PEM file")
     args = parser.parse_args(argv)
     try:
-        key = VerifierKey.parse(Path(args.public_key).read_text(), name=args.key_name)
+        key = parse_keys(Path(args.public_key).read_text(), name=args.key_name)
     except (OSError, NoteError) as error:
         print(json.dumps({"ok": False, "problems": [f"public key: {error}"]}))
         return 2

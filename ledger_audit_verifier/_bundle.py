@@ -31,12 +31,12 @@ import csv
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ledger_audit_verifier._merkle import ProofError, leaf_hash, verify_inclusion
-from ledger_audit_verifier._note import Checkpoint, NoteError, VerifierKey, parse_checkpoint
+from ledger_audit_verifier._note import Checkpoint, NoteError, VerifierKey, parse_checkpoint_any
 
 __all__ = [
     "EVIDENCE_NAME",
@@ -198,7 +198,7 @@ def _proofs(evidence: Mapping[str, object]) -> dict[int, list[bytes]]:
     return proofs
 
 
-def _verify(directory: Path, key: VerifierKey, report: BundleReport) -> None:
+def _verify(directory: Path, keys: list[VerifierKey], report: BundleReport) -> None:
     manifest = _load_json(directory / MANIFEST_NAME, EVIDENCE_BYTES_MAX)
     evidence = _load_json(directory / EVIDENCE_NAME, EVIDENCE_BYTES_MAX)
     if evidence.get("version") != EVIDENCE_VERSION:
@@ -206,7 +206,7 @@ def _verify(directory: Path, key: VerifierKey, report: BundleReport) -> None:
     note = evidence.get("checkpoint")
     if not isinstance(note, str):
         raise _RefusedError("evidence has no checkpoint")
-    checkpoint: Checkpoint = parse_checkpoint(note.encode(), key)
+    checkpoint: Checkpoint = parse_checkpoint_any(note.encode(), keys)
     report.tree_size = checkpoint.tree_size
     report.root_hash = checkpoint.root_hash.hex()
     report.key_id = checkpoint.key_id
@@ -264,11 +264,11 @@ def _verify(directory: Path, key: VerifierKey, report: BundleReport) -> None:
         raise _RefusedError(f"sequence {last_row[0]}: the last row has no inclusion proof in the evidence")
 
 
-def verify_bundle(directory: Path, key: VerifierKey) -> BundleReport:
+def verify_bundle(directory: Path, key: VerifierKey | Sequence[VerifierKey]) -> BundleReport:
     """Verifies an export bundle offline with the public key alone; reads files, writes nothing."""
     report = BundleReport()
     try:
-        _verify(directory, key, report)
+        _verify(directory, [key] if isinstance(key, VerifierKey) else list(key), report)
     except (_RefusedError, NoteError, ProofError) as error:
         report.problems.append(str(error))
     except (KeyError, ValueError, TypeError, struct.error) as error:

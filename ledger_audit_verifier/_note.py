@@ -35,6 +35,8 @@ __all__ = [
     "checkpoint_body",
     "key_hash",
     "parse_checkpoint",
+    "parse_checkpoint_any",
+    "parse_keys",
 ]
 
 NOTE_BYTES_MAX = 4096
@@ -93,6 +95,33 @@ class VerifierKey:
         if key.key_id != key_id.lower():
             raise NoteError("verifier key id does not match its key")
         return key
+
+
+KEYS_PER_FILE_MAX = 1024
+"""Verifier keys read from one key file (every key ever rotated in); more is refused."""
+
+
+def parse_keys(text: str, *, name: str = "") -> list[VerifierKey]:
+    """A key file: one verifier key per line (as `ledger audit keys --verifier-keys` writes), or a PEM key."""
+    if text.lstrip().startswith("-----BEGIN"):
+        return [VerifierKey.parse(text, name=name)]
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or len(lines) > KEYS_PER_FILE_MAX:
+        raise NoteError(f"a key file holds 1 to {KEYS_PER_FILE_MAX} verifier keys")
+    return [VerifierKey.parse(line) for line in lines]
+
+
+def parse_checkpoint_any(note: bytes, keys: list[VerifierKey]) -> Checkpoint:
+    """parse_checkpoint with whichever of `keys` signed the note (rotated keys: old checkpoints verify)."""
+    assert keys
+    error: NoteError | None = None
+    for key in keys:
+        try:
+            return parse_checkpoint(note, key)
+        except NoteError as refused:
+            error = refused
+    assert error is not None
+    raise error
 
 
 @dataclass(slots=True, frozen=True)

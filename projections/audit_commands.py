@@ -44,7 +44,10 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
             audit.keys.rotate()
         active = audit.keys.active().verifier.key_id
         for key in audit.keys.verifier_keys():
-            _emit({"key_id": key.key_id, "verifier_key": key.text(), "active": key.key_id == active}, None)
+            if args.verifier_keys:
+                print(key.text())  # A key file for `audit verify --public-key`: every key, old ones too.
+            else:
+                _emit({"key_id": key.key_id, "verifier_key": key.text(), "active": key.key_id == active}, None)
     finally:
         audit.close()
     return 0
@@ -142,6 +145,7 @@ def register_evidence_commands(audit_commands: Any) -> None:
     """Adds keys, checkpoint, prove and consistency to the `audit` subcommands."""
     keys = audit_commands.add_parser("keys", help="list the checkpoint signing keys (public halves)")
     keys.add_argument("--rotate", action="store_true", help="generate a new signing key first")
+    keys.add_argument("--verifier-keys", action="store_true", help="print only the key lines (a --public-key file)")
     keys.set_defaults(projections_run=_keys)
     checkpoint = audit_commands.add_parser("checkpoint", help="seal a signed checkpoint now")
     checkpoint.set_defaults(projections_run=_checkpoint)

@@ -257,10 +257,10 @@ def _audit_verify_entry(settings: Settings, args: argparse.Namespace) -> int:
         return _with_client(_audit_verify)(settings, args)
     if not args.export:
         raise SystemExit("audit verify --public-key needs --export DIR")
-    from ledger_audit_verifier import NoteError, VerifierKey, verify_bundle
+    from ledger_audit_verifier import NoteError, parse_keys, verify_bundle
 
     try:
-        key = VerifierKey.parse(Path(args.public_key).read_text())
+        key = parse_keys(Path(args.public_key).read_text())
     except (OSError, NoteError) as error:
         raise SystemExit(f"audit verify --public-key: {error}") from error
     report = verify_bundle(Path(args.export), key)

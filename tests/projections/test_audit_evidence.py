@@ -22,7 +22,7 @@ from facade.audit.sink import AuditSink
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
-from ledger_audit_verifier import VerifierKey, row_leaf_input, verify_bundle
+from ledger_audit_verifier import VerifierKey, parse_keys, row_leaf_input, verify_bundle
 from projections import audit, audit_evidence
 from projections.client import ChdbClient
 from projections.projector import Projector, change_capture
@@ -192,6 +192,8 @@ def test_rotated_key_keeps_old_checkpoints_verifiable(exported: Path, audit_log:
     assert {k.key_id for k in audit_log.keys.verifier_keys()} == {old.key_id, new.verifier.key_id}
     assert verify_bundle(exported, old).ok  # Signed before the rotation: still verifies with the old key.
     assert not verify_bundle(exported, new.verifier).ok
+    key_lines = "\n".join(key.text() for key in audit_log.keys.verifier_keys()) + "\n"
+    assert verify_bundle(exported, parse_keys(key_lines)).ok  # A key file with every key: the right one is used.
     assert [c.checkpoint.key_id for c in audit_log.checkpoints()] == [old.key_id] * 2
     key_file = audit_log.keys.directory / f"{old.key_id}.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
@@ -266,3 +268,9 @@ def test_cli_keys_checkpoint_and_proof_documents(
         verify_proof_document(forged, key)
     rotated = run("audit", "keys", "--rotate")
     assert sorted(k["active"] is True for k in rotated) == [False, True]
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    assert cli.run(parser.parse_args(["audit", "keys", "--verifier-keys"]), settings) == 0
+    key_lines = capsys.readouterr().out
+    assert {k.key_id for k in parse_keys(key_lines)} == {str(k["key_id"]) for k in rotated}
+    assert verify_proof_document(proved[0], parse_keys(key_lines))  # Signed by the old key: still verifies.
