@@ -161,14 +161,28 @@ class AuditLog:
             note = body.decode() + f"\n\u2014 {key.verifier.name} {blob}\n"
             sealed = SealedCheckpoint(note, parse_checkpoint(note.encode(), key.verifier))
             line = (json.dumps({"tree_size": size, "note": note}) + "\n").encode()
-            fd = os.open(self._checkpoints_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(self._checkpoints_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
+                _drop_torn_tail(fd)
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
         assert sealed.tree_size == size
         return sealed
+
+
+def _drop_torn_tail(fd: int) -> None:
+    """A crash mid-append leaves a last line without its newline (never acknowledged): cut it, so the
+    next checkpoint starts on a line of its own."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    tail_max = min(size, 64 * 1024)
+    tail = os.pread(fd, tail_max, size - tail_max)
+    keep = size - tail_max + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+    assert 0 <= keep < size
+    os.ftruncate(fd, keep)
 
 
 def _key_id_of(note: str) -> str:

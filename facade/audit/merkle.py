@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class MerkleTree:
         """Level files open so far: only the ~log2(n) levels that exist, opened on first use."""
         self._counts = [0] * LEVELS_MAX
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._thread_lock = threading.Lock()
         with self.lock():
             pass  # Recovers a torn append left by a crash.
 
@@ -85,13 +87,15 @@ class MerkleTree:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive across processes; the sizes are re-read and repaired on entry."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            self._recover()
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        """Exclusive across processes (flock) and threads (an flock on one descriptor does not exclude
+        the process's own threads); the sizes are re-read and repaired on entry."""
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._recover()
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _recover(self) -> None:
         levels = self._levels()

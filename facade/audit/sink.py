@@ -83,6 +83,12 @@ class AuditSink:
         if due or self._published_size < self._sealed_size:
             await self.seal()
 
+    async def seal_if_pending(self) -> None:
+        """Seals when changes are unsealed (or the last checkpoint is unpublished); else nothing."""
+        head = await asyncio.to_thread(self.audit.head)
+        if head.link.sequence > self._sealed_size or self._published_size < self._sealed_size:
+            await self.seal()
+
     async def seal(self) -> SealedCheckpoint:
         sealed = await asyncio.to_thread(self.audit.seal)
         if sealed.tree_size > self._sealed_size:

@@ -25,25 +25,39 @@ from tests.api.conftest import Api, credit, make_settings, transfer
 WAIT_SECONDS = 30.0
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+async def open_audited(tmp_path: Path, audit: AuditSettings) -> Api:
     import grpc as grpc_module
 
     from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
     from facade.api.server import start
 
-    settings = make_settings(tmp_path, history=True, http_port=0)
-    settings = settings.model_copy(
-        update={"audit": AuditSettings(checkpoint_entries=2, self_audit_interval_seconds=0.1)}
-    )
+    settings = make_settings(tmp_path, history=True, http_port=0).model_copy(update={"audit": audit})
     server = await start(settings)
     channel = grpc_module.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    instance = Api(settings, server, channel, rpc.LedgerStub(channel))
+    return Api(settings, server, channel, rpc.LedgerStub(channel))
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    instance = await open_audited(tmp_path, AuditSettings(checkpoint_entries=2, self_audit_interval_seconds=0.1))
     try:
         yield instance
     finally:
         await instance.channel.close()
         await instance.server.stop()
+
+
+async def test_quiet_tail_is_sealed_by_time(tmp_path: Path) -> None:
+    """Fewer changes than checkpoint_entries, then nothing: the interval seals them anyway."""
+    api = await open_audited(tmp_path, AuditSettings(checkpoint_entries=1000, checkpoint_interval_seconds=0.2))
+    try:
+        alice = await api.account("alice")
+        posted = await api.post("t1", credit(alice, 3))
+        checkpoint = await sealed_through(api, posted.committed_at_ns)
+        assert checkpoint.tree_size == 1
+    finally:
+        await api.channel.close()
+        await api.server.stop()
 
 
 def reason(error: grpc.aio.AioRpcError) -> str:
