@@ -52,7 +52,7 @@ from facade.domain.mapping import (
     validate_map,
     validate_text,
 )
-from facade.engine.protocol import Engine, EngineUnavailableError
+from facade.engine.protocol import Engine, EngineFault, EngineUnavailableError
 from facade.engine.types import (
     BATCH_EVENTS_MAX,
     Account,
@@ -65,7 +65,10 @@ from facade.engine.types import (
 )
 from facade.metadata_store import AccountRecord, MetadataStore, StoredTransaction
 from facade.observability import metrics
+from facade.observability.logs import get_logger
 from facade.settings import ApiSettings
+
+log = get_logger("ledger.service")
 
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
@@ -113,6 +116,24 @@ class EntryView:
     account_id: int
     currency: str
     status: str  # "posted" | "authorized" | "voided"
+
+
+ENGINE_FAULT_MESSAGES = {
+    EngineFault.UNAVAILABLE: "the ledger cannot record writes right now; retry later",
+    EngineFault.STORAGE_FULL: "the ledger's storage is full: writes resume when space returns; retry later",
+    EngineFault.STORAGE_FAILED: "the ledger's storage failed: writes wait for an operator; reads still work",
+}
+ENGINE_UNAVAILABLE_LOG_INTERVAL_SECONDS = 1.0
+"""At most one log line per interval while the engine refuses writes: a refused batch is not log spam."""
+_engine_unavailable_logged_at = -math.inf
+
+
+def _log_engine_unavailable(error: EngineUnavailableError) -> None:
+    global _engine_unavailable_logged_at  # noqa: PLW0603 - one rate limit for the process.
+    now = time.monotonic()
+    if now - _engine_unavailable_logged_at >= ENGINE_UNAVAILABLE_LOG_INTERVAL_SECONDS:
+        _engine_unavailable_logged_at = now
+        log.warning("engine refused writes", reason=str(error))
 
 
 class LedgerService:
@@ -417,7 +438,11 @@ class LedgerService:
                 elif isinstance(outcome, DeadlineExceededError):
                     result = DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(outcome))
                 elif isinstance(outcome, EngineUnavailableError):
-                    result = DomainError(grpc.StatusCode.UNAVAILABLE, "ENGINE_UNAVAILABLE", str(outcome))
+                    # The engine's reason names files and OS errors: for the operator's log, not the caller.
+                    _log_engine_unavailable(outcome)
+                    result = DomainError(
+                        grpc.StatusCode.UNAVAILABLE, outcome.fault.value, ENGINE_FAULT_MESSAGES[outcome.fault]
+                    )
                 else:
                     assert isinstance(outcome, BaseException)
                     raise outcome

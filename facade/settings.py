@@ -24,6 +24,13 @@ class EngineSettings(BaseModel):
     )
     tb_cluster_id: int = Field(default=0, ge=0, description="TigerBeetle backend: cluster id.")
     tb_addresses: str = Field(default="3000", description="TigerBeetle backend: comma-separated replica addresses.")
+    tb_limit_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        le=1024 * 1024,
+        description="TigerBeetle backend: the replicas' --limit-request (32 KiB with --development); larger "
+        "work is split into requests this size, and a smaller real limit is learned from the client's refusals.",
+    )
 
 
 class KafkaSettings(BaseModel):
@@ -60,6 +67,11 @@ class KafkaSettings(BaseModel):
     entries_encoding: Literal["protobuf", "json"] = Field(
         default="protobuf",
         description="Value encoding of entries: protobuf, or proto3 JSON (kcat, Connect, ClickHouse).",
+    )
+    schema_registry_url: str = Field(
+        default="",
+        description="Confluent-compatible Schema Registry: protobuf values then use Confluent's serializer and "
+        "wire format (schemas registered under <topic>-value). Empty: plain protobuf.",
     )
     results_encoding: Literal["protobuf", "json"] = Field(
         default="protobuf", description="Value encoding of ingestion results (commands are read in either, by header)."

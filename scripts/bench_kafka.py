@@ -32,12 +32,12 @@ from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.kafka.ingest import CommandIngestor
+from facade.kafka.topics import ensure_topics
 from facade.metadata_store import MetadataStore
 from facade.runtime import tune_gc
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
 from scripts.kafka_broker import KafkaCluster
-from tests.kafka_fixtures import create_topics
 
 ACCOUNTS = 100
 PARTITIONS = 6
@@ -110,12 +110,8 @@ async def main() -> None:
     cluster = KafkaCluster(work / "kafka", brokers=1)
     cluster.start()
     try:
-        settings = KafkaSettings(bootstrap_servers=cluster.bootstrap_servers)
-        create_topics(
-            cluster.bootstrap_servers,
-            [settings.commands_topic, settings.entries_topic, settings.results_topic, settings.commands_dlq_topic],
-            partitions=PARTITIONS,
-        )
+        settings = KafkaSettings(bootstrap_servers=cluster.bootstrap_servers, topic_partitions=PARTITIONS)
+        ensure_topics(settings)  # As the service provisions them.
         engine = await EmbeddedEngine.open(work / "engine")
         store = await MetadataStore.open(work / "metadata.sqlite3")
         service = LedgerService(engine, store, ApiSettings())

@@ -24,7 +24,6 @@ from facade.observability.logs import get_logger
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REASON_INTERNAL = "INTERNAL"
-REASON_ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
 REASON_MALFORMED_REQUEST = "MALFORMED_REQUEST"
 ERROR_ID_BYTES = 8
 
@@ -38,9 +37,9 @@ def unexpected_error(error: Exception, *, edge: str, operation: str) -> DomainEr
     error_id = os.urandom(ERROR_ID_BYTES).hex()
     log.error("unexpected error", error_id=error_id, edge=edge, operation=operation, exc_info=error)
     metadata = {"error_id": error_id}
-    if isinstance(error, EngineUnavailableError):
+    if isinstance(error, EngineUnavailableError):  # Reads of a stopped engine, say: its fault, not its text.
         message = f"engine unavailable (error id {error_id})"
-        return DomainError(grpc.StatusCode.UNAVAILABLE, REASON_ENGINE_UNAVAILABLE, message, metadata)
+        return DomainError(grpc.StatusCode.UNAVAILABLE, error.fault.value, message, metadata)
     return DomainError(grpc.StatusCode.INTERNAL, REASON_INTERNAL, f"internal error (error id {error_id})", metadata)
 
 

@@ -16,7 +16,11 @@ async def open_engine(settings: EngineSettings) -> Engine:
     if settings.backend == "tigerbeetle":
         from facade.engine.tigerbeetle import TigerBeetleEngine
 
-        return TigerBeetleEngine(cluster_id=settings.tb_cluster_id, addresses=settings.tb_addresses)
+        return TigerBeetleEngine(
+            cluster_id=settings.tb_cluster_id,
+            addresses=settings.tb_addresses,
+            limit_request_bytes=settings.tb_limit_request_bytes,
+        )
     from facade.engine.embedded import EmbeddedEngine
 
     return await EmbeddedEngine.open(settings.data_dir, mirror_dir=settings.mirror_dir)

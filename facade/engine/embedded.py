@@ -38,7 +38,7 @@ from typing import ParamSpec, TypeVar
 from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
 from facade.engine.journal import HEADER_SIZE, Header, Journal, JournalWriteError, Operation, Record, encode_record
 from facade.engine.journal_check import recover
-from facade.engine.protocol import EngineUnavailableError
+from facade.engine.protocol import EngineFault, EngineUnavailableError
 from facade.engine.state_machine import StateMachine
 from facade.engine.types import (
     BATCH_EVENTS_MAX,
@@ -49,8 +49,8 @@ from facade.engine.types import (
     ChangeEventsFilter,
     CreateAccountResult,
     CreateTransferResult,
-    FieldRangeError,
     QueryFilter,
+    TooMuchDataError,
     Transfer,
     validate_ids,
 )
@@ -124,12 +124,16 @@ class EmbeddedLedger:
         self._check_readable()
         failure = self._journal.failure
         if failure is not None:
-            raise EngineUnavailableError(f"engine is dead for writes until restarted: {failure}")
+            raise EngineUnavailableError(
+                f"engine is dead for writes until restarted: {failure}", EngineFault.STORAGE_FAILED
+            )
         if self.write_blocked is None:
             return
         retry_due = time.monotonic() - self._write_attempt_monotonic >= WRITE_RETRY_INTERVAL_SECONDS
         if not retry_due or not self._journal.space_available(size):
-            raise EngineUnavailableError(f"writes paused until the disk has room (last failure: {self.write_blocked})")
+            raise EngineUnavailableError(
+                f"writes paused until the disk has room (last failure: {self.write_blocked})", EngineFault.STORAGE_FULL
+            )
 
     def _record(
         self, operation: Operation, *, timestamp: int, count: int, results_checksum: int, body: bytes,
@@ -171,9 +175,13 @@ class EmbeddedLedger:
                 )
                 raise EngineUnavailableError(self._state_failure) from rebuild_error
             if error.fatal:
-                raise EngineUnavailableError(f"engine is dead for writes until restarted: {error}") from error
+                raise EngineUnavailableError(
+                    f"engine is dead for writes until restarted: {error}", EngineFault.STORAGE_FAILED
+                ) from error
             self.write_blocked = str(error)
-            raise EngineUnavailableError(f"writes paused: {error}; they resume when the disk has room") from error
+            raise EngineUnavailableError(
+                f"writes paused: {error}; they resume when the disk has room", EngineFault.STORAGE_FULL
+            ) from error
         metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
         self.write_blocked = None
 
@@ -188,7 +196,7 @@ class EmbeddedLedger:
 
     def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         if len(accounts) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not accounts:
             return []
         body = encode_accounts(accounts)
@@ -209,7 +217,7 @@ class EmbeddedLedger:
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
         if len(transfers) > BATCH_EVENTS_MAX:
-            raise FieldRangeError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
+            raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
             return []
         body = encode_transfers(transfers)

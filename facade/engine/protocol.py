@@ -8,12 +8,14 @@ Contract, for both backends:
 - `create_*` return one result per event, in event order (TigerBeetle 0.17's dense results), and return
   only after the batch is durable. A batch holds at most BATCH_EVENTS_MAX events.
 - Reads are strongly consistent: they see every write acknowledged before they were issued.
-- An argument that cannot be encoded (a u128 field above 2^128-1, a batch too large) raises
-  FieldRangeError and nothing is written.
+- An argument that cannot be encoded (a u128 field above 2^128-1) raises FieldRangeError and nothing
+  is written. More than one request or reply holds (a batch above BATCH_EVENTS_MAX events, a query
+  `limit` above QUERY_LIMIT_MAX) raises its subclass TooMuchDataError, as the official client does.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,8 +32,23 @@ from facade.engine.types import (
 )
 
 
+class EngineFault(enum.Enum):
+    """Why the engine refuses: what a caller may be told (the message, with paths and OS errors, is for logs)."""
+
+    UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    """Closed, or its cluster unreachable: retry."""
+    STORAGE_FULL = "STORAGE_FULL"
+    """No space for the journal: writes resume by themselves when space returns; reads serve."""
+    STORAGE_FAILED = "STORAGE_FAILED"
+    """A write or fsync failed for good: writes need a restart by an operator; reads serve."""
+
+
 class EngineUnavailableError(RuntimeError):
-    """The engine cannot serve now (closed, or its cluster unreachable); the request may be retried."""
+    """The engine cannot serve now; `fault` says why in terms a caller may see."""
+
+    def __init__(self, message: str, fault: EngineFault = EngineFault.UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 @runtime_checkable

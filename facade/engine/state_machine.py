@@ -11,11 +11,19 @@ Semantics follow TigerBeetle 0.17 rule for rule (docs/reference/requests/create_
   created object keeps its slot timestamp (or its user timestamp when imported); `exists` reports the
   original object's timestamp; any other status reports the slot timestamp.
 - Linked chains are atomic: the first non-created result (even `exists`) breaks the chain, rolls back
-  its earlier events (LIFO) and fails every other event of the chain with LINKED_EVENT_FAILED.
+  its earlier events (LIFO) and fails every other event of the chain with LINKED_EVENT_FAILED; a
+  rolled-back event keeps the timestamp it was created with. A linked last event reports
+  LINKED_EVENT_CHAIN_OPEN, even when its chain broke earlier.
 - Transient failures burn the transfer id (ID_ALREADY_FAILED later), even inside a rolled-back chain.
 - Pending transfers resolve once: posted, voided, or expired by `pulse` (TigerBeetle's own expiry op).
   A post/void at or after `expires_at` fails with PENDING_TRANSFER_EXPIRED even before the pulse that
-  releases the reserved amounts has run, exactly as in TigerBeetle.
+  releases the reserved amounts has run, exactly as in TigerBeetle. "The pending amount" is 0 for a
+  void and AMOUNT_MAX for a post; any other amount is compared with the pending one. A closed account
+  takes only voids, so a closing pending transfer can be voided or expire, never posted.
+- A resubmitted post/void is compared with the stored one: fields it leaves to inherit are compared
+  with what inheriting gives (state_machine.zig post_or_void_pending_transfer_exists), not skipped.
+- Queries: a non-zero timestamp bound outside TimestampRange [1, 2^63 - 1] makes the filter invalid
+  (no rows); a `limit` above QUERY_LIMIT_MAX raises TooMuchDataError, as the official client does.
 
 Invariants, asserted after every write batch by `check_invariants` in tests and debug runs:
 per ledger, sum(debits_posted) == sum(credits_posted) and sum(debits_pending) == sum(credits_pending);
@@ -29,14 +37,14 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
+from typing import TypeVar, assert_never
 
 from facade.engine.types import (
     AMOUNT_MAX,
+    BATCH_EVENTS_MAX,
     NS_PER_SECOND,
     QUERY_LIMIT_MAX,
     TRANSFER_STATUSES_TRANSIENT,
-    U64_MAX,
     U128_MAX,
     Account,
     AccountBalance,
@@ -52,6 +60,7 @@ from facade.engine.types import (
     CreateTransferStatus,
     QueryFilter,
     QueryFilterFlags,
+    TooMuchDataError,
     Transfer,
     TransferFlags,
 )
@@ -71,6 +80,7 @@ _A_CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEB
 _A_HISTORY = int(AccountFlags.HISTORY)
 _A_IMPORTED = int(AccountFlags.IMPORTED)
 _A_CLOSED = int(AccountFlags.CLOSED)
+_A_LIMITS = _A_DEBITS_MUST_NOT_EXCEED_CREDITS | _A_CREDITS_MUST_NOT_EXCEED_DEBITS
 _T_LINKED = int(TransferFlags.LINKED)
 _T_PENDING = int(TransferFlags.PENDING)
 _T_POST = int(TransferFlags.POST_PENDING_TRANSFER)
@@ -159,11 +169,47 @@ def copy_transfer(t: Transfer) -> Transfer:
     )
 
 
-# Undo records for linked-chain rollback, newest last. Each is a tuple whose first item names it.
-_UNDO_ACCOUNT_CREATED = 0
-_UNDO_TRANSFER_CREATED = 1
-_UNDO_BALANCES = 2
-_UNDO_PENDING_STATUS = 3
+# Undo records for linked-chain rollback, kept newest last and undone LIFO.
+
+
+# Not frozen: a frozen dataclass's __init__ costs several times more, paid per event inside a chain.
+@dataclass(slots=True)
+class _UndoAccountCreated:
+    account: Account
+    timestamp_account_last_previous: int
+
+
+@dataclass(slots=True)
+class _UndoTransferCreated:
+    transfer: Transfer
+    timestamp_transfer_last_previous: int
+
+
+@dataclass(slots=True)
+class _UndoBalances:
+    """An account's (debits_pending, debits_posted, credits_pending, credits_posted, flags) before a change."""
+
+    account: Account
+    snapshot: tuple[int, int, int, int, int]
+
+
+@dataclass(slots=True)
+class _UndoPendingStatus:
+    pending_id: int
+    status: PendingStatus
+
+
+_Undo = _UndoAccountCreated | _UndoTransferCreated | _UndoBalances | _UndoPendingStatus
+
+
+def _assert_within_limits(account: Account) -> None:
+    """An account's balances fit in u128 and respect its limit flag (pending credits never count)."""
+    assert account.debits_pending + account.debits_posted <= U128_MAX
+    assert account.credits_pending + account.credits_posted <= U128_MAX
+    if account.flags & _A_DEBITS_MUST_NOT_EXCEED_CREDITS:
+        assert account.debits_pending + account.debits_posted <= account.credits_posted, account
+    if account.flags & _A_CREDITS_MUST_NOT_EXCEED_DEBITS:
+        assert account.credits_pending + account.credits_posted <= account.debits_posted, account
 
 
 class StateMachine:
@@ -188,7 +234,7 @@ class StateMachine:
         self.timestamp_account_last = 0
         # Set by any operation that changed state: the engine journals only batches that did.
         self.dirty = False
-        self._undo: list[tuple[object, ...]] | None = None
+        self._undo: list[_Undo] | None = None
 
     # ------------------------------------------------------------------------------------------
     # Timestamps.
@@ -295,12 +341,13 @@ class StateMachine:
         stored.timestamp = a.timestamp if imported else timestamp
         self.accounts[stored.id] = stored
         self.accounts_ordered.append(stored)
+        timestamp_account_last_previous = self.timestamp_account_last
         self.timestamp_account_last = stored.timestamp
         if flags & _A_HISTORY:
             self.history[stored.id] = []
         self.dirty = True
         if self._undo is not None:
-            self._undo.append((_UNDO_ACCOUNT_CREATED, stored, self.timestamp_account_last))
+            self._undo.append(_UndoAccountCreated(stored, timestamp_account_last_previous))
         return SA.CREATED
 
     # ------------------------------------------------------------------------------------------
@@ -347,6 +394,8 @@ class StateMachine:
         """TigerBeetle's batch loop: events in order, linked chains atomic. Returns each event's
         status and result timestamp."""
         count = len(events)
+        assert 0 < count <= BATCH_EVENTS_MAX
+        assert self._undo is None
         statuses: list[IntEnum] = [created] * count
         timestamps: list[int] = [0] * count
         chain_start: int | None = None
@@ -359,28 +408,39 @@ class StateMachine:
                 chain_start = index
                 assert not chain_broken
                 self._undo = []
-            if chain_broken:
-                status, timestamp = linked_event_failed, slot
-            elif linked and index == count - 1:
+            # The open chain is checked before the broken one (state_machine.zig execute_create): a
+            # linked last event reports LINKED_EVENT_CHAIN_OPEN even when its chain broke earlier.
+            if linked and index == count - 1:
                 status, timestamp = linked_event_chain_open, slot
+            elif chain_broken:
+                status, timestamp = linked_event_failed, slot
             else:
                 status, timestamp = create(event, slot)
             if status is not created and chain_start is not None and not chain_broken:
                 chain_broken = True
                 self._rollback()
+                # Only the status changes: a rolled-back event keeps the timestamp it was created
+                # with (its imported timestamp, if imported), as TigerBeetle rewrites only
+                # `results[chain_index].status`.
                 for chain_index in range(chain_start, index):
+                    assert statuses[chain_index] is created
                     statuses[chain_index] = linked_event_failed
-                    timestamps[chain_index] = first + chain_index
             statuses[index] = status
             timestamps[index] = timestamp
-            if not linked and chain_start is not None:
+            if chain_start is not None and (not linked or index == count - 1):
                 chain_start = None
                 chain_broken = False
                 self._undo = None
-        self._undo = None
+        assert chain_start is None and not chain_broken
+        assert self._undo is None
+        assert all(timestamp != 0 for timestamp in timestamps)
         return statuses, timestamps
 
     def _create_transfer(self, t: Transfer, timestamp: int, imported_batch: bool) -> CreateTransferStatus:
+        # The caller hands out strictly increasing slots above every stored transfer (imported
+        # timestamps lie below the slot they are checked against).
+        assert timestamp > self.timestamp_transfer_last
+        assert timestamp <= self.prepare_timestamp
         flags = int(t.flags)
         imported = bool(flags & _T_IMPORTED)
         if imported_batch and not imported:
@@ -390,6 +450,8 @@ class StateMachine:
         if imported:
             if not TIMESTAMP_MIN <= t.timestamp <= TIMESTAMP_MAX:
                 return S.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
+            # TigerBeetle compares with the batch's timestamp and then asserts the imported timestamp
+            # is at most the event's slot; the slot is the stricter bound and never trips the assert.
             if t.timestamp >= timestamp:
                 return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
         elif t.timestamp != 0:
@@ -407,12 +469,7 @@ class StateMachine:
         if transfer_id in self.transfer_ids_failed:
             return S.ID_ALREADY_FAILED
 
-        post_or_void = flags & (_T_POST | _T_VOID)
-        if post_or_void:
-            if flags & _T_PENDING or post_or_void == _T_POST | _T_VOID:
-                return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
-            if flags & (_T_BALANCING_DEBIT | _T_BALANCING_CREDIT | _T_CLOSING_DEBIT | _T_CLOSING_CREDIT):
-                return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if flags & (_T_POST | _T_VOID):
             return self._post_or_void_pending_transfer(t, timestamp, imported)
 
         if t.debit_account_id == 0:
@@ -451,6 +508,8 @@ class StateMachine:
             imported_status = self._imported_transfer_checks(t, dr, cr)
             if imported_status is not None:
                 return imported_status
+        timestamp_actual = t.timestamp if imported else timestamp
+        assert timestamp_actual > dr.timestamp and timestamp_actual > cr.timestamp
         if dr.flags & _A_CLOSED:
             return S.DEBIT_ACCOUNT_ALREADY_CLOSED
         if cr.flags & _A_CLOSED:
@@ -463,6 +522,7 @@ class StateMachine:
         if flags & _T_BALANCING_CREDIT:
             cr_balance = cr.credits_posted + cr.credits_pending
             amount = min(amount, max(0, cr.debits_posted - cr_balance))
+        assert 0 <= amount <= t.amount
 
         if pending:
             if amount + dr.debits_pending > U128_MAX:
@@ -477,7 +537,8 @@ class StateMachine:
             return S.OVERFLOWS_DEBITS
         if amount + cr.credits_pending + cr.credits_posted > U128_MAX:
             return S.OVERFLOWS_CREDITS
-        if pending and timestamp + t.timeout * NS_PER_SECOND > U64_MAX:
+        # TigerBeetle sums in u63: the timestamp's top bit is its tombstone flag.
+        if timestamp_actual + t.timeout * NS_PER_SECOND > TIMESTAMP_MAX:
             return S.OVERFLOWS_TIMEOUT
         if (
             dr.flags & _A_DEBITS_MUST_NOT_EXCEED_CREDITS
@@ -490,6 +551,7 @@ class StateMachine:
         ):
             return S.EXCEEDS_DEBITS
 
+        # After this point, the transfer must succeed.
         stored = Transfer(
             transfer_id,
             t.debit_account_id,
@@ -503,21 +565,23 @@ class StateMachine:
             t.ledger,
             t.code,
             int(flags),
-            t.timestamp if imported else timestamp,
+            timestamp_actual,
         )
         undo = self._undo
         if undo is not None:
-            undo.append((_UNDO_BALANCES, dr, _snapshot(dr)))
-            undo.append((_UNDO_BALANCES, cr, _snapshot(cr)))
+            undo.append(_UndoBalances(dr, _snapshot(dr)))
+            undo.append(_UndoBalances(cr, _snapshot(cr)))
         if pending:
             dr.debits_pending += amount
             cr.credits_pending += amount
+            assert not dr.flags & _A_CLOSED and not cr.flags & _A_CLOSED
             if flags & _T_CLOSING_DEBIT:
                 dr.flags |= _A_CLOSED
             if flags & _T_CLOSING_CREDIT:
                 cr.flags |= _A_CLOSED
             self.pending_status[transfer_id] = PendingStatus.PENDING
             if t.timeout:
+                assert not imported
                 expires_at = stored.timestamp + t.timeout * NS_PER_SECOND
                 heapq.heappush(self.expiries, (expires_at, transfer_id, stored.timestamp))
             change_type = ChangeEventType.TWO_PHASE_PENDING
@@ -526,6 +590,11 @@ class StateMachine:
             cr.credits_posted += amount
             change_type = ChangeEventType.SINGLE_PHASE
         self._insert_transfer(stored, dr, cr, change_type)
+        assert self.timestamp_transfer_last == timestamp_actual
+        assert self.transfers[transfer_id] is stored
+        if (dr.flags | cr.flags) & _A_LIMITS:
+            _assert_within_limits(dr)
+            _assert_within_limits(cr)
         return S.CREATED
 
     def _imported_transfer_regresses(self, t: Transfer) -> bool:
@@ -544,6 +613,8 @@ class StateMachine:
 
     def _create_transfer_exists(self, t: Transfer, e: Transfer) -> CreateTransferStatus:
         """Compares a retried transfer with the stored one; balances and timestamps are ignored."""
+        assert t.id == e.id
+        # The flags change the meaning of the other comparisons, so they come first.
         if t.flags != e.flags:
             return S.EXISTS_WITH_DIFFERENT_FLAGS
         if t.pending_id != e.pending_id:
@@ -551,25 +622,8 @@ class StateMachine:
         if t.timeout != e.timeout:
             return S.EXISTS_WITH_DIFFERENT_TIMEOUT
         if t.flags & (_T_POST | _T_VOID):
-            # A post/void may leave fields zero to inherit them from the pending transfer (and an
-            # amount of AMOUNT_MAX for "the full pending amount"); the stored one has them filled in.
-            if t.debit_account_id != 0 and t.debit_account_id != e.debit_account_id:
-                return S.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
-            if t.credit_account_id != 0 and t.credit_account_id != e.credit_account_id:
-                return S.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
-            if t.amount not in (0, AMOUNT_MAX) and t.amount != e.amount:
-                return S.EXISTS_WITH_DIFFERENT_AMOUNT
-            if t.user_data_128 != 0 and t.user_data_128 != e.user_data_128:
-                return S.EXISTS_WITH_DIFFERENT_USER_DATA_128
-            if t.user_data_64 != 0 and t.user_data_64 != e.user_data_64:
-                return S.EXISTS_WITH_DIFFERENT_USER_DATA_64
-            if t.user_data_32 != 0 and t.user_data_32 != e.user_data_32:
-                return S.EXISTS_WITH_DIFFERENT_USER_DATA_32
-            if t.ledger != 0 and t.ledger != e.ledger:
-                return S.EXISTS_WITH_DIFFERENT_LEDGER
-            if t.code != 0 and t.code != e.code:
-                return S.EXISTS_WITH_DIFFERENT_CODE
-            return S.EXISTS
+            # Same pending_id as a stored post/void: the pending transfer exists.
+            return self._post_or_void_pending_transfer_exists(t, e, self.transfers[t.pending_id])
         if t.debit_account_id != e.debit_account_id:
             return S.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
         if t.credit_account_id != e.credit_account_id:
@@ -592,8 +646,60 @@ class StateMachine:
             return S.EXISTS_WITH_DIFFERENT_CODE
         return S.EXISTS
 
+    @staticmethod
+    def _post_or_void_pending_transfer_exists(t: Transfer, e: Transfer, p: Transfer) -> CreateTransferStatus:
+        """A retried post/void, compared with the stored one (`e`) the way TigerBeetle does
+        (state_machine.zig post_or_void_pending_transfer_exists): a field the retry leaves to inherit is
+        compared with what inheriting gives, never treated as a wildcard. An amount of 0 (void) or
+        AMOUNT_MAX (post) must match a stored amount equal to the pending one; a zero user_data must
+        match a stored user_data equal to the pending one's. Accounts, ledger and code may stay 0."""
+        assert t.id == e.id and t.id != p.id
+        assert t.flags == e.flags and t.flags & (_T_POST | _T_VOID)
+        assert t.pending_id == e.pending_id == p.id and p.flags & _T_PENDING
+        assert t.timeout == e.timeout == 0
+        assert (e.debit_account_id, e.credit_account_id, e.ledger, e.code) == (
+            p.debit_account_id,
+            p.credit_account_id,
+            p.ledger,
+            p.code,
+        )
+        assert e.timestamp > p.timestamp
+        if t.debit_account_id != 0 and t.debit_account_id != e.debit_account_id:
+            return S.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id != 0 and t.credit_account_id != e.credit_account_id:
+            return S.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+        inherit_amount = AMOUNT_MAX if t.flags & _T_POST else 0
+        assert e.amount <= p.amount
+        if t.amount == inherit_amount:
+            if e.amount != p.amount:
+                return S.EXISTS_WITH_DIFFERENT_AMOUNT
+        elif t.amount != e.amount:
+            return S.EXISTS_WITH_DIFFERENT_AMOUNT
+        if (t.user_data_128 or p.user_data_128) != e.user_data_128:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_128
+        if (t.user_data_64 or p.user_data_64) != e.user_data_64:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_64
+        if (t.user_data_32 or p.user_data_32) != e.user_data_32:
+            return S.EXISTS_WITH_DIFFERENT_USER_DATA_32
+        if t.ledger != 0 and t.ledger != e.ledger:
+            return S.EXISTS_WITH_DIFFERENT_LEDGER
+        if t.code != 0 and t.code != e.code:
+            return S.EXISTS_WITH_DIFFERENT_CODE
+        return S.EXISTS
+
     def _post_or_void_pending_transfer(self, t: Transfer, timestamp: int, imported: bool) -> CreateTransferStatus:
-        post = bool(t.flags & _T_POST)
+        # The caller checked these (state_machine.zig re-asserts them the same way).
+        assert t.id not in self.transfers and t.id not in self.transfer_ids_failed
+        assert t.id not in (0, U128_MAX)
+        assert t.flags & (_T_POST | _T_VOID)
+        assert not t.flags & _TRANSFER_FLAGS_PADDING
+        assert timestamp > self.timestamp_transfer_last
+        flags = int(t.flags)
+        if flags & _T_POST and flags & _T_VOID:
+            return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if flags & (_T_PENDING | _T_BALANCING_DEBIT | _T_BALANCING_CREDIT | _T_CLOSING_DEBIT | _T_CLOSING_CREDIT):
+            return S.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        post = bool(flags & _T_POST)
         if t.pending_id == 0:
             return S.PENDING_ID_MUST_NOT_BE_ZERO
         if t.pending_id == U128_MAX:
@@ -605,50 +711,55 @@ class StateMachine:
         p = self.transfers.get(t.pending_id)
         if p is None:
             return S.PENDING_TRANSFER_NOT_FOUND
+        assert p.timestamp < timestamp
         if not p.flags & _T_PENDING:
             return S.PENDING_TRANSFER_NOT_PENDING
         if t.debit_account_id != 0 and t.debit_account_id != p.debit_account_id:
             return S.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
         if t.credit_account_id != 0 and t.credit_account_id != p.credit_account_id:
             return S.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+        # user_data may differ between the pending transfer and its post/void.
         if t.ledger != 0 and t.ledger != p.ledger:
             return S.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
         if t.code != 0 and t.code != p.code:
             return S.PENDING_TRANSFER_HAS_DIFFERENT_CODE
+        # "Inherit the pending amount" is 0 for a void and AMOUNT_MAX for a post; any other amount is
+        # taken as given, so a void above the pending amount exceeds it like a post does.
         if post:
             amount = p.amount if t.amount == AMOUNT_MAX else t.amount
-            if amount > p.amount:
-                return S.EXCEEDS_PENDING_TRANSFER_AMOUNT
         else:
-            if t.amount not in (0, p.amount):
-                return S.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
-            amount = p.amount
+            amount = p.amount if t.amount == 0 else t.amount
+        if amount > p.amount:
+            return S.EXCEEDS_PENDING_TRANSFER_AMOUNT
+        if not post and amount < p.amount:
+            return S.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
         status = self.pending_status[p.id]
         if status == PendingStatus.POSTED:
             return S.PENDING_TRANSFER_ALREADY_POSTED
         if status == PendingStatus.VOIDED:
             return S.PENDING_TRANSFER_ALREADY_VOIDED
         if status == PendingStatus.EXPIRED:
+            assert p.timeout > 0 and not p.flags & _T_IMPORTED
             return S.PENDING_TRANSFER_EXPIRED
         assert status == PendingStatus.PENDING
         if p.timeout and p.timestamp + p.timeout * NS_PER_SECOND <= timestamp:
             # Expired, though the pulse that releases it has not run yet.
             return S.PENDING_TRANSFER_EXPIRED
-        dr = self.accounts[p.debit_account_id]
-        cr = self.accounts[p.credit_account_id]
         if imported and self._imported_transfer_regresses(t):
             return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
-        if post:
-            # The pending transfer's own closing flag closed the account: posting it is allowed.
-            if dr.flags & _A_CLOSED and not p.flags & _T_CLOSING_DEBIT:
-                return S.DEBIT_ACCOUNT_ALREADY_CLOSED
-            if cr.flags & _A_CLOSED and not p.flags & _T_CLOSING_CREDIT:
-                return S.CREDIT_ACCOUNT_ALREADY_CLOSED
-            if amount + dr.debits_posted > U128_MAX:
-                return S.OVERFLOWS_DEBITS_POSTED
-            if amount + cr.credits_posted > U128_MAX:
-                return S.OVERFLOWS_CREDITS_POSTED
+        timestamp_actual = t.timestamp if imported else timestamp
+        dr = self.accounts[p.debit_account_id]
+        cr = self.accounts[p.credit_account_id]
+        assert timestamp_actual > dr.timestamp and timestamp_actual > cr.timestamp
+        # The only movement allowed in a closed account is voiding a pending transfer. This includes
+        # the closing transfer itself: it can be voided (reopening the account) or expire, never posted.
+        if dr.flags & _A_CLOSED and post:
+            return S.DEBIT_ACCOUNT_ALREADY_CLOSED
+        if cr.flags & _A_CLOSED and post:
+            return S.CREDIT_ACCOUNT_ALREADY_CLOSED
 
+        # After this point, the transfer must succeed.
+        assert amount <= p.amount <= dr.debits_pending and p.amount <= cr.credits_pending
         stored = Transfer(
             t.id,
             p.debit_account_id,
@@ -661,26 +772,32 @@ class StateMachine:
             0,
             p.ledger,
             p.code,
-            int(t.flags),
-            t.timestamp if imported else timestamp,
+            flags,
+            timestamp_actual,
         )
         undo = self._undo
         if undo is not None:
-            undo.append((_UNDO_BALANCES, dr, _snapshot(dr)))
-            undo.append((_UNDO_BALANCES, cr, _snapshot(cr)))
-            undo.append((_UNDO_PENDING_STATUS, p.id, status))
+            undo.append(_UndoBalances(dr, _snapshot(dr)))
+            undo.append(_UndoBalances(cr, _snapshot(cr)))
+            undo.append(_UndoPendingStatus(p.id, status))
         dr.debits_pending -= p.amount
         cr.credits_pending -= p.amount
         if post:
+            assert not p.flags & (_T_CLOSING_DEBIT | _T_CLOSING_CREDIT)
+            # Cannot overflow: debits_pending + debits_posted fitted, and amount <= p.amount.
             dr.debits_posted += amount
             cr.credits_posted += amount
             self.pending_status[p.id] = PendingStatus.POSTED
             change_type = ChangeEventType.TWO_PHASE_POSTED
         else:
+            assert amount == p.amount
             self._reopen_closed(p, dr, cr)
             self.pending_status[p.id] = PendingStatus.VOIDED
             change_type = ChangeEventType.TWO_PHASE_VOIDED
         self._insert_transfer(stored, dr, cr, change_type)
+        assert self.timestamp_transfer_last == timestamp_actual
+        assert self.pending_status[p.id] != PendingStatus.PENDING
+        assert dr.debits_posted <= U128_MAX and cr.credits_posted <= U128_MAX
         return S.CREATED
 
     @staticmethod
@@ -720,7 +837,7 @@ class StateMachine:
             )
         self.changes.append(_Change(stored.timestamp, change_type, stored, _snapshot(dr), _snapshot(cr)))
         if self._undo is not None:
-            self._undo.append((_UNDO_TRANSFER_CREATED, stored, self.timestamp_transfer_last))
+            self._undo.append(_UndoTransferCreated(stored, self.timestamp_transfer_last))
         self.timestamp_transfer_last = stored.timestamp
         self.dirty = True
 
@@ -731,48 +848,45 @@ class StateMachine:
         assert undo is not None
         while undo:
             record = undo.pop()
-            kind = record[0]
-            if kind == _UNDO_TRANSFER_CREATED:
-                stored, timestamp_previous = record[1], record[2]
-                assert isinstance(stored, Transfer) and isinstance(timestamp_previous, int)
-                assert self.transfers_ordered[-1] is stored
-                del self.transfers[stored.id]
-                self.transfers_ordered.pop()
-                self.changes.pop()
-                for account_id in (stored.debit_account_id, stored.credit_account_id):
-                    popped = self.transfers_by_account[account_id].pop()
-                    assert popped is stored
-                    history = self.history.get(account_id)
-                    if history and history[-1].timestamp == stored.timestamp:
-                        history.pop()
-                if stored.flags & _T_PENDING:
-                    del self.pending_status[stored.id]
-                    # Its expiry entry, if any, is now stale and skipped by pulse.
-                self.timestamp_transfer_last = timestamp_previous
-            elif kind == _UNDO_BALANCES:
-                account, snapshot = record[1], record[2]
-                assert isinstance(account, Account) and isinstance(snapshot, tuple)
-                (
-                    account.debits_pending,
-                    account.debits_posted,
-                    account.credits_pending,
-                    account.credits_posted,
-                    account.flags,
-                ) = snapshot
-            elif kind == _UNDO_PENDING_STATUS:
-                pending_id, status = record[1], record[2]
-                assert isinstance(pending_id, int) and isinstance(status, PendingStatus)
-                self.pending_status[pending_id] = status
-            elif kind == _UNDO_ACCOUNT_CREATED:
-                account, timestamp_previous = record[1], record[2]
-                assert isinstance(account, Account) and isinstance(timestamp_previous, int)
-                assert self.accounts_ordered[-1] is account
-                del self.accounts[account.id]
-                self.accounts_ordered.pop()
-                self.history.pop(account.id, None)
-                self.timestamp_account_last = self.accounts_ordered[-1].timestamp if self.accounts_ordered else 0
-            else:
-                raise AssertionError(f"unknown undo record {kind!r}")
+            match record:
+                case _UndoTransferCreated(stored, timestamp_previous):
+                    assert self.transfers_ordered[-1] is stored
+                    assert timestamp_previous < stored.timestamp
+                    del self.transfers[stored.id]
+                    self.transfers_ordered.pop()
+                    self.changes.pop()
+                    for account_id in (stored.debit_account_id, stored.credit_account_id):
+                        popped = self.transfers_by_account[account_id].pop()
+                        assert popped is stored
+                        history = self.history.get(account_id)
+                        if history and history[-1].timestamp == stored.timestamp:
+                            history.pop()
+                    if stored.flags & _T_PENDING:
+                        del self.pending_status[stored.id]
+                        # Its expiry entry, if any, is now stale and skipped by pulse.
+                    self.timestamp_transfer_last = timestamp_previous
+                case _UndoBalances(account, snapshot):
+                    (
+                        account.debits_pending,
+                        account.debits_posted,
+                        account.credits_pending,
+                        account.credits_posted,
+                        account.flags,
+                    ) = snapshot
+                case _UndoPendingStatus(pending_id, status):
+                    assert self.pending_status[pending_id] != PendingStatus.PENDING
+                    self.pending_status[pending_id] = status
+                case _UndoAccountCreated(account, timestamp_previous):
+                    assert self.accounts_ordered[-1] is account
+                    del self.accounts[account.id]
+                    self.accounts_ordered.pop()
+                    self.history.pop(account.id, None)
+                    self.timestamp_account_last = timestamp_previous
+                    assert self.timestamp_account_last == (
+                        self.accounts_ordered[-1].timestamp if self.accounts_ordered else 0
+                    )
+                case _:
+                    assert_never(record)
 
     # ------------------------------------------------------------------------------------------
     # Expiry: TigerBeetle's pulse operation.
@@ -832,15 +946,16 @@ class StateMachine:
         transfers = self.transfers
         return [copy_transfer(transfers[i]) for i in ids if i in transfers]
 
-    def _account_filter_valid(self, f: AccountFilter) -> bool:
+    @staticmethod
+    def _account_filter_valid(f: AccountFilter) -> bool:
+        """TigerBeetle's get_scan_from_account_filter: an invalid filter matches nothing."""
+        _check_limit(f.limit)
         return (
             f.account_id not in (0, U128_MAX)
+            and _timestamp_bounds_valid(f.timestamp_min, f.timestamp_max)
             and f.limit != 0
-            and not (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max)
-            and not f.flags & _ACCOUNT_FILTER_FLAGS_PADDING
             and bool(f.flags & (_AF_DEBITS | _AF_CREDITS))
-            and f.timestamp_min != U64_MAX
-            and f.timestamp_max != U64_MAX
+            and not f.flags & _ACCOUNT_FILTER_FLAGS_PADDING
         )
 
     def _account_transfers(self, f: AccountFilter) -> list[Transfer]:
@@ -866,6 +981,7 @@ class StateMachine:
         return [copy_transfer(t) for t in self._account_transfers(f)]
 
     def get_account_balances(self, f: AccountFilter) -> list[AccountBalance]:
+        _check_limit(f.limit)
         account = self.accounts.get(f.account_id)
         if account is None or not account.flags & _A_HISTORY:
             return []
@@ -880,12 +996,12 @@ class StateMachine:
 
     @staticmethod
     def _query_filter_valid(f: QueryFilter) -> bool:
+        """TigerBeetle's get_scan_from_query_filter: an invalid filter matches nothing."""
+        _check_limit(f.limit)
         return (
-            f.limit != 0
-            and not (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max)
+            _timestamp_bounds_valid(f.timestamp_min, f.timestamp_max)
+            and f.limit != 0
             and not f.flags & _QUERY_FILTER_FLAGS_PADDING
-            and f.timestamp_min != U64_MAX
-            and f.timestamp_max != U64_MAX
         )
 
     def query_accounts(self, f: QueryFilter) -> list[Account]:
@@ -915,9 +1031,13 @@ class StateMachine:
         return [copy_transfer(t) for t in found]
 
     def get_change_events(self, f: ChangeEventsFilter) -> list[ChangeEvent]:
-        if f.limit == 0 or (f.timestamp_max != 0 and f.timestamp_min > f.timestamp_max):
+        """The filter is valid as TigerBeetle's get_scan_from_change_events_filter has it. Unlike the
+        client's queries, a larger `limit` is capped, not refused: the change feed is this engine's own
+        call (the official client has none), and pollers ask for pages of their own size."""
+        if f.limit == 0 or not _timestamp_bounds_valid(f.timestamp_min, f.timestamp_max):
             return []
-        changes = _scan(self.changes, f.timestamp_min, f.timestamp_max, f.limit, False, lambda _: True)
+        limit = min(f.limit, QUERY_LIMIT_MAX)
+        changes = _scan(self.changes, f.timestamp_min, f.timestamp_max, limit, False, lambda _: True)
         events = []
         for change in changes:
             t = change.transfer
@@ -967,6 +1087,23 @@ class StateMachine:
         assert len(self.transfers) == len(self.transfers_ordered)
 
 
+def _check_limit(limit: int) -> None:
+    """A reply holds at most QUERY_LIMIT_MAX results; TigerBeetle's client refuses a larger `limit`
+    with TooMuchDataError before sending (it no longer caps it, since client 0.17.0)."""
+    if limit > QUERY_LIMIT_MAX:
+        raise TooMuchDataError(f"limit={limit} exceeds the most one reply holds ({QUERY_LIMIT_MAX})")
+
+
+def _timestamp_bounds_valid(timestamp_min: int, timestamp_max: int) -> bool:
+    """Each bound is 0 (unbounded) or inside TigerBeetle's TimestampRange [1, 2^63 - 1], and
+    min <= max unless max is unbounded (state_machine.zig get_scan_from_*_filter)."""
+    return (
+        (timestamp_min == 0 or TIMESTAMP_MIN <= timestamp_min <= TIMESTAMP_MAX)
+        and (timestamp_max == 0 or TIMESTAMP_MIN <= timestamp_max <= TIMESTAMP_MAX)
+        and (timestamp_max == 0 or timestamp_min <= timestamp_max)
+    )
+
+
 def _query_matches(f: QueryFilter, o: Account | Transfer) -> bool:
     return (
         (f.user_data_128 == 0 or o.user_data_128 == f.user_data_128)
@@ -989,8 +1126,8 @@ def _scan(
     matches: Callable[[_O], bool],
 ) -> list[_O]:
     """Objects of a timestamp-ordered list within [min, max] (0 = unbounded) that match, at most
-    `limit` (capped at QUERY_LIMIT_MAX), in timestamp order or reversed."""
-    limit = min(limit, QUERY_LIMIT_MAX)
+    `limit`, in timestamp order or reversed."""
+    assert 0 < limit <= QUERY_LIMIT_MAX
     low = bisect.bisect_left(ordered, timestamp_min, key=_timestamp) if timestamp_min else 0
     high = bisect.bisect_right(ordered, timestamp_max, key=_timestamp) if timestamp_max else len(ordered)
     found: list[_O] = []

@@ -298,8 +298,9 @@ class ChangeEvent:
 
     `timestamp` is the change's own engine timestamp: the transfer's for single-phase, pending, post and
     void events; the expiry's for TWO_PHASE_EXPIRED (whose `transfer` is the expired pending transfer).
-    The account snapshots carry balances as of the change. The TigerBeetle backend cannot read them
-    through the client (it has no change-events call), so there they are None and expiries are absent.
+    The account snapshots carry balances as of the change. Both backends fill them (the TigerBeetle one
+    from TigerBeetle's own `get_change_events`, expiries included); None only from a backend that
+    cannot tell.
     """
 
     timestamp: int
@@ -346,6 +347,14 @@ class FieldRangeError(ValueError):
     """A field holds a value its TigerBeetle width cannot: the request cannot be encoded at all."""
 
 
+class TooMuchDataError(FieldRangeError):
+    """More than one request or reply holds: a batch above BATCH_EVENTS_MAX events, or a query `limit`
+    above QUERY_LIMIT_MAX. The official client raises its own `TooMuchDataError` before sending
+    (tb_client context.zig: `event_count > event_max` or `result_count_expected > result_max`); both
+    backends raise this one, and nothing is written. A FieldRangeError, so existing handlers of
+    unencodable requests keep catching it."""
+
+
 def _check_widths(obj: object, widths: dict[str, int], kind: str, index: int) -> None:
     for name, bits in widths.items():
         value = getattr(obj, name)
@@ -355,21 +364,21 @@ def _check_widths(obj: object, widths: dict[str, int], kind: str, index: int) ->
 
 def validate_accounts(accounts: list[Account]) -> None:
     if len(accounts) > BATCH_EVENTS_MAX:
-        raise FieldRangeError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
+        raise TooMuchDataError(f"{len(accounts)} accounts exceed batch_events_max={BATCH_EVENTS_MAX}")
     for index, account in enumerate(accounts):
         _check_widths(account, ACCOUNT_FIELD_BITS, "accounts", index)
 
 
 def validate_transfers(transfers: list[Transfer]) -> None:
     if len(transfers) > BATCH_EVENTS_MAX:
-        raise FieldRangeError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
+        raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
     for index, transfer in enumerate(transfers):
         _check_widths(transfer, TRANSFER_FIELD_BITS, "transfers", index)
 
 
 def validate_ids(ids: list[int]) -> None:
     if len(ids) > BATCH_EVENTS_MAX:
-        raise FieldRangeError(f"{len(ids)} ids exceed batch_events_max={BATCH_EVENTS_MAX}")
+        raise TooMuchDataError(f"{len(ids)} ids exceed batch_events_max={BATCH_EVENTS_MAX}")
     for index, value in enumerate(ids):
         if not isinstance(value, int) or value < 0 or value >> 128:
             raise FieldRangeError(f"ids[{index}]={value!r} is not a u128")

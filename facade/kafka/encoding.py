@@ -21,6 +21,15 @@ recognises them without knowing this service:
     traceparent     W3C trace context, where the record continues a traced request (results)
 
 Decoding goes by `content-type` (protobuf when absent, as records written before these headers).
+
+With a Confluent-compatible Schema Registry configured (`kafka.schema_registry_url`), protobuf values
+are written by confluent-kafka's own `ProtobufSerializer` (schemas registered under
+`<topic>-value`), in Confluent's wire format: magic byte 0, the 4-byte schema id, the message-index
+path, then the protobuf bytes. Decoding recognises that framing by its magic byte (a protobuf message
+can never start with 0x00: field number 0 does not exist) and reads it without the registry. This
+project's machines reach no registry that could run a Schema Registry (Confluent's is not on Maven
+Central, Karapace not on PyPI), so the serializer path is not exercised by the tests; the framing
+decoder is, with Confluent's documented layout.
 """
 
 from __future__ import annotations
@@ -91,7 +100,7 @@ def decode_value(message_type: type[_M], value: bytes | None, content_type: str 
         raise RecordDecodeError(f"unsupported content-type {content_type!r} (expected one of {sorted(_ENCODINGS)})")
     if encoding is ValueEncoding.PROTOBUF:
         try:
-            return message_type.FromString(value or b"")
+            return message_type.FromString(_unframe(value or b""))
         except DecodeError:
             raise RecordDecodeError(f"not a protobuf {name}") from None
     message = message_type()
@@ -100,6 +109,39 @@ def decode_value(message_type: type[_M], value: bytes | None, content_type: str 
     except (json_format.ParseError, UnicodeDecodeError):
         raise RecordDecodeError(f"not a proto3 JSON {name}") from None
     return message
+
+
+CONFLUENT_MAGIC = 0
+CONFLUENT_HEADER_SIZE = 5
+"""Magic byte + big-endian u32 schema id, before the message-index path."""
+MESSAGE_INDEXES_MAX = 64
+
+
+def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    """A zig-zag varint (Confluent's message-index encoding) at `offset`: (value, next offset)."""
+    shift = result = 0
+    for index in range(offset, min(len(data), offset + 10)):
+        byte = data[index]
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), index + 1
+        shift += 7
+    raise DecodeError("truncated varint in the Confluent message-index path")
+
+
+def _unframe(value: bytes) -> bytes:
+    """The protobuf bytes of a value, without Confluent's framing when it has one."""
+    if not value or value[0] != CONFLUENT_MAGIC:
+        return value
+    if len(value) < CONFLUENT_HEADER_SIZE + 1:
+        raise DecodeError("truncated Confluent framing")
+    count, offset = _read_varint(value, CONFLUENT_HEADER_SIZE)
+    if count < 0 or count > MESSAGE_INDEXES_MAX:
+        raise DecodeError("bad Confluent message-index count")
+    # Count 0 is the shorthand for [0]: the first message type of the schema (ours: one per file).
+    for _ in range(count):
+        _, offset = _read_varint(value, offset)
+    return value[offset:]
 
 
 def cloud_event_headers(

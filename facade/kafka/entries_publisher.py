@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from facade.api.gen.ledger.v1 import entries_pb2
-from facade.kafka.encoding import ValueEncoding, cloud_event_headers, encode_value
+from facade.kafka.encoding import ValueEncoding, cloud_event_headers
+from facade.kafka.registry import value_serializer
 from facade.kafka.topics import TopicHealth
 from facade.observability import metrics
 from facade.settings import KafkaSettings
@@ -48,6 +49,9 @@ class KafkaEntryPublisher:
         self._flush_timeout_seconds = settings.delivery_timeout_ms / 1000 + 5
         self._health = health
         self._encoding = ValueEncoding(settings.entries_encoding)
+        self._serialize = value_serializer(
+            settings, message_type=entries_pb2.LedgerEntry, topic=self._topic, encoding=self._encoding
+        )
         self._source = settings.client_id
         """Told each batch's outcome, so readiness detail says when entries are undeliverable."""
 
@@ -67,7 +71,7 @@ class KafkaEntryPublisher:
                     self._producer.produce(
                         self._topic,
                         key=entry.account_id.encode(),
-                        value=encode_value(entry, self._encoding),
+                        value=self._serialize(entry),
                         headers=cloud_event_headers(
                             entry,
                             event_id=entry.event_id,

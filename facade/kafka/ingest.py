@@ -49,8 +49,8 @@ from facade.kafka.encoding import (
     ValueEncoding,
     cloud_event_headers,
     decode_value,
-    encode_value,
 )
+from facade.kafka.registry import value_serializer
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from facade.observability.tracing import extract_headers, inject_headers, tracer
@@ -128,6 +128,9 @@ class CommandIngestor:
         self._acts_for = frozenset({client_id, *settings.ingest_acts_for})
         self._scopes = frozenset(settings.ingest_scopes)
         self._encoding = ValueEncoding(settings.results_encoding)
+        self._serialize = value_serializer(
+            settings, message_type=ledger_pb2.TransactionResult, topic=settings.results_topic, encoding=self._encoding
+        )
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
@@ -334,9 +337,7 @@ class CommandIngestor:
         headers += cloud_event_headers(
             value, event_id=where, time_ns=time.time_ns(), source=self._settings.client_id, encoding=self._encoding
         )
-        self._produce(
-            self._settings.results_topic, command.message.key(), encode_value(value, self._encoding), headers, errors
-        )
+        self._produce(self._settings.results_topic, command.message.key(), self._serialize(value), headers, errors)
         if isinstance(result, DomainError):
             self._dead_letter(command.message, result.reason, result.message, errors)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
@@ -62,7 +63,9 @@ async def test_disk_full_keeps_reads_and_writes_resume_without_restart(
             acknowledged += 1
         assert refused is not None, "the file system never filled"
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
-        assert "ENOSPC" in (refused.details() or ""), refused.details()
+        info = error_info(refused)
+        assert info is not None and info.reason == "STORAGE_FULL", refused.details()
+        assert "/" not in (refused.details() or ""), "no file path or OS error text for the caller"
         # Reads keep answering, with exactly what was acknowledged.
         assert await api.available(alice) == acknowledged
         account = await api.stub.GetAccount(pb.GetAccountRequest(account_id=alice), metadata=api.auth())

@@ -13,7 +13,7 @@ import pytest
 from facade.engine.protocol import Engine
 from facade.engine.types import U128_MAX, Account, AccountFlags, CreateAccountStatus
 
-from .conftest import Ids, embedded_only
+from .conftest import Ids
 
 S = CreateAccountStatus
 A = AccountFlags
@@ -87,7 +87,6 @@ def test_every_status_is_covered() -> None:
 
 
 async def test_reserved_field(engine: Engine, ids: Ids) -> None:
-    embedded_only(engine, "the TigerBeetle client cannot send Account.reserved")
     results = await engine.create_accounts([ids.account(a(1, reserved=1))])
     assert [r.status for r in results] == [S.RESERVED_FIELD]
 

@@ -14,6 +14,10 @@ import pytest
 
 from facade.engine.protocol import Engine
 from facade.engine.types import (
+    BATCH_EVENTS_MAX,
+    QUERY_LIMIT_MAX,
+    U32_MAX,
+    U64_MAX,
     U128_MAX,
     Account,
     AccountFilter,
@@ -23,11 +27,12 @@ from facade.engine.types import (
     ChangeEventType,
     QueryFilter,
     QueryFilterFlags,
+    TooMuchDataError,
     Transfer,
     TransferFlags,
 )
 
-from .conftest import Ids, embedded_only
+from .conftest import Ids
 
 D = AccountFilterFlags.DEBITS
 C = AccountFilterFlags.CREDITS
@@ -164,6 +169,9 @@ async def test_change_feed_in_commit_order_with_cursor_and_limit(engine: Engine,
     assert [e.timestamp for e in page + rest][: len(events)] == [e.timestamp for e in events]
 
 
+EXPIRY_POLLS_MAX = 50
+
+
 async def test_change_feed_two_phase_types_and_snapshots(engine: Engine, ids: Ids) -> None:
     ledger = random.randint(1, 1 << 31)
     await engine.create_accounts([Account(id=ids(i), ledger=ledger, code=1) for i in (1, 2)])
@@ -184,10 +192,92 @@ async def test_change_feed_two_phase_types_and_snapshots(engine: Engine, ids: Id
         ChangeEventType.TWO_PHASE_POSTED,
         ChangeEventType.TWO_PHASE_PENDING,
     ]
-    embedded_only(engine, "the TigerBeetle client has no change-events call: no balances, no expiries")
     assert events[1].debit_account is not None
     assert (events[1].debit_account.debits_pending, events[1].debit_account.debits_posted) == (0, 4)
     await asyncio.sleep(1.4)  # The engine's pulse expires 102.
-    events = await engine.get_change_events(ChangeEventsFilter(timestamp_min=results[2].timestamp + 1))
+    for _ in range(EXPIRY_POLLS_MAX):  # A TigerBeetle replica's pulse may run a little later.
+        events = await engine.get_change_events(ChangeEventsFilter(timestamp_min=results[2].timestamp + 1))
+        events = [e for e in events if e.transfer.debit_account_id == ids(1)]  # A real cluster is shared.
+        if events:
+            break
+        await asyncio.sleep(0.1)
     assert [(e.type, e.transfer.id) for e in events] == [(ChangeEventType.TWO_PHASE_EXPIRED, ids(102))]
     assert events[0].credit_account is not None and events[0].credit_account.credits_pending == 0
+
+
+# issue 10 #6: a non-zero timestamp bound must lie in TigerBeetle's TimestampRange [1, 2^63 - 1]
+# (state_machine.zig get_scan_from_account_filter / get_scan_from_query_filter:
+# `filter.timestamp_max == 0 or TimestampRange.valid(filter.timestamp_max)`); otherwise the filter is
+# invalid and the result empty. account-filter.md says "must be less than 2^63"; query-filter.md says
+# only "must not be 2^64 - 1": the source decides for both. (A timestamp_min >= 2^63 returns nothing
+# either way, since no object has such a timestamp, so only timestamp_max tells the rules apart.)
+TIMESTAMPS_OUT_OF_RANGE = [1 << 63, U64_MAX - 1, U64_MAX]
+TIMESTAMP_RANGE_MAX = (1 << 63) - 1
+
+
+@pytest.mark.parametrize("timestamp_max", TIMESTAMPS_OUT_OF_RANGE, ids=["2^63", "2^64-2", "2^64-1"])
+async def test_timestamp_max_outside_the_timestamp_range_returns_nothing(
+    engine: Engine, ids: Ids, timestamp_max: int
+) -> None:
+    _, transfers = await history_setup(engine, ids)
+    ledger = transfers[0].ledger
+    everything = [t.id for t in transfers]
+    # The largest valid bound is the control: it returns every row.
+    valid = AccountFilter(ids(1), timestamp_max=TIMESTAMP_RANGE_MAX, flags=D | C)
+    assert [t.id for t in await engine.get_account_transfers(valid)] == everything
+    assert len(await engine.get_account_balances(valid)) == len(everything)
+    assert [
+        t.id for t in await engine.query_transfers(QueryFilter(ledger=ledger, timestamp_max=TIMESTAMP_RANGE_MAX))
+    ] == everything
+    assert len(await engine.query_accounts(QueryFilter(ledger=ledger, timestamp_max=TIMESTAMP_RANGE_MAX))) == 3
+
+    invalid = AccountFilter(ids(1), timestamp_max=timestamp_max, flags=D | C)
+    assert await engine.get_account_transfers(invalid) == []
+    assert await engine.get_account_balances(invalid) == []
+    assert await engine.query_transfers(QueryFilter(ledger=ledger, timestamp_max=timestamp_max)) == []
+    assert await engine.query_accounts(QueryFilter(ledger=ledger, timestamp_max=timestamp_max)) == []
+    # With timestamp_min set too (min <= max holds, so only the range rule refuses it).
+    both = AccountFilter(ids(1), timestamp_min=transfers[0].timestamp, timestamp_max=timestamp_max, flags=D | C)
+    assert await engine.get_account_transfers(both) == []
+
+
+# issue 10 #7: a query limit above what one reply holds is refused, not capped: the official client
+# raises TooMuchDataError before sending (tb_client context.zig: result_count_expected > result_max),
+# and the engine protocol raises our TooMuchDataError. Same for a batch of more than 8189 events.
+@pytest.mark.parametrize("limit", [QUERY_LIMIT_MAX + 1, U32_MAX], ids=["8190", "2^32-1"])
+async def test_limit_above_the_reply_size_is_refused(engine: Engine, ids: Ids, limit: int) -> None:
+    _, transfers = await history_setup(engine, ids)
+    ledger = transfers[0].ledger
+    with pytest.raises(TooMuchDataError):
+        await engine.get_account_transfers(AccountFilter(ids(1), limit=limit, flags=D | C))
+    with pytest.raises(TooMuchDataError):
+        await engine.get_account_balances(AccountFilter(ids(1), limit=limit, flags=D | C))
+    with pytest.raises(TooMuchDataError):
+        await engine.query_transfers(QueryFilter(ledger=ledger, limit=limit))
+    with pytest.raises(TooMuchDataError):
+        await engine.query_accounts(QueryFilter(ledger=ledger, limit=limit))
+    # The largest limit is accepted.
+    found = await engine.query_transfers(QueryFilter(ledger=ledger, limit=QUERY_LIMIT_MAX))
+    assert [t.id for t in found] == [t.id for t in transfers]
+
+
+async def test_batches_above_batch_events_max_are_refused(engine: Engine, ids: Ids) -> None:
+    await history_setup(engine, ids)
+    too_many = BATCH_EVENTS_MAX + 1
+    with pytest.raises(TooMuchDataError):
+        await engine.lookup_accounts([ids(1)] * too_many)
+    with pytest.raises(TooMuchDataError):
+        await engine.lookup_transfers([ids(100)] * too_many)
+    ledger = (await engine.lookup_accounts([ids(1)]))[0].ledger
+    accounts = [Account(id=ids(1000 + i), ledger=ledger, code=1) for i in range(too_many)]
+    with pytest.raises(TooMuchDataError):
+        await engine.create_accounts(accounts)
+    transfers = [
+        Transfer(id=ids(20_000 + i), debit_account_id=ids(1), credit_account_id=ids(2), amount=1, ledger=ledger, code=1)
+        for i in range(too_many)
+    ]
+    with pytest.raises(TooMuchDataError):
+        await engine.create_transfers(transfers)
+    # Nothing of either batch was written.
+    assert await engine.lookup_accounts([ids(1000), ids(1000 + too_many - 1)]) == []
+    assert await engine.lookup_transfers([ids(20_000), ids(20_000 + too_many - 1)]) == []

@@ -108,3 +108,17 @@ def test_both_encodings_round_trip_and_refuse_garbage() -> None:
         decode_value(entries_pb2.LedgerEntry, b"\xff\xff\xff", "application/x-protobuf")
     with pytest.raises(RecordDecodeError, match="unsupported content-type"):
         decode_value(entries_pb2.LedgerEntry, b"", "text/csv")
+
+
+def test_confluent_framed_values_decode_without_the_registry() -> None:
+    """Confluent's wire format (magic 0, big-endian schema id, zig-zag varint message-index path, payload),
+    as its serializers write it with a registry: [0] as the single byte 0, or an explicit path."""
+    entry = entries_pb2.LedgerEntry(event_id="7:D", amount="42")
+    payload = entry.SerializeToString()
+    schema_id = (1234).to_bytes(4, "big")
+    shorthand = b"\x00" + schema_id + b"\x00" + payload  # Path [0]: the first message of the schema.
+    explicit = b"\x00" + schema_id + b"\x02\x00" + payload  # Path of length 1 (zig-zag 1 = 0x02): [0].
+    for value in (shorthand, explicit):
+        assert decode_value(entries_pb2.LedgerEntry, value, "application/x-protobuf") == entry
+    with pytest.raises(RecordDecodeError):
+        decode_value(entries_pb2.LedgerEntry, b"\x00\x00\x00", "application/x-protobuf")
