@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 from base64 import b64decode, b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class AuditLog:
         self._checkpoints_path = self.directory / _CHECKPOINTS
         self._checkpoints: list[SealedCheckpoint] = []
         self._checkpoints_offset = 0
+        self._checkpoints_lock = threading.Lock()
+        """The cache is read from API threads and the sealer's thread at once."""
 
     def close(self) -> None:
         self.tree.close()
@@ -106,20 +109,21 @@ class AuditLog:
     def checkpoints(self) -> list[SealedCheckpoint]:
         """Every checkpoint, oldest first, each verified with its own public key once (then cached;
         only lines appended since the last call are read)."""
-        if not self._checkpoints_path.exists():
+        with self._checkpoints_lock:
+            if not self._checkpoints_path.exists():
+                return list(self._checkpoints)
+            with self._checkpoints_path.open("rb") as handle:
+                handle.seek(self._checkpoints_offset)
+                for line in handle:
+                    if len(self._checkpoints) >= CHECKPOINTS_MAX:
+                        break
+                    if not line.endswith(b"\n"):
+                        break  # A torn last line (crash mid-append): it was never acknowledged.
+                    note = json.loads(line)["note"]
+                    verifier = self.keys.verifier(_key_id_of(note))
+                    self._checkpoints.append(SealedCheckpoint(note, parse_checkpoint(note.encode(), verifier)))
+                    self._checkpoints_offset += len(line)
             return list(self._checkpoints)
-        with self._checkpoints_path.open("rb") as handle:
-            handle.seek(self._checkpoints_offset)
-            for line in handle:
-                if len(self._checkpoints) >= CHECKPOINTS_MAX:
-                    break
-                if not line.endswith(b"\n"):
-                    break  # A torn last line (crash mid-append): it was never acknowledged.
-                note = json.loads(line)["note"]
-                verifier = self.keys.verifier(_key_id_of(note))
-                self._checkpoints.append(SealedCheckpoint(note, parse_checkpoint(note.encode(), verifier)))
-                self._checkpoints_offset += len(line)
-        return list(self._checkpoints)
 
     def latest(self) -> SealedCheckpoint | None:
         found = self.checkpoints()
