@@ -19,6 +19,8 @@ Verification (nothing read but the bundle and the key; nothing written):
     previous_hash the previous row's chain_hash, each chain_hash = SHA-256(leaf input).
  4. The first and last rows (every row when the evidence says "all") have inclusion proofs that
     verify against the checkpoint's root and size.
+ 5. Every row's timestamp is in the manifest's range, and the boundary changes (right before and
+    right after the range, with their leaf inputs and proofs) show nothing of the range was left out.
 An altered row whose chain was recomputed no longer has the leaf the signed tree holds; a deleted,
 inserted or reordered row breaks step 3; a wrong key or a forged checkpoint fails step 1.
 """
@@ -146,6 +148,12 @@ class BundleReport:
     tree_size: int = 0
     root_hash: str = ""
     key_id: str = ""
+    timestamp_from: int = 0
+    timestamp_to: int = 0
+    """The range the rows are proved to be all of: every change of the signed tree with an engine
+    timestamp in [timestamp_from, timestamp_to) (up to `complete_through` when the export reaches the
+    tree's end)."""
+    complete_through: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -219,10 +227,27 @@ def _verify(directory: Path, keys: list[VerifierKey], report: BundleReport) -> N
     row_count = int(str(manifest.get("row_count", -1)))
     first_sequence = int(str(manifest.get("first_sequence", 0)))
     previous = bytes.fromhex(str(manifest.get("previous_hash", "")))
+    timestamp_from = int(str(manifest.get("timestamp_from", -1)))
+    timestamp_to = int(str(manifest.get("timestamp_to", -1)))
+    if not 0 <= timestamp_from <= timestamp_to:
+        raise _RefusedError("manifest has no valid time range")
+    report.timestamp_from, report.timestamp_to = timestamp_from, timestamp_to
+    boundaries = evidence.get("boundary")
+    if not isinstance(boundaries, dict):
+        raise _RefusedError("evidence has no boundary proofs (the changes around the range)")
     if row_count == 0:
+        before = _check_boundary(boundaries.get("before"), checkpoint, None, timestamp_from, timestamp_to)
+        before_sequence = before[0] if before is not None else 0
+        before_hash = before[1] if before is not None else bytes(32)
+        _check_end(boundaries.get("after"), checkpoint, before_sequence, before_hash, timestamp_to, report)
         return
     if len(previous) != 32 or first_sequence < 1:
         raise _RefusedError("manifest has no valid first sequence and previous hash")
+    before = _check_boundary(boundaries.get("before"), checkpoint, None, timestamp_from, timestamp_to)
+    if (before[0] if before is not None else 0) != first_sequence - 1:
+        raise _RefusedError(f"the change before the range is not sequence {first_sequence - 1} (rows cut at the start)")
+    if before is not None and before[1] != previous:
+        raise _RefusedError("the change before the range is not the one the first row follows")
     sequence_expected = first_sequence
     last_row: tuple[int, bytes] | None = None
     for listed in files:
@@ -241,6 +266,8 @@ def _verify(directory: Path, keys: list[VerifierKey], report: BundleReport) -> N
                 )
             if bytes.fromhex(row["chain_previous_hash"]) != previous:
                 raise _RefusedError(f"sequence {sequence}: previous_hash is not the previous row's hash")
+            if not timestamp_from <= int(row["engine_timestamp"]) < timestamp_to:
+                raise _RefusedError(f"sequence {sequence}: engine timestamp outside the manifest's range")
             data = row_leaf_input(row)
             if hashlib.sha256(data).hexdigest() != row["chain_hash"]:
                 raise _RefusedError(f"sequence {sequence}: hash does not match the row's contents (altered row)")
@@ -262,6 +289,62 @@ def _verify(directory: Path, keys: list[VerifierKey], report: BundleReport) -> N
         raise _RefusedError(f"{report.rows_checked} rows where the manifest says {row_count} (truncated export)")
     if last_row[0] not in proofs:
         raise _RefusedError(f"sequence {last_row[0]}: the last row has no inclusion proof in the evidence")
+    _check_end(boundaries.get("after"), checkpoint, last_row[0], previous, timestamp_to, report)
+
+
+def _leaf_fields(data: bytes) -> tuple[bytes, int, int]:
+    """previous_hash, sequence and engine timestamp of a leaf input."""
+    if len(data) < 32 + len(_DOMAIN) + _FIXED.size + 128 + _SIZE.size or data[32 : 32 + len(_DOMAIN)] != _DOMAIN:
+        raise _RefusedError("boundary leaf input is not a version 1 change")
+    sequence, engine_timestamp, _ = _FIXED.unpack_from(data, 32 + len(_DOMAIN))
+    return data[:32], sequence, engine_timestamp
+
+
+def _check_boundary(
+    value: object, checkpoint: Checkpoint, sequence_expected: int | None, timestamp_from: int, timestamp_to: int
+) -> tuple[int, bytes, bytes] | None:
+    """A boundary change (its leaf input and inclusion proof); returns its sequence, chain hash and
+    previous hash.
+    Before the range (sequence_expected None): its timestamp must be < timestamp_from."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _RefusedError("malformed boundary")
+    try:
+        data = base64.b64decode(str(value["leaf_input"]), validate=True)
+        hashes = [base64.b64decode(str(h), validate=True) for h in value["hashes"]]
+    except (KeyError, TypeError, binascii.Error) as error:
+        raise _RefusedError(f"malformed boundary: {error}") from error
+    previous_hash, sequence, engine_timestamp = _leaf_fields(data)
+    if sequence_expected is None and engine_timestamp >= timestamp_from:
+        raise _RefusedError(f"the change before the range (sequence {sequence}) is inside it")
+    if sequence_expected is not None and (sequence != sequence_expected or engine_timestamp < timestamp_to):
+        raise _RefusedError(
+            f"the change after the range is not sequence {sequence_expected} outside it (rows cut at the end)"
+        )
+    verify_inclusion(sequence - 1, checkpoint.tree_size, leaf_hash(data), hashes, checkpoint.root_hash)
+    return sequence, hashlib.sha256(data).digest(), previous_hash
+
+
+def _check_end(
+    value: object,
+    checkpoint: Checkpoint,
+    last_sequence: int,
+    last_hash: bytes | None,
+    timestamp_to: int,
+    report: BundleReport,
+) -> None:
+    """After the last row: the next change, outside the range, or the end of the signed tree."""
+    if value is None:
+        if last_sequence != checkpoint.tree_size:
+            raise _RefusedError(f"no proof of the change after sequence {last_sequence} (rows cut at the end)")
+        report.complete_through = min(timestamp_to, checkpoint.timestamp_last + 1)
+        return
+    after = _check_boundary(value, checkpoint, last_sequence + 1, 0, timestamp_to)
+    assert after is not None
+    if last_hash is not None and after[2] != last_hash:
+        raise _RefusedError("the change after the range does not follow the last row")
+    report.complete_through = timestamp_to
 
 
 def verify_bundle(directory: Path, key: VerifierKey | Sequence[VerifierKey]) -> BundleReport:

@@ -17,6 +17,7 @@ leaf already in the tree must be identical, so the read model can add leaves but
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 from facade.audit.log import AuditLog, LeafRecord, SealedCheckpoint
 from facade.changes.chain import Link, canonical_bytes
 from ledger_audit_verifier import EVIDENCE_NAME, verify_bundle
-from projections.audit import ChainRow, Manifest, _chain_pages
+from projections.audit import _SELECT, ChainRow, Manifest, _chain_pages, _row
 from projections.client import ClickHouseClient
 from projections.queries import TIMESTAMP_MAX, to_int
 from projections.rows import CHANGE_VALUES
@@ -108,6 +109,27 @@ def sequences_of_event(client: ClickHouseClient, event_id: str) -> list[int]:
     return [to_int(row[0]) for row in rows]
 
 
+_ROW_AT = f"SELECT {_SELECT} FROM transactions WHERE chain_sequence = {{s:UInt64}} LIMIT 1"
+_BEFORE = "SELECT max(chain_sequence) FROM transactions WHERE engine_timestamp < {t:UInt64}"
+
+
+def _leaf_input_at(client: ClickHouseClient, sequence: int) -> bytes | None:
+    found = client.query_rows(_ROW_AT, {"s": sequence})
+    return row_leaf_input(_row(found[0])) if found else None
+
+
+def _boundary(audit: AuditLog, sealed: SealedCheckpoint, sequence: int, data: bytes | None) -> object:
+    """The change at `sequence` (outside the export), proved in the checkpoint; None beyond it."""
+    if data is None or not 1 <= sequence <= sealed.tree_size:
+        return None
+    proof = audit.tree.inclusion_proof(sequence - 1, sealed.tree_size)
+    return {
+        "sequence": sequence,
+        "leaf_input": base64.b64encode(data).decode(),
+        "hashes": [base64.b64encode(h).decode() for h in proof],
+    }
+
+
 def _covering(audit: AuditLog, last_sequence: int) -> SealedCheckpoint:
     sealed = audit.covering(last_sequence)
     if sealed is None:
@@ -120,9 +142,24 @@ def _covering(audit: AuditLog, last_sequence: int) -> SealedCheckpoint:
     return sealed
 
 
-def attach_evidence(directory: Path, manifest: Manifest, audit: AuditLog) -> Evidence:
-    """Writes evidence.json for an export just written, then verifies the bundle as an auditor would."""
-    sealed = _covering(audit, manifest.last_sequence)
+def attach_evidence(directory: Path, manifest: Manifest, audit: AuditLog, client: ClickHouseClient) -> Evidence:
+    """Writes evidence.json for an export just written, then verifies the bundle as an auditor would.
+    Besides the rows' proofs, it proves the changes right before and after the range (boundaries), so
+    rows cut at either end are found: the rows are all of the range, not just genuine."""
+    if manifest.row_count:
+        before_sequence = manifest.first_sequence - 1
+    else:
+        before_sequence = to_int(client.query_rows(_BEFORE, {"t": manifest.timestamp_from})[0][0])
+    last_sequence = manifest.last_sequence if manifest.row_count else before_sequence
+    after_data = _leaf_input_at(client, last_sequence + 1)
+    # Prefer a checkpoint that holds the change after the range, so the range's end is proved too.
+    sealed: SealedCheckpoint | None = None
+    if after_data is not None:
+        with contextlib.suppress(EvidenceError):
+            sealed = _covering(audit, last_sequence + 1)
+    if sealed is None:
+        sealed = _covering(audit, last_sequence)
+    before_data = _leaf_input_at(client, before_sequence) if before_sequence else None
     if manifest.row_count <= EVIDENCE_ALL_ROWS_MAX:
         sequences = list(range(manifest.first_sequence, manifest.last_sequence + 1)) if manifest.row_count else []
         proof_rows = "all"
@@ -146,6 +183,10 @@ def attach_evidence(directory: Path, manifest: Manifest, audit: AuditLog) -> Evi
         "verifier_key": key.text(),
         "proof_rows": proof_rows,
         "proofs": proofs,
+        "boundary": {
+            "before": _boundary(audit, sealed, before_sequence, before_data),
+            "after": _boundary(audit, sealed, last_sequence + 1, after_data),
+        },
     }
     (directory / EVIDENCE_NAME).write_text(json.dumps(document, indent=1) + "\n")
     report = verify_bundle(directory, key)

@@ -245,7 +245,7 @@ def _audit_export_bundle(settings: Settings, args: argparse.Namespace) -> int:
             manifest = export(
                 client, directory, parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.format
             )
-            evidence = attach_evidence(directory, manifest, audit)
+            evidence = attach_evidence(directory, manifest, audit, client)
         finally:
             audit.close()
         _print(dataclasses.asdict(manifest) | {"evidence": evidence})

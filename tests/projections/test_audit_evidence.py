@@ -61,7 +61,7 @@ async def exported(
     assert audit_evidence.catch_up(audit_log, client) == 0  # The read model adds nothing the feed did not.
     directory = tmp_path / "export"
     manifest = audit.export(client, directory, 0, TIMESTAMP_MAX, "csv", progress=False)
-    evidence = audit_evidence.attach_evidence(directory, manifest, audit_log)
+    evidence = audit_evidence.attach_evidence(directory, manifest, audit_log, client)
     assert (evidence.tree_size, evidence.proof_rows, evidence.proofs) == (CHANGES, "all", CHANGES)
     return directory
 
@@ -147,7 +147,7 @@ def test_large_export_proves_first_and_last_rows_and_still_catches_a_middle_edit
     monkeypatch.setattr(audit_evidence, "EVIDENCE_ALL_ROWS_MAX", 4)
     directory = tmp_path / "large"
     manifest = audit.export(client, directory, 0, TIMESTAMP_MAX, "csv", progress=False)
-    evidence = audit_evidence.attach_evidence(directory, manifest, audit_log)
+    evidence = audit_evidence.attach_evidence(directory, manifest, audit_log, client)
     assert (evidence.proof_rows, evidence.proofs) == ("first_and_last", 2)
     assert verify_bundle(directory, key_of(audit_log)).ok
     forge(directory, altered_amount)  # Row 6 has no proof of its own; the last row's leaf covers it.
@@ -274,3 +274,61 @@ def test_cli_keys_checkpoint_and_proof_documents(
     key_lines = capsys.readouterr().out
     assert {k.key_id for k in parse_keys(key_lines)} == {str(k["key_id"]) for k in rotated}
     assert verify_proof_document(proved[0], parse_keys(key_lines))  # Signed by the old key: still verifies.
+
+
+def cut_last_row(rows: Rows) -> Rows:
+    return rows[:-1]
+
+
+def cut_first_row(rows: Rows) -> Rows:
+    return rows[1:]
+
+
+@pytest.mark.parametrize("edit", [cut_last_row, cut_first_row])
+def test_rows_cut_at_either_end_are_refused(exported: Path, audit_log: AuditLog, edit: Callable[[Rows], Rows]) -> None:
+    """Every remaining row is genuine and proved, but the range is no longer complete: the boundary
+    proofs (the changes right before and after the range) catch it."""
+    forge_ends(exported, edit)
+    report = verify_bundle(exported, key_of(audit_log))
+    assert not report.ok and "cut" in report.problems[0], report.problems
+
+
+def forge_ends(directory: Path, edit: Callable[[Rows], Rows]) -> None:
+    """Drops rows without re-chaining (the rest stay genuine), fixing the manifest to match."""
+    path = next(directory.glob("*.csv"))
+    rows = edit(read_rows(directory))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["row_count"] = manifest["files"][0]["rows"] = len(rows)
+    manifest["first_sequence"], manifest["last_sequence"] = (
+        int(rows[0]["chain_sequence"]),
+        int(rows[-1]["chain_sequence"]),
+    )
+    manifest["previous_hash"], manifest["chain_head"] = rows[0]["chain_previous_hash"], rows[-1]["chain_hash"]
+    manifest["files"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+async def test_sub_range_and_empty_range_prove_their_boundaries(
+    tmp_path: Path, exported: Path, audit_log: AuditLog, client: ChdbClient
+) -> None:
+    rows = read_rows(exported)
+    timestamp_from, timestamp_to = int(rows[5]["engine_timestamp"]), int(rows[12]["engine_timestamp"])
+    middle = tmp_path / "middle"
+    manifest = audit.export(client, middle, timestamp_from, timestamp_to, "csv", progress=False)
+    assert (manifest.first_sequence, manifest.last_sequence) == (6, 12)
+    audit_evidence.attach_evidence(middle, manifest, audit_log, client)
+    report = verify_bundle(middle, key_of(audit_log))
+    assert report.ok, report.problems
+    assert (report.rows_checked, report.complete_through) == (7, timestamp_to)
+    forge_ends(middle, cut_last_row)
+    assert not verify_bundle(middle, key_of(audit_log)).ok
+
+    empty = tmp_path / "empty"
+    manifest = audit.export(client, empty, timestamp_from + 1, timestamp_from + 1, "csv", progress=False)
+    assert manifest.row_count == 0
+    audit_evidence.attach_evidence(empty, manifest, audit_log, client)
+    assert verify_bundle(empty, key_of(audit_log)).ok
