@@ -444,6 +444,10 @@ class _Bounded:
         self.name = engine.name
         self.last = ""
 
+    @property
+    def write_failure(self) -> str | None:
+        return self.engine.write_failure
+
     async def _call(self, name: str, argument: object, call: Awaitable[_R]) -> _R:
         self.last = f"{name}({argument!r})"
         try:
