@@ -49,7 +49,9 @@ from facade.settings import AuthSettings
 SCOPE_READ = "ledger.read"
 SCOPE_WRITE = "ledger.write"
 SCOPE_ADMIN = "ledger.admin"
-SCOPES_ALL = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
+SCOPE_AUDIT = "ledger.audit"
+"""Compliance staff: audit evidence (checkpoints and proofs; issue 12), nothing else."""
+SCOPES_ALL = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN, SCOPE_AUDIT})
 DEV_SECRET = "ledger-dev-secret-not-for-production-use-0123456789"
 TOKEN_TTL_SECONDS_DEFAULT = 24 * 3600
 CLOCK_LEEWAY_SECONDS = 30
@@ -79,6 +81,9 @@ METHOD_SCOPES: dict[str, str] = {
     _HISTORY + "GetDailyTotals": SCOPE_ADMIN,
     _HISTORY + "ListTransactionsByCorrelation": SCOPE_ADMIN,
     _HISTORY + "Reconcile": SCOPE_ADMIN,
+    _HISTORY + "GetCheckpoint": SCOPE_AUDIT,
+    _HISTORY + "GetInclusionProof": SCOPE_AUDIT,
+    _HISTORY + "GetConsistencyProof": SCOPE_AUDIT,
 }
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 REFLECTION_PREFIX = "/grpc.reflection."

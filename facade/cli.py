@@ -21,7 +21,8 @@ ledger project [--source engine|kafka] [--once]
 ledger statement ACCOUNT --from T --to T | balance ACCOUNT [--at T] | totals --from T --to T
 ledger correlation ID | reconcile
 ledger audit export --from T --to T --format csv|parquet --out DIR
-ledger audit verify [--export DIR]
+ledger audit verify [--export DIR [--public-key FILE]]
+ledger audit keys [--rotate] | checkpoint | prove --sequence N | consistency --old N   (docs/audit.md)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_command.add_argument("--worker-of", default="", help=argparse.SUPPRESS)  # Names a worker in `ps`.
     token = commands.add_parser("dev-token", help="print a development JWT")
     token.add_argument("--client-id", default="dev-client")
-    token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin")
+    token.add_argument("--scopes", default="ledger.read ledger.write ledger.admin ledger.audit")
     token.add_argument("--ttl-seconds", type=int, default=24 * 3600)
     certs = commands.add_parser("dev-certs", help="write a development CA and server/client certificates")
     certs.add_argument("--out", required=True, help="output directory")

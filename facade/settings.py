@@ -315,6 +315,34 @@ class ConsistencySettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    """Signed checkpoints over a Merkle tree of every change (facade.audit, docs/audit.md)."""
+
+    data_dir: Path | None = Field(
+        default=None,
+        description="Merkle tree levels, signing keys (0600) and the checkpoint log; default: `audit` next to the "
+        "engine's data dir (data/audit).",
+    )
+    enabled: bool = Field(default=True, description="`ledger serve` feeds the tree and seals checkpoints.")
+    origin: str = Field(
+        default="ledger-service/audit",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._/:-]+$",
+        description="First line of every checkpoint, and the signing key's name.",
+    )
+    signing_key_file: Path | None = Field(
+        default=None, description="An Ed25519 private key (PKCS#8 PEM) to sign with instead of the generated ones."
+    )
+    checkpoint_entries: int = Field(default=10_000, ge=1, le=10_000_000, description="Seal after this many changes.")
+    checkpoint_interval_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seal at least this often while changes arrive."
+    )
+    self_audit_interval_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="Pause between rounds of the background self-audit."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -325,3 +353,4 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     consistency: ConsistencySettings = ConsistencySettings()
+    audit: AuditSettings = AuditSettings()

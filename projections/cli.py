@@ -9,6 +9,11 @@ them in); `python -m projections ...` runs them standalone.
     reconcile                                      ClickHouse against engine balances; exit 1 on drift
     audit export --from T --to T --format csv|parquet --out DIR
     audit verify [--export DIR]                    the live chain, or an export (and its live head)
+    audit verify --export DIR --public-key FILE    an export bundle offline: no read model, nothing written
+    audit keys [--rotate]                          checkpoint signing keys (public halves)
+    audit checkpoint                               seal a signed checkpoint now
+    audit prove (--sequence N | --transaction ID | --event ID) [--tree-size N]
+    audit consistency --old N [--new N]            proofs, as documents the stand-alone verifier checks
 
 Times: ISO 8601 (UTC when no offset: 2026-01-31, 2026-01-31T12:00:00Z), an engine timestamp in
 ns, or `now`. Output: one JSON object per line (u128 values as decimal strings, as on the wire).
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from facade.settings import Settings
+from projections.audit_commands import register_evidence_commands
 from projections.client import ClickHouseClient
 from projections.projector import Projector
 
@@ -213,8 +219,54 @@ def _audit_verify(client: ClickHouseClient, args: argparse.Namespace) -> int:
 
     if args.export:
         report = verify_export(Path(args.export), None if args.files_only else client, progress=True)
-    else:
-        report = verify_live(client, progress=True)
+        # The chain alone has no key: anyone can recompute it. Say so rather than let "ok" imply more.
+        evidence = "not checked: add --public-key FILE to verify the signed checkpoint and proofs (docs/audit.md)"
+        _print(dataclasses.asdict(report) | {"ok": report.ok, "evidence": evidence})
+        return 0 if report.ok else 1
+    report = verify_live(client, progress=True)
+    _print(dataclasses.asdict(report) | {"ok": report.ok})
+    return 0 if report.ok else 1
+
+
+def _audit_export_bundle(settings: Settings, args: argparse.Namespace) -> int:
+    """Exports, then (unless --no-evidence) attaches the signed checkpoint and proofs."""
+    if args.no_evidence:
+        return _with_client(_audit_export)(settings, args)
+
+    def run(client: ClickHouseClient, args: argparse.Namespace) -> int:
+        from facade.audit.log import open_audit_log
+        from projections.audit import export
+        from projections.audit_evidence import attach_evidence, catch_up
+
+        audit = open_audit_log(settings)
+        try:
+            catch_up(audit, client)
+            directory = Path(args.out)
+            manifest = export(
+                client, directory, parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.format
+            )
+            evidence = attach_evidence(directory, manifest, audit, client)
+        finally:
+            audit.close()
+        _print(dataclasses.asdict(manifest) | {"evidence": evidence})
+        return 0
+
+    return _with_client(run)(settings, args)
+
+
+def _audit_verify_entry(settings: Settings, args: argparse.Namespace) -> int:
+    """With --public-key: the bundle alone (no read model opened, nothing created); else as before."""
+    if args.public_key is None:
+        return _with_client(_audit_verify)(settings, args)
+    if not args.export:
+        raise SystemExit("audit verify --public-key needs --export DIR")
+    from ledger_audit_verifier import NoteError, parse_keys, verify_bundle
+
+    try:
+        key = parse_keys(Path(args.public_key).read_text())
+    except (OSError, NoteError) as error:
+        raise SystemExit(f"audit verify --public-key: {error}") from error
+    report = verify_bundle(Path(args.export), key)
     _print(dataclasses.asdict(report) | {"ok": report.ok})
     return 0 if report.ok else 1
 
@@ -258,11 +310,14 @@ def register(subparsers: Any) -> None:
     export.add_argument("--to", dest="timestamp_to", required=True)
     export.add_argument("--format", choices=("csv", "parquet"), default="csv")
     export.add_argument("--out", required=True, help="an empty or new directory")
-    export.set_defaults(projections_run=_with_client(_audit_export))
+    export.add_argument("--no-evidence", action="store_true", help="no signed checkpoint and proofs (evidence.json)")
+    export.set_defaults(projections_run=_audit_export_bundle)
     verify = audit_commands.add_parser("verify", help="verify the live chain, or an export")
     verify.add_argument("--export", help="an export directory (default: verify the live read model)")
     verify.add_argument("--files-only", action="store_true", help="with --export: do not compare with the live head")
-    verify.set_defaults(projections_run=_with_client(_audit_verify))
+    verify.add_argument("--public-key", help="with --export: verify the bundle offline with this verifier key")
+    verify.set_defaults(projections_run=_audit_verify_entry)
+    register_evidence_commands(audit_commands)
 
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:

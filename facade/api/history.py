@@ -8,8 +8,10 @@ from typing import Any
 
 import grpc
 
+from facade.api.audit_proofs import AuditProofs
 from facade.api.errors import abort_domain
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc
+from facade.audit.log import SealedCheckpoint
 from facade.auth import current_principal
 from facade.domain.mapping import DomainError
 from facade.engine.protocol import Engine
@@ -63,11 +65,65 @@ def _period_end(timestamp_to: int) -> int:
     return timestamp_to or time.time_ns()
 
 
+def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
+    checkpoint = sealed.checkpoint
+    return history_pb2.SignedCheckpoint(
+        note=sealed.note,
+        tree_size=checkpoint.tree_size,
+        root_hash=checkpoint.root_hash,
+        timestamp_last=checkpoint.timestamp_last,
+        key_id=checkpoint.key_id,
+    )
+
+
 class HistoryServicer(history_pb2_grpc.HistoryServicer):
     def __init__(self, service: LedgerService, engine: Engine, read_model: ReadModel) -> None:
         self._service = service
         self._engine = engine
         self._read_model = read_model
+        self.audit = AuditProofs(None, read_model)
+        """The server sets `audit.audit` once the audit log is open (facade.audit.service)."""
+
+    async def GetCheckpoint(  # noqa: N802
+        self, request: history_pb2.GetCheckpointRequest, context: Context
+    ) -> history_pb2.SignedCheckpoint:
+        try:
+            return signed_checkpoint(await self.audit.checkpoint(request.tree_size))
+        except DomainError as error:
+            await abort_domain(context, error)
+
+    async def GetInclusionProof(  # noqa: N802
+        self, request: history_pb2.GetInclusionProofRequest, context: Context
+    ) -> history_pb2.InclusionProof:
+        try:
+            sealed, proofs = await self.audit.inclusion(
+                sequence=request.sequence,
+                transaction_id=request.transaction_id,
+                event_id=request.event_id,
+                tree_size=request.tree_size,
+            )
+        except DomainError as error:
+            await abort_domain(context, error)
+        return history_pb2.InclusionProof(
+            checkpoint=signed_checkpoint(sealed),
+            proofs=[
+                history_pb2.LeafProof(
+                    sequence=p.sequence, leaf_index=p.sequence - 1, leaf_hash=p.leaf_hash, hashes=list(p.hashes)
+                )
+                for p in proofs
+            ],
+        )
+
+    async def GetConsistencyProof(  # noqa: N802
+        self, request: history_pb2.GetConsistencyProofRequest, context: Context
+    ) -> history_pb2.ConsistencyProof:
+        try:
+            old, new, hashes = await self.audit.consistency(request.old_size, request.new_size)
+        except DomainError as error:
+            await abort_domain(context, error)
+        return history_pb2.ConsistencyProof(
+            old_checkpoint=signed_checkpoint(old), new_checkpoint=signed_checkpoint(new), hashes=hashes
+        )
 
     async def _owned(self, account_id_text: str) -> int:
         """The account id when the caller may read it: NOT_FOUND otherwise (as GetAccount)."""

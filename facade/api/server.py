@@ -170,9 +170,11 @@ async def start(settings: Settings) -> RunningServer:
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None
+    history: HistoryServicer | None = None
     if settings.clickhouse.serve_history:
         read_model = await ReadModel.open(settings.clickhouse, engine, metadata=store)
-        history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(service, engine, read_model), server)
+        history = HistoryServicer(service, engine, read_model)
+        history_pb2_grpc.add_HistoryServicer_to_server(history, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -194,7 +196,7 @@ async def start(settings: Settings) -> RunningServer:
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
-                build_app(service, authenticator),
+                build_app(service, authenticator, audit=history.audit if history is not None else None),
                 settings.api.host,
                 settings.api.http_port,
                 "http-gateway",
@@ -232,6 +234,13 @@ async def start(settings: Settings) -> RunningServer:
 
         ingestor = CommandIngestor(service, kafka, kafka.ingest_client_id)
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
+    from facade.audit.service import start_audit
+
+    audit = await start_audit(settings, engine, store, read_model)
+    if audit is not None:
+        running.background.append(asyncio.create_task(audit.run(running.stop_background), name="audit"))
+        if history is not None:
+            history.audit.audit = audit.log
     # Ready = can serve writes (engine + metadata store); Kafka and ClickHouse are reported, not required.
     checks: dict[str, Check] = {"engine": engine_check(engine), "metadata": metadata_check(store)}
     dependencies: dict[str, Check] = {}
@@ -239,6 +248,8 @@ async def start(settings: Settings) -> RunningServer:
         dependencies["kafka"] = kafka_check(topic_health)
     if read_model is not None:
         dependencies["clickhouse"] = read_model.ping
+    if audit is not None and audit.self_audit is not None:
+        dependencies["audit"] = audit.self_audit.check
     running.readiness = Readiness(checks, dependencies, {"engine": engine_liveness(engine)})
     observability = settings.observability
     if observability.metrics_port >= 0:

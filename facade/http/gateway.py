@@ -65,6 +65,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from facade.api.audit_proofs import AuditProofs
 from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.servicer import (
@@ -81,6 +82,7 @@ from facade.domain.mapping import DomainError, invalid
 from facade.http import models as m
 from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
 from facade.http.admission import AdmissionMiddleware, request_deadline
+from facade.http.audit_routes import audit_router
 from facade.observability import metrics
 from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
 
@@ -218,7 +220,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
+def build_app(service: LedgerService, authenticator: Authenticator, *, audit: AuditProofs | None = None) -> FastAPI:
     app = FastAPI(
         title="Ledger JSON gateway",
         version=API_VERSION,
@@ -460,6 +462,8 @@ def build_app(service: LedgerService, authenticator: Authenticator) -> FastAPI:
         return m.from_message(transaction_message(view))
 
     app.include_router(router)
+    if audit is not None:
+        app.include_router(audit_router(audit, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
     _declare_batch_schema(app)
     return app
 

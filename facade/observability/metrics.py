@@ -105,3 +105,15 @@ consistency_rounds_total = Counter(
     "Continuous consistency check rounds by result: ok, inconsistent, error (could not check).",
     ["result"],
 )
+
+# Audit evidence: signed checkpoints and the background self-audit (facade.audit).
+audit_checkpoints_total = Counter("ledger_audit_checkpoints_total", "Signed checkpoints sealed by this process.")
+audit_last_verified_timestamp = Gauge(
+    "ledger_audit_last_verified_timestamp",
+    "Engine time (Unix seconds) of the last checkpoint the self-audit recomputed from the read model and found intact.",
+)
+audit_failures_total = Counter(
+    "ledger_audit_failures_total",
+    "Self-audit failures by check: root, chain, ledger_sums, balances, error (could not check).",
+    ["check"],
+)

@@ -64,7 +64,8 @@ async def test_health_and_readiness(api: Api) -> None:
         body = ready.json()
         assert body["status"] == "ready" and set(body["checks"]) == {"engine", "metadata", "consistency"}
         assert all(check["ok"] for check in body["checks"].values())
-        assert set(body["dependencies"]) == {"clickhouse"} and body["dependencies"]["clickhouse"]["ok"] is True
+        assert set(body["dependencies"]) == {"clickhouse", "audit"} and body["dependencies"]["clickhouse"]["ok"] is True
+        assert body["dependencies"]["audit"]["ok"] is True  # The self-audit found nothing wrong.
 
         assert api.server.readiness is not None
         api.server.readiness.draining = True  # What stop() does first.

@@ -12,7 +12,7 @@ import pytest
 
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account
-from facade.settings import ApiSettings, ClickHouseSettings, EngineSettings, Settings
+from facade.settings import ApiSettings, AuditSettings, ClickHouseSettings, EngineSettings, Settings
 from projections import cli
 from tests.projections.conftest import ACCOUNT_IDS, CODE, LEDGER, Metadata, Workload
 
@@ -51,6 +51,7 @@ def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         clickhouse=ClickHouseSettings(
             chdb_path=tmp_path / "clickhouse-cli", projector_checkpoint=tmp_path / "projector.json"
         ),
+        audit=AuditSettings(data_dir=tmp_path / "audit"),
     )
     code, out = command(settings, capsys, "project", "--once")
     assert (code, out[0]) == (0, out[0])
@@ -94,6 +95,7 @@ def test_ledger_console_script(tmp_path: Path) -> None:
         "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
         "LEDGER_CLICKHOUSE__CHDB_PATH": str(tmp_path / "clickhouse"),
         "LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT": str(tmp_path / "projector.json"),
+        "LEDGER_AUDIT__DATA_DIR": str(tmp_path / "audit"),
     }
 
     def ledger_run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -59,6 +59,21 @@ class HistoryStub:
                 request_serializer=ledger_dot_v1_dot_history__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_history__pb2.ReconciliationReport.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/ledger.v1.History/GetCheckpoint',
+                request_serializer=ledger_dot_v1_dot_history__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_history__pb2.SignedCheckpoint.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/ledger.v1.History/GetInclusionProof',
+                request_serializer=ledger_dot_v1_dot_history__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_history__pb2.InclusionProof.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/ledger.v1.History/GetConsistencyProof',
+                request_serializer=ledger_dot_v1_dot_history__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_history__pb2.ConsistencyProof.FromString,
+                _registered_method=True)
 
 
 class HistoryServicer:
@@ -99,6 +114,28 @@ class HistoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
+        public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """RFC 9162 inclusion proofs of a change (or of every change of a transaction) in a signed checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """RFC 9162 consistency proof: the checkpoint at `new_size` extends the one at `old_size`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +163,21 @@ def add_HistoryServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=ledger_dot_v1_dot_history__pb2.ReconcileRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_history__pb2.ReconciliationReport.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=ledger_dot_v1_dot_history__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_history__pb2.SignedCheckpoint.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=ledger_dot_v1_dot_history__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_history__pb2.InclusionProof.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=ledger_dot_v1_dot_history__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_history__pb2.ConsistencyProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +315,87 @@ class History:
             '/ledger.v1.History/Reconcile',
             ledger_dot_v1_dot_history__pb2.ReconcileRequest.SerializeToString,
             ledger_dot_v1_dot_history__pb2.ReconciliationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.History/GetCheckpoint',
+            ledger_dot_v1_dot_history__pb2.GetCheckpointRequest.SerializeToString,
+            ledger_dot_v1_dot_history__pb2.SignedCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.History/GetInclusionProof',
+            ledger_dot_v1_dot_history__pb2.GetInclusionProofRequest.SerializeToString,
+            ledger_dot_v1_dot_history__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.History/GetConsistencyProof',
+            ledger_dot_v1_dot_history__pb2.GetConsistencyProofRequest.SerializeToString,
+            ledger_dot_v1_dot_history__pb2.ConsistencyProof.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,14 @@ class HistoryStub:
     """Every transfer of the transactions that carry a correlation id."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_history_pb2.ReconcileRequest, _history_pb2.ReconciliationReport]
     """Compares the read model's balances with the engine's, account by account."""
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]
+    """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
+    public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
+    """
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetInclusionProofRequest, _history_pb2.InclusionProof]
+    """RFC 9162 inclusion proofs of a change (or of every change of a transaction) in a signed checkpoint."""
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetConsistencyProofRequest, _history_pb2.ConsistencyProof]
+    """RFC 9162 consistency proof: the checkpoint at `new_size` extends the one at `old_size`."""
 
 @_typing.type_check_only
 class HistoryAsyncStub(HistoryStub):
@@ -64,6 +72,14 @@ class HistoryAsyncStub(HistoryStub):
     """Every transfer of the transactions that carry a correlation id."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_history_pb2.ReconcileRequest, _history_pb2.ReconciliationReport]  # type: ignore[assignment]
     """Compares the read model's balances with the engine's, account by account."""
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]  # type: ignore[assignment]
+    """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
+    public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
+    """
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_history_pb2.GetInclusionProofRequest, _history_pb2.InclusionProof]  # type: ignore[assignment]
+    """RFC 9162 inclusion proofs of a change (or of every change of a transaction) in a signed checkpoint."""
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_history_pb2.GetConsistencyProofRequest, _history_pb2.ConsistencyProof]  # type: ignore[assignment]
+    """RFC 9162 consistency proof: the checkpoint at `new_size` extends the one at `old_size`."""
 
 class HistoryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +121,31 @@ class HistoryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.ReconciliationReport, _abc.Awaitable[_history_pb2.ReconciliationReport]]:
         """Compares the read model's balances with the engine's, account by account."""
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _history_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.SignedCheckpoint, _abc.Awaitable[_history_pb2.SignedCheckpoint]]:
+        """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
+        public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _history_pb2.GetInclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.InclusionProof, _abc.Awaitable[_history_pb2.InclusionProof]]:
+        """RFC 9162 inclusion proofs of a change (or of every change of a transaction) in a signed checkpoint."""
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _history_pb2.GetConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ConsistencyProof, _abc.Awaitable[_history_pb2.ConsistencyProof]]:
+        """RFC 9162 consistency proof: the checkpoint at `new_size` extends the one at `old_size`."""
 
 def add_HistoryServicer_to_server(servicer: HistoryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,195 @@
+"""Continuous self-audit: every new signed checkpoint is recomputed from the read model's rows.
+
+Each round takes the checkpoints sealed since the last round and, for each, folds the read model's
+`transactions` rows (chain order) into a compact range (the right frontier: at most 64 subtree roots)
+up to the checkpoint's size, checking the chain link by link, and compares the root with the signed
+one. Then it checks the ledger invariants on the read model: per ledger Σ debits = Σ credits, and
+(given the engine) every account's balances = Σ of its entries (projections.reconcile). A failure
+counts in `ledger_audit_failures_total{check}` and shows in /readyz under dependencies.audit; a
+clean round moves `ledger_audit_last_verified_timestamp` to the verified checkpoint's engine time.
+A checkpoint the read model has not caught up with yet is not a failure: it is verified next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from facade.audit.log import AuditLog, SealedCheckpoint
+from facade.changes.chain import GENESIS, Link
+from facade.engine.protocol import Engine
+from facade.observability import metrics
+from facade.observability.logs import get_logger
+from ledger_audit_verifier import leaf_hash, node_hash
+from projections.audit import _chain_pages
+from projections.audit_evidence import row_leaf_input
+from projections.client import ClickHouseClient
+from projections.queries import TIMESTAMP_MAX, to_int
+from projections.reconcile import compare, read_figures
+
+__all__ = ["CHECKPOINTS_PER_ROUND_MAX", "AuditCheck", "Frontier", "SelfAudit", "SelfAuditFailure"]
+
+CHECKPOINTS_PER_ROUND_MAX = 64
+"""Checkpoints verified per round: a long backlog is worked through over several rounds."""
+FRONTIER_LEVELS_MAX = 64
+T = TypeVar("T")
+log = get_logger("ledger.audit")
+
+
+class Query(Protocol):
+    async def __call__(self, function: Callable[[ClickHouseClient], T]) -> T: ...
+
+
+class AuditCheck(enum.StrEnum):
+    ROOT = "root"
+    CHAIN = "chain"
+    LEDGER_SUMS = "ledger_sums"
+    BALANCES = "balances"
+    ERROR = "error"
+
+
+@dataclass(slots=True, frozen=True)
+class SelfAuditFailure:
+    check: AuditCheck
+    reason: str
+
+
+class Frontier:
+    """The compact range of a growing tree: the roots of its complete subtrees, largest first."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._subtrees: list[tuple[int, bytes]] = []
+
+    def add(self, leaf: bytes) -> None:
+        self._subtrees.append((1, leaf))
+        self.size += 1
+        while len(self._subtrees) >= 2 and self._subtrees[-1][0] == self._subtrees[-2][0]:
+            (size, right), (_, left) = self._subtrees.pop(), self._subtrees.pop()
+            self._subtrees.append((2 * size, node_hash(left, right)))
+        assert len(self._subtrees) <= FRONTIER_LEVELS_MAX
+
+    def root(self) -> bytes:
+        if not self._subtrees:
+            return hashlib.sha256(b"").digest()
+        root = self._subtrees[-1][1]
+        for _, subtree in reversed(self._subtrees[:-1]):
+            root = node_hash(subtree, root)
+        return root
+
+
+_LEDGER_SUMS = """
+SELECT ledger, sumIf(amount, side = 'DEBIT'), sumIf(amount, side = 'CREDIT')
+FROM entries FINAL
+GROUP BY ledger
+ORDER BY ledger"""
+
+
+class SelfAudit:
+    def __init__(self, audit: AuditLog, query: Query, *, engine: Engine | None = None) -> None:
+        self.audit = audit
+        self._query = query
+        self._engine = engine
+        self.frontier = Frontier()
+        self._link: Link = GENESIS
+        self._timestamp_last = 0
+        self.verified_size = 0
+        self.failure: SelfAuditFailure | None = None
+
+    def _fold_to(self, client: ClickHouseClient, tree_size: int) -> SelfAuditFailure | None:
+        """Folds rows after the frontier up to `tree_size`, checking the chain (on the client's thread)."""
+        for page in _chain_pages(client, self._timestamp_last + 1, TIMESTAMP_MAX):
+            for row in page:
+                if self.frontier.size == tree_size:
+                    return None
+                if row.chain_sequence <= self._link.sequence:
+                    continue  # A duplicate not yet merged away (ReplacingMergeTree): already folded.
+                data = row_leaf_input(row)
+                link = Link(row.chain_sequence, self._link.hash, hashlib.sha256(data).digest())
+                if (
+                    row.chain_sequence != self._link.sequence + 1
+                    or row.chain_previous_hash != self._link.hash.hex()
+                    or row.chain_hash != link.hash.hex()
+                ):
+                    return SelfAuditFailure(AuditCheck.CHAIN, f"chain breaks at sequence {self._link.sequence + 1}")
+                self.frontier.add(leaf_hash(data))
+                self._link = link
+                self._timestamp_last = row.engine_timestamp
+            if self.frontier.size == tree_size:
+                return None
+        return None
+
+    def _ledger_sums(self, client: ClickHouseClient) -> SelfAuditFailure | None:
+        for ledger, debits, credits in client.query_rows(_LEDGER_SUMS):
+            if to_int(debits) != to_int(credits):
+                return SelfAuditFailure(
+                    AuditCheck.LEDGER_SUMS, f"ledger {ledger}: Σ debits {debits} ≠ Σ credits {credits}"
+                )
+        return None
+
+    async def _verify(self, sealed: SealedCheckpoint) -> SelfAuditFailure | bool | None:
+        """A failure, None when intact, or False when the read model has not reached it yet."""
+        assert sealed.tree_size > self.verified_size
+        failure = await self._query(lambda client: self._fold_to(client, sealed.tree_size))
+        if failure is not None:
+            return failure
+        if self.frontier.size < sealed.tree_size:
+            return False
+        assert self.frontier.size == sealed.tree_size
+        if self.frontier.root() != sealed.checkpoint.root_hash:
+            return SelfAuditFailure(
+                AuditCheck.ROOT, f"root of the read model's first {sealed.tree_size} changes ≠ signed root"
+            )
+        return None
+
+    async def run_once(self) -> SelfAuditFailure | None:
+        """One round; returns (and keeps in `failure`) the first failure found."""
+        try:
+            failure = await self._round()
+        except Exception as error:  # The read model or the engine did not answer: report, retry next round.
+            failure = SelfAuditFailure(AuditCheck.ERROR, f"{type(error).__name__}: {error}")
+        if failure is not None:
+            metrics.audit_failures_total.labels(failure.check.value).inc()
+            log.error("self-audit failed", check=failure.check.value, reason=failure.reason)
+        self.failure = failure
+        return failure
+
+    async def _round(self) -> SelfAuditFailure | None:
+        pending = [c for c in self.audit.checkpoints() if c.tree_size > self.verified_size]
+        verified: SealedCheckpoint | None = None
+        for sealed in pending[:CHECKPOINTS_PER_ROUND_MAX]:
+            result = await self._verify(sealed)
+            if result is False:
+                break
+            if isinstance(result, SelfAuditFailure):
+                return result
+            verified = sealed
+            self.verified_size = sealed.tree_size
+        failure = await self._query(self._ledger_sums)
+        if failure is not None:
+            return failure
+        if self._engine is not None:
+            report = await compare(self._engine, await self._query(read_figures))
+            if not report.ok:
+                return SelfAuditFailure(
+                    AuditCheck.BALANCES, f"{len(report.drifting_accounts)} accounts: balances ≠ Σ entries"
+                )
+        if verified is not None:
+            metrics.audit_last_verified_timestamp.set(verified.checkpoint.timestamp_last / 1e9)
+        return None
+
+    async def check(self) -> None:
+        """Readiness detail: raises while the last round failed."""
+        if self.failure is not None:
+            raise RuntimeError(f"self-audit {self.failure.check.value}: {self.failure.reason}")
+
+    async def run(self, stop: asyncio.Event, interval_seconds: float) -> None:
+        while not stop.is_set():
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_seconds)

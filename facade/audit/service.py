@@ -1,0 +1,90 @@
+"""The audit log inside `ledger serve`: its own change capture into the Merkle tree (sealing every N
+changes or T seconds; each checkpoint stored in the read model's `audit_checkpoints` and published to
+Kafka when configured) and the background self-audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
+from facade.audit.self_audit import SelfAudit
+from facade.audit.sink import AuditSink, Publisher
+from facade.changes import checkpoint as positions
+from facade.changes.poller import ChangeCapture, MetadataSource
+from facade.engine.protocol import Engine
+from facade.observability.logs import get_logger
+from facade.settings import Settings
+from projections.read_model import ReadModel
+
+__all__ = ["AuditRuntime", "start_audit"]
+
+logger = get_logger("ledger.audit")
+
+POSITION_FILE = "capture.json"
+
+
+@dataclass(slots=True)
+class AuditRuntime:
+    log: AuditLog
+    sink: AuditSink
+    capture: ChangeCapture
+    self_audit: SelfAudit | None
+    interval_seconds: float
+
+    async def _seal_periodically(self, stop: asyncio.Event) -> None:
+        """Seals changes left unsealed once they stop arriving (the sink seals only when a batch comes)."""
+        interval_seconds = self.log.settings.checkpoint_interval_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_seconds)
+            if stop.is_set():
+                return
+            try:
+                await self.sink.seal_if_pending()
+            except Exception as error:  # Kafka or the read model down: the next round retries.
+                logger.warning("periodic checkpoint failed", error=str(error))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Feeds the tree and self-audits until `stop`; then closes the log."""
+        try:
+            tasks = [
+                asyncio.create_task(self.capture.run(stop), name="audit-capture"),
+                asyncio.create_task(self._seal_periodically(stop), name="audit-sealer"),
+            ]
+            if self.self_audit is not None:
+                tasks.append(asyncio.create_task(self.self_audit.run(stop, self.interval_seconds), name="self-audit"))
+            await asyncio.gather(*tasks)
+        finally:
+            with contextlib.suppress(Exception):
+                self.log.close()
+
+
+async def start_audit(
+    settings: Settings, engine: Engine, metadata: MetadataSource, read_model: ReadModel | None
+) -> AuditRuntime | None:
+    """None when settings.audit.enabled is off. The signing key is created here on first run."""
+    if not settings.audit.enabled:
+        return None
+    audit_log = await asyncio.to_thread(open_audit_log, settings)
+    await asyncio.to_thread(audit_log.keys.active)
+    publishers: list[Publisher] = []
+    if settings.kafka.bootstrap_servers:
+        from facade.kafka.checkpoints_publisher import KafkaCheckpointPublisher
+
+        publishers.append(KafkaCheckpointPublisher(settings.kafka).publish)
+    if read_model is not None:
+        from projections.audit_checkpoints import store_checkpoint
+
+        async def store(sealed: SealedCheckpoint) -> None:
+            await read_model.query(lambda client: store_checkpoint(client, sealed))
+
+        publishers.append(store)
+    sink = AuditSink(audit_log, publishers=publishers)
+    position = audit_log.directory / POSITION_FILE
+    # The tree is the truth: the capture resumes after its last leaf, whatever the position file says.
+    await asyncio.to_thread(positions.save, position, sink.resume_position())
+    capture = ChangeCapture(engine, sink, position, metadata)
+    self_audit = SelfAudit(audit_log, read_model.query, engine=engine) if read_model is not None else None
+    return AuditRuntime(audit_log, sink, capture, self_audit, settings.audit.self_audit_interval_seconds)

@@ -1,0 +1,104 @@
+"""Feeds the Merkle tree from the change capture and seals checkpoints every N changes or T seconds.
+
+`AuditSink` is an EntrySink (facade.changes.poller): the service runs one ChangeCapture into it, with
+its own position file, so the tree follows the engine's change feed exactly like the Kafka publisher
+and the projector do, whatever else is configured. Each change arrives as its debit and credit
+entries; the debit one carries everything its leaf hashes (transfer, metadata, chain link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.audit.log import AuditLog, LeafRecord, SealedCheckpoint
+from facade.changes import checkpoint as positions
+from facade.changes.chain import Link, canonical_bytes
+from facade.changes.entries import metadata_bytes
+from facade.engine.types import Transfer
+from facade.observability import metrics
+from facade.observability.logs import get_logger
+
+__all__ = ["AuditSink", "leaf_record"]
+
+log = get_logger("ledger.audit")
+Publisher = Callable[[SealedCheckpoint], Awaitable[None]]
+
+
+def leaf_record(entry: entries_pb2.LedgerEntry) -> LeafRecord:
+    """The leaf of the change a (debit-side) entry belongs to; its chain link must match its contents."""
+    transfer = Transfer(
+        id=int(entry.transfer_id),
+        debit_account_id=int(entry.account_id if entry.side == entries_pb2.DEBIT else entry.counterparty_account_id),
+        credit_account_id=int(entry.counterparty_account_id if entry.side == entries_pb2.DEBIT else entry.account_id),
+        amount=int(entry.amount),
+        pending_id=int(entry.pending_id),
+        user_data_128=int(entry.user_data_128),
+        user_data_64=entry.user_data_64,
+        user_data_32=entry.user_data_32,
+        timeout=entry.timeout_seconds,
+        ledger=entry.ledger,
+        code=entry.code,
+        flags=entry.transfer_flags,
+        timestamp=entry.transfer_timestamp,
+    )
+    metadata = metadata_bytes(entry.metadata if entry.HasField("metadata") else None)
+    data = entry.chain.previous_hash + canonical_bytes(
+        entry.chain.sequence, entry.engine_timestamp, entry.change, transfer, metadata
+    )
+    # The chain hash is SHA-256 of exactly the leaf input: the leaf and the chain cannot disagree.
+    assert hashlib.sha256(data).digest() == entry.chain.hash, "entry chain link does not match its contents"
+    link = Link(entry.chain.sequence, entry.chain.previous_hash, entry.chain.hash)
+    return LeafRecord(entry.chain.sequence, entry.engine_timestamp, link, data)
+
+
+class AuditSink:
+    def __init__(self, audit: AuditLog, *, publishers: Sequence[Publisher] = ()) -> None:
+        self.audit = audit
+        self._publishers = list(publishers)
+        self._sealed_size = 0
+        latest = audit.latest()
+        if latest is not None:
+            self._sealed_size = latest.tree_size
+        self._sealed_at = time.monotonic()
+        self._published_size = self._sealed_size
+        """Checkpoints up to this size were handed to every publisher (a failed publish is retried)."""
+
+    def resume_position(self) -> positions.Checkpoint:
+        """Where the change capture must start: after the last leaf the tree holds."""
+        return self.audit.head()
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        records = [leaf_record(entry) for entry in entries if entry.side == entries_pb2.DEBIT]
+        assert len(records) * 2 == len(entries)
+        await asyncio.to_thread(self.audit.append, records)
+        settings = self.audit.settings
+        pending = self.audit.head().link.sequence - self._sealed_size
+        due = pending >= settings.checkpoint_entries or (
+            pending > 0 and time.monotonic() - self._sealed_at >= settings.checkpoint_interval_seconds
+        )
+        if due or self._published_size < self._sealed_size:
+            await self.seal()
+
+    async def seal_if_pending(self) -> None:
+        """Seals when changes are unsealed (or the last checkpoint is unpublished); else nothing."""
+        head = await asyncio.to_thread(self.audit.head)
+        if head.link.sequence > self._sealed_size or self._published_size < self._sealed_size:
+            await self.seal()
+
+    async def seal(self) -> SealedCheckpoint:
+        sealed = await asyncio.to_thread(self.audit.seal)
+        if sealed.tree_size > self._sealed_size:
+            metrics.audit_checkpoints_total.inc()
+            log.info("checkpoint sealed", tree_size=sealed.tree_size, key_id=sealed.checkpoint.key_id)
+        self._sealed_size = sealed.tree_size
+        self._sealed_at = time.monotonic()
+        if self._published_size < sealed.tree_size:
+            # A failure raises into the change capture, which retries the batch and so this publish.
+            for publish in self._publishers:
+                await publish(sealed)
+            self._published_size = sealed.tree_size
+        return sealed
