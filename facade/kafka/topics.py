@@ -238,7 +238,8 @@ async def provision_in_background(settings: KafkaSettings, stop: asyncio.Event, 
     delay = PROVISION_RETRY_SECONDS_MIN
     while not stop.is_set():
         try:
-            await asyncio.to_thread(ensure_topics, settings)
+            # A short metadata bound per attempt: stopping the service waits for the attempt under way.
+            await asyncio.to_thread(ensure_topics, settings, timeout_seconds=KAFKA_START_TIMEOUT_SECONDS)
             health.provisioning_error = None
             return
         except KafkaUnreachableError:
