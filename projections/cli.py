@@ -319,6 +319,10 @@ def register(subparsers: Any) -> None:
     verify.set_defaults(projections_run=_audit_verify_entry)
     register_evidence_commands(audit_commands)
 
+    from projections.statements.cli import register as register_statement_commands
+
+    register_statement_commands(subparsers)
+
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Dispatches a parsed read-model command; returns its exit code."""

@@ -100,6 +100,46 @@ BALANCES_COLUMNS: tuple[tuple[str, str], ...] = (
     *_BALANCE_COLUMNS,
 )
 
+RECONCILIATION_RUNS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "String"),
+    ("account_id", "UInt128"),
+    ("created_timestamp", "UInt64"),
+    ("statement_format", "LowCardinality(String)"),
+    ("statement_sha256", "FixedString(64)"),
+    ("currency", "LowCardinality(String)"),
+    ("date_from", "Date32"),
+    ("date_to", "Date32"),
+    ("date_window_days", "UInt16"),
+    ("tolerance", "UInt128"),
+    ("inverted", "Bool"),
+    ("statement_lines", "UInt32"),
+    ("ledger_entries", "UInt32"),
+    ("matched", "UInt32"),
+    ("unmatched_statement", "UInt32"),
+    ("unmatched_ledger", "UInt32"),
+    ("duplicates", "UInt32"),
+    ("reversals", "UInt32"),
+    ("amount_discrepancies", "UInt32"),
+    ("date_discrepancies", "UInt32"),
+)
+"""One row per statement reconciliation run (projections.statements): its inputs and counts."""
+RECONCILIATION_RESULTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "String"),
+    ("result_index", "UInt32"),
+    ("kind", "LowCardinality(String)"),
+    ("rule", "LowCardinality(String)"),
+    ("line_numbers", "Array(UInt32)"),
+    ("event_ids", "Array(String)"),
+    ("transfer_ids", "Array(UInt128)"),
+    ("statement_amount", "Int256"),
+    ("ledger_amount", "Int256"),
+    ("amount_difference", "Int256"),
+    ("date_difference_days", "Int32"),
+    ("reference", "String"),
+    ("note", "String"),
+)
+"""One row per result of a run: a match, a duplicate or reversal, or what is unmatched on each side."""
+
 _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
 
 
@@ -126,6 +166,13 @@ DDL: tuple[str, ...] = (
     {_ENGINE_TIME},
     INDEX engine_timestamp_minmax engine_timestamp TYPE minmax GRANULARITY 1
 ) ENGINE = ReplacingMergeTree ORDER BY (account_id, engine_timestamp)""",
+    # Statement reconciliation (projections.statements): written once per run id, never updated.
+    f"""CREATE TABLE IF NOT EXISTS reconciliation_runs (
+    {_columns(RECONCILIATION_RUNS_COLUMNS)}
+) ENGINE = ReplacingMergeTree ORDER BY run_id""",
+    f"""CREATE TABLE IF NOT EXISTS reconciliation_results (
+    {_columns(RECONCILIATION_RESULTS_COLUMNS)}
+) ENGINE = ReplacingMergeTree ORDER BY (run_id, result_index)""",
 )
 
 TABLES = ("entries", "transactions", "balances")

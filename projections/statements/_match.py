@@ -1,0 +1,363 @@
+"""Matching a statement against one account's ledger entries. Pure: no I/O, deterministic.
+
+The rules, applied in this order; each statement line and each ledger entry is used at most once:
+
+1. Exact reference. A line whose reference or EndToEndId equals an entry's correlation id or
+   idempotency key, in the same direction: the candidate with the same amount (nearest date first)
+   is matched. When no candidate has the same amount and exactly one candidate exists, it is matched
+   with an amount discrepancy (the bank and the ledger disagree on the money of one payment).
+2. Duplicates. A line not matched by rule 1 that repeats an earlier line (same reference, direction,
+   amount and booking date; non-empty reference) is a DUPLICATE: the bank sent it twice. (When the
+   ledger really holds two such payments, rule 1 has already matched both lines.)
+3. Reversals. Two unmatched lines with the same reference (or both without one) and amount in
+   opposite directions, the later one marked as a reversal by the bank (camt.053 RvslInd) or sharing
+   a non-empty reference, cancel out: REVERSAL, no ledger entry expected.
+4. Amount + date window. Same signed amount, dates at most `date_window_days` apart; the nearest
+   date wins, then the earliest entry.
+5. One-to-many (one line settles 2..`SUBSET_SIZE_MAX` entries: a bank batch) and many-to-one
+   (2..`SUBSET_SIZE_MAX` lines settle one entry: a payment split by the bank), same direction, all
+   within the date window of the single side, the sums differing by at most `tolerance` minor units.
+   Candidates are the `SUBSET_CANDIDATES_MAX` nearest in date, so the search stays bounded.
+6. What is left: UNMATCHED_STATEMENT lines and UNMATCHED_LEDGER entries.
+
+Discrepancies on a match: `amount_difference` = statement sum - ledger sum (non-zero only under rules
+1 and 5), `date_difference_days` = the largest distance between a line's booking date and an entry's
+UTC date (a match can be late by up to the window; rule 1 has no window, so a large value there is
+a date discrepancy worth a look).
+
+Direction: a statement CREDIT (money in) matches an entry that credits the ledger account (positive
+`signed_amount`, the credit-normal view); `inverted=True` flips this for a ledger account that
+mirrors the bank account from the other side (an asset account: money in is a debit).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from projections.statements._lines import StatementLine
+
+__all__ = [
+    "DATE_WINDOW_DAYS_MAX",
+    "SUBSET_CANDIDATES_MAX",
+    "SUBSET_SIZE_MAX",
+    "LedgerEntry",
+    "MatchOptions",
+    "MatchResult",
+    "MatchRule",
+    "ResultKind",
+    "match",
+]
+
+SUBSET_SIZE_MAX = 3
+"""Most entries (or lines) one line (or entry) is matched with under rule 5."""
+SUBSET_CANDIDATES_MAX = 24
+"""Candidates per anchor under rule 5: C(24, 3) = 2024 subsets of three at most."""
+DATE_WINDOW_DAYS_MAX = 366
+TOLERANCE_MAX = 10**18
+
+
+class ResultKind(enum.Enum):
+    MATCHED = "MATCHED"
+    UNMATCHED_STATEMENT = "UNMATCHED_STATEMENT"
+    UNMATCHED_LEDGER = "UNMATCHED_LEDGER"
+    DUPLICATE = "DUPLICATE"
+    REVERSAL = "REVERSAL"
+
+
+class MatchRule(enum.Enum):
+    REFERENCE = "REFERENCE"
+    AMOUNT_DATE = "AMOUNT_DATE"
+    ONE_TO_MANY = "ONE_TO_MANY"
+    MANY_TO_ONE = "MANY_TO_ONE"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One posted entry of the account (reservations and releases move no posted money: excluded)."""
+
+    event_id: str
+    engine_timestamp: int
+    signed_amount: int
+    """+amount for a credit to the account, -amount for a debit (entries.signed_amount)."""
+    transfer_id: int
+    correlation_id: str
+    idempotency_key: str
+    transaction_id: str
+    description: str
+
+    def __post_init__(self) -> None:
+        assert self.signed_amount != 0, "only posted entries are reconciled"
+
+    @property
+    def date(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.engine_timestamp / 1e9, tz=datetime.UTC).date()
+
+    @property
+    def references(self) -> frozenset[str]:
+        return frozenset(r for r in (self.correlation_id, self.idempotency_key) if r)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOptions:
+    date_window_days: int = 3
+    tolerance: int = 0
+    """Minor units by which the sums of a rule-5 match may differ."""
+    inverted: bool = False
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.date_window_days <= DATE_WINDOW_DAYS_MAX
+        assert 0 <= self.tolerance <= TOLERANCE_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    kind: ResultKind
+    rule: MatchRule
+    line_numbers: tuple[int, ...]
+    event_ids: tuple[str, ...]
+    transfer_ids: tuple[int, ...]
+    statement_amount: int
+    """Signed sum of the lines, in the ledger's direction (credit to the account positive)."""
+    ledger_amount: int
+    """Signed sum of the entries."""
+    date_difference_days: int
+    reference: str
+    note: str = ""
+
+    @property
+    def amount_difference(self) -> int:
+        if self.kind is not ResultKind.MATCHED:
+            return 0
+        return self.statement_amount - self.ledger_amount
+
+
+class _State:
+    """The matching in progress: what is still free on each side."""
+
+    def __init__(self, lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], options: MatchOptions) -> None:
+        self.lines = sorted(lines, key=lambda line: line.line_number)
+        self.entries = sorted(entries, key=lambda entry: entry.engine_timestamp)
+        self.options = options
+        self.free_lines: dict[int, StatementLine] = {line.line_number: line for line in self.lines}
+        self.free_entries: dict[str, LedgerEntry] = {entry.event_id: entry for entry in self.entries}
+        self.results: list[MatchResult] = []
+
+    def amount(self, line: StatementLine) -> int:
+        """The line's signed amount in the ledger account's direction."""
+        return -line.signed_amount if self.options.inverted else line.signed_amount
+
+    def take(
+        self, rule: MatchRule, lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], note: str = ""
+    ) -> None:
+        assert lines and entries
+        for line in lines:
+            assert self.free_lines.pop(line.line_number) is line
+        for entry in entries:
+            assert self.free_entries.pop(entry.event_id) is entry
+        days = max(abs((line.booking_date - entry.date).days) for line in lines for entry in entries)
+        self.results.append(
+            MatchResult(
+                kind=ResultKind.MATCHED,
+                rule=rule,
+                line_numbers=tuple(line.line_number for line in lines),
+                event_ids=tuple(entry.event_id for entry in entries),
+                transfer_ids=tuple(entry.transfer_id for entry in entries),
+                statement_amount=sum(self.amount(line) for line in lines),
+                ledger_amount=sum(entry.signed_amount for entry in entries),
+                date_difference_days=days,
+                reference=next((r for line in lines for r in line.references), ""),
+                note=note,
+            )
+        )
+
+    def set_aside(self, kind: ResultKind, lines: Sequence[StatementLine], note: str) -> None:
+        for line in lines:
+            assert self.free_lines.pop(line.line_number) is line
+        self.results.append(
+            MatchResult(
+                kind=kind,
+                rule=MatchRule.NONE,
+                line_numbers=tuple(line.line_number for line in lines),
+                event_ids=(),
+                transfer_ids=(),
+                statement_amount=sum(self.amount(line) for line in lines),
+                ledger_amount=0,
+                date_difference_days=0,
+                reference=next((r for line in lines for r in line.references), ""),
+                note=note,
+            )
+        )
+
+    def within_window(self, line: StatementLine, entry: LedgerEntry) -> bool:
+        return abs((line.booking_date - entry.date).days) <= self.options.date_window_days
+
+
+def _nearest(line: StatementLine, entries: Sequence[LedgerEntry]) -> list[LedgerEntry]:
+    return sorted(entries, key=lambda e: (abs((line.booking_date - e.date).days), e.engine_timestamp))
+
+
+def _by_reference(state: _State) -> None:
+    index: dict[str, list[LedgerEntry]] = {}
+    for entry in state.entries:
+        for reference in entry.references:
+            index.setdefault(reference, []).append(entry)
+    for line in state.lines:
+        amount = state.amount(line)
+        candidates = {
+            entry.event_id: entry
+            for reference in line.references
+            for entry in index.get(reference, ())
+            if entry.event_id in state.free_entries and (entry.signed_amount > 0) == (amount > 0)
+        }
+        if not candidates:
+            continue
+        exact = [entry for entry in candidates.values() if entry.signed_amount == amount]
+        if exact:
+            state.take(MatchRule.REFERENCE, [line], [_nearest(line, exact)[0]])
+        elif len(candidates) == 1:
+            state.take(MatchRule.REFERENCE, [line], list(candidates.values()), note="amount differs")
+
+
+def _duplicates(state: _State) -> None:
+    seen: dict[tuple[str, int, datetime.date], int] = {}
+    for line in state.lines:
+        if not line.reference:
+            continue
+        key = (line.reference, line.signed_amount, line.booking_date)
+        first = seen.setdefault(key, line.line_number)
+        if first != line.line_number and line.line_number in state.free_lines:
+            state.set_aside(ResultKind.DUPLICATE, [line], note=f"repeats line {first}")
+
+
+def _reversals(state: _State) -> None:
+    for reversal in state.lines:
+        if reversal.line_number not in state.free_lines:
+            continue
+        for original in state.lines:
+            if original.line_number >= reversal.line_number:
+                break
+            if original.line_number not in state.free_lines:
+                continue
+            same_reference = original.references == reversal.references
+            if (
+                original.signed_amount == -reversal.signed_amount
+                and same_reference
+                and (reversal.reversal or bool(reversal.references))
+            ):
+                state.set_aside(
+                    ResultKind.REVERSAL,
+                    [original, reversal],
+                    note=f"line {reversal.line_number} reverses line {original.line_number}",
+                )
+                break
+
+
+def _by_amount_and_date(state: _State) -> None:
+    by_amount: dict[int, list[LedgerEntry]] = {}
+    for entry in state.entries:
+        by_amount.setdefault(entry.signed_amount, []).append(entry)
+    for line in sorted(state.lines, key=lambda line: (line.booking_date, line.line_number)):
+        if line.line_number not in state.free_lines:
+            continue
+        candidates = [
+            entry
+            for entry in by_amount.get(state.amount(line), ())
+            if entry.event_id in state.free_entries and state.within_window(line, entry)
+        ]
+        if candidates:
+            state.take(MatchRule.AMOUNT_DATE, [line], [_nearest(line, candidates)[0]])
+
+
+def _subset(amounts: Sequence[int], target: int, tolerance: int) -> tuple[int, ...] | None:
+    """Indexes of 2..SUBSET_SIZE_MAX amounts whose sum is within `tolerance` of `target`: the exact
+    sum first, then the closest; fewer parts first."""
+    best: tuple[int, tuple[int, ...]] | None = None
+    for size in range(2, SUBSET_SIZE_MAX + 1):
+        for combination in itertools.combinations(range(len(amounts)), size):
+            difference = abs(sum(amounts[i] for i in combination) - target)
+            if difference <= tolerance and (best is None or difference < best[0]):
+                best = (difference, combination)
+                if difference == 0:
+                    return combination
+    return best[1] if best is not None else None
+
+
+def _groups(state: _State) -> None:
+    tolerance = state.options.tolerance
+    for line in sorted(state.lines, key=lambda line: (line.booking_date, line.line_number)):
+        if line.line_number not in state.free_lines:
+            continue
+        amount = state.amount(line)
+        candidates = _nearest(
+            line,
+            [
+                e
+                for e in state.free_entries.values()
+                if (e.signed_amount > 0) == (amount > 0) and state.within_window(line, e)
+            ],
+        )[:SUBSET_CANDIDATES_MAX]
+        chosen = _subset([e.signed_amount for e in candidates], amount, tolerance)
+        if chosen is not None:
+            state.take(MatchRule.ONE_TO_MANY, [line], [candidates[i] for i in chosen])
+    for entry in list(state.entries):
+        if entry.event_id not in state.free_entries:
+            continue
+        lines = sorted(
+            (
+                line
+                for line in state.free_lines.values()
+                if (state.amount(line) > 0) == (entry.signed_amount > 0) and state.within_window(line, entry)
+            ),
+            key=lambda line: (abs((line.booking_date - entry.date).days), line.line_number),
+        )[:SUBSET_CANDIDATES_MAX]
+        chosen = _subset([state.amount(line) for line in lines], entry.signed_amount, tolerance)
+        if chosen is not None:
+            state.take(
+                MatchRule.MANY_TO_ONE,
+                sorted((lines[i] for i in chosen), key=lambda chosen_line: chosen_line.line_number),
+                [entry],
+            )
+
+
+def match(lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], options: MatchOptions) -> list[MatchResult]:
+    """Every line and every entry in exactly one result: matches first (statement order), then
+    duplicates and reversals, then what is unmatched on each side."""
+    assert len({line.line_number for line in lines}) == len(lines), "line numbers are unique"
+    assert len({entry.event_id for entry in entries}) == len(entries), "event ids are unique"
+    state = _State(lines, entries, options)
+    _by_reference(state)
+    _duplicates(state)
+    _reversals(state)
+    _by_amount_and_date(state)
+    _groups(state)
+    for line in list(state.free_lines.values()):
+        state.set_aside(ResultKind.UNMATCHED_STATEMENT, [line], note="")
+    for entry in list(state.free_entries.values()):
+        state.free_entries.pop(entry.event_id)
+        state.results.append(
+            MatchResult(
+                kind=ResultKind.UNMATCHED_LEDGER,
+                rule=MatchRule.NONE,
+                line_numbers=(),
+                event_ids=(entry.event_id,),
+                transfer_ids=(entry.transfer_id,),
+                statement_amount=0,
+                ledger_amount=entry.signed_amount,
+                date_difference_days=0,
+                reference=entry.correlation_id or entry.idempotency_key,
+            )
+        )
+    assert not state.free_lines and not state.free_entries
+    assert sum(len(r.line_numbers) for r in state.results) == len(lines)
+    assert sum(len(r.event_ids) for r in state.results) == len(entries)
+    return sorted(state.results, key=_order)
+
+
+def _order(result: MatchResult) -> tuple[int, int, str]:
+    first_line = result.line_numbers[0] if result.line_numbers else 1 << 62
+    return (first_line, 0 if result.line_numbers else 1, result.event_ids[0] if result.event_ids else "")

@@ -1,0 +1,375 @@
+"""Statement reconciliation end to end over real chDB: a ledger account's entries posted by the
+embedded engine and projected, then statements generated from them (camt.053 and CSV) with one
+case of every rule and every mismatch, reconciled, persisted, exported and read back."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from facade.api.gen.ledger.v1 import entries_pb2
+from facade.engine.embedded import EmbeddedEngine
+from facade.engine.types import Transfer, TransferFlags
+from facade.settings import ApiSettings, ClickHouseSettings, Settings
+from projections import cli
+from projections.client import ChdbClient
+from projections.projector import Projector, change_capture
+from projections.schema import create_tables
+from projections.statements import (
+    CsvMapping,
+    LedgerEntry,
+    MatchOptions,
+    MatchRule,
+    Reconciliation,
+    ResultKind,
+    StatementError,
+    StatementFormat,
+    StoredResult,
+    load_results,
+    load_run,
+    minor_units,
+    parse_camt053,
+    reconcile_statement,
+    write_results_csv,
+)
+from projections.statements._store import ledger_entries
+from tests.projections.conftest import CODE, LEDGER, Metadata, drain
+
+ACCOUNT = 2
+FUNDING = 1
+CURRENCIES = {"USD": (LEDGER, 2)}
+OPTIONS = MatchOptions(date_window_days=3, tolerance=0)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A generated statement line: amount in minor units, signed (credit to the account positive)."""
+
+    amount: int
+    day: datetime.date
+    reference: str = ""
+    end_to_end_id: str = ""
+    description: str = ""
+    reversal: bool = False
+
+
+async def post_ledger(engine: EmbeddedEngine, metadata: Metadata) -> dict[str, int]:
+    """The account's ledger: name -> transfer id. Amounts in cents."""
+    plan = [
+        # name, debit, credit, amount, correlation id, idempotency key
+        ("exact", FUNDING, ACCOUNT, 10_000, "INV-1", "key-1"),
+        ("amount_date", FUNDING, ACCOUNT, 2_550, "corr-2", "key-2"),
+        ("part_a", FUNDING, ACCOUNT, 3_000, "", ""),
+        ("part_b", FUNDING, ACCOUNT, 4_500, "", ""),
+        ("split", ACCOUNT, FUNDING, 9_000, "", ""),
+        ("amount_off", FUNDING, ACCOUNT, 1_234, "", "key-6"),
+        ("date_off", FUNDING, ACCOUNT, 777, "INV-7", "key-7"),
+        ("ledger_only", FUNDING, ACCOUNT, 99_999, "", ""),
+        ("duplicated", FUNDING, ACCOUNT, 5_000, "INV-9", "key-9"),
+    ]
+    ids: dict[str, int] = {}
+    transfers = []
+    for number, (name, debit, credit, amount, correlation, key) in enumerate(plan, start=100):
+        ids[name] = number
+        transfers.append(
+            Transfer(
+                id=number, debit_account_id=debit, credit_account_id=credit, amount=amount, ledger=LEDGER, code=CODE
+            )
+        )
+        if correlation or key:
+            metadata.by_transfer[number] = entries_pb2.EntryMetadata(
+                transaction_id=f"tx-{number}", correlation_id=correlation, idempotency_key=key, currency="USD"
+            )
+    # A reservation and its void move no posted money: never part of a reconciliation.
+    transfers.append(
+        Transfer(id=200, debit_account_id=FUNDING, credit_account_id=ACCOUNT, amount=11_111, ledger=LEDGER, code=CODE,
+                 flags=TransferFlags.PENDING)
+    )  # fmt: skip
+    results = await engine.create_transfers(transfers)
+    assert all(r.status.name == "CREATED" for r in results)
+    void = Transfer(id=201, pending_id=200, ledger=LEDGER, code=CODE, flags=TransferFlags.VOID_PENDING_TRANSFER)
+    assert (await engine.create_transfers([void]))[0].status.name == "CREATED"
+    return ids
+
+
+def statement_lines(entries: list[LedgerEntry], ids: dict[str, int]) -> list[Line]:
+    """One line (or several) per case, dated relative to the ledger entries' own dates."""
+    day = {entry.transfer_id: entry.date for entry in entries}
+
+    def on(name: str, days: int = 0) -> datetime.date:
+        return day[ids[name]] + datetime.timedelta(days=days)
+
+    return [
+        Line(10_000, on("exact"), reference="BANKREF-1", end_to_end_id="INV-1", description="invoice 1"),
+        Line(2_550, on("amount_date", 1), description="no reference, one day late"),
+        Line(7_500, on("part_a"), reference="BATCH-3", description="one line for two entries"),
+        Line(-4_000, on("split"), description="first half"),
+        Line(-5_000, on("split", 1), description="second half"),
+        Line(1_243, on("amount_off"), reference="key-6", description="amount differs"),
+        Line(777, on("date_off", 5), end_to_end_id="INV-7", description="booked five days later"),
+        Line(33_333, on("exact"), reference="UNKNOWN-1", description="not in the ledger"),
+        Line(5_000, on("duplicated"), reference="INV-9", description="sent twice"),
+        Line(5_000, on("duplicated"), reference="INV-9", description="sent twice"),
+        Line(2_000, on("exact"), reference="R-1", description="paid in"),
+        Line(-2_000, on("exact"), reference="R-1", description="returned", reversal=True),
+    ]
+
+
+def decimal_text(minor: int) -> str:
+    return f"{abs(minor) // 100}.{abs(minor) % 100:02d}"
+
+
+def camt053(lines: list[Line]) -> bytes:
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        references = f"<Refs><EndToEndId>{line.end_to_end_id or 'NOTPROVIDED'}</EndToEndId></Refs>"
+        entries.append(
+            f"""<Ntry><NtryRef>{line.reference}</NtryRef>
+<Amt Ccy="USD">{decimal_text(line.amount)}</Amt><CdtDbtInd>{"CRDT" if line.amount > 0 else "DBIT"}</CdtDbtInd>
+{"<RvslInd>true</RvslInd>" if line.reversal else ""}<Sts><Cd>BOOK</Cd></Sts>
+<BookgDt><Dt>{line.day.isoformat()}</Dt></BookgDt><ValDt><Dt>{line.day.isoformat()}</Dt></ValDt>
+<AcctSvcrRef>SVC-{number}</AcctSvcrRef>
+<NtryDtls><TxDtls>{references}<RmtInf><Ustrd>{line.description}</Ustrd></RmtInf></TxDtls></NtryDtls></Ntry>"""
+        )
+    pending = """<Ntry><Amt Ccy="USD">1.00</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts><Cd>PDNG</Cd></Sts>
+<BookgDt><Dt>2026-01-01</Dt></BookgDt></Ntry>"""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"><BkToCstmrStmt>
+<GrpHdr><MsgId>MSG-1</MsgId><CreDtTm>2026-01-01T00:00:00Z</CreDtTm></GrpHdr>
+<Stmt><Id>STMT-1</Id><Acct><Id><IBAN>DE00123456780000000000</IBAN></Id></Acct>
+{"".join(entries)}{pending}</Stmt></BkToCstmrStmt></Document>""".encode()
+
+
+def csv_statement(lines: list[Line]) -> bytes:
+    """A European layout: ';' separated, decimal comma, dd.mm.yyyy, a direction column."""
+    rows = ["Buchungstag;Betrag;Soll/Haben;Referenz;E2E;Verwendungszweck"]
+    for line in lines:
+        amount = decimal_text(line.amount).replace(".", ",")
+        direction = "H" if line.amount > 0 else "S"
+        rows.append(
+            f'{line.day:%d.%m.%Y};{amount};{direction};{line.reference};{line.end_to_end_id};"{line.description}"'
+        )
+    return ("\n".join(rows) + "\n").encode()
+
+
+CSV_MAPPING = [
+    "date=Buchungstag",
+    "amount=Betrag",
+    "direction=Soll/Haben",
+    "reference=Referenz",
+    "end_to_end_id=E2E",
+    "description=Verwendungszweck",
+    "date_format=%d.%m.%Y",
+    "delimiter=;",
+    "decimal=,",
+]
+
+
+async def setup_ledger(tmp_path: Path, engine: EmbeddedEngine, client: ChdbClient, metadata: Metadata) -> list[Line]:
+    ids = await post_ledger(engine, metadata)
+    await drain(change_capture(engine, Projector(client), tmp_path / "cp.json", metadata))
+    create_tables(client)
+    entries = ledger_entries(client, ACCOUNT, datetime.date(1970, 1, 1), datetime.date(2999, 1, 1))
+    assert len(entries) == 9, "pending and voided entries are not posted money"
+    return statement_lines(entries, ids)
+
+
+def check_every_case(reconciliation: Reconciliation) -> None:
+    by_line: dict[int, list[StoredResult]] = {}
+    for r in reconciliation.results:
+        for number in r.line_numbers:
+            by_line.setdefault(number, []).append(r)
+    assert all(len(v) == 1 for v in by_line.values()), "each statement line in exactly one result"
+    assert sorted(by_line) == list(range(1, 13))
+    kind_rule = {n: (v[0].kind, v[0].rule) for n, v in by_line.items()}
+    assert kind_rule == {
+        1: (ResultKind.MATCHED, MatchRule.REFERENCE),
+        2: (ResultKind.MATCHED, MatchRule.AMOUNT_DATE),
+        3: (ResultKind.MATCHED, MatchRule.ONE_TO_MANY),
+        4: (ResultKind.MATCHED, MatchRule.MANY_TO_ONE),
+        5: (ResultKind.MATCHED, MatchRule.MANY_TO_ONE),
+        6: (ResultKind.MATCHED, MatchRule.REFERENCE),
+        7: (ResultKind.MATCHED, MatchRule.REFERENCE),
+        8: (ResultKind.UNMATCHED_STATEMENT, MatchRule.NONE),
+        9: (ResultKind.MATCHED, MatchRule.REFERENCE),
+        10: (ResultKind.DUPLICATE, MatchRule.NONE),
+        11: (ResultKind.REVERSAL, MatchRule.NONE),
+        12: (ResultKind.REVERSAL, MatchRule.NONE),
+    }
+    results = {r.line_numbers[0] if r.line_numbers else 0: r for r in reconciliation.results}
+    assert results[1].transfer_ids == (100,) and results[1].amount_difference == 0
+    assert results[2].transfer_ids == (101,) and results[2].date_difference_days == 1
+    assert sorted(results[3].transfer_ids) == [102, 103] and results[3].ledger_amount == 7_500
+    assert results[4].line_numbers == (4, 5) and results[4].transfer_ids == (104,)
+    assert results[4].statement_amount == results[4].ledger_amount == -9_000
+    assert results[6].transfer_ids == (105,) and results[6].amount_difference == 1_243 - 1_234
+    assert results[7].transfer_ids == (106,) and results[7].date_difference_days == 5
+    assert results[9].transfer_ids == (108,)
+    assert results[10].note == "repeats line 9"
+    assert results[11].line_numbers == (11, 12) and results[11].statement_amount == 0
+    unmatched_ledger = [r for r in reconciliation.results if r.kind is ResultKind.UNMATCHED_LEDGER]
+    assert [r.transfer_ids for r in unmatched_ledger] == [(107,)] and unmatched_ledger[0].ledger_amount == 99_999
+    summary = reconciliation.summary
+    assert (summary.statement_lines, summary.ledger_entries, summary.matched) == (12, 9, 7)
+    assert (summary.unmatched_statement, summary.unmatched_ledger) == (1, 1)
+    assert (summary.duplicates, summary.reversals) == (1, 1)
+    assert (summary.amount_discrepancies, summary.date_discrepancies) == (1, 3)
+
+
+async def test_camt053_and_csv_statements_reconcile_every_case(
+    tmp_path: Path, engine: EmbeddedEngine, client: ChdbClient, metadata: Metadata
+) -> None:
+    lines = await setup_ledger(tmp_path, engine, client, metadata)
+    camt = reconcile_statement(
+        client, account_id=ACCOUNT, data=camt053(lines), statement_format=StatementFormat.CAMT053,
+        currencies=CURRENCIES, options=OPTIONS,
+    )  # fmt: skip
+    assert camt.created
+    check_every_case(camt)
+    from_csv = reconcile_statement(
+        client, account_id=ACCOUNT, data=csv_statement(lines), statement_format=StatementFormat.CSV,
+        currencies=CURRENCIES, mapping=CsvMapping.parse(CSV_MAPPING), options=OPTIONS,
+    )  # fmt: skip
+    assert from_csv.created and from_csv.summary.run_id != camt.summary.run_id
+    check_every_case(from_csv)
+
+    # Persisted: the run and its results read back from the read model, once each.
+    assert load_run(client, camt.summary.run_id) == camt.summary
+    assert load_results(client, camt.summary.run_id) == camt.results
+    again = reconcile_statement(
+        client, account_id=ACCOUNT, data=camt053(lines), statement_format=StatementFormat.CAMT053,
+        currencies=CURRENCIES, options=OPTIONS,
+    )  # fmt: skip
+    assert not again.created and again.summary == camt.summary and again.results == camt.results
+    counts = client.query_rows(
+        "SELECT count() FROM reconciliation_results WHERE run_id = {run:String}", {"run": camt.summary.run_id}
+    )
+    assert counts == [[len(camt.results)]]
+    assert client.query_rows("SELECT count() FROM reconciliation_runs") == [[2]]
+
+    # Exported: the CSV holds every result with exact decimal amounts and quoted ids.
+    out = tmp_path / "results.csv"
+    assert write_results_csv(out, camt.summary, camt.results, 2) == len(camt.results)
+    with out.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(camt.results)
+    discrepancy = next(row for row in rows if row["statement_lines"] == "6")
+    assert (discrepancy["amount_difference"], discrepancy["amount_difference_minor"]) == ("0.09", "9")
+    assert (
+        '"104"' in out.read_text() and next(r for r in rows if r["statement_lines"] == "4;5")["transfer_ids"] == "104"
+    )
+
+
+async def test_tolerance_and_window_are_options(
+    tmp_path: Path, engine: EmbeddedEngine, client: ChdbClient, metadata: Metadata
+) -> None:
+    lines = await setup_ledger(tmp_path, engine, client, metadata)
+    # The batch line is 1 cent short: matched only with a tolerance of at least 1 minor unit.
+    short = [Line(7_499, lines[2].day, description="short batch")]
+    strict = reconcile_statement(
+        client, account_id=ACCOUNT, data=camt053(short), statement_format=StatementFormat.CAMT053,
+        currencies=CURRENCIES, options=OPTIONS,
+    )  # fmt: skip
+    assert [r.kind for r in strict.results if r.line_numbers] == [ResultKind.UNMATCHED_STATEMENT]
+    tolerant = reconcile_statement(
+        client, account_id=ACCOUNT, data=camt053(short), statement_format=StatementFormat.CAMT053,
+        currencies=CURRENCIES, options=MatchOptions(date_window_days=3, tolerance=1),
+    )  # fmt: skip
+    batch = next(r for r in tolerant.results if r.line_numbers)
+    assert (batch.kind, batch.rule, batch.amount_difference) == (ResultKind.MATCHED, MatchRule.ONE_TO_MANY, -1)
+    # One day late, with a window of 0 days: no amount+date match.
+    late = [Line(2_550, lines[1].day)]
+    windowless = reconcile_statement(
+        client, account_id=ACCOUNT, data=camt053(late), statement_format=StatementFormat.CAMT053,
+        currencies=CURRENCIES, options=MatchOptions(date_window_days=0),
+    )  # fmt: skip
+    assert next(r for r in windowless.results if r.line_numbers).kind is ResultKind.UNMATCHED_STATEMENT
+
+
+BOMB = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<Document><BkToCstmrStmt><Stmt><Ntry><Amt Ccy="USD">1.00</Amt><CdtDbtInd>CRDT</CdtDbtInd>
+<BookgDt><Dt>2026-01-01</Dt></BookgDt><NtryRef>&lol3;</NtryRef></Ntry></Stmt></BkToCstmrStmt></Document>"""
+EXTERNAL = b"""<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<Document><BkToCstmrStmt><Stmt/></BkToCstmrStmt></Document>"""
+
+
+@pytest.mark.parametrize("document", [BOMB, EXTERNAL])
+def test_malicious_xml_is_refused(document: bytes) -> None:
+    with pytest.raises(StatementError, match="refused"):
+        parse_camt053(document, currency="USD", scale=2)
+
+
+def test_amounts_are_exact_minor_units() -> None:
+    assert minor_units("0.1", 2) == 10
+    assert minor_units("1234567890123456789012345.67", 2) == 123456789012345678901234567
+    assert minor_units("1.234,56", 2, decimal_separator=",", thousands_separator=".") == 123_456
+    assert minor_units("-5", 0) == -5
+    for bad in ("0.001", "1e400", "NaN", "abc", "", "1.2.3"):
+        with pytest.raises(StatementError):
+            minor_units(bad, 2)
+
+
+def command(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], list[str]]:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    code = cli.run(parser.parse_args(argv), settings)
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.splitlines()
+
+
+async def test_cli(
+    tmp_path: Path, engine: EmbeddedEngine, metadata: Metadata, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = ChdbClient(tmp_path / "clickhouse", "ledger")
+    try:
+        lines = await setup_ledger(tmp_path, engine, client, metadata)
+    finally:
+        client.close()
+    settings = Settings(
+        clickhouse=ClickHouseSettings(chdb_path=tmp_path / "clickhouse", projector_checkpoint=tmp_path / "cp.json"),
+        api=ApiSettings(metadata_db=tmp_path / "metadata.sqlite3"),
+    )
+    statement = tmp_path / "statement.csv"
+    statement.write_bytes(csv_statement(lines))
+    camt = tmp_path / "statement.xml"
+    camt.write_bytes(camt053(lines))
+    mapping = [arg for pair in CSV_MAPPING for arg in ("--mapping", pair)]
+    out = tmp_path / "results.csv"
+    code, stdout, _ = command(
+        settings, capsys, "statement-reconcile", str(ACCOUNT), "--file", str(statement), *mapping, "--out", str(out)
+    )
+    assert code == 0
+    report = json.loads(stdout[0])
+    assert (report["matched"], report["unmatched_statement"], report["unmatched_ledger"]) == (7, 1, 1)
+    assert report["created"] is True and report["statement_format"] == "csv"
+    assert len(out.read_text().splitlines()) == 1 + 7 + 1 + 1 + 1 + 1
+    code, stdout, _ = command(settings, capsys, "statement-reconcile", "2", "--file", str(camt), "--format", "camt053")
+    assert code == 0 and json.loads(stdout[0])["matched"] == 7
+
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_bytes(BOMB)
+    bad_amount = tmp_path / "bad.csv"
+    bad_amount.write_text("date,amount\n2026-01-01,1.001\n")
+    failures = [
+        ("2", "--file", str(bomb), "--format", "camt053"),
+        ("2", "--file", str(bad_amount)),
+        ("99", "--file", str(statement), *mapping),
+        ("x", "--file", str(statement), *mapping),
+        ("2", "--file", str(tmp_path / "missing.csv")),
+        ("2", "--file", str(statement), "--mapping", "colour=red"),
+        ("2", "--file", str(statement), *mapping, "--out", str(out)),
+        ("2", "--file", str(statement), *mapping, "--date-window-days", "-1"),
+        ("2", "--file", str(statement)),
+    ]
+    for arguments in failures:
+        code, stdout, stderr = command(settings, capsys, "statement-reconcile", *arguments)
+        assert (code, stdout, len(stderr)) == (2, [], 1), arguments
+        assert stderr[0].startswith("ledger statement-reconcile: error: ")
