@@ -9,16 +9,19 @@ The rules, applied in this order; each statement line and each ledger entry is u
 2. Duplicates. A line not matched by rule 1 that repeats an earlier line (same reference, direction,
    amount and booking date; non-empty reference) is a DUPLICATE: the bank sent it twice. (When the
    ledger really holds two such payments, rule 1 has already matched both lines.)
-3. Reversals. Two unmatched lines with the same reference (or both without one) and amount in
-   opposite directions, the later one marked as a reversal by the bank (camt.053 RvslInd) or sharing
-   a non-empty reference, cancel out: REVERSAL, no ledger entry expected.
+3. Reversals. Two unmatched lines with the same amount in opposite directions that share a
+   reference, or whose later line the bank marked as a reversal (camt.053 RvslInd), cancel out:
+   REVERSAL, no ledger entry expected. (A reversal whose original matched a ledger entry stays
+   unmatched: the ledger has not reversed what the bank did.)
 4. Amount + date window. Same signed amount, dates at most `date_window_days` apart; the nearest
    date wins, then the earliest entry.
 5. One-to-many (one line settles 2..`SUBSET_SIZE_MAX` entries: a bank batch) and many-to-one
    (2..`SUBSET_SIZE_MAX` lines settle one entry: a payment split by the bank), same direction, all
    within the date window of the single side, the sums differing by at most `tolerance` minor units.
    Candidates are the `SUBSET_CANDIDATES_MAX` nearest in date, so the search stays bounded.
-6. What is left: UNMATCHED_STATEMENT lines and UNMATCHED_LEDGER entries.
+6. Ledger reversals: two entries left over that share a correlation id or idempotency key with
+   opposite amounts (posted and refunded before the bank saw either) are one REVERSAL result.
+7. What is left: UNMATCHED_STATEMENT lines and UNMATCHED_LEDGER entries.
 
 Discrepancies on a match: `amount_difference` = statement sum - ledger sum (non-zero only under rules
 1 and 5), `date_difference_days` = the largest distance between a line's booking date and an entry's
@@ -57,6 +60,8 @@ SUBSET_SIZE_MAX = 3
 SUBSET_CANDIDATES_MAX = 24
 """Candidates per anchor under rule 5: C(24, 3) = 2024 subsets of three at most."""
 DATE_WINDOW_DAYS_MAX = 366
+_EPOCH = datetime.date(1970, 1, 1)
+_NANOSECONDS_PER_DAY = 86_400 * 1_000_000_000
 TOLERANCE_MAX = 10**18
 
 
@@ -95,7 +100,9 @@ class LedgerEntry:
 
     @property
     def date(self) -> datetime.date:
-        return datetime.datetime.fromtimestamp(self.engine_timestamp / 1e9, tz=datetime.UTC).date()
+        """The UTC date of the engine timestamp, in integers (a float loses the nanoseconds that can
+        put an entry on the wrong side of midnight)."""
+        return _EPOCH + datetime.timedelta(days=self.engine_timestamp // _NANOSECONDS_PER_DAY)
 
     @property
     def references(self) -> frozenset[str]:
@@ -238,21 +245,48 @@ def _reversals(state: _State) -> None:
     for reversal in state.lines:
         if reversal.line_number not in state.free_lines:
             continue
-        for original in state.lines:
-            if original.line_number >= reversal.line_number:
-                break
-            if original.line_number not in state.free_lines:
+        # The latest earlier free line it can reverse: same amount, opposite direction, and a
+        # reference in common, or (the bank's reversal flag set) no reference at all to compare.
+        for original in reversed(state.lines):
+            if original.line_number >= reversal.line_number or original.line_number not in state.free_lines:
                 continue
-            same_reference = original.references == reversal.references
+            shared = bool(set(original.references) & set(reversal.references))
+            if original.signed_amount == -reversal.signed_amount and (shared or reversal.reversal):
+                note = f"line {reversal.line_number} reverses line {original.line_number}"
+                state.set_aside(ResultKind.REVERSAL, [original, reversal], note=note)
+                break
+
+
+def _ledger_reversals(state: _State) -> None:
+    """Two unmatched entries sharing a reference with opposite amounts (a payment and its refund,
+    both in the ledger and neither on the statement) net to nothing the bank could show."""
+    free = [entry for entry in state.entries if entry.event_id in state.free_entries]
+    for reversal in free:
+        if reversal.event_id not in state.free_entries or not reversal.references:
+            continue
+        for original in free:
+            if original.engine_timestamp >= reversal.engine_timestamp:
+                break
             if (
-                original.signed_amount == -reversal.signed_amount
-                and same_reference
-                and (reversal.reversal or bool(reversal.references))
+                original.event_id in state.free_entries
+                and original.signed_amount == -reversal.signed_amount
+                and original.references & reversal.references
             ):
-                state.set_aside(
-                    ResultKind.REVERSAL,
-                    [original, reversal],
-                    note=f"line {reversal.line_number} reverses line {original.line_number}",
+                for entry in (original, reversal):
+                    assert state.free_entries.pop(entry.event_id) is entry
+                state.results.append(
+                    MatchResult(
+                        kind=ResultKind.REVERSAL,
+                        rule=MatchRule.NONE,
+                        line_numbers=(),
+                        event_ids=(original.event_id, reversal.event_id),
+                        transfer_ids=(original.transfer_id, reversal.transfer_id),
+                        statement_amount=0,
+                        ledger_amount=0,
+                        date_difference_days=0,
+                        reference=min(original.references & reversal.references),
+                        note=f"ledger entry {reversal.transfer_id} reverses {original.transfer_id}",
+                    )
                 )
                 break
 
@@ -335,6 +369,7 @@ def match(lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], option
     _reversals(state)
     _by_amount_and_date(state)
     _groups(state)
+    _ledger_reversals(state)
     for line in list(state.free_lines.values()):
         state.set_aside(ResultKind.UNMATCHED_STATEMENT, [line], note="")
     for entry in list(state.free_entries.values()):

@@ -1,7 +1,8 @@
 """`ledger statement-reconcile ACCOUNT --file F --format csv|camt053 ...`: one reconciliation run over
 the local read model (offline: the service's chDB directory must not be held by a running service).
 
-Prints the run summary as one JSON object (u128 values as decimal strings); `--out` also writes every
+Prints the run summary as one JSON object (u128 values as decimal strings), then one per exception
+(unmatched on either side, duplicate, reversal, amount or date discrepancy); `--out` also writes every
 result as CSV. Bad input (file, mapping, option, account) is one line on standard error, exit code 2.
 """
 
@@ -19,19 +20,22 @@ from typing import Any
 from facade.settings import Settings
 from projections.statements._csv import MAPPING_KEYS, CsvMapping
 from projections.statements._lines import StatementError
-from projections.statements._match import DATE_WINDOW_DAYS_MAX, TOLERANCE_MAX, MatchOptions
+from projections.statements._match import DATE_WINDOW_DAYS_MAX, TOLERANCE_MAX, MatchOptions, ResultKind
 from projections.statements._reconcile import (
     StatementFormat,
     read_statement,
     reconcile_statement,
     write_results_csv,
 )
+from projections.statements._store import StoredResult
 
 __all__ = ["register"]
 
 _PROGRAM = "ledger statement-reconcile"
 _U128_MAX = (1 << 128) - 1
 _SAFE_INTEGER_MAX = (1 << 53) - 1
+EXCEPTIONS_PRINTED_MAX = 1_000
+"""Results printed after the summary; all of them are in the read model and in --out."""
 
 
 def _bounded_int(text: str, name: str, low: int, high: int) -> int:
@@ -47,6 +51,8 @@ def _jsonable(value: object) -> object:
         return value.isoformat()
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE_INTEGER_MAX:
         return str(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
     return value
 
 
@@ -59,7 +65,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from projections.client import ClickHouseError, open_client
+    from projections.client import open_client
     from projections.schema import create_tables
 
     account_id = _bounded_int(args.account, "ACCOUNT", 1, _U128_MAX)
@@ -80,8 +86,8 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     currencies = {code: (c.ledger, c.scale) for code, c in settings.api.currencies.items()}
     try:
         client = open_client(settings.clickhouse)
-    except ClickHouseError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "cannot open"
+    except Exception as error:  # chDB's own errors are untyped; a held lock is the usual one.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"{_PROGRAM}: the read model is unavailable (is the service running? stop it): {first}", file=sys.stderr)
         return 1
     try:
@@ -108,7 +114,18 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         write_results_csv(out, summary, reconciliation.results, currencies[summary.currency][1])
         report["out"] = str(out)
     print(json.dumps(report, ensure_ascii=False))
+    # Then what needs a person: every result that is not a clean match, one JSON object per line.
+    exceptions = [r for r in reconciliation.results if r.kind is not ResultKind.MATCHED or _discrepant(r)]
+    for result in exceptions[:EXCEPTIONS_PRINTED_MAX]:
+        fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
+        print(json.dumps({name: _jsonable(value) for name, value in fields.items()}, ensure_ascii=False))
+    if len(exceptions) > EXCEPTIONS_PRINTED_MAX:
+        print(json.dumps({"exceptions_not_printed": len(exceptions) - EXCEPTIONS_PRINTED_MAX, "see": "--out"}))
     return 0
+
+
+def _discrepant(result: StoredResult) -> bool:
+    return result.amount_difference != 0 or result.date_difference_days != 0
 
 
 def register(subparsers: Any) -> None:

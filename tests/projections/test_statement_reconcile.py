@@ -72,6 +72,9 @@ async def post_ledger(engine: EmbeddedEngine, metadata: Metadata) -> dict[str, i
         ("date_off", FUNDING, ACCOUNT, 777, "INV-7", "key-7"),
         ("ledger_only", FUNDING, ACCOUNT, 99_999, "", ""),
         ("duplicated", FUNDING, ACCOUNT, 5_000, "INV-9", "key-9"),
+        # Paid and refunded before the bank saw either: a reversal on the ledger side.
+        ("refunded", FUNDING, ACCOUNT, 6_000, "ORD-5", "key-10"),
+        ("refund", ACCOUNT, FUNDING, 6_000, "ORD-5", "key-11"),
     ]
     ids: dict[str, int] = {}
     transfers = []
@@ -176,7 +179,7 @@ async def setup_ledger(tmp_path: Path, engine: EmbeddedEngine, client: ChdbClien
     await drain(change_capture(engine, Projector(client), tmp_path / "cp.json", metadata))
     create_tables(client)
     entries = ledger_entries(client, ACCOUNT, datetime.date(1970, 1, 1), datetime.date(2999, 1, 1))
-    assert len(entries) == 9, "pending and voided entries are not posted money"
+    assert len(entries) == 11, "pending and voided entries are not posted money"
     return statement_lines(entries, ids)
 
 
@@ -213,12 +216,14 @@ def check_every_case(reconciliation: Reconciliation) -> None:
     assert results[9].transfer_ids == (108,)
     assert results[10].note == "repeats line 9"
     assert results[11].line_numbers == (11, 12) and results[11].statement_amount == 0
+    ledger_reversal = [r for r in reconciliation.results if r.kind is ResultKind.REVERSAL and not r.line_numbers]
+    assert [r.transfer_ids for r in ledger_reversal] == [(109, 110)]
     unmatched_ledger = [r for r in reconciliation.results if r.kind is ResultKind.UNMATCHED_LEDGER]
     assert [r.transfer_ids for r in unmatched_ledger] == [(107,)] and unmatched_ledger[0].ledger_amount == 99_999
     summary = reconciliation.summary
-    assert (summary.statement_lines, summary.ledger_entries, summary.matched) == (12, 9, 7)
+    assert (summary.statement_lines, summary.ledger_entries, summary.matched) == (12, 11, 7)
     assert (summary.unmatched_statement, summary.unmatched_ledger) == (1, 1)
-    assert (summary.duplicates, summary.reversals) == (1, 1)
+    assert (summary.duplicates, summary.reversals) == (1, 2)
     assert (summary.amount_discrepancies, summary.date_discrepancies) == (1, 3)
 
 
@@ -283,6 +288,18 @@ async def test_tolerance_and_window_are_options(
     )  # fmt: skip
     batch = next(r for r in tolerant.results if r.line_numbers)
     assert (batch.kind, batch.rule, batch.amount_difference) == (ResultKind.MATCHED, MatchRule.ONE_TO_MANY, -1)
+    # The bank's reversal flag pairs lines that share no reference; without it they stay unmatched.
+    day = lines[0].day
+    flagged = [Line(1_500, day, description="card"), Line(-1_500, day, description="card", reversal=True)]
+    for statement, kinds in (
+        (flagged, [ResultKind.REVERSAL]),
+        ([flagged[0], Line(-1_500, day)], [ResultKind.UNMATCHED_STATEMENT] * 2),
+    ):
+        run = reconcile_statement(
+            client, account_id=ACCOUNT, data=camt053(statement), statement_format=StatementFormat.CAMT053,
+            currencies=CURRENCIES, options=OPTIONS,
+        )  # fmt: skip
+        assert [r.kind for r in run.results if r.line_numbers] == kinds
     # One day late, with a window of 0 days: no amount+date match.
     late = [Line(2_550, lines[1].day)]
     windowless = reconcile_statement(
@@ -350,7 +367,13 @@ async def test_cli(
     report = json.loads(stdout[0])
     assert (report["matched"], report["unmatched_statement"], report["unmatched_ledger"]) == (7, 1, 1)
     assert report["created"] is True and report["statement_format"] == "csv"
-    assert len(out.read_text().splitlines()) == 1 + 7 + 1 + 1 + 1 + 1
+    exceptions = [json.loads(line) for line in stdout[1:]]
+    # Unmatched on each side, the duplicate, both reversals, and the three dated or priced differently.
+    assert sorted(e["kind"] for e in exceptions) == sorted(
+        ["UNMATCHED_STATEMENT", "UNMATCHED_LEDGER", "DUPLICATE", "REVERSAL", "REVERSAL"] + ["MATCHED"] * 4
+    )
+    assert {tuple(e["transfer_ids"]) for e in exceptions if e["kind"] == "MATCHED"} == {(101,), (104,), (105,), (106,)}
+    assert len(out.read_text().splitlines()) == 1 + 7 + 1 + 1 + 1 + 2
     code, stdout, _ = command(settings, capsys, "statement-reconcile", "2", "--file", str(camt), "--format", "camt053")
     assert code == 0 and json.loads(stdout[0])["matched"] == 7
 
