@@ -91,10 +91,20 @@ def minor_units(text: str, scale: int, *, decimal_separator: str = ".", thousand
         raise StatementError(f"amount {text!r} is not a decimal number") from None
     if not value.is_finite():
         raise StatementError(f"amount {text!r} is not a decimal number")
-    scaled = value.scaleb(scale, context=decimal.Context(prec=AMOUNT_DIGITS_MAX + 20))
-    if scaled != scaled.to_integral_value():
+    # Before any arithmetic: `1E+999999999` is a valid Decimal whose int() would not fit in memory.
+    if value and value.adjusted() + scale >= AMOUNT_DIGITS_MAX:
+        raise StatementError(f"amount {text!r} is too large")
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    significant = len(digits)
+    while significant > 1 and digits[significant - 1] == 0:  # 1.500 has two decimal places, not three
+        significant -= 1
+        exponent += 1
+    if exponent < -scale and any(digits):
         raise StatementError(f"amount {text!r} has more than {scale} decimal places")
-    result = int(scaled)
+    # Exact integer arithmetic from here: the digits, shifted by what is left of the exponent.
+    magnitude = int("".join(str(d) for d in digits[:significant])) * 10 ** (exponent + scale) if any(digits) else 0
+    result = -magnitude if sign else magnitude
     if abs(result) >= 10**AMOUNT_DIGITS_MAX:
         raise StatementError(f"amount {text!r} is too large")
     return result

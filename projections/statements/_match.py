@@ -18,7 +18,8 @@ The rules, applied in this order; each statement line and each ledger entry is u
 5. One-to-many (one line settles 2..`SUBSET_SIZE_MAX` entries: a bank batch) and many-to-one
    (2..`SUBSET_SIZE_MAX` lines settle one entry: a payment split by the bank), same direction, all
    within the date window of the single side, the sums differing by at most `tolerance` minor units.
-   Candidates are the `SUBSET_CANDIDATES_MAX` nearest in date, so the search stays bounded.
+   Candidates are the `SUBSET_CANDIDATES_MAX` nearest in date (of at most `WINDOW_SCAN_MAX` looked
+   at), so the search stays bounded whatever the statement's size.
 6. Ledger reversals: two entries left over that share a correlation id or idempotency key with
    opposite amounts (posted and refunded before the bank saw either) are one REVERSAL result.
 7. What is left: UNMATCHED_STATEMENT lines and UNMATCHED_LEDGER entries.
@@ -35,6 +36,8 @@ mirrors the bank account from the other side (an asset account: money in is a de
 
 from __future__ import annotations
 
+import bisect
+import collections
 import datetime
 import enum
 import itertools
@@ -59,6 +62,8 @@ SUBSET_SIZE_MAX = 3
 """Most entries (or lines) one line (or entry) is matched with under rule 5."""
 SUBSET_CANDIDATES_MAX = 24
 """Candidates per anchor under rule 5: C(24, 3) = 2024 subsets of three at most."""
+WINDOW_SCAN_MAX = 2_000
+"""Most entries (or lines) looked at in one anchor's date window under rules 3 to 6."""
 DATE_WINDOW_DAYS_MAX = 366
 _EPOCH = datetime.date(1970, 1, 1)
 _NANOSECONDS_PER_DAY = 86_400 * 1_000_000_000
@@ -153,6 +158,50 @@ class _State:
         self.free_lines: dict[int, StatementLine] = {line.line_number: line for line in self.lines}
         self.free_entries: dict[str, LedgerEntry] = {entry.event_id: entry for entry in self.entries}
         self.results: list[MatchResult] = []
+        # Day indexes (proleptic ordinals), so every window search looks at its own days only.
+        self.entries_by_day: dict[int, list[LedgerEntry]] = {}
+        for entry in self.entries:
+            self.entries_by_day.setdefault(entry.date.toordinal(), []).append(entry)
+        self.lines_by_day: dict[int, list[StatementLine]] = {}
+        for line in self.lines:
+            self.lines_by_day.setdefault(line.booking_date.toordinal(), []).append(line)
+
+    def days_nearest_first(self, day: datetime.date) -> list[int]:
+        """The window's days around `day`: the day itself, then one before, one after, ..."""
+        center = day.toordinal()
+        days = [center]
+        for offset in range(1, self.options.date_window_days + 1):
+            days.extend((center - offset, center + offset))
+        return days
+
+    def free_entries_near(self, line: StatementLine, amount: int) -> list[LedgerEntry]:
+        """Up to SUBSET_CANDIDATES_MAX free entries in the line's window with the sign of `amount`,
+        nearest day first, looking at no more than WINDOW_SCAN_MAX entries."""
+        found: list[LedgerEntry] = []
+        scanned = 0
+        for day in self.days_nearest_first(line.booking_date):
+            for entry in self.entries_by_day.get(day, ()):
+                scanned += 1
+                if scanned > WINDOW_SCAN_MAX or len(found) == SUBSET_CANDIDATES_MAX:
+                    return found
+                if entry.event_id in self.free_entries and (entry.signed_amount > 0) == (amount > 0):
+                    found.append(entry)
+        assert len(found) <= SUBSET_CANDIDATES_MAX
+        return found
+
+    def free_lines_near(self, entry: LedgerEntry) -> list[StatementLine]:
+        """As free_entries_near, for the lines around an entry."""
+        found: list[StatementLine] = []
+        scanned = 0
+        for day in self.days_nearest_first(entry.date):
+            for line in self.lines_by_day.get(day, ()):
+                scanned += 1
+                if scanned > WINDOW_SCAN_MAX or len(found) == SUBSET_CANDIDATES_MAX:
+                    return found
+                if line.line_number in self.free_lines and (self.amount(line) > 0) == (entry.signed_amount > 0):
+                    found.append(line)
+        assert len(found) <= SUBSET_CANDIDATES_MAX
+        return found
 
     def amount(self, line: StatementLine) -> int:
         """The line's signed amount in the ledger account's direction."""
@@ -200,9 +249,6 @@ class _State:
             )
         )
 
-    def within_window(self, line: StatementLine, entry: LedgerEntry) -> bool:
-        return abs((line.booking_date - entry.date).days) <= self.options.date_window_days
-
 
 def _nearest(line: StatementLine, entries: Sequence[LedgerEntry]) -> list[LedgerEntry]:
     return sorted(entries, key=lambda e: (abs((line.booking_date - e.date).days), e.engine_timestamp))
@@ -215,10 +261,11 @@ def _by_reference(state: _State) -> None:
             index.setdefault(reference, []).append(entry)
     for line in state.lines:
         amount = state.amount(line)
+        # A correlation id shared by many transactions: only the first WINDOW_SCAN_MAX are looked at.
+        shared = itertools.chain.from_iterable(index.get(reference, ()) for reference in line.references)
         candidates = {
             entry.event_id: entry
-            for reference in line.references
-            for entry in index.get(reference, ())
+            for entry in itertools.islice(shared, WINDOW_SCAN_MAX)
             if entry.event_id in state.free_entries and (entry.signed_amount > 0) == (amount > 0)
         }
         if not candidates:
@@ -242,83 +289,129 @@ def _duplicates(state: _State) -> None:
 
 
 def _reversals(state: _State) -> None:
+    # Lines by (reference, signed amount) and by signed amount, each list in line order.
+    by_reference: dict[tuple[str, int], list[StatementLine]] = {}
+    by_amount: dict[int, list[StatementLine]] = {}
+    for line in state.lines:
+        for reference in set(line.references):
+            by_reference.setdefault((reference, line.signed_amount), []).append(line)
+        by_amount.setdefault(line.signed_amount, []).append(line)
     for reversal in state.lines:
         if reversal.line_number not in state.free_lines:
             continue
         # The latest earlier free line it can reverse: same amount, opposite direction, and a
         # reference in common, or (the bank's reversal flag set) no reference at all to compare.
-        for original in reversed(state.lines):
-            if original.line_number >= reversal.line_number or original.line_number not in state.free_lines:
-                continue
-            shared = bool(set(original.references) & set(reversal.references))
-            if original.signed_amount == -reversal.signed_amount and (shared or reversal.reversal):
-                note = f"line {reversal.line_number} reverses line {original.line_number}"
-                state.set_aside(ResultKind.REVERSAL, [original, reversal], note=note)
-                break
+        pools = [by_reference.get((reference, -reversal.signed_amount), []) for reference in set(reversal.references)]
+        if reversal.reversal:
+            pools.append(by_amount.get(-reversal.signed_amount, []))
+        original: StatementLine | None = None
+        for pool in pools:
+            end = bisect.bisect_left(pool, reversal.line_number, key=lambda line: line.line_number)
+            for candidate in itertools.islice(reversed(pool[max(0, end - WINDOW_SCAN_MAX) : end]), WINDOW_SCAN_MAX):
+                if candidate.line_number in state.free_lines:
+                    if original is None or candidate.line_number > original.line_number:
+                        original = candidate
+                    break
+        if original is not None:
+            note = f"line {reversal.line_number} reverses line {original.line_number}"
+            state.set_aside(ResultKind.REVERSAL, [original, reversal], note=note)
 
 
 def _ledger_reversals(state: _State) -> None:
     """Two unmatched entries sharing a reference with opposite amounts (a payment and its refund,
     both in the ledger and neither on the statement) net to nothing the bank could show."""
-    free = [entry for entry in state.entries if entry.event_id in state.free_entries]
-    for reversal in free:
-        if reversal.event_id not in state.free_entries or not reversal.references:
+    earlier: dict[tuple[str, int], list[LedgerEntry]] = {}
+    for reversal in state.entries:
+        if reversal.event_id not in state.free_entries:
             continue
-        for original in free:
-            if original.engine_timestamp >= reversal.engine_timestamp:
-                break
-            if (
-                original.event_id in state.free_entries
-                and original.signed_amount == -reversal.signed_amount
-                and original.references & reversal.references
-            ):
-                for entry in (original, reversal):
-                    assert state.free_entries.pop(entry.event_id) is entry
-                state.results.append(
-                    MatchResult(
-                        kind=ResultKind.REVERSAL,
-                        rule=MatchRule.NONE,
-                        line_numbers=(),
-                        event_ids=(original.event_id, reversal.event_id),
-                        transfer_ids=(original.transfer_id, reversal.transfer_id),
-                        statement_amount=0,
-                        ledger_amount=0,
-                        date_difference_days=0,
-                        reference=min(original.references & reversal.references),
-                        note=f"ledger entry {reversal.transfer_id} reverses {original.transfer_id}",
-                    )
+        paired = False
+        for reference in sorted(reversal.references):
+            candidates = earlier.get((reference, -reversal.signed_amount), [])
+            original = next((e for e in reversed(candidates) if e.event_id in state.free_entries), None)
+            if original is None:
+                continue
+            for entry in (original, reversal):
+                assert state.free_entries.pop(entry.event_id) is entry
+            state.results.append(
+                MatchResult(
+                    kind=ResultKind.REVERSAL,
+                    rule=MatchRule.NONE,
+                    line_numbers=(),
+                    event_ids=(original.event_id, reversal.event_id),
+                    transfer_ids=(original.transfer_id, reversal.transfer_id),
+                    statement_amount=0,
+                    ledger_amount=0,
+                    date_difference_days=0,
+                    reference=reference,
+                    note=f"ledger entry {reversal.transfer_id} reverses {original.transfer_id}",
                 )
-                break
+            )
+            paired = True
+            break
+        if not paired:
+            for reference in reversal.references:
+                earlier.setdefault((reference, reversal.signed_amount), []).append(reversal)
 
 
 def _by_amount_and_date(state: _State) -> None:
-    by_amount: dict[int, list[LedgerEntry]] = {}
+    # Queues in timestamp order whose heads are dropped once taken: the first free entry is at the
+    # head, so a day of many equal payments costs each entry one look, not one per line.
+    by_amount_day: dict[tuple[int, int], collections.deque[LedgerEntry]] = {}
     for entry in state.entries:
-        by_amount.setdefault(entry.signed_amount, []).append(entry)
+        by_amount_day.setdefault((entry.signed_amount, entry.date.toordinal()), collections.deque()).append(entry)
     for line in sorted(state.lines, key=lambda line: (line.booking_date, line.line_number)):
         if line.line_number not in state.free_lines:
             continue
-        candidates = [
-            entry
-            for entry in by_amount.get(state.amount(line), ())
-            if entry.event_id in state.free_entries and state.within_window(line, entry)
-        ]
-        if candidates:
-            state.take(MatchRule.AMOUNT_DATE, [line], [_nearest(line, candidates)[0]])
+        amount = state.amount(line)
+        for day in state.days_nearest_first(line.booking_date):
+            queue = by_amount_day.get((amount, day))
+            while queue and queue[0].event_id not in state.free_entries:
+                queue.popleft()
+            if queue:
+                state.take(MatchRule.AMOUNT_DATE, [line], [queue[0]])
+                break
+
+
+def _closest_pair(values: Sequence[int], start: int, target: int) -> tuple[int, int, int] | None:
+    """(|sum - target|, i, j) for the pair i < j in values[start:] (sorted) whose sum is closest to
+    `target`: two pointers, linear."""
+    best: tuple[int, int, int] | None = None
+    low, high = start, len(values) - 1
+    while low < high:
+        total = values[low] + values[high]
+        difference = abs(total - target)
+        if best is None or difference < best[0]:
+            best = (difference, low, high)
+        if total == target:
+            break
+        if total < target:
+            low += 1
+        else:
+            high -= 1
+    return best
 
 
 def _subset(amounts: Sequence[int], target: int, tolerance: int) -> tuple[int, ...] | None:
-    """Indexes of 2..SUBSET_SIZE_MAX amounts whose sum is within `tolerance` of `target`: the exact
-    sum first, then the closest; fewer parts first."""
+    """Indexes of 2..SUBSET_SIZE_MAX (= 3) amounts whose sum is within `tolerance` of `target`: the
+    closest sum, fewer parts on a tie. Sorted two-pointer search: O(n^2) for triples, not O(n^3)."""
+    assert SUBSET_SIZE_MAX == 3, "the search below looks for pairs and triples"
+    order = sorted(range(len(amounts)), key=lambda i: amounts[i])
+    values = [amounts[i] for i in order]
     best: tuple[int, tuple[int, ...]] | None = None
-    for size in range(2, SUBSET_SIZE_MAX + 1):
-        for combination in itertools.combinations(range(len(amounts)), size):
-            difference = abs(sum(amounts[i] for i in combination) - target)
-            if difference <= tolerance and (best is None or difference < best[0]):
-                best = (difference, combination)
-                if difference == 0:
-                    return combination
-    return best[1] if best is not None else None
+    pair = _closest_pair(values, 0, target)
+    if pair is not None:
+        best = (pair[0], (pair[1], pair[2]))
+    for first in range(len(values) - 2):
+        if best is not None and best[0] == 0:
+            break
+        rest = _closest_pair(values, first + 1, target - values[first])
+        if rest is not None and (best is None or rest[0] < best[0]):
+            best = (rest[0], (first, rest[1], rest[2]))
+    if best is None or best[0] > tolerance:
+        return None
+    chosen = tuple(sorted(order[i] for i in best[1]))
+    assert abs(sum(amounts[i] for i in chosen) - target) <= tolerance
+    return chosen
 
 
 def _groups(state: _State) -> None:
@@ -327,35 +420,18 @@ def _groups(state: _State) -> None:
         if line.line_number not in state.free_lines:
             continue
         amount = state.amount(line)
-        candidates = _nearest(
-            line,
-            [
-                e
-                for e in state.free_entries.values()
-                if (e.signed_amount > 0) == (amount > 0) and state.within_window(line, e)
-            ],
-        )[:SUBSET_CANDIDATES_MAX]
+        candidates = state.free_entries_near(line, amount)
         chosen = _subset([e.signed_amount for e in candidates], amount, tolerance)
         if chosen is not None:
             state.take(MatchRule.ONE_TO_MANY, [line], [candidates[i] for i in chosen])
-    for entry in list(state.entries):
+    for entry in state.entries:
         if entry.event_id not in state.free_entries:
             continue
-        lines = sorted(
-            (
-                line
-                for line in state.free_lines.values()
-                if (state.amount(line) > 0) == (entry.signed_amount > 0) and state.within_window(line, entry)
-            ),
-            key=lambda line: (abs((line.booking_date - entry.date).days), line.line_number),
-        )[:SUBSET_CANDIDATES_MAX]
+        lines = state.free_lines_near(entry)
         chosen = _subset([state.amount(line) for line in lines], entry.signed_amount, tolerance)
         if chosen is not None:
-            state.take(
-                MatchRule.MANY_TO_ONE,
-                sorted((lines[i] for i in chosen), key=lambda chosen_line: chosen_line.line_number),
-                [entry],
-            )
+            parts = sorted((lines[i] for i in chosen), key=lambda chosen_line: chosen_line.line_number)
+            state.take(MatchRule.MANY_TO_ONE, parts, [entry])
 
 
 def match(lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], options: MatchOptions) -> list[MatchResult]:

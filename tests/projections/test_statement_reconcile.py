@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.engine.embedded import EmbeddedEngine
@@ -23,6 +26,7 @@ from projections.projector import Projector, change_capture
 from projections.schema import create_tables
 from projections.statements import (
     CsvMapping,
+    Direction,
     LedgerEntry,
     MatchOptions,
     MatchRule,
@@ -30,9 +34,11 @@ from projections.statements import (
     ResultKind,
     StatementError,
     StatementFormat,
+    StatementLine,
     StoredResult,
     load_results,
     load_run,
+    match,
     minor_units,
     parse_camt053,
     reconcile_statement,
@@ -329,7 +335,7 @@ def test_amounts_are_exact_minor_units() -> None:
     assert minor_units("1234567890123456789012345.67", 2) == 123456789012345678901234567
     assert minor_units("1.234,56", 2, decimal_separator=",", thousands_separator=".") == 123_456
     assert minor_units("-5", 0) == -5
-    for bad in ("0.001", "1e400", "NaN", "abc", "", "1.2.3"):
+    for bad in ("0.001", "1e400", "1E+999999999999", "1e-999999999999", "NaN", "-Infinity", "abc", "", "1.2.3"):
         with pytest.raises(StatementError):
             minor_units(bad, 2)
 
@@ -396,3 +402,64 @@ async def test_cli(
         code, stdout, stderr = command(settings, capsys, "statement-reconcile", *arguments)
         assert (code, stdout, len(stderr)) == (2, [], 1), arguments
         assert stderr[0].startswith("ledger statement-reconcile: error: ")
+
+
+EPOCH_DAY = datetime.date(2026, 3, 1)
+NANOSECONDS_PER_DAY = 86_400 * 1_000_000_000
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    ledger=st.lists(
+        st.tuples(st.integers(0, 6), st.sampled_from([-1, 1]), st.integers(1, 60), st.sampled_from(["", "a", "b"])),
+        max_size=30,
+    ),
+    statement=st.lists(
+        st.tuples(st.integers(0, 6), st.sampled_from([-1, 1]), st.integers(1, 60), st.sampled_from(["", "a", "c"]),
+                  st.booleans()),
+        max_size=30,
+    ),
+    window=st.integers(0, 3),
+    tolerance=st.integers(0, 2),
+)  # fmt: skip
+def test_matching_invariants(
+    ledger: list[tuple[int, int, int, str]],
+    statement: list[tuple[int, int, int, str, bool]],
+    window: int,
+    tolerance: int,
+) -> None:
+    """Whatever the statement and ledger: every line and entry in exactly one result (match() asserts
+    it), and every match obeys its rule: same direction, amounts equal (reference: or the one
+    candidate), within the window (all but reference), sums within the tolerance (groups)."""
+    start = (EPOCH_DAY - datetime.date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
+    entries = [
+        LedgerEntry(f"e{i}", start + day * NANOSECONDS_PER_DAY + i, sign * amount, i + 1, reference, "", "", "")
+        for i, (day, sign, amount, reference) in enumerate(ledger)
+    ]
+    lines = [
+        StatementLine(
+            line_number=i + 1, booking_date=EPOCH_DAY + datetime.timedelta(days=day), value_date=None, amount=amount,
+            direction=Direction.CREDIT if sign > 0 else Direction.DEBIT, currency="USD", reference=reference,
+            end_to_end_id="", description="", reversal=flag,
+        )
+        for i, (day, sign, amount, reference, flag) in enumerate(statement)
+    ]  # fmt: skip
+    options = MatchOptions(date_window_days=window, tolerance=tolerance)
+    results = match(lines, entries, options)
+    by_number = {line.line_number: line for line in lines}
+    by_id = {entry.event_id: entry for entry in entries}
+    for result in results:
+        if result.kind is not ResultKind.MATCHED:
+            continue
+        signs = {by_number[n].signed_amount > 0 for n in result.line_numbers}
+        signs |= {by_id[e].signed_amount > 0 for e in result.event_ids}
+        assert len(signs) == 1, result
+        if result.rule is MatchRule.AMOUNT_DATE:
+            assert result.amount_difference == 0 and result.date_difference_days <= window
+        elif result.rule in (MatchRule.ONE_TO_MANY, MatchRule.MANY_TO_ONE):
+            assert abs(result.amount_difference) <= tolerance and result.date_difference_days <= window
+            assert 2 <= max(len(result.line_numbers), len(result.event_ids)) <= 3
+        else:
+            assert result.rule is MatchRule.REFERENCE and len(result.line_numbers) == len(result.event_ids) == 1
+            line, entry = by_number[result.line_numbers[0]], by_id[result.event_ids[0]]
+            assert set(line.references) & entry.references
