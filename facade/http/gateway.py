@@ -85,6 +85,7 @@ from facade.http.admission import AdmissionMiddleware, request_deadline
 from facade.http.audit_routes import audit_router
 from facade.observability import metrics
 from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
+from projections.read_model import ReadModel
 
 API_VERSION = "v1"
 RPC_PREFIX = "/ledger.v1.Ledger/"
@@ -220,7 +221,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-def build_app(service: LedgerService, authenticator: Authenticator, *, audit: AuditProofs | None = None) -> FastAPI:
+def build_app(
+    service: LedgerService,
+    authenticator: Authenticator,
+    *,
+    audit: AuditProofs | None = None,
+    read_model: ReadModel | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Ledger JSON gateway",
         version=API_VERSION,
@@ -464,6 +471,18 @@ def build_app(service: LedgerService, authenticator: Authenticator, *, audit: Au
     app.include_router(router)
     if audit is not None:
         app.include_router(audit_router(audit, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
+    if read_model is not None:
+        from facade.http.statement_routes import statement_router
+
+        app.include_router(
+            statement_router(
+                read_model,
+                authenticator,
+                service.settings.currencies,
+                credentials=_credentials,
+                responses=_ERROR_RESPONSES,
+            )
+        )
     _declare_batch_schema(app)
     return app
 

@@ -15,6 +15,7 @@ from projections.statements._reconcile import (
     parse_statement,
     read_statement,
     reconcile_statement,
+    results_csv,
     write_results_csv,
 )
 from projections.statements._store import RunSummary, StoredResult, load_results, load_run
@@ -42,5 +43,6 @@ __all__ = [
     "parse_statement",
     "read_statement",
     "reconcile_statement",
+    "results_csv",
     "write_results_csv",
 ]

@@ -75,8 +75,8 @@ class CsvMapping:
         values.setdefault("reference", "reference")
         values.setdefault("description", "description")
         for key in ("delimiter", "decimal"):
-            if key in values and len(values[key]) != 1:
-                raise StatementError(f"--mapping {key}=: one character expected, got {values[key]!r}")
+            if key in values and (len(values[key]) != 1 or values[key] in '"\r\n'):
+                raise StatementError(f"--mapping {key}=: one character (not a quote or newline), got {values[key]!r}")
         return cls(**values)
 
 

@@ -8,6 +8,7 @@ import datetime
 import decimal
 import enum
 import hashlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "parse_statement",
     "read_statement",
     "reconcile_statement",
+    "results_csv",
     "write_results_csv",
 ]
 
@@ -188,36 +190,43 @@ RESULTS_CSV_COLUMNS = (
 )
 
 
+def results_csv(summary: RunSummary, results: list[StoredResult], scale: int) -> str:
+    """The stored results as CSV text: a header row; ids quoted strings, lists joined by `;`, amounts
+    in minor units and as exact decimals."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerow(RESULTS_CSV_COLUMNS)
+    for r in results:
+        writer.writerow(
+            (
+                r.run_id,
+                r.result_index,
+                r.kind.value,
+                r.rule.value,
+                ";".join(str(n) for n in r.line_numbers),
+                ";".join(r.event_ids),
+                ";".join(str(t) for t in r.transfer_ids),
+                r.statement_amount,
+                r.ledger_amount,
+                r.amount_difference,
+                _decimal(r.statement_amount, scale),
+                _decimal(r.ledger_amount, scale),
+                _decimal(r.amount_difference, scale),
+                summary.currency,
+                r.date_difference_days,
+                r.reference,
+                r.note,
+            )
+        )
+    return buffer.getvalue()
+
+
 def write_results_csv(path: Path, summary: RunSummary, results: list[StoredResult], scale: int) -> int:
-    """The stored results as CSV (header row; ids quoted strings, lists joined by `;`, amounts in minor
-    units and as exact decimals). Written to a new file next to `path`, then renamed: no half file."""
+    """`results_csv` to a new file next to `path`, then renamed: no half-written file."""
     temporary = path.with_name(path.name + ".partial")
     try:
         with temporary.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file, quoting=csv.QUOTE_NONNUMERIC)
-            writer.writerow(RESULTS_CSV_COLUMNS)
-            for r in results:
-                writer.writerow(
-                    (
-                        r.run_id,
-                        r.result_index,
-                        r.kind.value,
-                        r.rule.value,
-                        ";".join(str(n) for n in r.line_numbers),
-                        ";".join(r.event_ids),
-                        ";".join(str(t) for t in r.transfer_ids),
-                        r.statement_amount,
-                        r.ledger_amount,
-                        r.amount_difference,
-                        _decimal(r.statement_amount, scale),
-                        _decimal(r.ledger_amount, scale),
-                        _decimal(r.amount_difference, scale),
-                        summary.currency,
-                        r.date_difference_days,
-                        r.reference,
-                        r.note,
-                    )
-                )
+            file.write(results_csv(summary, results, scale))
         temporary.replace(path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
