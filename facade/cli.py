@@ -23,6 +23,8 @@ ledger correlation ID | reconcile
 ledger audit export --from T --to T --format csv|parquet --out DIR
 ledger audit verify [--export DIR [--public-key FILE]]
 ledger audit keys [--rotate] | checkpoint | prove --sequence N | consistency --old N   (docs/audit.md)
+ledger statement-reconcile ACCOUNT --file F --format csv|camt053 [--mapping K=V] [--out CSV]
+                                     match a bank/PSP statement (docs/statement-reconciliation.md)
 """
 
 from __future__ import annotations

@@ -403,6 +403,16 @@ async def test_cli(
         assert (code, stdout, len(stderr)) == (2, [], 1), arguments
         assert stderr[0].startswith("ledger statement-reconcile: error: ")
 
+    # The read model held by someone else (here: this process; in production the running service).
+    holder = ChdbClient(tmp_path / "clickhouse", "ledger")
+    try:
+        code, stdout, stderr = command(
+            settings, capsys, "statement-reconcile", "2", "--file", str(camt), "--format", "camt053"
+        )
+    finally:
+        holder.close()
+    assert (code, stdout, len(stderr)) == (1, [], 1) and "the read model is unavailable" in stderr[0]
+
 
 EPOCH_DAY = datetime.date(2026, 3, 1)
 NANOSECONDS_PER_DAY = 86_400 * 1_000_000_000
