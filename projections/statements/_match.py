@@ -6,15 +6,16 @@ The rules, applied in this order; each statement line and each ledger entry is u
    idempotency key, in the same direction: the candidate with the same amount (nearest date first)
    is matched. When no candidate has the same amount and exactly one candidate exists, it is matched
    with an amount discrepancy (the bank and the ledger disagree on the money of one payment).
-2. Duplicates. A line not matched by rule 1 that repeats an earlier line (same reference, direction,
-   amount and booking date; non-empty reference) is a DUPLICATE: the bank sent it twice. (When the
-   ledger really holds two such payments, rule 1 has already matched both lines.)
-3. Reversals. Two unmatched lines with the same amount in opposite directions that share a
+2. Reversals. Two unmatched lines with the same amount in opposite directions that share a
    reference, or whose later line the bank marked as a reversal (camt.053 RvslInd), cancel out:
    REVERSAL, no ledger entry expected. (A reversal whose original matched a ledger entry stays
    unmatched: the ledger has not reversed what the bank did.)
-4. Amount + date window. Same signed amount, dates at most `date_window_days` apart; the nearest
+3. Amount + date window. Same signed amount, dates at most `date_window_days` apart; the nearest
    date wins, then the earliest entry.
+4. Duplicates. A line still unmatched that repeats an earlier line (same non-empty reference,
+   direction, amount and booking date) is a DUPLICATE: the bank sent it twice. Only after rules 1
+   and 3, because a reference column is not always unique (two equal card payments on one day both
+   say "POS"): a repeat the ledger can explain is a payment, not a duplicate.
 5. One-to-many (one line settles 2..`SUBSET_SIZE_MAX` entries: a bank batch) and many-to-one
    (2..`SUBSET_SIZE_MAX` lines settle one entry: a payment split by the bank), same direction, all
    within the date window of the single side, the sums differing by at most `tolerance` minor units.
@@ -441,9 +442,9 @@ def match(lines: Sequence[StatementLine], entries: Sequence[LedgerEntry], option
     assert len({entry.event_id for entry in entries}) == len(entries), "event ids are unique"
     state = _State(lines, entries, options)
     _by_reference(state)
-    _duplicates(state)
     _reversals(state)
     _by_amount_and_date(state)
+    _duplicates(state)
     _groups(state)
     _ledger_reversals(state)
     for line in list(state.free_lines.values()):

@@ -473,3 +473,20 @@ def test_matching_invariants(
             assert result.rule is MatchRule.REFERENCE and len(result.line_numbers) == len(result.event_ids) == 1
             line, entry = by_number[result.line_numbers[0]], by_id[result.event_ids[0]]
             assert set(line.references) & entry.references
+
+
+def test_a_repeat_the_ledger_explains_is_not_a_duplicate() -> None:
+    """Two equal card payments on one day, both "POS" on the statement: two payments when the ledger
+    has two; a duplicate when it has one."""
+    start = (EPOCH_DAY - datetime.date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
+    lines = [
+        StatementLine(
+            line_number=n, booking_date=EPOCH_DAY, value_date=None, amount=450, direction=Direction.DEBIT,
+            currency="USD", reference="POS", end_to_end_id="", description="coffee",
+        )
+        for n in (1, 2)
+    ]  # fmt: skip
+    both = [LedgerEntry(f"e{i}", start + i, -450, i, "", "", "", "") for i in (1, 2)]
+    assert [(r.kind, r.rule) for r in match(lines, both, OPTIONS)] == [(ResultKind.MATCHED, MatchRule.AMOUNT_DATE)] * 2
+    one = match(lines, both[:1], OPTIONS)
+    assert [r.kind for r in one] == [ResultKind.MATCHED, ResultKind.DUPLICATE] and one[1].note == "repeats line 1"
