@@ -133,4 +133,5 @@ def _line(entry: ElementTree.Element, number: int, *, currency: str, scale: int)
         description=" ".join(d for d in [*descriptions, *end_to_end_ids[1:]] if d)[:TEXT_CHARS_MAX]
         or _text(entry, "AddtlNtryInf"),
         reversal=_text(entry, "RvslInd").lower() == "true",
+        batch_references=tuple(end_to_end_ids) if len(end_to_end_ids) > 1 else (),
     )

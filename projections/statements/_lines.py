@@ -60,10 +60,14 @@ class StatementLine:
     description: str
     reversal: bool = False
     """The bank marked the line as a reversal (camt.053 RvslInd)."""
+    batch_references: tuple[str, ...] = ()
+    """A batch booking's payments' own references (camt.053: one EndToEndId per TxDtls), when more
+    than one: rule 1 can then settle the line with one entry per reference."""
 
     def __post_init__(self) -> None:
         assert self.line_number >= 1
         assert self.amount > 0, "a statement line moves money"
+        assert len(self.batch_references) != 1, "a batch has several references or none"
 
     @property
     def signed_amount(self) -> int:

@@ -6,6 +6,9 @@ The rules, applied in this order; each statement line and each ledger entry is u
    idempotency key, in the same direction: the candidate with the same amount (nearest date first)
    is matched. When no candidate has the same amount and exactly one candidate exists, it is matched
    with an amount discrepancy (the bank and the ledger disagree on the money of one payment).
+   A batch booking (camt.053: several TxDtls, each with its EndToEndId) is settled ONE_TO_MANY when
+   every EndToEndId finds its own entry and the sums differ by at most `tolerance` (and never by
+   one reference alone: the first EndToEndId names one of its payments, not the line).
 2. Reversals. Two unmatched lines with the same amount in opposite directions that share a
    reference, or whose later line the bank marked as a reversal (camt.053 RvslInd), cancel out:
    REVERSAL, no ledger entry expected. (A reversal whose original matched a ledger entry stays
@@ -64,6 +67,9 @@ SUBSET_SIZE_MAX = 3
 SUBSET_CANDIDATES_MAX = 24
 """Candidates per anchor under rule 5: C(24, 3) = 2024 subsets of three at most."""
 WINDOW_SCAN_MAX = 2_000
+"""Most entries (or lines) looked at in one anchor's date window under rules 3 to 6."""
+BATCH_REFERENCES_MAX = 1_000
+"""Most payments of one batch booking settled by reference (camt.053 TxDtls read per entry)."""
 """Most entries (or lines) looked at in one anchor's date window under rules 3 to 6."""
 DATE_WINDOW_DAYS_MAX = 366
 _EPOCH = datetime.date(1970, 1, 1)
@@ -262,6 +268,10 @@ def _by_reference(state: _State) -> None:
             index.setdefault(reference, []).append(entry)
     for line in state.lines:
         amount = state.amount(line)
+        if line.batch_references:
+            # A batch's first EndToEndId names one of its payments, not the line: no single match.
+            _by_batch_references(state, line, index)
+            continue
         # A correlation id shared by many transactions: only the first WINDOW_SCAN_MAX are looked at.
         shared = itertools.chain.from_iterable(index.get(reference, ()) for reference in line.references)
         candidates = {
@@ -276,6 +286,32 @@ def _by_reference(state: _State) -> None:
             state.take(MatchRule.REFERENCE, [line], [_nearest(line, exact)[0]])
         elif len(candidates) == 1:
             state.take(MatchRule.REFERENCE, [line], list(candidates.values()), note="amount differs")
+
+
+def _by_batch_references(state: _State, line: StatementLine, index: dict[str, list[LedgerEntry]]) -> bool:
+    """A batch booking settled by one free entry per payment reference, the sums within the
+    tolerance: ONE_TO_MANY by reference. False (nothing taken) unless every reference is found."""
+    if len(line.batch_references) > BATCH_REFERENCES_MAX:
+        return False
+    amount = state.amount(line)
+    chosen: dict[str, LedgerEntry] = {}
+    for reference in line.batch_references:
+        candidates = [
+            entry
+            for entry in itertools.islice(index.get(reference, ()), WINDOW_SCAN_MAX)
+            if entry.event_id in state.free_entries
+            and entry.event_id not in chosen
+            and (entry.signed_amount > 0) == (amount > 0)
+        ]
+        if not candidates:
+            return False
+        entry = _nearest(line, candidates)[0]
+        chosen[entry.event_id] = entry
+    assert len(chosen) == len(line.batch_references)
+    if abs(sum(entry.signed_amount for entry in chosen.values()) - amount) > state.options.tolerance:
+        return False
+    state.take(MatchRule.ONE_TO_MANY, [line], list(chosen.values()), note="batch: one entry per EndToEndId")
+    return True
 
 
 def _duplicates(state: _State) -> None:

@@ -490,3 +490,37 @@ def test_a_repeat_the_ledger_explains_is_not_a_duplicate() -> None:
     assert [(r.kind, r.rule) for r in match(lines, both, OPTIONS)] == [(ResultKind.MATCHED, MatchRule.AMOUNT_DATE)] * 2
     one = match(lines, both[:1], OPTIONS)
     assert [r.kind for r in one] == [ResultKind.MATCHED, ResultKind.DUPLICATE] and one[1].note == "repeats line 1"
+
+
+BATCH = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.02"><BkToCstmrStmt><Stmt>
+<Ntry><Amt Ccy="EUR">1500.25</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts>BOOK</Sts>
+<BookgDt><DtTm>2026-03-02T09:30:00+01:00</DtTm></BookgDt><AcctSvcrRef>BATCH-77</AcctSvcrRef>
+<NtryDtls><Btch><NbOfTxs>3</NbOfTxs></Btch>
+<TxDtls><Refs><EndToEndId>E2E-1</EndToEndId></Refs><RmtInf><Ustrd>first</Ustrd></RmtInf></TxDtls>
+<TxDtls><Refs><EndToEndId>E2E-2</EndToEndId></Refs></TxDtls>
+<TxDtls><Refs><EndToEndId>E2E-3</EndToEndId></Refs></TxDtls>
+</NtryDtls></Ntry></Stmt></BkToCstmrStmt></Document>"""
+
+
+def test_a_camt053_batch_booking_settles_one_entry_per_end_to_end_id() -> None:
+    """camt.053.001.02 (Sts as text, BookgDt as DtTm): one booked entry for three payments, each
+    known to the ledger by its EndToEndId (here the idempotency key) and one of them far from the
+    others in amount: no amount rule could find them, the references do."""
+    (line,) = parse_camt053(BATCH, currency="EUR", scale=2)
+    assert (line.amount, line.booking_date, line.reference) == (150_025, datetime.date(2026, 3, 2), "BATCH-77")
+    assert line.batch_references == ("E2E-1", "E2E-2", "E2E-3") and line.end_to_end_id == "E2E-1"
+    start = (EPOCH_DAY - datetime.date(1970, 1, 1)).days * NANOSECONDS_PER_DAY
+    entries = [
+        LedgerEntry(f"e{i}", start + i, amount, i, "", f"E2E-{i}", "", "")
+        for i, amount in ((1, 100_000), (2, 50_000), (3, 25), (4, 25))
+    ]
+    results = match([line], entries, OPTIONS)
+    assert (results[0].kind, results[0].rule, results[0].transfer_ids) == (
+        ResultKind.MATCHED,
+        MatchRule.ONE_TO_MANY,
+        (1, 2, 3),
+    )
+    assert [r.transfer_ids for r in results[1:]] == [(4,)] and results[1].kind is ResultKind.UNMATCHED_LEDGER
+    # One payment missing from the ledger: the batch is not settled by reference (nor by amount).
+    assert match([line], entries[:2], OPTIONS)[0].kind is ResultKind.UNMATCHED_STATEMENT
