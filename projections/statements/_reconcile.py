@@ -9,6 +9,7 @@ import decimal
 import enum
 import hashlib
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 RUN_ID_HEX_CHARS = 32
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+BOOKING_DATE_MIN = datetime.date(1970, 1, 1)
+BOOKING_DATE_MAX = datetime.date(2262, 4, 1)
+"""Engine timestamps are ns since the Unix epoch (and the read model's DateTime64(9) ends in 2262)."""
 
 
 class StatementFormat(enum.Enum):
@@ -100,6 +105,8 @@ def reconcile_statement(
     """`currencies`: code -> (engine ledger, scale). The account's ledger decides the currency (and
     its scale) unless the account is on a ledger without a configured currency: then `currency`."""
     assert account_id > 0
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        raise StatementError(f"--run-id {run_id!r}: 1 to 64 ASCII letters, digits, - or _")
     ledger = account_ledger(client, account_id)
     if ledger is None:
         raise StatementError(f"account {account_id} has no entries in the read model (unknown account?)")
@@ -114,6 +121,8 @@ def reconcile_statement(
     lines = parse_statement(data, statement_format, mapping=mapping, currency=code, scale=scale)
     period_from = min(line.booking_date for line in lines)
     period_to = max(line.booking_date for line in lines)
+    if period_from < BOOKING_DATE_MIN or period_to > BOOKING_DATE_MAX:
+        raise StatementError(f"booking dates must be from {BOOKING_DATE_MIN} to {BOOKING_DATE_MAX} (engine time)")
     window = datetime.timedelta(days=options.date_window_days)
     entries = ledger_entries(client, account_id, period_from - window, period_to + window)
     results = match(lines, entries, options)
@@ -127,10 +136,10 @@ def reconcile_statement(
     digest = hashlib.sha256(data).hexdigest()
     ledger_state = ",".join(f"{e.event_id}" for e in entries)
     run_id = run_id or _run_id(account_id, digest, options, hashlib.sha256(ledger_state.encode()).hexdigest())
-    if not 1 <= len(run_id) <= 64 or not run_id.replace("-", "").replace("_", "").isalnum():
-        raise StatementError(f"--run-id {run_id!r}: 1 to 64 letters, digits, - or _")
     stored = load_run(client, run_id)
     if stored is not None:
+        if (stored.account_id, stored.statement_sha256) != (account_id, digest):
+            raise StatementError(f"run id {run_id} already holds the reconciliation of another statement or account")
         return Reconciliation(stored, load_results(client, run_id), created=False)
 
     def count(kind: ResultKind) -> int:

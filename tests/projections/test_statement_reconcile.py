@@ -387,6 +387,8 @@ async def test_cli(
     bomb.write_bytes(BOMB)
     bad_amount = tmp_path / "bad.csv"
     bad_amount.write_text("date,amount\n2026-01-01,1.001\n")
+    ancient = tmp_path / "ancient.csv"
+    ancient.write_text("date,amount\n0001-01-01,1.00\n")
     failures = [
         ("2", "--file", str(bomb), "--format", "camt053"),
         ("2", "--file", str(bad_amount)),
@@ -397,6 +399,9 @@ async def test_cli(
         ("2", "--file", str(statement), *mapping, "--out", str(out)),
         ("2", "--file", str(statement), *mapping, "--date-window-days", "-1"),
         ("2", "--file", str(statement)),
+        ("2", "--file", str(statement), *mapping, "--run-id", "rün"),
+        ("2", "--file", str(camt), "--format", "camt053", "--run-id", report["run_id"]),
+        ("2", "--file", str(ancient)),
     ]
     for arguments in failures:
         code, stdout, stderr = command(settings, capsys, "statement-reconcile", *arguments)
