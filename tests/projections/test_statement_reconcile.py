@@ -5,6 +5,7 @@ case of every rule and every mismatch, reconciled, persisted, exported and read 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -44,6 +45,7 @@ from projections.statements import (
     reconcile_statement,
     write_results_csv,
 )
+from projections.statements._csv import parse_csv
 from projections.statements._store import ledger_entries
 from tests.projections.conftest import CODE, LEDGER, Metadata, drain
 
@@ -529,3 +531,27 @@ def test_a_camt053_batch_booking_settles_one_entry_per_end_to_end_id() -> None:
     assert [r.transfer_ids for r in results[1:]] == [(4,)] and results[1].kind is ResultKind.UNMATCHED_LEDGER
     # One payment missing from the ledger: the batch is not settled by reference (nor by amount).
     assert match([line], entries[:2], OPTIONS)[0].kind is ResultKind.UNMATCHED_STATEMENT
+
+
+CSV_CELLS = st.sampled_from(
+    ["2026-01-01", "01.02.2026", "1,00", "1.5", "-2", "0", "1e3", "C", "DBIT", "x", "", '"', "NaN", "9" * 41]
+)  # fmt: skip
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.one_of(CSV_CELLS, st.text(max_size=8)), min_size=0, max_size=5), max_size=6),
+    mapping=st.lists(st.sampled_from([*CSV_MAPPING, "direction=c", "amount=b", "date=a", "decimal=,", "delimiter=;"])),
+    raw=st.binary(max_size=64),
+)
+def test_any_statement_bytes_give_lines_or_one_statement_error(
+    rows: list[list[str]], mapping: list[str], raw: bytes
+) -> None:
+    """Whatever the bytes, parsing answers lines or a StatementError (the CLI's one-line error, the
+    API's 400), never another exception."""
+    text = "a,b,c,Buchungstag,Betrag,Soll/Haben\n" + "\n".join(",".join(row) for row in rows)
+    for data in (text.encode("utf-8", "surrogatepass"), raw, b"<Document><BkToCstmrStmt><Stmt>" + raw):
+        with contextlib.suppress(StatementError):
+            parse_csv(data, CsvMapping.parse(mapping), currency="USD", scale=2)
+        with contextlib.suppress(StatementError):
+            parse_camt053(data, currency="USD", scale=2)
