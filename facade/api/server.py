@@ -196,7 +196,12 @@ async def start(settings: Settings) -> RunningServer:
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
-                build_app(service, authenticator, audit=history.audit if history is not None else None),
+                build_app(
+                    service,
+                    authenticator,
+                    audit=history.audit if history is not None else None,
+                    history=history.queries if history is not None else None,
+                ),
                 settings.api.host,
                 settings.api.http_port,
                 "http-gateway",
