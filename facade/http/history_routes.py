@@ -82,9 +82,9 @@ def parse_time(text: str, *, field: str) -> int:
                 sign = -1 if offset[0] == "-" else 1
                 zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
             moment = datetime(year, month, day, hour, minute, second, tzinfo=zone)
-        except ValueError as error:  # Month 13, hour 24, a leap second, an offset of 24 h...
+            seconds = (moment - _EPOCH) // timedelta(seconds=1)  # Integer arithmetic: no float rounding.
+        except (ValueError, OverflowError) as error:  # Month 13, hour 24, a leap second, year 0...
             raise _invalid_time(field, text) from error
-        seconds = (moment - _EPOCH) // timedelta(seconds=1)  # Integer arithmetic: no float rounding.
         nanos = seconds * NANOS_PER_SECOND + int(fraction.ljust(_FRACTION_DIGITS_MAX, "0"))
     if not 0 <= nanos <= m.UINT64_MAX:
         raise _invalid_time(field, text)
