@@ -122,7 +122,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {
         "model": m.Error,
         "description": "INVALID_ARGUMENT: INVALID_REQUEST (the schema rejected it), MALFORMED_JSON, DUPLICATE_KEY, "
-        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, or the mapping's reason (INVALID_AMOUNT, ...)",
+        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, INVALID_TIMESTAMP (a time neither ns nor RFC 3339), or the "
+        "mapping's reason (INVALID_AMOUNT, ...)",
     },
     401: {
         "model": m.Error,

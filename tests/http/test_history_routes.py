@@ -220,3 +220,15 @@ def test_parse_time_edges() -> None:
         with pytest.raises(DomainError) as failed:
             parse_time(bad, field="to")
         assert failed.value.reason == REASON_INVALID_TIMESTAMP and failed.value.metadata == {"field": "to"}
+
+
+async def test_without_the_read_model_the_routes_are_absent_and_docs_still_served(tmp_path: Path) -> None:
+    instance = await open_http(tmp_path)  # serve_history off: no History service on either edge.
+    try:
+        response = await instance.client.get("/v1/history/daily-totals", headers=instance.auth())
+        assert response.status_code == 404 and response.json()["reason"] == "ROUTE_NOT_FOUND"
+        document = (await instance.client.get("/openapi.json")).json()
+        assert not [path for path in document["paths"] if "history" in path or "statement" in path]
+        assert (await instance.client.get("/docs")).status_code == 200
+    finally:
+        await close_http(instance)
