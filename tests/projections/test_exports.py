@@ -11,10 +11,14 @@ from pathlib import Path
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type hints.
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
 from projections import audit
+from projections._analyst_columns import AmountScales, rfc3339_nanoseconds
+from projections._cli_input import parse_time
 from projections.client import ChdbClient
 from projections.projector import Projector, change_capture
 from projections.queries import TIMESTAMP_MAX
@@ -183,3 +187,30 @@ def test_both_with_chdb(client: ChdbClient, exported: tuple[dict[int, tuple[int,
         for account in (*range(1, 7), 8, 11, 12):  # Every credit fits the column: the decimal sum is exact.
             scale = 0 if EDGE_ACCOUNTS.get(account) == JPY_LEDGER else 2
             assert EXACT.multiply(decimals[account], decimal.Decimal(10**scale)) == balances[account][1], (fmt, account)
+
+
+@given(amount=st.integers(min_value=0, max_value=U128_MAX), scale=st.integers(min_value=0, max_value=18))
+def test_decimal_columns_are_exact_or_null(amount: int, scale: int) -> None:
+    """Across the whole u128 range and every allowed scale: the CSV text is exact, the decimal128 value
+    exact when its unscaled digits fit in 38, and null (never rounded) when they do not."""
+    scales = AmountScales({1: scale, 2: 18})
+    text = scales.decimal_text(amount, 1)
+    assert EXACT.multiply(decimal.Decimal(text), decimal.Decimal(10**scale)) == amount
+    assert text.count(".") == (1 if scale else 0) and len(text.partition(".")[2]) == scale
+    value = scales.decimal_value(amount, 1)
+    fits = amount * 10 ** (18 - scale) < 10**38
+    assert (value is not None) == fits
+    if value is not None:
+        assert EXACT.multiply(value, decimal.Decimal(10**scale)) == amount
+        assert pa.array([value], type=pa.decimal128(38, 18)).to_pylist() == [value]
+    assert (scales.decimal_text(amount, 3), scales.decimal_value(amount, 3)) == ("", None)  # Unknown ledger.
+
+
+@given(timestamp=st.integers(min_value=0, max_value=(1 << 63) - 1))
+def test_rfc3339_text_is_the_engine_nanoseconds(timestamp: int) -> None:
+    """What the CSV writes, pyarrow reads back to the same nanosecond, and the CLI parses back too."""
+    text = rfc3339_nanoseconds(timestamp)
+    assert text.endswith("Z") and len(text) == 30
+    assert parse_time(text) == timestamp
+    parsed = pa.array([text]).cast(pa.timestamp("ns", tz="UTC"))
+    assert parsed.cast(pa.int64()).to_pylist() == [timestamp]
