@@ -499,8 +499,12 @@ def _read_rows(path: Path, fmt: Format) -> list[ChainRow]:
 def verify_export(directory: Path, client: ClickHouseClient | None = None, progress: bool = False) -> VerifyReport:
     """Checks an export from its files alone: SHA-256 and row count per file, then the chain from the
     manifest's previous hash to its head. With `client`, also that the head is the live chain's."""
-    manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text())
     report = VerifyReport()
+    try:
+        manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as error:  # A damaged manifest is a failed check.
+        report.problems.append(Problem(0, f"{MANIFEST_NAME} is unreadable: {error!r}"))
+        return report
     for file in manifest.files:
         digest = hashlib.sha256((directory / file.name).read_bytes()).hexdigest()
         if digest != file.sha256:

@@ -190,3 +190,22 @@ def test_good_times_in_every_form(ledger: Callable[..., subprocess.CompletedProc
     done = ledger("totals", "--from", "0", "--to", "now")
     assert done.returncode == 0, done.stderr
     assert sum(json.loads(line)["transactions"] for line in done.stdout.splitlines()) == 16
+
+
+def test_damaged_export_and_evidence_inputs(
+    tmp_path: Path, ledger: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """A damaged manifest is a failed verification (exit 1, a report), not a traceback; proofs of what
+    does not exist are bad input (exit 2, one line)."""
+    export = tmp_path / "export"
+    done = ledger("audit", "export", "--from", "0", "--to", "now", "--out", str(export))
+    assert done.returncode == 0, done.stderr
+    (export / "manifest.json").write_text("{not json")
+    done = ledger("audit", "verify", "--export", str(export), "--files-only")
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and "manifest.json is unreadable" in report["problems"][0]["reason"]
+    refused(ledger("audit", "prove", "--sequence", "10000"), "not in the checkpoint")
+    refused(ledger("audit", "prove", "--sequence", "1", "--tree-size", "7"), "--tree-size", "no checkpoint")
+    refused(ledger("audit", "prove", "--transaction", "no-such-transaction"), "no such change")
+    refused(ledger("audit", "consistency", "--old", "7"), "no checkpoint")
