@@ -144,7 +144,11 @@ def amount_scales(currencies: Mapping[str, CurrencySettings] | None = None) -> A
     """Minor-unit digits per ledger from a currency table (default: api.currencies' default)."""
     if currencies is None:
         currencies = ApiSettings().currencies
-    return AmountScales({currency.ledger: currency.scale for currency in currencies.values()})
+    by_ledger: dict[int, int] = {}
+    for code, currency in currencies.items():
+        if by_ledger.setdefault(currency.ledger, currency.scale) != currency.scale:
+            raise ValueError(f"currency {code}: ledger {currency.ledger} has another currency with another scale")
+    return AmountScales(by_ledger)
 
 
 def _row(values: Row) -> ChainRow:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
+from facade.settings import CurrencySettings
 from projections import audit
 from projections._analyst_columns import AmountScales, rfc3339_nanoseconds
 from projections._cli_input import parse_time
@@ -214,3 +215,11 @@ def test_rfc3339_text_is_the_engine_nanoseconds(timestamp: int) -> None:
     assert parse_time(text) == timestamp
     parsed = pa.array([text]).cast(pa.timestamp("ns", tz="UTC"))
     assert parsed.cast(pa.int64()).to_pylist() == [timestamp]
+
+
+def test_scales_from_the_currency_table() -> None:
+    assert audit.amount_scales().by_ledger == {840: 2, 978: 2, 826: 2, 392: 0}
+    table = {"BTC": CurrencySettings(ledger=9001, scale=8), "XBT": CurrencySettings(ledger=9001, scale=8)}
+    assert audit.amount_scales(table).decimal_scale == 8
+    with pytest.raises(ValueError, match="ledger 9001"):
+        audit.amount_scales(table | {"SAT": CurrencySettings(ledger=9001, scale=0)})
