@@ -353,24 +353,33 @@ def _export_value(row: ChainRow, name: str) -> str | int:
     return value
 
 
-def _csv_analyst_values(row: ChainRow, scales: AmountScales) -> list[str | int]:
-    scale = scales.scale(row.ledger)
+def _csv_analyst_values(row: ChainRow, scales: AmountScales) -> list[str | int | None]:
+    decimal_text = scales.decimal_text(row.amount, row.ledger)
     return [
         rfc3339_nanoseconds(row.engine_timestamp),
         rfc3339_nanoseconds(row.transfer_timestamp),
-        "" if scale is None else scale,
-        scales.decimal_text(row.amount, row.ledger),
+        scales.scale(row.ledger),
+        decimal_text or None,
     ]
 
 
+def _csv_field(value: str | int | None) -> str:
+    """Text quoted (ids, amounts, times: no reader that honours quotes makes them numbers), integers
+    bare, unknown as an empty unquoted field (NULL in ClickHouse). RFC 4180 quoting, as `csv` reads it."""
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return '"' + value.replace('"', '""') + '"'
+
+
 def _csv_bytes(page: Sequence[ChainRow], scales: AmountScales) -> bytes:
-    """Every text value quoted (ids, amounts, times), numbers not: no reader turns an id into a float."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-    writer.writerow(COLUMNS + CSV_ANALYST_COLUMNS)
+    lines = [",".join(_csv_field(name) for name in COLUMNS + CSV_ANALYST_COLUMNS)]
     for row in page:
-        writer.writerow([_export_value(row, name) for name in COLUMNS] + _csv_analyst_values(row, scales))
-    return buffer.getvalue().encode()
+        values = [_export_value(row, name) for name in COLUMNS] + _csv_analyst_values(row, scales)
+        lines.append(",".join(_csv_field(value) for value in values))
+    assert len(lines) == len(page) + 1
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _parquet_schema(scales: AmountScales) -> object:

@@ -142,7 +142,7 @@ def test_csv_with_pyarrow(exported: tuple[dict[int, tuple[int, int]], dict[str, 
     assert posted_sums(rows, "amount") == balances
     for row in rows:
         if row["ledger"] == UNKNOWN_LEDGER:
-            assert (row["amount_decimal"], row["amount_scale"]) == ("", None)  # Empty: no scale known.
+            assert (row["amount_decimal"], row["amount_scale"]) == ("", None)  # Empty (unquoted): no scale known.
             continue
         scale = int(row["amount_scale"])
         assert EXACT.multiply(decimal.Decimal(row["amount_decimal"]), decimal.Decimal(10**scale)) == int(row["amount"])
@@ -167,6 +167,7 @@ def test_both_with_chdb(client: ChdbClient, exported: tuple[dict[int, tuple[int,
             assert "DateTime64(9" in types["engine_time"]
             # Quoted values stay text (exact), unquoted ones are numbers.
             assert [types[name] for name in ("transfer_id", "amount", "amount_decimal")] == ["Nullable(String)"] * 3
+            assert types["amount_scale"] == "Nullable(Int64)"  # Bare integers, an empty field for unknown.
         found = client.query_rows(
             """
             SELECT account, toString(sum(debits)), toString(sum(credits)), toString(sum(credits_decimal))
