@@ -394,14 +394,19 @@ def _parquet_schema(scales: AmountScales) -> object:
 
     utc = pa.timestamp("ns", tz="UTC")
     analyst = [
-        ("engine_time", utc),
-        ("transfer_time", utc),
-        ("amount_scale", pa.uint8()),
-        ("amount_decimal", pa.decimal128(DECIMAL_PRECISION, scales.decimal_scale)),
-        ("labels_map", pa.map_(pa.string(), pa.string())),
+        pa.field("engine_time", utc, metadata={"description": "engine_timestamp as a UTC instant"}),
+        pa.field("transfer_time", utc, metadata={"description": "transfer_timestamp as a UTC instant"}),
+        pa.field("amount_scale", pa.uint8(), metadata={"description": "minor-unit digits; null: unknown ledger"}),
+        pa.field(
+            "amount_decimal",
+            pa.decimal128(DECIMAL_PRECISION, scales.decimal_scale),
+            metadata={"description": "amount in major units, exact; null: unknown ledger or beyond 38 digits"},
+        ),
+        pa.field("labels_map", pa.map_(pa.string(), pa.string()), metadata={"description": "labels as a map"}),
     ]
-    assert tuple(name for name, _ in analyst) == PARQUET_ANALYST_COLUMNS
-    return pa.schema([(name, kind(name)) for name in COLUMNS] + analyst)
+    assert tuple(f.name for f in analyst) == PARQUET_ANALYST_COLUMNS
+    chain = [pa.field(name, kind(name)) for name in COLUMNS]
+    return pa.schema(chain + analyst, metadata={"ledger.data_dictionary": "docs/exports.md"})
 
 
 def _parquet_bytes(page: Sequence[ChainRow], scales: AmountScales) -> tuple[bytes, int]:

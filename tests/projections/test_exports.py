@@ -97,6 +97,7 @@ def test_parquet_with_pyarrow(exported: tuple[dict[int, tuple[int, int]], dict[s
     assert schema.field("transfer_time").type == pa.timestamp("ns", tz="UTC")
     assert schema.field("amount_decimal").type == pa.decimal128(38, 2)
     assert schema.field("labels_map").type == pa.map_(pa.string(), pa.string())
+    assert b"beyond 38 digits" in schema.field("amount_decimal").metadata[b"description"]
     # The typed time is the raw engine nanoseconds, to the nanosecond.
     assert table.column("engine_time").cast(pa.int64()).to_pylist() == table.column("engine_timestamp").to_pylist()
     rows = table.drop_columns(["engine_time", "transfer_time"]).to_pylist()
