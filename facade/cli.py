@@ -118,7 +118,9 @@ def _journal_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    from projections._cli_input import OneLineArgumentParser  # Usage errors: one line, exit code 2.
+
+    parser = OneLineArgumentParser(
         prog="ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)

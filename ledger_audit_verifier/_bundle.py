@@ -68,6 +68,15 @@ METADATA_FIELDS = (
     "transaction_id", "idempotency_key", "client_id", "transaction_type", "source", "correlation_id",
     "description", "labels", "currency", "leg_index",
 )  # fmt: skip
+ROW_COLUMNS = frozenset(
+    {
+        "engine_timestamp", "change", "debit_account_id", "credit_account_id", "amount", "transfer_id",
+        "pending_id", "ledger", "code", "transfer_flags", "user_data_128", "user_data_64", "user_data_32",
+        "timeout_seconds", "transfer_timestamp", "chain_sequence", "chain_previous_hash", "chain_hash",
+        "has_metadata", *METADATA_FIELDS,
+    }
+)  # fmt: skip
+"""The export columns a row's leaf input is computed from."""
 _DOMAIN = b"ledger.v1.chain\x01"
 _FIXED = struct.Struct(">QQB")
 _SIZE = struct.Struct(">I")
@@ -170,7 +179,10 @@ def _rows(path: Path, fmt: str) -> Iterator[dict[str, str]]:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]  # Optional: only for Parquet exports.
     except ImportError as error:
         raise ValueError("a Parquet export needs pyarrow installed") from error
-    for record in pq.read_table(path).to_pylist():
+    table = pq.read_table(path)
+    # Only the columns the chain hashes: typed columns beside them (times, decimals, maps) are not read.
+    table = table.select([name for name in table.column_names if name in ROW_COLUMNS])
+    for record in table.to_pylist():
         yield {name: str(value) for name, value in record.items()}
 
 

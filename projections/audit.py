@@ -11,6 +11,8 @@ An export is the `transactions` rows of an engine-time range, in chain order, as
 files of at most EXPORT_FILE_ROWS_MAX rows, plus `manifest.json`: row count, SHA-256 per file,
 first/last sequence, the previous hash at the range start and the chain head at its end. An export
 verifies from its files alone; given the live read model, its head is also checked against it.
+Beside the chain columns each row carries typed columns for analysts (projections/_analyst_columns.py,
+docs/exports.md): UTC times, exact decimal amounts with their scale, labels as a map.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import datetime
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -29,6 +31,8 @@ from tqdm import tqdm
 
 from facade.changes.chain import Link, canonical_metadata, metadata_mapping, next_link
 from facade.engine.types import Transfer
+from facade.settings import ApiSettings, CurrencySettings
+from projections._analyst_columns import DECIMAL_PRECISION, AmountScales, rfc3339_nanoseconds
 from projections.client import ClickHouseClient, Row
 from projections.queries import TIMESTAMP_MAX, to_bool, to_int, to_labels, to_str
 from projections.rows import CHANGE_VALUES
@@ -131,6 +135,20 @@ _U128_COLUMNS = frozenset(
     {"debit_account_id", "credit_account_id", "amount", "transfer_id", "pending_id", "user_data_128"}
 )
 _SELECT = ", ".join(COLUMNS)
+CSV_ANALYST_COLUMNS = ("engine_time", "transfer_time", "amount_scale", "amount_decimal")
+PARQUET_ANALYST_COLUMNS = (*CSV_ANALYST_COLUMNS, "labels_map")
+"""Typed columns after the chain columns (projections/_analyst_columns.py); verifiers ignore them."""
+
+
+def amount_scales(currencies: Mapping[str, CurrencySettings] | None = None) -> AmountScales:
+    """Minor-unit digits per ledger from a currency table (default: api.currencies' default)."""
+    if currencies is None:
+        currencies = ApiSettings().currencies
+    by_ledger: dict[int, int] = {}
+    for code, currency in currencies.items():
+        if by_ledger.setdefault(currency.ledger, currency.scale) != currency.scale:
+            raise ValueError(f"currency {code}: ledger {currency.ledger} has another currency with another scale")
+    return AmountScales(by_ledger)
 
 
 def _row(values: Row) -> ChainRow:
@@ -304,6 +322,10 @@ class Manifest:
     columns: list[str]
     version: int = MANIFEST_VERSION
     created_at: str = ""
+    amount_decimal_scale: int = 0
+    """Scale of the Parquet `amount_decimal` column (decimal128(38, scale))."""
+    amount_decimal_null_rows: int = 0
+    """Rows whose `amount_decimal` is null (unknown ledger, or more than 38 digits): sum `amount` for those."""
 
     def to_json(self) -> str:
         data = {name.name: getattr(self, name.name) for name in fields(self)}
@@ -331,16 +353,36 @@ def _export_value(row: ChainRow, name: str) -> str | int:
     return value
 
 
-def _csv_bytes(page: Sequence[ChainRow]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+def _csv_analyst_values(row: ChainRow, scales: AmountScales) -> list[str | int | None]:
+    decimal_text = scales.decimal_text(row.amount, row.ledger)
+    return [
+        rfc3339_nanoseconds(row.engine_timestamp),
+        rfc3339_nanoseconds(row.transfer_timestamp),
+        scales.scale(row.ledger),
+        decimal_text or None,
+    ]
+
+
+def _csv_field(value: str | int | None) -> str:
+    """Text quoted (ids, amounts, times: no reader that honours quotes makes them numbers), integers
+    bare, unknown as an empty unquoted field (NULL in ClickHouse). RFC 4180 quoting, as `csv` reads it."""
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _csv_bytes(page: Sequence[ChainRow], scales: AmountScales) -> bytes:
+    lines = [",".join(_csv_field(name) for name in COLUMNS + CSV_ANALYST_COLUMNS)]
     for row in page:
-        writer.writerow([_export_value(row, name) for name in COLUMNS])
-    return buffer.getvalue().encode()
+        values = [_export_value(row, name) for name in COLUMNS] + _csv_analyst_values(row, scales)
+        lines.append(",".join(_csv_field(value) for value in values))
+    assert len(lines) == len(page) + 1
+    return ("\n".join(lines) + "\n").encode()
 
 
-def _parquet_schema() -> object:
+def _parquet_schema(scales: AmountScales) -> object:
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type hints.
 
     def kind(name: str) -> pa.DataType:
@@ -350,19 +392,42 @@ def _parquet_schema() -> object:
             return pa.uint8()
         return pa.string()
 
-    return pa.schema([(name, kind(name)) for name in COLUMNS])
+    utc = pa.timestamp("ns", tz="UTC")
+    analyst = [
+        pa.field("engine_time", utc, metadata={"description": "engine_timestamp as a UTC instant"}),
+        pa.field("transfer_time", utc, metadata={"description": "transfer_timestamp as a UTC instant"}),
+        pa.field("amount_scale", pa.uint8(), metadata={"description": "minor-unit digits; null: unknown ledger"}),
+        pa.field(
+            "amount_decimal",
+            pa.decimal128(DECIMAL_PRECISION, scales.decimal_scale),
+            metadata={"description": "amount in major units, exact; null: unknown ledger or beyond 38 digits"},
+        ),
+        pa.field("labels_map", pa.map_(pa.string(), pa.string()), metadata={"description": "labels as a map"}),
+    ]
+    assert tuple(f.name for f in analyst) == PARQUET_ANALYST_COLUMNS
+    chain = [pa.field(name, kind(name)) for name in COLUMNS]
+    return pa.schema(chain + analyst, metadata={"ledger.data_dictionary": "docs/exports.md"})
 
 
-def _parquet_bytes(page: Sequence[ChainRow]) -> bytes:
+def _parquet_bytes(page: Sequence[ChainRow], scales: AmountScales) -> tuple[bytes, int]:
+    """The file, and how many rows have a null `amount_decimal`."""
     import pyarrow as pa
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    schema = _parquet_schema()
+    schema = _parquet_schema(scales)
     assert isinstance(schema, pa.Schema)
-    table = pa.table({name: [_export_value(row, name) for row in page] for name in COLUMNS}, schema=schema)
+    columns: dict[str, list[object]] = {name: [_export_value(row, name) for row in page] for name in COLUMNS}
+    columns["engine_time"] = [row.engine_timestamp for row in page]
+    columns["transfer_time"] = [row.transfer_timestamp for row in page]
+    columns["amount_scale"] = [scales.scale(row.ledger) for row in page]
+    columns["amount_decimal"] = [scales.decimal_value(row.amount, row.ledger) for row in page]
+    columns["labels_map"] = [sorted(row.labels.items()) for row in page]
+    table = pa.table(columns, schema=schema)
     sink = io.BytesIO()
     pq.write_table(table, sink)
-    return sink.getvalue()
+    nulls = sum(1 for value in columns["amount_decimal"] if value is None)
+    assert 0 <= nulls <= len(page)
+    return sink.getvalue(), nulls
 
 
 def export(
@@ -372,9 +437,13 @@ def export(
     timestamp_to: int,
     fmt: Format = "csv",
     progress: bool = True,
+    *,
+    scales: AmountScales | None = None,
 ) -> Manifest:
     """Writes the chain rows with engine timestamp in [timestamp_from, timestamp_to) and the manifest.
-    The rows are written as stored: verify them (verify_live) to know they are intact."""
+    The rows are written as stored: verify them (verify_live) to know they are intact. `scales`:
+    the currency table's minor-unit digits per ledger (default: amount_scales())."""
+    scales = scales or amount_scales()
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / MANIFEST_NAME).exists():
         raise FileExistsError(f"{directory / MANIFEST_NAME} exists: export into an empty directory")
@@ -387,11 +456,17 @@ def export(
     files: list[ExportFile] = []
     first: ChainRow | None = None
     last: ChainRow | None = None
+    decimal_null_rows = 0
     with tqdm(total=total, desc="export", unit="row", disable=not progress) as bar:
         for page in _chain_pages(client, timestamp_from, timestamp_to):
             first = first or page[0]
             last = page[-1]
-            data = _csv_bytes(page) if fmt == "csv" else _parquet_bytes(page)
+            if fmt == "csv":
+                data = _csv_bytes(page, scales)
+                decimal_null_rows += sum(1 for row in page if scales.scale(row.ledger) is None)
+            else:
+                data, nulls = _parquet_bytes(page, scales)
+                decimal_null_rows += nulls
             name = f"transactions-{len(files) + 1:05d}.{fmt}"
             (directory / name).write_bytes(data)
             files.append(ExportFile(name, len(page), hashlib.sha256(data).hexdigest()))
@@ -406,8 +481,10 @@ def export(
         previous_hash=first.chain_previous_hash if first else "",
         chain_head=last.chain_hash if last else "",
         files=files,
-        columns=list(COLUMNS),
+        columns=list(COLUMNS + (CSV_ANALYST_COLUMNS if fmt == "csv" else PARQUET_ANALYST_COLUMNS)),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        amount_decimal_scale=scales.decimal_scale,
+        amount_decimal_null_rows=decimal_null_rows,
     )
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
@@ -434,14 +511,18 @@ def _read_rows(path: Path, fmt: Format) -> list[ChainRow]:
             return [_parse_export_row(dict(record)) for record in csv.DictReader(handle)]
     import pyarrow.parquet as pq
 
-    return [_parse_export_row(record) for record in pq.read_table(path).to_pylist()]
+    return [_parse_export_row(record) for record in pq.read_table(path, columns=list(COLUMNS)).to_pylist()]
 
 
 def verify_export(directory: Path, client: ClickHouseClient | None = None, progress: bool = False) -> VerifyReport:
     """Checks an export from its files alone: SHA-256 and row count per file, then the chain from the
     manifest's previous hash to its head. With `client`, also that the head is the live chain's."""
-    manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text())
     report = VerifyReport()
+    try:
+        manifest = Manifest.from_json((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as error:  # A damaged manifest is a failed check.
+        report.problems.append(Problem(0, f"{MANIFEST_NAME} is unreadable: {error!r}"))
+        return report
     for file in manifest.files:
         digest = hashlib.sha256((directory / file.name).read_bytes()).hexdigest()
         if digest != file.sha256:

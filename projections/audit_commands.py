@@ -15,6 +15,7 @@ from typing import Any
 
 from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.settings import Settings
+from projections._cli_input import CliInputError
 from projections.audit_evidence import PROVE_CHANGES_MAX
 
 __all__ = ["register_evidence_commands"]
@@ -30,7 +31,10 @@ def _emit(document: object, out: str | None) -> None:
 
 def _checkpoint_at(audit: AuditLog, tree_size: int | None) -> SealedCheckpoint:
     if tree_size is not None:
-        return audit.at_size(tree_size)
+        try:
+            return audit.at_size(tree_size)
+        except KeyError as error:
+            raise CliInputError(f"--tree-size: {error.args[0]}") from None
     latest = audit.latest()
     if latest is None:
         raise SystemExit("no checkpoint yet: run `ledger audit checkpoint` (or let the service seal one)")
@@ -88,13 +92,13 @@ def _sequences(settings: Settings, args: argparse.Namespace) -> list[int]:
             try:
                 found = sequences_of_event(client, args.event)
             except ValueError as error:
-                raise SystemExit(str(error)) from error
+                raise CliInputError(f"--event: {error}") from None
     finally:
         client.close()
     if not found:
-        raise SystemExit("no such change in the read model")
+        raise CliInputError("no such change in the read model")
     if len(found) > PROVE_CHANGES_MAX:
-        raise SystemExit(f"more than {PROVE_CHANGES_MAX} changes: prove them by --sequence")
+        raise CliInputError(f"more than {PROVE_CHANGES_MAX} changes: prove them by --sequence")
     return found
 
 
@@ -105,7 +109,7 @@ def _prove(settings: Settings, args: argparse.Namespace) -> int:
         sealed = _checkpoint_at(audit, args.tree_size)
         for sequence in sequences:
             if not 1 <= sequence <= sealed.tree_size:
-                raise SystemExit(f"change {sequence} is not in the checkpoint of size {sealed.tree_size}")
+                raise CliInputError(f"change {sequence} is not in the checkpoint of size {sealed.tree_size}")
             proof = audit.tree.inclusion_proof(sequence - 1, sealed.tree_size)
             document = {
                 "type": "inclusion",
@@ -128,7 +132,7 @@ def _consistency(settings: Settings, args: argparse.Namespace) -> int:
         new = _checkpoint_at(audit, args.new)
         proof = audit.tree.consistency_proof(old.tree_size, new.tree_size)
     except (KeyError, ValueError) as error:
-        raise SystemExit(str(error)) from error
+        raise CliInputError(str(error.args[0]) if error.args else str(error)) from None
     finally:
         audit.close()
     document = {

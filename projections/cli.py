@@ -15,8 +15,10 @@ them in); `python -m projections ...` runs them standalone.
     audit prove (--sequence N | --transaction ID | --event ID) [--tree-size N]
     audit consistency --old N [--new N]            proofs, as documents the stand-alone verifier checks
 
-Times: ISO 8601 (UTC when no offset: 2026-01-31, 2026-01-31T12:00:00Z), an engine timestamp in
-ns, or `now`. Output: one JSON object per line (u128 values as decimal strings, as on the wire).
+Times: RFC 3339 with an offset (2026-01-31T12:00:00Z, up to nanoseconds), a date (2026-01-31,
+midnight UTC), `now`, or an engine timestamp in ns. Bad input (a time, an account, a non-empty --out)
+is one line on stderr and exit code 2. Output: one JSON object per line (u128 values as decimal
+strings, as on the wire).
 Settings: LEDGER_CLICKHOUSE__*, LEDGER_ENGINE__*, LEDGER_KAFKA__* (facade/settings.py).
 """
 
@@ -25,35 +27,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
 import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from facade.settings import Settings
+from projections._cli_input import (
+    ACCOUNT_HELP,
+    EXIT_USAGE,
+    TIME_HELP,
+    CliInputError,
+    OneLineArgumentParser,
+    check_range,
+    empty_output_directory,
+    known_account,
+    parse_account,
+)
+from projections._cli_input import parse_time as _parse_time
 from projections.audit_commands import register_evidence_commands
 from projections.client import ClickHouseClient
 from projections.projector import Projector
+from projections.queries import STATEMENT_LINES_MAX
 
 _SAFE_INTEGER_MAX = (1 << 53) - 1
 """Integers above this are printed as decimal strings: exact in every JSON reader."""
 
 
-def parse_time(text: str) -> int:
-    """An engine timestamp (ns since the Unix epoch) from ISO 8601, an integer or `now`."""
-    if text == "now":
-        return time.time_ns()
-    if text.isdigit():
-        return int(text)
-    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+def parse_time(text: str, option: str = "time") -> int:
+    """An engine timestamp (ns since the Unix epoch): see projections/_cli_input.py."""
+    return _parse_time(text, option)
+
+
+def _time_range(args: argparse.Namespace) -> tuple[int, int]:
+    timestamp_from = parse_time(args.timestamp_from, "--from")
+    timestamp_to = parse_time(args.timestamp_to, "--to")
+    check_range(timestamp_from, timestamp_to)
+    return timestamp_from, timestamp_to
 
 
 def _jsonable(value: object) -> object:
@@ -154,25 +167,52 @@ def _with_client(
 def _statement(client: ClickHouseClient, args: argparse.Namespace) -> int:
     from projections.queries import statement
 
-    _print(
-        statement(client, int(args.account), parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.limit)
-    )
+    known_account(client, args.account_id)
+    _print(statement(client, args.account_id, args.timestamps[0], args.timestamps[1], args.limit))
     return 0
 
 
 def _balance(client: ClickHouseClient, args: argparse.Namespace) -> int:
     from projections.queries import balance_as_of
 
-    _print(balance_as_of(client, int(args.account), parse_time(args.at)))
+    known_account(client, args.account_id)
+    _print(balance_as_of(client, args.account_id, args.timestamp_at))
     return 0
 
 
 def _totals(client: ClickHouseClient, args: argparse.Namespace) -> int:
     from projections.queries import daily_totals
 
-    for total in daily_totals(client, parse_time(args.timestamp_from), parse_time(args.timestamp_to)):
+    for total in daily_totals(client, args.timestamps[0], args.timestamps[1]):
         _print(total)
     return 0
+
+
+def _checked(
+    handler: Callable[[Settings, argparse.Namespace], int],
+) -> Callable[[Settings, argparse.Namespace], int]:
+    """Parses and checks the arguments before the handler opens anything: a refusal writes nothing."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        if hasattr(args, "account"):
+            args.account_id = parse_account(args.account)
+        if hasattr(args, "timestamp_from"):
+            args.timestamps = _time_range(args)
+        if hasattr(args, "at"):
+            args.timestamp_at = parse_time(args.at, "--at")
+        if getattr(args, "limit", None) is not None and not 1 <= args.limit <= STATEMENT_LINES_MAX:
+            raise CliInputError(f"--limit: {args.limit} is not in 1..{STATEMENT_LINES_MAX}")
+        if getattr(args, "out", None) is not None and getattr(args, "audit_command", "") == "export":
+            empty_output_directory(args.out)
+        export = getattr(args, "export", None)
+        if export is not None and not (Path(export) / "manifest.json").is_file():
+            raise CliInputError(f"--export: {export} is not an export directory (no manifest.json)")
+        public_key = getattr(args, "public_key", None)
+        if public_key is not None and not Path(public_key).is_file():
+            raise CliInputError(f"--public-key: {public_key} is not a file")
+        return handler(settings, args)
+
+    return run
 
 
 def _correlation(client: ClickHouseClient, args: argparse.Namespace) -> int:
@@ -205,11 +245,11 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _audit_export(client: ClickHouseClient, args: argparse.Namespace) -> int:
-    from projections.audit import export
+    from projections.audit import amount_scales, export
 
-    manifest = export(
-        client, Path(args.out), parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.format
-    )
+    timestamp_from, timestamp_to = args.timestamps
+    scales = amount_scales(args.currencies)
+    manifest = export(client, Path(args.out), timestamp_from, timestamp_to, args.format, scales=scales)
     _print(manifest)
     return 0
 
@@ -230,21 +270,22 @@ def _audit_verify(client: ClickHouseClient, args: argparse.Namespace) -> int:
 
 def _audit_export_bundle(settings: Settings, args: argparse.Namespace) -> int:
     """Exports, then (unless --no-evidence) attaches the signed checkpoint and proofs."""
+    args.currencies = settings.api.currencies
     if args.no_evidence:
         return _with_client(_audit_export)(settings, args)
 
     def run(client: ClickHouseClient, args: argparse.Namespace) -> int:
         from facade.audit.log import open_audit_log
-        from projections.audit import export
+        from projections.audit import amount_scales, export
         from projections.audit_evidence import attach_evidence, catch_up
 
         audit = open_audit_log(settings)
         try:
             catch_up(audit, client)
             directory = Path(args.out)
-            manifest = export(
-                client, directory, parse_time(args.timestamp_from), parse_time(args.timestamp_to), args.format
-            )
+            scales = amount_scales(settings.api.currencies)
+            timestamp_from, timestamp_to = args.timestamps
+            manifest = export(client, directory, timestamp_from, timestamp_to, args.format, scales=scales)
             evidence = attach_evidence(directory, manifest, audit, client)
         finally:
             audit.close()
@@ -259,13 +300,13 @@ def _audit_verify_entry(settings: Settings, args: argparse.Namespace) -> int:
     if args.public_key is None:
         return _with_client(_audit_verify)(settings, args)
     if not args.export:
-        raise SystemExit("audit verify --public-key needs --export DIR")
+        raise CliInputError("--public-key needs --export DIR")
     from ledger_audit_verifier import NoteError, parse_keys, verify_bundle
 
     try:
         key = parse_keys(Path(args.public_key).read_text())
     except (OSError, NoteError) as error:
-        raise SystemExit(f"audit verify --public-key: {error}") from error
+        raise CliInputError(f"--public-key: {error}") from None
     report = verify_bundle(Path(args.export), key)
     _print(dataclasses.asdict(report) | {"ok": report.ok})
     return 0 if report.ok else 1
@@ -275,48 +316,74 @@ def register(subparsers: Any) -> None:
     """Adds the read-model commands to an argparse subparsers object (`parser.add_subparsers()`).
     Each parser sets `projections_run(settings, args) -> exit code`; call `run(args)` to dispatch."""
     project = subparsers.add_parser("project", help="run the ClickHouse projector")
-    project.add_argument("--source", choices=("engine", "kafka"), default="engine")
+    project.add_argument(
+        "--source", choices=("engine", "kafka"), default="engine", help="where changes come from (default: engine)"
+    )
     project.add_argument("--once", action="store_true", help="catch up, then exit")
     project.set_defaults(projections_run=_project)
 
     statement = subparsers.add_parser("statement", help="an account's statement for a period")
-    statement.add_argument("account")
-    statement.add_argument("--from", dest="timestamp_from", required=True)
-    statement.add_argument("--to", dest="timestamp_to", required=True)
-    statement.add_argument("--limit", type=int, default=1000)
-    statement.set_defaults(projections_run=_with_client(_statement))
+    statement.add_argument("account", help=ACCOUNT_HELP)
+    statement.add_argument(
+        "--from", dest="timestamp_from", required=True, metavar="TIME", help=f"period start, inclusive: {TIME_HELP}"
+    )
+    statement.add_argument(
+        "--to", dest="timestamp_to", required=True, metavar="TIME", help=f"period end, exclusive: {TIME_HELP}"
+    )
+    statement.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        metavar="N",
+        help=f"most lines to print, 1..{STATEMENT_LINES_MAX} (default: 1000)",
+    )
+    statement.set_defaults(projections_run=_checked(_with_client(_statement)))
 
     balance = subparsers.add_parser("balance", help="an account's balances as of a time")
-    balance.add_argument("account")
-    balance.add_argument("--at", default="now")
-    balance.set_defaults(projections_run=_with_client(_balance))
+    balance.add_argument("account", help=ACCOUNT_HELP)
+    balance.add_argument("--at", default="now", metavar="TIME", help=f"the moment (default: now): {TIME_HELP}")
+    balance.set_defaults(projections_run=_checked(_with_client(_balance)))
 
     totals = subparsers.add_parser("totals", help="daily totals for reconciliation")
-    totals.add_argument("--from", dest="timestamp_from", required=True)
-    totals.add_argument("--to", dest="timestamp_to", required=True)
-    totals.set_defaults(projections_run=_with_client(_totals))
+    totals.add_argument(
+        "--from", dest="timestamp_from", required=True, metavar="TIME", help=f"period start, inclusive: {TIME_HELP}"
+    )
+    totals.add_argument(
+        "--to", dest="timestamp_to", required=True, metavar="TIME", help=f"period end, exclusive: {TIME_HELP}"
+    )
+    totals.set_defaults(projections_run=_checked(_with_client(_totals)))
 
     correlation = subparsers.add_parser("correlation", help="transactions by correlation id")
-    correlation.add_argument("correlation_id")
-    correlation.set_defaults(projections_run=_with_client(_correlation))
+    correlation.add_argument("correlation_id", help="the correlation id, as given to the API (text)")
+    correlation.set_defaults(projections_run=_checked(_with_client(_correlation)))
 
     reconcile = subparsers.add_parser("reconcile", help="compare ClickHouse with engine balances")
-    reconcile.set_defaults(projections_run=_reconcile)
+    reconcile.set_defaults(projections_run=_checked(_reconcile))
 
     audit = subparsers.add_parser("audit", help="audit exports and chain verification")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     export = audit_commands.add_parser("export", help="export chain rows of a time range with a manifest")
-    export.add_argument("--from", dest="timestamp_from", required=True)
-    export.add_argument("--to", dest="timestamp_to", required=True)
-    export.add_argument("--format", choices=("csv", "parquet"), default="csv")
-    export.add_argument("--out", required=True, help="an empty or new directory")
+    export.add_argument(
+        "--from", dest="timestamp_from", required=True, metavar="TIME", help=f"range start, inclusive: {TIME_HELP}"
+    )
+    export.add_argument(
+        "--to", dest="timestamp_to", required=True, metavar="TIME", help=f"range end, exclusive: {TIME_HELP}"
+    )
+    export.add_argument(
+        "--format", choices=("csv", "parquet"), default="csv", help="file format (default: csv; docs/exports.md)"
+    )
+    export.add_argument("--out", required=True, metavar="DIR", help="directory to write: new, or existing and empty")
     export.add_argument("--no-evidence", action="store_true", help="no signed checkpoint and proofs (evidence.json)")
-    export.set_defaults(projections_run=_audit_export_bundle)
+    export.set_defaults(projections_run=_checked(_audit_export_bundle))
     verify = audit_commands.add_parser("verify", help="verify the live chain, or an export")
-    verify.add_argument("--export", help="an export directory (default: verify the live read model)")
+    verify.add_argument("--export", metavar="DIR", help="an export directory (default: verify the live read model)")
     verify.add_argument("--files-only", action="store_true", help="with --export: do not compare with the live head")
-    verify.add_argument("--public-key", help="with --export: verify the bundle offline with this verifier key")
-    verify.set_defaults(projections_run=_audit_verify_entry)
+    verify.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="with --export: verify the bundle offline with this verifier key file (one key per line)",
+    )
+    verify.set_defaults(projections_run=_checked(_audit_verify_entry))
     register_evidence_commands(audit_commands)
 
     from projections.statements.cli import register as register_statement_commands
@@ -327,11 +394,16 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Dispatches a parsed read-model command; returns its exit code."""
     handler: Callable[[Settings, argparse.Namespace], int] = args.projections_run
-    return handler(settings or Settings(), args)
+    try:
+        return handler(settings or Settings(), args)
+    except CliInputError as error:
+        command = " ".join(str(part) for part in (getattr(args, "command", ""), getattr(args, "audit_command", "")))
+        print(f"ledger {command.strip()}: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m projections", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     register(parser.add_subparsers(dest="command", required=True))

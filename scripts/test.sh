@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/install_compose.sh  # `docker compose config` for tests/infra
-bash scripts/install_test_tools.sh  # kcat, protoc: Kafka consumers that are not project code
+bash scripts/install_test_tools.sh  # kcat, protoc: Kafka consumers that are not project code; chromium: /docs
 bash scripts/install_postgres.sh >/dev/null  # initdb/pg_ctl: the PostgreSQL metadata store's tests
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

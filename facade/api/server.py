@@ -200,6 +200,7 @@ async def start(settings: Settings) -> RunningServer:
                     service,
                     authenticator,
                     audit=history.audit if history is not None else None,
+                    history=history.queries if history is not None else None,
                     read_model=read_model,
                 ),
                 settings.api.host,

@@ -1,5 +1,7 @@
 """The FastAPI JSON gateway: every ledger.v1.Ledger RPC as an HTTP route, for teams behind an HTTP API
-gateway. OpenAPI at /openapi.json, Swagger UI at /docs.
+gateway. OpenAPI at /openapi.json, Swagger UI at /docs, ReDoc at /redoc (their assets served from the
+fastapi-offline package: no CDN). With the read model served in-service, the History queries too
+(facade.http.history_routes: statement, as-of balance, daily totals, by correlation id, reconciliation).
 
 Same service, same mapping, same auth, same errors as gRPC:
 - Each route calls the one LedgerService (so facade.domain.mapping maps, validates and derives ids:
@@ -62,12 +64,14 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facade.api.audit_proofs import AuditProofs
 from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.api.history import HistoryQueries
 from facade.api.servicer import (
     account_message,
     balance_message,
@@ -83,6 +87,7 @@ from facade.http import models as m
 from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
 from facade.http.admission import AdmissionMiddleware, request_deadline
 from facade.http.audit_routes import audit_router
+from facade.http.history_routes import history_router
 from facade.observability import metrics
 from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
 from projections.read_model import ReadModel
@@ -118,7 +123,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {
         "model": m.Error,
         "description": "INVALID_ARGUMENT: INVALID_REQUEST (the schema rejected it), MALFORMED_JSON, DUPLICATE_KEY, "
-        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, or the mapping's reason (INVALID_AMOUNT, ...)",
+        "INVALID_UNICODE, UNKNOWN_QUERY_PARAMETER, INVALID_TIMESTAMP (a time neither ns nor RFC 3339), or the "
+        "mapping's reason (INVALID_AMOUNT, ...)",
     },
     401: {
         "model": m.Error,
@@ -226,9 +232,12 @@ def build_app(
     authenticator: Authenticator,
     *,
     audit: AuditProofs | None = None,
+    history: HistoryQueries | None = None,
     read_model: ReadModel | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc from fastapi-offline's bundled assets (under /static-offline-docs), not a CDN:
+    # /docs and /redoc render on a machine without internet (tests/http/test_docs_offline.py).
+    app = FastAPIOffline(
         title="Ledger JSON gateway",
         version=API_VERSION,
         description=(__doc__ or "").split("\n\n", 1)[0]
@@ -469,6 +478,8 @@ def build_app(
         return m.from_message(transaction_message(view))
 
     app.include_router(router)
+    if history is not None:
+        app.include_router(history_router(history, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
     if audit is not None:
         app.include_router(audit_router(audit, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
     if read_model is not None:

@@ -91,6 +91,7 @@ def statement_router(
 
     @router.post(
         "/{account_id}/reconcile",
+        operation_id="ReconcileStatement",
         summary="Reconcile a statement (the request body: CSV or camt.053 XML) against an account",
         description="Rules and result kinds: docs/statement-reconciliation.md. The same statement, options "
         f"and ledger give the same run id (nothing written twice). Scope: `{SCOPE_AUDIT}`.",
@@ -153,7 +154,12 @@ def statement_router(
             raise DomainError(grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND", f"no reconciliation run {run_id}")
         return summary, results
 
-    @router.get("/runs/{run_id}", summary="A stored reconciliation run and its results", **extra)
+    @router.get(
+        "/runs/{run_id}",
+        operation_id="GetReconciliationRun",
+        summary="A stored reconciliation run and its results",
+        **extra,
+    )
     async def get_run(caller: Annotated[Principal, audit_caller], run_id: RunId) -> dict[str, Any]:
         del caller
         summary, results = await stored(run_id)
@@ -161,6 +167,7 @@ def statement_router(
 
     @router.get(
         "/runs/{run_id}/results.csv",
+        operation_id="GetReconciliationResultsCsv",
         summary="A run's results as CSV",
         response_class=Response,
         responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV, header row"}},

@@ -49,6 +49,7 @@ from facade.kafka.encoding import (
     ValueEncoding,
     cloud_event_headers,
     decode_value,
+    header_value,
 )
 from facade.kafka.registry import value_serializer
 from facade.observability import metrics
@@ -110,13 +111,6 @@ TRANSACTION_TIMEOUT_SECONDS = 30.0
 
 def transactional_id(settings: KafkaSettings) -> str:
     return settings.ingest_transactional_id or f"{settings.client_id}-ingest-{socket.gethostname()}"
-
-
-def _header(message: Message, name: str) -> str | None:
-    for key, value in _headers(message):
-        if key == name and value is not None:
-            return value.decode(errors="replace") if isinstance(value, bytes) else value
-    return None
 
 
 class CommandIngestor:
@@ -219,13 +213,15 @@ class CommandIngestor:
                 raise IngestError(f"consume failed: {message.error()}")
             try:
                 request = decode_value(
-                    ledger_pb2.PostTransactionRequest, message.value(), _header(message, CONTENT_TYPE_HEADER)
+                    ledger_pb2.PostTransactionRequest,
+                    message.value(),
+                    header_value(message.headers(), CONTENT_TYPE_HEADER),
                 )
             except RecordDecodeError as error:
                 malformed = DomainError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", str(error))
                 answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), malformed))
                 continue
-            client_id = _header(message, CLIENT_HEADER) or self._client_default
+            client_id = header_value(message.headers(), CLIENT_HEADER) or self._client_default
             if self._principal(client_id) is None:
                 denied = DomainError(
                     grpc.StatusCode.PERMISSION_DENIED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 from pathlib import Path
 
@@ -113,13 +114,12 @@ def test_ledger_console_script(tmp_path: Path) -> None:
     assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True, done.stdout + done.stderr
 
     data = next(export.glob("*.csv"))
-    lines = data.read_text().splitlines()
-    header = lines[0].split(",")
-    amount = header.index("amount")
-    cells = lines[3].split(",")
-    cells[amount] = str(int(cells[amount]) + 1)
-    lines[3] = ",".join(cells)
-    data.write_text("\n".join(lines) + "\n")
+    with data.open(newline="") as handle:
+        records = list(csv.reader(handle))
+    amount = records[0].index("amount")
+    records[3][amount] = str(int(records[3][amount]) + 1)
+    with data.open("w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(records)
     done = ledger_run("audit", "verify", "--export", str(export), "--files-only")
     assert done.returncode == 1
     assert json.loads(done.stdout)["ok"] is False
