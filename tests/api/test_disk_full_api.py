@@ -3,7 +3,6 @@ UNAVAILABLE with the reason, reads keep answering, writes resume without a resta
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
 from facade.engine import embedded
+from tests._tmpfs import small_tmpfs
 
 from .conftest import Api, credit, make_settings
 
@@ -25,19 +25,8 @@ POSTS_MAX = 2_000  # The file system is full long before this.
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FILESYSTEM_SIZE}", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root/CAP_SYS_ADMIN): {mounted.stderr.decode()}")
-    try:
+    with small_tmpfs(tmp_path, FILESYSTEM_SIZE) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 async def test_disk_full_keeps_reads_and_writes_resume_without_restart(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from facade.engine.journal import HEADER_SIZE, HEADERS_FILE, JOURNAL_FILE
 from facade.engine.journal_check import check
 from facade.engine.protocol import EngineUnavailableError
 from facade.engine.types import Account, CreateTransferStatus, Transfer
+from tests._tmpfs import small_tmpfs
 
 FILESYSTEM_SIZE = "384k"
 BALLAST_SIZE = 128 * 1024  # Deleted to "free space".
@@ -28,19 +28,8 @@ BATCHES_MAX = 200  # The file system is full long before this.
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FILESYSTEM_SIZE}", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root/CAP_SYS_ADMIN): {mounted.stderr.decode()}")
-    try:
+    with small_tmpfs(tmp_path, FILESYSTEM_SIZE) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def _batch(number: int) -> list[Transfer]:
