@@ -207,6 +207,13 @@ class ApiSettings(BaseModel):
         description="The FastAPI JSON gateway (same operations, auth and errors as gRPC; OpenAPI at /docs) on "
         "`host`: -1 = off, 0 = any free port.",
     )
+    sql_port: int = Field(
+        default=8123,
+        ge=-1,
+        le=65535,
+        description="The read model's SQL endpoint (ClickHouse's HTTP interface, read-only, scope ledger.audit) on "
+        "`host`, with the embedded chDB read model only: -1 = off, 0 = any free port.",
+    )
     metadata_db: Path = Field(default=Path("data/metadata.sqlite3"), description="Durable metadata/idempotency store.")
     metadata_backend: Literal["sqlite", "postgres"] = Field(
         default="sqlite",

@@ -66,6 +66,7 @@ class _Op(enum.Enum):
     INSERT_TSV = "insert_tsv"
     QUERY_ROWS = "query_rows"
     QUERY_RAW = "query_raw"
+    QUERY_FORMATTED = "query_formatted"
     PROJECT = "project"
     PROJECT_CHANGES = "project_changes"
     RESUME_CHECKPOINT = "resume_checkpoint"
@@ -284,6 +285,12 @@ class RemoteClient:
 
     def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
         raw: bytes = self._process.call(_Op.QUERY_RAW, sql, fmt, parameters)
+        return raw
+
+    def query_formatted(self, sql: str, fmt: str, parameters: Mapping[str, str], size_max: int) -> bytes:
+        """ChdbClient.query_formatted in the child (the SQL endpoint's queries)."""
+        raw: bytes = self._process.call(_Op.QUERY_FORMATTED, sql, fmt, dict(parameters), size_max)
+        assert len(raw) <= size_max
         return raw
 
     def close(self) -> None:

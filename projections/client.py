@@ -185,6 +185,20 @@ class ChdbClient:
     def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
         return self._query(sql, fmt, parameters)
 
+    def query_formatted(self, sql: str, fmt: str, parameters: Mapping[str, str], size_max: int) -> bytes:
+        """An analyst's query (facade.api.sql): `parameters` are already in ClickHouse's escaped text form
+        (as the HTTP interface's `param_<name>` values are), the output is chDB's, at most `size_max` bytes."""
+        assert not self._closed, "ChdbClient is closed"
+        assert all(_PARAMETER_NAME.fullmatch(name) for name in parameters)
+        try:
+            result = self._session.query(sql, fmt, params=dict(parameters))  # type: ignore[no-untyped-call]
+        except Exception as error:  # chdb raises its own ChdbError (untyped); keep the message.
+            raise ClickHouseError(str(error)) from error
+        output = bytes(result.bytes()) if result is not None else b""
+        if len(output) > size_max:
+            raise ClickHouseError(f"Code: 396. DB::Exception: result larger than {size_max} bytes (TOO_MANY_ROWS)")
+        return output
+
     def close(self) -> None:
         if self._closed:
             return

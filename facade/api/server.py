@@ -72,6 +72,8 @@ class RunningServer:
     http: AsgiServer | None = None
     """The JSON gateway (facade.http), when api.http_port >= 0."""
     consistency: ConsistencyMonitor | None = None
+    sql: AsgiServer | None = None
+    """The read model's SQL endpoint (facade.api.sql), when api.sql_port >= 0 with the embedded read model."""
 
     @property
     def http_port(self) -> int:
@@ -85,6 +87,8 @@ class RunningServer:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.http is not None:
             await self.http.stop()
+        if self.sql is not None:
+            await self.sql.stop()
         await self.server.stop(GRACE_SECONDS)
         await self.service.close()
         self.stop_background.set()
@@ -211,6 +215,8 @@ async def start(settings: Settings) -> RunningServer:
         except BaseException:
             await running.stop()
             raise
+    if read_model is not None and settings.api.sql_port >= 0 and settings.clickhouse.backend == "chdb":
+        running.sql = await _start_sql(settings, read_model, authenticator)
     if read_model is not None and read_model.projector is not None:
         running.background.append(
             asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
@@ -313,6 +319,23 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("stopping")
     await running.stop()
+
+
+async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: Authenticator) -> AsgiServer | None:
+    """The SQL endpoint; a port that cannot be bound is logged, not fatal: the ledger serves without it."""
+    from facade.api.sql import build_sql_app
+
+    try:
+        return await AsgiServer.start(
+            build_sql_app(read_model, authenticator, settings.clickhouse.database),
+            settings.api.host,
+            settings.api.sql_port,
+            "sql-http",
+            tls=_tls_files(settings),
+        )
+    except (OSError, SystemExit) as error:  # uvicorn exits (SystemExit) when the port is taken.
+        log.error("sql endpoint not started", port=settings.api.sql_port, error=repr(error))
+        return None
 
 
 def _rpc_log_sampling(settings: Settings) -> RpcLogSampling:

@@ -31,6 +31,7 @@ def make_settings(directory: Path, history: bool = False, **api: Any) -> Setting
     """A loopback server's settings; the read model (chDB + in-service projector) only when `history`,
     the JSON gateway only when `http_port` is given."""
     api.setdefault("http_port", -1)
+    api.setdefault("sql_port", -1)
     return Settings(
         engine=EngineSettings(data_dir=directory / "engine"),
         api=ApiSettings(port=0, metadata_db=directory / "metadata.sqlite3", **api),
