@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +326,13 @@ async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: A
     """The SQL endpoint; a port that cannot be bound is logged, not fatal: the ledger serves without it."""
     from facade.api.sql import build_sql_app
 
+    # Probe first: uvicorn answers a taken port with SystemExit, which asyncio re-raises out of the loop.
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in settings.api.host else socket.AF_INET) as probe:
+            probe.bind((settings.api.host, settings.api.sql_port))
+    except OSError as error:
+        log.error("sql endpoint not started", port=settings.api.sql_port, error=repr(error))
+        return None
     try:
         return await AsgiServer.start(
             build_sql_app(read_model, authenticator, settings.clickhouse.database),
@@ -333,7 +341,7 @@ async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: A
             "sql-http",
             tls=_tls_files(settings),
         )
-    except (OSError, SystemExit) as error:  # uvicorn exits (SystemExit) when the port is taken.
+    except OSError as error:
         log.error("sql endpoint not started", port=settings.api.sql_port, error=repr(error))
         return None
 

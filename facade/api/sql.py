@@ -41,7 +41,7 @@ from projections._process import RemoteClient
 from projections.client import ChdbClient, ClickHouseClient, ClickHouseError
 from projections.read_model import ReadModel
 
-__all__ = ["RESULT_BYTES_MAX", "SqlRefusedError", "build_sql_app", "checked_statement"]
+__all__ = ["RESULT_BYTES_MAX", "SqlRefusedError", "build_sql_app", "checked_statement", "run_limited"]
 
 QUERY_BYTES_MAX = 1024 * 1024
 """The longest query text (URL parameter plus body) accepted."""
@@ -57,6 +57,15 @@ FORMAT_DEFAULT = "TabSeparated"
 TIMEZONE = "UTC"
 DISPLAY_NAME = "ledger-read-model"
 KEYWORDS_ALLOWED = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS"})
+FUNCTIONS_DENIED = frozenset(
+    {
+        # chDB reads any path with the file() *function* even under readonly=1 (verified), and python()
+        # reaches objects of the child's interpreter; the rest readonly=1 refuses already (belt and braces).
+        *("file", "python", "executable", "url", "s3", "s3cluster", "gcs", "azureblobstorage", "hdfs"),
+        *("remote", "remotesecure", "cluster", "clusterallreplicas", "mysql", "postgresql", "sqlite"),
+        *("jdbc", "odbc", "mongodb", "redis", "iceberg", "deltalake", "hudi", "input"),
+    }
+)
 
 # ClickHouse error codes the clients know.
 _CODE_SYNTAX_ERROR = 62
@@ -163,6 +172,10 @@ def checked_statement(sql: str) -> Statement:
     ]
     if "SETTINGS" in words:
         raise SqlRefusedError(403, _CODE_READONLY, "SETTINGS clauses are not allowed: the endpoint's limits apply")
+    for index in range(len(tokens) - 1):
+        name = tokens[index][1].strip('`"').lower()
+        if tokens[index + 1][1] == "(" and name in FUNCTIONS_DENIED:
+            raise SqlRefusedError(403, _CODE_READONLY, f"function {name}() is not allowed")
     if "OUTFILE" in words:
         raise SqlRefusedError(403, _CODE_READONLY, "INTO OUTFILE is not allowed")
     text = sql.rstrip()
@@ -260,11 +273,14 @@ def _parameters(request: Request) -> dict[str, str]:
     return found
 
 
-def _run(client: ClickHouseClient, sql: str, fmt: str, parameters: Mapping[str, str]) -> bytes:
-    """On the read model's thread: through the child (RemoteClient) or the in-process chDB client."""
+def run_limited(client: ClickHouseClient, sql: str, fmt: str, parameters: Mapping[str, str]) -> bytes:
+    """`sql` with the endpoint's SETTINGS (readonly=1 and the limits) appended, on the read model's
+    thread: through the child (RemoteClient) or the in-process chDB client."""
     if not isinstance(client, RemoteClient | ChdbClient):
         raise ClickHouseError("the SQL endpoint serves the embedded chDB read model only")
-    return client.query_formatted(sql, fmt, parameters, RESULT_BYTES_MAX)
+    payload = client.query_formatted(f"{sql}\nSETTINGS {_LIMITS}", fmt, parameters, RESULT_BYTES_MAX)
+    assert len(payload) <= RESULT_BYTES_MAX
+    return payload
 
 
 def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database: str) -> Starlette:
@@ -300,9 +316,8 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
         )
         if not _WORD.fullmatch(fmt):
             return _error(400, _CODE_SYNTAX_ERROR, f"bad format {fmt!r}", query_id)
-        sql = f"{statement.sql}\nSETTINGS {_LIMITS}"
         try:
-            payload = await read_model.query(lambda client: _run(client, sql, fmt, parameters))
+            payload = await read_model.query(lambda client: run_limited(client, statement.sql, fmt, parameters))
         except ClickHouseError as error:
             message = str(error)
             found = _CODE_IN_MESSAGE.search(message)

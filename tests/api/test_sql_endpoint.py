@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import httpx
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from facade.api.sql import checked_statement
+from facade.api.sql import checked_statement, run_limited
 from facade.auth import SCOPE_AUDIT, SCOPE_READ, issue_token
+from projections.client import ClickHouseError
 from tests.api.conftest import API_KEY_SECRET, Api, open_api, transfer
 
 PROJECTION_POLLS_MAX = 400
@@ -102,6 +104,12 @@ async def test_large_result_streams(api: Api) -> None:
         "CREATE TABLE stolen (a UInt8) ENGINE = Memory",
         "DROP TABLE entries",
         "SELECT * FROM file('/etc/passwd')",
+        "SELECT file('/etc/hostname')",
+        "SELECT `FILE` ('/etc/hostname')",
+        "SELECT * FROM system.one INTO OUTFILE '/tmp/sql-endpoint-test.out'",
+        "SELECT * FROM python('x')",
+        "SELECT * FROM (SELECT 1 SETTINGS readonly = 0)",
+        "USE system",
         "SELECT 1 SETTINGS readonly=0",
         "SELECT 1; DROP TABLE entries",
         "SELECT 1; SELECT 2",
@@ -179,3 +187,36 @@ def test_statement_check() -> None:
     for refused in ("SELECT 1; SELECT 2", "OPTIMIZE TABLE entries", "SELECT 1 /* open", "SELECT 'open", ""):
         with pytest.raises(Exception, match=r".+"):
             checked_statement(refused)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE stolen (a UInt8) ENGINE = Memory",
+        "INSERT INTO entries (event_id) SELECT 'x'",
+        "SELECT * FROM url('http://127.0.0.1:1/x')",
+        "SELECT 1 SETTINGS max_threads = 1",
+    ],
+)
+async def test_chdb_itself_refuses_writes_under_the_endpoint_settings(api: Api, sql: str) -> None:
+    """The second layer alone (the statement check bypassed): readonly=1 makes ClickHouse refuse."""
+    read_model = api.server.read_model
+    assert read_model is not None
+    with pytest.raises(ClickHouseError, match="READONLY"):
+        await read_model.query(lambda client: run_limited(client, sql, "TabSeparated", {}))
+    count = await read_model.query(lambda client: client.query_rows("SELECT count() AS n FROM entries"))
+    assert count in ([[0]], [["0"]])  # Nothing was written (JSONCompact; 64-bit integers may be quoted).
+
+
+async def test_service_starts_when_the_sql_port_is_taken(tmp_path: Path) -> None:
+    """An analysts' port already in use is logged; the ledger serves without it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        instance = await open_api(tmp_path, history=True, sql_port=taken.getsockname()[1])
+        try:
+            assert instance.server.sql is None
+            await instance.account("alice")
+        finally:
+            await instance.channel.close()
+            await instance.server.stop()
