@@ -17,10 +17,12 @@ import httpx
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from facade.api.server import start
 from facade.api.sql import checked_statement, run_limited
 from facade.auth import SCOPE_AUDIT, SCOPE_READ, issue_token
+from facade.dev_certs import write_dev_certs
 from projections.client import ClickHouseError
-from tests.api.conftest import API_KEY_SECRET, Api, open_api, transfer
+from tests.api.conftest import API_KEY_SECRET, Api, make_settings, open_api, transfer
 
 PROJECTION_POLLS_MAX = 400
 
@@ -220,3 +222,29 @@ async def test_service_starts_when_the_sql_port_is_taken(tmp_path: Path) -> None
         finally:
             await instance.channel.close()
             await instance.server.stop()
+
+
+async def test_sql_port_is_behind_tls_when_tls_is_configured(tmp_path: Path) -> None:
+    """TLS on one edge means TLS on every edge: plaintext fails, clickhouse-connect over https works."""
+    certificates = write_dev_certs(tmp_path / "certs")
+    settings = make_settings(tmp_path, history=True, sql_port=0)
+    settings.auth.tls_cert_file = certificates.server_cert_file
+    settings.auth.tls_key_file = certificates.server_key_file
+    running = await start(settings)
+    try:
+        assert running.sql is not None
+        port = running.sql.port
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.HTTPError):
+                await http.get(f"http://localhost:{port}/ping")
+        client = await asyncio.to_thread(
+            clickhouse_connect.get_client,
+            host="localhost",
+            port=port,
+            interface="https",
+            ca_cert=str(certificates.ca_file),
+            password=issue_token(settings.auth, "analyst", frozenset({SCOPE_AUDIT})),
+        )
+        assert await asyncio.to_thread(client.command, "SELECT 6 * 7") == 42
+    finally:
+        await running.stop()
