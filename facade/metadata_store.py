@@ -193,6 +193,33 @@ class MetadataStore:
 
         return await self._run(query)
 
+    async def has_transactions(self) -> bool:
+        """Whether any transaction was recorded here (the journal store reads an older build's rows)."""
+
+        def query() -> bool:
+            return self._db.execute("SELECT 1 FROM transactions LIMIT 1").fetchone() is not None
+
+        return await self._run(query)
+
+    async def lookup_transactions(self, transaction_ids: Sequence[int]) -> dict[int, Prior]:
+        """What is stored for these transaction ids, without writing anything."""
+
+        def query() -> dict[int, Prior]:
+            found: dict[int, Prior] = {}
+            keys = [id_bytes(i) for i in transaction_ids]
+            for start in range(0, len(keys), QUERY_VARIABLES_MAX):
+                chunk = keys[start : start + QUERY_VARIABLES_MAX]
+                rows = self._db.execute(
+                    "SELECT transaction_id, fingerprint, failure FROM transactions "
+                    f"WHERE transaction_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for key, stored_fingerprint, failure in rows:
+                    found[int.from_bytes(key, "big")] = Prior(stored_fingerprint, failure)
+            return found
+
+        return await self._run(query)
+
     async def known_transfers(self, transfer_ids: Sequence[int]) -> set[int]:
         """The transfers among `transfer_ids` whose transaction intent this store holds."""
 
