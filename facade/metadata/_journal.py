@@ -90,7 +90,10 @@ class JournalMetadataStore:
         await self._sqlite.put_instance_marker(name, instance_id)
 
     async def has_data(self) -> bool:
-        return bool(self.engine.index.transactions) or await self._sqlite.has_data()
+        """Whether the SQLite file holds data (accounts, or an older build's transactions). The journal's
+        transactions do not count: they cannot be missing apart from the engine's data (they are in the
+        same records), and start-up consistency asks this to find a lost or replaced SQLite file."""
+        return await self._sqlite.has_data()
 
     async def known_transfers(self, transfer_ids: Sequence[int]) -> set[int]:
         transfers = self.engine.index.transfers
