@@ -30,7 +30,7 @@ from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, S
 from facade.domain.mapping import Metadata, transfer_id
 from facade.engine.embedded import EmbeddedEngine
 from facade.metadata import JournalMetadataStore
-from facade.metadata_store import MetadataStore, id_bytes
+from facade.metadata_store import MetadataStore
 from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest
 from facade.settings import AuthSettings, Settings
 from projections.reconcile import ReadModelFigures, compare
