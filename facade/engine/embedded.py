@@ -255,10 +255,10 @@ class EmbeddedLedger:
         timestamp = state.prepare(len(events), realtime_ns)
         state.dirty = False
         results = state.create_transfers(events, timestamp)
-        section, offsets, decided = b"", list[int](), list[TransactionIntent]()
+        section, offsets = b"", list[int]()
         if intents:
-            decided = outcomes(intents, results)
-            section, offsets = encode_section(decided, with_transfer_ids=False)
+            outcomes(intents, results)
+            section, offsets = encode_section(intents, with_transfer_ids=False)
         if state.dirty or intents:
             checksum = _results_checksum([r.status for r in results])
             records.append(
@@ -276,8 +276,9 @@ class EmbeddedLedger:
         if intents:
             header = records[-1][0]
             location = header.offset + HEADER_SIZE + len(body)
-            for intent, offset in zip(decided, offsets, strict=True):
-                self.index.add(intent, location + offset)
+            for intent, offset in zip(intents, offsets, strict=True):
+                start = intent.transfer_index
+                self.index.add(intent, location + offset, [t.id for t in events[start : start + intent.transfer_count]])
         return results
 
     def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
@@ -293,7 +294,7 @@ class EmbeddedLedger:
         self._commit([record])
         location = record[0].offset + HEADER_SIZE
         for intent, offset in zip(intents, offsets, strict=True):
-            self.index.add(intent, location + offset)
+            self.index.add(intent, location + offset, intent.transfer_ids)
         assert all(intent.transaction_id in self.index.transactions for intent in intents)
 
     def read_intent(self, location: int) -> TransactionIntent:

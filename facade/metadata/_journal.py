@@ -156,7 +156,7 @@ class JournalMetadataStore:
         ids = [t.transaction_id for t in transactions]
         assert len(set(ids)) == len(ids), "transaction ids in one prepare must be distinct"
         found = await self.priors(transactions)
-        new = [_intent(t, transfer_index=0) for t in transactions if t.transaction_id not in found]
+        new = [_intent(t, transfer_index=0, with_ids=True) for t in transactions if t.transaction_id not in found]
         await self.engine.record_metadata(new)
         return found
 
@@ -175,7 +175,7 @@ class JournalMetadataStore:
             current = _failure_json(entry)
             if current is None or (_reason(current) == PLACEHOLDER_REASON and _reason(failure) != PLACEHOLDER_REASON):
                 kind = OutcomeKind.FAILURE_TEXT
-                intents.append(TransactionIntent(transaction_id, entry.fingerprint, "", "", failure, (), kind=kind))
+                intents.append(TransactionIntent(transaction_id, entry.fingerprint, "", "", failure, 0, kind=kind))
         await self.engine.record_metadata(intents)
         if self._legacy and legacy:
             await self._sqlite.record_failures(legacy)
@@ -219,15 +219,17 @@ class JournalMetadataStore:
         return found
 
 
-def _intent(transaction: MappedTransaction, *, transfer_index: int) -> TransactionIntent:
+def _intent(transaction: MappedTransaction, *, transfer_index: int, with_ids: bool = False) -> TransactionIntent:
+    transfers = transaction.transfers
     return TransactionIntent(
         transaction.transaction_id,
         transaction.fingerprint,
         transaction.client_id,
         transaction.idempotency_key,
         transaction.body,
-        tuple(transfer.id for transfer in transaction.transfers),
+        len(transfers),
         transfer_index,
+        tuple(transfer.id for transfer in transfers) if with_ids else (),
     )
 
 

@@ -90,7 +90,7 @@ def _intents(batch: list[Transfer], *, step: int) -> list[TransactionIntent]:
         intents.append(
             TransactionIntent(
                 transaction_id, transaction_id.to_bytes(16, "little"), f"client-{step % 3}", f"key-{legs[0].id}",
-                f'{{"step":{step},"legs":{len(legs)},"note":"é"}}', tuple(t.id for t in legs), start,
+                f'{{"step":{step},"legs":{len(legs)},"note":"é"}}', len(legs), start, tuple(t.id for t in legs),
             )
         )  # fmt: skip
     return intents

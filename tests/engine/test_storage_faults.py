@@ -266,7 +266,9 @@ def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: 
         if operation == Operation.CREATE_ACCOUNTS:
             ledger.create_accounts([Account(id=10**9 + 7, ledger=LEDGER, code=CODE)])
         elif operation == Operation.METADATA:
-            ledger.record_metadata([TransactionIntent(7 << 100, bytes(16), "client", "key-m", "{}", (5 * 10**9,))])
+            ledger.record_metadata(
+                [TransactionIntent(7 << 100, bytes(16), "client", "key-m", "{}", 1, 0, (5 * 10**9,))]
+            )
         elif operation in BATCH_OPERATIONS:
             ledger.pulse()  # Its own append first: the record under test is the batch alone.
             transfers = [
@@ -281,7 +283,7 @@ def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: 
                 for i in range(8)
             ]
             intents = [
-                TransactionIntent(t.id << 8, bytes(16), "client", f"key-{t.id}", '{"x":1}', (t.id,), index)
+                TransactionIntent(t.id << 8, bytes(16), "client", f"key-{t.id}", '{"x":1}', 1, index)
                 for index, t in enumerate(transfers)
             ]
             ledger.create_transfers(transfers, intents if operation == Operation.CREATE_TRANSACTIONS else ())
