@@ -62,8 +62,9 @@ ENTRY = struct.Struct("<16s16sIIB3xIIHHI")
 SECTION_HEADER = struct.Struct("<I")
 TEXT_SIZE_MAX = 1 << 20
 """Bytes of one entry's text (a canonical body is a few KB at most: 16 legs, 16 labels, 512 B text)."""
-METADATA_SECTION_SIZE_MAX = 64 << 20
-"""Bytes of one record's metadata section: BATCH_EVENTS_MAX transactions of ~8 KB bodies at most."""
+METADATA_SECTION_SIZE_MAX = 128 << 20
+"""Bytes of one record's metadata section: BATCH_EVENTS_MAX one-leg transactions of maximal bodies (~6 KB:
+16 labels of 2 x 128 B, 512 B of description) fit twice over."""
 _ID = struct.Struct("<16s")
 
 
