@@ -219,6 +219,7 @@ class GroupCommitter:
         self._store = store
         self._journaled = store if isinstance(store, JournalMetadataStore) else None
         """The embedded engine's store: intents and outcomes go in the engine batch's own append."""
+        assert self._journaled is None or self._journaled.engine is engine, "a journal store and another engine"
         self._queue: deque[_Item] = deque()
         self._queued_transfers = 0
         self._queue_transfers_max = queue_transfers_max

@@ -137,6 +137,7 @@ class JournalMetadataStore:
     async def submit(self, transactions: Sequence[MappedTransaction]) -> list[CreateTransferResult]:
         """The batch and the metadata of its transactions without a recorded outcome, in one journal
         append (one fdatasync); each outcome is durable when this returns."""
+        assert transactions and len({t.transaction_id for t in transactions}) == len(transactions)
         index = self.engine.index.transactions
         transfers = [transfer for t in transactions for transfer in t.transfers]
         intents: list[TransactionIntent] = []
@@ -148,6 +149,7 @@ class JournalMetadataStore:
             position += len(transaction.transfers)
         results = await self.engine.create_transfers(transfers, intents)
         assert len(results) == len(transfers)
+        assert all(t.transaction_id in index for t in transactions), "an outcome not in the index"
         return results
 
     async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
@@ -158,12 +160,15 @@ class JournalMetadataStore:
         found = await self.priors(transactions)
         new = [_intent(t, transfer_index=0, with_ids=True) for t in transactions if t.transaction_id not in found]
         await self.engine.record_metadata(new)
+        index = self.engine.index.transactions
+        assert all(t.transaction_id in index or t.transaction_id in found for t in transactions)
         return found
 
     async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
         """Failures recorded after the fact (a METADATA record). Final, except the engine's placeholder
         (IDEMPOTENCY_KEY_FAILED), which an original reason replaces: decided here, before writing, so
         replaying the journal gives the same result."""
+        assert all(failure for _, failure in failures)
         index = self.engine.index.transactions
         intents: list[TransactionIntent] = []
         legacy: list[tuple[int, str]] = []
@@ -177,6 +182,7 @@ class JournalMetadataStore:
                 kind = OutcomeKind.FAILURE_TEXT
                 intents.append(TransactionIntent(transaction_id, entry.fingerprint, "", "", failure, 0, kind=kind))
         await self.engine.record_metadata(intents)
+        assert all(index[intent.transaction_id].failure == intent.text for intent in intents)
         if self._legacy and legacy:
             await self._sqlite.record_failures(legacy)
 
