@@ -22,7 +22,9 @@ the crash, never the money).
 
 Ids are stored as 16-byte big-endian BLOBs in WITHOUT ROWID tables: one B-tree insert per row.
 
-This is the per-façade backend of the protocol in facade/metadata/_protocol.py. Several façades on
+This is the per-façade backend of the protocol in facade/metadata/_protocol.py. On the embedded engine
+the service uses facade/metadata/_journal.py instead, which keeps only accounts and the instance
+marker in this file (transactions travel in the engine's journal records). Several façades on
 one TigerBeetle cluster share facade/metadata/_postgres.py instead (api.metadata_backend=postgres), so
 a retry through any of them sees every recorded outcome.
 """

@@ -56,6 +56,7 @@ __all__ = [
     "decode_section",
     "encode_section",
     "outcomes",
+    "read_entry",
 ]
 
 ENTRY = struct.Struct("<16s16sIIB3xIIHHI")
@@ -65,7 +66,6 @@ TEXT_SIZE_MAX = 1 << 20
 METADATA_SECTION_SIZE_MAX = 128 << 20
 """Bytes of one record's metadata section: BATCH_EVENTS_MAX one-leg transactions of maximal bodies (~6 KB:
 16 labels of 2 x 128 B, 512 B of description) fit twice over."""
-_ID = struct.Struct("<16s")
 
 
 class OutcomeKind(enum.IntEnum):
@@ -264,4 +264,4 @@ def read_entry(fd: int, location: int) -> TransactionIntent:
     )  # fmt: skip
 
 
-assert ENTRY.size == 60 and EVENT_SIZE == 128 and _ID.size == 16
+assert ENTRY.size == 60 and EVENT_SIZE == 128
