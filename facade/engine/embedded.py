@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from facade.engine.codec import EVENT_SIZE, decode_accounts, decode_transfers, encode_accounts, encode_transfers
-from facade.engine.intents import TransactionIndex, TransactionIntent, encode_section, outcomes, read_entry
+from facade.engine.intents import (
+    TransactionIndex,
+    TransactionIntent,
+    encode_section,
+    outcomes,
+    read_entries,
+    read_entry,
+)
 from facade.engine.journal import (
     HEADER_SIZE,
     JOURNAL_FILE,
@@ -310,6 +317,10 @@ class EmbeddedLedger:
         """The journal entry an index entry points at (client, key, body)."""
         return read_entry(self._read_fd, location)
 
+    def read_intents(self, locations: Sequence[int]) -> dict[int, TransactionIntent]:
+        """Many entries by location (neighbours read together)."""
+        return read_entries(self._read_fd, locations)
+
     def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         self._check_readable()
         validate_ids(list(ids))
@@ -471,8 +482,9 @@ class EmbeddedEngine:
         """The journaled transaction metadata (read-only outside the engine's thread)."""
         return self._ledger.index
 
-    async def read_intents(self, locations: Sequence[int]) -> list[TransactionIntent]:
-        return await self._run(lambda: [self._ledger.read_intent(location) for location in locations])
+    async def read_intents(self, locations: Sequence[int]) -> dict[int, TransactionIntent]:
+        """Journal entries by location. On the engine's thread: after `close` the file is gone."""
+        return await self._run(self._ledger.read_intents, list(locations))
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         return await self._run(self._ledger.lookup_accounts, list(ids))

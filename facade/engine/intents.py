@@ -49,6 +49,9 @@ from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTr
 __all__ = [
     "ENTRY",
     "METADATA_SECTION_SIZE_MAX",
+    "READ_SPAN_BYTES_MAX",
+    "READ_TAIL_BYTES",
+    "TEXT_SIZE_MAX",
     "IndexEntry",
     "OutcomeKind",
     "TransactionIndex",
@@ -56,6 +59,7 @@ __all__ = [
     "decode_section",
     "encode_section",
     "outcomes",
+    "read_entries",
     "read_entry",
 ]
 
@@ -243,6 +247,53 @@ class TransactionIndex:
             # The writer decided (before writing) that this outcome replaces what was there.
             entry.kind, entry.failure = intent.kind, failure
         assert intent.transaction_id in self.transactions
+
+
+READ_SPAN_BYTES_MAX = 1 << 20
+"""Bytes read at once when fetching many entries (change capture asks for a batch's worth): entries of
+one record sit next to each other, so one pread serves them all instead of two per entry."""
+READ_TAIL_BYTES = 4096
+"""Bytes read past a span's last entry header, enough for a typical entry's client, key and body."""
+
+
+def read_entries(fd: int, locations: Sequence[int]) -> dict[int, TransactionIntent]:
+    """The journal entries at `locations` (durable bytes), by location, reading nearby entries together."""
+    ordered = sorted(set(locations))
+    found: dict[int, TransactionIntent] = {}
+    start = 0
+    while start < len(ordered):
+        end = start + 1
+        while end < len(ordered) and ordered[end] + ENTRY.size - ordered[start] <= READ_SPAN_BYTES_MAX:
+            end += 1
+        first = ordered[start]
+        span = os.pread(fd, ordered[end - 1] - first + ENTRY.size + READ_TAIL_BYTES, first)
+        for location in ordered[start:end]:
+            offset = location - first
+            intent = _parse_entry(span, offset) if offset + ENTRY.size <= len(span) else None
+            found[location] = intent if intent is not None else read_entry(fd, location)
+        start = end
+    assert len(found) == len(ordered)
+    return found
+
+
+def _parse_entry(span: bytes, offset: int) -> TransactionIntent | None:
+    """The entry at `offset` of `span`, or None if it runs past the span's end."""
+    (
+        tx_id, fingerprint, transfer_index, transfer_count, kind, failure_status, failure_index, client_len,
+        key_len, text_len,
+    ) = ENTRY.unpack_from(span, offset)  # fmt: skip
+    offset += ENTRY.size
+    if offset + client_len + key_len + text_len > len(span):
+        return None
+    client = span[offset : offset + client_len].decode()
+    offset += client_len
+    key = span[offset : offset + key_len].decode()
+    offset += key_len
+    text = span[offset : offset + text_len].decode()
+    return TransactionIntent(
+        int.from_bytes(tx_id, "little"), fingerprint, client, key, text, transfer_count, transfer_index, (),
+        OutcomeKind(kind), failure_status, failure_index,
+    )  # fmt: skip
 
 
 def read_entry(fd: int, location: int) -> TransactionIntent:

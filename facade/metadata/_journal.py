@@ -190,7 +190,7 @@ class JournalMetadataStore:
         entry = self.engine.index.transactions.get(transaction_id)
         if entry is None:
             return await self._sqlite.get_transaction(transaction_id) if self._legacy else None
-        [intent] = await self.engine.read_intents([entry.location])
+        intent = (await self.engine.read_intents([entry.location]))[entry.location]
         return StoredTransaction(intent.client_id, intent.idempotency_key, intent.text, _failure_json(entry))
 
     async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
@@ -202,10 +202,11 @@ class JournalMetadataStore:
             if packed is not None:
                 legs.append((transfer_id, packed >> LEG_BITS, packed & LEG_MASK))
         locations = {tx_id: index.transactions[tx_id].location for _, tx_id, _ in legs}
-        intents = dict(zip(locations, await self.engine.read_intents(list(locations.values())), strict=True))
+        intents = await self.engine.read_intents(list(locations.values())) if locations else {}
         found: dict[int, entries_pb2.EntryMetadata] = {}
         for transfer_id, tx_id, leg_index in legs:
-            intent = intents[tx_id]
+            intent = intents[locations[tx_id]]
+            assert intent.transaction_id == tx_id
             summary = parse_body_summary(intent.text, leg_index)
             metadata = summary.metadata
             found[transfer_id] = entries_pb2.EntryMetadata(

@@ -67,8 +67,10 @@ TransactionRow = tuple[bytes, OutcomeKind, object, str, str, str]
 
 def transactions_of(ledger: EmbeddedLedger) -> dict[int, TransactionRow]:
     rows: dict[int, TransactionRow] = {}
-    for transaction_id, entry in ledger.index.transactions.items():
-        intent = ledger.read_intent(entry.location)
+    entries = ledger.index.transactions
+    intents = ledger.read_intents([entry.location for entry in entries.values()])
+    for transaction_id, entry in entries.items():
+        intent = intents[entry.location]
         assert intent.transaction_id == transaction_id
         rows[transaction_id] = (
             entry.fingerprint,
