@@ -48,6 +48,7 @@ from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTr
 
 __all__ = [
     "ENTRY",
+    "LEG_BITS",
     "METADATA_SECTION_SIZE_MAX",
     "READ_SPAN_BYTES_MAX",
     "READ_TAIL_BYTES",
@@ -67,6 +68,8 @@ ENTRY = struct.Struct("<16s16sIIB3xIIHHI")
 SECTION_HEADER = struct.Struct("<I")
 TEXT_SIZE_MAX = 1 << 20
 """Bytes of one entry's text (a canonical body is a few KB at most: 16 legs, 16 labels, 512 B text)."""
+LEG_BITS = 8
+"""The index packs a transfer's (transaction id, leg index) as `id << LEG_BITS | leg` (LEGS_MAX is 16)."""
 METADATA_SECTION_SIZE_MAX = 128 << 20
 """Bytes of one record's metadata section: BATCH_EVENTS_MAX one-leg transactions of maximal bodies (~6 KB:
 16 labels of 2 x 128 B, 512 B of description) fit twice over."""
@@ -220,7 +223,7 @@ class TransactionIndex:
     def __init__(self) -> None:
         self.transactions: dict[int, IndexEntry] = {}
         self.transfers: dict[int, int] = {}
-        """Transfer id → (transaction id << 8) | leg index (LEGS_MAX is 16)."""
+        """Transfer id → (transaction id << LEG_BITS) | leg index."""
 
     def apply(self, section: bytes | memoryview, *, location: int, transfer_ids: Sequence[int] | None) -> None:
         """Folds one record's section (at byte `location` of the journal) into the index."""
@@ -242,7 +245,8 @@ class TransactionIndex:
             assert intent.kind != OutcomeKind.FAILURE_TEXT, "a failure recorded for an unknown intent"
             self.transactions[intent.transaction_id] = IndexEntry(intent.fingerprint, intent.kind, failure, location)
             for leg, transfer_id in enumerate(transfer_ids):
-                self.transfers.setdefault(transfer_id, (intent.transaction_id << 8) | leg)
+                assert leg < 1 << LEG_BITS
+                self.transfers.setdefault(transfer_id, (intent.transaction_id << LEG_BITS) | leg)
         elif intent.kind != OutcomeKind.INTENT:
             # The writer decided (before writing) that this outcome replaces what was there.
             entry.kind, entry.failure = intent.kind, failure

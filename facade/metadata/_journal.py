@@ -34,7 +34,7 @@ from pathlib import Path
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.domain.mapping import DomainError, MappedTransaction, parse_body_summary, transfer_status_error
 from facade.engine.embedded import EmbeddedEngine
-from facade.engine.intents import IndexEntry, OutcomeKind, TransactionIntent
+from facade.engine.intents import LEG_BITS, IndexEntry, OutcomeKind, TransactionIntent
 from facade.engine.types import CreateTransferResult, CreateTransferStatus
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction
 from facade.metadata_store import MetadataStore as SqliteMetadataStore
@@ -43,7 +43,6 @@ __all__ = ["JournalMetadataStore"]
 
 PLACEHOLDER_REASON = "IDEMPOTENCY_KEY_FAILED"
 """The engine's answer for a burned id whose reason was not recorded: a later original reason replaces it."""
-LEG_BITS = 8
 LEG_MASK = (1 << LEG_BITS) - 1
 
 
