@@ -8,6 +8,8 @@ it as one unit, so the durable writes per batch are the same whatever its size:
 2. the engine batch (one fsync);
 3. the outcomes of transactions the engine refused (one fsync; none when nothing failed).
 Successes are answered after 2, failures after 3: an ack always means durable.
+On the embedded engine (JournalMetadataStore) 1 and 3 are part of 2: the batch's journal record
+carries the intents of its new transactions and every outcome, so a batch costs one fdatasync.
 
 Idempotency is decided here, against the store, in batch order: a transaction whose key is stored
 with a different fingerprint is IDEMPOTENCY_KEY_REUSED; one whose failure is stored gets that failure
@@ -51,7 +53,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, Sp
 from facade.domain.mapping import DomainError, MappedTransaction, transfer_status_error
 from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
-from facade.metadata import MetadataStore
+from facade.metadata import JournalMetadataStore, MetadataStore
 from facade.observability import metrics
 from facade.observability.tracing import tracer
 
@@ -215,6 +217,9 @@ class GroupCommitter:
         assert RETRY_AFTER_SECONDS_MIN <= retry_after_seconds_min <= RETRY_AFTER_SECONDS_MAX
         self._engine = engine
         self._store = store
+        self._journaled = store if isinstance(store, JournalMetadataStore) else None
+        """The embedded engine's store: intents and outcomes go in the engine batch's own append."""
+        assert self._journaled is None or self._journaled.engine is engine, "a journal store and another engine"
         self._queue: deque[_Item] = deque()
         self._queued_transfers = 0
         self._queue_transfers_max = queue_transfers_max
@@ -462,7 +467,11 @@ class GroupCommitter:
         parent, links = _batch_parentage(batch)
         with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
             span.set_attribute("ledger.batch.transactions", len(batch))
-            priors = await self._store.prepare([item.transaction for item in leaders.values()])
+            transactions = [item.transaction for item in leaders.values()]
+            if self._journaled is not None:  # No write here: the intents go with the batch.
+                priors = await self._journaled.priors(transactions)
+            else:
+                priors = await self._store.prepare(transactions)
             submitted: list[_Item] = []
             for item in leaders.values():
                 prior = priors.get(item.transaction.transaction_id)
@@ -487,7 +496,11 @@ class GroupCommitter:
     async def _submit(self, items: list[_Item]) -> None:
         transfers = [transfer for item in items for transfer in item.transaction.transfers]
         started = time.perf_counter()
-        results = await self._engine.create_transfers(transfers)
+        if self._journaled is not None:
+            # One append: the transfers, the new intents and every outcome (failures included).
+            results = await self._journaled.submit([item.transaction for item in items])
+        else:
+            results = await self._engine.create_transfers(transfers)
         assert len(results) == len(transfers)
         metrics.engine_batch_size.labels("create_transfers").observe(len(transfers))
         metrics.engine_batch_duration_seconds.labels("create_transfers").observe(time.perf_counter() - started)
@@ -503,15 +516,15 @@ class GroupCommitter:
                 item.resolve(outcome)  # Durable in the engine: answer now.
             else:
                 failed.append((item, outcome))
-        if failed:
+        if failed and self._journaled is None:
             try:
                 await self._store.record_failures([(i.transaction.transaction_id, e.to_json()) for i, e in failed])
             except Exception as error:
                 for item, _ in failed:
                     item.future.set_exception(error)
                 raise
-            for item, failure in failed:
-                item.resolve(failure)
+        for item, failure in failed:
+            item.resolve(failure)
 
 
 async def wait_all(futures: Sequence[asyncio.Future[Outcome]]) -> list[Outcome | BaseException]:

@@ -48,7 +48,7 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
 
     async def run() -> int:
         engine = await open_engine(settings.engine)
-        store = await open_metadata_store(settings.api)
+        store = await open_metadata_store(settings.api, engine)
         publisher = KafkaEntryPublisher(settings.kafka, topic)
         try:
             return await replay(engine, publisher, start, metadata=store)

@@ -28,6 +28,11 @@ engine, and the engine (the money) cannot be rebuilt from the store. Cases:
                                      show a shared cluster this façade is joining, or the operator
                                      says so (consistency.join_unmarked_engine)
 
+On the embedded engine the transaction metadata (intents, fingerprints, bodies, outcomes) is not in the
+store's file at all: it is in the engine's journal records (facade.metadata._journal) and its index is
+rebuilt in memory from them at every start, so it can be neither deleted nor older than the engine;
+what these checks still guard there is the SQLite file's accounts and the marker.
+
 Coverage (exclusive engines only: the embedded engine, which exactly one process owns): the newest
 RECENT_OBJECTS_MAX customer accounts and transfers of the engine all have their rows in the store.
 The store writes them before the engine ("write last, read first"), so a current store always has

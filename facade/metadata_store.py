@@ -22,7 +22,9 @@ the crash, never the money).
 
 Ids are stored as 16-byte big-endian BLOBs in WITHOUT ROWID tables: one B-tree insert per row.
 
-This is the per-façade backend of the protocol in facade/metadata/_protocol.py. Several façades on
+This is the per-façade backend of the protocol in facade/metadata/_protocol.py. On the embedded engine
+the service uses facade/metadata/_journal.py instead, which keeps only accounts and the instance
+marker in this file (transactions travel in the engine's journal records). Several façades on
 one TigerBeetle cluster share facade/metadata/_postgres.py instead (api.metadata_backend=postgres), so
 a retry through any of them sees every recorded outcome.
 """
@@ -190,6 +192,33 @@ class MetadataStore:
                 self._db.execute(statement).fetchone()
                 for statement in ("SELECT 1 FROM accounts LIMIT 1", "SELECT 1 FROM transactions LIMIT 1")
             )
+
+        return await self._run(query)
+
+    async def has_transactions(self) -> bool:
+        """Whether any transaction was recorded here (the journal store reads an older build's rows)."""
+
+        def query() -> bool:
+            return self._db.execute("SELECT 1 FROM transactions LIMIT 1").fetchone() is not None
+
+        return await self._run(query)
+
+    async def lookup_transactions(self, transaction_ids: Sequence[int]) -> dict[int, Prior]:
+        """What is stored for these transaction ids, without writing anything."""
+
+        def query() -> dict[int, Prior]:
+            found: dict[int, Prior] = {}
+            keys = [id_bytes(i) for i in transaction_ids]
+            for start in range(0, len(keys), QUERY_VARIABLES_MAX):
+                chunk = keys[start : start + QUERY_VARIABLES_MAX]
+                rows = self._db.execute(
+                    "SELECT transaction_id, fingerprint, failure FROM transactions "
+                    f"WHERE transaction_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for key, stored_fingerprint, failure in rows:
+                    found[int.from_bytes(key, "big")] = Prior(stored_fingerprint, failure)
+            return found
 
         return await self._run(query)
 

@@ -106,7 +106,7 @@ async def _project_engine(settings: Settings, projector: Projector, once: bool) 
     from projections.projector import change_capture
 
     engine = await open_engine(settings.engine)
-    store = await open_metadata_store(settings.api)
+    store = await open_metadata_store(settings.api, engine)
     try:
         capture = change_capture(engine, projector, settings.clickhouse.projector_checkpoint, store)
         if once:

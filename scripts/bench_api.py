@@ -14,7 +14,8 @@ One run measures, from this one client process over loopback:
   concurrency and the same transfers.
 
 Server CPU µs/tx is the growth of utime+stime (/proc/<pid>/stat) of the server's whole process tree over
-a row, divided by the transactions it acknowledged. Every write is acknowledged only after it is durable.
+a row, divided by the transactions it acknowledged; "B/tx written" likewise from /proc/<pid>/io write_bytes.
+Every write is acknowledged only after it is durable.
 Client and servers share the machine's cores (and on a shared machine, other load): compare the ratios
 to the no-op baseline and to PostgreSQL from the same run rather than absolute numbers across runs.
 
@@ -100,6 +101,25 @@ def tree_cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def tree_write_bytes(root_pid: int) -> int:
+    """write_bytes (/proc/<pid>/io: bytes sent to the block layer) of `root_pid` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            stat = Path(stat_path).read_text()
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(stat_path.split("/")[2]))
+    total = 0
+    pending = [root_pid]
+    while pending:
+        pid = pending.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+        pending.extend(children.get(pid, []))
+    return total
+
+
 @dataclass(slots=True)
 class Result:
     name: str
@@ -161,6 +181,7 @@ async def load(
             n += 1
 
     cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
+    written_before = tree_write_bytes(cpu_pid) if cpu_pid is not None else 0
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
@@ -169,6 +190,7 @@ async def load(
         result.notes.append("errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items())))
     if cpu_pid is not None and done:
         result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
+        result.notes.append(f"{(tree_write_bytes(cpu_pid) - written_before) / done:,.0f} B/tx written")
     return result
 
 

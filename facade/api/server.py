@@ -144,7 +144,7 @@ async def start(settings: Settings) -> RunningServer:
             if created:
                 log.info("kafka topics created", topics=created)
     engine = await open_engine(settings.engine)
-    store = await open_metadata_store(settings.api)
+    store = await open_metadata_store(settings.api, engine)
     try:
         startup = await verify_startup(
             engine,

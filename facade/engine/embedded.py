@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 import time
 import zlib
 from array import array
@@ -35,8 +37,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
-from facade.engine.journal import HEADER_SIZE, Header, Journal, JournalWriteError, Operation, Record, encode_record
+from facade.engine.codec import EVENT_SIZE, decode_accounts, decode_transfers, encode_accounts, encode_transfers
+from facade.engine.intents import (
+    TransactionIndex,
+    TransactionIntent,
+    encode_section,
+    outcomes,
+    read_entries,
+    read_entry,
+)
+from facade.engine.journal import (
+    HEADER_SIZE,
+    JOURNAL_FILE,
+    Header,
+    Journal,
+    JournalWriteError,
+    Operation,
+    Record,
+    encode_record,
+)
 from facade.engine.journal_check import recover
 from facade.engine.protocol import EngineFault, EngineUnavailableError
 from facade.engine.state_machine import StateMachine
@@ -62,6 +81,14 @@ WRITE_RETRY_INTERVAL_SECONDS = 1.0
 """While writes are blocked (disk full), how often a write may re-try the disk instead of being refused
 at once: each failed attempt costs a rebuild of the state from the journal."""
 
+GC_GENERATION0_THRESHOLD = 10_000
+"""Allocations between CPython's youngest-generation collections while an embedded engine is open (the
+default is 700). The engine allocates dozens of tracked objects per transfer (the transfer, its change,
+balance snapshots, index entries) that live for good, so at the default a collection runs every few
+transactions and each one re-walks survivors: ~10 µs per transaction of the batch path's ~30
+(scripts/bench_metadata.py --batch-path). The older generations keep their defaults, so cyclic garbage
+is still collected; only the young generation is collected in larger, rarer steps."""
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -78,9 +105,14 @@ class JournalReplayError(RuntimeError):
 class EmbeddedLedger:
     """The synchronous core. One thread at a time (the engine's writer thread)."""
 
-    def __init__(self, journal: Journal, state: StateMachine, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, journal: Journal, state: StateMachine, clock: Callable[[], int], index: TransactionIndex | None = None
+    ) -> None:
         self._journal = journal
         self.state = state
+        self.index = index if index is not None else TransactionIndex()
+        """Transaction metadata journaled with the batches (facade.engine.intents), rebuilt at open."""
+        self._read_fd = os.open(journal.directory / JOURNAL_FILE, os.O_RDONLY)
         self._clock = clock
         self.write_blocked: str | None = None
         """Why writes are refused for now (e.g. disk full); cleared by the first append that succeeds."""
@@ -95,11 +127,11 @@ class EmbeddedLedger:
     ) -> EmbeddedLedger:
         journal, records, _ = recover(directory, mirror)
         try:
-            state = _rebuild(records)
+            state, index = _rebuild(records)
         except BaseException:
             journal.close()
             raise
-        return cls(journal, state, clock)
+        return cls(journal, state, clock, index)
 
     @property
     def journal_size(self) -> int:
@@ -167,7 +199,7 @@ class EmbeddedLedger:
         except JournalWriteError as error:
             # The state already holds the batch: go back to exactly what was acknowledged.
             try:
-                self.state = _rebuild(self._journal.read_acknowledged())
+                self.state, self.index = _rebuild(self._journal.read_acknowledged())
             except BaseException as rebuild_error:
                 self._state_failure = (
                     f"engine failed: the append failed ({error}) and re-reading the acknowledged journal "
@@ -215,7 +247,12 @@ class EmbeddedLedger:
             self._commit([record])
         return results
 
-    def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+    def create_transfers(
+        self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent] = ()
+    ) -> list[CreateTransferResult]:
+        """Applies and journals the batch. `intents`: metadata of the batch's transactions to record in the
+        same record (CREATE_TRANSACTIONS), each with the outcome its legs' results give; such a record
+        is written even when the state did not change (a refused transaction's failure must be durable)."""
         if len(transfers) > BATCH_EVENTS_MAX:
             raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
@@ -234,21 +271,55 @@ class EmbeddedLedger:
         timestamp = state.prepare(len(events), realtime_ns)
         state.dirty = False
         results = state.create_transfers(events, timestamp)
-        if state.dirty:
+        section, offsets = b"", list[int]()
+        if intents:
+            outcomes(intents, results)
+            section, offsets = encode_section(intents, with_transfer_ids=False)
+        if state.dirty or intents:
             checksum = _results_checksum([r.status for r in results])
             records.append(
                 self._record(
-                    Operation.CREATE_TRANSFERS,
+                    Operation.CREATE_TRANSACTIONS if intents else Operation.CREATE_TRANSFERS,
                     timestamp=timestamp,
                     count=len(events),
                     results_checksum=checksum,
-                    body=body,
+                    body=body + section if intents else body,
                     previous=pulse[0] if pulse is not None else None,
                 )
             )
         if records:
             self._commit(records)
+        if intents:
+            header = records[-1][0]
+            location = header.offset + HEADER_SIZE + len(body)
+            for intent, offset in zip(intents, offsets, strict=True):
+                start = intent.transfer_index
+                self.index.add(intent, location + offset, [t.id for t in events[start : start + intent.transfer_count]])
         return results
+
+    def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
+        """Journals metadata alone (a METADATA record): intents before their transfers, or failures
+        recorded after the fact. Durable when this returns; the index follows only then."""
+        if not intents:
+            return
+        section, offsets = encode_section(intents, with_transfer_ids=True)
+        self._check_writable(HEADER_SIZE + len(section))
+        record = self._record(
+            Operation.METADATA, timestamp=0, count=len(intents), results_checksum=0, body=section, previous=None
+        )
+        self._commit([record])
+        location = record[0].offset + HEADER_SIZE
+        for intent, offset in zip(intents, offsets, strict=True):
+            self.index.add(intent, location + offset, intent.transfer_ids)
+        assert all(intent.transaction_id in self.index.transactions for intent in intents)
+
+    def read_intent(self, location: int) -> TransactionIntent:
+        """The journal entry an index entry points at (client, key, body)."""
+        return read_entry(self._read_fd, location)
+
+    def read_intents(self, locations: Sequence[int]) -> dict[int, TransactionIntent]:
+        """Many entries by location (neighbours read together)."""
+        return read_entries(self._read_fd, locations)
 
     def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         self._check_readable()
@@ -284,21 +355,35 @@ class EmbeddedLedger:
         return self.state.next_expiry()
 
     def close(self) -> None:
+        os.close(self._read_fd)
         self._journal.close()
 
 
-def _rebuild(records: list[Record]) -> StateMachine:
-    """A state machine holding exactly `records`, replayed in order and checked."""
+def _rebuild(records: list[Record]) -> tuple[StateMachine, TransactionIndex]:
+    """A state machine and transaction index holding exactly `records`, replayed in order and checked."""
     state = StateMachine()
+    index = TransactionIndex()
     for record in records:
-        _replay(state, record)
+        _replay(state, index, record)
     state.check_invariants()
-    assert not records or state.prepare_timestamp > 0
-    return state
+    assert not records or state.prepare_timestamp > 0 or all(r.operation == Operation.METADATA for r in records)
+    return state, index
 
 
-def _replay(state: StateMachine, record: Record) -> None:
+def _replay(state: StateMachine, index: TransactionIndex, record: Record) -> None:
     """Re-applies one journaled operation; the results must match what was acknowledged."""
+    location = record.header.offset + HEADER_SIZE
+    if record.operation == Operation.METADATA:
+        index.apply(record.body, location=location, transfer_ids=None)
+        return
+    if record.operation == Operation.CREATE_TRANSACTIONS:
+        size = record.count * EVENT_SIZE
+        events = decode_transfers(record.body[:size])
+        transfer_statuses = [r.status for r in state.create_transfers(events, record.timestamp)]
+        if _results_checksum(transfer_statuses) != record.results_checksum:
+            raise JournalReplayError(f"op {record.op}: replayed results differ from the acknowledged ones")
+        index.apply(memoryview(record.body)[size:], location=location + size, transfer_ids=[e.id for e in events])
+        return
     if record.operation == Operation.PULSE:
         expired = state.pulse(record.timestamp)
         if expired != record.count:
@@ -341,6 +426,10 @@ class EmbeddedEngine:
             raise
         engine = cls(ledger, executor)
         engine._pulse_task = asyncio.create_task(engine._pulse_loop(), name="ledger-engine-pulse")
+        threshold0, threshold1, threshold2 = gc.get_threshold()
+        if 0 < threshold0 < GC_GENERATION0_THRESHOLD:  # Never re-enables or lowers what the process chose.
+            gc.set_threshold(GC_GENERATION0_THRESHOLD, threshold1, threshold2)
+        assert gc.get_threshold()[0] == 0 or gc.get_threshold()[0] >= GC_GENERATION0_THRESHOLD
         return engine
 
     @property
@@ -380,8 +469,22 @@ class EmbeddedEngine:
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
         return await self._run(self._ledger.create_accounts, list(accounts))
 
-    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        return await self._run(self._ledger.create_transfers, list(transfers))
+    async def create_transfers(
+        self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent] = ()
+    ) -> list[CreateTransferResult]:
+        return await self._run(self._ledger.create_transfers, list(transfers), list(intents))
+
+    async def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
+        await self._run(self._ledger.record_metadata, list(intents))
+
+    @property
+    def index(self) -> TransactionIndex:
+        """The journaled transaction metadata (read-only outside the engine's thread)."""
+        return self._ledger.index
+
+    async def read_intents(self, locations: Sequence[int]) -> dict[int, TransactionIntent]:
+        """Journal entries by location. On the engine's thread: after `close` the file is gone."""
+        return await self._run(self._ledger.read_intents, list(locations))
 
     async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         return await self._run(self._ledger.lookup_accounts, list(ids))

@@ -7,7 +7,9 @@ every balance, index and result by replay. A batch is one record, whatever its s
 
 Files in the data directory (a mirror directory, if configured, holds identical copies):
 
-    journal          records, back to back: a 128-byte header, then the body (the events, 128 bytes each)
+    journal          records, back to back: a 128-byte header, then the body (the events, 128 bytes each;
+                     CREATE_TRANSACTIONS and METADATA records then carry transaction metadata,
+                     see facade.engine.intents)
     journal.headers  slot n-1 holds a copy of op n's 128-byte header (TigerBeetle's redundant headers ring)
     LOCK             flock: one engine process per directory
 
@@ -21,7 +23,7 @@ Header layout (little-endian):
     op u64                 1, 2, 3, ... with no gaps
     offset u64             this record's byte offset in `journal` (detects misdirected writes)
     timestamp u64          the prepare timestamp (pulse: the expiry cutoff)
-    count u32              events in the body (pulse: transfers expired)
+    count u32              events in the body (pulse: transfers expired; metadata: entries)
     body_size u32
     results_checksum u32   crc32 of the results' statuses, re-checked on replay (determinism)
     reserved [36]u8        zero
@@ -72,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facade.engine.codec import EVENT_SIZE
+from facade.engine.intents import METADATA_SECTION_SIZE_MAX
 from facade.engine.types import BATCH_EVENTS_MAX
 
 __all__ = [
@@ -101,7 +104,7 @@ HEADER = struct.Struct("<16s16s16sIHBBQQQIII36s")
 HEADER_SIZE = HEADER.size
 assert HEADER_SIZE == 128
 MAGIC_OFFSET = 48  # Where `magic` sits in a header: recovery searches for it after a damaged record.
-BODY_SIZE_MAX = BATCH_EVENTS_MAX * EVENT_SIZE
+BODY_SIZE_MAX = BATCH_EVENTS_MAX * EVENT_SIZE + METADATA_SECTION_SIZE_MAX
 RECORD_SIZE_MAX = HEADER_SIZE + BODY_SIZE_MAX
 APPEND_RECORDS_MAX = 2  # A pulse record and a batch record.
 CHECKSUM_ZERO = bytes(16)
@@ -114,6 +117,11 @@ class Operation(enum.IntEnum):
     CREATE_ACCOUNTS = 1
     CREATE_TRANSFERS = 2
     PULSE = 3
+    CREATE_TRANSACTIONS = 4
+    """Transfers (count * 128 bytes) followed by the metadata section of the transactions that were new
+    (facade.engine.intents): intents, fingerprints and outcomes made durable by the batch's own append."""
+    METADATA = 5
+    """Only a metadata section (count = entries): stand-alone intents or failures recorded after the fact."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -193,7 +201,10 @@ def encode_record(
     """Returns the record's header and its bytes (header then body)."""
     assert op > 0 and offset >= 0 and len(parent) == 16
     assert len(body) <= BODY_SIZE_MAX
-    assert operation == Operation.PULSE or len(body) == count * EVENT_SIZE
+    if operation in (Operation.CREATE_ACCOUNTS, Operation.CREATE_TRANSFERS):
+        assert len(body) == count * EVENT_SIZE
+    elif operation == Operation.CREATE_TRANSACTIONS:
+        assert count * EVENT_SIZE < len(body) <= count * EVENT_SIZE + METADATA_SECTION_SIZE_MAX
     checksum_body = checksum(body)
     rest = HEADER.pack(
         b"", checksum_body, parent, MAGIC, VERSION, operation, 0, op, offset, timestamp, count, len(body),

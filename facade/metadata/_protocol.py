@@ -7,6 +7,10 @@ the whole protocol): `prepare` records the intents durably before the engine see
 one durable write (one round trip to a server); success is read back from the engine, never stored;
 `record_failures` is durable before the refused callers are answered.
 
+On the embedded engine the store is facade/metadata/_journal.py: the group committer skips steps 1 and
+3 there (`priors` reads, `submit` makes the batch's one append carry the intents and outcomes), and
+`prepare` / `record_failures` called on their own append stand-alone metadata records.
+
 A backend may run calls concurrently (PostgreSQL: a pool of connections; SQLite: one thread, in
 order). The group committer never has one transaction id in two calls at once (repeats are folded into
 the first occurrence while it commits), so no order between calls is needed within a façade; between

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from facade.engine.embedded import EmbeddedLedger
+from facade.engine.intents import OutcomeKind, TransactionIntent
 from facade.engine.journal import Operation
 from facade.engine.journal_check import check
 from facade.engine.types import (
@@ -48,6 +49,8 @@ class Acknowledged:
     accounts: list[Account] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
     kinds: set[Operation] = field(default_factory=set)
+    transactions: dict[int, TransactionRow] = field(default_factory=dict)
+    """The journaled transaction metadata (intents, outcomes, bodies), as the ledger's index served it."""
 
     def assert_present_in(self, ledger: EmbeddedLedger) -> None:
         accounts = _lookup(ledger.lookup_accounts, [a.id for a in self.accounts])
@@ -55,6 +58,44 @@ class Acknowledged:
         transfers = _lookup(ledger.lookup_transfers, [t.id for t in self.transfers])
         assert transfers == self.transfers, "acknowledged transfers differ"
         assert len(ledger.state.transfers_ordered) == len(self.transfers), "unacknowledged transfers present"
+        assert transactions_of(ledger) == self.transactions, "acknowledged transaction metadata differs"
+
+
+TransactionRow = tuple[bytes, OutcomeKind, object, str, str, str]
+"""(fingerprint, outcome, failure, client, key, body) of one journaled transaction."""
+
+
+def transactions_of(ledger: EmbeddedLedger) -> dict[int, TransactionRow]:
+    rows: dict[int, TransactionRow] = {}
+    entries = ledger.index.transactions
+    intents = ledger.read_intents([entry.location for entry in entries.values()])
+    for transaction_id, entry in entries.items():
+        intent = intents[entry.location]
+        assert intent.transaction_id == transaction_id
+        rows[transaction_id] = (
+            entry.fingerprint,
+            entry.kind,
+            entry.failure,
+            intent.client_id,
+            intent.idempotency_key,
+            intent.text,
+        )
+    return rows
+
+
+def _intents(batch: list[Transfer], *, step: int) -> list[TransactionIntent]:
+    """The batch as transactions of two legs (the last one alone), with a body of their own."""
+    intents: list[TransactionIntent] = []
+    for start in range(0, len(batch), 2):
+        legs = batch[start : start + 2]
+        transaction_id = legs[0].id << 16
+        intents.append(
+            TransactionIntent(
+                transaction_id, transaction_id.to_bytes(16, "little"), f"client-{step % 3}", f"key-{legs[0].id}",
+                f'{{"step":{step},"legs":{len(legs)},"note":"é"}}', len(legs), start, tuple(t.id for t in legs),
+            )
+        )  # fmt: skip
+    return intents
 
 
 def _lookup(function: Callable[[list[int]], list[_T]], ids: list[int]) -> list[_T]:
@@ -105,12 +146,26 @@ def write_workload(
                     )
                 )
                 next_id += 1
-            results_transfers = ledger.create_transfers(batch)
-            assert all(r.status == CreateTransferStatus.CREATED for r in results_transfers)
+            intents: list[TransactionIntent] = []
+            if step % 3 == 1 or step % 4 == 2:
+                # A CREATE_TRANSACTIONS record (transfers and metadata), one transaction of it refused.
+                batch[-1] = Transfer(
+                    id=batch[-1].id, debit_account_id=10**12, credit_account_id=batch[-1].credit_account_id,
+                    amount=1, ledger=LEDGER, code=CODE,
+                )  # fmt: skip
+                intents = _intents(batch, step=step)
+            if step % 4 == 2:  # A METADATA record first: the intents alone, their outcomes come with the batch.
+                ledger.record_metadata(intents)
+            results_transfers = ledger.create_transfers(batch, intents)
+            refused = len(batch) - 1 if intents else len(batch)
+            assert all(r.status == CreateTransferStatus.CREATED for r in results_transfers[:refused])
+            assert all(r.status != CreateTransferStatus.CREATED for r in results_transfers[refused:])
             transfer_ids += [t.id for t in batch]
         acknowledged = Acknowledged(
             _lookup(ledger.lookup_accounts, account_ids), _lookup(ledger.lookup_transfers, transfer_ids)
         )
+        acknowledged.transactions = transactions_of(ledger)
+        assert {row[1] for row in acknowledged.transactions.values()} <= {OutcomeKind.COMMITTED, OutcomeKind.FAILED}
     finally:
         ledger.close()
     acknowledged.kinds = {record.operation for record in check(directory).records}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from facade.engine.embedded import EmbeddedLedger
+from facade.engine.intents import TransactionIntent
 from facade.engine.journal import (
     HEADER_SIZE,
     HEADERS_FILE,
@@ -30,12 +31,25 @@ from facade.engine.journal import (
 from facade.engine.journal_check import check
 from facade.engine.types import Account, CreateTransferStatus, Transfer, TransferFlags
 
-from ._journal_workload import CODE, LEDGER, NANOSECONDS_PER_SECOND, Acknowledged, Clock, write_workload
+from ._journal_workload import (
+    CODE,
+    LEDGER,
+    NANOSECONDS_PER_SECOND,
+    Acknowledged,
+    Clock,
+    transactions_of,
+    write_workload,
+)
 
 SEED = int(os.environ.get("LEDGER_FAULT_SEED", random.SystemRandom().randrange(1 << 32)))
 FLIPS_PER_PART = 2  # Random bits per record part (header, body) per copy.
 LARGE_TRANSFERS_PER_BATCH = 8189
 UNIFORM_CASES = 200
+BATCH_OPERATIONS = (Operation.CREATE_TRANSFERS, Operation.CREATE_TRANSACTIONS)
+SMALL_JOURNAL_RECORDS = 42
+SMALL_JOURNAL_OVERSHOOT_MAX = 4
+"""Records the workload's last step may add past its target (accounts, pulse, metadata, batch): a small
+journal is damaged in every record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +81,7 @@ def _pristine(root: Path, *, records: int, transfers_per_batch: int) -> Pristine
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
-    return _pristine(tmp_path_factory.mktemp("small"), records=42, transfers_per_batch=50)
+    return _pristine(tmp_path_factory.mktemp("small"), records=SMALL_JOURNAL_RECORDS, transfers_per_batch=50)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +117,7 @@ def _spans_to_damage(pristine: Pristine) -> list[Span]:
     """Every record of a small journal; in a large one the first, middle, second-to-last and last, and
     one of each kind."""
     spans = pristine.spans
-    if len(spans) <= 42:
+    if len(spans) <= SMALL_JOURNAL_RECORDS + SMALL_JOURNAL_OVERSHOOT_MAX:
         return spans
     chosen = {0, len(spans) // 2, len(spans) - 2, len(spans) - 1}
     for operation in Operation:
@@ -239,7 +253,9 @@ def _base(root: Path) -> tuple[Path, Acknowledged]:
 
 def _snapshot(ledger: EmbeddedLedger, before: Acknowledged, transfers: list[Transfer]) -> Acknowledged:
     accounts = ledger.lookup_accounts([a.id for a in before.accounts] + [10**9 + 7])
-    return Acknowledged(accounts, before.transfers + ledger.lookup_transfers([t.id for t in transfers]))
+    acknowledged = Acknowledged(accounts, before.transfers + ledger.lookup_transfers([t.id for t in transfers]))
+    acknowledged.transactions = transactions_of(ledger)
+    return acknowledged
 
 
 def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: Path) -> Extension:
@@ -253,7 +269,11 @@ def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: 
         transfers: list[Transfer] = []
         if operation == Operation.CREATE_ACCOUNTS:
             ledger.create_accounts([Account(id=10**9 + 7, ledger=LEDGER, code=CODE)])
-        elif operation == Operation.CREATE_TRANSFERS:
+        elif operation == Operation.METADATA:
+            ledger.record_metadata(
+                [TransactionIntent(7 << 100, bytes(16), "client", "key-m", "{}", 1, 0, (5 * 10**9,))]
+            )
+        elif operation in BATCH_OPERATIONS:
             ledger.pulse()  # Its own append first: the record under test is the batch alone.
             transfers = [
                 Transfer(
@@ -266,7 +286,11 @@ def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: 
                 )
                 for i in range(8)
             ]
-            ledger.create_transfers(transfers)
+            intents = [
+                TransactionIntent(t.id << 8, bytes(16), "client", f"key-{t.id}", '{"x":1}', 1, index)
+                for index, t in enumerate(transfers)
+            ]
+            ledger.create_transfers(transfers, intents if operation == Operation.CREATE_TRANSACTIONS else ())
         else:
             assert ledger.pulse() == 3
         after = _snapshot(ledger, acknowledged, transfers)
@@ -276,7 +300,7 @@ def _extend(base: Path, acknowledged: Acknowledged, operation: Operation, root: 
     headers = (directory / HEADERS_FILE).read_bytes()
     last = check(directory).records[-1].header
     assert last.operation == operation
-    if operation == Operation.CREATE_TRANSFERS:  # The pulse's append becomes part of the base.
+    if operation in BATCH_OPERATIONS:  # The pulse's append becomes part of the base.
         rebased = root / "base-with-pulse"
         shutil.copytree(directory, rebased)
         _write(rebased, journal[: last.offset], headers[:-HEADER_SIZE])
@@ -292,7 +316,7 @@ def _write(directory: Path, journal: bytes, headers: bytes) -> None:
 def test_torn_last_record_of_every_length_keeps_every_acknowledged_record(operation: Operation, tmp_path: Path) -> None:
     base, acknowledged = _base(tmp_path)
     extension = _extend(base, acknowledged, operation, tmp_path)
-    if operation == Operation.CREATE_TRANSFERS:
+    if operation in BATCH_OPERATIONS:
         base = tmp_path / "base-with-pulse"
         ledger = EmbeddedLedger.open(base)
         try:

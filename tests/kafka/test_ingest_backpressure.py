@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from facade.auth import SCOPES_ALL, Principal
 from facade.domain.mapping import DomainError, Leg, Metadata
 from facade.engine.embedded import EmbeddedEngine
+from facade.engine.intents import TransactionIntent
 from facade.engine.types import CreateTransferResult, Transfer
 from facade.kafka.ingest import CommandIngestor
 from facade.metadata_store import MetadataStore
@@ -47,9 +48,11 @@ class StalledDisk(EmbeddedEngine):
 
     gate: asyncio.Event
 
-    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+    async def create_transfers(
+        self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent] = ()
+    ) -> list[CreateTransferResult]:
         await self.gate.wait()
-        return await super().create_transfers(transfers)
+        return await super().create_transfers(transfers, intents)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus
 from facade.metadata import (
     AccountRecord,
+    JournalMetadataStore,
     MetadataStore,
     MetadataStoreError,
     PostgresMetadataStore,
@@ -67,11 +68,26 @@ def refusal(reason: str = "INSUFFICIENT_FUNDS") -> str:
     return DomainError(grpc.StatusCode.FAILED_PRECONDITION, reason, "not enough").to_json()
 
 
+@pytest.fixture(params=["sqlite", "journal", "postgres"])
+def store_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each store backend: SQLite per façade, the embedded engine's journal (transaction metadata in the
+    engine's own records, over a real engine directory), and shared PostgreSQL."""
+    if request.param == "postgres":
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return {"metadata_backend": "postgres", "metadata_dsn": dsn}
+    return {"journal": request.param == "journal"}
+
+
 @pytest.fixture
-def opener(tmp_path: Path, metadata_backend: dict[str, Any]) -> Opener:
-    settings = ApiSettings(metadata_db=tmp_path / "metadata.sqlite3", **metadata_backend)
+def opener(tmp_path: Path, store_backend: dict[str, Any]) -> Opener:
+    fields = dict(store_backend)
+    journal = fields.pop("journal", False)
+    settings = ApiSettings(metadata_db=tmp_path / "metadata.sqlite3", **fields)
 
     async def open_store() -> MetadataStore:
+        if journal:  # The store owns its engine here, so a reopen rebuilds the index from the journal.
+            engine = await EmbeddedEngine.open(tmp_path / "engine")
+            return await JournalMetadataStore.open(settings.metadata_db, engine, owns_engine=True)
         return await open_metadata_store(settings)
 
     return open_store
@@ -252,7 +268,8 @@ async def test_an_unreachable_postgres_is_a_clear_error(postgres: Any) -> None:
 
 @pytest.fixture
 async def ledger(tmp_path: Path, store: MetadataStore) -> AsyncIterator[tuple[EmbeddedEngine, GroupCommitter]]:
-    engine = await EmbeddedEngine.open(tmp_path / "engine")
+    journaled = isinstance(store, JournalMetadataStore)
+    engine = store.engine if isinstance(store, JournalMetadataStore) else await EmbeddedEngine.open(tmp_path / "engine")
     ledger_id = CURRENCIES.get("USD").ledger
     await engine.create_accounts(
         [
@@ -267,7 +284,8 @@ async def ledger(tmp_path: Path, store: MetadataStore) -> AsyncIterator[tuple[Em
         yield engine, committer
     finally:
         await committer.close()
-        await engine.close()
+        if not journaled:  # The journal store closes its own engine.
+            await engine.close()
 
 
 async def test_an_intent_the_engine_never_saw_is_committed_by_the_retry(

@@ -1,0 +1,108 @@
+"""The journal store's own properties, beyond the protocol suite (tests/metadata/test_store.py runs that
+on it too): a batch is one journal append carrying its metadata, the SQLite file is not written on the
+batch path, and an older build's SQLite transactions are still found."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.batcher import Committed, GroupCommitter
+from facade.domain.mapping import DomainError, Metadata, map_post
+from facade.engine.embedded import EmbeddedEngine
+from facade.engine.intents import OutcomeKind
+from facade.engine.journal import Operation
+from facade.engine.journal_check import check
+from facade.metadata import JournalMetadataStore, SqliteMetadataStore
+
+from ._journal_crash_writer import ALICE, CURRENCIES, open_ledger, transaction
+
+
+def sqlite_files_size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.glob("metadata.sqlite3*"))
+
+
+async def test_a_batch_is_one_append_with_its_intents_and_outcomes(tmp_path: Path) -> None:
+    engine, store = await open_ledger(tmp_path)
+    committer = GroupCommitter(engine, store)
+    committer.start()
+    try:
+        sqlite_before = sqlite_files_size(tmp_path)
+        op_before = engine.ledger.journal_op_last
+        keys = range(10)  # Key 4 and 9 overdraw ALICE: refused, recorded in the same record.
+        outcomes = [await f for f in committer.submit([transaction(k) for k in keys])]
+        assert [isinstance(o, Committed) for o in outcomes] == [k % 5 != 4 for k in keys]
+        assert engine.ledger.journal_op_last == op_before + 1, "one append for the whole batch"
+        assert sqlite_files_size(tmp_path) == sqlite_before, "the SQLite file is not on the batch path"
+    finally:
+        await committer.close()
+        await store.close()
+    [record] = [r for r in check(tmp_path / "engine").records if r.op == op_before + 1]
+    assert record.operation == Operation.CREATE_TRANSACTIONS and record.count == 2 * 8 + 2
+    assert len(record.body) < 10 * 1024, "under 1 KB per transaction, transfers included"
+    # Reopened: the index is rebuilt from that record, failures included.
+    engine, store = await open_ledger(tmp_path)
+    try:
+        refused = transaction(4)
+        entry = engine.index.transactions[refused.transaction_id]
+        assert entry.kind == OutcomeKind.FAILED
+        prior = (await store.priors([refused]))[refused.transaction_id]
+        failed = outcomes[4]
+        assert isinstance(failed, DomainError) and prior.failure == failed.to_json()
+        stored = await store.get_transaction(transaction(3).transaction_id)
+        assert stored is not None and stored.body == transaction(3).body and stored.failure is None
+    finally:
+        await store.close()
+
+
+async def test_an_older_builds_sqlite_transactions_are_still_found(tmp_path: Path) -> None:
+    """Upgrade: intents and failures an older build wrote to SQLite keep answering retries."""
+    legacy_committed, legacy_failed = transaction(100), transaction(104)
+    sqlite = await SqliteMetadataStore.open(tmp_path / "metadata.sqlite3")
+    refusal = DomainError(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS", "legacy").to_json()
+    await sqlite.prepare([legacy_committed, legacy_failed])
+    await sqlite.record_failures([(legacy_failed.transaction_id, refusal)])
+    await sqlite.close()
+    engine, store = await open_ledger(tmp_path)
+    committer = GroupCommitter(engine, store)
+    committer.start()
+    try:
+        [failed] = [await f for f in committer.submit([legacy_failed])]
+        assert isinstance(failed, DomainError) and failed.to_json() == refusal
+        reused = map_post(
+            "client-a", "key-100", [pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="6", currency="USD")],
+            Metadata(), CURRENCIES,
+        )  # fmt: skip
+        [outcome] = [await f for f in committer.submit([reused])]
+        assert isinstance(outcome, DomainError) and outcome.reason == "IDEMPOTENCY_KEY_REUSED"
+        stored = await store.get_transaction(legacy_committed.transaction_id)
+        assert stored is not None and stored.body == legacy_committed.body
+        ids = [x.id for x in legacy_committed.transfers]
+        assert await store.known_transfers(ids) == set(ids)
+        assert legacy_committed.transaction_id not in engine.index.transactions
+    finally:
+        await committer.close()
+        await store.close()
+
+
+async def test_a_reopened_store_without_its_engine_dir_has_no_transactions(tmp_path: Path) -> None:
+    """The index lives nowhere but in the journal: a new engine directory means an empty index (and
+    start-up consistency refuses that pairing when the SQLite file holds accounts)."""
+    engine, store = await open_ledger(tmp_path)
+    committer = GroupCommitter(engine, store)
+    committer.start()
+    [outcome] = [await f for f in committer.submit([transaction(1)])]
+    assert isinstance(outcome, Committed)
+    await committer.close()
+    await store.close()
+    os.rename(tmp_path / "engine", tmp_path / "engine-moved")
+    engine = await EmbeddedEngine.open(tmp_path / "engine")
+    store = await JournalMetadataStore.open(tmp_path / "metadata.sqlite3", engine, owns_engine=True)
+    try:
+        assert await store.get_transaction(transaction(1).transaction_id) is None
+        assert not engine.index.transactions
+    finally:
+        await store.close()
