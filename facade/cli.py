@@ -63,7 +63,7 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
 def _kafka_schema(out: str) -> None:
     import sys
 
-    from facade.kafka.encoding import descriptor_set
+    from facade.kafka.descriptors import descriptor_set
 
     if out == "-":
         if sys.stdout.isatty():

@@ -56,7 +56,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from facade.changes import checkpoint as checkpoints
 from facade.domain.mapping import (
     ACCOUNT_CODE_CUSTOMER,
     ACCOUNT_CODE_INSTANCE_MARKER,
@@ -76,6 +75,7 @@ from facade.metadata import InstanceMarkerTakenError, MetadataStore
 from facade.metadata_store import QUERY_VARIABLES_MAX
 from facade.observability import metrics
 from facade.observability.logs import get_logger
+from ledger_events import checkpoint as checkpoints
 
 __all__ = [
     "COVERAGE_PAGE_MAX",

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.domain.mapping import MappedTransaction, parse_body_summary
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 SCHEMA_VERSION = 2
 SCHEMA = """

@@ -1,6 +1,6 @@
 """Audit: verify the hash chain in the live read model, export a range of it, verify an export.
 
-The chain (facade/changes/chain.py, the one definition of its bytes) links every change in commit
+The chain (ledger_events/chain.py, the one definition of its bytes) links every change in commit
 order. Verification rebuilds each change's canonical bytes from stored columns alone, with the
 chain module's own functions, and recomputes the hash from the previous row's: a changed, missing,
 inserted or reordered row breaks the first link it touches, and `chain_sequence` makes a gap
@@ -29,9 +29,9 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from facade.changes.chain import Link, canonical_metadata, metadata_mapping, next_link
 from facade.engine.types import Transfer
 from facade.settings import ApiSettings, CurrencySettings
+from ledger_events.chain import Link, canonical_metadata, metadata_mapping, next_link
 from projections._analyst_columns import DECIMAL_PRECISION, AmountScales, rfc3339_nanoseconds
 from projections.client import ClickHouseClient, Row
 from projections.queries import TIMESTAMP_MAX, to_bool, to_int, to_labels, to_str
@@ -102,16 +102,16 @@ class ChainRow:
             return b""
         return canonical_metadata(
             metadata_mapping(
-                self.transaction_id,
-                self.idempotency_key,
-                self.client_id,
-                self.transaction_type,
-                self.source,
-                self.correlation_id,
-                self.description,
-                self.labels,
-                self.currency,
-                self.leg_index,
+                transaction_id=self.transaction_id,
+                idempotency_key=self.idempotency_key,
+                client_id=self.client_id,
+                transaction_type=self.transaction_type,
+                source=self.source,
+                correlation_id=self.correlation_id,
+                description=self.description,
+                labels=self.labels,
+                currency=self.currency,
+                leg_index=self.leg_index,
             )
         )
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.engine.types import U128_MAX
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 SCHEMA_VERSION_SUPPORTED = 1
 

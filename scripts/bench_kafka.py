@@ -24,7 +24,6 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
@@ -37,6 +36,7 @@ from facade.metadata_store import MetadataStore
 from facade.runtime import tune_gc
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
+from ledger_events.gen.ledger.v1 import entries_pb2
 from scripts.kafka_broker import KafkaCluster
 
 ACCOUNTS = 100

@@ -24,12 +24,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import projected_timestamp
 
 LEDGER = 840

@@ -19,15 +19,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes import checkpoint as checkpoints
-from facade.changes.chain import Link
-from facade.changes.checkpoint import Checkpoint
 from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEvent, ChangeEventsFilter
 from facade.observability import metrics
 from facade.observability.logs import get_logger
+from ledger_events import checkpoint as checkpoints
+from ledger_events.chain import Link
+from ledger_events.checkpoint import Checkpoint
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 BATCH_CHANGES_MAX = 4096
 """Changes per poll; also the bound on re-emitted changes after a crash."""

@@ -1,5 +1,5 @@
 """Publishes LedgerEntry events to `ledger.entries.v1`: the EntrySink for change capture. Values and
-headers: facade/kafka/encoding.py.
+headers: ledger_events/records.py.
 
 Producer: idempotent (enable.idempotence: no duplicates or reordering from internal retries), acks=all
 (every in-sync replica has the record before it counts as delivered). Key: the entry's account id, so
@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.kafka.encoding import ValueEncoding, cloud_event_headers
 from facade.kafka.registry import value_serializer
 from facade.kafka.topics import TopicHealth
 from facade.observability import metrics
 from facade.settings import KafkaSettings
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_events.records import ValueEncoding, cloud_event_headers
 
 QUEUE_FULL_RETRY_SECONDS = 0.05
 

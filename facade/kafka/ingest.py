@@ -1,7 +1,7 @@
 """Kafka ingestion: `ledger.commands.v1` → the same mapping and group-commit path as the gRPC API.
 
 Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema), protobuf or proto3 JSON
-by its content-type header (facade/kafka/encoding.py). Per poll:
+by its content-type header (ledger_events/records.py). Per poll:
 1. decode; a malformed record is answered MALFORMED_COMMAND;
 2. post every decoded command in one `LedgerService.post_transactions` call per client (one durable
    group commit for the lot);
@@ -43,7 +43,13 @@ from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
 from facade.auth import METHOD_SCOPES, Principal
 from facade.domain.mapping import DomainError
-from facade.kafka.encoding import (
+from facade.kafka.registry import value_serializer
+from facade.observability import metrics
+from facade.observability.logs import get_logger
+from facade.observability.tracing import extract_headers, inject_headers, tracer
+from facade.service import LedgerService, TransactionView
+from facade.settings import KafkaSettings
+from ledger_events.records import (
     CONTENT_TYPE_HEADER,
     RecordDecodeError,
     ValueEncoding,
@@ -51,12 +57,6 @@ from facade.kafka.encoding import (
     decode_value,
     header_value,
 )
-from facade.kafka.registry import value_serializer
-from facade.observability import metrics
-from facade.observability.logs import get_logger
-from facade.observability.tracing import extract_headers, inject_headers, tracer
-from facade.service import LedgerService, TransactionView
-from facade.settings import KafkaSettings
 
 POLL_RECORDS_MAX = 1000
 POLL_TIMEOUT_SECONDS = 0.05

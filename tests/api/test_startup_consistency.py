@@ -24,14 +24,14 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
-from facade.changes import checkpoint as checkpoints
-from facade.changes.chain import GENESIS
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
 from facade.domain.mapping import Metadata, transfer_id
 from facade.engine.embedded import EmbeddedEngine
 from facade.metadata_store import MetadataStore, id_bytes
 from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest
 from facade.settings import AuthSettings, Settings
+from ledger_events import checkpoint as checkpoints
+from ledger_events.chain import GENESIS
 from projections.reconcile import ReadModelFigures, compare
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
 from tests.api.test_logs import json_lines

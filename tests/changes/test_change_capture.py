@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import HASH_GENESIS, canonical_bytes
-from facade.changes.entries import metadata_bytes
 from facade.changes.poller import ChangeCapture
 from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, Transfer, TransferFlags
+from ledger_events.chain import HASH_GENESIS, canonical_bytes
+from ledger_events.entries import metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 
 class CollectingSink:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.settings import KafkaSettings
+from ledger_events.gen.ledger.v1 import entries_pb2
 from scripts.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
 from facade.domain.mapping import Leg, Metadata
@@ -22,6 +21,7 @@ from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.metadata_store import MetadataStore
 from facade.service import LedgerService, PostRequest
 from facade.settings import ApiSettings, KafkaSettings
+from ledger_events.gen.ledger.v1 import entries_pb2
 from scripts.kafka_broker import KafkaCluster
 from tests.kafka.test_entries_stream import consume_all
 from tests.kafka_fixtures import create_topics, unique_topic

@@ -19,13 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from facade.audit.log import AuditLog
 from facade.audit.sink import AuditSink
+from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import VerifierKey, parse_keys, row_leaf_input, verify_bundle
 from projections import audit, audit_evidence
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import TIMESTAMP_MAX
 from tests.projections.conftest import Metadata, Workload, drain
 

@@ -15,12 +15,13 @@ from facade.api.ops import Readiness
 from facade.audit.log import AuditLog, LeafRecord
 from facade.audit.self_audit import AuditCheck, Frontier, SelfAudit
 from facade.audit.sink import AuditSink
+from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import leaf_hash
 from projections.client import ChdbClient, ClickHouseClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from tests.projections.conftest import Metadata, Workload, drain
 
 ROUNDS = 3
