@@ -56,12 +56,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from facade.domain.mapping import (
-    ACCOUNT_CODE_CUSTOMER,
-    ACCOUNT_CODE_INSTANCE_MARKER,
-    INSTANCE_MARKER_LEDGER,
-    instance_marker_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_CUSTOMER, ACCOUNT_CODE_INSTANCE_MARKER, INSTANCE_MARKER_LEDGER
+from facade.domain.ids import instance_marker_id
 from facade.engine.protocol import Engine
 from facade.engine.types import (
     QUERY_LIMIT_MAX,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from facade.domain.mapping import MappedTransaction, parse_body_summary
+from facade.domain.transactions import MappedTransaction, parse_body_summary
 from ledger_events.gen.ledger.v1 import entries_pb2
 
 SCHEMA_VERSION = 2

@@ -27,28 +27,28 @@ import grpc
 
 from facade.auth import SCOPE_ADMIN, Principal
 from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
-from facade.domain.mapping import (
+from facade.domain.accounts import (
     ACCOUNT_CODE_CUSTOMER,
     ACCOUNT_CODE_SETTLEMENT,
-    EXTERNAL_REFERENCE_LENGTH_MAX,
-    OWNER_LENGTH_MAX,
     Currencies,
-    DomainError,
+    customer_account_flags,
+    fingerprint,
+)
+from facade.domain.ids import account_id, account_owner, settlement_account_id, transaction_id
+from facade.domain.mapping import DomainError, invalid
+from facade.domain.transactions import (
     Kind,
     LegInput,
     MappedTransaction,
     Metadata,
-    account_id,
-    account_owner,
-    customer_account_flags,
     decode_transaction,
-    fingerprint,
-    invalid,
     map_post,
     map_resolution,
+)
+from facade.domain.validation import (
+    EXTERNAL_REFERENCE_LENGTH_MAX,
+    OWNER_LENGTH_MAX,
     parse_id,
-    settlement_account_id,
-    transaction_id,
     validate_map,
     validate_text,
 )
@@ -325,11 +325,11 @@ class LedgerService:
                     map_post(
                         principal.client_id,
                         request.idempotency_key,
-                        request.legs,
-                        request.metadata,
-                        self.currencies,
-                        request.authorize_only,
-                        request.timeout_seconds,
+                        legs=request.legs,
+                        metadata=request.metadata,
+                        currencies=self.currencies,
+                        authorize_only=request.authorize_only,
+                        timeout_seconds=request.timeout_seconds,
                     )
                 )
             except DomainError as error:
@@ -397,7 +397,14 @@ class LedgerService:
             )
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
-        mapped = map_resolution(principal.client_id, idempotency_key, authorization, capture, amount, metadata)
+        mapped = map_resolution(
+            principal.client_id,
+            idempotency_key,
+            authorization=authorization,
+            capture=capture,
+            amount_text=amount,
+            metadata=metadata,
+        )
         [result] = await self._submit([mapped], deadline)
         if isinstance(result, DomainError):
             raise result

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from facade.domain.mapping import MappedTransaction, parse_body_summary
+from facade.domain.transactions import MappedTransaction, parse_body_summary
 from facade.engine.types import BATCH_EVENTS_MAX
 from facade.metadata._protocol import InstanceMarkerTakenError, MetadataStoreError
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction, id_bytes

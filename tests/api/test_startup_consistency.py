@@ -25,7 +25,8 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.server import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
-from facade.domain.mapping import Metadata, transfer_id
+from facade.domain.ids import transfer_id
+from facade.domain.transactions import Metadata
 from facade.engine.embedded import EmbeddedEngine
 from facade.metadata_store import MetadataStore, id_bytes
 from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest

@@ -14,7 +14,8 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from facade.auth import SCOPES_ALL, Principal
-from facade.domain.mapping import DomainError, Leg, Metadata
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import Leg, Metadata
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import CreateTransferResult, Transfer
 from facade.kafka.ingest import CommandIngestor

@@ -15,7 +15,7 @@ import pytest
 
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
-from facade.domain.mapping import Leg, Metadata
+from facade.domain.transactions import Leg, Metadata
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.metadata_store import MetadataStore

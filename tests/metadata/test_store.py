@@ -17,15 +17,10 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import (
-    ACCOUNT_CODE_SETTLEMENT,
-    Currencies,
-    DomainError,
-    MappedTransaction,
-    Metadata,
-    map_post,
-    settlement_account_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
+from facade.domain.ids import settlement_account_id
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import MappedTransaction, Metadata, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus
 from facade.metadata import (
@@ -52,9 +47,9 @@ def transaction(key: str, amount: int = 5, *, client: str = "client-a", descript
     return map_post(
         client,
         key,
-        [leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)],
-        Metadata(description=description),
-        CURRENCIES,
+        legs=[leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)],
+        metadata=Metadata(description=description),
+        currencies=CURRENCIES,
     )
 
 
@@ -301,7 +296,9 @@ async def test_a_failure_is_recorded_before_the_answer_and_replayed(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     _, committer = ledger
-    overdraft = map_post("client-a", "overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata(), CURRENCIES)
+    overdraft = map_post(
+        "client-a", "overdraft", legs=[leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], metadata=Metadata(), currencies=CURRENCIES
+    )
     outcome = await submit(committer, overdraft)
     assert isinstance(outcome, DomainError)
     # Answered, so recorded: the store holds the original reason for every later retry.
@@ -314,7 +311,9 @@ async def test_a_failure_whose_record_was_lost_is_reported_consistently(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     engine, committer = ledger
-    refused = map_post("client-a", "refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata(), CURRENCIES)
+    refused = map_post(
+        "client-a", "refused", legs=[leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], metadata=Metadata(), currencies=CURRENCIES
+    )
     await store.prepare([refused])
     [result] = await engine.create_transfers(list(refused.transfers))
     assert result.status == CreateTransferStatus.EXCEEDS_CREDITS  # Crash here: no failure recorded.
