@@ -38,12 +38,15 @@ from facade.domain.ids import account_id, account_owner, settlement_account_id, 
 from facade.domain.mapping import DomainError, invalid
 from facade.domain.transactions import (
     Kind,
-    LegInput,
     MappedTransaction,
     Metadata,
+    ResolveRequest,
     decode_transaction,
     map_post,
     map_resolution,
+)
+from facade.domain.transactions import (
+    PostRequest as PostRequest,  # noqa: PLC0414  Re-exported for the edges until core's operations layer.
 )
 from facade.domain.validation import (
     EXTERNAL_REFERENCE_LENGTH_MAX,
@@ -86,15 +89,6 @@ OWNERS_CACHED_MAX = 1 << 20
 entry is evicted first. Ownership is immutable, so a cached owner never goes stale."""
 OWNER_UNKNOWN = 0
 """user_data_128 of accounts created before owners were carried in the engine."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostRequest:
-    idempotency_key: str
-    legs: Sequence[LegInput]
-    metadata: Metadata
-    authorize_only: bool = False
-    timeout_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,17 +315,7 @@ class LedgerService:
         mapped: list[MappedTransaction | DomainError] = []
         for request in requests:
             try:
-                mapped.append(
-                    map_post(
-                        principal.client_id,
-                        request.idempotency_key,
-                        legs=request.legs,
-                        metadata=request.metadata,
-                        currencies=self.currencies,
-                        authorize_only=request.authorize_only,
-                        timeout_seconds=request.timeout_seconds,
-                    )
-                )
+                mapped.append(map_post(principal.client_id, request, self.currencies))
             except DomainError as error:
                 mapped.append(error)
         assert len(mapped) == len(requests)
@@ -398,12 +382,7 @@ class LedgerService:
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
         mapped = map_resolution(
-            principal.client_id,
-            idempotency_key,
-            authorization=authorization,
-            capture=capture,
-            amount_text=amount,
-            metadata=metadata,
+            principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization
         )
         [result] = await self._submit([mapped], deadline)
         if isinstance(result, DomainError):

@@ -39,6 +39,7 @@ __all__ = [
     "TRANSFER_SIZE",
     "ChainTransfer",
     "Link",
+    "MetadataFields",
     "canonical_bytes",
     "canonical_metadata",
     "metadata_mapping",
@@ -161,30 +162,34 @@ METADATA_FIELDS = (
 """The hashed metadata fields: every field of ledger.v1.EntryMetadata, always all present."""
 
 
-def metadata_mapping(
-    *,
-    transaction_id: str,
-    idempotency_key: str,
-    client_id: str,
-    transaction_type: str,
-    source: str,
-    correlation_id: str,
-    description: str,
-    labels: Mapping[str, str],
-    currency: str,
-    leg_index: int,
-) -> dict[str, object]:
+class MetadataFields(Protocol):
+    """The hashed metadata fields (a ledger.v1.EntryMetadata, or a read-model row's columns)."""
+
+    @property
+    def transaction_id(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def transaction_type(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def correlation_id(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def leg_index(self) -> int: ...
+
+
+def metadata_mapping(fields: MetadataFields) -> dict[str, object]:
     """The mapping `canonical_metadata` hashes, built the same way by the publisher (from the
     facade's metadata) and by the verifier (from read-model rows)."""
-    return {
-        "transaction_id": transaction_id,
-        "idempotency_key": idempotency_key,
-        "client_id": client_id,
-        "transaction_type": transaction_type,
-        "source": source,
-        "correlation_id": correlation_id,
-        "description": description,
-        "labels": dict(labels),
-        "currency": currency,
-        "leg_index": leg_index,
-    }
+    mapping: dict[str, object] = {name: getattr(fields, name) for name in METADATA_FIELDS}
+    mapping["labels"] = dict(fields.labels)
+    return mapping

@@ -50,17 +50,4 @@ def metadata_bytes(metadata: entries_pb2.EntryMetadata | None) -> bytes:
     """The canonical metadata bytes the chain hashes for an entry's metadata (empty without any)."""
     if metadata is None:
         return b""
-    return canonical_metadata(
-        metadata_mapping(
-            transaction_id=metadata.transaction_id,
-            idempotency_key=metadata.idempotency_key,
-            client_id=metadata.client_id,
-            transaction_type=metadata.transaction_type,
-            source=metadata.source,
-            correlation_id=metadata.correlation_id,
-            description=metadata.description,
-            labels=metadata.labels,
-            currency=metadata.currency,
-            leg_index=metadata.leg_index,
-        )
-    )
+    return canonical_metadata(metadata_mapping(metadata))

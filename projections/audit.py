@@ -100,20 +100,7 @@ class ChainRow:
     def metadata_bytes(self) -> bytes:
         if not self.has_metadata:
             return b""
-        return canonical_metadata(
-            metadata_mapping(
-                transaction_id=self.transaction_id,
-                idempotency_key=self.idempotency_key,
-                client_id=self.client_id,
-                transaction_type=self.transaction_type,
-                source=self.source,
-                correlation_id=self.correlation_id,
-                description=self.description,
-                labels=self.labels,
-                currency=self.currency,
-                leg_index=self.leg_index,
-            )
-        )
+        return canonical_metadata(metadata_mapping(self))
 
     def link_after(self, previous: Link) -> Link:
         """The link this row must carry, computed by the chain module from the previous link."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.domain.accounts import Currencies
-from facade.domain.transactions import MappedTransaction, Metadata, map_post
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.metadata import MetadataStore, PostgresMetadataStore, SqliteMetadataStore
 from facade.settings import ApiSettings
 from tests.postgres_fixtures import start_postgres
@@ -31,13 +31,7 @@ CURRENCIES = Currencies(dict(ApiSettings().currencies))
 def batch(round_index: int, size: int) -> list[MappedTransaction]:
     leg = pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id="1001", amount="5", currency="USD")
     return [
-        map_post(
-            "bench",
-            f"r{round_index}-n{size}-{i}",
-            legs=[leg],
-            metadata=Metadata(description="bench"),
-            currencies=CURRENCIES,
-        )
+        map_post("bench", PostRequest(f"r{round_index}-n{size}-{i}", [leg], Metadata(description="bench")), CURRENCIES)
         for i in range(size)
     ]
 

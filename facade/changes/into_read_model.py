@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource
+from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource, Pacing
 from facade.engine.protocol import Engine
 from ledger_events import checkpoint as checkpoints
 from ledger_events.checkpoint import Checkpoint
@@ -57,8 +57,10 @@ def change_capture(
         projector,
         checkpoint_path,
         metadata,
-        batch_changes_max=batch_changes_max,
-        poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
-        small_batch_changes=min(PROJECTION_SMALL_BATCH_CHANGES, batch_changes_max),
-        small_batch_wait_seconds=PROJECTION_SMALL_BATCH_WAIT_SECONDS,
+        pacing=Pacing(
+            batch_changes_max=batch_changes_max,
+            poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
+            small_batch_changes=min(PROJECTION_SMALL_BATCH_CHANGES, batch_changes_max),
+            small_batch_wait_seconds=PROJECTION_SMALL_BATCH_WAIT_SECONDS,
+        ),
     )

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -65,6 +66,20 @@ class MetadataSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How much change capture reads per poll and how long it waits after a batch that was not full."""
+
+    batch_changes_max: int = BATCH_CHANGES_MAX
+    poll_interval_seconds: float = POLL_INTERVAL_SECONDS
+    """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
+    whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
+    small_batch_changes: int = 0
+    small_batch_wait_seconds: float = 0.0
+    """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
+    instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
+
+
 class ChangeCapture:
     def __init__(
         self,
@@ -72,12 +87,13 @@ class ChangeCapture:
         sink: EntrySink,
         checkpoint_path: Path,
         metadata: MetadataSource | None = None,
-        batch_changes_max: int = BATCH_CHANGES_MAX,
         *,
-        poll_interval_seconds: float = POLL_INTERVAL_SECONDS,
-        small_batch_changes: int = 0,
-        small_batch_wait_seconds: float = 0.0,
+        pacing: Pacing = Pacing(),
     ) -> None:
+        batch_changes_max = pacing.batch_changes_max
+        poll_interval_seconds = pacing.poll_interval_seconds
+        small_batch_changes = pacing.small_batch_changes
+        small_batch_wait_seconds = pacing.small_batch_wait_seconds
         assert 0 < batch_changes_max <= 8189
         assert 0 < poll_interval_seconds <= POLL_INTERVAL_SECONDS_MAX
         assert 0 <= small_batch_changes <= batch_changes_max
@@ -90,12 +106,8 @@ class ChangeCapture:
         self._metadata = metadata
         self._batch_changes_max = batch_changes_max
         self._poll_interval_seconds = poll_interval_seconds
-        """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
-        whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
         self._small_batch_changes = small_batch_changes
         self._small_batch_wait_seconds = small_batch_wait_seconds
-        """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
-        instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
         self._change_sink = sink if isinstance(sink, ChangeSink) else None
         self._sink_name = type(sink).__name__

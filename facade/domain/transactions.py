@@ -55,6 +55,8 @@ __all__ = [
     "LegSpec",
     "MappedTransaction",
     "Metadata",
+    "PostRequest",
+    "ResolveRequest",
     "TransactionBody",
     "TransactionType",
     "decode_transaction",
@@ -326,16 +328,32 @@ def parse_body_summary(body: str, leg_index: int) -> BodySummary:
     return BodySummary(transaction_type, data[2], Metadata.from_canonical(data[6]))
 
 
-def map_post(
-    client_id: str,
-    idempotency_key: str,
-    *,
-    legs: Sequence[LegInput],
-    metadata: Metadata,
-    currencies: Currencies,
-    authorize_only: bool = False,
-    timeout_seconds: int = 0,
-) -> MappedTransaction:
+@dataclass(frozen=True, slots=True)
+class PostRequest:
+    """A post or authorization as an edge received it (legs not validated yet)."""
+
+    idempotency_key: str
+    legs: Sequence[LegInput]
+    metadata: Metadata
+    authorize_only: bool = False
+    timeout_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """A capture or void of an authorization as an edge received it."""
+
+    idempotency_key: str
+    capture: bool
+    """True: post (capture) the authorization; False: void it."""
+    amount: str
+    """A partial capture's amount (minor units); empty for the whole authorization and for voids."""
+    metadata: Metadata
+
+
+def map_post(client_id: str, request: PostRequest, currencies: Currencies) -> MappedTransaction:
+    idempotency_key, legs, metadata = request.idempotency_key, request.legs, request.metadata
+    authorize_only, timeout_seconds = request.authorize_only, request.timeout_seconds
     validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if not 1 <= len(legs) <= LEGS_MAX:
@@ -376,16 +394,14 @@ def map_post(
     return _build(client_id, idempotency_key, payload)
 
 
-def map_resolution(
-    client_id: str,
-    idempotency_key: str,
-    *,
-    authorization: MappedTransaction,
-    capture: bool,
-    amount_text: str,
-    metadata: Metadata,
-) -> MappedTransaction:
+def map_resolution(client_id: str, request: ResolveRequest, authorization: MappedTransaction) -> MappedTransaction:
     """A capture (post) or void of an authorization: one resolving transfer per authorized leg."""
+    idempotency_key, capture, amount_text, metadata = (
+        request.idempotency_key,
+        request.capture,
+        request.amount,
+        request.metadata,
+    )
     validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if authorization.kind != Kind.AUTHORIZE:

@@ -26,10 +26,10 @@ from facade.api.server import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
 from facade.domain.ids import transfer_id
-from facade.domain.transactions import Metadata
+from facade.domain.transactions import Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.metadata_store import MetadataStore, id_bytes
-from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest
+from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService
 from facade.settings import AuthSettings, Settings
 from ledger_events import checkpoint as checkpoints
 from ledger_events.chain import GENESIS

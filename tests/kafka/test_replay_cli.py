@@ -15,11 +15,11 @@ import pytest
 
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
-from facade.domain.transactions import Leg, Metadata
+from facade.domain.transactions import Leg, Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.metadata_store import MetadataStore
-from facade.service import LedgerService, PostRequest
+from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
 from ledger_events.gen.ledger.v1 import entries_pb2
 from scripts.kafka_broker import KafkaCluster

@@ -20,7 +20,7 @@ from facade.batcher import Committed, GroupCommitter
 from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
 from facade.domain.ids import settlement_account_id
 from facade.domain.mapping import DomainError
-from facade.domain.transactions import MappedTransaction, Metadata, map_post
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus
 from facade.metadata import (
@@ -44,13 +44,8 @@ def leg(kind: pb.LegType.ValueType, account_id: str, amount: int) -> pb.Leg:
 
 
 def transaction(key: str, amount: int = 5, *, client: str = "client-a", description: str = "") -> MappedTransaction:
-    return map_post(
-        client,
-        key,
-        legs=[leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)],
-        metadata=Metadata(description=description),
-        currencies=CURRENCIES,
-    )
+    legs = [leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)]
+    return map_post(client, PostRequest(key, legs, Metadata(description=description)), CURRENCIES)
 
 
 async def submit(committer: GroupCommitter, transaction: MappedTransaction) -> Committed | DomainError:
@@ -297,7 +292,7 @@ async def test_a_failure_is_recorded_before_the_answer_and_replayed(
 ) -> None:
     _, committer = ledger
     overdraft = map_post(
-        "client-a", "overdraft", legs=[leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], metadata=Metadata(), currencies=CURRENCIES
+        "client-a", PostRequest("overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), CURRENCIES
     )
     outcome = await submit(committer, overdraft)
     assert isinstance(outcome, DomainError)
@@ -311,9 +306,7 @@ async def test_a_failure_whose_record_was_lost_is_reported_consistently(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     engine, committer = ledger
-    refused = map_post(
-        "client-a", "refused", legs=[leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], metadata=Metadata(), currencies=CURRENCIES
-    )
+    refused = map_post("client-a", PostRequest("refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), CURRENCIES)
     await store.prepare([refused])
     [result] = await engine.create_transfers(list(refused.transfers))
     assert result.status == CreateTransferStatus.EXCEEDS_CREDITS  # Crash here: no failure recorded.

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from facade.audit.log import AuditLog
 from facade.audit.sink import AuditSink
 from facade.changes.into_read_model import change_capture
-from facade.changes.poller import ChangeCapture
+from facade.changes.poller import ChangeCapture, Pacing
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import VerifierKey, parse_keys, row_leaf_input, verify_bundle
@@ -55,7 +55,10 @@ async def exported(
     assert await drain(change_capture(engine, Projector(client), tmp_path / "cp.json", metadata)) == CHANGES
     sink = AuditSink(audit_log)
     assert (
-        await drain(ChangeCapture(engine, sink, tmp_path / "audit-cp.json", metadata, batch_changes_max=4)) == CHANGES
+        await drain(
+            ChangeCapture(engine, sink, tmp_path / "audit-cp.json", metadata, pacing=Pacing(batch_changes_max=4))
+        )
+        == CHANGES
     )
     assert audit_log.tree.size == CHANGES
     assert [c.tree_size for c in audit_log.checkpoints()] == [12, 24]  # Every 10 changes, at batch ends.
