@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from facade.background import single_thread_executor
 from facade.domain.transactions import MappedTransaction, parse_body_summary
 from ledger_events.gen.ledger.v1 import entries_pb2
 
@@ -125,7 +126,7 @@ class MetadataStore:
 
     @classmethod
     async def open(cls, path: Path) -> MetadataStore:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
+        executor = single_thread_executor("metadata-store")
 
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from facade.background import single_thread_executor
 from facade.settings import ClickHouseSettings
 from projections._process import ProjectionProcess, RemoteClient, RemoteProjector
 from projections.client import ClickHouseClient, open_client
@@ -45,7 +46,7 @@ class ReadModel:
         """The read model, with its projector when this process projects (`project_in_service`).
         Change capture into `projector` is the composition root's to start (facade.changes.into_read_model):
         build it with `on_client_thread`, since resuming asks ClickHouse where it stands."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        executor = single_thread_executor("clickhouse")
         loop = asyncio.get_running_loop()
         if settings.backend == "chdb" and settings.projector_process:
             process = ProjectionProcess(settings)

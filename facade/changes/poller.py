@@ -13,13 +13,13 @@ the checkpoint only ever advances past changes the sink has accepted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from facade.background import run_until_stopped
 from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEvent, ChangeEventsFilter
@@ -36,9 +36,6 @@ POLL_INTERVAL_SECONDS = 0.01
 """Sleep between polls that did not fill a batch (the default: Kafka publishing, latency first)."""
 POLL_INTERVAL_SECONDS_MAX = 1.0
 """The longest a sink may ask to wait between such polls (its lag grows by up to that much)."""
-RETRY_BACKOFF_MIN_SECONDS = 0.1
-RETRY_BACKOFF_MAX_SECONDS = 5.0
-"""A failing sink is retried with exponential backoff between these bounds."""
 
 log = get_logger("ledger.change_capture")
 
@@ -154,23 +151,15 @@ class ChangeCapture:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls until `stop` is set; a full batch polls again at once (catching up)."""
-        backoff = RETRY_BACKOFF_MIN_SECONDS
-        while not stop.is_set():
-            try:
-                published = await self.run_once()
-            except Exception as error:  # The sink is down (broker, ClickHouse): retry, never skip.
-                # The checkpoint did not move, so the retry re-publishes the same batch: the same
-                # event ids, within the documented at-least-once window.
-                metrics.retries_total.labels("change_capture").inc()
-                log.warning("change capture retrying", sink=self._sink_name, error=str(error), backoff_s=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
-                continue
-            backoff = RETRY_BACKOFF_MIN_SECONDS
-            if published < self._batch_changes_max:
-                with contextlib.suppress(TimeoutError):
-                    wait_seconds = self._poll_interval_seconds
-                    if published < self._small_batch_changes:
-                        wait_seconds = self._small_batch_wait_seconds
-                    await asyncio.wait_for(stop.wait(), wait_seconds)
+        # A failing sink (broker, ClickHouse down) is retried, never skipped: the checkpoint did not move,
+        # so the retry re-publishes the same batch with the same event ids (the at-least-once window).
+        await run_until_stopped(stop, self._poll, component="change_capture", log_fields={"sink": self._sink_name})
+
+    async def _poll(self) -> float:
+        """One batch; how long to wait before the next (0 after a full batch: catching up)."""
+        published = await self.run_once()
+        if published >= self._batch_changes_max:
+            return 0.0
+        if published < self._small_batch_changes:
+            return self._small_batch_wait_seconds
+        return self._poll_interval_seconds
