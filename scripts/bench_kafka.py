@@ -37,16 +37,12 @@ from facade.runtime import tune_gc
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
 from ledger_events.gen.ledger.v1 import entries_pb2
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
+from ledger_testkit.stats import percentile
 
 ACCOUNTS = 100
 PARTITIONS = 6
 TIMEOUT_SECONDS = 600.0
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 def produce_commands(settings: KafkaSettings, accounts: list[str], count: int) -> float:

@@ -22,7 +22,7 @@ from facade.domain.accounts import Currencies
 from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.metadata import MetadataStore, PostgresMetadataStore, SqliteMetadataStore
 from facade.settings import ApiSettings
-from tests.postgres_fixtures import start_postgres
+from ledger_testkit.postgres import start_postgres
 
 BATCH_SIZES = (100, 8189)
 CURRENCIES = Currencies(dict(ApiSettings().currencies))

@@ -30,8 +30,9 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
-from scripts.bench_api import percentile
-from tests.postgres_fixtures import PostgresServer, free_port, start_postgres
+from ledger_testkit.ports import free_port
+from ledger_testkit.postgres import PostgresServer, start_postgres
+from ledger_testkit.stats import percentile
 
 LOADERS = 2
 CONNECTIONS_PER_LOADER = 8

@@ -17,7 +17,7 @@ from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.kafka.ingest import CommandIngestor
 from facade.service import LedgerService
 from ledger_events.gen.ledger.v1 import entries_pb2
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_entries_stream import consume_all
 from tests.kafka.test_ingestion import (
     INGEST_CLIENT,

@@ -23,7 +23,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.kafka.ingest import CLIENT_HEADER
 from facade.settings import AuthSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.api.test_logs import json_lines
 from tests.kafka_fixtures import unique_topic
 

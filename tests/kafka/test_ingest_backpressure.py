@@ -22,7 +22,7 @@ from facade.kafka.ingest import CommandIngestor
 from facade.metadata_store import MetadataStore
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_ingestion import (
     INGEST_CLIENT,
     accounts,

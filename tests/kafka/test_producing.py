@@ -3,25 +3,18 @@ long; then the record is refused with a clear error instead of hanging the produ
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
 from facade.kafka.producing import ProducerQueueFullError, Record, produce
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from ledger_testkit.ports import free_port
 
 
 def test_a_queue_that_stays_full_refuses_the_record_after_the_bound() -> None:
     # No broker listens there: nothing is ever delivered, so the one-record queue stays full.
     producer = Producer(
         {
-            "bootstrap.servers": f"127.0.0.1:{unused_port()}",
+            "bootstrap.servers": f"127.0.0.1:{free_port()}",
             "queue.buffering.max.messages": 1,
             "message.timeout.ms": 600_000,
             "log_level": 0,

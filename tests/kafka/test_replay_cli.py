@@ -22,7 +22,7 @@ from facade.metadata_store import MetadataStore
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
 from ledger_events.gen.ledger.v1 import entries_pb2
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_entries_stream import consume_all
 from tests.kafka_fixtures import create_topics, unique_topic
 

@@ -18,7 +18,7 @@ from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.settings import KafkaSettings
 from ledger_events.gen.ledger.v1 import entries_pb2
 from ledger_events.records import RecordDecodeError, ValueEncoding, decode_value, encode_value
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka

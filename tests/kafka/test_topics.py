@@ -18,7 +18,7 @@ from facade.kafka.entries_publisher import KafkaEntryPublisher, PublishError
 from facade.kafka.topics import TopicError, TopicHealth, TopicRole, ensure_topics, topic_specs
 from facade.settings import KafkaSettings
 from ledger_events.gen.ledger.v1 import entries_pb2
-from scripts.kafka_broker import KafkaCluster, _kraft_cluster_id
+from ledger_testkit.kafka_broker import KafkaCluster, _kraft_cluster_id
 from tests.kafka_fixtures import unique_topic
 
 pytestmark = pytest.mark.kafka
