@@ -37,7 +37,6 @@ from facade.domain.accounts import (
 from facade.domain.ids import account_id, account_owner, settlement_account_id, transaction_id
 from facade.domain.mapping import DomainError, invalid
 from facade.domain.transactions import (
-    Kind,
     MappedTransaction,
     Metadata,
     ResolveRequest,
@@ -548,10 +547,6 @@ def _decode_cursor(token: str) -> int:
     if not isinstance(timestamp, int) or timestamp <= 0:
         raise invalid("INVALID_PAGE_TOKEN", "page_token is not a token this service issued")
     return timestamp
-
-
-def kind_status(kind: Kind) -> str:
-    return {Kind.POST: "posted", Kind.AUTHORIZE: "authorized", Kind.CAPTURE: "posted", Kind.VOID: "voided"}[kind]
 
 
 def deadline_from_timeout(timeout_seconds: float | None) -> float | None:

@@ -8,7 +8,7 @@ explicit. The live check also holds `entries` to the chain: each change must hav
 debit and one credit entry carrying the same transfer, metadata and link as its `transactions` row.
 
 An export is the `transactions` rows of an engine-time range, in chain order, as CSV or Parquet
-files of at most EXPORT_FILE_ROWS_MAX rows, plus `manifest.json`: row count, SHA-256 per file,
+files of at most AUDIT_PAGE_ROWS rows (one page per file), plus `manifest.json`: row count, SHA-256 per file,
 first/last sequence, the previous hash at the range start and the chain head at its end. An export
 verifies from its files alone; given the live read model, its head is also checked against it.
 Beside the chain columns each row carries typed columns for analysts (projections/_analyst_columns.py,
@@ -38,9 +38,8 @@ from projections.queries import TIMESTAMP_MAX, to_bool, to_int, to_labels, to_st
 from projections.rows import CHANGE_VALUES
 
 AUDIT_PAGE_ROWS = 20_000
-"""Rows read per query while walking the chain: bounds memory whatever the table size."""
-EXPORT_FILE_ROWS_MAX = 100_000
-"""Rows per export file (one page per file), so no file needs more than one page in memory."""
+"""Rows read per query while walking the chain: bounds memory whatever the table size. An export
+writes one file per page, so no file needs more than one page in memory."""
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 Format = Literal["csv", "parquet"]

@@ -175,8 +175,6 @@ DDL: tuple[str, ...] = (
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, result_index)""",
 )
 
-TABLES = ("entries", "transactions", "balances")
-
 
 def create_tables(client: ClickHouseClient) -> None:
     """Idempotent: creates whatever is missing, touches nothing that exists."""

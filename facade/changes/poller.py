@@ -110,11 +110,6 @@ class ChangeCapture:
         self._sink_name = type(sink).__name__
         """The metrics label: a bounded set (KafkaEntryPublisher, Projector)."""
 
-    @property
-    def lag_timestamp(self) -> int:
-        """Engine timestamp of the last change published (0 before the first)."""
-        return self.checkpoint.timestamp_last
-
     async def run_once(self) -> int:
         """Publishes the next batch of changes; returns how many changes it published."""
         events = await self._engine.get_change_events(

@@ -106,9 +106,6 @@ class Metadata:
         if not 0 <= self.occurred_at_ns < 1 << 64:
             raise invalid("INVALID_TIMESTAMP", "metadata.occurred_at_ns out of range")
 
-    def canonical(self) -> list[object]:
-        return [self.source, self.correlation_id, self.description, self.occurred_at_ns, sorted(self.labels.items())]
-
     @classmethod
     def from_canonical(cls, data: list[object]) -> Metadata:
         source, correlation_id, description, occurred_at_ns, labels = data
