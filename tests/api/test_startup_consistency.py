@@ -1,4 +1,4 @@
-"""Start-up consistency through the real start-up path (facade.api.server.start) on real files: the
+"""Start-up consistency through the real start-up path (facade.app.start) on real files: the
 storage table's rows for a lost, older or foreign metadata store and a lost journal each end in a
 refusal that names the damage, never in a ready service with less; and the continuous check takes a
 running service out of readiness when its store loses writes."""
@@ -22,7 +22,7 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
 from facade.domain.ids import transfer_id

@@ -170,7 +170,7 @@ def test_broker_script_runs_as_the_readme_says(tmp_path: Path) -> None:
 async def test_the_service_refuses_to_start_on_mismatched_topics_and_provisions_them_otherwise(
     kafka_cluster: KafkaCluster, tmp_path: Path
 ) -> None:
-    from facade.api.server import start
+    from facade.app import start
     from tests.api.conftest import make_settings
 
     kafka = unique_settings(kafka_cluster.bootstrap_servers, topic_partitions=2, ingest_enabled=False,

@@ -1,5 +1,7 @@
-"""Assembles and runs the service: engine, metadata store, ledger service, read model, gRPC server,
-change capture.
+"""The composition root: assembles and runs the service (engine, metadata store, ledger service, read
+model, gRPC server and its interceptors, JSON gateway, change capture, Kafka ingestion). The one module
+that wires the edges (facade/api, facade/http, facade/kafka) and the read model (projections) together;
+the edges do not import each other (import contracts in pyproject.toml).
 
 Start-up order: engine (recovers its journal) → metadata store → start-up consistency (engine, store
 and checkpoints agree, or the service refuses to start: facade.consistency) → settlement accounts →
