@@ -18,10 +18,8 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +30,7 @@ from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
 from ledger_testkit.ports import free_port
 from ledger_testkit.postgres import PostgresServer, start_postgres
+from ledger_testkit.service import ledger_executable
 from ledger_testkit.stats import percentile
 
 LOADERS = 2
@@ -61,7 +60,7 @@ def serve(server: PostgresServer, workers: int, port: int) -> subprocess.Popen[b
         "LEDGER_CONSISTENCY__INSTANCE_NAME": f"bench-{uuid.uuid4().hex[:12]}",
         "LEDGER_CONSISTENCY__JOIN_UNMARKED_ENGINE": "true",
     }
-    ledger = str(Path(sys.executable).parent / "ledger")
+    ledger = ledger_executable()
     return subprocess.Popen([ledger, "serve", "--workers", str(workers)], env=env)
 
 

@@ -12,7 +12,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService
 from facade.settings import AuthSettings, Settings
 from ledger_events import checkpoint as checkpoints
 from ledger_events.chain import GENESIS
+from ledger_testkit.service import ledger_executable
 from projections.reconcile import ReadModelFigures, compare
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
 from tests.api.test_logs import json_lines
@@ -207,7 +207,7 @@ def test_ledger_serve_refuses_a_deleted_store_with_exit_status_2(tmp_path: Path)
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
         "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
     }
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

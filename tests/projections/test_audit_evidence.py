@@ -24,6 +24,7 @@ from facade.changes.poller import ChangeCapture, Pacing
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import VerifierKey, parse_keys, row_leaf_input, verify_bundle
+from ledger_testkit.service import ledger_executable
 from projections import audit, audit_evidence
 from projections.client import ChdbClient
 from projections.projector import Projector
@@ -216,7 +217,7 @@ def test_console_script_verifies_offline_in_an_empty_directory(
     empty = tmp_path / "auditor"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     for command in (
         [ledger, "audit", "verify", "--export", str(bundle), "--public-key", str(key_file)],
         [sys.executable, "-m", "ledger_audit_verifier", "--export", str(bundle), "--public-key", str(key_file)],
