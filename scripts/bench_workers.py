@@ -80,7 +80,9 @@ def setup(port: int, client: str) -> tuple[str, str]:
         return ids[0], ids[1]
 
 
-def loader(port: int, client: str, accounts: tuple[str, str], batch: int, seconds: float, out: Any) -> None:
+def loader(  # noqa: PLR0913  A multiprocessing target: its args tuple.
+    port: int, client: str, accounts: tuple[str, str], batch: int, seconds: float, out: Any
+) -> None:
     async def run() -> tuple[int, list[float], int]:
         deadline = time.monotonic() + seconds
         latencies: list[float] = []
