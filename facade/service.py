@@ -176,8 +176,8 @@ class LedgerService:
         account_type: int,
         metadata: dict[str, str],
     ) -> AccountView:
-        validate_text(external_reference, "external_reference", EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
-        validate_text(owner, "owner", OWNER_LENGTH_MAX)
+        validate_text(external_reference, "external_reference", length_max=EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
+        validate_text(owner, "owner", length_max=OWNER_LENGTH_MAX)
         validate_map(metadata, "metadata")
         ledger = self.currencies.get(currency).ledger
         if account_type not in (ACCOUNT_TYPE_NO_OVERDRAFT, ACCOUNT_TYPE_OVERDRAFT_ALLOWED):
@@ -314,7 +314,7 @@ class LedgerService:
         mapped: list[MappedTransaction | DomainError] = []
         for request in requests:
             try:
-                mapped.append(map_post(principal.client_id, request, self.currencies))
+                mapped.append(map_post(principal.client_id, request, currencies=self.currencies))
             except DomainError as error:
                 mapped.append(error)
         assert len(mapped) == len(requests)
@@ -381,7 +381,7 @@ class LedgerService:
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
         mapped = map_resolution(
-            principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization
+            principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization=authorization
         )
         [result] = await self._submit([mapped], deadline)
         if isinstance(result, DomainError):

@@ -31,7 +31,11 @@ CURRENCIES = Currencies(dict(ApiSettings().currencies))
 def batch(round_index: int, size: int) -> list[MappedTransaction]:
     leg = pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id="1001", amount="5", currency="USD")
     return [
-        map_post("bench", PostRequest(f"r{round_index}-n{size}-{i}", [leg], Metadata(description="bench")), CURRENCIES)
+        map_post(
+            "bench",
+            PostRequest(f"r{round_index}-n{size}-{i}", [leg], Metadata(description="bench")),
+            currencies=CURRENCIES,
+        )
         for i in range(size)
     ]
 

@@ -98,9 +98,9 @@ class Metadata:
     occurred_at_ns: int = 0
 
     def validate(self) -> None:
-        validate_text(self.source, "metadata.source", SOURCE_LENGTH_MAX)
-        validate_text(self.correlation_id, "metadata.correlation_id", CORRELATION_ID_LENGTH_MAX)
-        validate_text(self.description, "metadata.description", DESCRIPTION_LENGTH_MAX)
+        validate_text(self.source, "metadata.source", length_max=SOURCE_LENGTH_MAX)
+        validate_text(self.correlation_id, "metadata.correlation_id", length_max=CORRELATION_ID_LENGTH_MAX)
+        validate_text(self.description, "metadata.description", length_max=DESCRIPTION_LENGTH_MAX)
         if self.labels:
             validate_map(self.labels, "metadata.labels")
         if not 0 <= self.occurred_at_ns < 1 << 64:
@@ -341,10 +341,10 @@ class ResolveRequest:
     metadata: Metadata
 
 
-def map_post(client_id: str, request: PostRequest, currencies: Currencies) -> MappedTransaction:
+def map_post(client_id: str, request: PostRequest, *, currencies: Currencies) -> MappedTransaction:
     idempotency_key, legs, metadata = request.idempotency_key, request.legs, request.metadata
     authorize_only, timeout_seconds = request.authorize_only, request.timeout_seconds
-    validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
+    validate_text(idempotency_key, "idempotency_key", length_max=IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if not 1 <= len(legs) <= LEGS_MAX:
         raise invalid("INVALID_LEGS", f"a transaction has 1 to {LEGS_MAX} legs")
@@ -384,7 +384,7 @@ def map_post(client_id: str, request: PostRequest, currencies: Currencies) -> Ma
     return _build(client_id, idempotency_key, payload)
 
 
-def map_resolution(client_id: str, request: ResolveRequest, authorization: MappedTransaction) -> MappedTransaction:
+def map_resolution(client_id: str, request: ResolveRequest, *, authorization: MappedTransaction) -> MappedTransaction:
     """A capture (post) or void of an authorization: one resolving transfer per authorized leg."""
     idempotency_key, capture, amount_text, metadata = (
         request.idempotency_key,
@@ -392,7 +392,7 @@ def map_resolution(client_id: str, request: ResolveRequest, authorization: Mappe
         request.amount,
         request.metadata,
     )
-    validate_text(idempotency_key, "idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
+    validate_text(idempotency_key, "idempotency_key", length_max=IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if authorization.kind != Kind.AUTHORIZE:
         raise DomainError(

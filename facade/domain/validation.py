@@ -75,7 +75,7 @@ def validate_map(values: dict[str, str], name: str) -> None:
             raise invalid("LABEL_TOO_LONG", f"{name}: keys and values at most {LABEL_LENGTH_MAX} bytes", field=name)
 
 
-def validate_text(value: str, name: str, length_max: int, required: bool = False) -> None:
+def validate_text(value: str, name: str, *, length_max: int, required: bool = False) -> None:
     if required and not value:
         raise invalid("MISSING_FIELD", f"{name} is required", field=name)
     # UTF-8 takes at most 4 bytes per code point: only long strings need encoding to be measured.

@@ -41,7 +41,7 @@ def request(key: str, *legs: pb.Leg) -> pb.PostTransactionRequest:
 
 
 def mapped(api: Api, key: str, *legs: pb.Leg) -> MappedTransaction:
-    return map_post("client-a", PostRequest(key, list(legs), Metadata()), api.server.service.currencies)
+    return map_post("client-a", PostRequest(key, list(legs), Metadata()), currencies=api.server.service.currencies)
 
 
 async def get_by_key(api: Api, key: str) -> pb.Transaction:

@@ -45,7 +45,7 @@ def leg(kind: pb.LegType.ValueType, account_id: str, amount: int) -> pb.Leg:
 
 def transaction(key: str, amount: int = 5, *, client: str = "client-a", description: str = "") -> MappedTransaction:
     legs = [leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)]
-    return map_post(client, PostRequest(key, legs, Metadata(description=description)), CURRENCIES)
+    return map_post(client, PostRequest(key, legs, Metadata(description=description)), currencies=CURRENCIES)
 
 
 async def submit(committer: GroupCommitter, transaction: MappedTransaction) -> Committed | DomainError:
@@ -292,7 +292,7 @@ async def test_a_failure_is_recorded_before_the_answer_and_replayed(
 ) -> None:
     _, committer = ledger
     overdraft = map_post(
-        "client-a", PostRequest("overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), CURRENCIES
+        "client-a", PostRequest("overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), currencies=CURRENCIES
     )
     outcome = await submit(committer, overdraft)
     assert isinstance(outcome, DomainError)
@@ -306,7 +306,9 @@ async def test_a_failure_whose_record_was_lost_is_reported_consistently(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     engine, committer = ledger
-    refused = map_post("client-a", PostRequest("refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), CURRENCIES)
+    refused = map_post(
+        "client-a", PostRequest("refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), currencies=CURRENCIES
+    )
     await store.prepare([refused])
     [result] = await engine.create_transfers(list(refused.transfers))
     assert result.status == CreateTransferStatus.EXCEEDS_CREDITS  # Crash here: no failure recorded.
