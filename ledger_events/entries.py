@@ -8,11 +8,12 @@ import enum
 
 from ledger_events.chain import canonical_metadata, metadata_mapping
 from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_events.records import SCHEMA_VERSION
 
 __all__ = ["ENTRY_CHANGES", "SCHEMA_VERSION", "EngineChange", "Side", "event_id", "metadata_bytes"]
 
-SCHEMA_VERSION = 1
-"""LedgerEntry.schema_version; consumers reject versions they do not know."""
+# SCHEMA_VERSION (ledger_events.records): LedgerEntry.schema_version, the version of every ledger.v1
+# message; producers write it, consumers reject versions they do not know.
 
 
 class EngineChange(enum.IntEnum):
