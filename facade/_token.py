@@ -245,7 +245,7 @@ class JwksKeys:
 
 
 class TokenVerifier:
-    def __init__(
+    def __init__(  # noqa: PLR0913  Keyword-only: each is one verification rule.
         self,
         *,
         secret: bytes | None,

@@ -50,7 +50,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
 
-from facade.domain.mapping import DomainError, MappedTransaction, transfer_status_error
+from facade.domain.mapping import DomainError, transfer_status_error
+from facade.domain.transactions import MappedTransaction
 from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
 from facade.metadata import JournalMetadataStore, MetadataStore

@@ -63,7 +63,7 @@ def _replay(settings: Settings, timestamp_from: str, topic: str) -> None:
 def _kafka_schema(out: str) -> None:
     import sys
 
-    from facade.kafka.encoding import descriptor_set
+    from facade.kafka.descriptors import descriptor_set
 
     if out == "-":
         if sys.stdout.isatty():
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.workers > 1:
             raise SystemExit(serve_workers(settings, args.workers))
         from facade._token import JwksError
-        from facade.api.server import serve
+        from facade.app import serve
         from facade.auth import InsecureStartError
         from facade.engine.journal import JournalCorruptError
 

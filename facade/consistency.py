@@ -61,13 +61,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from facade.changes import checkpoint as checkpoints
-from facade.domain.mapping import (
-    ACCOUNT_CODE_CUSTOMER,
-    ACCOUNT_CODE_INSTANCE_MARKER,
-    INSTANCE_MARKER_LEDGER,
-    instance_marker_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_CUSTOMER, ACCOUNT_CODE_INSTANCE_MARKER, INSTANCE_MARKER_LEDGER
+from facade.domain.ids import instance_marker_id
 from facade.engine.protocol import Engine
 from facade.engine.types import (
     QUERY_LIMIT_MAX,
@@ -81,6 +76,7 @@ from facade.metadata import InstanceMarkerTakenError, MetadataStore
 from facade.metadata_store import QUERY_VARIABLES_MAX
 from facade.observability import metrics
 from facade.observability.logs import get_logger
+from ledger_events import checkpoint as checkpoints
 
 __all__ = [
     "COVERAGE_PAGE_MAX",

@@ -67,7 +67,7 @@ def _subject_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
     return names
 
 
-def _certificate(
+def _certificate(  # noqa: PLR0913  Keyword-only: the certificate's fields.
     *,
     common_name: str,
     key: ec.EllipticCurvePrivateKey,

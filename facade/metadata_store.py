@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.domain.mapping import MappedTransaction, parse_body_summary
+from facade.background import single_thread_executor
+from facade.domain.transactions import MappedTransaction, parse_body_summary
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -127,7 +128,7 @@ class MetadataStore:
 
     @classmethod
     async def open(cls, path: Path) -> MetadataStore:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
+        executor = single_thread_executor("metadata-store")
 
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,28 +27,30 @@ import grpc
 
 from facade.auth import SCOPE_ADMIN, Principal
 from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
-from facade.domain.mapping import (
+from facade.domain.accounts import (
     ACCOUNT_CODE_CUSTOMER,
     ACCOUNT_CODE_SETTLEMENT,
-    EXTERNAL_REFERENCE_LENGTH_MAX,
-    OWNER_LENGTH_MAX,
     Currencies,
-    DomainError,
-    Kind,
-    LegInput,
+    customer_account_flags,
+    fingerprint,
+)
+from facade.domain.ids import account_id, account_owner, settlement_account_id, transaction_id
+from facade.domain.mapping import DomainError, invalid
+from facade.domain.transactions import (
     MappedTransaction,
     Metadata,
-    account_id,
-    account_owner,
-    customer_account_flags,
+    ResolveRequest,
     decode_transaction,
-    fingerprint,
-    invalid,
     map_post,
     map_resolution,
+)
+from facade.domain.transactions import (
+    PostRequest as PostRequest,  # noqa: PLC0414  Re-exported for the edges until core's operations layer.
+)
+from facade.domain.validation import (
+    EXTERNAL_REFERENCE_LENGTH_MAX,
+    OWNER_LENGTH_MAX,
     parse_id,
-    settlement_account_id,
-    transaction_id,
     validate_map,
     validate_text,
 )
@@ -86,15 +88,6 @@ OWNERS_CACHED_MAX = 1 << 20
 entry is evicted first. Ownership is immutable, so a cached owner never goes stale."""
 OWNER_UNKNOWN = 0
 """user_data_128 of accounts created before owners were carried in the engine."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostRequest:
-    idempotency_key: str
-    legs: Sequence[LegInput]
-    metadata: Metadata
-    authorize_only: bool = False
-    timeout_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +176,8 @@ class LedgerService:
         account_type: int,
         metadata: dict[str, str],
     ) -> AccountView:
-        validate_text(external_reference, "external_reference", EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
-        validate_text(owner, "owner", OWNER_LENGTH_MAX)
+        validate_text(external_reference, "external_reference", length_max=EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
+        validate_text(owner, "owner", length_max=OWNER_LENGTH_MAX)
         validate_map(metadata, "metadata")
         ledger = self.currencies.get(currency).ledger
         if account_type not in (ACCOUNT_TYPE_NO_OVERDRAFT, ACCOUNT_TYPE_OVERDRAFT_ALLOWED):
@@ -321,17 +314,7 @@ class LedgerService:
         mapped: list[MappedTransaction | DomainError] = []
         for request in requests:
             try:
-                mapped.append(
-                    map_post(
-                        principal.client_id,
-                        request.idempotency_key,
-                        request.legs,
-                        request.metadata,
-                        self.currencies,
-                        request.authorize_only,
-                        request.timeout_seconds,
-                    )
-                )
+                mapped.append(map_post(principal.client_id, request, currencies=self.currencies))
             except DomainError as error:
                 mapped.append(error)
         assert len(mapped) == len(requests)
@@ -397,7 +380,9 @@ class LedgerService:
             )
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
-        mapped = map_resolution(principal.client_id, idempotency_key, authorization, capture, amount, metadata)
+        mapped = map_resolution(
+            principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization=authorization
+        )
         [result] = await self._submit([mapped], deadline)
         if isinstance(result, DomainError):
             raise result
@@ -562,10 +547,6 @@ def _decode_cursor(token: str) -> int:
     if not isinstance(timestamp, int) or timestamp <= 0:
         raise invalid("INVALID_PAGE_TOKEN", "page_token is not a token this service issued")
     return timestamp
-
-
-def kind_status(kind: Kind) -> str:
-    return {Kind.POST: "posted", Kind.AUTHORIZE: "authorized", Kind.CAPTURE: "posted", Kind.VOID: "voided"}[kind]
 
 
 def deadline_from_timeout(timeout_seconds: float | None) -> float | None:

@@ -85,7 +85,7 @@ _MASK64 = (1 << 64) - 1
 _U128_MAX = (1 << 128) - 1
 
 
-def leaf_input(
+def leaf_input(  # noqa: PLR0913  Keyword-only: one per field of the hashed layout.
     *,
     previous_hash: bytes,
     sequence: int,
@@ -338,7 +338,7 @@ def _check_boundary(
     return sequence, hashlib.sha256(data).digest(), previous_hash
 
 
-def _check_end(
+def _check_end(  # noqa: PLR0913  The walk's state at its end; private.
     value: object,
     checkpoint: Checkpoint,
     last_sequence: int,

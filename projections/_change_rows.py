@@ -4,7 +4,7 @@ The read model's own process (projections._process) receives raw changes; buildi
 messages per change only to print them back as rows cost about half of its time. This builds the same
 rows, byte for byte, from the change itself: the same columns as projections.rows (entry_row,
 balance_row, transaction_row), the same escaping (its helpers), the same chain link
-(facade.changes.chain.next_link over facade.changes.entries.metadata_bytes). Asserted equal to the
+(ledger_events.chain.next_link over ledger_events.entries.metadata_bytes). Asserted equal to the
 LedgerEntry path by tests/projections/test_process.py.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import Link, next_link
-from facade.changes.entries import _CHANGE, metadata_bytes
 from facade.engine.types import Account, ChangeEvent, Transfer
+from ledger_events.chain import Link, next_link
+from ledger_events.entries import ENTRY_CHANGES, metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections.rows import _EMPTY_METADATA, _POSTING_CHANGES, CHANGE_NAMES, _labels, _text
 
 __all__ = ["ChangeRows", "change_rows"]
@@ -80,7 +80,7 @@ def change_rows(
         assert event.timestamp > timestamp_last, "changes in commit order"
         timestamp_last = event.timestamp
         t = event.transfer
-        change = _CHANGE[event.type]
+        change = ENTRY_CHANGES[event.type]
         described = metadata.get(t.id)
         link = next_link(link, event.timestamp, change, t, metadata_bytes(described))
         name = CHANGE_NAMES[change]

@@ -39,12 +39,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import Link
-from facade.changes.checkpoint import Checkpoint
 from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEvent, ChangeEventType
 from facade.settings import ClickHouseSettings
+from ledger_events.chain import Link
+from ledger_events.checkpoint import Checkpoint
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections._change_rows import change_rows
 from projections.client import ClickHouseError, Parameters, Row, open_client
 from projections.projector import Projector

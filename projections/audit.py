@@ -1,6 +1,6 @@
 """Audit: verify the hash chain in the live read model, export a range of it, verify an export.
 
-The chain (facade/changes/chain.py, the one definition of its bytes) links every change in commit
+The chain (ledger_events/chain.py, the one definition of its bytes) links every change in commit
 order. Verification rebuilds each change's canonical bytes from stored columns alone, with the
 chain module's own functions, and recomputes the hash from the previous row's: a changed, missing,
 inserted or reordered row breaks the first link it touches, and `chain_sequence` makes a gap
@@ -8,7 +8,7 @@ explicit. The live check also holds `entries` to the chain: each change must hav
 debit and one credit entry carrying the same transfer, metadata and link as its `transactions` row.
 
 An export is the `transactions` rows of an engine-time range, in chain order, as CSV or Parquet
-files of at most EXPORT_FILE_ROWS_MAX rows, plus `manifest.json`: row count, SHA-256 per file,
+files of at most AUDIT_PAGE_ROWS rows (one page per file), plus `manifest.json`: row count, SHA-256 per file,
 first/last sequence, the previous hash at the range start and the chain head at its end. An export
 verifies from its files alone; given the live read model, its head is also checked against it.
 Beside the chain columns each row carries typed columns for analysts (projections/_analyst_columns.py,
@@ -29,18 +29,17 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from facade.changes.chain import Link, canonical_metadata, metadata_mapping, next_link
 from facade.engine.types import Transfer
 from facade.settings import ApiSettings, CurrencySettings
+from ledger_events.chain import Link, canonical_metadata, metadata_mapping, next_link
 from projections._analyst_columns import DECIMAL_PRECISION, AmountScales, rfc3339_nanoseconds
 from projections.client import ClickHouseClient, Row
 from projections.queries import TIMESTAMP_MAX, to_bool, to_int, to_labels, to_str
 from projections.rows import CHANGE_VALUES
 
 AUDIT_PAGE_ROWS = 20_000
-"""Rows read per query while walking the chain: bounds memory whatever the table size."""
-EXPORT_FILE_ROWS_MAX = 100_000
-"""Rows per export file (one page per file), so no file needs more than one page in memory."""
+"""Rows read per query while walking the chain: bounds memory whatever the table size. An export
+writes one file per page, so no file needs more than one page in memory."""
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 Format = Literal["csv", "parquet"]
@@ -100,20 +99,7 @@ class ChainRow:
     def metadata_bytes(self) -> bytes:
         if not self.has_metadata:
             return b""
-        return canonical_metadata(
-            metadata_mapping(
-                self.transaction_id,
-                self.idempotency_key,
-                self.client_id,
-                self.transaction_type,
-                self.source,
-                self.correlation_id,
-                self.description,
-                self.labels,
-                self.currency,
-                self.leg_index,
-            )
-        )
+        return canonical_metadata(metadata_mapping(self))
 
     def link_after(self, previous: Link) -> Link:
         """The link this row must carry, computed by the chain module from the previous link."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facade.audit.log import AuditLog, LeafRecord, SealedCheckpoint
-from facade.changes.chain import Link, canonical_bytes
 from ledger_audit_verifier import EVIDENCE_NAME, verify_bundle
+from ledger_events.chain import Link, canonical_bytes
 from projections.audit import _SELECT, ChainRow, Manifest, _chain_pages, _row
 from projections.client import ClickHouseClient
 from projections.queries import TIMESTAMP_MAX, to_int

@@ -101,9 +101,9 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _project_engine(settings: Settings, projector: Projector, once: bool) -> int:
+    from facade.changes.into_read_model import change_capture
     from facade.engine import open_engine
     from facade.metadata import open_metadata_store
-    from projections.projector import change_capture
 
     engine = await open_engine(settings.engine)
     store = await open_metadata_store(settings.api, engine)

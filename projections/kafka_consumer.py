@@ -16,9 +16,9 @@ import threading
 
 from confluent_kafka import Consumer, KafkaError
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.kafka.encoding import CONTENT_TYPE_HEADER, RecordDecodeError, decode_value, header_value
 from facade.settings import ClickHouseSettings, KafkaSettings
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_events.records import CONTENT_TYPE_HEADER, RecordDecodeError, decode_value, header_value
 from projections.projector import Projector
 
 BATCH_MESSAGES_MAX = 8189

@@ -1,8 +1,9 @@
 """The projector: LedgerEntry events → the ClickHouse read model, idempotent on event identity.
 
-`Projector` is an `EntrySink` (facade.changes.poller): `publish` returns once the batch is inserted,
-so `ChangeCapture(engine, projector, checkpoint_path)` drives it straight from the engine's change
-feed with no Kafka, and the Kafka consumer (projections.kafka_consumer) calls the same `publish`.
+`Projector` is an entry sink: `publish` returns once the batch is inserted, so change capture
+(facade.changes.into_read_model, handed a projector by the composition root) drives it straight from
+the engine's change feed with no Kafka, and the Kafka consumer (projections.kafka_consumer) calls the
+same `publish`. This package knows change capture only through the event contract (ledger_events).
 
 Redelivery never double counts, immediately (not after a merge): before inserting, the projector
 drops the rows whose key a table already holds. Each table's highest engine timestamp is tracked;
@@ -24,16 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes import checkpoint as checkpoints
-from facade.changes.chain import Link
-from facade.changes.checkpoint import START, Checkpoint
-from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource
-from facade.engine.protocol import Engine
 from facade.observability import metrics
+from ledger_events.chain import Link
+from ledger_events.checkpoint import START, Checkpoint
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import rows, schema
 from projections._change_rows import ChangeRows
 from projections.client import ClickHouseClient
@@ -41,17 +38,6 @@ from projections.queries import to_int, to_str
 
 BATCH_ENTRIES_MAX = 2 * 8189
 """Most entries per publish: change capture's largest batch (8189 changes, two sides each)."""
-
-PROJECTION_POLL_INTERVAL_SECONDS = 0.1
-"""How long change capture into the read model waits after a batch that was not full. Each insert
-costs per batch (three table inserts, new parts, later merges, hops to the engine's and the metadata
-store's threads), so ten batches a second at most instead of a hundred small ones. Measured at ~6-8k
-tx/s on 2 cores: 0.25 s gave a lag at insert of 1.2-1.7 s, 0.1 s gave 0.25-0.7 s (scripts/bench_api.py)."""
-PROJECTION_SMALL_BATCH_CHANGES = 1024
-PROJECTION_SMALL_BATCH_WAIT_SECONDS = 0.5
-"""A quiet feed (fewer changes than that in a batch) waits longer: at ~1k tx/s ten batches a second
-cost the service and the read model's process more CPU per transaction than the transactions did;
-two cost a fifth of it, and the lag stays under a second."""
 
 Key = tuple[int, int]
 """A row's identity in its table: (account_id, engine_timestamp); (0, engine_timestamp) for transactions."""
@@ -203,32 +189,11 @@ class Projector:
         return Checkpoint(timestamp_last=to_int(timestamp), link=link)
 
 
-class ProjectionSink(EntrySink, Protocol):
+class ProjectionSink(Protocol):
     """A projector in this process (Projector) or in the read model's own process (RemoteProjector)."""
 
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        """Returns once every entry is inserted (and so visible to every query)."""
+        ...
+
     def resume_checkpoint(self) -> Checkpoint: ...
-
-
-def change_capture(
-    engine: Engine,
-    projector: ProjectionSink,
-    checkpoint_path: Path,
-    metadata: MetadataSource | None = None,
-    batch_changes_max: int | None = None,
-) -> ChangeCapture:
-    """Change capture from the engine straight into the projector (no Kafka), resuming from what
-    ClickHouse holds: the checkpoint file is rewritten from the read model before capture starts, so
-    the two can never disagree (the read model is the truth; the file only serves the poller)."""
-    checkpoints.save(checkpoint_path, projector.resume_checkpoint())
-    return ChangeCapture(
-        engine,
-        projector,
-        checkpoint_path,
-        metadata,
-        batch_changes_max=BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max,
-        poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
-        small_batch_changes=min(
-            PROJECTION_SMALL_BATCH_CHANGES, BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max
-        ),
-        small_batch_wait_seconds=PROJECTION_SMALL_BATCH_WAIT_SECONDS,
-    )

@@ -23,12 +23,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from facade.changes.poller import ChangeCapture, MetadataSource
-from facade.engine.protocol import Engine
+from facade.background import single_thread_executor
 from facade.settings import ClickHouseSettings
 from projections._process import ProjectionProcess, RemoteClient, RemoteProjector
 from projections.client import ClickHouseClient, open_client
-from projections.projector import ProjectionSink, Projector, change_capture
+from projections.projector import ProjectionSink, Projector
 from projections.queries import projected_timestamp
 
 T = TypeVar("T")
@@ -41,13 +40,13 @@ class ReadModel:
         self.projector: ProjectionSink | None = None
         self.process: ProjectionProcess | None = None
         """The child that owns chDB (clickhouse.projector_process), else None."""
-        self._capture: ChangeCapture | None = None
 
     @classmethod
-    async def open(
-        cls, settings: ClickHouseSettings, engine: Engine, metadata: MetadataSource | None = None
-    ) -> ReadModel:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+    async def open(cls, settings: ClickHouseSettings) -> ReadModel:
+        """The read model, with its projector when this process projects (`project_in_service`).
+        Change capture into `projector` is the composition root's to start (facade.changes.into_read_model):
+        build it with `on_client_thread`, since resuming asks ClickHouse where it stands."""
+        executor = single_thread_executor("clickhouse")
         loop = asyncio.get_running_loop()
         if settings.backend == "chdb" and settings.projector_process:
             process = ProjectionProcess(settings)
@@ -55,27 +54,18 @@ class ReadModel:
             model = cls(RemoteClient(process, settings.database), executor)
             model.process = process
             if settings.project_in_service:
-                remote = RemoteProjector(process, executor)
-                model.projector = remote
-                model._capture = await loop.run_in_executor(
-                    executor, lambda: change_capture(engine, remote, settings.projector_checkpoint, metadata)
-                )
+                model.projector = RemoteProjector(process, executor)
             return model
         client = await loop.run_in_executor(executor, open_client, settings)
         model = cls(client, executor)
         if settings.project_in_service:
             # Projector() creates the tables and reads their high-water marks: ClickHouse calls.
-            projector = await loop.run_in_executor(executor, lambda: Projector(client, executor=executor))
-            model.projector = projector
-            model._capture = await loop.run_in_executor(
-                executor, lambda: change_capture(engine, projector, settings.projector_checkpoint, metadata)
-            )
+            model.projector = await loop.run_in_executor(executor, lambda: Projector(client, executor=executor))
         return model
 
-    @property
-    def capture(self) -> ChangeCapture | None:
-        """Change capture into this read model (None without a projector)."""
-        return self._capture
+    async def on_client_thread(self, function: Callable[[], T]) -> T:
+        """Runs `function()` on the client's thread (anything that calls the projector synchronously)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     async def query(self, function: Callable[[ClickHouseClient], T]) -> T:
         """Runs `function(client)` on the client's thread."""
@@ -87,11 +77,6 @@ class ReadModel:
     async def ping(self) -> None:
         """Raises when ClickHouse does not answer (readiness)."""
         await self.query(lambda client: client.query_rows("SELECT 1"))
-
-    async def run_projector(self, stop: asyncio.Event) -> None:
-        """Change capture from the engine into ClickHouse until `stop` is set (no-op without a projector)."""
-        if self._capture is not None:
-            await self._capture.run(stop)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.engine.types import U128_MAX
-
-SCHEMA_VERSION_SUPPORTED = 1
+from ledger_events.entries import SCHEMA_VERSION
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 CHANGE_NAMES: Mapping[int, str] = {
     entries_pb2.SINGLE_PHASE: "SINGLE_PHASE",
@@ -70,7 +69,7 @@ def _metadata(entry: entries_pb2.LedgerEntry) -> str:
 
 def check(entry: entries_pb2.LedgerEntry) -> None:
     """Rejects what this projector does not understand rather than projecting it wrongly."""
-    if entry.schema_version != SCHEMA_VERSION_SUPPORTED:
+    if entry.schema_version != SCHEMA_VERSION:
         raise EntryError(f"{entry.event_id}: schema_version {entry.schema_version} not supported")
     if entry.change not in CHANGE_NAMES or entry.side not in _SIDE_NAMES:
         raise EntryError(f"{entry.event_id}: change {entry.change} / side {entry.side} unknown")

@@ -11,7 +11,7 @@ Three tables, all fed by the projector from `ledger.v1.LedgerEntry` events:
 
 Types: ids and money UInt128 (never floats), sums in UInt256/Int256 so no total can wrap;
 timestamps UInt64 ns, with a DateTime64(9) column materialized for date functions; chain hashes as
-lowercase hex (what exports carry and what the canonical bytes of `facade.changes.chain` hash).
+lowercase hex (what exports carry and what the canonical bytes of `ledger_events.chain` hash).
 
 Idempotency: every table is a ReplacingMergeTree keyed on its event identity, so duplicates that
 ever reach it collapse on merge; and the projector inserts only rows whose key is not yet present,
@@ -174,8 +174,6 @@ DDL: tuple[str, ...] = (
     {_columns(RECONCILIATION_RESULTS_COLUMNS)}
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, result_index)""",
 )
-
-TABLES = ("entries", "transactions", "balances")
 
 
 def create_tables(client: ClickHouseClient) -> None:

@@ -34,7 +34,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
+from ledger_testkit.ports import free_port
+from ledger_testkit.stats import percentile
 
 ACCOUNTS = 64
 SERVER_START_TIMEOUT_SECONDS = 60.0
@@ -66,18 +67,6 @@ UNARY_CONCURRENCY = (16, 64)
 BATCHES = ((100, 4), (1000, 4))
 """(transactions per RPC, concurrent RPCs)."""
 STREAMS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 def tree_cpu_seconds(root_pid: int) -> float:

@@ -26,18 +26,14 @@ from pathlib import Path
 
 from facade.audit.log import AuditLog
 from facade.audit.merkle import APPEND_LEAVES_MAX
-from facade.changes import checkpoint as heads
-from facade.changes.chain import Link
 from facade.settings import AuditSettings
 from ledger_audit_verifier import verify_consistency, verify_inclusion
+from ledger_events import checkpoint as heads
+from ledger_events.chain import Link
+from ledger_testkit.stats import percentile
 
 GOAL_PROOF_MS = 5.0
 GOAL_VERIFY_MS = 1.0
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> int:

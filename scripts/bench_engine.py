@@ -30,16 +30,12 @@ from facade.engine.types import (
     Transfer,
 )
 from facade.runtime import tune_gc
+from ledger_testkit.stats import percentile
 
 LEDGER = 840
 CODE = 1
 BATCHES_MAX = 100_000
 """Upper bound on batches per case, whatever --seconds says."""
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def make_batch(rng: random.Random, size: int, accounts: int, hot: bool, next_id: list[int]) -> list[Transfer]:

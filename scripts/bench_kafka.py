@@ -24,7 +24,6 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
@@ -37,16 +36,13 @@ from facade.metadata_store import MetadataStore
 from facade.runtime import tune_gc
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.kafka_broker import KafkaCluster
+from ledger_testkit.stats import percentile
 
 ACCOUNTS = 100
 PARTITIONS = 6
 TIMEOUT_SECONDS = 600.0
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 def produce_commands(settings: KafkaSettings, accounts: list[str], count: int) -> float:

@@ -26,19 +26,14 @@ from pathlib import Path
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import (
-    ACCOUNT_CODE_SETTLEMENT,
-    Currencies,
-    MappedTransaction,
-    Metadata,
-    map_post,
-    settlement_account_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
+from facade.domain.ids import settlement_account_id
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags
 from facade.metadata import JournalMetadataStore, MetadataStore, PostgresMetadataStore, SqliteMetadataStore
 from facade.settings import ApiSettings
-from tests.postgres_fixtures import start_postgres
+from ledger_testkit.postgres import start_postgres
 
 BATCH_SIZES = (100, 8189)
 CURRENCIES = Currencies(dict(ApiSettings().currencies))
@@ -47,7 +42,11 @@ CURRENCIES = Currencies(dict(ApiSettings().currencies))
 def batch(round_index: int, size: int) -> list[MappedTransaction]:
     leg = pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id="1001", amount="5", currency="USD")
     return [
-        map_post("bench", f"r{round_index}-n{size}-{i}", [leg], Metadata(description="bench"), CURRENCIES)
+        map_post(
+            "bench",
+            PostRequest(f"r{round_index}-n{size}-{i}", [leg], Metadata(description="bench")),
+            currencies=CURRENCIES,
+        )
         for i in range(size)
     ]
 
@@ -118,7 +117,9 @@ def batch_path_transactions(count: int) -> list[MappedTransaction]:
     metadata = Metadata(description="rent", correlation_id="order-1234", labels={"team": "payments"})
     return [
         map_post(
-            "client-a", f"pay-{i:08d}", [overdraft] if i % REFUSED_EVERY == 0 else [credit, debit], metadata, CURRENCIES
+            "client-a",
+            PostRequest(f"pay-{i:08d}", [overdraft] if i % REFUSED_EVERY == 0 else [credit, debit], metadata),
+            currencies=CURRENCIES,
         )
         for i in range(count)
     ]

@@ -24,12 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import BATCH_EVENTS_MAX, Account, CreateTransferStatus, Transfer
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.stats import percentile
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import projected_timestamp
 
 LEDGER = 840
@@ -39,11 +41,6 @@ PROBE_INTERVAL_SECONDS = 0.1
 LAG_GOAL_P99_SECONDS = 1.0
 SAMPLES_MAX = 2_000_000
 """Bound on recorded lag samples (20 s at 10,000 tx/s is 200,000)."""
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 class MeasuringSink:

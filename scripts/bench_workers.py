@@ -18,10 +18,8 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,8 +28,10 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
-from scripts.bench_api import percentile
-from tests.postgres_fixtures import PostgresServer, free_port, start_postgres
+from ledger_testkit.ports import free_port
+from ledger_testkit.postgres import PostgresServer, start_postgres
+from ledger_testkit.service import ledger_executable
+from ledger_testkit.stats import percentile
 
 LOADERS = 2
 CONNECTIONS_PER_LOADER = 8
@@ -60,7 +60,7 @@ def serve(server: PostgresServer, workers: int, port: int) -> subprocess.Popen[b
         "LEDGER_CONSISTENCY__INSTANCE_NAME": f"bench-{uuid.uuid4().hex[:12]}",
         "LEDGER_CONSISTENCY__JOIN_UNMARKED_ENGINE": "true",
     }
-    ledger = str(Path(sys.executable).parent / "ledger")
+    ledger = ledger_executable()
     return subprocess.Popen([ledger, "serve", "--workers", str(workers)], env=env)
 
 
@@ -80,7 +80,9 @@ def setup(port: int, client: str) -> tuple[str, str]:
         return ids[0], ids[1]
 
 
-def loader(port: int, client: str, accounts: tuple[str, str], batch: int, seconds: float, out: Any) -> None:
+def loader(  # noqa: PLR0913  A multiprocessing target: its args tuple.
+    port: int, client: str, accounts: tuple[str, str], batch: int, seconds: float, out: Any
+) -> None:
     async def run() -> tuple[int, list[float], int]:
         deadline = time.monotonic() + seconds
         latencies: list[float] = []

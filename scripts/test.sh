@@ -9,5 +9,6 @@ bash scripts/install_test_tools.sh  # kcat, protoc: Kafka consumers that are not
 bash scripts/install_postgres.sh >/dev/null  # initdb/pg_ctl: the PostgreSQL metadata store's tests
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy --strict facade projections scripts tests ledger_audit_verifier
+.venv/bin/mypy --strict facade projections scripts tests ledger_audit_verifier ledger_events ledger_testkit
+.venv/bin/lint-imports  # the import contracts in pyproject.toml ([tool.importlinter])
 .venv/bin/python -m pytest -q "$@"

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 
 TOPIC_CREATE_TIMEOUT_SECONDS = 30.0
 

@@ -100,7 +100,7 @@ def _observed(
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, sampling: RpcLogSampling | None = None) -> None:
         self._sampling = sampling or RpcLogSampling()
-        """Every call logged at INFO unless told otherwise (ledger serve samples: facade.api.server)."""
+        """Every call logged at INFO unless told otherwise (ledger serve samples: facade.app)."""
 
     async def intercept_service(
         self,

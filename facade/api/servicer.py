@@ -11,7 +11,8 @@ import grpc
 from facade.api.errors import abort_domain
 from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from facade.auth import current_principal
-from facade.domain.mapping import DomainError, Kind, LegSpec, Metadata, TransactionType
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import Kind, LegSpec, Metadata, TransactionType
 from facade.engine.types import Account, AccountFlags
 from facade.service import (
     BATCH_TRANSACTIONS_MAX,

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from facade.audit.keys import KeyRing
 from facade.audit.merkle import MerkleTree
-from facade.changes import checkpoint as heads
-from facade.changes.chain import Link
 from facade.settings import AuditSettings, Settings
 from ledger_audit_verifier import Checkpoint, checkpoint_body, parse_checkpoint
+from ledger_events import checkpoint as heads
+from ledger_events.chain import Link
 
 __all__ = ["CHECKPOINTS_MAX", "AuditLog", "LeafRecord", "SealedCheckpoint", "audit_directory", "open_audit_log"]
 

@@ -79,12 +79,6 @@ class MerkleTree:
         """Leaves as of the last refresh (under `lock`, or at open)."""
         return self._counts[0]
 
-    def refresh(self) -> int:
-        """Re-reads the leaf count (another process may have appended); returns it."""
-        for level in range(self._levels()):
-            self._counts[level] = os.fstat(self._fd(level)).st_size // HASH_SIZE
-        return self._counts[0]
-
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive across processes (flock) and threads (an flock on one descriptor does not exclude

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from facade.audit.log import AuditLog, SealedCheckpoint
-from facade.changes.chain import GENESIS, Link
 from facade.engine.protocol import Engine
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from ledger_audit_verifier import leaf_hash, node_hash
+from ledger_events.chain import GENESIS, Link
 from projections.audit import _chain_pages
 from projections.audit_evidence import row_leaf_input
 from projections.client import ClickHouseClient

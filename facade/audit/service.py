@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.audit.self_audit import SelfAudit
 from facade.audit.sink import AuditSink, Publisher
-from facade.changes import checkpoint as positions
 from facade.changes.poller import ChangeCapture, MetadataSource
 from facade.engine.protocol import Engine
 from facade.observability.logs import get_logger
 from facade.settings import Settings
+from ledger_events import checkpoint as positions
 from projections.read_model import ReadModel
 
 __all__ = ["AuditRuntime", "start_audit"]

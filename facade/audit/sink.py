@@ -13,14 +13,14 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.audit.log import AuditLog, LeafRecord, SealedCheckpoint
-from facade.changes import checkpoint as positions
-from facade.changes.chain import Link, canonical_bytes
-from facade.changes.entries import metadata_bytes
 from facade.engine.types import Transfer
 from facade.observability import metrics
 from facade.observability.logs import get_logger
+from ledger_events import checkpoint as positions
+from ledger_events.chain import Link, canonical_bytes
+from ledger_events.entries import metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 __all__ = ["AuditSink", "leaf_record"]
 

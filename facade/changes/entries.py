@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import Link, canonical_metadata, metadata_mapping, next_link
-from facade.engine.types import Account, ChangeEvent, ChangeEventType
+from facade.engine.types import Account, ChangeEvent
+from ledger_events.chain import Link, next_link
+from ledger_events.entries import ENTRY_CHANGES, SCHEMA_VERSION, Side, event_id, metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 
-SCHEMA_VERSION = 1
-
-_CHANGE = {
-    ChangeEventType.SINGLE_PHASE: entries_pb2.SINGLE_PHASE,
-    ChangeEventType.TWO_PHASE_PENDING: entries_pb2.TWO_PHASE_PENDING,
-    ChangeEventType.TWO_PHASE_POSTED: entries_pb2.TWO_PHASE_POSTED,
-    ChangeEventType.TWO_PHASE_VOIDED: entries_pb2.TWO_PHASE_VOIDED,
-    ChangeEventType.TWO_PHASE_EXPIRED: entries_pb2.TWO_PHASE_EXPIRED,
-}
-
-
-def metadata_bytes(metadata: entries_pb2.EntryMetadata | None) -> bytes:
-    if metadata is None:
-        return b""
-    return canonical_metadata(
-        metadata_mapping(
-            metadata.transaction_id,
-            metadata.idempotency_key,
-            metadata.client_id,
-            metadata.transaction_type,
-            metadata.source,
-            metadata.correlation_id,
-            metadata.description,
-            metadata.labels,
-            metadata.currency,
-            metadata.leg_index,
-        )
-    )
+_SIDES = {Side.DEBIT: entries_pb2.DEBIT, Side.CREDIT: entries_pb2.CREDIT}
 
 
 def _balances(account: Account | None) -> entries_pb2.AccountBalances | None:
@@ -51,21 +25,21 @@ def build_entries(
     event: ChangeEvent, metadata: entries_pb2.EntryMetadata | None, previous: Link
 ) -> tuple[entries_pb2.LedgerEntry, entries_pb2.LedgerEntry, Link]:
     """The debit-side and credit-side entries of one change, and the chain's new head."""
-    change = _CHANGE[event.type]
+    change = ENTRY_CHANGES[event.type]
     t = event.transfer
     link = next_link(previous, event.timestamp, change, t, metadata_bytes(metadata))
     chain = entries_pb2.ChainLink(sequence=link.sequence, previous_hash=link.previous_hash, hash=link.hash)
     entries = []
     for side, account_id, counterparty, account in (
-        (entries_pb2.DEBIT, t.debit_account_id, t.credit_account_id, event.debit_account),
-        (entries_pb2.CREDIT, t.credit_account_id, t.debit_account_id, event.credit_account),
+        (Side.DEBIT, t.debit_account_id, t.credit_account_id, event.debit_account),
+        (Side.CREDIT, t.credit_account_id, t.debit_account_id, event.credit_account),
     ):
         entry = entries_pb2.LedgerEntry(
             schema_version=SCHEMA_VERSION,
-            event_id=f"{event.timestamp}:{'D' if side == entries_pb2.DEBIT else 'C'}",
+            event_id=event_id(event.timestamp, side),
             engine_timestamp=event.timestamp,
             change=change,
-            side=side,
+            side=_SIDES[side],
             account_id=str(account_id),
             counterparty_account_id=str(counterparty),
             amount=str(t.amount),

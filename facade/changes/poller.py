@@ -13,21 +13,22 @@ the checkpoint only ever advances past changes the sink has accepted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes import checkpoint as checkpoints
-from facade.changes.chain import Link
-from facade.changes.checkpoint import Checkpoint
+from facade.background import run_until_stopped
 from facade.changes.entries import build_entries
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEvent, ChangeEventsFilter
 from facade.observability import metrics
 from facade.observability.logs import get_logger
+from ledger_events import checkpoint as checkpoints
+from ledger_events.chain import Link
+from ledger_events.checkpoint import Checkpoint
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 BATCH_CHANGES_MAX = 4096
 """Changes per poll; also the bound on re-emitted changes after a crash."""
@@ -35,9 +36,6 @@ POLL_INTERVAL_SECONDS = 0.01
 """Sleep between polls that did not fill a batch (the default: Kafka publishing, latency first)."""
 POLL_INTERVAL_SECONDS_MAX = 1.0
 """The longest a sink may ask to wait between such polls (its lag grows by up to that much)."""
-RETRY_BACKOFF_MIN_SECONDS = 0.1
-RETRY_BACKOFF_MAX_SECONDS = 5.0
-"""A failing sink is retried with exponential backoff between these bounds."""
 
 log = get_logger("ledger.change_capture")
 
@@ -65,6 +63,20 @@ class MetadataSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How much change capture reads per poll and how long it waits after a batch that was not full."""
+
+    batch_changes_max: int = BATCH_CHANGES_MAX
+    poll_interval_seconds: float = POLL_INTERVAL_SECONDS
+    """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
+    whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
+    small_batch_changes: int = 0
+    small_batch_wait_seconds: float = 0.0
+    """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
+    instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
+
+
 class ChangeCapture:
     def __init__(
         self,
@@ -72,12 +84,13 @@ class ChangeCapture:
         sink: EntrySink,
         checkpoint_path: Path,
         metadata: MetadataSource | None = None,
-        batch_changes_max: int = BATCH_CHANGES_MAX,
         *,
-        poll_interval_seconds: float = POLL_INTERVAL_SECONDS,
-        small_batch_changes: int = 0,
-        small_batch_wait_seconds: float = 0.0,
+        pacing: Pacing = Pacing(),
     ) -> None:
+        batch_changes_max = pacing.batch_changes_max
+        poll_interval_seconds = pacing.poll_interval_seconds
+        small_batch_changes = pacing.small_batch_changes
+        small_batch_wait_seconds = pacing.small_batch_wait_seconds
         assert 0 < batch_changes_max <= 8189
         assert 0 < poll_interval_seconds <= POLL_INTERVAL_SECONDS_MAX
         assert 0 <= small_batch_changes <= batch_changes_max
@@ -90,21 +103,12 @@ class ChangeCapture:
         self._metadata = metadata
         self._batch_changes_max = batch_changes_max
         self._poll_interval_seconds = poll_interval_seconds
-        """A time/size trigger: a full batch polls again at once, anything less waits this long (a sink
-        whose cost is per batch, like ClickHouse inserts and merges, asks for fewer, larger batches)."""
         self._small_batch_changes = small_batch_changes
         self._small_batch_wait_seconds = small_batch_wait_seconds
-        """A batch of fewer than `small_batch_changes` (a quiet feed) waits `small_batch_wait_seconds`
-        instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
         self._change_sink = sink if isinstance(sink, ChangeSink) else None
         self._sink_name = type(sink).__name__
         """The metrics label: a bounded set (KafkaEntryPublisher, Projector)."""
-
-    @property
-    def lag_timestamp(self) -> int:
-        """Engine timestamp of the last change published (0 before the first)."""
-        return self.checkpoint.timestamp_last
 
     async def run_once(self) -> int:
         """Publishes the next batch of changes; returns how many changes it published."""
@@ -142,23 +146,15 @@ class ChangeCapture:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls until `stop` is set; a full batch polls again at once (catching up)."""
-        backoff = RETRY_BACKOFF_MIN_SECONDS
-        while not stop.is_set():
-            try:
-                published = await self.run_once()
-            except Exception as error:  # The sink is down (broker, ClickHouse): retry, never skip.
-                # The checkpoint did not move, so the retry re-publishes the same batch: the same
-                # event ids, within the documented at-least-once window.
-                metrics.retries_total.labels("change_capture").inc()
-                log.warning("change capture retrying", sink=self._sink_name, error=str(error), backoff_s=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
-                continue
-            backoff = RETRY_BACKOFF_MIN_SECONDS
-            if published < self._batch_changes_max:
-                with contextlib.suppress(TimeoutError):
-                    wait_seconds = self._poll_interval_seconds
-                    if published < self._small_batch_changes:
-                        wait_seconds = self._small_batch_wait_seconds
-                    await asyncio.wait_for(stop.wait(), wait_seconds)
+        # A failing sink (broker, ClickHouse down) is retried, never skipped: the checkpoint did not move,
+        # so the retry re-publishes the same batch with the same event ids (the at-least-once window).
+        await run_until_stopped(stop, self._poll, component="change_capture", log_fields={"sink": self._sink_name})
+
+    async def _poll(self) -> float:
+        """One batch; how long to wait before the next (0 after a full batch: catching up)."""
+        published = await self.run_once()
+        if published >= self._batch_changes_max:
+            return 0.0
+        if published < self._small_batch_changes:
+            return self._small_batch_wait_seconds
+        return self._poll_interval_seconds

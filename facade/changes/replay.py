@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import GENESIS
 from facade.changes.entries import build_entries
 from facade.changes.poller import BATCH_CHANGES_MAX, EntrySink, MetadataSource
 from facade.engine.protocol import Engine
 from facade.engine.types import ChangeEventsFilter
+from ledger_events.chain import GENESIS
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 
 async def replay(

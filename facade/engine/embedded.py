@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from facade.background import single_thread_executor
 from facade.engine.codec import EVENT_SIZE, decode_accounts, decode_transfers, encode_accounts, encode_transfers
 from facade.engine.intents import (
     TransactionIndex,
@@ -414,7 +415,7 @@ class EmbeddedEngine:
     async def open(
         cls, data_dir: Path, clock: Callable[[], int] = time.time_ns, *, mirror_dir: Path | None = None
     ) -> EmbeddedEngine:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-engine")
+        executor = single_thread_executor("ledger-engine")
         loop = asyncio.get_running_loop()
         mirror = Path(mirror_dir) if mirror_dir is not None else None
         try:

@@ -26,7 +26,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from facade.domain.mapping import (
+from facade.domain.mapping import DomainError
+from facade.domain.validation import (
     CORRELATION_ID_LENGTH_MAX,
     DESCRIPTION_LENGTH_MAX,
     EXTERNAL_REFERENCE_LENGTH_MAX,
@@ -35,7 +36,6 @@ from facade.domain.mapping import (
     LEGS_MAX,
     OWNER_LENGTH_MAX,
     SOURCE_LENGTH_MAX,
-    DomainError,
 )
 from facade.service import BATCH_TRANSACTIONS_MAX
 

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from facade.audit.log import SealedCheckpoint
 from facade.kafka.entries_publisher import PublishError, producer_config
+from facade.kafka.producing import Record, produce
 from facade.settings import KafkaSettings
 
 __all__ = ["KafkaCheckpointPublisher"]
@@ -44,7 +45,7 @@ class KafkaCheckpointPublisher:
         checkpoint = sealed.checkpoint
         seconds, nanos = divmod(checkpoint.timestamp_last, 1_000_000_000)
         moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        self._producer.produce(
+        record = Record(
             self._topic,
             key=str(checkpoint.tree_size).encode(),
             value=sealed.note.encode(),
@@ -56,8 +57,8 @@ class KafkaCheckpointPublisher:
                 ("ce_time", f"{moment}.{nanos:09d}Z".encode()),
                 ("content-type", b"text/plain; charset=utf-8"),
             ],
-            on_delivery=on_delivery,
         )
+        produce(self._producer, record, on_delivery)
         remaining = self._producer.flush(self._flush_timeout_seconds)
         if remaining or errors:
             raise PublishError(f"checkpoint {checkpoint.tree_size}: {remaining} undelivered, errors {errors[:3]}")

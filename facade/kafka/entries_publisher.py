@@ -1,5 +1,5 @@
 """Publishes LedgerEntry events to `ledger.entries.v1`: the EntrySink for change capture. Values and
-headers: facade/kafka/encoding.py.
+headers: ledger_events/records.py.
 
 Producer: idempotent (enable.idempotence: no duplicates or reordering from internal retries), acks=all
 (every in-sync replica has the record before it counts as delivered). Key: the entry's account id, so
@@ -14,14 +14,13 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.kafka.encoding import ValueEncoding, cloud_event_headers
+from facade.kafka.producing import Record, produce
 from facade.kafka.registry import value_serializer
 from facade.kafka.topics import TopicHealth
 from facade.observability import metrics
 from facade.settings import KafkaSettings
-
-QUEUE_FULL_RETRY_SECONDS = 0.05
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_events.records import ValueEncoding, cloud_event_headers
 
 
 class PublishError(RuntimeError):
@@ -66,25 +65,15 @@ class KafkaEntryPublisher:
                 errors.append(f"{message.key()!r}: {error}")
 
         for entry in entries:
-            while True:
-                try:
-                    self._producer.produce(
-                        self._topic,
-                        key=entry.account_id.encode(),
-                        value=self._serialize(entry),
-                        headers=cloud_event_headers(
-                            entry,
-                            event_id=entry.event_id,
-                            time_ns=entry.engine_timestamp,
-                            source=self._source,
-                            encoding=self._encoding,
-                        ),
-                        on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:
-                    # The local queue is full: serve delivery reports until there is room.
-                    self._producer.poll(QUEUE_FULL_RETRY_SECONDS)
+            headers = cloud_event_headers(
+                entry,
+                event_id=entry.event_id,
+                time_ns=entry.engine_timestamp,
+                source=self._source,
+                encoding=self._encoding,
+            )
+            record = Record(self._topic, entry.account_id.encode(), self._serialize(entry), headers)
+            produce(self._producer, record, on_delivery)
         remaining = self._producer.flush(self._flush_timeout_seconds)
         if remaining or errors:
             metrics.kafka_producer_errors_total.labels(self._topic).inc(len(errors) + remaining)

@@ -1,7 +1,7 @@
 """Kafka ingestion: `ledger.commands.v1` → the same mapping and group-commit path as the gRPC API.
 
 Each record's value is a `ledger.v1.PostTransactionRequest` (the gRPC schema), protobuf or proto3 JSON
-by its content-type header (facade/kafka/encoding.py). Per poll:
+by its content-type header (ledger_events/records.py). Per poll:
 1. decode; a malformed record is answered MALFORMED_COMMAND;
 2. post every decoded command in one `LedgerService.post_transactions` call per client (one durable
    group commit for the lot);
@@ -27,7 +27,6 @@ as for a gRPC caller. A command for any other client is answered PERMISSION_DENI
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import Sequence
@@ -42,8 +41,16 @@ from opentelemetry.trace import Link
 from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
 from facade.auth import METHOD_SCOPES, Principal
+from facade.background import run_until_stopped
 from facade.domain.mapping import DomainError
-from facade.kafka.encoding import (
+from facade.kafka.producing import Record, produce
+from facade.kafka.registry import value_serializer
+from facade.observability import metrics
+from facade.observability.logs import get_logger
+from facade.observability.tracing import extract_headers, inject_headers, tracer
+from facade.service import LedgerService, TransactionView
+from facade.settings import KafkaSettings
+from ledger_events.records import (
     CONTENT_TYPE_HEADER,
     RecordDecodeError,
     ValueEncoding,
@@ -51,19 +58,11 @@ from facade.kafka.encoding import (
     decode_value,
     header_value,
 )
-from facade.kafka.registry import value_serializer
-from facade.observability import metrics
-from facade.observability.logs import get_logger
-from facade.observability.tracing import extract_headers, inject_headers, tracer
-from facade.service import LedgerService, TransactionView
-from facade.settings import KafkaSettings
 
 POLL_RECORDS_MAX = 1000
 POLL_TIMEOUT_SECONDS = 0.05
 PRODUCE_FLUSH_TIMEOUT_SECONDS = 30.0
 LAG_INTERVAL_SECONDS = 1.0
-RETRY_BACKOFF_MIN_SECONDS = 0.1
-RETRY_BACKOFF_MAX_SECONDS = 5.0
 REWIND_TIMEOUT_SECONDS = 10.0
 INGEST_SPAN_LINKS_MAX = 128
 
@@ -171,19 +170,15 @@ class CommandIngestor:
         """Ingests until `stop` is set. A failed round (transaction not committed, broker trouble) is
         retried with backoff from the last committed offsets: its commands are consumed again and,
         being idempotent, post once; the aborted round's results were never visible."""
-        backoff = RETRY_BACKOFF_MIN_SECONDS
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception as error:  # Never let ingestion stop silently: rewind and retry.
-                metrics.retries_total.labels("kafka_ingest").inc()
-                log.warning("kafka ingest retrying", error=str(error), backoff_s=backoff)
-                await asyncio.to_thread(self._rewind)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
-                continue
-            backoff = RETRY_BACKOFF_MIN_SECONDS
+
+        async def round_() -> float:
+            await self.run_once()
+            return 0.0
+
+        async def rewind() -> None:
+            await asyncio.to_thread(self._rewind)
+
+        await run_until_stopped(stop, round_, component="kafka_ingest", recover=rewind)
 
     def _rewind(self) -> None:
         """Seeks every assigned partition back to its committed offset (the earliest when none)."""
@@ -359,12 +354,7 @@ class CommandIngestor:
             if error is not None:
                 errors.append(f"{topic}: {error}")
 
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+        produce(self._producer, Record(topic, key, value, headers), on_delivery)
 
     def close(self) -> None:
         self._producer.flush(PRODUCE_FLUSH_TIMEOUT_SECONDS)

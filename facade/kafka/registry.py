@@ -1,4 +1,4 @@
-"""Value serializers for the service's Kafka producers: the plain encodings of facade/kafka/encoding.py,
+"""Value serializers for the service's Kafka producers: the plain encodings of ledger_events/records.py,
 or confluent-kafka's own ProtobufSerializer when a Confluent-compatible Schema Registry is configured
 (`kafka.schema_registry_url`): it registers each message's schema under `<topic>-value` and writes
 Confluent's wire format, which Confluent's deserializers, Kafka Connect's ProtobufConverter and
@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from google.protobuf.message import Message
 
-from facade.kafka.encoding import ValueEncoding, encode_value
 from facade.settings import KafkaSettings
+from ledger_events.records import ValueEncoding, encode_value
 
 __all__ = ["ValueSerializer", "value_serializer"]
 

@@ -31,13 +31,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.domain.mapping import DomainError, MappedTransaction, parse_body_summary, transfer_status_error
+from facade.domain.mapping import DomainError, transfer_status_error
+from facade.domain.transactions import MappedTransaction, parse_body_summary
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import LEG_BITS, IndexEntry, OutcomeKind, TransactionIntent
 from facade.engine.types import CreateTransferResult, CreateTransferStatus
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction
 from facade.metadata_store import MetadataStore as SqliteMetadataStore
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 __all__ = ["JournalMetadataStore"]
 

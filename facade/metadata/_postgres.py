@@ -28,11 +28,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.domain.mapping import MappedTransaction, parse_body_summary
+from facade.domain.transactions import MappedTransaction, parse_body_summary
 from facade.engine.types import BATCH_EVENTS_MAX
 from facade.metadata._protocol import InstanceMarkerTakenError, MetadataStoreError
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction, id_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 __all__ = ["POOL_CONNECTIONS_MAX", "SCHEMA_VERSION", "PostgresMetadataStore"]
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.domain.mapping import MappedTransaction
+from facade.domain.transactions import MappedTransaction
 from facade.metadata_store import AccountRecord, Prior, StoredTransaction
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 __all__ = ["InstanceMarkerTakenError", "MetadataStore", "MetadataStoreError"]
 

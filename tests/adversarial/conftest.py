@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.server import RunningServer, start
+from facade.app import RunningServer, start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import Settings
 from tests.api.conftest import make_settings

@@ -12,7 +12,7 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import RunningServer, start
+from facade.app import RunningServer, start
 from facade.auth import SCOPES_ALL, hash_secret, issue_token
 from facade.settings import (
     ApiKeySettings,

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from facade.api.errors import STATUS_DETAILS_KEY, error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.api.server import start
+from facade.app import start
 from facade.batcher import BatchCost
 from facade.engine.embedded import EmbeddedEngine
 from facade.service import LedgerService

@@ -29,7 +29,7 @@ async def open_audited(tmp_path: Path, audit: AuditSettings) -> Api:
     import grpc as grpc_module
 
     from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-    from facade.api.server import start
+    from facade.app import start
 
     settings = make_settings(tmp_path, history=True, http_port=0).model_copy(update={"audit": audit})
     server = await start(settings)

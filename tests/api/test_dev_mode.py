@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from facade.api.server import start
+from facade.app import start
 from facade.auth import InsecureStartError, guard_dev_mode, is_loopback
 from facade.settings import AuthSettings
 from tests.api.conftest import make_settings

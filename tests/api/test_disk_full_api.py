@@ -12,7 +12,7 @@ import pytest
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.engine import embedded
 from tests._tmpfs import small_tmpfs
 

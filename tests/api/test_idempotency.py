@@ -16,7 +16,7 @@ import pytest
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import CLOCK_LEEWAY_SECONDS, SCOPES_ALL, Authenticator, AuthError, issue_token
-from facade.domain.mapping import MappedTransaction, Metadata, map_post
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.types import CreateTransferStatus
 from facade.metadata_store import MetadataStore
 from facade.settings import AuthSettings
@@ -41,7 +41,7 @@ def request(key: str, *legs: pb.Leg) -> pb.PostTransactionRequest:
 
 
 def mapped(api: Api, key: str, *legs: pb.Leg) -> MappedTransaction:
-    return map_post("client-a", key, list(legs), Metadata(), api.server.service.currencies)
+    return map_post("client-a", PostRequest(key, list(legs), Metadata()), currencies=api.server.service.currencies)
 
 
 async def get_by_key(api: Api, key: str) -> pb.Transaction:

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 import facade.auth
 from facade._token import JwksError
-from facade.api.server import start
+from facade.app import start
 from facade.auth import Authenticator, AuthError
 from facade.settings import AuthSettings
 from tests.api.conftest import make_settings

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +18,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
+from ledger_testkit.service import ledger_executable
 
 WAIT_SECONDS = 60.0
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -54,7 +53,7 @@ def test_a_request_log_line_carries_request_correlation_and_trace_ids(tmp_path: 
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
         "LEDGER_OBSERVABILITY__RPC_LOG_SAMPLE_EVERY": "1",  # Every call: this test is about one line's content.
     }
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
@@ -98,7 +97,7 @@ def test_request_log_lines_are_sampled_but_failed_calls_always_logged(tmp_path: 
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
         "LEDGER_OBSERVABILITY__RPC_LOG_SLOW_MS": "60000",  # No call here is slow enough to be logged for it.
     }
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

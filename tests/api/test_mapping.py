@@ -10,26 +10,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade.domain.mapping import (
+from facade.domain.accounts import Currencies
+from facade.domain.ids import account_id, transaction_id, transfer_id
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import (
+    Kind,
+    Leg,
+    Metadata,
+    PostRequest,
+    ResolveRequest,
+    TransactionType,
+    decode_transaction,
+    map_post,
+    map_resolution,
+    parse_body_summary,
+)
+from facade.domain.validation import (
     IDEMPOTENCY_KEY_LENGTH_MAX,
     LABEL_LENGTH_MAX,
     LABELS_COUNT_MAX,
     LEGS_MAX,
-    Currencies,
-    DomainError,
-    Kind,
-    Leg,
-    Metadata,
-    TransactionType,
-    account_id,
-    decode_transaction,
-    map_post,
-    map_resolution,
     parse_amount,
-    parse_body_summary,
     parse_id,
-    transaction_id,
-    transfer_id,
 )
 from facade.engine.types import AMOUNT_MAX, U128_MAX, TransferFlags
 from facade.settings import ApiSettings
@@ -79,7 +81,7 @@ def test_legs_become_one_linked_chain_with_documented_fields() -> None:
         Leg(TransactionType.TRANSFER, from_account_id=ALICE, to_account_id=BOB, amount="60", currency="USD"),
         Leg(TransactionType.DEBIT, account_id=BOB, amount="10", currency="USD"),
     ]
-    mapped = map_post("client", "key", legs, metadata, CURRENCIES)
+    mapped = map_post("client", PostRequest("key", legs, metadata), currencies=CURRENCIES)
     assert [t.flags & TransferFlags.LINKED for t in mapped.transfers] == [TransferFlags.LINKED] * 2 + [0]
     assert [t.code for t in mapped.transfers] == [1, 3, 2]
     assert {t.user_data_128 for t in mapped.transfers} == {mapped.transaction_id}
@@ -94,15 +96,17 @@ def test_mixed_currencies_are_rejected() -> None:
         Leg(TransactionType.CREDIT, account_id=BOB, amount="1", currency="EUR"),
     ]
     with pytest.raises(DomainError) as error:
-        map_post("client", "key", legs, Metadata(), CURRENCIES)
+        map_post("client", PostRequest("key", legs, Metadata()), currencies=CURRENCIES)
     assert reason(error) == "CURRENCY_MISMATCH"
 
 
 def test_resolutions_reference_the_authorized_legs() -> None:
     legs = [Leg(TransactionType.TRANSFER, from_account_id=ALICE, to_account_id=BOB, amount="300", currency="USD")]
-    hold = map_post("client", "auth", legs, Metadata(), CURRENCIES, authorize_only=True, timeout_seconds=60)
+    hold = map_post(
+        "client", PostRequest("auth", legs, Metadata(), authorize_only=True, timeout_seconds=60), currencies=CURRENCIES
+    )
     assert hold.transfers[0].flags == TransferFlags.PENDING and hold.transfers[0].timeout == 60
-    capture = map_resolution("client", "cap", hold, True, "200", Metadata())
+    capture = map_resolution("client", ResolveRequest("cap", True, "200", Metadata()), authorization=hold)
     assert capture.kind == Kind.CAPTURE and capture.authorization_id == hold.transaction_id
     [post] = capture.transfers
     assert (post.pending_id, post.amount, post.code, post.flags) == (
@@ -111,7 +115,7 @@ def test_resolutions_reference_the_authorized_legs() -> None:
         0,
         TransferFlags.POST_PENDING_TRANSFER,
     )
-    [void] = map_resolution("client", "void", hold, False, "", Metadata()).transfers
+    [void] = map_resolution("client", ResolveRequest("void", False, "", Metadata()), authorization=hold).transfers
     assert (void.amount, void.flags) == (0, TransferFlags.VOID_PENDING_TRANSFER)
     assert decode_transaction("client", "cap", capture.body) == capture
 
@@ -142,7 +146,7 @@ def test_the_body_is_canonical_json_and_rebuilds_the_exact_transaction(
         Leg(TransactionType.TRANSFER, from_account_id=ALICE, to_account_id=BOB, amount=a, currency="JPY")
         for a in amounts
     ]
-    mapped = map_post("client", key[:128], legs, metadata, CURRENCIES)
+    mapped = map_post("client", PostRequest(key[:128], legs, metadata), currencies=CURRENCIES)
     # The hand-written encoder is byte-for-byte the compact json.dumps of the same value.
     assert mapped.body == json.dumps(json.loads(mapped.body), separators=(",", ":"))
     assert decode_transaction("client", key[:128], mapped.body) == mapped
@@ -154,7 +158,7 @@ def test_the_fingerprint_covers_the_whole_payload() -> None:
     def fingerprint(amount: str = "5", description: str = "", labels: dict[str, str] | None = None) -> bytes:
         leg = Leg(TransactionType.CREDIT, account_id=ALICE, amount=amount, currency="USD")
         metadata = Metadata(description=description, labels=labels or {})
-        return map_post("client", "key", [leg], metadata, CURRENCIES).fingerprint
+        return map_post("client", PostRequest("key", [leg], metadata), currencies=CURRENCIES).fingerprint
 
     assert fingerprint() == fingerprint()
     assert fingerprint(labels={"a": "1", "b": "2"}) == fingerprint(labels={"b": "2", "a": "1"})

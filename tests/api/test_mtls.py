@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.cli import main
 from facade.dev_certs import DEV_CERT_FILES, write_dev_certs

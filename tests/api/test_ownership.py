@@ -23,7 +23,8 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.servicer import LedgerServicer
 from facade.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Authenticator, AuthInterceptor, issue_token
-from facade.domain.mapping import ACCOUNT_CODE_CUSTOMER, account_id, customer_account_flags, transaction_id
+from facade.domain.accounts import ACCOUNT_CODE_CUSTOMER, customer_account_flags
+from facade.domain.ids import account_id, transaction_id
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFilter, AccountFilterFlags, CreateAccountStatus
 from facade.metadata_store import MetadataStore

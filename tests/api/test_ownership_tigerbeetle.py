@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, issue_token
 from facade.settings import AuthSettings
+from ledger_testkit.service import ledger_executable
 from tests.api.conftest import credit, debit, transfer
 from tests.api.test_logs import json_lines
 
@@ -47,7 +46,7 @@ def facade_process(directory: Path, name: str) -> tuple[subprocess.Popen[str], i
 
 
 def ledger_command() -> str:
-    return shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    return ledger_executable()
 
 
 def facade_env(directory: Path, name: str) -> dict[str, str]:

@@ -17,11 +17,11 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
+from ledger_testkit.ports import free_port
 from tests.api.conftest import Api, credit, make_settings
 from tests.api.test_ownership_tigerbeetle import ledger_command
 from tests.metadata.test_shared_facades import LogLines, auth, facade_env, post
-from tests.postgres_fixtures import free_port
 
 WORKERS = 3
 CONNECTIONS = 12

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from facade.api.server import start
 from facade.api.sql import checked_statement, run_limited
+from facade.app import start
 from facade.auth import SCOPE_AUDIT, SCOPE_READ, issue_token
 from facade.dev_certs import write_dev_certs
 from projections.client import ClickHouseError

@@ -1,4 +1,4 @@
-"""Start-up consistency through the real start-up path (facade.api.server.start) on real files: the
+"""Start-up consistency through the real start-up path (facade.app.start) on real files: the
 storage table's rows for a lost, older or foreign metadata store and a lost journal each end in a
 refusal that names the damage, never in a ready service with less; and the continuous check takes a
 running service out of readiness when its store loses writes."""
@@ -12,7 +12,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,19 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
-from facade.changes import checkpoint as checkpoints
-from facade.changes.chain import GENESIS
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
-from facade.domain.mapping import Metadata, transfer_id
+from facade.domain.ids import transfer_id
+from facade.domain.transactions import Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.metadata import JournalMetadataStore
 from facade.metadata_store import MetadataStore
-from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService, PostRequest
+from facade.service import ACCOUNT_TYPE_NO_OVERDRAFT, LedgerService
 from facade.settings import AuthSettings, Settings
+from ledger_events import checkpoint as checkpoints
+from ledger_events.chain import GENESIS
+from ledger_testkit.service import ledger_executable
 from projections.reconcile import ReadModelFigures, compare
 from tests.api.conftest import Api, credit, debit, make_settings, open_api, transfer
 from tests.api.test_logs import json_lines
@@ -208,7 +209,7 @@ def test_ledger_serve_refuses_a_deleted_store_with_exit_status_2(tmp_path: Path)
         "LEDGER_OBSERVABILITY__LOG_JSON": "true",
         "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
     }
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

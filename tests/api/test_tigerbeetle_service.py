@@ -26,7 +26,7 @@ from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.settings import EngineSettings
 from tests.api.conftest import Api, credit, make_settings, transfer
 from tests.engine.conftest import TB_SKIP_REASON

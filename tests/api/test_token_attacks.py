@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
-from facade.api.server import start
+from facade.app import start
 from facade.auth import DEV_SECRET, SCOPES_ALL
 from facade.settings import AuthSettings
 from tests.api.conftest import Api, credit, make_settings

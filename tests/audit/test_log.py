@@ -7,9 +7,9 @@ import hashlib
 from pathlib import Path
 
 from facade.audit.log import AuditLog, LeafRecord
-from facade.changes.chain import Link
 from facade.settings import AuditSettings
 from ledger_audit_verifier import leaf_hash
+from ledger_events.chain import Link
 
 
 def records(first: int, count: int) -> list[LeafRecord]:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import HASH_GENESIS, canonical_bytes
-from facade.changes.entries import metadata_bytes
-from facade.changes.poller import ChangeCapture
+from facade.changes.poller import ChangeCapture, Pacing
 from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, Transfer, TransferFlags
+from ledger_events.chain import HASH_GENESIS, canonical_bytes
+from ledger_events.entries import metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
 
 
 class CollectingSink:
@@ -90,7 +90,7 @@ async def test_entries_in_commit_order_with_balances_metadata_and_chain(engine: 
     await engine.create_transfers([pending])
     await asyncio.sleep(1.3)  # The engine's pulse expires it.
     sink = CollectingSink()
-    capture = ChangeCapture(engine, sink, tmp_path / "checkpoint.json", Metadata(), batch_changes_max=4)
+    capture = ChangeCapture(engine, sink, tmp_path / "checkpoint.json", Metadata(), pacing=Pacing(batch_changes_max=4))
     while await capture.run_once():
         pass
     entries = sink.entries
@@ -117,10 +117,10 @@ async def test_restart_resumes_without_gap_or_duplicate(engine: EmbeddedEngine, 
     checkpoint = tmp_path / "checkpoint.json"
     sink = CollectingSink()
     await engine.create_transfers(transfers(1, 6))
-    first = ChangeCapture(engine, sink, checkpoint, batch_changes_max=8)
+    first = ChangeCapture(engine, sink, checkpoint, pacing=Pacing(batch_changes_max=8))
     assert await first.run_once() == 6
     await engine.create_transfers(transfers(7, 5))
-    second = ChangeCapture(engine, sink, checkpoint, batch_changes_max=8)  # A restarted process.
+    second = ChangeCapture(engine, sink, checkpoint, pacing=Pacing(batch_changes_max=8))  # A restarted process.
     assert await second.run_once() == 5
     ids = [e.event_id for e in sink.entries]
     assert len(ids) == len(set(ids)) == 22

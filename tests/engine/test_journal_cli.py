@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from facade.engine.embedded import EmbeddedLedger
 from facade.engine.journal import JOURNAL_FILE
 from facade.engine.journal_check import check
+from ledger_testkit.service import ledger_executable
 
 from ._journal_workload import write_workload
 
-LEDGER_SCRIPT = Path(sys.executable).with_name("ledger")
+LEDGER_SCRIPT = ledger_executable()
 
 
 def _ledger(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

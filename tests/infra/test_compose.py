@@ -128,7 +128,7 @@ def test_every_ledger_variable_in_compose_is_a_real_setting() -> None:
 
 
 def test_every_facade_edge_ships_behind_mutual_tls() -> None:
-    """gRPC, the JSON gateway and the ops port share the TLS files (facade/api/server.py); compose sets
+    """gRPC, the JSON gateway and the ops port share the TLS files (facade/app.py); compose sets
     them with a client CA (mTLS), mounts the certificates, and its health check and Prometheus present
     the client certificate over https."""
     services = compose_config()["services"]

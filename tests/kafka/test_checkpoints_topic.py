@@ -16,7 +16,7 @@ from facade.engine.types import Account, Transfer
 from facade.kafka.checkpoints_publisher import CHECKPOINT_TYPE, KafkaCheckpointPublisher
 from facade.settings import AuditSettings, KafkaSettings
 from ledger_audit_verifier import parse_checkpoint
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka

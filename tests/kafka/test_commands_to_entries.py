@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.changes.poller import ChangeCapture
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.kafka.ingest import CommandIngestor
 from facade.service import LedgerService
-from scripts.kafka_broker import KafkaCluster
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_entries_stream import consume_all
 from tests.kafka.test_ingestion import (
     INGEST_CLIENT,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.poller import ChangeCapture
+from facade.changes.poller import ChangeCapture, Pacing
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.settings import KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -91,7 +91,7 @@ async def test_every_confirmed_entry_is_published_in_per_account_order(
     topic = unique_topic("ledger.entries.v1")
     create_topics(kafka_cluster.bootstrap_servers, [topic], partitions=3)
     publisher = KafkaEntryPublisher(KafkaSettings(bootstrap_servers=kafka_cluster.bootstrap_servers), topic)
-    capture = ChangeCapture(engine, publisher, tmp_path / "checkpoint.json", batch_changes_max=64)
+    capture = ChangeCapture(engine, publisher, tmp_path / "checkpoint.json", pacing=Pacing(batch_changes_max=64))
     await write(engine, 1, 300)
     while await capture.run_once():
         pass
@@ -111,13 +111,19 @@ async def test_restart_mid_stream_re_emits_only_within_the_window(
     checkpoint = tmp_path / "checkpoint.json"
     window = 50
     await write(engine, 1, 100)
-    await ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window).run_once()
+    await ChangeCapture(
+        engine, KafkaEntryPublisher(settings, topic), checkpoint, pacing=Pacing(batch_changes_max=window)
+    ).run_once()
     shutil.copy(checkpoint, tmp_path / "before-crash.json")
-    await ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window).run_once()
+    await ChangeCapture(
+        engine, KafkaEntryPublisher(settings, topic), checkpoint, pacing=Pacing(batch_changes_max=window)
+    ).run_once()
     # The process died after Kafka acknowledged the batch but before its checkpoint was saved.
     shutil.copy(tmp_path / "before-crash.json", checkpoint)
     await write(engine, 101, 20)
-    restarted = ChangeCapture(engine, KafkaEntryPublisher(settings, topic), checkpoint, batch_changes_max=window)
+    restarted = ChangeCapture(
+        engine, KafkaEntryPublisher(settings, topic), checkpoint, pacing=Pacing(batch_changes_max=window)
+    )
     while await restarted.run_once():
         pass
     entries = consume_all(kafka_cluster.bootstrap_servers, topic, 2 * (120 + window))
@@ -133,7 +139,7 @@ async def test_three_brokers_stopping_one_mid_stream_loses_nothing(
     topic = unique_topic("ledger.entries.v1")
     create_topics(kafka_cluster_3.bootstrap_servers, [topic], partitions=3, replication=3, min_isr=2)
     publisher = KafkaEntryPublisher(KafkaSettings(bootstrap_servers=kafka_cluster_3.bootstrap_servers), topic)
-    capture = ChangeCapture(engine, publisher, tmp_path / "checkpoint.json", batch_changes_max=50)
+    capture = ChangeCapture(engine, publisher, tmp_path / "checkpoint.json", pacing=Pacing(batch_changes_max=50))
     try:
         for round_ in range(6):
             await write(engine, 1 + round_ * 50, 50)

@@ -5,10 +5,8 @@ results and consumed offsets are committed in one Kafka transaction, so a `read_
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +21,8 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.kafka.ingest import CLIENT_HEADER
 from facade.settings import AuthSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
+from ledger_testkit.service import ledger_executable
 from tests.api.test_logs import json_lines
 from tests.kafka_fixtures import unique_topic
 
@@ -49,7 +48,7 @@ def server_env(tmp_path: Path, kafka: dict[str, str]) -> dict[str, str]:
 
 
 def start_server(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], int]:
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     server = subprocess.Popen([ledger, "serve"], env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     [*_, serving] = json_lines(server.stdout, lambda line: line.get("event") == "serving")

@@ -14,15 +14,16 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from facade.auth import SCOPES_ALL, Principal
-from facade.domain.mapping import DomainError, Leg, Metadata
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import Leg, Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import TransactionIntent
 from facade.engine.types import CreateTransferResult, Transfer
 from facade.kafka.ingest import CommandIngestor
 from facade.metadata_store import MetadataStore
-from facade.service import LedgerService, PostRequest
+from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_ingestion import (
     INGEST_CLIENT,
     accounts,

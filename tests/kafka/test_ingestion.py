@@ -16,7 +16,7 @@ from facade.kafka.ingest import CLIENT_HEADER, CommandIngestor, IngestError
 from facade.metadata_store import MetadataStore
 from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka

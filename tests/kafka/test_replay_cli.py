@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
-from facade.domain.mapping import Leg, Metadata
+from facade.domain.transactions import Leg, Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.metadata_store import MetadataStore
-from facade.service import LedgerService, PostRequest
+from facade.service import LedgerService
 from facade.settings import ApiSettings, KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.kafka_broker import KafkaCluster
+from ledger_testkit.service import ledger_executable
 from tests.kafka.test_entries_stream import consume_all
 from tests.kafka_fixtures import create_topics, unique_topic
 
@@ -58,7 +57,7 @@ def ledger_replay(directory: Path, bootstrap: str, start: str, topic: str) -> su
         "LEDGER_API__METADATA_DB": str(directory / "metadata.sqlite3"),
         "LEDGER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
     }
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     command = [ledger, "replay", "--from", start, "--to-topic", topic]
     return subprocess.run(command, check=False, env=env, cwd=directory, capture_output=True, text=True, timeout=120)
 

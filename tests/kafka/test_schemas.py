@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
-from facade.kafka.encoding import RecordDecodeError, ValueEncoding, decode_value, encode_value
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.settings import KafkaSettings
-from scripts.kafka_broker import KafkaCluster
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_events.records import RecordDecodeError, ValueEncoding, decode_value, encode_value
+from ledger_testkit.kafka_broker import KafkaCluster
+from ledger_testkit.service import ledger_executable
 from tests.kafka_fixtures import create_topics, unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -79,7 +79,7 @@ async def test_protoc_decodes_protobuf_entries_with_the_shipped_descriptor_set(
     await publish_entries(
         tmp_path, KafkaSettings(bootstrap_servers=kafka_cluster.bootstrap_servers, entries_topic=topic)
     )
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     descriptors = tmp_path / "ledger_v1.binpb"
     subprocess.run([ledger, "kafka", "schema", "--out", str(descriptors)], check=True, timeout=60)
     value = kcat("-C", "-b", kafka_cluster.bootstrap_servers, "-t", topic, "-o", "beginning", "-e", "-q",

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.api.ops import kafka_check
 from facade.kafka.entries_publisher import KafkaEntryPublisher, PublishError
 from facade.kafka.topics import TopicError, TopicHealth, TopicRole, ensure_topics, topic_specs
 from facade.settings import KafkaSettings
-from scripts.kafka_broker import KafkaCluster, _kraft_cluster_id
+from ledger_events.gen.ledger.v1 import entries_pb2
+from ledger_testkit.kafka_broker import KafkaCluster, _kraft_cluster_id
 from tests.kafka_fixtures import unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -170,7 +170,7 @@ def test_broker_script_runs_as_the_readme_says(tmp_path: Path) -> None:
 async def test_the_service_refuses_to_start_on_mismatched_topics_and_provisions_them_otherwise(
     kafka_cluster: KafkaCluster, tmp_path: Path
 ) -> None:
-    from facade.api.server import start
+    from facade.app import start
     from tests.api.conftest import make_settings
 
     kafka = unique_settings(kafka_cluster.bootstrap_servers, topic_partitions=2, ingest_enabled=False,

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from facade.kafka.ingest import CommandIngestor
 from facade.observability.tracing import inject_headers, tracer
 from facade.service import LedgerService
-from scripts.kafka_broker import KafkaCluster
+from ledger_testkit.kafka_broker import KafkaCluster
 from tests.kafka.test_ingestion import (
     INGEST_CLIENT,
     accounts,

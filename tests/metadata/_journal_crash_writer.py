@@ -14,14 +14,9 @@ from pathlib import Path
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import (
-    ACCOUNT_CODE_SETTLEMENT,
-    Currencies,
-    MappedTransaction,
-    Metadata,
-    map_post,
-    settlement_account_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
+from facade.domain.ids import settlement_account_id
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateAccountStatus
 from facade.metadata import JournalMetadataStore
@@ -44,7 +39,9 @@ def transaction(key: int) -> MappedTransaction:
             pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="5", currency="USD"),
             pb.Leg(type=pb.LEG_TYPE_DEBIT, account_id=str(BOB), amount="5", currency="USD"),
         ]
-    return map_post("client-a", f"key-{key}", legs, Metadata(description=f"crash {key}"), CURRENCIES)
+    return map_post(
+        "client-a", PostRequest(f"key-{key}", legs, Metadata(description=f"crash {key}")), currencies=CURRENCIES
+    )
 
 
 async def open_ledger(directory: Path) -> tuple[EmbeddedEngine, JournalMetadataStore]:

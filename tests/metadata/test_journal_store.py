@@ -11,7 +11,8 @@ import grpc
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import DomainError, Metadata, map_post
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import OutcomeKind
 from facade.engine.journal import Operation
@@ -73,9 +74,14 @@ async def test_an_older_builds_sqlite_transactions_are_still_found(tmp_path: Pat
         [failed] = [await f for f in committer.submit([legacy_failed])]
         assert isinstance(failed, DomainError) and failed.to_json() == refusal
         reused = map_post(
-            "client-a", "key-100", [pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="6", currency="USD")],
-            Metadata(), CURRENCIES,
-        )  # fmt: skip
+            "client-a",
+            PostRequest(
+                "key-100",
+                [pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="6", currency="USD")],
+                Metadata(),
+            ),
+            currencies=CURRENCIES,
+        )
         [outcome] = [await f for f in committer.submit([reused])]
         assert isinstance(outcome, DomainError) and outcome.reason == "IDEMPOTENCY_KEY_REUSED"
         stored = await store.get_transaction(legacy_committed.transaction_id)

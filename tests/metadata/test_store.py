@@ -17,15 +17,10 @@ import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import (
-    ACCOUNT_CODE_SETTLEMENT,
-    Currencies,
-    DomainError,
-    MappedTransaction,
-    Metadata,
-    map_post,
-    settlement_account_id,
-)
+from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
+from facade.domain.ids import settlement_account_id
+from facade.domain.mapping import DomainError
+from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus
 from facade.metadata import (
@@ -50,13 +45,8 @@ def leg(kind: pb.LegType.ValueType, account_id: str, amount: int) -> pb.Leg:
 
 
 def transaction(key: str, amount: int = 5, *, client: str = "client-a", description: str = "") -> MappedTransaction:
-    return map_post(
-        client,
-        key,
-        [leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)],
-        Metadata(description=description),
-        CURRENCIES,
-    )
+    legs = [leg(pb.LEG_TYPE_CREDIT, ALICE, amount), leg(pb.LEG_TYPE_DEBIT, BOB, amount)]
+    return map_post(client, PostRequest(key, legs, Metadata(description=description)), currencies=CURRENCIES)
 
 
 async def submit(committer: GroupCommitter, transaction: MappedTransaction) -> Committed | DomainError:
@@ -319,7 +309,9 @@ async def test_a_failure_is_recorded_before_the_answer_and_replayed(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     _, committer = ledger
-    overdraft = map_post("client-a", "overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata(), CURRENCIES)
+    overdraft = map_post(
+        "client-a", PostRequest("overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), currencies=CURRENCIES
+    )
     outcome = await submit(committer, overdraft)
     assert isinstance(outcome, DomainError)
     # Answered, so recorded: the store holds the original reason for every later retry.
@@ -332,7 +324,9 @@ async def test_a_failure_whose_record_was_lost_is_reported_consistently(
     store: MetadataStore, ledger: tuple[EmbeddedEngine, GroupCommitter]
 ) -> None:
     engine, committer = ledger
-    refused = map_post("client-a", "refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata(), CURRENCIES)
+    refused = map_post(
+        "client-a", PostRequest("refused", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), currencies=CURRENCIES
+    )
     await store.prepare([refused])
     [result] = await engine.create_transfers(list(refused.transfers))
     assert result.status == CreateTransferStatus.EXCEEDS_CREDITS  # Crash here: no failure recorded.

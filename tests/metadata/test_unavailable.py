@@ -12,8 +12,8 @@ import grpc
 import psycopg
 
 from facade.api.errors import error_info
+from ledger_testkit.postgres import PostgresServer
 from tests.api.conftest import credit, open_api
-from tests.postgres_fixtures import PostgresServer
 
 POOL_SIZE = 2
 ATTEMPTS_MAX = 50

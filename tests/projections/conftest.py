@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus, Transfer, TransferFlags
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections.client import ChdbClient
 
 LEDGER = 840

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from facade.changes.into_read_model import change_capture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
 from projections import audit
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import TIMESTAMP_MAX
 from tests.projections.conftest import Metadata, Workload, drain
 

@@ -19,13 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from facade.audit.log import AuditLog
 from facade.audit.sink import AuditSink
-from facade.changes.poller import ChangeCapture
+from facade.changes.into_read_model import change_capture
+from facade.changes.poller import ChangeCapture, Pacing
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import VerifierKey, parse_keys, row_leaf_input, verify_bundle
+from ledger_testkit.service import ledger_executable
 from projections import audit, audit_evidence
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import TIMESTAMP_MAX
 from tests.projections.conftest import Metadata, Workload, drain
 
@@ -54,7 +56,10 @@ async def exported(
     assert await drain(change_capture(engine, Projector(client), tmp_path / "cp.json", metadata)) == CHANGES
     sink = AuditSink(audit_log)
     assert (
-        await drain(ChangeCapture(engine, sink, tmp_path / "audit-cp.json", metadata, batch_changes_max=4)) == CHANGES
+        await drain(
+            ChangeCapture(engine, sink, tmp_path / "audit-cp.json", metadata, pacing=Pacing(batch_changes_max=4))
+        )
+        == CHANGES
     )
     assert audit_log.tree.size == CHANGES
     assert [c.tree_size for c in audit_log.checkpoints()] == [12, 24]  # Every 10 changes, at batch ends.
@@ -212,7 +217,7 @@ def test_console_script_verifies_offline_in_an_empty_directory(
     empty = tmp_path / "auditor"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     for command in (
         [ledger, "audit", "verify", "--export", str(bundle), "--public-key", str(key_file)],
         [sys.executable, "-m", "ledger_audit_verifier", "--export", str(bundle), "--public-key", str(key_file)],

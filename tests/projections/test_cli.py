@@ -14,6 +14,7 @@ import pytest
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account
 from facade.settings import ApiSettings, AuditSettings, ClickHouseSettings, EngineSettings, Settings
+from ledger_testkit.service import ledger_executable
 from projections import cli
 from tests.projections.conftest import ACCOUNT_IDS, CODE, LEDGER, Metadata, Workload
 
@@ -85,12 +86,10 @@ def test_ledger_console_script(tmp_path: Path) -> None:
     """The installed `ledger` entry point carries the read-model commands, configured by LEDGER_* variables:
     project, export, tamper with the export, verify (exit 1 names the problem)."""
     import os
-    import shutil
     import subprocess
-    import sys
 
     asyncio.run(post_rounds(tmp_path / "engine", 2))
-    ledger = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    ledger = ledger_executable()
     env = os.environ | {
         "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
         "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),

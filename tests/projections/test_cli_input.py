@@ -8,15 +8,14 @@ import asyncio
 import datetime
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ledger_testkit.service import ledger_executable
 from projections import cli
 from projections._cli_input import CliInputError, OneLineArgumentParser, parse_time
 from tests.projections.test_cli import post_rounds
@@ -103,7 +102,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess
     """The installed console script over a projected ledger (2 rounds: 16 changes, accounts 1..6)."""
     tmp_path = tmp_path_factory.mktemp("cli-input")
     asyncio.run(post_rounds(tmp_path / "engine", 2))
-    executable = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
+    executable = ledger_executable()
     env = os.environ | {
         "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
         "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from facade.changes.into_read_model import change_capture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, Transfer
 from facade.settings import CurrencySettings
@@ -21,7 +22,7 @@ from projections import audit
 from projections._analyst_columns import AmountScales, rfc3339_nanoseconds
 from projections._cli_input import parse_time
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.queries import TIMESTAMP_MAX
 from tests.projections.conftest import CODE, LEDGER, Metadata, Workload, drain
 

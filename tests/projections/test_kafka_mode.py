@@ -12,12 +12,12 @@ from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.entries_publisher import KafkaEntryPublisher
 from facade.settings import ClickHouseSettings, KafkaSettings
+from ledger_testkit.kafka_broker import KafkaCluster
 from projections import audit
 from projections.client import ChdbClient
 from projections.kafka_consumer import KafkaProjector
 from projections.projector import Projector
 from projections.reconcile import reconcile
-from scripts.kafka_broker import KafkaCluster
 from tests.kafka_fixtures import create_topics, unique_topic
 from tests.projections.conftest import Metadata, Workload, drain
 

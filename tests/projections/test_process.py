@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from facade.changes.into_read_model import change_capture
+from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import ClickHouseSettings
 from projections.client import ChdbClient, ClickHouseClient, ClickHouseError
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.read_model import ReadModel
 from tests.projections.conftest import Metadata, Workload, drain
 
@@ -31,6 +33,20 @@ def settings(tmp_path: Path) -> ClickHouseSettings:
     return ClickHouseSettings(chdb_path=tmp_path / "clickhouse", projector_checkpoint=tmp_path / "cp.json")
 
 
+async def open_projecting(
+    tmp_path: Path, engine: EmbeddedEngine, metadata: Metadata
+) -> tuple[ReadModel, ChangeCapture]:
+    """The read model with change capture into its projector, as the service assembles them."""
+    config = settings(tmp_path)
+    model = await ReadModel.open(config)
+    projector = model.projector
+    assert projector is not None
+    capture = await model.on_client_thread(
+        lambda: change_capture(engine, projector, config.projector_checkpoint, metadata)
+    )
+    return model, capture
+
+
 def rows(client: ClickHouseClient, sql: str) -> list[list[object]]:
     return client.query_rows(sql)
 
@@ -40,11 +56,10 @@ async def test_child_projects_what_the_in_process_projector_projects(
 ) -> None:
     for number in range(3):
         await workload.round(number)
-    model = await ReadModel.open(settings(tmp_path), engine, metadata=metadata)
+    model, capture = await open_projecting(tmp_path, engine, metadata)
     try:
         assert model.process is not None and model.process.pid not in (None, os.getpid())
-        assert model.capture is not None
-        assert await drain(model.capture) == 3 * 8
+        assert await drain(capture) == 3 * 8
         remote = [await model.query(functools.partial(rows, sql=sql)) for sql in ROWS]
         remote_counts = await model.query(lambda client: rows(client, COUNTS))
     finally:
@@ -64,17 +79,17 @@ async def test_killed_child_is_restarted_and_catches_up(
     tmp_path: Path, engine: EmbeddedEngine, metadata: Metadata, workload: Workload
 ) -> None:
     await workload.round(0)
-    model = await ReadModel.open(settings(tmp_path), engine, metadata=metadata)
+    model, capture = await open_projecting(tmp_path, engine, metadata)
     try:
-        assert model.process is not None and model.capture is not None
-        assert await drain(model.capture) == 8
+        assert model.process is not None
+        assert await drain(capture) == 8
         first = model.process.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
         await workload.round(1)
         with pytest.raises(ClickHouseError):  # The call that finds the child gone fails; nothing moves.
-            await model.capture.run_once()
-        assert await drain(model.capture) == 8  # A new child, resumed from the checkpoint.
+            await capture.run_once()
+        assert await drain(capture) == 8  # A new child, resumed from the checkpoint.
         assert model.process.restarts == 1 and model.process.pid not in (None, first)
         found = await model.query(
             lambda client: rows(

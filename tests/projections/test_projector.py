@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from facade.api.gen.ledger.v1 import entries_pb2
-from facade.changes.chain import GENESIS
 from facade.changes.entries import build_entries
+from facade.changes.into_read_model import change_capture
 from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
+from ledger_events.chain import GENESIS
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from tests.projections.conftest import Metadata, Workload, drain
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facade.changes.into_read_model import change_capture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import AccountFilter, AccountFilterFlags, ChangeEventsFilter
 from projections import queries
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.reconcile import reconcile
 from tests.projections.conftest import ACCOUNT_IDS, Metadata, Workload, drain
 

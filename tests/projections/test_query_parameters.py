@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from facade.changes.into_read_model import change_capture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter, Transfer
 from projections import queries
 from projections.client import ChdbClient, ParameterError, bind_parameters, escaped_text
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.reconcile import reconcile
 from tests.projections.conftest import CODE, LEDGER, Metadata, Workload, drain
 

@@ -15,12 +15,13 @@ from facade.api.ops import Readiness
 from facade.audit.log import AuditLog, LeafRecord
 from facade.audit.self_audit import AuditCheck, Frontier, SelfAudit
 from facade.audit.sink import AuditSink
-from facade.changes.poller import ChangeCapture
+from facade.changes.into_read_model import change_capture
+from facade.changes.poller import ChangeCapture, Pacing
 from facade.engine.embedded import EmbeddedEngine
 from facade.settings import AuditSettings
 from ledger_audit_verifier import leaf_hash
 from projections.client import ChdbClient, ClickHouseClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from tests.projections.conftest import Metadata, Workload, drain
 
 ROUNDS = 3
@@ -44,7 +45,9 @@ async def fed(
         await workload.round(number)
     assert await drain(change_capture(engine, Projector(client), tmp_path / "cp.json", metadata)) == CHANGES
     log = AuditLog(AuditSettings(data_dir=tmp_path / "audit", checkpoint_entries=10))
-    capture = ChangeCapture(engine, AuditSink(log), tmp_path / "audit-cp.json", metadata, batch_changes_max=4)
+    capture = ChangeCapture(
+        engine, AuditSink(log), tmp_path / "audit-cp.json", metadata, pacing=Pacing(batch_changes_max=4)
+    )
     assert await drain(capture) == CHANGES
     return log
 

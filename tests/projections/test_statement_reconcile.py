@@ -17,13 +17,14 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from facade.api.gen.ledger.v1 import entries_pb2
+from facade.changes.into_read_model import change_capture
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Transfer, TransferFlags
 from facade.settings import ApiSettings, ClickHouseSettings, Settings
+from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import cli
 from projections.client import ChdbClient
-from projections.projector import Projector, change_capture
+from projections.projector import Projector
 from projections.schema import create_tables
 from projections.statements import (
     CsvMapping,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from importlib import resources
 from typing import TypeVar
 
 from google.protobuf import json_format
@@ -50,7 +49,6 @@ __all__ = [
     "ValueEncoding",
     "cloud_event_headers",
     "decode_value",
-    "descriptor_set",
     "encode_value",
     "header_value",
 ]
@@ -58,7 +56,6 @@ __all__ = [
 SCHEMA_VERSION = 1
 """Bumped with an incompatible change of the ledger.v1 messages (then they move to ledger.v2)."""
 CONTENT_TYPE_HEADER = "content-type"
-DESCRIPTOR_SET_FILE = "ledger_v1.binpb"
 RFC3339_DIGITS = 9
 
 Header = tuple[str, str | bytes | None]
@@ -169,8 +166,3 @@ def header_value(headers: list[Header] | dict[str, str | bytes | None] | None, n
         if key == name and value is not None:
             return value.decode(errors="replace") if isinstance(value, bytes) else value
     return None
-
-
-def descriptor_set() -> bytes:
-    """The FileDescriptorSet of every ledger.v1 message (with imports), as shipped in the package."""
-    return resources.files("facade.api.gen").joinpath(DESCRIPTOR_SET_FILE).read_bytes()

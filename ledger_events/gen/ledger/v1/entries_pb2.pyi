@@ -292,7 +292,7 @@ class ChainLink(_message.Message):
     previous_hash: _builtins.bytes
     """SHA-256 of the previous link (32 zero bytes before the first change)."""
     hash: _builtins.bytes
-    """SHA-256(previous_hash || canonical bytes of this change); see facade/changes/chain.py."""
+    """SHA-256(previous_hash || canonical bytes of this change); see ledger_events/chain.py."""
     def __init__(
         self,
         *,

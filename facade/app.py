@@ -1,5 +1,7 @@
-"""Assembles and runs the service: engine, metadata store, ledger service, read model, gRPC server,
-change capture.
+"""The composition root: assembles and runs the service (engine, metadata store, ledger service, read
+model, gRPC server and its interceptors, JSON gateway, change capture, Kafka ingestion). The one module
+that wires the edges (facade/api, facade/http, facade/kafka) and the read model (projections) together;
+the edges do not import each other (import contracts in pyproject.toml).
 
 Start-up order: engine (recovers its journal) → metadata store → start-up consistency (engine, store
 and checkpoints agree, or the service refuses to start: facade.consistency) → settlement accounts →
@@ -33,6 +35,7 @@ from facade.api.observe import ObservabilityInterceptor, RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
+from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
 from facade.engine import open_engine
@@ -175,9 +178,11 @@ async def start(settings: Settings) -> RunningServer:
     )
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None
+    projection: ChangeCapture | None = None
     history: HistoryServicer | None = None
     if settings.clickhouse.serve_history:
-        read_model = await ReadModel.open(settings.clickhouse, engine, metadata=store)
+        read_model = await ReadModel.open(settings.clickhouse)
+        projection = await _capture_into(read_model, engine, store, settings.clickhouse.projector_checkpoint)
         history = HistoryServicer(service, engine, read_model)
         history_pb2_grpc.add_HistoryServicer_to_server(history, server)
     health_servicer = health.aio.HealthServicer()
@@ -218,10 +223,8 @@ async def start(settings: Settings) -> RunningServer:
             raise
     if read_model is not None and settings.api.sql_port >= 0 and settings.clickhouse.backend == "chdb":
         running.sql = await _start_sql(settings, read_model, authenticator)
-    if read_model is not None and read_model.projector is not None:
-        running.background.append(
-            asyncio.create_task(read_model.run_projector(running.stop_background), name="projector")
-        )
+    if projection is not None:
+        running.background.append(asyncio.create_task(projection.run(running.stop_background), name="projector"))
     kafka = settings.kafka
     topic_health: TopicHealth | None = None
     if kafka.bootstrap_servers:
@@ -359,6 +362,16 @@ def checkpoint_paths(settings: Settings) -> list[Path]:
     if settings.clickhouse.serve_history and settings.clickhouse.project_in_service:
         paths.append(settings.clickhouse.projector_checkpoint)
     return paths
+
+
+async def _capture_into(
+    read_model: ReadModel, engine: Engine, store: MetadataStore, checkpoint: Path
+) -> ChangeCapture | None:
+    """Change capture from the engine into the read model's projector, when this process projects."""
+    projector = read_model.projector
+    if projector is None:
+        return None
+    return await read_model.on_client_thread(lambda: change_capture(engine, projector, checkpoint, store))
 
 
 def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[[], Awaitable[str]] | None:

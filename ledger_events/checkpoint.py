@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from facade.changes.chain import GENESIS, Link
+from ledger_events.chain import GENESIS, Link
 
 
 @dataclass(slots=True, frozen=True)
