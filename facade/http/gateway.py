@@ -196,6 +196,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         field = _field_name(location)
         last = location[-1] if location else ""
         reason = _FIELD_REASONS.get(last, "INVALID_REQUEST") if isinstance(last, str) else "INVALID_REQUEST"
+        if reason == "INVALID_REQUEST" and first.get("type") == "missing" and len(location) > 1:
+            reason = "MISSING_FIELD"  # As the mapping module says over gRPC (proto3: an absent string is empty).
         message = "; ".join(f"{_field_name(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors[:10])
         metadata = {"field": field, "error": str(first.get("type", "")), "errors": str(len(errors))}
         return error_response(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)

@@ -172,7 +172,10 @@ class PostTransactionRequest(_Request):
         "retry with the same key and payload returns the original result (deduplicated=true); the same key "
         "with a different payload fails with IDEMPOTENCY_KEY_REUSED."
     )
-    legs: list[Leg] = Field(description=f"1 to {LEGS_MAX} legs, all in one currency; atomic.")
+    legs: list[Leg] = Field(
+        default_factory=list,  # Absent is empty (proto3): the mapping refuses it as over gRPC (INVALID_LEGS).
+        description=f"1 to {LEGS_MAX} legs, all in one currency; atomic.",
+    )
     metadata: TransactionMetadata = Field(default_factory=TransactionMetadata)
     authorize_only: bool = Field(
         default=False, description="Two-phase: place a hold (authorize) instead of moving money; capture or void it."
