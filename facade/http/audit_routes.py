@@ -76,7 +76,7 @@ def audit_router(
         return {
             "operation_id": rpc,
             "description": f"gRPC: `ledger.v1.History/{rpc}`. Scope: `{SCOPE_AUDIT}`.",
-            "openapi_extra": {"x-required-scope": SCOPE_AUDIT},
+            "openapi_extra": {"x-required-scope": SCOPE_AUDIT, "x-grpc-method": _HISTORY + rpc},
         }
 
     @router.get("/checkpoint", response_model=SignedCheckpoint, summary="A signed checkpoint", **extra("GetCheckpoint"))

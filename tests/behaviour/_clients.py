@@ -255,8 +255,6 @@ class HttpClient:
                 path = path.replace("{" + name + "}", quote(str(fields.pop(name)), safe=""))
         for name in ("account_id", "authorization_id", "transaction_id"):  # An empty path field is still one.
             path = path.replace("{" + name + "}", "")
-        if rpc is Rpc.LIST_ACCOUNT_ENTRIES and "descending" in fields:  # The gateway's form of the bool.
-            fields["order"] = "desc" if fields.pop("descending") else "asc"
         headers = {} if caller.authorization is None else {"Authorization": caller.authorization}
         if route.method == "GET":
             params = {name: _query_value(value) for name, value in fields.items()}
