@@ -114,11 +114,13 @@ _CODE_OF_HTTP_STATUS: Mapping[int, Code] = {
 class Refused(Exception):  # noqa: N818 - what the suite asserts: "the call was refused".
     """A call the service refused: the same three facts on either edge."""
 
-    def __init__(self, code: Code, reason: str, metadata: Mapping[str, str]) -> None:
-        super().__init__(f"{code.name} {reason} {dict(metadata)}")
+    def __init__(self, code: Code, reason: str, metadata: Mapping[str, str], *, message: str = "") -> None:
+        super().__init__(f"{code.name} {reason} {dict(metadata)}: {message}")
         self.code = code
         self.reason = reason
         self.metadata = dict(metadata)
+        self.message = message
+        """For people: tests look for a detail in it (which leg), never compare it whole."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def _grpc_refusal(error: grpc.aio.AioRpcError) -> Refused:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
-    return Refused(Code[error.code().name], reason, metadata)
+    return Refused(Code[error.code().name], reason, metadata, message=error.details() or "")
 
 
 @dataclass
@@ -195,7 +197,7 @@ class GrpcClient:
                 results.append(as_json(result.transaction))
             else:
                 code = next(Code[c.name] for c in grpc.StatusCode if c.value[0] == result.error.code)
-                results.append(Refused(code, result.error.reason, result.error.metadata))
+                results.append(Refused(code, result.error.reason, result.error.metadata, message=result.error.message))
         return results
 
 
@@ -266,7 +268,8 @@ class HttpClient:
         if response.status_code >= 300:
             assert response.status_code in _CODE_OF_HTTP_STATUS, (response.status_code, response.text)
             assert isinstance(body.get("metadata", {}), dict), response.text
-            raise Refused(_CODE_OF_HTTP_STATUS[response.status_code], str(body.get("reason")), body.get("metadata", {}))
+            code = _CODE_OF_HTTP_STATUS[response.status_code]
+            raise Refused(code, str(body.get("reason")), body.get("metadata", {}), message=str(body.get("message")))
         created = rpc is Rpc.CREATE_ACCOUNT and response.status_code == HTTP_CREATED  # Creates: 201 (or 200 before).
         assert response.status_code == HTTP_OK or created, (response.status_code, response.text)
         return body
@@ -283,5 +286,7 @@ class HttpClient:
                 results.append(item["transaction"])
             else:
                 error = item["error"]
-                results.append(Refused(Code[error["code"]], error["reason"], error["metadata"]))
+                results.append(
+                    Refused(Code[error["code"]], error["reason"], error["metadata"], message=error["message"])
+                )
         return results

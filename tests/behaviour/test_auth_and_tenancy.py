@@ -33,6 +33,8 @@ async def test_callers_without_valid_credentials_are_refused(tenant: Tenant) -> 
     post = pb.PostTransactionRequest(idempotency_key="anon", legs=[credit(alice, 5)])
     anonymous = await tenant.refused(Rpc.POST_TRANSACTION, post, Caller(None))
     assert (anonymous.code, anonymous.reason) == (Code.UNAUTHENTICATED, "MISSING_CREDENTIALS")
+    history = await tenant.refused(Rpc.GET_BALANCE_AS_OF, hpb.GetBalanceAsOfRequest(account_id=alice), Caller(None))
+    assert (history.code, history.reason) == (Code.UNAUTHENTICATED, "MISSING_CREDENTIALS")
     assert await tenant.available(alice) == 0
 
 

@@ -80,6 +80,7 @@ async def test_credit_debit_and_transfer_move_money(tenant: Tenant) -> None:
     assert posted["status"] == "TRANSACTION_STATUS_POSTED" and posted["deduplicated"] is False
     assert posted["idempotency_key"] == "c1" and posted["currency"] == "USD" and posted["authorization_id"] == ""
     assert len(posted["transaction_id"]) == 32 and int(posted["committed_at_ns"]) > 0
+    assert isinstance(posted["committed_at_ns"], str), "u64 is a decimal string in JSON"
     assert posted["legs"] == [
         {
             "type": "LEG_TYPE_CREDIT",
@@ -114,7 +115,7 @@ async def test_insufficient_funds_refuses_and_moves_nothing(tenant: Tenant) -> N
         Rpc.POST_TRANSACTION, pb.PostTransactionRequest(idempotency_key="d1", legs=[debit(alice, 101)])
     )
     assert (refused.code, refused.reason) == (Code.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
-    assert refused.metadata == {"leg": "0", "engine_status": "EXCEEDS_CREDITS"}
+    assert refused.metadata == {"leg": "0", "engine_status": "EXCEEDS_CREDITS"} and "leg 0" in refused.message
     atomic = await tenant.refused(
         Rpc.POST_TRANSACTION,
         pb.PostTransactionRequest(idempotency_key="m1", legs=[credit(bob, 50), transfer(alice, bob, 500)]),
@@ -131,6 +132,21 @@ async def test_invalid_requests_are_refused_with_the_same_reasons(tenant: Tenant
     invalid, precondition = Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION
     cases: list[tuple[pb.PostTransactionRequest, Code, str]] = [
         (pb.PostTransactionRequest(idempotency_key="z", legs=[credit(alice, 0)]), invalid, "INVALID_AMOUNT"),
+        (pb.PostTransactionRequest(idempotency_key="z", legs=[credit(alice, 2**128)]), invalid, "INVALID_AMOUNT"),
+        (
+            pb.PostTransactionRequest(
+                idempotency_key="z",
+                legs=[pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=alice, amount="1.50", currency="USD")],
+            ),
+            invalid,
+            "INVALID_AMOUNT",
+        ),
+        (
+            pb.PostTransactionRequest(idempotency_key="z", legs=[credit(alice, 1), credit(euro, 1, "EUR")]),
+            invalid,
+            "CURRENCY_MISMATCH",
+        ),
+        (pb.PostTransactionRequest(idempotency_key="z", legs=[credit(alice, 1, "XXX")]), invalid, "UNKNOWN_CURRENCY"),
         (
             pb.PostTransactionRequest(idempotency_key="z", legs=[credit(alice, 5, "EUR")]),
             precondition,
@@ -198,6 +214,14 @@ async def test_a_key_reused_with_a_different_payload_is_a_conflict(tenant: Tenan
         refused = await tenant.refused(Rpc.POST_TRANSACTION, request)
         assert (refused.code, refused.reason) == (Code.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"), request
     assert await tenant.available(alice) == 700
+    stranger = tenant.caller(client_id=f"{tenant.client_id}-other")
+    other = await tenant.call(
+        Rpc.CREATE_ACCOUNT,
+        pb.CreateAccountRequest(currency="USD", external_reference="other", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT),
+        stranger,
+    )
+    own = pb.PostTransactionRequest(idempotency_key="pay-1", legs=[credit(other["account_id"], 5)])
+    assert (await tenant.call(Rpc.POST_TRANSACTION, own, stranger))["deduplicated"] is False, "keys are per client"
 
 
 async def test_transactions_are_found_by_id_and_by_key_and_entries_page(tenant: Tenant) -> None:
