@@ -4,6 +4,7 @@ server: the same requests give the same statuses, reasons, amounts and balances 
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import Message
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from tests.behaviour._clients import Code, Refused, Rpc
@@ -285,3 +286,64 @@ async def test_a_batch_answers_each_item_in_order(tenant: Tenant) -> None:
         r.reason if isinstance(r, Refused) else r["transaction_id"] for r in results
     ], "the whole batch retried: the same outcome per item"
     assert await tenant.available(alice) == 60
+
+
+async def test_absent_fields_are_refused_with_the_same_reasons(tenant: Tenant) -> None:
+    """Proto3 has no required fields: an absent one is its empty value. Over HTTP it is left out of the
+    JSON (as the client does with every empty field), over gRPC it is empty; the answer is the same.
+    Not here: an absent enum (`type`), which the gateway's schema refuses as MISSING_FIELD while gRPC
+    says INVALID_ACCOUNT_TYPE / INVALID_LEG_TYPE (the schema does not offer the enums' zero values)."""
+    alice = await tenant.account("alice")
+    hold = await tenant.post("hold", credit(alice, 10), authorize_only=True)
+    no_overdraft = pb.ACCOUNT_TYPE_NO_OVERDRAFT
+    cases: list[tuple[Rpc, Message, str, str | None]] = [
+        (
+            Rpc.CREATE_ACCOUNT,
+            pb.CreateAccountRequest(external_reference="r1", type=no_overdraft),
+            "UNKNOWN_CURRENCY",
+            None,
+        ),
+        (
+            Rpc.CREATE_ACCOUNT,
+            pb.CreateAccountRequest(currency="USD", type=no_overdraft),
+            "MISSING_FIELD",
+            "external_reference",
+        ),
+        (
+            Rpc.POST_TRANSACTION,
+            pb.PostTransactionRequest(
+                idempotency_key="a2", legs=[pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=alice, amount="5")]
+            ),
+            "UNKNOWN_CURRENCY",
+            None,
+        ),
+        (
+            Rpc.POST_TRANSACTION,
+            pb.PostTransactionRequest(
+                idempotency_key="a3", legs=[pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=alice, currency="USD")]
+            ),
+            "INVALID_AMOUNT",
+            "legs[0].amount",
+        ),
+        (Rpc.POST_TRANSACTION, pb.PostTransactionRequest(legs=[credit(alice, 5)]), "MISSING_FIELD", "idempotency_key"),
+        (
+            Rpc.CAPTURE_TRANSACTION,
+            pb.CaptureTransactionRequest(authorization_id=hold["transaction_id"]),
+            "MISSING_FIELD",
+            "idempotency_key",
+        ),
+        (
+            Rpc.VOID_TRANSACTION,
+            pb.VoidTransactionRequest(authorization_id=hold["transaction_id"]),
+            "MISSING_FIELD",
+            "idempotency_key",
+        ),
+    ]
+    for rpc, request, reason, field in cases:
+        refused = await tenant.refused(rpc, request)
+        assert (refused.code, refused.reason, refused.metadata.get("field")) == (
+            Code.INVALID_ARGUMENT,
+            reason,
+            field,
+        ), request
+    assert await tenant.available(alice) == 0 and (await tenant.balance(alice))["pending_credits"] == "10"
