@@ -72,6 +72,9 @@ class Rpc(enum.Enum):
     GET_DAILY_TOTALS = "/ledger.v1.History/GetDailyTotals"
     LIST_TRANSACTIONS_BY_CORRELATION = "/ledger.v1.History/ListTransactionsByCorrelation"
     RECONCILE = "/ledger.v1.History/Reconcile"
+    GET_CHECKPOINT = "/ledger.v1.History/GetCheckpoint"
+    GET_INCLUSION_PROOF = "/ledger.v1.History/GetInclusionProof"
+    GET_CONSISTENCY_PROOF = "/ledger.v1.History/GetConsistencyProof"
 
     @property
     def response_class(self) -> type[Message]:
@@ -227,6 +230,9 @@ _ROUTES: Mapping[Rpc, _Route] = {
     Rpc.GET_DAILY_TOTALS: _Route("GET", "/v1/history/daily-totals"),
     Rpc.LIST_TRANSACTIONS_BY_CORRELATION: _Route("GET", "/v1/history/transactions"),
     Rpc.RECONCILE: _Route("GET", "/v1/history/reconciliation"),
+    Rpc.GET_CHECKPOINT: _Route("GET", "/v1/audit/checkpoint"),
+    Rpc.GET_INCLUSION_PROOF: _Route("GET", "/v1/audit/inclusion-proof"),
+    Rpc.GET_CONSISTENCY_PROOF: _Route("GET", "/v1/audit/consistency-proof"),
 }
 # GetTransaction's oneof picks the route: by id in the path, by idempotency key in the query string.
 _TRANSACTION_BY_ID = _Route("GET", "/v1/transactions/{transaction_id}")
@@ -255,7 +261,7 @@ class HttpClient:
         for name in list(fields):
             if "{" + name + "}" in path:
                 path = path.replace("{" + name + "}", quote(str(fields.pop(name)), safe=""))
-        for name in ("account_id", "authorization_id", "transaction_id"):  # An empty path field is still one.
+        for name in ("account_id", "authorization_id", "transaction_id"):  # Empty: an empty path segment.
             path = path.replace("{" + name + "}", "")
         headers = {} if caller.authorization is None else {"Authorization": caller.authorization}
         if route.method == "GET":

@@ -42,6 +42,7 @@ from tests.behaviour._clients import (
 HTTP_TIMEOUT_SECONDS = 30.0
 PROJECTION_WAIT_SECONDS = 30.0
 PROJECTION_POLL_SECONDS = 0.05
+AUDIT_CHECKPOINT_ENTRIES = 2
 _tenants = itertools.count(1)
 
 
@@ -61,6 +62,9 @@ class Server:
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     directory: Path = tmp_path_factory.mktemp("behaviour")
     settings = make_settings(directory, history=True, http_port=0)
+    # A checkpoint sealed every few changes, so the audit proofs have something to prove within a test.
+    audit = settings.audit.model_copy(update={"checkpoint_entries": AUDIT_CHECKPOINT_ENTRIES})
+    settings = settings.model_copy(update={"audit": audit})
     running = await start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}", timeout=HTTP_TIMEOUT_SECONDS)
