@@ -25,6 +25,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
+from tests.behaviour._clients import Rpc
 from tests.behaviour.conftest import Server
 
 SERVICES: tuple[ServiceDescriptor, ...] = (
@@ -303,3 +304,14 @@ def test_the_comparison_finds_what_differs() -> None:
     assert "request field 'metadata' of ledger.v1.PostTransactionRequest reaches no route" in found
     assert "POST /echo: no JSON success response" in found
     assert "/ledger.v1.Ledger/StreamTransactions" not in found, "streaming RPCs may stay gRPC-only"
+
+
+def test_the_behaviour_clients_speak_every_unary_rpc() -> None:
+    """The suite's Rpc table is the services' unary RPCs, so no RPC is left out of the two clients."""
+    unary = {
+        f"/{service.full_name}/{method.name}"
+        for service in SERVICES
+        for method in service.methods
+        if not (method.client_streaming or method.server_streaming)
+    }
+    assert {rpc.value for rpc in Rpc} == unary
