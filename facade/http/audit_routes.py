@@ -76,7 +76,7 @@ def audit_router(
         return {
             "operation_id": rpc,
             "description": f"gRPC: `ledger.v1.History/{rpc}`. Scope: `{SCOPE_AUDIT}`.",
-            "openapi_extra": {"x-required-scope": SCOPE_AUDIT},
+            "openapi_extra": {"x-required-scope": SCOPE_AUDIT, "x-grpc-method": _HISTORY + rpc},
         }
 
     @router.get("/checkpoint", response_model=SignedCheckpoint, summary="A signed checkpoint", **extra("GetCheckpoint"))
@@ -120,8 +120,9 @@ def audit_router(
     )
     async def get_consistency_proof(
         principal: Annotated[Principal, caller("GetConsistencyProof")],
-        old_size: Annotated[int, Query(ge=0, le=U64_MAX, description="The older checkpoint's tree size.")],
         new_size: TreeSize = 0,
+        # Absent is 0 (proto3), refused by the proofs as over gRPC (OLD_SIZE_REQUIRED).
+        old_size: Annotated[int, Query(ge=0, le=U64_MAX, description="The older checkpoint's tree size.")] = 0,
     ) -> dict[str, Any]:
         del principal
         old, new, hashes = await proofs.consistency(old_size, new_size)

@@ -196,6 +196,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         field = _field_name(location)
         last = location[-1] if location else ""
         reason = _FIELD_REASONS.get(last, "INVALID_REQUEST") if isinstance(last, str) else "INVALID_REQUEST"
+        if reason == "INVALID_REQUEST" and first.get("type") == "missing" and len(location) > 1:
+            reason = "MISSING_FIELD"  # As the mapping module says over gRPC (proto3: an absent string is empty).
         message = "; ".join(f"{_field_name(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors[:10])
         metadata = {"field": field, "error": str(first.get("type", "")), "errors": str(len(errors))}
         return error_response(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
@@ -302,7 +304,7 @@ def build_app(
             summary=summary,
             operation_id=rpc if rpc != "GetTransaction" or "{" in path else "GetTransactionByIdempotencyKey",
             description=f"gRPC: `ledger.v1.Ledger/{rpc}`. Scope: `{scope}`.",
-            openapi_extra={"x-required-scope": scope, **(openapi_extra or {})},
+            openapi_extra={"x-required-scope": scope, "x-grpc-method": RPC_PREFIX + rpc, **(openapi_extra or {})},
         )
 
     AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]  # noqa: N806
@@ -367,9 +369,12 @@ def build_app(
             int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
         ] = 0,
         order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")] = "asc",
+        descending: Annotated[
+            bool, Query(description="Newest first (the gRPC field; the same as order=desc).")
+        ] = False,
     ) -> dict[str, Any]:
         entries, token = await service.list_account_entries(
-            principal, account_id, page_size, page_token, from_ns, to_ns, order == "desc"
+            principal, account_id, page_size, page_token, from_ns, to_ns, descending or order == "desc"
         )
         return m.from_message(
             pb.ListAccountEntriesResponse(entries=[entry_message(e) for e in entries], next_page_token=token)

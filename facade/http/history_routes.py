@@ -239,7 +239,7 @@ def history_router(
             "operation_id": rpc,
             "description": f"gRPC: `ledger.v1.History/{rpc}`. Scope: `{scope}`. Served by the read model: "
             "eventually consistent, `projected_until` says how far it has caught up.",
-            "openapi_extra": {"x-required-scope": scope},
+            "openapi_extra": {"x-required-scope": scope, "x-grpc-method": _HISTORY + rpc},
         }
 
     @router.get(

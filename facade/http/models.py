@@ -130,7 +130,9 @@ class Leg(_Request):
     from_account_id: OptionalAccountId = Field(default="", description="TRANSFER: the source account.")
     to_account_id: OptionalAccountId = Field(default="", description="TRANSFER: the destination account.")
     amount: Amount
-    currency: str = Field(description="ISO 4217 code; must equal every account's currency.", examples=["USD"])
+    currency: str = Field(
+        default="", description="ISO 4217 code; must equal every account's currency.", examples=["USD"]
+    )
 
 
 class TransactionMetadata(_Request):
@@ -153,10 +155,14 @@ class TransactionMetadata(_Request):
 
 
 class CreateAccountRequest(_Request):
-    currency: str = Field(description="ISO 4217 code (e.g. USD); must be configured on the service.")
+    # Fields the service requires default to proto3's empty values, as over gRPC: the mapping then refuses
+    # an absent one with the same reason on both edges (MISSING_FIELD, UNKNOWN_CURRENCY). Enums stay required:
+    # their zero value is no valid choice to document, so an absent `type` is MISSING_FIELD here.
+    currency: str = Field(default="", description="ISO 4217 code (e.g. USD); must be configured on the service.")
     external_reference: str = Field(
+        default="",
         description="The caller's identifier for the account (unique per client); makes creation idempotent. "
-        f"At most {EXTERNAL_REFERENCE_LENGTH_MAX} bytes."
+        f"At most {EXTERNAL_REFERENCE_LENGTH_MAX} bytes.",
     )
     owner: str = Field(default="", description=f"The owner in the caller's systems; at most {OWNER_LENGTH_MAX} bytes.")
     type: AccountType = Field(
@@ -168,11 +174,15 @@ class CreateAccountRequest(_Request):
 
 class PostTransactionRequest(_Request):
     idempotency_key: str = Field(
+        default="",
         description=f"Required, at most {IDEMPOTENCY_KEY_LENGTH_MAX} bytes, unique per client and transaction. A "
         "retry with the same key and payload returns the original result (deduplicated=true); the same key "
-        "with a different payload fails with IDEMPOTENCY_KEY_REUSED."
+        "with a different payload fails with IDEMPOTENCY_KEY_REUSED.",
     )
-    legs: list[Leg] = Field(description=f"1 to {LEGS_MAX} legs, all in one currency; atomic.")
+    legs: list[Leg] = Field(
+        default_factory=list,  # Absent is empty (proto3): the mapping refuses it as over gRPC (INVALID_LEGS).
+        description=f"1 to {LEGS_MAX} legs, all in one currency; atomic.",
+    )
     metadata: TransactionMetadata = Field(default_factory=TransactionMetadata)
     authorize_only: bool = Field(
         default=False, description="Two-phase: place a hold (authorize) instead of moving money; capture or void it."
@@ -189,7 +199,9 @@ class PostTransactionsRequest(_Request):
 
 
 class CaptureTransactionRequest(_Request):
-    idempotency_key: str = Field(description="Required; identifies this capture (retries return the same result).")
+    idempotency_key: str = Field(
+        default="", description="Required; identifies this capture (retries return the same result)."
+    )
     amount: str = Field(
         default="",
         description="Minor units to capture (decimal string); empty = the full authorized amount. Partial captures "
@@ -200,7 +212,9 @@ class CaptureTransactionRequest(_Request):
 
 
 class VoidTransactionRequest(_Request):
-    idempotency_key: str = Field(description="Required; identifies this void (retries return the same result).")
+    idempotency_key: str = Field(
+        default="", description="Required; identifies this void (retries return the same result)."
+    )
     metadata: TransactionMetadata = Field(default_factory=TransactionMetadata)
 
 

@@ -1,5 +1,7 @@
 """The JSON gateway over loopback: a real uvicorn server in the service's loop (api.http_port=0), the real
-embedded engine in tmp_path, httpx as the client, and the gRPC API of the same server for comparison."""
+embedded engine in tmp_path, httpx as the client, and the gRPC API of the same server for comparison. Here:
+what only HTTP has (OpenAPI, 429 + Retry-After, WWW-Authenticate, JSON forms, metrics per route); the
+behaviour both edges share is tests/behaviour/, run through a gRPC and an HTTP client."""
 
 from __future__ import annotations
 
@@ -102,124 +104,6 @@ async def http(tmp_path: Path) -> AsyncIterator[Http]:
         yield instance
     finally:
         await close_http(instance)
-
-
-async def test_accounts_credit_debit_transfer_and_balances(http: Http) -> None:
-    alice, bob = await http.account("alice"), await http.account("bob")
-    assert await http.account("alice") == alice, "creation is idempotent per external reference"
-    posted = await http.post("c1", credit(alice, 10_000), metadata={"source": "pos", "correlation_id": "o-1"})
-    assert posted["status"] == "TRANSACTION_STATUS_POSTED" and not posted["deduplicated"]
-    assert int(posted["committed_at_ns"]) > 0 and isinstance(posted["committed_at_ns"], str)
-    assert posted["metadata"]["source"] == "pos" and posted["legs"][0]["amount"] == "10000"
-    await http.post("d1", debit(alice, 2_500))
-    await http.post("t1", transfer(alice, bob, 1_500))
-    assert (await http.available(alice), await http.available(bob)) == (6_000, 1_500)
-    balance = await http.call("GET", f"/v1/accounts/{alice}/balance")
-    assert (balance["debits_posted"], balance["credits_posted"], balance["currency"]) == ("4000", "10000", "USD")
-    account = await http.call("GET", f"/v1/accounts/{alice}")
-    assert account["type"] == "ACCOUNT_TYPE_NO_OVERDRAFT" and account["balance"]["posted"] == "6000"
-    listed = await http.call("GET", "/v1/accounts?currency=USD&page_size=1")
-    assert len(listed["accounts"]) == 1 and listed["next_page_token"]
-    rest = await http.call("GET", f"/v1/accounts?currency=USD&page_token={listed['next_page_token']}")
-    assert {a["account_id"] for a in listed["accounts"] + rest["accounts"]} == {alice, bob}
-    whale = await http.account("whale", no_overdraft=False)
-    await http.post("big", credit(whale, 2**100 + 7))
-    assert await http.available(whale) == 2**100 + 7, "u128 amounts are exact"
-
-
-async def test_insufficient_funds(http: Http) -> None:
-    alice = await http.account("alice")
-    await http.post("c1", credit(alice, 100))
-    error = await http.error(
-        "POST",
-        "/v1/transactions",
-        {"idempotency_key": "d1", "legs": [debit(alice, 101)]},
-        422,
-        "FAILED_PRECONDITION",
-        "INSUFFICIENT_FUNDS",
-    )
-    assert error["metadata"] == {"leg": "0", "engine_status": "EXCEEDS_CREDITS"} and "leg 0" in error["message"]
-    assert await http.available(alice) == 100
-
-
-async def test_idempotent_retry_and_key_reuse(http: Http) -> None:
-    alice = await http.account("alice")
-    first = await http.post("pay-1", credit(alice, 700))
-    retry = await http.post("pay-1", credit(alice, 700))
-    assert retry["deduplicated"] and retry["transaction_id"] == first["transaction_id"]
-    assert retry["committed_at_ns"] == first["committed_at_ns"]
-    await http.error(
-        "POST",
-        "/v1/transactions",
-        {"idempotency_key": "pay-1", "legs": [credit(alice, 701)]},
-        409,
-        "ALREADY_EXISTS",
-        "IDEMPOTENCY_KEY_REUSED",
-    )
-    assert await http.available(alice) == 700
-
-
-async def test_authorize_capture_void(http: Http) -> None:
-    alice, shop = await http.account("alice"), await http.account("shop")
-    await http.post("fund", credit(alice, 1_000))
-    hold = await http.post("auth-1", transfer(alice, shop, 300), authorize_only=True)
-    assert hold["status"] == "TRANSACTION_STATUS_AUTHORIZED"
-    assert await http.available(alice) == 700
-    captured = await http.call(
-        "POST", f"/v1/transactions/{hold['transaction_id']}:capture", {"idempotency_key": "cap-1", "amount": "200"}
-    )
-    assert captured["status"] == "TRANSACTION_STATUS_POSTED"
-    assert captured["authorization_id"] == hold["transaction_id"] and captured["legs"][0]["amount"] == "200"
-    assert (await http.available(alice), await http.available(shop)) == (800, 200)
-    await http.error(
-        "POST",
-        f"/v1/transactions/{hold['transaction_id']}:void",
-        {"idempotency_key": "void-1"},
-        422,
-        "FAILED_PRECONDITION",
-        "AUTHORIZATION_ALREADY_CAPTURED",
-    )
-    second = await http.post("auth-2", transfer(alice, shop, 100), authorize_only=True)
-    voided = await http.call("POST", f"/v1/transactions/{second['transaction_id']}:void", {"idempotency_key": "v-2"})
-    assert voided["status"] == "TRANSACTION_STATUS_VOIDED"
-    assert await http.available(alice) == 800
-    await http.error(
-        "POST",
-        f"/v1/transactions/{'0' * 32}:capture",
-        {"idempotency_key": "cap-x"},
-        404,
-        "NOT_FOUND",
-        "AUTHORIZATION_NOT_FOUND",
-    )
-
-
-async def test_batch_with_mixed_results(http: Http) -> None:
-    alice = await http.account("alice")
-    response = await http.call(
-        "POST",
-        "/v1/transactions:batch",
-        {
-            "transactions": [
-                {"idempotency_key": "b1", "legs": [credit(alice, 100)]},
-                {"idempotency_key": "b2", "legs": [debit(alice, 1_000)]},
-                {"idempotency_key": "b3", "legs": [credit(alice, 0)]},
-                {"idempotency_key": "b4", "legs": [debit(alice, 40)]},
-            ]
-        },
-    )
-    results = response["results"]
-    assert [("transaction" if r["transaction"] else "error") for r in results] == [
-        "transaction",
-        "error",
-        "error",
-        "transaction",
-    ]
-    assert (
-        results[1]["error"]["reason"] == "INSUFFICIENT_FUNDS" and results[1]["error"]["code"] == "FAILED_PRECONDITION"
-    )
-    assert results[2]["error"]["reason"] == "INVALID_AMOUNT" and results[2]["error"]["code"] == "INVALID_ARGUMENT"
-    assert results[3]["transaction"]["idempotency_key"] == "b4"
-    assert await http.available(alice) == 60
 
 
 async def test_get_transaction_and_paginated_entries(http: Http) -> None:

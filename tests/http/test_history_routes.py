@@ -1,6 +1,7 @@
 """The History queries over the JSON gateway (facade.http.history_routes) against ledger.v1.History over gRPC,
 on one loopback server with the in-service read model: the same query gives the same answer on both edges,
-the same refusals carry the same reasons, and times are accepted as engine nanoseconds or RFC 3339."""
+the same refusals carry the same reasons, and times are accepted as engine nanoseconds or RFC 3339. The
+queries' answers on both edges are tests/behaviour/ (test_history.py, test_same_answers.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from hypothesis import strategies as st
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
-from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPE_READ, SCOPE_WRITE
 from facade.domain.mapping import DomainError
 from facade.http import models as m
 from facade.http.history_routes import REASON_INVALID_TIMESTAMP, parse_time
-from tests.api.conftest import credit, debit, transfer
+from tests.api.conftest import credit
 from tests.http.test_gateway import Http, close_http, open_http
 
 WAIT_SECONDS = 30.0
@@ -65,64 +65,6 @@ async def caught_up(http: Http, timestamp: int) -> None:
             return
         assert asyncio.get_running_loop().time() < deadline, "projector did not catch up"
         await asyncio.sleep(0.05)
-
-
-async def test_every_query_answers_as_over_grpc(http: Http) -> None:
-    api = http.api
-    alice, bob = await api.account("alice"), await api.account("bob")
-    meta = pb.TransactionMetadata(source="pos", correlation_id="order-7", description="lunch", labels={"k": "v"})
-    first = await api.post("h1", credit(alice, 10_000), metadata=meta)
-    second = await api.post("h2", transfer(alice, bob, 2_500), metadata=meta)
-    third = await api.post("h3", debit(bob, 500), metadata=pb.TransactionMetadata(source="atm"))
-    await caught_up(http, third.committed_at_ns)
-    history, auth = stub(http), api.auth()
-    end = third.committed_at_ns + 1
-
-    async def same(path: str, call: Any, request: Any) -> JsonObject:
-        over_http = await http.call("GET", path)
-        over_grpc = m.from_message(await call(request, metadata=auth))
-        assert over_http == over_grpc, path
-        return over_http
-
-    statement = await same(
-        f"/v1/accounts/{alice}/statement?to={end}",
-        history.GetStatement,
-        hpb.GetStatementRequest(account_id=alice, to=end),
-    )
-    assert [line["amount"] for line in statement["lines"]] == ["10000", "2500"]
-    assert statement["closing"]["credits_posted"] == "10000" and statement["from"] == "0"
-    early = await same(
-        f"/v1/accounts/{alice}/statement?from={first.committed_at_ns}&to={second.committed_at_ns}&limit=5",
-        history.GetStatement,
-        hpb.GetStatementRequest(
-            account_id=alice, to=second.committed_at_ns, limit=5, **{"from": first.committed_at_ns}
-        ),
-    )
-    assert [line["transaction_id"] for line in early["lines"]] == [first.transaction_id]
-
-    then = await same(
-        f"/v1/accounts/{alice}/balance-as-of?as_of={second.committed_at_ns - 1}",
-        history.GetBalanceAsOf,
-        hpb.GetBalanceAsOfRequest(account_id=alice, as_of=second.committed_at_ns - 1),
-    )
-    assert (then["credits_posted"], then["debits_posted"]) == ("10000", "0")
-    assert then["timestamp"] == str(first.committed_at_ns)
-    now = await same(
-        f"/v1/accounts/{bob}/balance-as-of", history.GetBalanceAsOf, hpb.GetBalanceAsOfRequest(account_id=bob)
-    )
-    assert (now["credits_posted"], now["debits_posted"]) == ("2500", "500")
-
-    totals = await same(f"/v1/history/daily-totals?to={end}", history.GetDailyTotals, hpb.GetDailyTotalsRequest(to=end))
-    assert sum(int(t["transfers"]) for t in totals["totals"]) == 3
-    correlated = await same(
-        "/v1/history/transactions?correlation_id=order-7",
-        history.ListTransactionsByCorrelation,
-        hpb.ListTransactionsByCorrelationRequest(correlation_id="order-7"),
-    )
-    assert [t["transaction_id"] for t in correlated["transfers"]] == [first.transaction_id, second.transaction_id]
-    assert correlated["transfers"][0]["labels"] == {"k": "v"}
-    report = await same("/v1/history/reconciliation", history.Reconcile, hpb.ReconcileRequest())
-    assert report["ok"] and report["as_of"] == str(third.committed_at_ns)
 
 
 async def test_rfc3339_times_are_the_same_instants_as_nanoseconds(http: Http) -> None:
