@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.api.server import RunningServer, start
+from facade.app import RunningServer, start
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import Settings
 from tests.api.conftest import make_settings
