@@ -143,6 +143,19 @@ RECONCILIATION_RESULTS_COLUMNS: tuple[tuple[str, str], ...] = (
 _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
 
 
+_LABEL_INDEX_SPECS: tuple[tuple[str, str, str, int], ...] = (
+    ("label_keys_bloom", "mapKeys(labels)", "bloom_filter", 1),
+    ("label_values_bloom", "mapValues(labels)", "bloom_filter", 1),
+    ("source_bloom", "source", "bloom_filter", 4),
+)
+"""Skip indexes for queries by metadata (projections.metadata_queries): `labels[k] = v` skips the granules
+whose values' bloom filter lacks v, so a rare label is found without reading every row."""
+_LABEL_INDEXES = ",\n    ".join(
+    f"INDEX {name} {expression} TYPE {kind} GRANULARITY {granularity}"
+    for name, expression, kind, granularity in _LABEL_INDEX_SPECS
+)
+
+
 def _columns(columns: tuple[tuple[str, str], ...]) -> str:
     return ",\n    ".join(f"{name} {kind}" for name, kind in columns)
 
@@ -152,14 +165,16 @@ DDL: tuple[str, ...] = (
     {_columns(ENTRIES_COLUMNS)},
     {_ENGINE_TIME},
     INDEX engine_timestamp_minmax engine_timestamp TYPE minmax GRANULARITY 1,
-    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4
+    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
+    {_LABEL_INDEXES}
 ) ENGINE = ReplacingMergeTree ORDER BY (account_id, engine_timestamp)""",
     f"""CREATE TABLE IF NOT EXISTS transactions (
     {_columns(TRANSACTIONS_COLUMNS)},
     {_ENGINE_TIME},
     INDEX chain_sequence_minmax chain_sequence TYPE minmax GRANULARITY 1,
     INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
-    INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4
+    INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4,
+    {_LABEL_INDEXES}
 ) ENGINE = ReplacingMergeTree ORDER BY engine_timestamp""",
     f"""CREATE TABLE IF NOT EXISTS balances (
     {_columns(BALANCES_COLUMNS)},
@@ -175,10 +190,18 @@ DDL: tuple[str, ...] = (
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, result_index)""",
 )
 
+# Added after the first release: tables created before get the indexes here (new parts are indexed as they
+# are written and merged; `ALTER TABLE ... MATERIALIZE INDEX` indexes the old ones when wanted).
+DDL_ADDED: tuple[str, ...] = tuple(
+    f"ALTER TABLE {table} ADD INDEX IF NOT EXISTS {name} {expression} TYPE {kind} GRANULARITY {granularity}"
+    for table in ("entries", "transactions")
+    for name, expression, kind, granularity in _LABEL_INDEX_SPECS
+)
+
 TABLES = ("entries", "transactions", "balances")
 
 
 def create_tables(client: ClickHouseClient) -> None:
     """Idempotent: creates whatever is missing, touches nothing that exists."""
-    for statement in DDL:
+    for statement in (*DDL, *DDL_ADDED):
         client.command(statement)
