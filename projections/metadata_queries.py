@@ -6,10 +6,14 @@ filters are present; a label filter adds one `labels[{label_key_N:String}] = {la
 per pair, N a counter below LABELS_FILTER_MAX, so no caller text ever reaches the SQL.
 
 Speed over millions of rows (scripts/bench_label_filter.py): `transactions` is ordered by engine
-timestamp, so pages are read in order and stop at the page's end; a rare label value is found through
-bloom-filter skip indexes on the labels' keys and values (projections.schema), a correlation id through
-its bloom filter, a time range through the primary key. An amount range has no index (amounts are
-spread over every granule): it costs a scan of the rows until the page is full.
+timestamp, so pages are read in order and stop at the page's end. Labels go through the label index
+`transaction_labels` (projections.schema): one row per label of every change, carrying the change's
+columns, ordered by key, value, engine timestamp, so one pair's page is a few consecutive granules read
+from the cursor on; with several pairs the rarest drives and the others are checked on the rows. A
+correlation id and a source use bloom filters, a time range the primary key. An amount range has no
+index (amounts are spread over every granule): it costs a scan of the rows until the page is full.
+ListAccounts reads `entries` (ordered by account) with bloom-filter skip indexes on the labels' keys
+and values.
 
 Paging: the order is the table's own (engine timestamp, unique per change; account id for accounts),
 the cursor is the last key returned, sealed with a fingerprint of the filter so a token cannot be
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 from projections.client import ClickHouseClient, Parameters
 from projections.queries import TIMESTAMP_MAX, TransactionRow, to_int, to_labels, to_str
+from projections.schema import LABELS_TABLE
 
 __all__ = [
     "LABELS_FILTER_MAX",
@@ -46,6 +51,8 @@ LABELS_FILTER_MAX = 16
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 PAGE_TOKEN_LENGTH_MAX = 512
+LABEL_COUNT_MAX = 100_000
+"""Rows counted per label pair to find the rarest of several (a bounded read of the label index)."""
 U128_MAX = (1 << 128) - 1
 _TOKEN_VERSION = 1
 _FINGERPRINT_HEX_DIGITS = 16
@@ -83,8 +90,7 @@ class TransactionFilter:
         return hashlib.sha256(canonical.encode()).hexdigest()[:_FINGERPRINT_HEX_DIGITS]
 
 
-def _conditions(query: TransactionFilter, parameters: dict[str, int | str]) -> list[str]:
-    """The WHERE conditions of `query`, constant text only; the values go into `parameters`."""
+def _label_conditions(query: TransactionFilter, parameters: dict[str, int | str]) -> list[str]:
     conditions: list[str] = []
     for index, (key, value) in enumerate(query.labels):
         assert index < LABELS_FILTER_MAX
@@ -92,6 +98,12 @@ def _conditions(query: TransactionFilter, parameters: dict[str, int | str]) -> l
         conditions.append(f"labels[{{label_key_{index}:String}}] = {{label_value_{index}:String}}")
         if not value:  # A missing key reads as '': only a present key may match an empty value.
             conditions.append(f"mapContains(labels, {{label_key_{index}:String}})")
+    return conditions
+
+
+def _conditions(query: TransactionFilter, parameters: dict[str, int | str]) -> list[str]:
+    """The WHERE conditions of `query`, constant text only; the values go into `parameters`."""
+    conditions = _label_conditions(query, parameters)
     if query.source:
         parameters["source"] = query.source
         conditions.append("source = {source:String}")
@@ -193,26 +205,72 @@ def _transaction(r: list[object]) -> TransactionRow:
 def list_transactions(
     client: ClickHouseClient, query: TransactionFilter, *, page_size: int = 0, page_token: str = ""
 ) -> TransactionsPage:
-    """One page of the changes matching `query`, oldest first. Raises InvalidPageTokenError."""
+    """One page of the changes matching `query`, oldest first. Raises InvalidPageTokenError.
+
+    Without labels: `transactions` in its own order. With labels: the label index's range of one pair
+    (the rarest, by a bounded count), the other pairs checked on the rows' labels."""
     size = _page_size(page_size)
     after = _after("transactions", query, page_token)
     parameters: dict[str, int | str] = {"limit": size + 1}
-    conditions = _conditions(query, parameters)
+    table = "transactions"
+    if query.labels:
+        driver = _rarest_pair(client, query.labels)
+        parameters["driver_key"], parameters["driver_value"] = driver
+        others = tuple(pair for pair in query.labels if pair != driver)
+        conditions = ["label_key = {driver_key:String}", "label_value = {driver_value:String}"]
+        conditions += _conditions(_with_labels(query, others), parameters)
+        table = LABELS_TABLE
+    else:
+        conditions = _conditions(query, parameters)
     if after is not None:
         parameters["after"] = after
         conditions.append("engine_timestamp > {after:UInt64}")
     where = " AND ".join(conditions) or "1"
-    sql = (
-        f"SELECT {_TRANSACTION_COLUMNS} FROM transactions WHERE {where} "
-        "ORDER BY engine_timestamp LIMIT {limit:UInt32}"
-    )
-    rows = [_transaction(r) for r in client.query_rows(sql, _frozen(parameters))]
-    assert len(rows) <= size + 1
-    more = len(rows) > size
-    rows = rows[:size]
+    sql = f"SELECT {_TRANSACTION_COLUMNS} FROM {table} WHERE {where} ORDER BY engine_timestamp LIMIT {{limit:UInt32}}"
+    found = client.query_rows(sql, _frozen(parameters))
+    assert len(found) <= size + 1
+    more = len(found) > size
+    rows: list[TransactionRow] = []
+    for row in map(_transaction, found[:size]):
+        # Both tables are ReplacingMergeTrees: a row inserted twice and not yet merged away is shown once
+        # (not by LIMIT 1 BY in the query, which would give up reading in order and stopping early).
+        if not rows or rows[-1].engine_timestamp != row.engine_timestamp:
+            rows.append(row)
     token = _token("transactions", query, rows[-1].engine_timestamp) if more else ""
     assert all(a.engine_timestamp < b.engine_timestamp for a, b in itertools.pairwise(rows))
     return TransactionsPage(rows, token)
+
+
+def _with_labels(query: TransactionFilter, labels: tuple[tuple[str, str], ...]) -> TransactionFilter:
+    return TransactionFilter(
+        labels=labels,
+        source=query.source,
+        correlation_id=query.correlation_id,
+        timestamp_from=query.timestamp_from,
+        timestamp_to=query.timestamp_to,
+        amount_min=query.amount_min,
+        amount_max=query.amount_max,
+        client_id=query.client_id,
+    )
+
+
+def _rarest_pair(client: ClickHouseClient, labels: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """The pair whose label-index range is shortest, each counted up to LABEL_COUNT_MAX rows (so a
+    common label costs a bounded read): the page is then read from the smallest range."""
+    if len(labels) == 1:
+        return labels[0]
+    counts: list[tuple[int, tuple[str, str]]] = []
+    for key, value in labels:
+        found = client.query_rows(_LABEL_COUNT, {"key": key, "value": value, "count_max": LABEL_COUNT_MAX})
+        counts.append((to_int(found[0][0]), (key, value)))
+    assert len(counts) == len(labels) <= LABELS_FILTER_MAX
+    return min(counts)[1]
+
+
+_LABEL_COUNT = (
+    f"SELECT count() FROM (SELECT 1 FROM {LABELS_TABLE} WHERE label_key = {{key:String}} "
+    "AND label_value = {value:String} LIMIT {count_max:UInt32})"
+)
 
 
 @dataclass(frozen=True, slots=True)

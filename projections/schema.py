@@ -143,17 +143,58 @@ RECONCILIATION_RESULTS_COLUMNS: tuple[tuple[str, str], ...] = (
 _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
 
 
+_SOURCE_INDEX_SPEC = ("source_bloom", "source", "bloom_filter", 4)
 _LABEL_INDEX_SPECS: tuple[tuple[str, str, str, int], ...] = (
     ("label_keys_bloom", "mapKeys(labels)", "bloom_filter", 1),
     ("label_values_bloom", "mapValues(labels)", "bloom_filter", 1),
-    ("source_bloom", "source", "bloom_filter", 4),
+    _SOURCE_INDEX_SPEC,
 )
-"""Skip indexes for queries by metadata (projections.metadata_queries): `labels[k] = v` skips the granules
-whose values' bloom filter lacks v, so a rare label is found without reading every row."""
-_LABEL_INDEXES = ",\n    ".join(
-    f"INDEX {name} {expression} TYPE {kind} GRANULARITY {granularity}"
-    for name, expression, kind, granularity in _LABEL_INDEX_SPECS
+"""Skip indexes of `entries` for queries by metadata (ListAccounts): `labels[k] = v` skips the granules
+whose values' bloom filter lacks v. `transactions` has the transaction_labels table instead."""
+
+
+def _index(name: str, expression: str, kind: str, granularity: int) -> str:
+    return f"INDEX {name} {expression} TYPE {kind} GRANULARITY {granularity}"
+
+
+_LABEL_INDEXES = ",\n    ".join(_index(*spec) for spec in _LABEL_INDEX_SPECS)
+_SOURCE_INDEX = _index(*_SOURCE_INDEX_SPEC)
+
+LABELS_TABLE = "transaction_labels"
+LABELLED_COLUMNS = (
+    "engine_timestamp",
+    "change",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "transfer_id",
+    "pending_id",
+    "ledger",
+    "code",
+    "chain_sequence",
+    "transaction_id",
+    "transaction_type",
+    "source",
+    "correlation_id",
+    "description",
+    "labels",
+    "currency",
+    "leg_index",
+    "client_id",
 )
+"""The columns of `transactions` the label index carries (what ListTransactions answers and filters on)."""
+_TRANSACTION_KINDS = dict(TRANSACTIONS_COLUMNS)
+TRANSACTION_LABELS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("label_key", "String"),
+    ("label_value", "String"),
+    *((name, _TRANSACTION_KINDS[name]) for name in LABELLED_COLUMNS),
+)
+_LABELS_SELECT = (
+    f"SELECT pair.1 AS label_key, pair.2 AS label_value, {', '.join(LABELLED_COLUMNS)} FROM transactions "
+    "ARRAY JOIN arrayZip(mapKeys(labels), mapValues(labels)) AS pair"
+)
+"""Every label of every change with the change's columns: what the materialized view adds on each insert
+into transactions."""
 
 
 def _columns(columns: tuple[tuple[str, str], ...]) -> str:
@@ -174,8 +215,14 @@ DDL: tuple[str, ...] = (
     INDEX chain_sequence_minmax chain_sequence TYPE minmax GRANULARITY 1,
     INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
     INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4,
-    {_LABEL_INDEXES}
+    {_SOURCE_INDEX}
 ) ENGINE = ReplacingMergeTree ORDER BY engine_timestamp""",
+    # The label index of `transactions`: one row per label of every change, carrying the change's columns
+    # and ordered so that one key = value pair is a contiguous range in engine-timestamp order: a page of
+    # a label filter is a few consecutive granules (projections.metadata_queries).
+    f"""CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (
+    {_columns(TRANSACTION_LABELS_COLUMNS)}
+) ENGINE = ReplacingMergeTree ORDER BY (label_key, label_value, engine_timestamp)""",
     f"""CREATE TABLE IF NOT EXISTS balances (
     {_columns(BALANCES_COLUMNS)},
     {_ENGINE_TIME},
@@ -192,16 +239,28 @@ DDL: tuple[str, ...] = (
 
 # Added after the first release: tables created before get the indexes here (new parts are indexed as they
 # are written and merged; `ALTER TABLE ... MATERIALIZE INDEX` indexes the old ones when wanted).
-DDL_ADDED: tuple[str, ...] = tuple(
-    f"ALTER TABLE {table} ADD INDEX IF NOT EXISTS {name} {expression} TYPE {kind} GRANULARITY {granularity}"
-    for table in ("entries", "transactions")
-    for name, expression, kind, granularity in _LABEL_INDEX_SPECS
+DDL_ADDED: tuple[str, ...] = (
+    *(f"ALTER TABLE entries ADD INDEX IF NOT EXISTS {_index(*spec)[len('INDEX ') :]}" for spec in _LABEL_INDEX_SPECS),
+    f"ALTER TABLE transactions ADD INDEX IF NOT EXISTS {_SOURCE_INDEX[len('INDEX ') :]}",
 )
+_LABELS_FEED = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {LABELS_TABLE}_feed TO {LABELS_TABLE} AS {_LABELS_SELECT}"
+_LABELS_BACKFILL = f"INSERT INTO {LABELS_TABLE} {_LABELS_SELECT}"
 
 TABLES = ("entries", "transactions", "balances")
 
 
 def create_tables(client: ClickHouseClient) -> None:
     """Idempotent: creates whatever is missing, touches nothing that exists."""
+    labels_existed = bool(
+        client.query_rows(
+            "SELECT 1 FROM system.tables WHERE database = currentDatabase() AND name = {name:String}",
+            {"name": LABELS_TABLE},
+        )
+    )
     for statement in (*DDL, *DDL_ADDED):
         client.command(statement)
+    if not labels_existed:
+        # A read model from before the label index: index the changes it holds, once, before the view
+        # feeds new ones (the callers create the tables before the projector inserts anything).
+        client.command(_LABELS_BACKFILL)
+    client.command(_LABELS_FEED)
