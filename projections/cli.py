@@ -23,7 +23,8 @@ LEDGER_API__HOST/HTTP_PORT/SQL_PORT (as the service) or LEDGER_CLIENT__GATEWAY_U
 --offline they open the files (chDB folder, engine journal) instead, which only works while the service
 is stopped: while it runs, --offline is one line and exit 2. Over the service the output is the service's
 JSON (proto3 JSON of the ledger.v1.History messages: u64/u128 as decimal strings); an audit export over
-the service carries no evidence.json yet (export with --offline for it).
+the service attaches evidence.json from the service's signed checkpoint and proofs when given the
+verifier key file to check it with (--public-key FILE).
 
 Times: RFC 3339 with an offset (2026-01-31T12:00:00Z, up to nanoseconds), a date (2026-01-31,
 midnight UTC), `now`, or an engine timestamp in ns. Bad input (a time, an account, a non-empty --out)
@@ -60,6 +61,7 @@ from projections._cli_input import (
 from projections._cli_input import parse_time as _parse_time
 from projections._service_client import ServiceError
 from projections.audit_commands import register_evidence_commands
+from projections.audit_evidence import EvidenceError
 from projections.client import ClickHouseClient
 from projections.projector import Projector
 from projections.queries import STATEMENT_LINES_MAX
@@ -400,19 +402,41 @@ def _online_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["ok"] is True else 1
 
 
+def _verifier_keys(path: str) -> list[Any]:
+    from ledger_audit_verifier import NoteError, parse_keys
+
+    try:
+        keys = parse_keys(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, NoteError) as error:
+        raise CliInputError(f"--public-key: {error}") from None
+    if not keys:
+        raise CliInputError(f"--public-key: {path} holds no verifier key")
+    return keys
+
+
 def _online_audit_export(settings: Settings, args: argparse.Namespace) -> int:
-    from projections._service_client import open_sql_client
+    """Rows from the SQL endpoint; evidence.json from the service's checkpoint and proofs, verified with
+    the caller's --public-key (projections/_remote_evidence.py)."""
+    from projections._remote_evidence import attach_remote_evidence
+    from projections._service_client import open_gateway, open_sql_client
     from projections.audit import amount_scales, export
 
+    keys = _verifier_keys(args.public_key) if args.public_key is not None and not args.no_evidence else None
     client = open_sql_client(settings)
     try:
         timestamp_from, timestamp_to = args.timestamps
         scales = amount_scales(settings.api.currencies)
         manifest = export(client, Path(args.out), timestamp_from, timestamp_to, args.format, scales=scales)
+        evidence: object = None
+        if keys is not None:
+            with open_gateway(settings) as gateway:
+                found = attach_remote_evidence(Path(args.out), manifest, client, gateway, keys)
+            evidence = dataclasses.asdict(found)
+        elif not args.no_evidence:
+            evidence = "not attached: add --public-key FILE (ledger audit keys --verifier-keys) for evidence.json"
     finally:
         client.close()
-    evidence = "not attached over the service yet: export with --offline while it is stopped for evidence.json"
-    _print(dataclasses.asdict(manifest) | {"evidence": None if args.no_evidence else evidence})
+    _print(dataclasses.asdict(manifest) | {"evidence": evidence})
     return 0
 
 
@@ -497,6 +521,12 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("--out", required=True, metavar="DIR", help="directory to write: new, or existing and empty")
     export.add_argument("--no-evidence", action="store_true", help="no signed checkpoint and proofs (evidence.json)")
+    export.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="over the service: the verifier key file (one key per line) the evidence is checked with; "
+        "without it no evidence.json is attached (--offline signs with the local audit log's keys)",
+    )
     export.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     export.set_defaults(projections_run=_checked(_online_or_offline(_online_audit_export, _audit_export_bundle)))
     verify = audit_commands.add_parser("verify", help="verify the live chain, or an export")
@@ -527,6 +557,9 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     except ServiceError as error:
         print(f"ledger {_command_name(args)}: {error.message}", file=sys.stderr)
         return EXIT_USAGE if error.usage else EXIT_SERVICE
+    except EvidenceError as error:  # The rows are written; the evidence could not be (yet).
+        print(f"ledger {_command_name(args)}: {error}", file=sys.stderr)
+        return EXIT_SERVICE
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type hints.
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.auth import SCOPE_READ, issue_token
-from tests.api.conftest import Api, open_api, transfer
+from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
+from facade.api.server import start
+from facade.auth import SCOPE_AUDIT, SCOPE_READ, issue_token
+from facade.settings import AuditSettings
+from tests.api.conftest import Api, make_settings, transfer
 
 COMMAND_TIMEOUT_SECONDS = 180.0
 PROJECTION_POLLS_MAX = 400
@@ -78,8 +82,27 @@ async def projected(api: Api, account_id: str, credits_posted: int) -> None:
     raise AssertionError("the read model did not catch up")
 
 
+async def checkpointed(api: Api, tree_size: int) -> None:
+    """Waits (bounded polls) until the service has sealed a checkpoint of at least `tree_size` changes."""
+    headers = {"authorization": f"Bearer {issue_token(api.settings.auth, 'auditor', frozenset({SCOPE_AUDIT}))}"}
+    url = f"http://127.0.0.1:{api.server.http_port}/v1/audit/checkpoint"
+    async with httpx.AsyncClient(headers=headers) as http:
+        for _ in range(PROJECTION_POLLS_MAX):
+            response = await http.get(url)
+            if response.status_code == 200 and int(response.json()["tree_size"]) >= tree_size:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("no checkpoint sealed")
+
+
 async def test_cli_commands_against_the_running_service(tmp_path: Path) -> None:
-    api = await open_api(tmp_path, history=True, http_port=0, sql_port=0)
+    settings = make_settings(tmp_path, True, http_port=0, sql_port=0)
+    # Seal a checkpoint after every change: the export's evidence needs one that covers its rows.
+    audit = AuditSettings(data_dir=tmp_path / "audit", checkpoint_entries=1, checkpoint_interval_seconds=0.2)
+    settings = settings.model_copy(update={"audit": audit})
+    server = await start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    api = Api(settings, server, channel, rpc.LedgerStub(channel))
     stopped = False
     try:
         alice = await api.account("alice", no_overdraft=False)
@@ -120,6 +143,35 @@ async def test_cli_commands_against_the_running_service(tmp_path: Path) -> None:
         assert done.out[0]["row_count"] == 3
         table = pq.read_table(next(export.glob("*.parquet")))
         assert sum(int(value) for value in table.column("amount").to_pylist()) == 775
+
+        # With the verifier keys (read while the service runs), the export carries verified evidence.
+        await checkpointed(api, 3)
+        keys = await asyncio.create_subprocess_exec(
+            shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger",
+            *("audit", "keys", "--verifier-keys"),
+            env=environment,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        key_text, _ = await keys.communicate()
+        assert keys.returncode == 0 and key_text.strip()
+        (tmp_path / "ledger.pub").write_bytes(key_text)
+        evidenced = tmp_path / "evidenced"
+        export_argv = ("audit", "export", "--from", "0", "--to", "now", "--format", "csv", "--out", str(evidenced))
+        done = await ledger(environment, tmp_path, *export_argv, "--public-key", str(tmp_path / "ledger.pub"))
+        assert done.code == 0, done.err
+        assert done.out[0]["evidence"]["proofs"] == 3 and done.out[0]["evidence"]["proof_rows"] == "all"
+        done = await ledger(
+            environment,
+            tmp_path,
+            "audit",
+            "verify",
+            "--export",
+            str(evidenced),
+            "--public-key",
+            str(tmp_path / "ledger.pub"),
+        )
+        assert (done.code, done.out[0]["ok"]) == (0, True), done.out
 
         done = await ledger(environment, tmp_path, "audit", "verify")
         assert (done.code, done.out[0]["ok"], done.out[0]["rows_checked"]) == (0, True, 3), done.err
