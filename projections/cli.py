@@ -441,8 +441,14 @@ def _online_audit_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _online_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
-    if args.public_key is not None or (args.export and args.files_only):
-        return _audit_verify_entry(settings, args)  # The files alone: no read model, no service.
+    if args.public_key is not None:
+        return _audit_verify_entry(settings, args)  # The bundle and the key alone: no read model, no service.
+    if args.export and args.files_only:
+        from projections.audit import verify_export
+
+        report = verify_export(Path(args.export), None, progress=True)  # The files alone.
+        _print(dataclasses.asdict(report) | {"ok": report.ok})
+        return 0 if report.ok else 1
     from projections._service_client import open_sql_client
 
     client = open_sql_client(settings)

@@ -177,6 +177,8 @@ async def test_cli_commands_against_the_running_service(tmp_path: Path) -> None:
         assert (done.code, done.out[0]["ok"], done.out[0]["rows_checked"]) == (0, True, 3), done.err
         done = await ledger(environment, tmp_path, "audit", "verify", "--export", str(export))
         assert (done.code, done.out[0]["ok"]) == (0, True), done.err
+        done = await ledger(environment, tmp_path, "audit", "verify", "--export", str(export), "--files-only")
+        assert (done.code, done.out[0]["ok"]) == (0, True), done.err  # Opens nothing the service holds.
 
         # Bad input and refusals: one line on stderr, exit code 2, nothing on stdout.
         unknown = str(int(bob) + 1)
