@@ -289,13 +289,13 @@ def history_router(
 
         return Depends(principal)
 
-    def extra(rpc: str, *, grpc_method: bool = False) -> dict[str, Any]:
+    def extra(rpc: str, *, grpc_method: bool = False, operation_id: str = "") -> dict[str, Any]:
         scope = METHOD_SCOPES[_HISTORY + rpc]
         openapi_extra = {"x-required-scope": scope}
         if grpc_method:  # The shared convention (routes paired with proto descriptors); the lead extends it.
             openapi_extra["x-grpc-method"] = _HISTORY + rpc
         return {
-            "operation_id": rpc,
+            "operation_id": operation_id or rpc,
             "description": f"gRPC: `ledger.v1.History/{rpc}`. Scope: `{scope}`. Served by the read model: "
             "eventually consistent, `projected_until` says how far it has caught up.",
             "openapi_extra": openapi_extra,
@@ -411,7 +411,8 @@ def history_router(
         "/history/accounts:search",
         response_model=AccountsPage,
         summary="Accounts with entries whose metadata matches a filter, cursor-paged",
-        **extra("ListAccounts", grpc_method=True),
+        # ledger.v1.Ledger/ListAccounts has the operation id ListAccounts already (OpenAPI ids are unique).
+        **extra("ListAccounts", grpc_method=True, operation_id="ListHistoryAccounts"),
     )
     async def list_accounts(
         principal: Annotated[Principal, caller("ListAccounts")],
