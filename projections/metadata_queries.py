@@ -12,10 +12,10 @@ columns, ordered by key, value, engine timestamp, so one pair's page is a few co
 from the cursor on; with several pairs the rarest drives and the others are checked on the rows. A
 correlation id and a source use bloom filters, a time range the primary key. An amount range has no
 index (amounts are spread over every granule): it costs a scan of the rows until the page is full.
-ListAccounts reads `entries` (ordered by account) with bloom-filter skip indexes on the labels' keys
-and values.
+ListAccounts reads the same rows (each change is an entry on its debit and its credit account) and
+groups them by account.
 
-Paging: the order is the table's own (engine timestamp, unique per change; account id for accounts),
+Paging: the order is the table's own engine timestamp (unique per change; account id for accounts),
 the cursor is the last key returned, sealed with a fingerprint of the filter so a token cannot be
 replayed with another filter. Opaque to callers (base64url of a small JSON document).
 """
@@ -212,16 +212,7 @@ def list_transactions(
     size = _page_size(page_size)
     after = _after("transactions", query, page_token)
     parameters: dict[str, int | str] = {"limit": size + 1}
-    table = "transactions"
-    if query.labels:
-        driver = _rarest_pair(client, query.labels)
-        parameters["driver_key"], parameters["driver_value"] = driver
-        others = tuple(pair for pair in query.labels if pair != driver)
-        conditions = ["label_key = {driver_key:String}", "label_value = {driver_value:String}"]
-        conditions += _conditions(_with_labels(query, others), parameters)
-        table = LABELS_TABLE
-    else:
-        conditions = _conditions(query, parameters)
+    table, conditions = _source(client, query, parameters)
     if after is not None:
         parameters["after"] = after
         conditions.append("engine_timestamp > {after:UInt64}")
@@ -239,6 +230,20 @@ def list_transactions(
     token = _token("transactions", query, rows[-1].engine_timestamp) if more else ""
     assert all(a.engine_timestamp < b.engine_timestamp for a, b in itertools.pairwise(rows))
     return TransactionsPage(rows, token)
+
+
+def _source(
+    client: ClickHouseClient, query: TransactionFilter, parameters: dict[str, int | str]
+) -> tuple[str, list[str]]:
+    """The table to read and its WHERE conditions: `transactions`, or with labels the label index's range
+    of one pair (the rarest, by a bounded count) with the other pairs checked on the rows' labels."""
+    if not query.labels:
+        return "transactions", _conditions(query, parameters)
+    driver = _rarest_pair(client, query.labels)
+    parameters["driver_key"], parameters["driver_value"] = driver
+    others = tuple(pair for pair in query.labels if pair != driver)
+    conditions = ["label_key = {driver_key:String}", "label_value = {driver_value:String}"]
+    return LABELS_TABLE, conditions + _conditions(_with_labels(query, others), parameters)
 
 
 def _with_labels(query: TransactionFilter, labels: tuple[tuple[str, str], ...]) -> TransactionFilter:
@@ -294,15 +299,16 @@ def list_accounts(
     """One page of the accounts with an entry matching `query`, by account id (the entries' order)."""
     size = _page_size(page_size)
     after = _after("accounts", query, page_token)
-    parameters: dict[str, int | str] = {"limit": size + 1}
-    conditions = _conditions(query, parameters)
-    if after is not None:
-        parameters["after"] = after
-        conditions.append("account_id > {after:UInt128}")
+    parameters: dict[str, int | str] = {"limit": size + 1, "after": after or 0}
+    table, conditions = _source(client, query, parameters)
     where = " AND ".join(conditions) or "1"
+    # Each matching change is one entry on each of its two accounts (as in `entries`), read from the same
+    # table ListTransactions reads, so labels use the label index here too.
     sql = (
-        "SELECT account_id, any(currency), count(), min(engine_timestamp), max(engine_timestamp) FROM entries "
-        f"WHERE {where} GROUP BY account_id ORDER BY account_id LIMIT {{limit:UInt32}}"
+        "SELECT account_id, any(currency), count(), min(engine_timestamp), max(engine_timestamp) FROM ("
+        "SELECT arrayJoin([debit_account_id, credit_account_id]) AS account_id, currency, engine_timestamp "
+        f"FROM {table} WHERE {where}) WHERE account_id > {{after:UInt128}} "
+        "GROUP BY account_id ORDER BY account_id LIMIT {limit:UInt32}"
     )
     rows = [
         AccountRow(to_int(r[0]), to_str(r[1]), to_int(r[2]), to_int(r[3]), to_int(r[4]))

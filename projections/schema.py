@@ -144,20 +144,13 @@ _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp6
 
 
 _SOURCE_INDEX_SPEC = ("source_bloom", "source", "bloom_filter", 4)
-_LABEL_INDEX_SPECS: tuple[tuple[str, str, str, int], ...] = (
-    ("label_keys_bloom", "mapKeys(labels)", "bloom_filter", 1),
-    ("label_values_bloom", "mapValues(labels)", "bloom_filter", 1),
-    _SOURCE_INDEX_SPEC,
-)
-"""Skip indexes of `entries` for queries by metadata (ListAccounts): `labels[k] = v` skips the granules
-whose values' bloom filter lacks v. `transactions` has the transaction_labels table instead."""
+"""ListTransactions by source skips the granules without it (labels have the transaction_labels table)."""
 
 
 def _index(name: str, expression: str, kind: str, granularity: int) -> str:
     return f"INDEX {name} {expression} TYPE {kind} GRANULARITY {granularity}"
 
 
-_LABEL_INDEXES = ",\n    ".join(_index(*spec) for spec in _LABEL_INDEX_SPECS)
 _SOURCE_INDEX = _index(*_SOURCE_INDEX_SPEC)
 
 LABELS_TABLE = "transaction_labels"
@@ -206,8 +199,7 @@ DDL: tuple[str, ...] = (
     {_columns(ENTRIES_COLUMNS)},
     {_ENGINE_TIME},
     INDEX engine_timestamp_minmax engine_timestamp TYPE minmax GRANULARITY 1,
-    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
-    {_LABEL_INDEXES}
+    INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4
 ) ENGINE = ReplacingMergeTree ORDER BY (account_id, engine_timestamp)""",
     f"""CREATE TABLE IF NOT EXISTS transactions (
     {_columns(TRANSACTIONS_COLUMNS)},
@@ -239,10 +231,7 @@ DDL: tuple[str, ...] = (
 
 # Added after the first release: tables created before get the indexes here (new parts are indexed as they
 # are written and merged; `ALTER TABLE ... MATERIALIZE INDEX` indexes the old ones when wanted).
-DDL_ADDED: tuple[str, ...] = (
-    *(f"ALTER TABLE entries ADD INDEX IF NOT EXISTS {_index(*spec)[len('INDEX ') :]}" for spec in _LABEL_INDEX_SPECS),
-    f"ALTER TABLE transactions ADD INDEX IF NOT EXISTS {_SOURCE_INDEX[len('INDEX ') :]}",
-)
+DDL_ADDED: tuple[str, ...] = (f"ALTER TABLE transactions ADD INDEX IF NOT EXISTS {_SOURCE_INDEX[len('INDEX ') :]}",)
 _LABELS_FEED = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {LABELS_TABLE}_feed TO {LABELS_TABLE} AS {_LABELS_SELECT}"
 _LABELS_BACKFILL = f"INSERT INTO {LABELS_TABLE} {_LABELS_SELECT}"
 

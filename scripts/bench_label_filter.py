@@ -21,9 +21,9 @@ pipe to the read-model process add their own, small, cost) and reports p50/p99:
     amount range      amount within a narrow band (no index: scanned until the page is full)
     correlation id    3 matches (bloom filter)
     next page         the page after a first page of {campaign: C} from a random time (cursor)
-    accounts/label    ListAccounts of the accounts with entries labelled {merchant: m-N} (`--entries`)
+    accounts/label    ListAccounts of the accounts with changes labelled {merchant: m-N} (the label index)
 
-    python scripts/bench_label_filter.py [--rows 10000000] [--entries 0] [--queries 50] [--dir DIR] [--keep]
+    python scripts/bench_label_filter.py [--rows 10000000] [--queries 50] [--dir DIR] [--keep]
 
 The machine is shared (2 cores, other work running): the numbers are "loaded".
 """
@@ -70,18 +70,6 @@ SELECT {TIMESTAMP_START} + number * {TIMESTAMP_STEP}, 'SINGLE_PHASE', number % {
         'campaign', [{", ".join(f"'{c}'" for c in CAMPAIGNS)}][intDiv(number, 7) % {len(CAMPAIGNS)} + 1]),
     'USD'
 FROM numbers({{start:UInt64}}, {{count:UInt64}})"""
-_ENTRIES = f"""
-INSERT INTO entries (event_id, engine_timestamp, change, side, account_id, counterparty_account_id, amount,
-    signed_amount, transfer_id, ledger, code, chain_sequence, has_metadata, transaction_id, client_id,
-    transaction_type, source, correlation_id, labels, currency)
-SELECT concat(toString({TIMESTAMP_START} + intDiv(number, 2) * {TIMESTAMP_STEP}), if(number % 2 = 0, ':D', ':C')),
-    {TIMESTAMP_START} + intDiv(number, 2) * {TIMESTAMP_STEP}, 'SINGLE_PHASE', if(number % 2 = 0, 'DEBIT', 'CREDIT'),
-    if(number % 2 = 0, intDiv(number, 2) % {ACCOUNTS} + 1, (intDiv(number, 2) * 7 + 3) % {ACCOUNTS} + 1),
-    if(number % 2 = 0, (intDiv(number, 2) * 7 + 3) % {ACCOUNTS} + 1, intDiv(number, 2) % {ACCOUNTS} + 1),
-    cityHash64(intDiv(number, 2)) % 1000000 + 1, 0, intDiv(number, 2) + 1, 840, 1, intDiv(number, 2) + 1, true,
-    concat('tx-', toString(intDiv(number, 2))), 'client-a', 'TRANSFER', 'pos', '',
-    map('merchant', concat('m-', toString(intDiv(number, 2) % {MERCHANTS}))), 'USD'
-FROM numbers({{start:UInt64}}, {{count:UInt64}})"""
 
 
 def load(client: ChdbClient, statement: str, rows: int, table: str) -> float:
@@ -112,7 +100,7 @@ def timed(name: str, queries: int, run: Callable[[random.Random], int]) -> None:
 _PARTS = "SELECT table, count() FROM system.parts WHERE active AND database = 'ledger' GROUP BY table"
 
 
-def shapes(client: ChdbClient, rows: int, *, with_accounts: bool) -> list[tuple[str, Callable[[random.Random], int]]]:
+def shapes(client: ChdbClient, rows: int) -> list[tuple[str, Callable[[random.Random], int]]]:
     """The query shapes: each takes a seeded random source and returns how many rows it found."""
     span = rows * TIMESTAMP_STEP
 
@@ -153,7 +141,7 @@ def shapes(client: ChdbClient, rows: int, *, with_accounts: bool) -> list[tuple[
     def accounts(r: random.Random) -> int:
         return len(list_accounts(client, TransactionFilter(labels=(merchant(r),)), page_size=PAGE_SIZE).accounts)
 
-    found: list[tuple[str, Callable[[random.Random], int]]] = [
+    return [
         ("rare label", rare_label),
         ("merchant label", merchant_label),
         ("two labels", two_labels),
@@ -161,27 +149,24 @@ def shapes(client: ChdbClient, rows: int, *, with_accounts: bool) -> list[tuple[
         ("amount range", amount_band),
         ("correlation id", correlation),
         ("next page", next_page),
+        ("accounts/label", accounts),
     ]
-    return [*found, ("accounts/label", accounts)] if with_accounts else found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help=f"transactions rows (1..{ROWS_MAX})")
-    parser.add_argument("--entries", type=int, default=0, help=f"entries rows for ListAccounts (0..{ROWS_MAX})")
     parser.add_argument("--queries", type=int, default=50, help="timed queries per shape")
     parser.add_argument("--dir", type=Path, default=None, help="chDB directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the directory (reuse it with --dir and --rows 0)")
     args = parser.parse_args()
-    assert 0 <= args.rows <= ROWS_MAX and 0 <= args.entries <= ROWS_MAX and args.queries >= 1
+    assert 0 <= args.rows <= ROWS_MAX and args.queries >= 1
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-label-filter-"))
     client = ChdbClient(directory, "ledger")
     try:
         create_tables(client)
         if args.rows:
             load(client, _TRANSACTIONS, args.rows, "transactions")
-        if args.entries:
-            load(client, _ENTRIES, args.entries, "entries")
         # Background merges of the freshly loaded parts would compete with the timed queries for the
         # same 2 cores: stopped while timing (the queries read the parts as loaded).
         client.command("SYSTEM STOP MERGES")
@@ -189,7 +174,7 @@ def main() -> None:
         parts = client.query_rows(_PARTS)
         print(f"transactions: {rows:,} rows; active parts: { {str(t): int(str(n)) for t, n in parts} }")
         assert rows > 0
-        for name, run in shapes(client, rows, with_accounts=args.entries > 0):
+        for name, run in shapes(client, rows):
             timed(name, args.queries, run)
     finally:
         client.close()
