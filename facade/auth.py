@@ -81,6 +81,9 @@ METHOD_SCOPES: dict[str, str] = {
     _HISTORY + "GetDailyTotals": SCOPE_ADMIN,
     _HISTORY + "ListTransactionsByCorrelation": SCOPE_ADMIN,
     _HISTORY + "Reconcile": SCOPE_ADMIN,
+    # By metadata: ledger.read lists its own client's transactions, ledger.admin every client's.
+    _HISTORY + "ListTransactions": SCOPE_READ,
+    _HISTORY + "ListAccounts": SCOPE_READ,
     _HISTORY + "GetCheckpoint": SCOPE_AUDIT,
     _HISTORY + "GetInclusionProof": SCOPE_AUDIT,
     _HISTORY + "GetConsistencyProof": SCOPE_AUDIT,

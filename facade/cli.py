@@ -16,7 +16,8 @@ ledger backup --to DIR [--data-dir D] copy the verified, acknowledged journal (w
 ledger restore --from DIR [--data-dir D] [--mirror-dir M]
                                      copy a verified backup into an empty data directory
 
-The ClickHouse read model (projections/cli.py has the details):
+The ClickHouse read model (projections/cli.py has the details; these ask the running service, --offline
+opens the files while it is stopped):
 ledger project [--source engine|kafka] [--once]
 ledger statement ACCOUNT --from T --to T | balance ACCOUNT [--at T] | totals --from T --to T
 ledger correlation ID | reconcile

@@ -350,6 +350,27 @@ class AuditSettings(BaseModel):
     )
 
 
+class ClientSettings(BaseModel):
+    """How the read-model CLI commands (`ledger balance|statement|...`) reach the running service."""
+
+    token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token for the service (LEDGER_CLIENT__TOKEN). Neither this nor api_key: in auth.mode=dev "
+        "the CLI mints a short-lived development token itself (as `ledger dev-token`).",
+    )
+    api_key: SecretStr = Field(
+        default=SecretStr(""), description="An API key (`<key_id>.<secret>`) instead of a token."
+    )
+    gateway_url: str = Field(
+        default="", description="The JSON gateway's base URL; empty = http(s)://<api.host>:<api.http_port>."
+    )
+    sql_url: str = Field(
+        default="", description="The SQL endpoint's base URL (audit export/verify); empty = from api.sql_port."
+    )
+    ca_file: Path | None = Field(default=None, description="CA certificate to trust when the service has TLS.")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Per request to the service.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -361,3 +382,4 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     consistency: ConsistencySettings = ConsistencySettings()
     audit: AuditSettings = AuditSettings()
+    client: ClientSettings = ClientSettings()

@@ -15,11 +15,22 @@ them in); `python -m projections ...` runs them standalone.
     audit prove (--sequence N | --transaction ID | --event ID) [--tree-size N]
     audit consistency --old N [--new N]            proofs, as documents the stand-alone verifier checks
 
+The query commands (statement, balance, totals, correlation, reconcile, audit export, audit verify) ask
+the running service by default - the JSON gateway, and the SQL endpoint for audit export/verify - so they
+work while `ledger serve` runs (projections/_service_client.py). Credentials: LEDGER_CLIENT__TOKEN or
+LEDGER_CLIENT__API_KEY; neither, in auth.mode=dev: a development token minted for the command. Addresses:
+LEDGER_API__HOST/HTTP_PORT/SQL_PORT (as the service) or LEDGER_CLIENT__GATEWAY_URL/SQL_URL. With
+--offline they open the files (chDB folder, engine journal) instead, which only works while the service
+is stopped: while it runs, --offline is one line and exit 2. Over the service the output is the service's
+JSON (proto3 JSON of the ledger.v1.History messages: u64/u128 as decimal strings); an audit export over
+the service attaches evidence.json from the service's signed checkpoint and proofs when given the
+verifier key file to check it with (--public-key FILE).
+
 Times: RFC 3339 with an offset (2026-01-31T12:00:00Z, up to nanoseconds), a date (2026-01-31,
 midnight UTC), `now`, or an engine timestamp in ns. Bad input (a time, an account, a non-empty --out)
-is one line on stderr and exit code 2. Output: one JSON object per line (u128 values as decimal
-strings, as on the wire).
-Settings: LEDGER_CLICKHOUSE__*, LEDGER_ENGINE__*, LEDGER_KAFKA__* (facade/settings.py).
+is one line on stderr and exit code 2 (a service that cannot be reached or fails: exit 1). Output: one
+JSON object per line (u128 values as decimal strings, as on the wire).
+Settings: LEDGER_CLICKHOUSE__*, LEDGER_ENGINE__*, LEDGER_KAFKA__*, LEDGER_CLIENT__* (facade/settings.py).
 """
 
 from __future__ import annotations
@@ -48,11 +59,15 @@ from projections._cli_input import (
     parse_account,
 )
 from projections._cli_input import parse_time as _parse_time
+from projections._service_client import ServiceError
 from projections.audit_commands import register_evidence_commands
+from projections.audit_evidence import EvidenceError
 from projections.client import ClickHouseClient
 from projections.projector import Projector
 from projections.queries import STATEMENT_LINES_MAX
 
+EXIT_SERVICE = 1
+"""The service could not be reached or failed (not the caller's input: that is EXIT_USAGE)."""
 _SAFE_INTEGER_MAX = (1 << 53) - 1
 """Integers above this are printed as decimal strings: exact in every JSON reader."""
 
@@ -312,6 +327,137 @@ def _audit_verify_entry(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+OFFLINE_HELP = (
+    "open the read model's files (and the engine journal) directly instead of asking the running service; "
+    "refused while a service holds them"
+)
+
+
+def _online_or_offline(
+    online: Callable[[Settings, argparse.Namespace], int],
+    offline: Callable[[Settings, argparse.Namespace], int],
+    *,
+    engine: bool = False,
+) -> Callable[[Settings, argparse.Namespace], int]:
+    """The running service by default; the files with --offline, and then only when no service holds them."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        if not args.offline:
+            return online(settings, args)
+        from projections._service_client import offline_refusal
+
+        if (refusal := offline_refusal(settings, engine=engine)) is not None:
+            raise refusal
+        return offline(settings, args)
+
+    return run
+
+
+def _online_statement(settings: Settings, args: argparse.Namespace) -> int:
+    from projections._service_client import open_gateway
+
+    timestamp_from, timestamp_to = args.timestamps
+    with open_gateway(settings) as gateway:
+        path = f"/v1/accounts/{args.account_id}/statement"
+        _print(gateway.get(path, {"from": timestamp_from, "to": timestamp_to, "limit": args.limit}))
+    return 0
+
+
+def _online_balance(settings: Settings, args: argparse.Namespace) -> int:
+    from projections._service_client import open_gateway
+
+    with open_gateway(settings) as gateway:
+        _print(gateway.get(f"/v1/accounts/{args.account_id}/balance-as-of", {"as_of": args.timestamp_at}))
+    return 0
+
+
+def _online_totals(settings: Settings, args: argparse.Namespace) -> int:
+    from projections._service_client import open_gateway
+
+    timestamp_from, timestamp_to = args.timestamps
+    with open_gateway(settings) as gateway:
+        found = gateway.get("/v1/history/daily-totals", {"from": timestamp_from, "to": timestamp_to})
+    for total in found["totals"]:
+        _print(total)
+    return 0
+
+
+def _online_correlation(settings: Settings, args: argparse.Namespace) -> int:
+    from projections._service_client import open_gateway
+
+    with open_gateway(settings) as gateway:
+        found = gateway.get("/v1/history/transactions", {"correlation_id": args.correlation_id})
+    for transfer in found["transfers"]:
+        _print(transfer)
+    return 0
+
+
+def _online_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from projections._service_client import open_gateway
+
+    del args
+    with open_gateway(settings) as gateway:
+        report = gateway.get("/v1/history/reconciliation")
+    _print(report)
+    return 0 if report["ok"] is True else 1
+
+
+def _verifier_keys(path: str) -> list[Any]:
+    from ledger_audit_verifier import NoteError, parse_keys
+
+    try:
+        keys = parse_keys(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, NoteError) as error:
+        raise CliInputError(f"--public-key: {error}") from None
+    if not keys:
+        raise CliInputError(f"--public-key: {path} holds no verifier key")
+    return keys
+
+
+def _online_audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Rows from the SQL endpoint; evidence.json from the service's checkpoint and proofs, verified with
+    the caller's --public-key (projections/_remote_evidence.py)."""
+    from projections._remote_evidence import attach_remote_evidence
+    from projections._service_client import open_gateway, open_sql_client
+    from projections.audit import amount_scales, export
+
+    keys = _verifier_keys(args.public_key) if args.public_key is not None and not args.no_evidence else None
+    client = open_sql_client(settings)
+    try:
+        timestamp_from, timestamp_to = args.timestamps
+        scales = amount_scales(settings.api.currencies)
+        manifest = export(client, Path(args.out), timestamp_from, timestamp_to, args.format, scales=scales)
+        evidence: object = None
+        if keys is not None:
+            with open_gateway(settings) as gateway:
+                found = attach_remote_evidence(Path(args.out), manifest, client, gateway, keys)
+            evidence = dataclasses.asdict(found)
+        elif not args.no_evidence:
+            evidence = "not attached: add --public-key FILE (ledger audit keys --verifier-keys) for evidence.json"
+    finally:
+        client.close()
+    _print(dataclasses.asdict(manifest) | {"evidence": evidence})
+    return 0
+
+
+def _online_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    if args.public_key is not None:
+        return _audit_verify_entry(settings, args)  # The bundle and the key alone: no read model, no service.
+    if args.export and args.files_only:
+        from projections.audit import verify_export
+
+        report = verify_export(Path(args.export), None, progress=True)  # The files alone.
+        _print(dataclasses.asdict(report) | {"ok": report.ok})
+        return 0 if report.ok else 1
+    from projections._service_client import open_sql_client
+
+    client = open_sql_client(settings)
+    try:
+        return _audit_verify(client, args)
+    finally:
+        client.close()
+
+
 def register(subparsers: Any) -> None:
     """Adds the read-model commands to an argparse subparsers object (`parser.add_subparsers()`).
     Each parser sets `projections_run(settings, args) -> exit code`; call `run(args)` to dispatch."""
@@ -337,12 +483,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help=f"most lines to print, 1..{STATEMENT_LINES_MAX} (default: 1000)",
     )
-    statement.set_defaults(projections_run=_checked(_with_client(_statement)))
+    statement.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    statement.set_defaults(projections_run=_checked(_online_or_offline(_online_statement, _with_client(_statement))))
 
     balance = subparsers.add_parser("balance", help="an account's balances as of a time")
     balance.add_argument("account", help=ACCOUNT_HELP)
     balance.add_argument("--at", default="now", metavar="TIME", help=f"the moment (default: now): {TIME_HELP}")
-    balance.set_defaults(projections_run=_checked(_with_client(_balance)))
+    balance.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    balance.set_defaults(projections_run=_checked(_online_or_offline(_online_balance, _with_client(_balance))))
 
     totals = subparsers.add_parser("totals", help="daily totals for reconciliation")
     totals.add_argument(
@@ -351,14 +499,19 @@ def register(subparsers: Any) -> None:
     totals.add_argument(
         "--to", dest="timestamp_to", required=True, metavar="TIME", help=f"period end, exclusive: {TIME_HELP}"
     )
-    totals.set_defaults(projections_run=_checked(_with_client(_totals)))
+    totals.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    totals.set_defaults(projections_run=_checked(_online_or_offline(_online_totals, _with_client(_totals))))
 
     correlation = subparsers.add_parser("correlation", help="transactions by correlation id")
     correlation.add_argument("correlation_id", help="the correlation id, as given to the API (text)")
-    correlation.set_defaults(projections_run=_checked(_with_client(_correlation)))
+    correlation.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    correlation.set_defaults(
+        projections_run=_checked(_online_or_offline(_online_correlation, _with_client(_correlation)))
+    )
 
     reconcile = subparsers.add_parser("reconcile", help="compare ClickHouse with engine balances")
-    reconcile.set_defaults(projections_run=_checked(_reconcile))
+    reconcile.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    reconcile.set_defaults(projections_run=_checked(_online_or_offline(_online_reconcile, _reconcile, engine=True)))
 
     audit = subparsers.add_parser("audit", help="audit exports and chain verification")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -374,7 +527,14 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("--out", required=True, metavar="DIR", help="directory to write: new, or existing and empty")
     export.add_argument("--no-evidence", action="store_true", help="no signed checkpoint and proofs (evidence.json)")
-    export.set_defaults(projections_run=_checked(_audit_export_bundle))
+    export.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="over the service: the verifier key file (one key per line) the evidence is checked with; "
+        "without it no evidence.json is attached (--offline signs with the local audit log's keys)",
+    )
+    export.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    export.set_defaults(projections_run=_checked(_online_or_offline(_online_audit_export, _audit_export_bundle)))
     verify = audit_commands.add_parser("verify", help="verify the live chain, or an export")
     verify.add_argument("--export", metavar="DIR", help="an export directory (default: verify the live read model)")
     verify.add_argument("--files-only", action="store_true", help="with --export: do not compare with the live head")
@@ -383,7 +543,8 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="with --export: verify the bundle offline with this verifier key file (one key per line)",
     )
-    verify.set_defaults(projections_run=_checked(_audit_verify_entry))
+    verify.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    verify.set_defaults(projections_run=_checked(_online_or_offline(_online_audit_verify, _audit_verify_entry)))
     register_evidence_commands(audit_commands)
 
     from projections.statements.cli import register as register_statement_commands
@@ -397,9 +558,18 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     try:
         return handler(settings or Settings(), args)
     except CliInputError as error:
-        command = " ".join(str(part) for part in (getattr(args, "command", ""), getattr(args, "audit_command", "")))
-        print(f"ledger {command.strip()}: {error}", file=sys.stderr)
+        print(f"ledger {_command_name(args)}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except ServiceError as error:
+        print(f"ledger {_command_name(args)}: {error.message}", file=sys.stderr)
+        return EXIT_USAGE if error.usage else EXIT_SERVICE
+    except EvidenceError as error:  # The rows are written; the evidence could not be (yet).
+        print(f"ledger {_command_name(args)}: {error}", file=sys.stderr)
+        return EXIT_SERVICE
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(str(part) for part in (getattr(args, "command", ""), getattr(args, "audit_command", ""))).strip()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

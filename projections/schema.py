@@ -143,6 +143,53 @@ RECONCILIATION_RESULTS_COLUMNS: tuple[tuple[str, str], ...] = (
 _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
 
 
+_SOURCE_INDEX_SPEC = ("source_bloom", "source", "bloom_filter", 4)
+"""ListTransactions by source skips the granules without it (labels have the transaction_labels table)."""
+
+
+def _index(name: str, expression: str, kind: str, granularity: int) -> str:
+    return f"INDEX {name} {expression} TYPE {kind} GRANULARITY {granularity}"
+
+
+_SOURCE_INDEX = _index(*_SOURCE_INDEX_SPEC)
+
+LABELS_TABLE = "transaction_labels"
+LABELLED_COLUMNS = (
+    "engine_timestamp",
+    "change",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "transfer_id",
+    "pending_id",
+    "ledger",
+    "code",
+    "chain_sequence",
+    "transaction_id",
+    "transaction_type",
+    "source",
+    "correlation_id",
+    "description",
+    "labels",
+    "currency",
+    "leg_index",
+    "client_id",
+)
+"""The columns of `transactions` the label index carries (what ListTransactions answers and filters on)."""
+_TRANSACTION_KINDS = dict(TRANSACTIONS_COLUMNS)
+TRANSACTION_LABELS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("label_key", "String"),
+    ("label_value", "String"),
+    *((name, _TRANSACTION_KINDS[name]) for name in LABELLED_COLUMNS),
+)
+_LABELS_SELECT = (
+    f"SELECT pair.1 AS label_key, pair.2 AS label_value, {', '.join(LABELLED_COLUMNS)} FROM transactions "
+    "ARRAY JOIN arrayZip(mapKeys(labels), mapValues(labels)) AS pair"
+)
+"""Every label of every change with the change's columns: what the materialized view adds on each insert
+into transactions."""
+
+
 def _columns(columns: tuple[tuple[str, str], ...]) -> str:
     return ",\n    ".join(f"{name} {kind}" for name, kind in columns)
 
@@ -159,8 +206,15 @@ DDL: tuple[str, ...] = (
     {_ENGINE_TIME},
     INDEX chain_sequence_minmax chain_sequence TYPE minmax GRANULARITY 1,
     INDEX correlation_bloom correlation_id TYPE bloom_filter GRANULARITY 4,
-    INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4
+    INDEX transfer_bloom transfer_id TYPE bloom_filter GRANULARITY 4,
+    {_SOURCE_INDEX}
 ) ENGINE = ReplacingMergeTree ORDER BY engine_timestamp""",
+    # The label index of `transactions`: one row per label of every change, carrying the change's columns
+    # and ordered so that one key = value pair is a contiguous range in engine-timestamp order: a page of
+    # a label filter is a few consecutive granules (projections.metadata_queries).
+    f"""CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (
+    {_columns(TRANSACTION_LABELS_COLUMNS)}
+) ENGINE = ReplacingMergeTree ORDER BY (label_key, label_value, engine_timestamp)""",
     f"""CREATE TABLE IF NOT EXISTS balances (
     {_columns(BALANCES_COLUMNS)},
     {_ENGINE_TIME},
@@ -175,8 +229,25 @@ DDL: tuple[str, ...] = (
 ) ENGINE = ReplacingMergeTree ORDER BY (run_id, result_index)""",
 )
 
+# Added after the first release: tables created before get the indexes here (new parts are indexed as they
+# are written and merged; `ALTER TABLE ... MATERIALIZE INDEX` indexes the old ones when wanted).
+DDL_ADDED: tuple[str, ...] = (f"ALTER TABLE transactions ADD INDEX IF NOT EXISTS {_SOURCE_INDEX[len('INDEX ') :]}",)
+_LABELS_FEED = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {LABELS_TABLE}_feed TO {LABELS_TABLE} AS {_LABELS_SELECT}"
+_LABELS_BACKFILL = f"INSERT INTO {LABELS_TABLE} {_LABELS_SELECT}"
+
 
 def create_tables(client: ClickHouseClient) -> None:
     """Idempotent: creates whatever is missing, touches nothing that exists."""
-    for statement in DDL:
+    labels_existed = bool(
+        client.query_rows(
+            "SELECT 1 FROM system.tables WHERE database = currentDatabase() AND name = {name:String}",
+            {"name": LABELS_TABLE},
+        )
+    )
+    for statement in (*DDL, *DDL_ADDED):
         client.command(statement)
+    if not labels_existed:
+        # A read model from before the label index: index the changes it holds, once, before the view
+        # feeds new ones (the callers create the tables before the projector inserts anything).
+        client.command(_LABELS_BACKFILL)
+    client.command(_LABELS_FEED)

@@ -4,7 +4,8 @@ logic here: ownership comes from the ledger service, numbers from the read model
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -12,16 +13,17 @@ from facade.api.audit_proofs import AuditProofs
 from facade.api.errors import abort_domain
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc
 from facade.audit.log import SealedCheckpoint
-from facade.auth import Principal, current_principal
+from facade.auth import SCOPE_ADMIN, Principal, current_principal
 from facade.domain.mapping import DomainError
 from facade.engine.protocol import Engine
 from facade.service import LedgerService
-from projections import queries
+from projections import metadata_queries, queries
 from projections.read_model import ReadModel
 from projections.reconcile import compare, read_figures
 
 Context = grpc.aio.ServicerContext[Any, Any]
 STATEMENT_LIMIT_DEFAULT = 1000
+_Read = TypeVar("_Read")
 
 
 def _invalid(reason: str, message: str) -> DomainError:
@@ -73,6 +75,80 @@ def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
         root_hash=checkpoint.root_hash,
         timestamp_last=checkpoint.timestamp_last,
         key_id=checkpoint.key_id,
+    )
+
+
+LABEL_TEXT_BYTES_MAX = 128
+"""As on PostTransaction: a longer label key or value can match nothing, so it is refused."""
+FILTER_TEXT_BYTES_MAX = 128
+U128_DIGITS_MAX = 39
+
+
+def _amount_bound(text: str, field: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > U128_DIGITS_MAX or int(text) > metadata_queries.U128_MAX:
+        raise DomainError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_AMOUNT",
+            f"filter.{field}: expected a decimal u128, got {text[:48]!r}",
+            {"field": f"filter.{field}"},
+        )
+    return int(text)
+
+
+def _filter(principal: Principal, message: history_pb2.TransactionFilter) -> metadata_queries.TransactionFilter:
+    """The request's filter, checked; callers without ledger.admin see their own client's rows only."""
+    if len(message.labels) > metadata_queries.LABELS_FILTER_MAX:
+        raise _invalid("TOO_MANY_LABELS", f"filter.labels: at most {metadata_queries.LABELS_FILTER_MAX} pairs")
+    texts = [*message.labels.keys(), *message.labels.values(), message.source, message.correlation_id]
+    if any(len(text.encode()) > FILTER_TEXT_BYTES_MAX for text in texts):
+        raise _invalid(
+            "FILTER_TOO_LONG", f"filter: labels, source and correlation_id are at most {FILTER_TEXT_BYTES_MAX} bytes"
+        )
+    if any(not key for key in message.labels):
+        raise _invalid("INVALID_LABEL", "filter.labels: a key is empty")
+    timestamp_from, timestamp_to = getattr(message, "from"), message.to
+    if timestamp_to and timestamp_from > timestamp_to:
+        raise _invalid("INVALID_PERIOD", "from is after to")
+    amount_min = _amount_bound(message.amount_min, "amount_min")
+    amount_max = _amount_bound(message.amount_max, "amount_max")
+    if amount_min is not None and amount_max is not None and amount_min > amount_max:
+        raise _invalid("INVALID_AMOUNT_RANGE", "filter.amount_min is above filter.amount_max")
+    return metadata_queries.TransactionFilter(
+        labels=tuple(sorted(message.labels.items())),
+        source=message.source,
+        correlation_id=message.correlation_id,
+        timestamp_from=timestamp_from,
+        timestamp_to=timestamp_to,
+        amount_min=amount_min,
+        amount_max=amount_max,
+        client_id=None if SCOPE_ADMIN in principal.scopes else principal.client_id,
+    )
+
+
+def _page_size(page_size: int) -> int:
+    if page_size > metadata_queries.PAGE_SIZE_MAX:
+        raise _invalid("PAGE_SIZE_TOO_LARGE", f"page_size is at most {metadata_queries.PAGE_SIZE_MAX}")
+    return page_size
+
+
+def _correlated(r: queries.TransactionRow) -> history_pb2.CorrelatedTransfer:
+    return history_pb2.CorrelatedTransfer(
+        engine_timestamp=r.engine_timestamp,
+        change=r.change,
+        transaction_id=r.transaction_id,
+        leg_index=r.leg_index,
+        transfer_id=str(r.transfer_id),
+        debit_account_id=str(r.debit_account_id),
+        credit_account_id=str(r.credit_account_id),
+        amount=str(r.amount),
+        currency=r.currency,
+        transaction_type=r.transaction_type,
+        source=r.source,
+        description=r.description,
+        labels=r.labels,
+        chain_sequence=r.chain_sequence,
     )
 
 
@@ -192,6 +268,49 @@ class HistoryQueries:
             projected_until=projected_until,
         )
 
+    async def list_transactions(
+        self, principal: Principal, request: history_pb2.ListTransactionsRequest
+    ) -> history_pb2.ListTransactionsResponse:
+        query = _filter(principal, request.filter)
+        page_size, page_token = _page_size(request.page_size), request.page_token
+
+        def read(client: Any) -> tuple[metadata_queries.TransactionsPage, int]:
+            page = metadata_queries.list_transactions(client, query, page_size=page_size, page_token=page_token)
+            return page, queries.projected_timestamp(client)
+
+        page, projected_until = await self._read_model.query(_page_token_checked(read))
+        return history_pb2.ListTransactionsResponse(
+            transfers=[_correlated(r) for r in page.transactions],
+            next_page_token=page.next_page_token,
+            projected_until=projected_until,
+        )
+
+    async def list_accounts(
+        self, principal: Principal, request: history_pb2.ListHistoryAccountsRequest
+    ) -> history_pb2.ListHistoryAccountsResponse:
+        query = _filter(principal, request.filter)
+        page_size, page_token = _page_size(request.page_size), request.page_token
+
+        def read(client: Any) -> tuple[metadata_queries.AccountsPage, int]:
+            page = metadata_queries.list_accounts(client, query, page_size=page_size, page_token=page_token)
+            return page, queries.projected_timestamp(client)
+
+        page, projected_until = await self._read_model.query(_page_token_checked(read))
+        return history_pb2.ListHistoryAccountsResponse(
+            accounts=[
+                history_pb2.HistoryAccount(
+                    account_id=str(a.account_id),
+                    currency=a.currency,
+                    entries=a.entries,
+                    first_timestamp=a.timestamp_first,
+                    last_timestamp=a.timestamp_last,
+                )
+                for a in page.accounts
+            ],
+            next_page_token=page.next_page_token,
+            projected_until=projected_until,
+        )
+
     async def reconcile(
         self, principal: Principal, request: history_pb2.ReconcileRequest
     ) -> history_pb2.ReconciliationReport:
@@ -214,6 +333,18 @@ class HistoryQueries:
             accounts_not_comparable=[str(a) for a in report.accounts_not_comparable],
             unknown_accounts=[str(a) for a in report.unknown_accounts],
         )
+
+
+def _page_token_checked(read: Callable[[Any], _Read]) -> Callable[[Any], _Read]:
+    """`read`, with a bad page token (found where the query runs) translated into INVALID_PAGE_TOKEN."""
+
+    def run(client: Any) -> _Read:
+        try:
+            return read(client)
+        except metadata_queries.InvalidPageTokenError as error:
+            raise _invalid("INVALID_PAGE_TOKEN", str(error)) from None
+
+    return run
 
 
 class HistoryServicer(history_pb2_grpc.HistoryServicer):
@@ -293,6 +424,22 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
     ) -> history_pb2.CorrelatedTransfers:
         try:
             return await self.queries.transactions_by_correlation(current_principal.get(), request)
+        except DomainError as error:
+            await abort_domain(context, error)
+
+    async def ListTransactions(  # noqa: N802
+        self, request: history_pb2.ListTransactionsRequest, context: Context
+    ) -> history_pb2.ListTransactionsResponse:
+        try:
+            return await self.queries.list_transactions(current_principal.get(), request)
+        except DomainError as error:
+            await abort_domain(context, error)
+
+    async def ListAccounts(  # noqa: N802
+        self, request: history_pb2.ListHistoryAccountsRequest, context: Context
+    ) -> history_pb2.ListHistoryAccountsResponse:
+        try:
+            return await self.queries.list_accounts(current_principal.get(), request)
         except DomainError as error:
             await abort_domain(context, error)
 

@@ -29,6 +29,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -77,7 +78,10 @@ _CODE_UNKNOWN = 1002
 
 _LIMITS = (
     f"readonly=1, max_execution_time={EXECUTION_SECONDS_MAX}, max_result_rows={RESULT_ROWS_MAX}, "
-    f"max_result_bytes={RESULT_BYTES_MAX}, result_overflow_mode='throw', max_memory_usage={MEMORY_BYTES_MAX}"
+    f"max_result_bytes={RESULT_BYTES_MAX}, result_overflow_mode='throw', max_memory_usage={MEMORY_BYTES_MAX}, "
+    # As a server whose profile turns HTTP compression on: system.settings shows it set, so clients that
+    # read it (clickhouse-connect) ask by Accept-Encoding alone, as they must under readonly=1.
+    "enable_http_compression=1"
 )
 """Appended to every statement; constants only (no SQL built from request text)."""
 
@@ -217,21 +221,74 @@ def _error(status: int, code: int, message: str, query_id: str) -> Response:
     )
 
 
-def _encoding(request: Request) -> str | None:
-    """gzip or deflate when the client asked for compression (as ClickHouse: enable_http_compression=1)."""
-    if request.query_params.get("enable_http_compression") != "1":
+class Encoding(enum.Enum):
+    """Response compressions, by their Accept-Encoding names (ClickHouse's: lz4 is an LZ4 frame)."""
+
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+    GZIP = "gzip"
+    DEFLATE = "deflate"
+
+
+ACCEPT_ENCODING_ITEMS_MAX = 16
+"""Items of an Accept-Encoding header considered: a longer list is a client's mistake or an attack."""
+
+
+def _encoding(request: Request) -> Encoding | None:
+    """The first encoding in the client's Accept-Encoding we speak. HTTP compression is on unless the
+    request turns it off (enable_http_compression=0), as on a ClickHouse server whose profile enables it
+    (and the queries report it so: _LIMITS). clickhouse-connect lists its preference first (lz4, zstd,
+    ..., gzip, deflate with compress=True; the one it names with compress="zstd"; identity with False)."""
+    if request.query_params.get("enable_http_compression") == "0":
         return None
-    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept-encoding", "").split(",")}
-    for encoding in ("gzip", "deflate"):
-        if encoding in accepted:
-            return encoding
+    items = request.headers.get("accept-encoding", "").split(",")[:ACCEPT_ENCODING_ITEMS_MAX]
+    known = {encoding.value: encoding for encoding in Encoding}
+    for item in items:
+        name, _, weight = item.strip().lower().partition(";")
+        if name in known and weight.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+            return known[name]
     return None
 
 
-async def _chunks(payload: bytes, encoding: str | None) -> AsyncIterator[bytes]:
-    compressor = None
-    if encoding is not None:
-        compressor = zlib.compressobj(wbits=31 if encoding == "gzip" else 15)
+class _Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Lz4Frame:
+    """One LZ4 frame over the whole response (lz4.frame: the frame header, blocks, the end mark)."""
+
+    def __init__(self) -> None:
+        import lz4.frame  # type: ignore[import-untyped]  # lz4 ships no type hints.
+
+        self._frame = lz4.frame.LZ4FrameCompressor()
+        self._header: bytes | None = bytes(self._frame.begin())
+
+    def compress(self, data: bytes) -> bytes:
+        header, self._header = self._header or b"", None
+        return header + bytes(self._frame.compress(data))
+
+    def flush(self) -> bytes:
+        header, self._header = self._header or b"", None
+        return header + bytes(self._frame.flush())
+
+
+def _compressor(encoding: Encoding) -> _Compressor:
+    if encoding is Encoding.LZ4:
+        return _Lz4Frame()
+    if encoding is Encoding.ZSTD:
+        try:
+            from compression import zstd  # type: ignore[import-not-found,unused-ignore]  # Python 3.14+
+        except ImportError:
+            from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
+        compressor: _Compressor = zstd.ZstdCompressor()
+        return compressor
+    return zlib.compressobj(wbits=31 if encoding is Encoding.GZIP else 15)
+
+
+async def _chunks(payload: bytes, encoding: Encoding | None) -> AsyncIterator[bytes]:
+    compressor = _compressor(encoding) if encoding is not None else None
     for start in range(0, len(payload), CHUNK_BYTES):
         chunk = payload[start : start + CHUNK_BYTES]
         yield compressor.compress(chunk) if compressor is not None else chunk
@@ -348,7 +405,7 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
             ),
         }
         if encoding is not None:
-            headers["Content-Encoding"] = encoding
+            headers["Content-Encoding"] = encoding.value
         return StreamingResponse(_chunks(payload, encoding), headers=headers, media_type="text/plain; charset=UTF-8")
 
     return Starlette(routes=[Route("/ping", ping, methods=["GET", "HEAD"]), Route("/", query, methods=["GET", "POST"])])

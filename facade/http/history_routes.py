@@ -13,6 +13,11 @@ Routes:
     GET /v1/history/daily-totals                  GetDailyTotals                 ledger.admin
     GET /v1/history/transactions                  ListTransactionsByCorrelation  ledger.admin
     GET /v1/history/reconciliation                Reconcile                      ledger.admin
+    GET /v1/history/transactions:search           ListTransactions               ledger.read (own client;
+    GET /v1/history/accounts:search               ListAccounts                   ledger.admin: every client)
+
+The searches take `label=key=value` (repeated: every pair must match), `source`, `correlation_id`,
+`from`/`to`, `amount_min`/`amount_max` (u128, inclusive), `page_size` and `page_token`.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the Annotated dependencies as objects.
@@ -194,6 +199,45 @@ class ReconciliationReport(_Response):
     unknown_accounts: list[str]
 
 
+class TransactionsPage(_Response):
+    transfers: list[CorrelatedTransfer]
+    next_page_token: str = Field(description="Empty on the last page; valid only with the same filter.")
+    projected_until: m.NanosString
+
+
+class HistoryAccount(_Response):
+    account_id: m.AccountId
+    currency: str
+    entries: m.NanosString = Field(description="Entries matching the filter (u64, decimal string).")
+    first_timestamp: m.NanosString
+    last_timestamp: m.NanosString
+
+
+class AccountsPage(_Response):
+    accounts: list[HistoryAccount]
+    next_page_token: str = Field(description="Empty on the last page; valid only with the same filter.")
+    projected_until: m.NanosString
+
+
+LABEL_QUERY_LENGTH_MAX = 257
+"""A key and a value of at most 128 bytes each, and the `=` between them."""
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise DomainError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_LABEL",
+                f"label: expected key=value, got {pair[:64]!r}",
+                {"field": "label"},
+            )
+        labels[key] = value
+    return labels
+
+
 # ------------------------------------------------------------------------------------------------
 # The routes.
 
@@ -211,6 +255,18 @@ def _time_query(alias: str | None = None) -> Any:
 
 
 AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]
+Labels = Annotated[
+    list[str],
+    Query(
+        max_length=16,
+        description="A label as key=value; repeat for more: every pair must match.",
+        json_schema_extra={"items": {"type": "string", "maxLength": LABEL_QUERY_LENGTH_MAX}},
+    ),
+]
+Text = Annotated[str, Query(max_length=128)]
+Amount = Annotated[str, Query(pattern=r"^$|^[0-9]{1,39}$", description="u128, decimal; empty = unbounded.")]
+PageSize = Annotated[int, Query(ge=0, le=1000, description="At most 1000; 0 = 100.")]
+PageToken = Annotated[str, Query(max_length=512, description="next_page_token of the previous page.")]
 
 
 def history_router(
@@ -233,13 +289,15 @@ def history_router(
 
         return Depends(principal)
 
-    def extra(rpc: str) -> dict[str, Any]:
+    def extra(rpc: str, *, operation_id: str = "") -> dict[str, Any]:
         scope = METHOD_SCOPES[_HISTORY + rpc]
+        # x-grpc-method pairs each route with its proto descriptor (tests/behaviour/test_descriptor_parity.py).
+        openapi_extra = {"x-required-scope": scope, "x-grpc-method": _HISTORY + rpc}
         return {
-            "operation_id": rpc,
+            "operation_id": operation_id or rpc,
             "description": f"gRPC: `ledger.v1.History/{rpc}`. Scope: `{scope}`. Served by the read model: "
             "eventually consistent, `projected_until` says how far it has caught up.",
-            "openapi_extra": {"x-required-scope": scope, "x-grpc-method": _HISTORY + rpc},
+            "openapi_extra": openapi_extra,
         }
 
     @router.get(
@@ -306,6 +364,70 @@ def history_router(
     ) -> dict[str, Any]:
         request = hpb.ListTransactionsByCorrelationRequest(correlation_id=correlation_id)
         return m.from_message(await queries.transactions_by_correlation(principal, request))
+
+    def search_filter(
+        label: list[str],
+        source: str,
+        correlation_id: str,
+        timestamp_from: str,
+        to: str,
+        amount_min: str,
+        amount_max: str,
+    ) -> hpb.TransactionFilter:
+        return hpb.TransactionFilter(
+            labels=_labels(label),
+            source=source,
+            correlation_id=correlation_id,
+            to=parse_time(to, field="to"),
+            amount_min=amount_min,
+            amount_max=amount_max,
+            **{"from": parse_time(timestamp_from, field="from")},
+        )
+
+    @router.get(
+        "/history/transactions:search",
+        response_model=TransactionsPage,
+        summary="Transactions whose metadata matches a filter, cursor-paged",
+        **extra("ListTransactions"),
+    )
+    async def list_transactions(
+        principal: Annotated[Principal, caller("ListTransactions")],
+        label: Labels = [],  # noqa: B006  # FastAPI copies defaults per request.
+        source: Text = "",
+        correlation_id: Text = "",
+        timestamp_from: Annotated[str, _time_query("from")] = "",
+        to: Annotated[str, _time_query()] = "",
+        amount_min: Amount = "",
+        amount_max: Amount = "",
+        page_size: PageSize = 0,
+        page_token: PageToken = "",
+    ) -> dict[str, Any]:
+        found = search_filter(label, source, correlation_id, timestamp_from, to, amount_min, amount_max)
+        request = hpb.ListTransactionsRequest(filter=found, page_size=page_size, page_token=page_token)
+        return m.from_message(await queries.list_transactions(principal, request))
+
+    @router.get(
+        "/history/accounts:search",
+        response_model=AccountsPage,
+        summary="Accounts with entries whose metadata matches a filter, cursor-paged",
+        # ledger.v1.Ledger/ListAccounts has the operation id ListAccounts already (OpenAPI ids are unique).
+        **extra("ListAccounts", operation_id="ListHistoryAccounts"),
+    )
+    async def list_accounts(
+        principal: Annotated[Principal, caller("ListAccounts")],
+        label: Labels = [],  # noqa: B006  # FastAPI copies defaults per request.
+        source: Text = "",
+        correlation_id: Text = "",
+        timestamp_from: Annotated[str, _time_query("from")] = "",
+        to: Annotated[str, _time_query()] = "",
+        amount_min: Amount = "",
+        amount_max: Amount = "",
+        page_size: PageSize = 0,
+        page_token: PageToken = "",
+    ) -> dict[str, Any]:
+        found = search_filter(label, source, correlation_id, timestamp_from, to, amount_min, amount_max)
+        request = hpb.ListHistoryAccountsRequest(filter=found, page_size=page_size, page_token=page_token)
+        return m.from_message(await queries.list_accounts(principal, request))
 
     @router.get(
         "/history/reconciliation",

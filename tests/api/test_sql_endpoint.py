@@ -14,7 +14,10 @@ from typing import Any
 
 import clickhouse_connect
 import httpx
+import lz4.frame  # type: ignore[import-untyped]  # lz4 ships no type hints.
 import pytest
+from backports import zstd  # type: ignore[import-not-found,unused-ignore]  # compression.zstd from Python 3.14
+from clickhouse_connect.driver._backend.httpcommon import negotiate_compression
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from facade.api.sql import checked_statement, run_limited
@@ -248,3 +251,45 @@ async def test_sql_port_is_behind_tls_when_tls_is_configured(tmp_path: Path) -> 
         assert await asyncio.to_thread(client.command, "SELECT 6 * 7") == 42
     finally:
         await running.stop()
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", True, False])
+async def test_clickhouse_connect_compression(api: Api, compress: str | bool) -> None:
+    """clickhouse-connect's own compression choices (compress=True negotiates: lz4 first) get correct rows;
+    the endpoint answers with the encoding the client's exact Accept-Encoding header picks (the client's
+    own negotiate_compression builds it), in that format."""
+    client = await connect(api, compress=compress)
+    result = await asyncio.to_thread(client.query, "SELECT number, toString(number) FROM numbers(200000)")
+    assert len(result.result_rows) == 200_000 and result.result_rows[-1] == (199_999, "199999")
+
+    accept, _ = negotiate_compression(compress)
+    headers = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": token(api), "Accept-Encoding": accept or "identity"}
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream(
+            "GET",
+            f"http://127.0.0.1:{sql_port(api)}/",
+            params={"query": "SELECT number FROM numbers(100000)"},
+            headers=headers,
+        ) as raw,
+    ):
+        body = b"".join([chunk async for chunk in raw.aiter_raw()])
+        encoding = raw.headers.get("Content-Encoding")
+    expected = {"lz4": "lz4", "zstd": "zstd", "gzip": "gzip", True: "lz4", False: None}[compress]
+    assert encoding == expected
+    plain = {
+        None: lambda data: data,
+        "lz4": lz4.frame.decompress,
+        "zstd": zstd.decompress,
+        "gzip": gzip.decompress,
+    }[encoding](body)
+    assert plain.decode().splitlines() == [str(n) for n in range(100_000)]
+    assert encoding is None or len(body) < len(plain)
+
+
+async def test_compression_off_by_request(api: Api) -> None:
+    headers = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": token(api), "Accept-Encoding": "zstd"}
+    params = {"query": "SELECT 1", "enable_http_compression": "0"}
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{sql_port(api)}/", params=params, headers=headers)
+    assert "Content-Encoding" not in response.headers and response.content == b"1\n"

@@ -75,6 +75,8 @@ class Rpc(enum.Enum):
     GET_CHECKPOINT = "/ledger.v1.History/GetCheckpoint"
     GET_INCLUSION_PROOF = "/ledger.v1.History/GetInclusionProof"
     GET_CONSISTENCY_PROOF = "/ledger.v1.History/GetConsistencyProof"
+    LIST_TRANSACTIONS = "/ledger.v1.History/ListTransactions"
+    LIST_HISTORY_ACCOUNTS = "/ledger.v1.History/ListAccounts"
 
     @property
     def response_class(self) -> type[Message]:
@@ -233,6 +235,8 @@ _ROUTES: Mapping[Rpc, _Route] = {
     Rpc.GET_CHECKPOINT: _Route("GET", "/v1/audit/checkpoint"),
     Rpc.GET_INCLUSION_PROOF: _Route("GET", "/v1/audit/inclusion-proof"),
     Rpc.GET_CONSISTENCY_PROOF: _Route("GET", "/v1/audit/consistency-proof"),
+    Rpc.LIST_TRANSACTIONS: _Route("GET", "/v1/history/transactions:search"),
+    Rpc.LIST_HISTORY_ACCOUNTS: _Route("GET", "/v1/history/accounts:search"),
 }
 # GetTransaction's oneof picks the route: by id in the path, by idempotency key in the query string.
 _TRANSACTION_BY_ID = _Route("GET", "/v1/transactions/{transaction_id}")
@@ -241,6 +245,26 @@ _TRANSACTION_BY_KEY = _Route("GET", "/v1/transactions")
 
 def _query_value(value: object) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+_QueryValue = str | int | float | bool | None
+
+
+def _query_parameters(fields: Mapping[str, object]) -> list[tuple[str, _QueryValue]]:
+    """A GET route's query string: a filter message is flattened (its fields without the prefix), a labels
+    map becomes repeated `label=key=value`."""
+    params: list[tuple[str, _QueryValue]] = []
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if inner == "labels":
+                    assert isinstance(inner_value, dict)
+                    params.extend(("label", f"{key}={label}") for key, label in inner_value.items())
+                else:
+                    params.append((inner, _query_value(inner_value)))
+        else:
+            params.append((name, _query_value(value)))
+    return params
 
 
 @dataclass
@@ -265,7 +289,7 @@ class HttpClient:
             path = path.replace("{" + name + "}", "")
         headers = {} if caller.authorization is None else {"Authorization": caller.authorization}
         if route.method == "GET":
-            params = {name: _query_value(value) for name, value in fields.items()}
+            params = _query_parameters(fields)
             response = await self.client.get(path, params=params, headers=headers)
         else:
             response = await self.client.post(path, json=fields, headers=headers)

@@ -40,6 +40,10 @@ HTTP_ONLY_PARAMETERS: Mapping[tuple[str, str], str] = {
     ("/ledger.v1.Ledger/ListAccountEntries", "order"): "asc|desc, the gateway's older spelling of `descending`",
 }
 """Route parameters that are no message field, each with why it may stay."""
+QUERY_MAP_PARAMETERS: Mapping[str, str] = {
+    "label": "labels",  # A map over a query string: `label=key=value`, repeated (all must match).
+}
+"""Query parameters that carry a map field of a flattened filter message: parameter → map field name."""
 FIELD_FORMS: Mapping[str, str] = {
     "ledger.v1.ItemError.code": "string",  # A google.rpc.Code number: its name, as in every HTTP error body.
 }
@@ -200,6 +204,17 @@ def _response_schema(operation: Operation) -> dict[str, Any] | None:
     return None
 
 
+def _flattened_field(request: Descriptor, name: str) -> tuple[FieldDescriptor, FieldDescriptor] | None:
+    """The (message field, its sub-field) a flattened query parameter stands for, if any."""
+    for parent in request.fields:
+        if parent.message_type is None or parent.message_type.GetOptions().map_entry:
+            continue
+        child = parent.message_type.fields_by_name.get(QUERY_MAP_PARAMETERS.get(name, name))
+        if child is not None:
+            return parent, child
+    return None
+
+
 def parity_differences(document: dict[str, Any]) -> list[str]:
     """Every way the gateway's OpenAPI document differs from the ledger.v1 unary RPCs."""
     schemas, operations, differences = Schemas(document), _operations(document), []
@@ -220,6 +235,13 @@ def parity_differences(document: dict[str, Any]) -> list[str]:
                     if name in fields:
                         covered.add(name)
                         differences.extend(schemas.field(fields[name], schema, f"{where} request {name}", 0))
+                    elif (flattened := _flattened_field(method.input_type, name)) is not None:
+                        # A GET route flattens a filter message into query parameters (google.api.http
+                        # does the same with `filter.source`; our routes drop the prefix).
+                        parent, child = flattened
+                        covered.add(parent.name)
+                        if child.message_type is None or not child.message_type.GetOptions().map_entry:
+                            differences.extend(schemas.field(child, schema, f"{where} request {name}", 0))
                     elif (rpc, name) not in HTTP_ONLY_PARAMETERS:
                         differences.append(
                             f"{where}: parameter {name!r} is not a field of {method.input_type.full_name}"

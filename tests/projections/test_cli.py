@@ -59,26 +59,38 @@ def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, out[0]) == (0, out[0])
     assert isinstance(out[0], dict) and out[0]["changes_projected"] == 24
 
-    code, out = command(settings, capsys, "balance", "3")
+    code, out = command(settings, capsys, "balance", "3", "--offline")
     assert code == 0 and isinstance(out[0], dict) and out[0]["credits_posted"] > 0
 
-    code, out = command(settings, capsys, "statement", "3", "--from", "1970-01-01", "--to", "now")
+    code, out = command(settings, capsys, "statement", "3", "--from", "1970-01-01", "--to", "now", "--offline")
     assert code == 0 and isinstance(out[0], dict) and len(out[0]["lines"]) > 0
 
-    code, out = command(settings, capsys, "totals", "--from", "0", "--to", "now")
+    code, out = command(settings, capsys, "totals", "--from", "0", "--to", "now", "--offline")
     assert code == 0 and sum(row["transactions"] for row in out if isinstance(row, dict)) == 24
 
-    code, out = command(settings, capsys, "reconcile")
+    code, out = command(settings, capsys, "reconcile", "--offline")
     assert code == 0 and isinstance(out[0], dict) and out[0]["ok"] is True
 
     export = tmp_path / "export"
     code, out = command(
-        settings, capsys, "audit", "export", "--from", "0", "--to", "now", "--format", "parquet", "--out", str(export)
+        settings,
+        capsys,
+        "audit",
+        "export",
+        "--from",
+        "0",
+        "--to",
+        "now",
+        "--format",
+        "parquet",
+        "--out",
+        str(export),
+        "--offline",
     )
     assert code == 0 and isinstance(out[0], dict) and out[0]["row_count"] == 24
-    code, out = command(settings, capsys, "audit", "verify", "--export", str(export))
+    code, out = command(settings, capsys, "audit", "verify", "--export", str(export), "--offline")
     assert code == 0 and isinstance(out[0], dict) and out[0]["ok"] is True
-    code, out = command(settings, capsys, "audit", "verify")
+    code, out = command(settings, capsys, "audit", "verify", "--offline")
     assert code == 0 and isinstance(out[0], dict) and out[0]["rows_checked"] == 24
 
 
@@ -106,10 +118,12 @@ def test_ledger_console_script(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["changes_projected"] == 16
     export = tmp_path / "export"
-    done = ledger_run("audit", "export", "--from", "0", "--to", "now", "--format", "csv", "--out", str(export))
+    done = ledger_run(
+        "audit", "export", "--from", "0", "--to", "now", "--format", "csv", "--out", str(export), "--offline"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["row_count"] == 16
-    done = ledger_run("audit", "verify", "--export", str(export))
+    done = ledger_run("audit", "verify", "--export", str(export), "--offline")
     assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True, done.stdout + done.stderr
 
     data = next(export.glob("*.csv"))
@@ -119,6 +133,6 @@ def test_ledger_console_script(tmp_path: Path) -> None:
     records[3][amount] = str(int(records[3][amount]) + 1)
     with data.open("w", newline="") as handle:
         csv.writer(handle, lineterminator="\n").writerows(records)
-    done = ledger_run("audit", "verify", "--export", str(export), "--files-only")
+    done = ledger_run("audit", "verify", "--export", str(export), "--files-only", "--offline")
     assert done.returncode == 1
     assert json.loads(done.stdout)["ok"] is False

@@ -97,6 +97,9 @@ def test_every_option_has_help_with_formats() -> None:
     assert checked >= 15
 
 
+_OFFLINE = (("audit", "export"), ("audit", "verify"))
+
+
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
     """The installed console script over a projected ledger (2 rounds: 16 changes, accounts 1..6)."""
@@ -112,7 +115,10 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess
     }
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        command = [executable, *argv]
+        # The query commands open the files here (no service runs): tests/projections/test_cli_client.py
+        # has them as clients of a running service.
+        offline = ("--offline",) if argv[0] in ("statement", "balance", "totals") or argv[:2] in _OFFLINE else ()
+        command = [executable, *argv, *offline]
         return subprocess.run(command, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     done = run("project", "--once")

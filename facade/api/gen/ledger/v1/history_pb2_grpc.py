@@ -59,6 +59,16 @@ class HistoryStub:
                 request_serializer=ledger_dot_v1_dot_history__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_history__pb2.ReconciliationReport.FromString,
                 _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/ledger.v1.History/ListTransactions',
+                request_serializer=ledger_dot_v1_dot_history__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_history__pb2.ListTransactionsResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/ledger.v1.History/ListAccounts',
+                request_serializer=ledger_dot_v1_dot_history__pb2.ListHistoryAccountsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_history__pb2.ListHistoryAccountsResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/ledger.v1.History/GetCheckpoint',
                 request_serializer=ledger_dot_v1_dot_history__pb2.GetCheckpointRequest.SerializeToString,
@@ -114,6 +124,22 @@ class HistoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTransactions(self, request, context):
+        """Transactions (one row per engine change) whose metadata matches every filter given, oldest first,
+        cursor-paged. ledger.read sees its own client's transactions; ledger.admin every client's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Accounts with at least one entry matching every filter given (the entries' transaction labels,
+        source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCheckpoint(self, request, context):
         """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
         public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
@@ -163,6 +189,16 @@ def add_HistoryServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=ledger_dot_v1_dot_history__pb2.ReconcileRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_history__pb2.ReconciliationReport.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=ledger_dot_v1_dot_history__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_history__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=ledger_dot_v1_dot_history__pb2.ListHistoryAccountsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_history__pb2.ListHistoryAccountsResponse.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -315,6 +351,60 @@ class History:
             '/ledger.v1.History/Reconcile',
             ledger_dot_v1_dot_history__pb2.ReconcileRequest.SerializeToString,
             ledger_dot_v1_dot_history__pb2.ReconciliationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.History/ListTransactions',
+            ledger_dot_v1_dot_history__pb2.ListTransactionsRequest.SerializeToString,
+            ledger_dot_v1_dot_history__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.History/ListAccounts',
+            ledger_dot_v1_dot_history__pb2.ListHistoryAccountsRequest.SerializeToString,
+            ledger_dot_v1_dot_history__pb2.ListHistoryAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,14 @@ class HistoryStub:
     """Every transfer of the transactions that carry a correlation id."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_history_pb2.ReconcileRequest, _history_pb2.ReconciliationReport]
     """Compares the read model's balances with the engine's, account by account."""
+    ListTransactions: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListTransactionsRequest, _history_pb2.ListTransactionsResponse]
+    """Transactions (one row per engine change) whose metadata matches every filter given, oldest first,
+    cursor-paged. ledger.read sees its own client's transactions; ledger.admin every client's.
+    """
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListHistoryAccountsRequest, _history_pb2.ListHistoryAccountsResponse]
+    """Accounts with at least one entry matching every filter given (the entries' transaction labels,
+    source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]
     """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
     public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
@@ -72,6 +80,14 @@ class HistoryAsyncStub(HistoryStub):
     """Every transfer of the transactions that carry a correlation id."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_history_pb2.ReconcileRequest, _history_pb2.ReconciliationReport]  # type: ignore[assignment]
     """Compares the read model's balances with the engine's, account by account."""
+    ListTransactions: _aio.UnaryUnaryMultiCallable[_history_pb2.ListTransactionsRequest, _history_pb2.ListTransactionsResponse]  # type: ignore[assignment]
+    """Transactions (one row per engine change) whose metadata matches every filter given, oldest first,
+    cursor-paged. ledger.read sees its own client's transactions; ledger.admin every client's.
+    """
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_history_pb2.ListHistoryAccountsRequest, _history_pb2.ListHistoryAccountsResponse]  # type: ignore[assignment]
+    """Accounts with at least one entry matching every filter given (the entries' transaction labels,
+    source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]  # type: ignore[assignment]
     """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
     public key alone (ledger_audit_verifier). The latest signed checkpoint, or the one at `tree_size`.
@@ -121,6 +137,26 @@ class HistoryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.ReconciliationReport, _abc.Awaitable[_history_pb2.ReconciliationReport]]:
         """Compares the read model's balances with the engine's, account by account."""
+
+    @_abc_1.abstractmethod
+    def ListTransactions(
+        self,
+        request: _history_pb2.ListTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListTransactionsResponse, _abc.Awaitable[_history_pb2.ListTransactionsResponse]]:
+        """Transactions (one row per engine change) whose metadata matches every filter given, oldest first,
+        cursor-paged. ledger.read sees its own client's transactions; ledger.admin every client's.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _history_pb2.ListHistoryAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListHistoryAccountsResponse, _abc.Awaitable[_history_pb2.ListHistoryAccountsResponse]]:
+        """Accounts with at least one entry matching every filter given (the entries' transaction labels,
+        source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
