@@ -9,11 +9,10 @@ from typing import Any
 import grpc
 
 from facade.api.audit_proofs import AuditProofs
-from facade.api.errors import abort_domain
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc
 from facade.audit.log import SealedCheckpoint
 from facade.auth import Principal, current_principal
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.engine.protocol import Engine
 from facade.service import LedgerService
 from projections import queries
@@ -24,8 +23,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 STATEMENT_LIMIT_DEFAULT = 1000
 
 
-def _invalid(reason: str, message: str) -> DomainError:
-    return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _invalid(reason: str, message: str) -> LedgerError:
+    return LedgerError(ErrorKind.INVALID, reason, message)
 
 
 def _balance(account_id: int, balance: queries.Balance, projected_until: int) -> history_pb2.HistoricalBalance:
@@ -78,7 +77,7 @@ def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
 
 class HistoryQueries:
     """The History read queries, one method per RPC: the principal and the request message in, the
-    response message out, a DomainError for anything refused. The gRPC servicer and the JSON gateway
+    response message out, a LedgerError for anything refused. The gRPC servicer and the JSON gateway
     (facade.http.history_routes) both delegate here, so the two edges give the same answers."""
 
     def __init__(self, service: LedgerService, engine: Engine, read_model: ReadModel) -> None:
@@ -224,25 +223,19 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         """The server sets `audit.audit` once the audit log is open (facade.audit.service)."""
 
     async def GetCheckpoint(  # noqa: N802
-        self, request: history_pb2.GetCheckpointRequest, context: Context
+        self, request: history_pb2.GetCheckpointRequest, _context: Context
     ) -> history_pb2.SignedCheckpoint:
-        try:
-            return signed_checkpoint(await self.audit.checkpoint(request.tree_size))
-        except DomainError as error:
-            await abort_domain(context, error)
+        return signed_checkpoint(await self.audit.checkpoint(request.tree_size))
 
     async def GetInclusionProof(  # noqa: N802
-        self, request: history_pb2.GetInclusionProofRequest, context: Context
+        self, request: history_pb2.GetInclusionProofRequest, _context: Context
     ) -> history_pb2.InclusionProof:
-        try:
-            sealed, proofs = await self.audit.inclusion(
-                sequence=request.sequence,
-                transaction_id=request.transaction_id,
-                event_id=request.event_id,
-                tree_size=request.tree_size,
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        sealed, proofs = await self.audit.inclusion(
+            sequence=request.sequence,
+            transaction_id=request.transaction_id,
+            event_id=request.event_id,
+            tree_size=request.tree_size,
+        )
         return history_pb2.InclusionProof(
             checkpoint=signed_checkpoint(sealed),
             proofs=[
@@ -254,52 +247,34 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         )
 
     async def GetConsistencyProof(  # noqa: N802
-        self, request: history_pb2.GetConsistencyProofRequest, context: Context
+        self, request: history_pb2.GetConsistencyProofRequest, _context: Context
     ) -> history_pb2.ConsistencyProof:
-        try:
-            old, new, hashes = await self.audit.consistency(request.old_size, request.new_size)
-        except DomainError as error:
-            await abort_domain(context, error)
+        old, new, hashes = await self.audit.consistency(request.old_size, request.new_size)
         return history_pb2.ConsistencyProof(
             old_checkpoint=signed_checkpoint(old), new_checkpoint=signed_checkpoint(new), hashes=hashes
         )
 
     async def GetStatement(  # noqa: N802
-        self, request: history_pb2.GetStatementRequest, context: Context
+        self, request: history_pb2.GetStatementRequest, _context: Context
     ) -> history_pb2.Statement:
-        try:
-            return await self.queries.statement(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        return await self.queries.statement(current_principal.get(), request)
 
     async def GetBalanceAsOf(  # noqa: N802
-        self, request: history_pb2.GetBalanceAsOfRequest, context: Context
+        self, request: history_pb2.GetBalanceAsOfRequest, _context: Context
     ) -> history_pb2.HistoricalBalance:
-        try:
-            return await self.queries.balance_as_of(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        return await self.queries.balance_as_of(current_principal.get(), request)
 
     async def GetDailyTotals(  # noqa: N802
-        self, request: history_pb2.GetDailyTotalsRequest, context: Context
+        self, request: history_pb2.GetDailyTotalsRequest, _context: Context
     ) -> history_pb2.DailyTotals:
-        try:
-            return await self.queries.daily_totals(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        return await self.queries.daily_totals(current_principal.get(), request)
 
     async def ListTransactionsByCorrelation(  # noqa: N802
-        self, request: history_pb2.ListTransactionsByCorrelationRequest, context: Context
+        self, request: history_pb2.ListTransactionsByCorrelationRequest, _context: Context
     ) -> history_pb2.CorrelatedTransfers:
-        try:
-            return await self.queries.transactions_by_correlation(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        return await self.queries.transactions_by_correlation(current_principal.get(), request)
 
     async def Reconcile(  # noqa: N802
-        self, request: history_pb2.ReconcileRequest, context: Context
+        self, request: history_pb2.ReconcileRequest, _context: Context
     ) -> history_pb2.ReconciliationReport:
-        try:
-            return await self.queries.reconcile(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        return await self.queries.reconcile(current_principal.get(), request)

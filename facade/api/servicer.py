@@ -8,10 +8,11 @@ from typing import Any
 
 import grpc
 
-from facade.api.errors import abort_domain
+from facade.api.errors import item_code
 from facade.api.gen.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from facade.auth import current_principal
-from facade.domain.mapping import DomainError, Kind, LegSpec, Metadata, TransactionType
+from facade.domain.errors import LedgerError
+from facade.domain.mapping import Kind, LegSpec, Metadata, TransactionType
 from facade.engine.types import Account, AccountFlags
 from facade.service import (
     BATCH_TRANSACTIONS_MAX,
@@ -156,9 +157,9 @@ def fill_posted(
 
 
 def posted_result(
-    request: ledger_pb2.PostTransactionRequest, result: TransactionView | DomainError
+    request: ledger_pb2.PostTransactionRequest, result: TransactionView | LedgerError
 ) -> ledger_pb2.TransactionResult:
-    if isinstance(result, DomainError):
+    if isinstance(result, LedgerError):
         return item_result(result)
     message = ledger_pb2.TransactionResult()
     fill_posted(message.transaction, request, result)
@@ -166,18 +167,18 @@ def posted_result(
 
 
 def batch_response(
-    request: ledger_pb2.PostTransactionsRequest, results: list[TransactionView | DomainError]
+    request: ledger_pb2.PostTransactionsRequest, results: list[TransactionView | LedgerError]
 ) -> ledger_pb2.PostTransactionsResponse:
     response = ledger_pb2.PostTransactionsResponse()
     response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
     return response
 
 
-def item_result(result: TransactionView | DomainError) -> ledger_pb2.TransactionResult:
-    if isinstance(result, DomainError):
+def item_result(result: TransactionView | LedgerError) -> ledger_pb2.TransactionResult:
+    if isinstance(result, LedgerError):
         return ledger_pb2.TransactionResult(
             error=ledger_pb2.ItemError(
-                code=result.code.value[0], message=result.message, reason=result.reason, metadata=result.metadata
+                code=item_code(result), message=result.message, reason=result.reason, metadata=result.metadata
             )
         )
     return ledger_pb2.TransactionResult(transaction=transaction_message(result))
@@ -198,63 +199,48 @@ def entry_message(view: EntryView) -> ledger_pb2.Entry:
     )
 
 
-_StreamItem = tuple[ledger_pb2.PostTransactionRequest, asyncio.Task[list[TransactionView | DomainError]]]
+_StreamItem = tuple[ledger_pb2.PostTransactionRequest, asyncio.Task[list[TransactionView | LedgerError]]]
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     def __init__(self, service: LedgerService) -> None:
         self._service = service
 
-    async def CreateAccount(self, request: ledger_pb2.CreateAccountRequest, context: Context) -> ledger_pb2.Account:  # noqa: N802
-        try:
-            view = await self._service.create_account(
-                current_principal.get(),
-                request.currency,
-                request.external_reference,
-                request.owner,
-                int(request.type),
-                dict(request.metadata),
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def CreateAccount(self, request: ledger_pb2.CreateAccountRequest, _context: Context) -> ledger_pb2.Account:  # noqa: N802
+        view = await self._service.create_account(
+            current_principal.get(),
+            request.currency,
+            request.external_reference,
+            request.owner,
+            int(request.type),
+            dict(request.metadata),
+        )
         return account_message(view)
 
-    async def GetAccount(self, request: ledger_pb2.GetAccountRequest, context: Context) -> ledger_pb2.Account:  # noqa: N802
-        try:
-            view = await self._service.get_account(current_principal.get(), request.account_id)
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def GetAccount(self, request: ledger_pb2.GetAccountRequest, _context: Context) -> ledger_pb2.Account:  # noqa: N802
+        view = await self._service.get_account(current_principal.get(), request.account_id)
         return account_message(view)
 
     async def ListAccounts(  # noqa: N802
-        self, request: ledger_pb2.ListAccountsRequest, context: Context
+        self, request: ledger_pb2.ListAccountsRequest, _context: Context
     ) -> ledger_pb2.ListAccountsResponse:
-        try:
-            views, token = await self._service.list_accounts(
-                current_principal.get(), request.page_size, request.page_token, request.currency
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        views, token = await self._service.list_accounts(
+            current_principal.get(), request.page_size, request.page_token, request.currency
+        )
         return ledger_pb2.ListAccountsResponse(accounts=[account_message(v) for v in views], next_page_token=token)
 
-    async def GetBalance(self, request: ledger_pb2.GetBalanceRequest, context: Context) -> ledger_pb2.Balance:  # noqa: N802
-        try:
-            view = await self._service.get_account(current_principal.get(), request.account_id)
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def GetBalance(self, request: ledger_pb2.GetBalanceRequest, _context: Context) -> ledger_pb2.Balance:  # noqa: N802
+        view = await self._service.get_account(current_principal.get(), request.account_id)
         return balance_message(view.account, view.record.currency)
 
     async def PostTransaction(  # noqa: N802
         self, request: ledger_pb2.PostTransactionRequest, context: Context
     ) -> ledger_pb2.Transaction:
         deadline = deadline_from_timeout(context.time_remaining())
-        try:
-            self._service.admit(len(request.legs), deadline)
-            [result] = await self._service.post_transactions(current_principal.get(), [post_request(request)], deadline)
-        except DomainError as error:
-            await abort_domain(context, error)
-        if isinstance(result, DomainError):
-            await abort_domain(context, result)
+        self._service.admit(len(request.legs), deadline)
+        [result] = await self._service.post_transactions(current_principal.get(), [post_request(request)], deadline)
+        if isinstance(result, LedgerError):
+            raise result
         response = ledger_pb2.Transaction()
         fill_posted(response, request, result)
         return response
@@ -263,15 +249,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.PostTransactionsRequest, context: Context
     ) -> ledger_pb2.PostTransactionsResponse:
         deadline = deadline_from_timeout(context.time_remaining())
-        try:
-            if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused below.
-                # Admission before mapping: a batch the queue cannot take in time costs a count, not a parse.
-                self._service.admit(sum(len(r.legs) for r in request.transactions), deadline)
-            results = await self._service.post_transactions(
-                current_principal.get(), [post_request(r) for r in request.transactions], deadline
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused below.
+            # Admission before mapping: a batch the queue cannot take in time costs a count, not a parse.
+            self._service.admit(sum(len(r.legs) for r in request.transactions), deadline)
+        results = await self._service.post_transactions(
+            current_principal.get(), [post_request(r) for r in request.transactions], deadline
+        )
         if len(results) >= MAP_IN_THREAD_TRANSACTIONS_MIN:  # Off the event loop, as the mapping was.
             return await asyncio.to_thread(batch_response, request, results)
         return batch_response(request, results)
@@ -297,7 +280,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
                 request, task = item
                 try:
                     [result] = await task
-                except DomainError as error:
+                except LedgerError as error:
                     result = error
                 yield posted_result(request, result)
         finally:
@@ -326,44 +309,35 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
         metadata: ledger_pb2.TransactionMetadata,
         context: Context,
     ) -> ledger_pb2.Transaction:
-        try:
-            view = await self._service.resolve_authorization(
-                current_principal.get(),
-                key,
-                authorization_id,
-                capture,
-                amount,
-                metadata_from(metadata),
-                deadline_from_timeout(context.time_remaining()),
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        view = await self._service.resolve_authorization(
+            current_principal.get(),
+            key,
+            authorization_id,
+            capture,
+            amount,
+            metadata_from(metadata),
+            deadline_from_timeout(context.time_remaining()),
+        )
         return transaction_message(view)
 
     async def GetTransaction(  # noqa: N802
-        self, request: ledger_pb2.GetTransactionRequest, context: Context
+        self, request: ledger_pb2.GetTransactionRequest, _context: Context
     ) -> ledger_pb2.Transaction:
-        try:
-            view = await self._service.get_transaction(
-                current_principal.get(), request.transaction_id, request.idempotency_key
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        view = await self._service.get_transaction(
+            current_principal.get(), request.transaction_id, request.idempotency_key
+        )
         return transaction_message(view)
 
     async def ListAccountEntries(  # noqa: N802
-        self, request: ledger_pb2.ListAccountEntriesRequest, context: Context
+        self, request: ledger_pb2.ListAccountEntriesRequest, _context: Context
     ) -> ledger_pb2.ListAccountEntriesResponse:
-        try:
-            entries, token = await self._service.list_account_entries(
-                current_principal.get(),
-                request.account_id,
-                request.page_size,
-                request.page_token,
-                request.from_ns,
-                request.to_ns,
-                request.descending,
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
+        entries, token = await self._service.list_account_entries(
+            current_principal.get(),
+            request.account_id,
+            request.page_size,
+            request.page_token,
+            request.from_ns,
+            request.to_ns,
+            request.descending,
+        )
         return ledger_pb2.ListAccountEntriesResponse(entries=[entry_message(e) for e in entries], next_page_token=token)

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 
-import grpc
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.service import LedgerService
 
 __all__ = ["REQUEST_TIMEOUT_HEADER", "AdmissionMiddleware", "request_deadline"]
@@ -43,9 +42,9 @@ request_deadline: ContextVar[float | None] = ContextVar("request_deadline", defa
 """The current HTTP request's deadline (time.monotonic()), or None when the client announced none."""
 
 
-def _too_large(body_bytes_max: int) -> DomainError:
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+def _too_large(body_bytes_max: int) -> LedgerError:
+    return LedgerError(
+        ErrorKind.INVALID,
         "REQUEST_TOO_LARGE",
         f"the request body exceeds {body_bytes_max} bytes",
         {"body_bytes_max": str(body_bytes_max)},
@@ -53,7 +52,7 @@ def _too_large(body_bytes_max: int) -> DomainError:
 
 
 class AdmissionMiddleware:
-    """`refuse` renders a DomainError as the gateway's error response (same body as every other error)."""
+    """`refuse` renders a LedgerError as the gateway's error response (same body as every other error)."""
 
     def __init__(
         self,
@@ -62,7 +61,7 @@ class AdmissionMiddleware:
         service: LedgerService,
         body_bytes_max: int,
         concurrent_writes_max: int,
-        refuse: Callable[[DomainError], Response],
+        refuse: Callable[[LedgerError], Response],
     ) -> None:
         assert body_bytes_max > 0 and concurrent_writes_max >= 0
         self.app = app
@@ -73,7 +72,7 @@ class AdmissionMiddleware:
         self.writes_in_progress = 0
         self.refuse = refuse
 
-    async def _respond(self, scope: Scope, receive: Receive, send: Send, error: DomainError, status: int) -> None:
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, error: LedgerError, status: int) -> None:
         response = self.refuse(error)
         response.status_code = status
         await response(scope, receive, send)
@@ -91,8 +90,8 @@ class AdmissionMiddleware:
         timeout_text = headers.get(REQUEST_TIMEOUT_HEADER)
         if timeout_text is not None:
             if not timeout_text.isdigit() or not 0 < int(timeout_text) <= REQUEST_TIMEOUT_MS_MAX:
-                error = DomainError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                error = LedgerError(
+                    ErrorKind.INVALID,
                     "INVALID_TIMEOUT",
                     f"X-Request-Timeout-Ms must be whole milliseconds, 1 to {REQUEST_TIMEOUT_MS_MAX}",
                     {"field": "X-Request-Timeout-Ms"},
@@ -104,14 +103,14 @@ class AdmissionMiddleware:
         if write:
             try:
                 if 0 < self.concurrent_writes_max <= self.writes_in_progress:
-                    raise DomainError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    raise LedgerError(
+                        ErrorKind.EXHAUSTED,
                         "TOO_MANY_REQUESTS",
                         f"{self.writes_in_progress} writes in progress on this gateway",
                         {"retry_after_ms": str(CONCURRENCY_RETRY_AFTER_MS)},
                     )
                 self.service.admit(1, deadline)
-            except DomainError as error:
+            except LedgerError as error:
                 await self._respond(scope, receive, send, error, 429)
                 return
             self.writes_in_progress += 1

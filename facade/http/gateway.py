@@ -26,7 +26,7 @@ Routes (custom methods in the `:verb` style of Google's API design guide):
 
 Errors: a JSON body {"code", "reason", "message", "metadata"}: `code` is the gRPC status name and
 `reason` the google.rpc.ErrorInfo reason the gRPC API gives for the same failure. The HTTP status
-follows the gRPC code (HTTP_STATUS below). FAILED_PRECONDITION is 422, not 409: the request is valid
+follows the error's kind (facade.http.errors.HTTP_STATUS). FAILED_PRECONDITION is 422, not 409: the request is valid
 but the ledger's state refuses it (INSUFFICIENT_FUNDS, AUTHORIZATION_ALREADY_CAPTURED, ...), and 409
 stays ALREADY_EXISTS alone (IDEMPOTENCY_KEY_REUSED, ACCOUNT_REFERENCE_REUSED), so a client that looks
 at the status only can still tell "retry later / fix the state" from "you reused a key". RESOURCE_EXHAUSTED
@@ -54,12 +54,10 @@ thread, item by item, so a large one does not stall the event loop that serves g
 # (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-import grpc
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -81,12 +79,13 @@ from facade.api.servicer import (
     post_request,
     transaction_message,
 )
-from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
-from facade.domain.mapping import DomainError, invalid
+from facade.auth import METHOD_SCOPES, Authenticator, Principal
+from facade.domain.errors import ErrorKind, LedgerError, invalid
 from facade.http import models as m
 from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
 from facade.http.admission import AdmissionMiddleware, request_deadline
 from facade.http.audit_routes import audit_router
+from facade.http.errors import error_body, error_response, http_error_response
 from facade.http.history_routes import history_router
 from facade.observability import metrics
 from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
@@ -95,26 +94,6 @@ from projections.read_model import ReadModel
 API_VERSION = "v1"
 RPC_PREFIX = "/ledger.v1.Ledger/"
 U64_MAX = 2**64 - 1
-
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 422,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
 
 # Fields whose schema errors get the mapping module's reason rather than INVALID_REQUEST.
 _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
@@ -151,19 +130,6 @@ _credentials = APIKeyHeader(
 )
 
 
-def error_response(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
-) -> JSONResponse:
-    metadata = metadata or {}
-    headers: dict[str, str] = {}
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and metadata.get("retry_after_ms", "").isdigit():
-        headers["Retry-After"] = str(max(1, math.ceil(int(metadata["retry_after_ms"]) / 1000)))
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        headers["WWW-Authenticate"] = 'Bearer realm="ledger"'
-    body = m.error_body(DomainError(code, reason, message, metadata))
-    return JSONResponse(body, status_code=HTTP_STATUS.get(code, 500), headers=headers)
-
-
 def _field_name(location: tuple[int | str, ...]) -> str:
     """('body', 'legs', 0, 'amount') → 'legs[0].amount', as the mapping module names fields."""
     name = ""
@@ -176,17 +142,13 @@ def _unexpected_response(request: Request, error: Exception) -> JSONResponse:
     route = request.scope.get("route")
     operation = getattr(route, "operation_id", None) or "unmatched"
     found = unexpected_error(error, edge="http", operation=operation)
-    return error_response(found.code, found.reason, found.message, found.metadata)
+    return error_response(found)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def domain_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, DomainError)
-        return error_response(error.code, error.reason, error.message, error.metadata)
-
-    async def auth_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, AuthError)
-        return error_response(error.code, error.reason, error.message, error.metadata)
+    async def ledger_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, LedgerError)  # AuthError included.
+        return error_response(error)
 
     async def validation_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -198,30 +160,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         reason = _FIELD_REASONS.get(last, "INVALID_REQUEST") if isinstance(last, str) else "INVALID_REQUEST"
         message = "; ".join(f"{_field_name(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors[:10])
         metadata = {"field": field, "error": str(first.get("type", "")), "errors": str(len(errors))}
-        return error_response(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+        return error_response(LedgerError(ErrorKind.INVALID, reason, message, metadata))
 
     async def http_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         if isinstance(error, MalformedRequest):
             metadata = {"field": error.field} if error.field else {}
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, error.reason, error.message, metadata)
+            return error_response(LedgerError(ErrorKind.INVALID, error.reason, error.message, metadata))
         if error.status_code == 400:
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, REASON_MALFORMED_REQUEST, "malformed request")
+            return error_response(LedgerError(ErrorKind.INVALID, REASON_MALFORMED_REQUEST, "malformed request"))
         if error.status_code == 404:
-            return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
+            return error_response(LedgerError(ErrorKind.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route"))
         if error.status_code == 405:
-            response = error_response(grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "method not allowed")
-            response.status_code = 405
-            return response
-        response = error_response(grpc.StatusCode.UNKNOWN, "HTTP_ERROR", str(error.detail))
-        response.status_code = error.status_code
-        return response
+            return http_error_response(405, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED", "method not allowed")
+        return http_error_response(error.status_code, "UNKNOWN", "HTTP_ERROR", str(error.detail))
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         return _unexpected_response(request, error)
 
-    app.add_exception_handler(DomainError, domain_error)
-    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(LedgerError, ledger_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
@@ -251,7 +208,7 @@ def build_app(
         service=service,
         body_bytes_max=service.settings.http_body_bytes_max,
         concurrent_writes_max=service.settings.http_concurrent_requests_max,
-        refuse=lambda error: error_response(error.code, error.reason, error.message, error.metadata),
+        refuse=error_response,
     )
 
     @app.middleware("http")
@@ -381,7 +338,7 @@ def build_app(
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.PostTransactionRequest())
         [result] = await service.post_transactions(principal, [post_request(request)], request_deadline.get())
-        if isinstance(result, DomainError):
+        if isinstance(result, LedgerError):
             raise result
         return m.from_message(_posted(request, result))
 
@@ -553,12 +510,12 @@ def parse_batch(body: bytes) -> pb.PostTransactionsRequest:
     return message
 
 
-def _batch_response(request: pb.PostTransactionsRequest, results: list[TransactionView | DomainError]) -> Response:
+def _batch_response(request: pb.PostTransactionsRequest, results: list[TransactionView | LedgerError]) -> Response:
     """The batch's JSON response, rendered in a worker thread (a thousand results take a while)."""
     content = {
         "results": [
-            {"error": m.error_body(result)}
-            if isinstance(result, DomainError)
+            {"error": error_body(result)}
+            if isinstance(result, LedgerError)
             else {"transaction": m.from_message(_posted(item, result))}
             for item, result in zip(request.transactions, results, strict=True)
         ]

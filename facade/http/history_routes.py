@@ -21,7 +21,6 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Depends, Path, Query, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.history import HistoryQueries
 from facade.auth import METHOD_SCOPES, Authenticator, Principal
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.http import models as m
 from facade.http._json import StrictJsonRoute
 
@@ -50,9 +49,9 @@ _NANOS = re.compile(r"0|[1-9][0-9]{0,19}")
 TIME_PATTERN = rf"^$|^(?:{_NANOS.pattern})$|^{_RFC3339.pattern}$"
 
 
-def _invalid_time(field: str, text: str) -> DomainError:
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+def _invalid_time(field: str, text: str) -> LedgerError:
+    return LedgerError(
+        ErrorKind.INVALID,
         REASON_INVALID_TIMESTAMP,
         f"{field}: expected engine nanoseconds (a decimal u64) or an RFC 3339 time at or after 1970, got {text[:64]!r}",
         {"field": field},

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.domain.mapping import (
     CORRELATION_ID_LENGTH_MAX,
     DESCRIPTION_LENGTH_MAX,
@@ -35,7 +35,6 @@ from facade.domain.mapping import (
     LEGS_MAX,
     OWNER_LENGTH_MAX,
     SOURCE_LENGTH_MAX,
-    DomainError,
 )
 from facade.service import BATCH_TRANSACTIONS_MAX
 
@@ -305,9 +304,7 @@ def to_message(model: BaseModel, message: M) -> M:
     try:
         json_format.ParseDict(model.model_dump(), message)
     except json_format.ParseError as error:
-        raise DomainError(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "a field is out of range for its type"
-        ) from error
+        raise LedgerError(ErrorKind.INVALID, "INVALID_REQUEST", "a field is out of range for its type") from error
     return message
 
 
@@ -317,7 +314,3 @@ def from_message(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-
-
-def error_body(error: DomainError) -> dict[str, Any]:
-    return {"code": error.code.name, "reason": error.reason, "message": error.message, "metadata": error.metadata}

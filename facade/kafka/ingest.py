@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -42,7 +42,7 @@ from opentelemetry.trace import Link
 from facade.api.gen.ledger.v1 import ledger_pb2
 from facade.api.servicer import item_result, post_request
 from facade.auth import METHOD_SCOPES, Principal
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.kafka.encoding import (
     CONTENT_TYPE_HEADER,
     RecordDecodeError,
@@ -68,6 +68,21 @@ REWIND_TIMEOUT_SECONDS = 10.0
 INGEST_SPAN_LINKS_MAX = 128
 
 log = get_logger("ledger.kafka_ingest")
+
+
+class KafkaResult(enum.Enum):
+    """What a command refused with a LedgerError of each kind becomes (the Kafka edge's error table)."""
+
+    RETRY = "RETRY"
+    """Nothing was written (the write queue was full): pause the partitions, retry after retry_after_ms."""
+    REJECTED = "REJECTED"
+    """Answered with a result whose `status` header is REJECTED (and its reason), and dead-lettered."""
+
+
+KAFKA_RESULT: dict[ErrorKind, KafkaResult] = {
+    **dict.fromkeys(ErrorKind, KafkaResult.REJECTED),
+    ErrorKind.EXHAUSTED: KafkaResult.RETRY,
+}
 
 
 class IngestError(RuntimeError):
@@ -206,7 +221,7 @@ class CommandIngestor:
             self._record_lag()
             return 0
         assert len(messages) <= POLL_RECORDS_MAX
-        answered: list[tuple[_Command, TransactionView | DomainError]] = []
+        answered: list[tuple[_Command, TransactionView | LedgerError]] = []
         by_client: dict[str, list[_Command]] = {}
         for message in messages:
             if message.error():
@@ -218,13 +233,13 @@ class CommandIngestor:
                     header_value(message.headers(), CONTENT_TYPE_HEADER),
                 )
             except RecordDecodeError as error:
-                malformed = DomainError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", str(error))
+                malformed = LedgerError(ErrorKind.INVALID, "MALFORMED_COMMAND", str(error))
                 answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), malformed))
                 continue
             client_id = header_value(message.headers(), CLIENT_HEADER) or self._client_default
             if self._principal(client_id) is None:
-                denied = DomainError(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                denied = LedgerError(
+                    ErrorKind.PERMISSION_DENIED,
                     "PERMISSION_DENIED",
                     f"the ingestion principal may not act for client {client_id!r} (or lacks scope {POST_SCOPE})",
                 )
@@ -244,7 +259,7 @@ class CommandIngestor:
         self._producer.init_transactions(TRANSACTION_TIMEOUT_SECONDS)
         self._transactions_ready = True
 
-    def _publish_transaction(self, answered: Sequence[tuple[_Command, TransactionView | DomainError]]) -> None:
+    def _publish_transaction(self, answered: Sequence[tuple[_Command, TransactionView | LedgerError]]) -> None:
         """Results, dead letters and consumed offsets in one Kafka transaction."""
         errors: list[str] = []
         self._producer.begin_transaction()
@@ -296,7 +311,7 @@ class CommandIngestor:
 
     async def _post_with_backpressure(
         self, client_id: str, commands: list[_Command]
-    ) -> list[TransactionView | DomainError]:
+    ) -> list[TransactionView | LedgerError]:
         principal = self._principal(client_id)
         assert principal is not None and commands
         while True:
@@ -306,8 +321,8 @@ class CommandIngestor:
                 self._results_context = trace.set_span_in_context(span)
                 try:
                     return await self._service.post_transactions(principal, [post_request(c.request) for c in commands])
-                except DomainError as error:
-                    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                except LedgerError as error:
+                    if KAFKA_RESULT[error.kind] != KafkaResult.RETRY:
                         raise
                     retry_after = int(error.metadata.get("retry_after_ms", "50")) / 1000
             metrics.backpressure_rejections_total.labels("kafka").inc()
@@ -317,10 +332,10 @@ class CommandIngestor:
             await asyncio.sleep(retry_after)
             self._consumer.resume(assignment)
 
-    def _publish_result(self, command: _Command, result: TransactionView | DomainError, errors: list[str]) -> None:
+    def _publish_result(self, command: _Command, result: TransactionView | LedgerError, errors: list[str]) -> None:
         request = command.request
-        status = "REJECTED" if isinstance(result, DomainError) else "POSTED"
-        reason = result.reason if isinstance(result, DomainError) else ""
+        status = KafkaResult.REJECTED.value if isinstance(result, LedgerError) else "POSTED"
+        reason = result.reason if isinstance(result, LedgerError) else ""
         headers: list[tuple[str, str | bytes | None]] = [
             ("idempotency_key", request.idempotency_key.encode()),
             ("correlation_id", request.metadata.correlation_id.encode()),
@@ -334,7 +349,7 @@ class CommandIngestor:
             value, event_id=where, time_ns=time.time_ns(), source=self._settings.client_id, encoding=self._encoding
         )
         self._produce(self._settings.results_topic, command.message.key(), self._serialize(value), headers, errors)
-        if isinstance(result, DomainError):
+        if isinstance(result, LedgerError):
             self._dead_letter(command.message, result.reason, result.message, errors)
 
     def _dead_letter(self, message: Message, reason: str, detail: str, errors: list[str]) -> None:

@@ -20,7 +20,7 @@ from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPE_READ, SCOPE_WRITE
-from facade.domain.mapping import DomainError
+from facade.domain.errors import LedgerError
 from facade.http import models as m
 from facade.http.history_routes import REASON_INVALID_TIMESTAMP, parse_time
 from tests.api.conftest import credit, debit, transfer
@@ -217,7 +217,7 @@ def test_parse_time_edges() -> None:
         "1 ",
         "1\n",
     ):
-        with pytest.raises(DomainError) as failed:
+        with pytest.raises(LedgerError) as failed:
             parse_time(bad, field="to")
         assert failed.value.reason == REASON_INVALID_TIMESTAMP and failed.value.metadata == {"field": "to"}
 
