@@ -205,7 +205,6 @@ async def start(settings: Settings) -> RunningServer:
                 build_app(
                     service,
                     authenticator,
-                    audit=history.audit if history is not None else None,
                     history=history.queries if history is not None else None,
                     read_model=read_model,
                 ),

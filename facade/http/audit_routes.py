@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, Query, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
-from facade.api.audit_proofs import AuditProofs
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
-from facade.api.history import signed_checkpoint
 from facade.auth import METHOD_SCOPES, SCOPE_AUDIT, Authenticator, Principal
 from facade.http import models as m
 from facade.http._json import StrictJsonRoute
+from facade.operations import history as ops
+from facade.operations.history import HistoryBackend
 
 __all__ = ["audit_router"]
 
@@ -57,7 +57,7 @@ TreeSize = Annotated[int, Query(ge=0, le=U64_MAX, description="A checkpoint's tr
 
 
 def audit_router(
-    proofs: AuditProofs, authenticator: Authenticator, *, credentials: APIKeyHeader, responses: dict[int | str, Any]
+    history: HistoryBackend, authenticator: Authenticator, *, credentials: APIKeyHeader, responses: dict[int | str, Any]
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/audit", responses=responses, route_class=StrictJsonRoute, tags=["audit"])
 
@@ -83,8 +83,8 @@ def audit_router(
     async def get_checkpoint(
         principal: Annotated[Principal, caller("GetCheckpoint")], tree_size: TreeSize = 0
     ) -> dict[str, Any]:
-        del principal
-        return m.from_message(signed_checkpoint(await proofs.checkpoint(tree_size)))
+        request = hpb.GetCheckpointRequest(tree_size=tree_size)
+        return m.from_message(await ops.get_checkpoint(history, principal, request, None))
 
     @router.get(
         "/inclusion-proof",
@@ -99,18 +99,16 @@ def audit_router(
         event_id: Annotated[str, Query(max_length=64, description="An entry event id, <timestamp>:D|C.")] = "",
         tree_size: TreeSize = 0,
     ) -> dict[str, Any]:
-        del principal
-        sealed, found = await proofs.inclusion(
-            sequence=sequence, transaction_id=transaction_id, event_id=event_id, tree_size=tree_size
-        )
-        message = hpb.InclusionProof(
-            checkpoint=signed_checkpoint(sealed),
-            proofs=[
-                hpb.LeafProof(sequence=p.sequence, leaf_index=p.sequence - 1, leaf_hash=p.leaf_hash, hashes=p.hashes)
-                for p in found
-            ],
-        )
-        return m.from_message(message)
+        request = hpb.GetInclusionProofRequest(tree_size=tree_size)
+        # `target` is a oneof and the last field set wins: set in reverse order of precedence (as the
+        # proofs read them: sequence, then transaction_id, then event_id).
+        if event_id:
+            request.event_id = event_id
+        if transaction_id:
+            request.transaction_id = transaction_id
+        if sequence:
+            request.sequence = sequence
+        return m.from_message(await ops.get_inclusion_proof(history, principal, request, None))
 
     @router.get(
         "/consistency-proof",
@@ -123,11 +121,7 @@ def audit_router(
         old_size: Annotated[int, Query(ge=0, le=U64_MAX, description="The older checkpoint's tree size.")],
         new_size: TreeSize = 0,
     ) -> dict[str, Any]:
-        del principal
-        old, new, hashes = await proofs.consistency(old_size, new_size)
-        message = hpb.ConsistencyProof(
-            old_checkpoint=signed_checkpoint(old), new_checkpoint=signed_checkpoint(new), hashes=hashes
-        )
-        return m.from_message(message)
+        request = hpb.GetConsistencyProofRequest(old_size=old_size, new_size=new_size)
+        return m.from_message(await ops.get_consistency_proof(history, principal, request, None))
 
     return router

@@ -63,32 +63,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
+from google.rpc import code_pb2
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facade.api.audit_proofs import AuditProofs
 from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.api.history import HistoryQueries
-from facade.api.servicer import (
-    account_message,
-    balance_message,
-    entry_message,
-    fill_posted,
-    metadata_from,
-    post_request,
-    transaction_message,
-)
 from facade.auth import METHOD_SCOPES, Authenticator, Principal
 from facade.domain.errors import ErrorKind, LedgerError, invalid
 from facade.http import models as m
 from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
 from facade.http.admission import AdmissionMiddleware, request_deadline
 from facade.http.audit_routes import audit_router
-from facade.http.errors import error_body, error_response, http_error_response
+from facade.http.errors import error_response, http_error_response
 from facade.http.history_routes import history_router
 from facade.observability import metrics
-from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
+from facade.operations import ledger as ops
+from facade.operations.history import HistoryBackend
+from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService
 from projections.read_model import ReadModel
 
 API_VERSION = "v1"
@@ -188,8 +180,7 @@ def build_app(
     service: LedgerService,
     authenticator: Authenticator,
     *,
-    audit: AuditProofs | None = None,
-    history: HistoryQueries | None = None,
+    history: HistoryBackend | None = None,
     read_model: ReadModel | None = None,
 ) -> FastAPI:
     # Swagger UI and ReDoc from fastapi-offline's bundled assets (under /static-offline-docs), not a CDN:
@@ -269,15 +260,7 @@ def build_app(
         principal: Annotated[Principal, caller("CreateAccount")], body: m.CreateAccountRequest
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.CreateAccountRequest())
-        view = await service.create_account(
-            principal,
-            request.currency,
-            request.external_reference,
-            request.owner,
-            int(request.type),
-            dict(request.metadata),
-        )
-        return m.from_message(account_message(view))
+        return m.from_message(await ops.create_account(service, principal, request, request_deadline.get()))
 
     @route("GET", "/accounts", "ListAccounts", m.ListAccountsResponse, "accounts", "List the caller's accounts")
     async def list_accounts(
@@ -286,23 +269,22 @@ def build_app(
         page_token: Annotated[str, Query(description="A previous response's next_page_token.")] = "",
         currency: Annotated[str, Query(description="Only accounts in this currency.")] = "",
     ) -> dict[str, Any]:
-        views, token = await service.list_accounts(principal, page_size, page_token, currency)
-        return m.from_message(
-            pb.ListAccountsResponse(accounts=[account_message(v) for v in views], next_page_token=token)
-        )
+        request = pb.ListAccountsRequest(page_size=page_size, page_token=page_token, currency=currency)
+        return m.from_message(await ops.list_accounts(service, principal, request, request_deadline.get()))
 
     @route("GET", "/accounts/{account_id}", "GetAccount", m.Account, "accounts", "An account and its balance")
     async def get_account(
         principal: Annotated[Principal, caller("GetAccount")], account_id: AccountPath
     ) -> dict[str, Any]:
-        return m.from_message(account_message(await service.get_account(principal, account_id)))
+        request = pb.GetAccountRequest(account_id=account_id)
+        return m.from_message(await ops.get_account(service, principal, request, request_deadline.get()))
 
     @route("GET", "/accounts/{account_id}/balance", "GetBalance", m.Balance, "accounts", "Posted, pending, available")
     async def get_balance(
         principal: Annotated[Principal, caller("GetBalance")], account_id: AccountPath
     ) -> dict[str, Any]:
-        view = await service.get_account(principal, account_id)
-        return m.from_message(balance_message(view.account, view.record.currency))
+        request = pb.GetBalanceRequest(account_id=account_id)
+        return m.from_message(await ops.get_balance(service, principal, request, request_deadline.get()))
 
     @route(
         "GET",
@@ -325,22 +307,22 @@ def build_app(
         ] = 0,
         order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")] = "asc",
     ) -> dict[str, Any]:
-        entries, token = await service.list_account_entries(
-            principal, account_id, page_size, page_token, from_ns, to_ns, order == "desc"
+        request = pb.ListAccountEntriesRequest(
+            account_id=account_id,
+            page_size=page_size,
+            page_token=page_token,
+            from_ns=from_ns,
+            to_ns=to_ns,
+            descending=order == "desc",
         )
-        return m.from_message(
-            pb.ListAccountEntriesResponse(entries=[entry_message(e) for e in entries], next_page_token=token)
-        )
+        return m.from_message(await ops.list_account_entries(service, principal, request, request_deadline.get()))
 
     @route("POST", "/transactions", "PostTransaction", m.Transaction, "transactions", "Post one atomic transaction")
     async def post_transaction(
         principal: Annotated[Principal, caller("PostTransaction")], body: m.PostTransactionRequest
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.PostTransactionRequest())
-        [result] = await service.post_transactions(principal, [post_request(request)], request_deadline.get())
-        if isinstance(result, LedgerError):
-            raise result
-        return m.from_message(_posted(request, result))
+        return m.from_message(await ops.post_transaction(service, principal, request, request_deadline.get()))
 
     @route(
         "POST",
@@ -356,10 +338,8 @@ def build_app(
     ) -> Response:
         # Read here, parsed in a worker thread (parse_batch): the body is declared in openapi_extra.
         request = await asyncio.to_thread(parse_batch, await http_request.body())
-        deadline = request_deadline.get()
-        service.admit(sum(len(r.legs) for r in request.transactions), deadline)  # Before mapping.
-        results = await service.post_transactions(principal, [post_request(r) for r in request.transactions], deadline)
-        return await asyncio.to_thread(_batch_response, request, results)
+        response = await ops.post_transactions(service, principal, request, request_deadline.get())
+        return await asyncio.to_thread(_batch_response, response)
 
     @route(
         "GET",
@@ -373,14 +353,16 @@ def build_app(
         principal: Annotated[Principal, caller("GetTransaction")],
         idempotency_key: Annotated[str, Query(min_length=1, description="The key the transaction was posted with.")],
     ) -> dict[str, Any]:
-        return m.from_message(transaction_message(await service.get_transaction(principal, "", idempotency_key)))
+        request = pb.GetTransactionRequest(idempotency_key=idempotency_key)
+        return m.from_message(await ops.get_transaction(service, principal, request, None))
 
     @route("GET", "/transactions/{transaction_id}", "GetTransaction", m.Transaction, "transactions", "A transaction")
     async def get_transaction(
         principal: Annotated[Principal, caller("GetTransaction")],
         transaction_id: Annotated[str, Path(description="32 lowercase hex digits.")],
     ) -> dict[str, Any]:
-        return m.from_message(transaction_message(await service.get_transaction(principal, transaction_id, "")))
+        request = pb.GetTransactionRequest(transaction_id=transaction_id)
+        return m.from_message(await ops.get_transaction(service, principal, request, None))
 
     AuthorizationPath = Annotated[str, Path(description="The authorization's transaction id (32 hex digits).")]  # noqa: N806
 
@@ -398,16 +380,8 @@ def build_app(
         body: m.CaptureTransactionRequest,
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.CaptureTransactionRequest())
-        view = await service.resolve_authorization(
-            principal,
-            request.idempotency_key,
-            authorization_id,
-            True,
-            request.amount,
-            metadata_from(request.metadata),
-            request_deadline.get(),
-        )
-        return m.from_message(transaction_message(view))
+        request.authorization_id = authorization_id
+        return m.from_message(await ops.capture_transaction(service, principal, request, request_deadline.get()))
 
     @route(
         "POST",
@@ -423,22 +397,14 @@ def build_app(
         body: m.VoidTransactionRequest,
     ) -> dict[str, Any]:
         request = m.to_message(body, pb.VoidTransactionRequest())
-        view = await service.resolve_authorization(
-            principal,
-            request.idempotency_key,
-            authorization_id,
-            False,
-            "",
-            metadata_from(request.metadata),
-            request_deadline.get(),
-        )
-        return m.from_message(transaction_message(view))
+        request.authorization_id = authorization_id
+        return m.from_message(await ops.void_transaction(service, principal, request, request_deadline.get()))
 
     app.include_router(router)
     if history is not None:
         app.include_router(history_router(history, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
-    if audit is not None:
-        app.include_router(audit_router(audit, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
+    if history is not None:
+        app.include_router(audit_router(history, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
     if read_model is not None:
         from facade.http.statement_routes import statement_router
 
@@ -510,21 +476,25 @@ def parse_batch(body: bytes) -> pb.PostTransactionsRequest:
     return message
 
 
-def _batch_response(request: pb.PostTransactionsRequest, results: list[TransactionView | LedgerError]) -> Response:
-    """The batch's JSON response, rendered in a worker thread (a thousand results take a while)."""
+def _batch_response(response: pb.PostTransactionsResponse) -> Response:
+    """The batch's JSON response, rendered in a worker thread (a thousand results take a while). A refused
+    item's error is the gateway's error body (`code` the status name), as for a refused single call."""
     content = {
         "results": [
-            {"error": error_body(result)}
-            if isinstance(result, LedgerError)
-            else {"transaction": m.from_message(_posted(item, result))}
-            for item, result in zip(request.transactions, results, strict=True)
+            {"error": _item_error_body(result.error)}
+            if result.HasField("error")
+            else {"transaction": m.from_message(result.transaction)}
+            for result in response.results
         ]
     }
     # What FastAPI does with a route's response_model: validate, then dump (every field present).
     return JSONResponse(m.PostTransactionsResponse.model_validate(content).model_dump(mode="json", by_alias=True))
 
 
-def _posted(request: pb.PostTransactionRequest, view: TransactionView) -> pb.Transaction:
-    message = pb.Transaction()
-    fill_posted(message, request, view)
-    return message
+def _item_error_body(error: pb.ItemError) -> dict[str, Any]:
+    return {
+        "code": code_pb2.Code.Name(error.code),
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": dict(error.metadata),
+    }

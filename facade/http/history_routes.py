@@ -1,5 +1,5 @@
 """JSON routes for the read-model queries of ledger.v1.History (statement, as-of balance, daily totals,
-transactions by correlation id, reconciliation): the same facade.api.history.HistoryQueries the gRPC
+transactions by correlation id, reconciliation): the same facade.operations.history functions the gRPC
 servicer delegates to, the same scopes (facade.auth.METHOD_SCOPES) and the same errors, in the proto3 JSON
 form of the History messages (u64 as decimal strings).
 
@@ -26,11 +26,12 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
-from facade.api.history import HistoryQueries
 from facade.auth import METHOD_SCOPES, Authenticator, Principal
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.http import models as m
 from facade.http._json import StrictJsonRoute
+from facade.operations import history as ops
+from facade.operations.history import HistoryBackend
 
 __all__ = ["REASON_INVALID_TIMESTAMP", "history_router", "parse_time"]
 
@@ -213,7 +214,7 @@ AccountPath = Annotated[str, Path(description="The account id (u128, decimal str
 
 
 def history_router(
-    queries: HistoryQueries,
+    history: HistoryBackend,
     authenticator: Authenticator,
     *,
     credentials: APIKeyHeader,
@@ -261,7 +262,7 @@ def history_router(
             limit=limit,
             **{"from": parse_time(timestamp_from, field="from")},
         )
-        return m.from_message(await queries.statement(principal, request))
+        return m.from_message(await ops.get_statement(history, principal, request, None))
 
     @router.get(
         "/accounts/{account_id}/balance-as-of",
@@ -275,7 +276,7 @@ def history_router(
         as_of: Annotated[str, _time_query()] = "",
     ) -> dict[str, Any]:
         request = hpb.GetBalanceAsOfRequest(account_id=account_id, as_of=parse_time(as_of, field="as_of"))
-        return m.from_message(await queries.balance_as_of(principal, request))
+        return m.from_message(await ops.get_balance_as_of(history, principal, request, None))
 
     @router.get(
         "/history/daily-totals",
@@ -291,7 +292,7 @@ def history_router(
         request = hpb.GetDailyTotalsRequest(
             to=parse_time(to, field="to"), **{"from": parse_time(timestamp_from, field="from")}
         )
-        return m.from_message(await queries.daily_totals(principal, request))
+        return m.from_message(await ops.get_daily_totals(history, principal, request, None))
 
     @router.get(
         "/history/transactions",
@@ -304,7 +305,7 @@ def history_router(
         correlation_id: Annotated[str, Query(description="The correlation id the transactions were posted with.")] = "",
     ) -> dict[str, Any]:
         request = hpb.ListTransactionsByCorrelationRequest(correlation_id=correlation_id)
-        return m.from_message(await queries.transactions_by_correlation(principal, request))
+        return m.from_message(await ops.list_transactions_by_correlation(history, principal, request, None))
 
     @router.get(
         "/history/reconciliation",
@@ -313,6 +314,6 @@ def history_router(
         **extra("Reconcile"),
     )
     async def reconcile(principal: Annotated[Principal, caller("Reconcile")]) -> dict[str, Any]:
-        return m.from_message(await queries.reconcile(principal, hpb.ReconcileRequest()))
+        return m.from_message(await ops.reconcile(history, principal, hpb.ReconcileRequest(), None))
 
     return router
