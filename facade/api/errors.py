@@ -7,14 +7,13 @@ which leg). RESOURCE_EXHAUSTED also carries a google.rpc.RetryInfo, so clients a
 retry. The one place that turns a LedgerError into a status is the request guard interceptor
 (facade.api.guard); servicers just raise.
 
-No response carries a Python exception's or a database's text: `unexpected_error` turns any error the
-service did not translate into INTERNAL (or UNAVAILABLE for an engine that cannot serve) with a generic
-message and an error id, and logs the detail under that id. Both edges (gRPC, the JSON gateway) use it.
+No response carries a Python exception's or a database's text: facade.operations.unexpected turns any
+error the service did not translate into INTERNAL (or UNAVAILABLE for an engine that cannot serve) with a
+generic message and an error id (re-exported here for the gRPC edge's callers).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, NoReturn
 
 import grpc
@@ -23,9 +22,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from facade.domain.errors import ERROR_DOMAIN, ErrorKind, LedgerError
-from facade.engine.protocol import EngineUnavailableError
-from facade.metadata import MetadataStoreError
-from facade.observability.logs import get_logger
+from facade.operations.unexpected import (
+    REASON_INTERNAL,
+    REASON_MALFORMED_REQUEST,
+    REASON_METADATA_UNAVAILABLE,
+    unexpected_error,
+)
 
 __all__ = [
     "GRPC_CODE",
@@ -42,10 +44,6 @@ __all__ = [
 ]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-REASON_INTERNAL = "INTERNAL"
-REASON_METADATA_UNAVAILABLE = "METADATA_UNAVAILABLE"
-REASON_MALFORMED_REQUEST = "MALFORMED_REQUEST"
-ERROR_ID_BYTES = 8
 _NANOS_PER_MILLISECOND = 1_000_000
 
 GRPC_CODE: dict[ErrorKind, grpc.StatusCode] = {
@@ -62,24 +60,6 @@ GRPC_CODE: dict[ErrorKind, grpc.StatusCode] = {
 }
 assert set(GRPC_CODE) == set(ErrorKind)
 assert all(code.name == kind.value for kind, code in GRPC_CODE.items())  # The names records and bodies carry.
-
-log = get_logger("ledger.errors")
-
-
-def unexpected_error(error: Exception, *, edge: str, operation: str) -> LedgerError:
-    """The error a caller sees for an exception nothing translated: a reason and an error id, never the
-    exception's text (it may quote SQL, file paths or a database's message). The detail is logged with
-    the id, so an operator can find it from the caller's report."""
-    error_id = os.urandom(ERROR_ID_BYTES).hex()
-    log.error("unexpected error", error_id=error_id, edge=edge, operation=operation, exc_info=error)
-    metadata = {"error_id": error_id}
-    if isinstance(error, EngineUnavailableError):  # Reads of a stopped engine, say: its fault, not its text.
-        message = f"engine unavailable (error id {error_id})"
-        return LedgerError(ErrorKind.UNAVAILABLE, error.fault.value, message, metadata)
-    if isinstance(error, MetadataStoreError):  # Shared store unreachable: nothing acknowledged, retry.
-        message = f"metadata store unavailable (error id {error_id})"
-        return LedgerError(ErrorKind.UNAVAILABLE, REASON_METADATA_UNAVAILABLE, message, metadata)
-    return LedgerError(ErrorKind.INTERNAL, REASON_INTERNAL, f"internal error (error id {error_id})", metadata)
 
 
 def status_details(error: LedgerError) -> status_pb2.Status:

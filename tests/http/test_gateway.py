@@ -52,10 +52,11 @@ class Http:
             "POST",
             "/v1/accounts",
             {"currency": currency, "external_reference": reference, "owner": reference, "type": kind},
+            expect=201,
         )
         return str(account["account_id"])
 
-    async def post(self, key: str, *legs: JsonObject, expect: int = 200, **fields: Any) -> JsonObject:
+    async def post(self, key: str, *legs: JsonObject, expect: int = 201, **fields: Any) -> JsonObject:
         return await self.call(
             "POST", "/v1/transactions", {"idempotency_key": key, "legs": list(legs), **fields}, expect
         )
@@ -145,7 +146,7 @@ async def test_insufficient_funds(http: Http) -> None:
 async def test_idempotent_retry_and_key_reuse(http: Http) -> None:
     alice = await http.account("alice")
     first = await http.post("pay-1", credit(alice, 700))
-    retry = await http.post("pay-1", credit(alice, 700))
+    retry = await http.post("pay-1", credit(alice, 700), expect=200)  # A replay: nothing created.
     assert retry["deduplicated"] and retry["transaction_id"] == first["transaction_id"]
     assert retry["committed_at_ns"] == first["committed_at_ns"]
     await http.error(
@@ -165,9 +166,10 @@ async def test_authorize_capture_void(http: Http) -> None:
     hold = await http.post("auth-1", transfer(alice, shop, 300), authorize_only=True)
     assert hold["status"] == "TRANSACTION_STATUS_AUTHORIZED"
     assert await http.available(alice) == 700
-    captured = await http.call(
-        "POST", f"/v1/transactions/{hold['transaction_id']}:capture", {"idempotency_key": "cap-1", "amount": "200"}
-    )
+    capture_path = f"/v1/transactions/{hold['transaction_id']}:capture"
+    captured = await http.call("POST", capture_path, {"idempotency_key": "cap-1", "amount": "200"}, expect=201)
+    replayed = await http.call("POST", capture_path, {"idempotency_key": "cap-1", "amount": "200"}, expect=200)
+    assert replayed["deduplicated"] and replayed["transaction_id"] == captured["transaction_id"]
     assert captured["status"] == "TRANSACTION_STATUS_POSTED"
     assert captured["authorization_id"] == hold["transaction_id"] and captured["legs"][0]["amount"] == "200"
     assert (await http.available(alice), await http.available(shop)) == (800, 200)
@@ -180,7 +182,8 @@ async def test_authorize_capture_void(http: Http) -> None:
         "AUTHORIZATION_ALREADY_CAPTURED",
     )
     second = await http.post("auth-2", transfer(alice, shop, 100), authorize_only=True)
-    voided = await http.call("POST", f"/v1/transactions/{second['transaction_id']}:void", {"idempotency_key": "v-2"})
+    void_path = f"/v1/transactions/{second['transaction_id']}:void"
+    voided = await http.call("POST", void_path, {"idempotency_key": "v-2"}, expect=201)
     assert voided["status"] == "TRANSACTION_STATUS_VOIDED"
     assert await http.available(alice) == 800
     await http.error(
@@ -346,8 +349,15 @@ async def test_openapi_lists_every_operation_with_string_amounts(http: Http) -> 
         "VoidTransaction": ("POST", "/v1/transactions/{authorization_id}:void"),
     }
     post = document["paths"]["/v1/transactions"]["post"]
-    assert post["x-required-scope"] == "ledger.write" and {"LedgerCredentials": []} in post["security"]
-    assert set(post["responses"]) >= {"200", "400", "401", "403", "409", "422", "429"}
+    # The scope the operation needs, in its security requirement (Security(..., scopes=[...])).
+    assert post["x-required-scope"] == "ledger.write" and post["security"] == [{"LedgerCredentials": ["ledger.write"]}]
+    assert post["x-grpc-method"] == "/ledger.v1.Ledger/PostTransaction"
+    assert set(post["responses"]) >= {"200", "201", "400", "401", "403", "409", "422", "429"}
+    for path, methods in document["paths"].items():
+        for operation in methods.values():
+            rpc = operation["x-grpc-method"]
+            assert rpc.endswith("/" + operation["operationId"].removesuffix("ByIdempotencyKey")), path
+            assert operation["security"] == [{"LedgerCredentials": [operation["x-required-scope"]]}], path
     schemas = document["components"]["schemas"]
 
     def field(model: str, name: str) -> JsonObject:
@@ -422,7 +432,7 @@ async def test_backpressure_is_429_with_retry_after(tmp_path: Path) -> None:
         for response in rejected:
             assert int(response.headers["retry-after"]) >= 1
             assert response.json()["reason"] == "WRITE_QUEUE_FULL" and response.json()["metadata"]["retry_after_ms"]
-        assert all(r.status_code in (200, 429) for r in responses)
+        assert all(r.status_code in (201, 429) for r in responses)
         assert await http.available(alice) == len(responses) - len(rejected)
     finally:
         await close_http(http)
@@ -436,7 +446,7 @@ async def test_requests_are_measured_per_operation_and_status(http: Http) -> Non
         return REGISTRY.get_sample_value("ledger_request_duration_seconds_count", labels) or 0.0
 
     alice = await http.account("alice")
-    posted, refused = count("PostTransaction", "200"), count("PostTransaction", "422")
+    posted, refused = count("PostTransaction", "201"), count("PostTransaction", "422")
     await http.post("m1", credit(alice, 10))
     await http.post("m2", debit(alice, 1_000), expect=422)
-    assert (count("PostTransaction", "200") - posted, count("PostTransaction", "422") - refused) == (1, 1)
+    assert (count("PostTransaction", "201") - posted, count("PostTransaction", "422") - refused) == (1, 1)
