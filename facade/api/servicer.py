@@ -64,11 +64,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
         principal = current_principal.get()
         pending: asyncio.Queue[_StreamItem | None] = asyncio.Queue(STREAM_IN_FLIGHT_MAX)
 
+        async def post(request: pb.PostTransactionRequest) -> list[TransactionView | LedgerError]:
+            return await self._service.post_transactions(principal, [convert.post_request(request)])
+
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    posting = self._service.post_transactions(principal, [convert.post_request(request)])
-                    await pending.put((request, asyncio.create_task(posting)))
+                    await pending.put((request, asyncio.create_task(post(request))))
             finally:
                 await pending.put(None)
 

@@ -10,6 +10,7 @@ Nothing here imports a transport.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 from facade.domain.errors import ErrorKind, LedgerError
@@ -90,19 +91,19 @@ def parse_time(text: str, *, field: str) -> int:
     return nanos
 
 
-def time_input(nanos: int, rfc3339: str, *, field: str) -> int:
-    """A time a request gives as `<field>` (engine ns) and/or `<field>_rfc3339`: either one, or both when
-    they name the same nanosecond (INVALID_TIMESTAMP when they differ)."""
+def time_input(nanos: int, rfc3339: str, *, ns_field: str, rfc3339_field: str) -> int:
+    """A time a request may give as engine ns (`ns_field`) and/or RFC 3339 (`rfc3339_field`): either one,
+    or both when they name the same nanosecond (INVALID_TIMESTAMP when they differ)."""
     assert 0 <= nanos <= UINT64_MAX
     if not rfc3339:
         return nanos
-    parsed = parse_rfc3339(rfc3339, field=f"{field}_rfc3339")
+    parsed = parse_rfc3339(rfc3339, field=rfc3339_field)
     if nanos and nanos != parsed:
         raise LedgerError(
             ErrorKind.INVALID,
             REASON_INVALID_TIMESTAMP,
-            f"{field} and {field}_rfc3339 name different times: give one",
-            {"field": f"{field}_rfc3339"},
+            f"{ns_field} and {rfc3339_field} name different times: give one",
+            {"field": rfc3339_field},
         )
     return parsed
 
@@ -113,7 +114,7 @@ def format_time(nanos: int) -> str:
     if nanos == 0:
         return ""
     seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
-    text = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     if fraction:
         digits = f"{fraction:09d}"
         while digits.endswith("000"):

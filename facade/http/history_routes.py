@@ -40,6 +40,16 @@ def _time_query(alias: str | None = None) -> Any:
     )
 
 
+def _rfc3339_query() -> Any:
+    """The `<time>_rfc3339` field of the request message: the time as RFC 3339 only (the plain parameter takes
+    either form); when both are given they must name the same nanosecond."""
+    return Query(
+        description="The time as RFC 3339 (as the message's `*_rfc3339` field over gRPC).",
+        examples=["2026-11-25T17:00:00Z"],
+        json_schema_extra={"maxLength": TIME_TEXT_LENGTH_MAX},
+    )
+
+
 AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]
 
 
@@ -51,13 +61,17 @@ async def get_statement(
     timestamp_from: Annotated[str, _time_query("from")] = "",
     to: Annotated[str, _time_query()] = "",
     limit: Annotated[int, Query(ge=0, le=m.UINT32_MAX, description="At most 10000; 0 = 1000.")] = 0,
+    from_rfc3339: Annotated[str, _rfc3339_query()] = "",
+    to_rfc3339: Annotated[str, _rfc3339_query()] = "",
 ) -> dict[str, Any]:
     request = hpb.GetStatementRequest(
         account_id=account_id,
         to=parse_time(to, field="to"),
         limit=limit,
-        **{"from": parse_time(timestamp_from, field="from")},
+        from_rfc3339=from_rfc3339,
+        to_rfc3339=to_rfc3339,
     )
+    setattr(request, "from", parse_time(timestamp_from, field="from"))  # `from` is a keyword.
     return m.from_message(await ops.get_statement(history, principal, request, request_deadline.get()))
 
 
@@ -67,8 +81,11 @@ async def get_balance_as_of(
     principal: CurrentPrincipal,
     account_id: AccountPath,
     as_of: Annotated[str, _time_query()] = "",
+    as_of_rfc3339: Annotated[str, _rfc3339_query()] = "",
 ) -> dict[str, Any]:
-    request = hpb.GetBalanceAsOfRequest(account_id=account_id, as_of=parse_time(as_of, field="as_of"))
+    request = hpb.GetBalanceAsOfRequest(
+        account_id=account_id, as_of=parse_time(as_of, field="as_of"), as_of_rfc3339=as_of_rfc3339
+    )
     return m.from_message(await ops.get_balance_as_of(history, principal, request, request_deadline.get()))
 
 
@@ -78,10 +95,11 @@ async def get_daily_totals(
     principal: CurrentPrincipal,
     timestamp_from: Annotated[str, _time_query("from")] = "",
     to: Annotated[str, _time_query()] = "",
+    from_rfc3339: Annotated[str, _rfc3339_query()] = "",
+    to_rfc3339: Annotated[str, _rfc3339_query()] = "",
 ) -> dict[str, Any]:
-    request = hpb.GetDailyTotalsRequest(
-        to=parse_time(to, field="to"), **{"from": parse_time(timestamp_from, field="from")}
-    )
+    request = hpb.GetDailyTotalsRequest(to=parse_time(to, field="to"), from_rfc3339=from_rfc3339, to_rfc3339=to_rfc3339)
+    setattr(request, "from", parse_time(timestamp_from, field="from"))  # `from` is a keyword.
     return m.from_message(await ops.get_daily_totals(history, principal, request, request_deadline.get()))
 
 

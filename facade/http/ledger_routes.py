@@ -91,6 +91,8 @@ async def list_account_entries(
         int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
     ] = 0,
     order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")] = "asc",
+    from_rfc3339: Annotated[str, Query(description="from_ns as RFC 3339 (either, or both naming one time).")] = "",
+    to_rfc3339: Annotated[str, Query(description="to_ns as RFC 3339 (either, or both naming one time).")] = "",
 ) -> dict[str, Any]:
     request = pb.ListAccountEntriesRequest(
         account_id=account_id,
@@ -99,6 +101,8 @@ async def list_account_entries(
         from_ns=from_ns,
         to_ns=to_ns,
         descending=order == "desc",
+        from_rfc3339=from_rfc3339,
+        to_rfc3339=to_rfc3339,
     )
     return m.from_message(await ops.list_account_entries(service, principal, request, request_deadline.get()))
 

@@ -36,6 +36,7 @@ from facade.domain.mapping import (
     OWNER_LENGTH_MAX,
     SOURCE_LENGTH_MAX,
 )
+from facade.domain.times import TIME_PATTERN, TIME_TEXT_LENGTH_MAX
 from facade.service import BATCH_TRANSACTIONS_MAX
 
 U128_PATTERN = r"^(0|[1-9][0-9]{0,38})$"
@@ -93,6 +94,23 @@ def _u64_decimal(text: str) -> str:
     return text
 
 
+RFC3339 = Annotated[
+    str,
+    Field(
+        description="The same time as RFC 3339 in UTC, exact to the nanosecond; empty when the time is 0 (none).",
+        examples=["2026-11-25T17:00:00.000000001Z"],
+    ),
+]
+RequestRFC3339 = Annotated[
+    str,
+    Field(
+        description="A time as RFC 3339 (any offset, up to nine fraction digits), instead of (or naming the same "
+        "nanosecond as) the field's engine nanoseconds; a bad one is INVALID_TIMESTAMP.",
+        examples=["2026-11-25T17:00:00.000000001Z"],
+        # Documented, validated by facade.domain.times (INVALID_TIMESTAMP with metadata.field, as over gRPC).
+        json_schema_extra={"pattern": TIME_PATTERN, "maxLength": TIME_TEXT_LENGTH_MAX},
+    ),
+]
 RequestNanosString = Annotated[NanosString, AfterValidator(_u64_decimal)]
 """A u64 nanosecond timestamp in a request: the pattern, then the range."""
 Labels = Annotated[
@@ -145,6 +163,7 @@ class TransactionMetadata(_Request):
     occurred_at_ns: RequestNanosString = Field(
         default="0", description="When the business event happened (ns since the Unix epoch, decimal); 0 = not given."
     )
+    occurred_at_rfc3339: RequestRFC3339 = ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,6 +250,7 @@ class Account(_Response):
     balance: Balance
     created_at_ns: NanosString = Field(description="Engine timestamp of creation (ns since the Unix epoch, decimal).")
     closed: bool
+    created_at_rfc3339: RFC3339
 
 
 class ListAccountsResponse(_Response):
@@ -253,6 +273,7 @@ class Transaction(_Response):
     deduplicated: bool = Field(description="True when this response replays an earlier identical request.")
     authorization_id: str = Field(description="For captures and voids: the authorization they resolve; else empty.")
     currency: str
+    committed_at_rfc3339: RFC3339
 
 
 class Error(_Response):
@@ -287,6 +308,7 @@ class Entry(_Response):
     status: TransactionStatus
     committed_at_ns: NanosString
     transfer_id: str = Field(pattern=U128_PATTERN, description="The engine transfer (u128, decimal string).")
+    committed_at_rfc3339: RFC3339
 
 
 class ListAccountEntriesResponse(_Response):

@@ -34,10 +34,13 @@ class HistoricalBalance(_Response):
     credits_posted: str = Field(pattern=m.U128_PATTERN)
     timestamp: m.NanosString = Field(description="Engine timestamp of the change these balances follow (0: none).")
     projected_until: m.NanosString = Field(description="Engine timestamp of the newest change the read model holds.")
+    timestamp_rfc3339: m.RFC3339
+    projected_until_rfc3339: m.RFC3339
 
 
 class StatementLine(_Response):
     engine_timestamp: m.NanosString
+    engine_timestamp_rfc3339: m.RFC3339
     change: str = Field(description="SINGLE_PHASE, TWO_PHASE_PENDING, TWO_PHASE_POSTED, TWO_PHASE_VOIDED, ...")
     side: str = Field(description='"DEBIT" or "CREDIT": this account\'s side.')
     amount: str = Field(pattern=m.U128_PATTERN)
@@ -64,6 +67,9 @@ class Statement(_Response):
     lines: list[StatementLine]
     truncated: bool = Field(description="More lines exist: ask again from the last line's engine_timestamp + 1.")
     projected_until: m.NanosString
+    from_rfc3339: m.RFC3339
+    to_rfc3339: m.RFC3339
+    projected_until_rfc3339: m.RFC3339
 
 
 class DailyTotal(_Response):
@@ -79,10 +85,12 @@ class DailyTotal(_Response):
 class DailyTotals(_Response):
     totals: list[DailyTotal]
     projected_until: m.NanosString
+    projected_until_rfc3339: m.RFC3339
 
 
 class CorrelatedTransfer(_Response):
     engine_timestamp: m.NanosString
+    engine_timestamp_rfc3339: m.RFC3339
     change: str
     transaction_id: str
     leg_index: int = Field(ge=0, le=m.UINT32_MAX)
@@ -101,6 +109,7 @@ class CorrelatedTransfer(_Response):
 class CorrelatedTransfers(_Response):
     transfers: list[CorrelatedTransfer]
     projected_until: m.NanosString
+    projected_until_rfc3339: m.RFC3339
 
 
 class AccountDrift(_Response):
@@ -115,6 +124,7 @@ class ReconciliationReport(_Response):
     ok: bool = Field(description="No drift and no account unknown to the engine.")
     accounts_checked: m.NanosString = Field(description="u64, decimal string.")
     as_of: m.NanosString = Field(description="Engine timestamp of the newest projected change.")
+    as_of_rfc3339: m.RFC3339
     drift: list[AccountDrift]
     accounts_not_comparable: list[str]
     unknown_accounts: list[str]
@@ -129,6 +139,7 @@ class SignedCheckpoint(_Strict):
     tree_size: str
     root_hash: str
     timestamp_last: str
+    timestamp_last_rfc3339: m.RFC3339
     key_id: str
 
 

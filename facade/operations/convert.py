@@ -10,6 +10,7 @@ from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.audit.log import SealedCheckpoint
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.domain.mapping import Kind, LegSpec, Metadata, TransactionType
+from facade.domain.times import format_time, time_input
 from facade.engine.types import Account, AccountFlags
 from facade.service import AccountView, EntryView, PostRequest, TransactionView
 from projections import queries
@@ -74,6 +75,7 @@ def account_message(view: AccountView) -> ledger_pb2.Account:
         balance=balance_message(view.account, r.currency),
         created_at_ns=view.account.timestamp,
         closed=bool(view.account.flags & AccountFlags.CLOSED),
+        created_at_rfc3339=format_time(view.account.timestamp),
     )
 
 
@@ -108,6 +110,7 @@ def metadata_message(metadata: Metadata) -> ledger_pb2.TransactionMetadata:
         description=metadata.description,
         labels=metadata.labels,
         occurred_at_ns=metadata.occurred_at_ns,
+        occurred_at_rfc3339=format_time(metadata.occurred_at_ns),
     )
 
 
@@ -120,6 +123,7 @@ def transaction_message(view: TransactionView) -> ledger_pb2.Transaction:
         legs=[leg_message(leg, t.currency) for leg in t.legs],
         metadata=metadata_message(t.metadata),
         committed_at_ns=view.committed_at_ns,
+        committed_at_rfc3339=format_time(view.committed_at_ns),
         deduplicated=view.deduplicated,
         authorization_id=format(t.authorization_id, "032x") if t.authorization_id else "",
         currency=t.currency,
@@ -132,7 +136,12 @@ def metadata_from(message: ledger_pb2.TransactionMetadata) -> Metadata:
         correlation_id=message.correlation_id,
         description=message.description,
         labels=dict(message.labels) if message.labels else {},
-        occurred_at_ns=message.occurred_at_ns,
+        occurred_at_ns=time_input(
+            message.occurred_at_ns,
+            message.occurred_at_rfc3339,
+            ns_field="metadata.occurred_at_ns",
+            rfc3339_field="metadata.occurred_at_rfc3339",
+        ),
     )
 
 
@@ -158,7 +167,12 @@ def fill_posted(
     message.status = _STATUS[t.kind]
     message.legs.extend(request.legs)
     message.metadata.CopyFrom(request.metadata)
+    # The business time as both forms, whichever the request gave.
+    occurred_at_ns = t.metadata.occurred_at_ns
+    message.metadata.occurred_at_ns = occurred_at_ns
+    message.metadata.occurred_at_rfc3339 = format_time(occurred_at_ns)
     message.committed_at_ns = view.committed_at_ns
+    message.committed_at_rfc3339 = format_time(view.committed_at_ns)
     message.deduplicated = view.deduplicated
     message.currency = t.currency
 
@@ -203,6 +217,7 @@ def entry_message(view: EntryView) -> ledger_pb2.Entry:
         status=_ENTRY_STATUS[view.status],
         committed_at_ns=t.timestamp,
         transfer_id=str(t.id),
+        committed_at_rfc3339=format_time(t.timestamp),
     )
 
 
@@ -221,12 +236,15 @@ def historical_balance(
         credits_posted=str(balance.credits_posted),
         timestamp=balance.timestamp,
         projected_until=projected_until,
+        timestamp_rfc3339=format_time(balance.timestamp),
+        projected_until_rfc3339=format_time(projected_until),
     )
 
 
 def statement_line(account_id: int, line: queries.StatementLine) -> history_pb2.StatementLine:
     message = history_pb2.StatementLine(
         engine_timestamp=line.engine_timestamp,
+        engine_timestamp_rfc3339=format_time(line.engine_timestamp),
         change=line.change,
         side=line.side,
         amount=str(line.amount),
@@ -252,5 +270,6 @@ def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
         tree_size=checkpoint.tree_size,
         root_hash=checkpoint.root_hash,
         timestamp_last=checkpoint.timestamp_last,
+        timestamp_last_rfc3339=format_time(checkpoint.timestamp_last),
         key_id=checkpoint.key_id,
     )

@@ -15,6 +15,7 @@ from facade.api.audit_proofs import AuditProofs
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.auth import Principal
 from facade.domain.errors import ErrorKind, LedgerError
+from facade.domain.times import format_time, time_input
 from facade.engine.protocol import Engine
 from facade.operations import convert
 from facade.operations._deadline import within
@@ -59,6 +60,17 @@ def _period_end(timestamp_to: int) -> int:
     return timestamp_to or time.time_ns()
 
 
+def _period(request: hpb.GetStatementRequest | hpb.GetDailyTotalsRequest) -> tuple[int, int]:
+    """(from, to) of a period request, each given as engine ns or RFC 3339; to = 0 is now."""
+    timestamp_from = time_input(
+        getattr(request, "from"), request.from_rfc3339, ns_field="from", rfc3339_field="from_rfc3339"
+    )
+    timestamp_to = _period_end(time_input(request.to, request.to_rfc3339, ns_field="to", rfc3339_field="to_rfc3339"))
+    if timestamp_from > timestamp_to:
+        raise _invalid("INVALID_PERIOD", "from is after to")
+    return timestamp_from, timestamp_to
+
+
 async def _owned(history: HistoryBackend, principal: Principal, account_id_text: str) -> int:
     """The account id when the caller may read it: NOT_FOUND otherwise (as GetAccount)."""
     view = await history.service.get_account(principal, account_id_text)
@@ -72,10 +84,7 @@ async def get_statement(
     limit = request.limit or STATEMENT_LIMIT_DEFAULT
     if limit > queries.STATEMENT_LINES_MAX:
         raise _invalid("LIMIT_TOO_LARGE", f"limit is at most {queries.STATEMENT_LINES_MAX}")
-    timestamp_to = _period_end(request.to)
-    timestamp_from = getattr(request, "from")
-    if timestamp_from > timestamp_to:
-        raise _invalid("INVALID_PERIOD", "from is after to")
+    timestamp_from, timestamp_to = _period(request)
 
     def read(client: Any) -> tuple[queries.Statement, int]:
         found = queries.statement(client, account_id, timestamp_from, timestamp_to, limit)
@@ -90,6 +99,9 @@ async def get_statement(
         lines=[convert.statement_line(account_id, line) for line in found.lines],
         truncated=found.truncated,
         projected_until=projected_until,
+        from_rfc3339=format_time(timestamp_from),
+        to_rfc3339=format_time(timestamp_to),
+        projected_until_rfc3339=format_time(projected_until),
         **{"from": timestamp_from},
     )
 
@@ -98,7 +110,9 @@ async def get_balance_as_of(
     history: HistoryBackend, principal: Principal, request: hpb.GetBalanceAsOfRequest, deadline: Deadline
 ) -> hpb.HistoricalBalance:
     account_id = await within(deadline, _owned(history, principal, request.account_id))
-    as_of = _period_end(request.as_of)
+    as_of = _period_end(
+        time_input(request.as_of, request.as_of_rfc3339, ns_field="as_of", rfc3339_field="as_of_rfc3339")
+    )
 
     def read(client: Any) -> tuple[queries.Balance, int]:
         return queries.balance_as_of(client, account_id, as_of), queries.projected_timestamp(client)
@@ -111,9 +125,7 @@ async def get_daily_totals(
     history: HistoryBackend, principal: Principal, request: hpb.GetDailyTotalsRequest, deadline: Deadline
 ) -> hpb.DailyTotals:
     del principal  # Cross-client: the scope (ledger.admin) is the whole check.
-    timestamp_from, timestamp_to = getattr(request, "from"), _period_end(request.to)
-    if timestamp_from > timestamp_to:
-        raise _invalid("INVALID_PERIOD", "from is after to")
+    timestamp_from, timestamp_to = _period(request)
 
     def read(client: Any) -> tuple[list[queries.DailyTotal], int]:
         return queries.daily_totals(client, timestamp_from, timestamp_to), queries.projected_timestamp(client)
@@ -133,6 +145,7 @@ async def get_daily_totals(
             for t in totals
         ],
         projected_until=projected_until,
+        projected_until_rfc3339=format_time(projected_until),
     )
 
 
@@ -155,6 +168,7 @@ async def list_transactions_by_correlation(
         transfers=[
             hpb.CorrelatedTransfer(
                 engine_timestamp=r.engine_timestamp,
+                engine_timestamp_rfc3339=format_time(r.engine_timestamp),
                 change=r.change,
                 transaction_id=r.transaction_id,
                 leg_index=r.leg_index,
@@ -172,6 +186,7 @@ async def list_transactions_by_correlation(
             for r in found
         ],
         projected_until=projected_until,
+        projected_until_rfc3339=format_time(projected_until),
     )
 
 
@@ -185,6 +200,7 @@ async def reconcile(
         ok=report.ok,
         accounts_checked=report.accounts_checked,
         as_of=report.timestamp,
+        as_of_rfc3339=format_time(report.timestamp),
         drift=[
             hpb.AccountDrift(
                 account_id=str(d.account_id),

@@ -14,9 +14,10 @@ import asyncio
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import Principal
 from facade.domain.errors import LedgerError
+from facade.domain.times import time_input
 from facade.operations import convert
 from facade.operations._deadline import within
-from facade.service import BATCH_TRANSACTIONS_MAX, MAP_IN_THREAD_TRANSACTIONS_MIN, LedgerService
+from facade.service import BATCH_TRANSACTIONS_MAX, MAP_IN_THREAD_TRANSACTIONS_MIN, LedgerService, PostRequest
 
 __all__ = [
     "capture_transaction",
@@ -83,8 +84,8 @@ async def list_account_entries(
             request.account_id,
             request.page_size,
             request.page_token,
-            request.from_ns,
-            request.to_ns,
+            time_input(request.from_ns, request.from_rfc3339, ns_field="from_ns", rfc3339_field="from_rfc3339"),
+            time_input(request.to_ns, request.to_rfc3339, ns_field="to_ns", rfc3339_field="to_rfc3339"),
             request.descending,
         ),
     )
@@ -109,9 +110,19 @@ async def post_transactions(
     """Independent transactions, one result each (a refused one carries its error; the call succeeds)."""
     if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused by the service.
         service.admit(sum(len(r.legs) for r in request.transactions), deadline)
-    results = await service.post_transactions(
-        principal, [convert.post_request(r) for r in request.transactions], deadline
-    )
+    converted: list[PostRequest] = []
+    refused: dict[int, LedgerError] = {}  # Items whose fields do not convert (an RFC 3339 time, say).
+    for index, item in enumerate(request.transactions):
+        try:
+            converted.append(convert.post_request(item))
+        except LedgerError as error:
+            refused[index] = error
+    posted = await service.post_transactions(principal, converted, deadline)
+    results = posted
+    if refused:  # Each refused item in its place, the others in order.
+        answers = iter(posted)
+        results = [refused[i] if i in refused else next(answers) for i in range(len(request.transactions))]
+    assert len(results) == len(request.transactions)
     if len(results) >= MAP_IN_THREAD_TRANSACTIONS_MIN:  # Off the event loop, as the mapping was.
         return await asyncio.to_thread(convert.batch_response, request, results)
     return convert.batch_response(request, results)

@@ -142,8 +142,10 @@ async def test_ownership_scopes_and_bad_requests(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.GetStatement(hpb.GetStatementRequest(account_id=alice, limit=10_001), metadata=reader)
     assert (info := error_info(failed.value)) and info.reason == "LIMIT_TOO_LARGE"
+    backwards = hpb.GetStatementRequest(account_id=alice, to=5)
+    setattr(backwards, "from", 9)  # `from` is a Python keyword.
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await stub.GetStatement(hpb.GetStatementRequest(account_id=alice, to=5, **{"from": 9}), metadata=reader)
+        await stub.GetStatement(backwards, metadata=reader)
     assert (info := error_info(failed.value)) and info.reason == "INVALID_PERIOD"
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.ListTransactionsByCorrelation(hpb.ListTransactionsByCorrelationRequest(), metadata=api.auth())

@@ -29,10 +29,16 @@ class Http:
         return {"Authorization": f"Bearer {issue_token(self.api.settings.auth, client_id, scopes)}"}
 
     async def call(
-        self, method: str, path: str, body: object = None, expect: int = 200, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        expect: int = 200,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> JsonObject:
         response = await self.client.request(
-            method, path, json=body, headers=self.auth() if headers is None else headers
+            method, path, json=body, params=params, headers=self.auth() if headers is None else headers
         )
         assert response.status_code == expect, response.text
         payload: JsonObject = response.json()

@@ -52,6 +52,12 @@ def rfc3339(nanos: int, offset_minutes: int = 0) -> str:
     )
 
 
+def period_request(request: Any, timestamp_from: int) -> Any:
+    """`request` with its `from` field (a Python keyword) set."""
+    setattr(request, "from", timestamp_from)
+    return request
+
+
 def stub(http: Http) -> Any:
     return hrpc.HistoryStub(http.api.channel)
 
@@ -94,8 +100,8 @@ async def test_every_query_answers_as_over_grpc(http: Http) -> None:
     early = await same(
         f"/v1/accounts/{alice}/statement?from={first.committed_at_ns}&to={second.committed_at_ns}&limit=5",
         history.GetStatement,
-        hpb.GetStatementRequest(
-            account_id=alice, to=second.committed_at_ns, limit=5, **{"from": first.committed_at_ns}
+        period_request(
+            hpb.GetStatementRequest(account_id=alice, to=second.committed_at_ns, limit=5), first.committed_at_ns
         ),
     )
     assert [line["transaction_id"] for line in early["lines"]] == [first.transaction_id]
