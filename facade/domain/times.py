@@ -9,6 +9,7 @@ Nothing here imports a transport.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -108,16 +109,26 @@ def time_input(nanos: int, rfc3339: str, *, ns_field: str, rfc3339_field: str) -
     return parsed
 
 
+SECONDS_FORMATTED_CACHED_MAX = 4096
+"""Distinct seconds whose text is kept: answers come in bursts within the same few seconds."""
+
+
+@functools.lru_cache(maxsize=SECONDS_FORMATTED_CACHED_MAX)
+def _format_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def format_time(nanos: int) -> str:
-    """Engine nanoseconds → RFC 3339 in UTC ("" for 0: no time). Exact: the fraction is integer digits."""
+    """Engine nanoseconds → RFC 3339 in UTC ("" for 0: no time). Exact: the fraction is integer digits,
+    0, 3, 6 or 9 of them (as protobuf's JSON form of a Timestamp)."""
     assert 0 <= nanos <= UINT64_MAX
     if nanos == 0:
         return ""
     seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    if fraction:
-        digits = f"{fraction:09d}"
-        while digits.endswith("000"):
-            digits = digits[:-3]
-        text += "." + digits
-    return text + "Z"
+    if fraction == 0:
+        return _format_seconds(seconds) + "Z"
+    if fraction % 1_000_000 == 0:
+        return f"{_format_seconds(seconds)}.{fraction // 1_000_000:03d}Z"
+    if fraction % 1_000 == 0:
+        return f"{_format_seconds(seconds)}.{fraction // 1_000:06d}Z"
+    return f"{_format_seconds(seconds)}.{fraction:09d}Z"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
@@ -21,6 +23,14 @@ from tests.http.test_history_routes import caught_up, rfc3339, stub
 OCCURRED_AT_NS = 1_764_000_000_123_456_789
 OCCURRED_AT_TEXT = "2025-11-24T17:00:00.123456789+01:00"
 """The same nanosecond as OCCURRED_AT_NS, in another offset (16:00:00.123456789Z)."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=2**64 - 1))
+def test_format_time_round_trips_every_u64(nanos: int) -> None:
+    text = format_time(nanos)
+    assert parse_time(text, field="t") == nanos and text.endswith("Z")
+    assert len(text.split(".")[1]) - 1 in (3, 6, 9) if "." in text else nanos % 1_000_000_000 == 0
 
 
 @pytest.fixture
