@@ -141,7 +141,9 @@ def metadata_from(message: ledger_pb2.TransactionMetadata) -> Metadata:
             message.occurred_at_rfc3339,
             ns_field="metadata.occurred_at_ns",
             rfc3339_field="metadata.occurred_at_rfc3339",
-        ),
+        )
+        if message.occurred_at_rfc3339  # The common case (no text) without a call: this is per transaction.
+        else message.occurred_at_ns,
     )
 
 
@@ -167,10 +169,10 @@ def fill_posted(
     message.status = _STATUS[t.kind]
     message.legs.extend(request.legs)
     message.metadata.CopyFrom(request.metadata)
-    # The business time as both forms, whichever the request gave.
     occurred_at_ns = t.metadata.occurred_at_ns
-    message.metadata.occurred_at_ns = occurred_at_ns
-    message.metadata.occurred_at_rfc3339 = format_time(occurred_at_ns)
+    if occurred_at_ns or message.metadata.occurred_at_rfc3339:  # Both forms, whichever the request gave.
+        message.metadata.occurred_at_ns = occurred_at_ns
+        message.metadata.occurred_at_rfc3339 = format_time(occurred_at_ns)
     message.committed_at_ns = view.committed_at_ns
     message.committed_at_rfc3339 = format_time(view.committed_at_ns)
     message.deduplicated = view.deduplicated

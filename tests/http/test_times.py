@@ -74,6 +74,11 @@ async def test_a_business_time_given_as_rfc3339_is_the_same_transaction_as_in_na
     assert account["created_at_rfc3339"] == format_time(int(account["created_at_ns"]))
     entries = await http.call("GET", f"/v1/accounts/{alice}/entries")
     assert [e["committed_at_rfc3339"] for e in entries["entries"]] == [over_grpc.committed_at_rfc3339]
+    # The epoch is "no time" (0), whichever way it is written: the answer says so the canonical way.
+    epoch = await http.api.post(
+        "t-0", credit(alice, 1), metadata=pb.TransactionMetadata(occurred_at_rfc3339="1970-01-01T01:00:00+01:00")
+    )
+    assert (epoch.metadata.occurred_at_ns, epoch.metadata.occurred_at_rfc3339) == (0, "")
 
 
 async def test_two_different_times_or_a_bad_one_are_refused_on_both_edges(http: Http) -> None:
