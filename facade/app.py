@@ -28,13 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facade.api.asgi import AsgiServer, TlsFiles
+from facade.api.auth_interceptor import AuthInterceptor
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
 from facade.api.observe import ObservabilityInterceptor, RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
-from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
+from facade.auth import Authenticator, guard_dev_mode
 from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
@@ -209,7 +210,6 @@ async def start(settings: Settings) -> RunningServer:
                 build_app(
                     service,
                     authenticator,
-                    audit=history.audit if history is not None else None,
                     history=history.queries if history is not None else None,
                     read_model=read_model,
                 ),

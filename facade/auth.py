@@ -35,14 +35,12 @@ import hmac
 import ipaddress
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
 import jwt
 
 from facade._token import JwksKeys, TokenReason, TokenRejectedError, TokenVerifier
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.observability.logs import get_logger
 from facade.settings import AuthSettings
 
@@ -100,15 +98,9 @@ class Principal:
     scopes: frozenset[str]
 
 
-class AuthError(Exception):
-    def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.metadata = metadata or {}
+class AuthError(LedgerError):
+    """A caller refused before any operation runs: kind UNAUTHENTICATED or PERMISSION_DENIED. The gRPC
+    edge's interceptor (facade.api.auth_interceptor) and the JSON gateway render it like any LedgerError."""
 
 
 class InsecureStartError(RuntimeError):
@@ -195,7 +187,7 @@ def _shared_secret(settings: AuthSettings, keys: JwksKeys) -> bytes | None:
 
 def _unauthenticated(rejected: TokenRejectedError) -> AuthError:
     metadata = {"claim": rejected.claim} if rejected.claim else {}
-    return AuthError(grpc.StatusCode.UNAUTHENTICATED, rejected.reason.value, rejected.message, metadata)
+    return AuthError(ErrorKind.UNAUTHENTICATED, rejected.reason.value, rejected.message, metadata)
 
 
 class Authenticator:
@@ -250,15 +242,13 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS", "authorization header required")
+            raise AuthError(ErrorKind.UNAUTHENTICATED, "MISSING_CREDENTIALS", "authorization header required")
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() == "bearer" and credential:
             return self._jwt(credential.strip())
         if scheme.lower() == "apikey" and credential:
             return self._api_key(credential.strip())
-        raise AuthError(
-            grpc.StatusCode.UNAUTHENTICATED, "UNSUPPORTED_CREDENTIALS", "use 'Bearer <jwt>' or 'ApiKey <key>'"
-        )
+        raise AuthError(ErrorKind.UNAUTHENTICATED, "UNSUPPORTED_CREDENTIALS", "use 'Bearer <jwt>' or 'ApiKey <key>'")
 
     def _jwt(self, token: str) -> Principal:
         now = time.time()
@@ -289,103 +279,9 @@ class Authenticator:
         # Hash even for unknown ids, so timing does not reveal which key ids exist.
         digest = hash_secret(secret)
         if key is None or not hmac.compare_digest(digest, key.secret_sha256):
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY", "invalid API key")
+            raise AuthError(ErrorKind.UNAUTHENTICATED, "INVALID_API_KEY", "invalid API key")
         return Principal(key.client_id, frozenset(key.scopes))
 
     def authorize(self, principal: Principal, scope: str) -> None:
         if scope not in principal.scopes and SCOPE_ADMIN not in principal.scopes:
-            raise AuthError(grpc.StatusCode.PERMISSION_DENIED, "MISSING_SCOPE", f"requires scope {scope}")
-
-
-def _metadata_value(metadata: Any, key: str) -> str | None:
-    for item_key, value in metadata or ():
-        if item_key == key:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call; the servicer reads the caller from `current_principal`."""
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler: Any = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
-            return handler
-        scope = METHOD_SCOPES.get(method, SCOPE_READ if method.startswith(REFLECTION_PREFIX) else SCOPE_ADMIN)
-        try:
-            principal = await self._authenticator.authenticate_async(
-                _metadata_value(handler_call_details.invocation_metadata, "authorization")
-            )
-            self._authenticator.authorize(principal, scope)
-        except AuthError as error:
-            return _rejecting_handler(handler, error)
-        return _with_principal(handler, principal)
-
-
-# grpcio's stubs model method handlers as synchronous callables; under grpc.aio they are coroutines
-# and async generators, so the wrappers below handle them as Any.
-
-
-def _rejecting_handler(handler: Any, error: AuthError) -> Any:
-    from facade.api.errors import abort_details
-
-    async def reject_unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_details(context, error.code, error.reason, error.message, error.metadata)
-
-    async def reject_stream(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_details(context, error.code, error.reason, error.message, error.metadata)
-        yield  # pragma: no cover - makes this an async generator
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            reject_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            reject_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            reject_stream, handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.stream_unary_rpc_method_handler(reject_unary, handler.request_deserializer, handler.response_serializer)
-
-
-def _with_principal(handler: Any, principal: Principal) -> Any:
-    if handler.unary_unary:
-        inner_unary: Any = handler.unary_unary
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            current_principal.set(principal)
-            return await inner_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_stream:
-        inner_stream: Any = handler.stream_stream
-
-        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            current_principal.set(principal)
-            async for response in inner_stream(request_iterator, context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        inner_unary_stream: Any = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            current_principal.set(principal)
-            async for response in inner_unary_stream(request, context):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    return handler
+            raise AuthError(ErrorKind.PERMISSION_DENIED, "MISSING_SCOPE", f"requires scope {scope}")

@@ -45,12 +45,11 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
 
-from facade.domain.mapping import DomainError, transfer_status_error
+from facade.domain.errors import ErrorKind, LedgerError, transfer_status_error
 from facade.domain.transactions import MappedTransaction
 from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
@@ -99,12 +98,12 @@ class Committed:
     deduplicated: bool
 
 
-Outcome = Committed | DomainError
+Outcome = Committed | LedgerError
 
 
-def key_reused() -> DomainError:
-    return DomainError(
-        grpc.StatusCode.ALREADY_EXISTS,
+def key_reused() -> LedgerError:
+    return LedgerError(
+        ErrorKind.CONFLICT,
         "IDEMPOTENCY_KEY_REUSED",
         "this idempotency key was used with a different payload",
     )
@@ -481,7 +480,7 @@ class GroupCommitter:
                 elif prior.fingerprint != item.transaction.fingerprint:
                     item.resolve(key_reused())
                 elif prior.failure is not None:
-                    item.resolve(DomainError.from_json(prior.failure))
+                    item.resolve(LedgerError.from_json(prior.failure))
                 else:
                     submitted.append(item)  # An intent: committed before or not, the engine knows.
             if submitted:
@@ -507,7 +506,7 @@ class GroupCommitter:
         metrics.engine_batch_duration_seconds.labels("create_transfers").observe(time.perf_counter() - started)
         for status, count in Counter(r.status for r in results).items():
             metrics.engine_results_total.labels("create_transfers", status.name).inc(count)
-        failed: list[tuple[_Item, DomainError]] = []
+        failed: list[tuple[_Item, LedgerError]] = []
         offset = 0
         for item in items:
             size = len(item.transaction.transfers)

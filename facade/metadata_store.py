@@ -110,7 +110,7 @@ class Prior:
 
     fingerprint: bytes
     failure: str | None
-    """The recorded failure (DomainError.to_json), or None: an intent, committed iff the engine has it."""
+    """The recorded failure (LedgerError.to_json), or None: an intent, committed iff the engine has it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +326,7 @@ class MetadataStore:
         return found
 
     async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
-        """Step 3 of a batch: (transaction id, DomainError.to_json()) for each refused transaction, in
+        """Step 3 of a batch: (transaction id, LedgerError.to_json()) for each refused transaction, in
         one durable SQLite transaction. A recorded failure is final for its idempotency key, except
         IDEMPOTENCY_KEY_FAILED (a retry that met the engine's burned id), which the original reason
         replaces if it is recorded later (façades sharing a store: the retry raced the first façade)."""

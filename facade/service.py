@@ -23,8 +23,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from facade.auth import SCOPE_ADMIN, Principal
 from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
 from facade.domain.accounts import (
@@ -34,8 +32,8 @@ from facade.domain.accounts import (
     customer_account_flags,
     fingerprint,
 )
+from facade.domain.errors import ErrorKind, LedgerError, invalid
 from facade.domain.ids import account_id, account_owner, settlement_account_id, transaction_id
-from facade.domain.mapping import DomainError, invalid
 from facade.domain.transactions import (
     MappedTransaction,
     Metadata,
@@ -193,8 +191,8 @@ class LedgerService:
             metadata,
             fingerprint({"currency": currency, "owner": owner, "type": account_type, "metadata": metadata}),
         )
-        reused = DomainError(
-            grpc.StatusCode.ALREADY_EXISTS,
+        reused = LedgerError(
+            ErrorKind.CONFLICT,
             "ACCOUNT_REFERENCE_REUSED",
             "an account with this external_reference exists with different attributes",
         )
@@ -215,7 +213,7 @@ class LedgerService:
             result.status is CreateAccountStatus.EXISTS_WITH_DIFFERENT_USER_DATA_128
             and await self._legacy_account(new_id)
         ):
-            raise DomainError(grpc.StatusCode.INTERNAL, "ACCOUNT_CREATE_FAILED", result.status.name.lower())
+            raise LedgerError(ErrorKind.INTERNAL, "ACCOUNT_CREATE_FAILED", result.status.name.lower())
         return await self.get_account(principal, str(new_id))
 
     async def _legacy_account(self, account_id_value: int) -> bool:
@@ -259,15 +257,15 @@ class LedgerService:
         record = await self.store.get_account(requested)
         if record is not None:
             if record.client_id != principal.client_id and not admin:
-                raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+                raise LedgerError(ErrorKind.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
             return record
         found = await self.engine.lookup_accounts([requested])
         if not found or found[0].code != ACCOUNT_CODE_CUSTOMER:
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+            raise LedgerError(ErrorKind.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
         account = found[0]
         mine = account.user_data_128 == account_owner(principal.client_id)
         if not mine and not admin:
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+            raise LedgerError(ErrorKind.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
         account_type = ACCOUNT_TYPE_NO_OVERDRAFT if is_no_overdraft(account) else ACCOUNT_TYPE_OVERDRAFT_ALLOWED
         currency = self.currencies.code_of_ledger(account.ledger)
         # The client is the caller's own when the owner hash says so; an admin reading a foreign
@@ -279,7 +277,7 @@ class LedgerService:
         accounts = await self.engine.lookup_accounts([record.account_id])
         if not accounts:
             # Metadata is written first; the engine create may not have happened (crash in between).
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
+            raise LedgerError(ErrorKind.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account")
         return AccountView(record, accounts[0])
 
     async def list_accounts(
@@ -298,7 +296,7 @@ class LedgerService:
 
     async def post_transactions(
         self, principal: Principal, requests: Sequence[PostRequest], deadline: float | None = None
-    ) -> list[TransactionView | DomainError]:
+    ) -> list[TransactionView | LedgerError]:
         if len(requests) > BATCH_TRANSACTIONS_MAX:
             raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
         if len(requests) >= MAP_IN_THREAD_TRANSACTIONS_MIN:
@@ -309,13 +307,13 @@ class LedgerService:
 
     def _map_posts(
         self, principal: Principal, requests: Sequence[PostRequest]
-    ) -> list[MappedTransaction | DomainError]:
+    ) -> list[MappedTransaction | LedgerError]:
         """Pure (no I/O, no shared mutable state): safe in a worker thread."""
-        mapped: list[MappedTransaction | DomainError] = []
+        mapped: list[MappedTransaction | LedgerError] = []
         for request in requests:
             try:
                 mapped.append(map_post(principal.client_id, request, currencies=self.currencies))
-            except DomainError as error:
+            except LedgerError as error:
                 mapped.append(error)
         assert len(mapped) == len(requests)
         return mapped
@@ -328,11 +326,11 @@ class LedgerService:
         except QueueFullError as error:
             raise queue_full(error) from error
         except DeadlineExceededError as error:
-            raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
+            raise LedgerError(ErrorKind.DEADLINE, "DEADLINE_EXCEEDED", str(error)) from error
 
     async def _owned_legs(
-        self, principal: Principal, mapped: list[MappedTransaction | DomainError]
-    ) -> list[MappedTransaction | DomainError]:
+        self, principal: Principal, mapped: list[MappedTransaction | LedgerError]
+    ) -> list[MappedTransaction | LedgerError]:
         """A client moves money only between its own accounts (and the settlement accounts); ledger.admin
         may move any. Another client's account is answered exactly like a missing one (ACCOUNT_NOT_FOUND),
         so ids reveal nothing. Checked before anything is queued, so a refused transaction writes nothing."""
@@ -348,7 +346,7 @@ class LedgerService:
         # Fail closed: a missing account, an unknown owner and another client's owner all refuse.
         owners = await self._account_owners(sorted(accounts))
         caller = account_owner(principal.client_id)
-        checked: list[MappedTransaction | DomainError] = []
+        checked: list[MappedTransaction | LedgerError] = []
         for transaction in mapped:
             if isinstance(transaction, MappedTransaction) and any(
                 owners.get(account_id, OWNER_UNKNOWN) != caller
@@ -356,7 +354,7 @@ class LedgerService:
                 for account_id in (leg.debit_account_id, leg.credit_account_id)
                 if account_id not in self._settlement_ids
             ):
-                checked.append(DomainError(grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account"))
+                checked.append(LedgerError(ErrorKind.NOT_FOUND, "ACCOUNT_NOT_FOUND", "no such account"))
             else:
                 checked.append(transaction)
         return checked
@@ -373,10 +371,10 @@ class LedgerService:
     ) -> TransactionView:
         stored = await self._stored_transaction(principal, parse_id_hex(authorization_id_text))
         if stored is None:
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "AUTHORIZATION_NOT_FOUND", "no such authorization")
+            raise LedgerError(ErrorKind.NOT_FOUND, "AUTHORIZATION_NOT_FOUND", "no such authorization")
         if stored.failure is not None:
-            raise DomainError(
-                grpc.StatusCode.FAILED_PRECONDITION, "AUTHORIZATION_NOT_COMMITTED", "the authorization did not succeed"
+            raise LedgerError(
+                ErrorKind.PRECONDITION, "AUTHORIZATION_NOT_COMMITTED", "the authorization did not succeed"
             )
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
@@ -384,14 +382,14 @@ class LedgerService:
             principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization=authorization
         )
         [result] = await self._submit([mapped], deadline)
-        if isinstance(result, DomainError):
+        if isinstance(result, LedgerError):
             raise result
         return result
 
     async def _submit(
-        self, mapped: list[MappedTransaction | DomainError], deadline: float | None
-    ) -> list[TransactionView | DomainError]:
-        results: list[TransactionView | DomainError] = []
+        self, mapped: list[MappedTransaction | LedgerError], deadline: float | None
+    ) -> list[TransactionView | LedgerError]:
+        results: list[TransactionView | LedgerError] = []
         valid = [m for m in mapped if isinstance(m, MappedTransaction)]
         outcomes: list[object] = []
         if valid:
@@ -400,7 +398,7 @@ class LedgerService:
             except QueueFullError as error:
                 raise queue_full(error) from error
             except DeadlineExceededError as error:
-                raise DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(error)) from error
+                raise LedgerError(ErrorKind.DEADLINE, "DEADLINE_EXCEEDED", str(error)) from error
             try:
                 outcomes = list(await wait_all(futures))
             except asyncio.CancelledError:
@@ -411,27 +409,27 @@ class LedgerService:
         outcomes.reverse()
         counts: dict[tuple[str, str], int] = {}
         for item in mapped:
-            result: TransactionView | DomainError
-            if isinstance(item, DomainError):
+            result: TransactionView | LedgerError
+            if isinstance(item, LedgerError):
                 result = item
             else:
                 outcome = outcomes.pop()
                 if isinstance(outcome, Committed):
                     result = TransactionView(item, outcome.timestamp, outcome.deduplicated)
-                elif isinstance(outcome, DomainError):
+                elif isinstance(outcome, LedgerError):
                     result = outcome
                 elif isinstance(outcome, DeadlineExceededError):
-                    result = DomainError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", str(outcome))
+                    result = LedgerError(ErrorKind.DEADLINE, "DEADLINE_EXCEEDED", str(outcome))
                 elif isinstance(outcome, EngineUnavailableError):
                     # The engine's reason names files and OS errors: for the operator's log, not the caller.
                     _log_engine_unavailable(outcome)
-                    result = DomainError(
-                        grpc.StatusCode.UNAVAILABLE, outcome.fault.value, ENGINE_FAULT_MESSAGES[outcome.fault]
+                    result = LedgerError(
+                        ErrorKind.UNAVAILABLE, outcome.fault.value, ENGINE_FAULT_MESSAGES[outcome.fault]
                     )
                 else:
                     assert isinstance(outcome, BaseException)
                     raise outcome
-            if isinstance(result, DomainError):
+            if isinstance(result, LedgerError):
                 label = ("rejected", result.reason)
             else:
                 label = ("deduplicated" if result.deduplicated else "created", "")
@@ -462,7 +460,7 @@ class LedgerService:
             found = await self.engine.lookup_transfers([transaction.transfers[0].id])
             if found:
                 return TransactionView(transaction, found[0].timestamp, deduplicated=False)
-        raise DomainError(grpc.StatusCode.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
+        raise LedgerError(ErrorKind.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
 
     async def list_account_entries(
         self,
@@ -506,11 +504,9 @@ class LedgerService:
         return await self.get_account(principal, account_id_text)
 
 
-def queue_full(error: QueueFullError) -> DomainError:
+def queue_full(error: QueueFullError) -> LedgerError:
     retry_after_ms = max(1, math.ceil(error.retry_after_seconds * 1000))
-    return DomainError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "WRITE_QUEUE_FULL", str(error), {"retry_after_ms": str(retry_after_ms)}
-    )
+    return LedgerError(ErrorKind.EXHAUSTED, "WRITE_QUEUE_FULL", str(error), {"retry_after_ms": str(retry_after_ms)})
 
 
 def parse_id_hex(text: str) -> int:

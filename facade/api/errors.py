@@ -1,87 +1,93 @@
-"""Errors as gRPC statuses with machine-readable details (google.rpc.Status in grpc-status-details-bin).
+"""The gRPC edge's errors: a LedgerError as a gRPC status with machine-readable details.
 
-Every error carries a google.rpc.ErrorInfo: `reason` (e.g. INSUFFICIENT_FUNDS), `domain` "ledger.v1" and
-string metadata (e.g. which leg). RESOURCE_EXHAUSTED also carries a google.rpc.RetryInfo, so clients and
-proxies know when to retry.
+One table (GRPC_CODE) gives each ErrorKind its gRPC code. Every status carries a google.rpc.Status in
+`grpc-status-details-bin` (built with grpcio-status, `rpc_status.to_status`) holding a
+google.rpc.ErrorInfo: `reason` (e.g. INSUFFICIENT_FUNDS), `domain` "ledger.v1" and string metadata (e.g.
+which leg). RESOURCE_EXHAUSTED also carries a google.rpc.RetryInfo, so clients and proxies know when to
+retry. The one place that turns a LedgerError into a status is the request guard interceptor
+(facade.api.guard); servicers just raise.
 
-No response carries a Python exception's or a database's text: `unexpected_error` turns any error the
-service did not translate into INTERNAL (or UNAVAILABLE for an engine that cannot serve) with a generic
-message and an error id, and logs the detail under that id. Both edges (gRPC, the JSON gateway) use it.
+No response carries a Python exception's or a database's text: facade.operations.unexpected turns any
+error the service did not translate into INTERNAL (or UNAVAILABLE for an engine that cannot serve) with a
+generic message and an error id (re-exported here for the gRPC edge's callers).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from facade.domain.mapping import ERROR_DOMAIN, DomainError
-from facade.engine.protocol import EngineUnavailableError
-from facade.metadata import MetadataStoreError
-from facade.observability.logs import get_logger
+from facade.domain.errors import ERROR_DOMAIN, ErrorKind, LedgerError
+from facade.operations.unexpected import (
+    REASON_INTERNAL,
+    REASON_MALFORMED_REQUEST,
+    REASON_METADATA_UNAVAILABLE,
+    unexpected_error,
+)
+
+__all__ = [
+    "GRPC_CODE",
+    "REASON_INTERNAL",
+    "REASON_MALFORMED_REQUEST",
+    "REASON_METADATA_UNAVAILABLE",
+    "STATUS_DETAILS_KEY",
+    "abort",
+    "error_info",
+    "grpc_status",
+    "item_code",
+    "status_details",
+    "unexpected_error",
+]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-REASON_INTERNAL = "INTERNAL"
-REASON_METADATA_UNAVAILABLE = "METADATA_UNAVAILABLE"
-REASON_MALFORMED_REQUEST = "MALFORMED_REQUEST"
-ERROR_ID_BYTES = 8
+_NANOS_PER_MILLISECOND = 1_000_000
 
-log = get_logger("ledger.errors")
-
-
-def unexpected_error(error: Exception, *, edge: str, operation: str) -> DomainError:
-    """The error a caller sees for an exception nothing translated: a reason and an error id, never the
-    exception's text (it may quote SQL, file paths or a database's message). The detail is logged with
-    the id, so an operator can find it from the caller's report."""
-    error_id = os.urandom(ERROR_ID_BYTES).hex()
-    log.error("unexpected error", error_id=error_id, edge=edge, operation=operation, exc_info=error)
-    metadata = {"error_id": error_id}
-    if isinstance(error, EngineUnavailableError):  # Reads of a stopped engine, say: its fault, not its text.
-        message = f"engine unavailable (error id {error_id})"
-        return DomainError(grpc.StatusCode.UNAVAILABLE, error.fault.value, message, metadata)
-    if isinstance(error, MetadataStoreError):  # Shared store unreachable: nothing acknowledged, retry.
-        message = f"metadata store unavailable (error id {error_id})"
-        return DomainError(grpc.StatusCode.UNAVAILABLE, REASON_METADATA_UNAVAILABLE, message, metadata)
-    return DomainError(grpc.StatusCode.INTERNAL, REASON_INTERNAL, f"internal error (error id {error_id})", metadata)
+GRPC_CODE: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+}
+assert set(GRPC_CODE) == set(ErrorKind)
+assert all(code.name == kind.value for kind, code in GRPC_CODE.items())  # The names records and bodies carry.
 
 
-def status_details(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
-) -> status_pb2.Status:
-    status = status_pb2.Status(code=code.value[0], message=message)
+def status_details(error: LedgerError) -> status_pb2.Status:
+    """The google.rpc.Status of `error`: its code, message, ErrorInfo and (when overloaded) RetryInfo."""
+    code = GRPC_CODE[error.kind]
+    status = status_pb2.Status(code=code.value[0], message=error.message)
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {}))
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
     status.details.append(info)
-    retry_after_ms = (metadata or {}).get("retry_after_ms")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_ms:
-        retry = any_pb2.Any()
+    retry_after_ms = error.metadata.get("retry_after_ms", "")
+    if error.kind == ErrorKind.EXHAUSTED and retry_after_ms.isdigit():
         milliseconds = int(retry_after_ms)
-        retry.Pack(
-            error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=milliseconds // 1000, nanos=milliseconds % 1000 * 1_000_000)
-            )
-        )
+        delay = duration_pb2.Duration(seconds=milliseconds // 1000, nanos=milliseconds % 1000 * _NANOS_PER_MILLISECOND)
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.append(retry)
+    assert status.code != grpc.StatusCode.OK.value[0]
     return status
 
 
-async def abort_details(
-    context: grpc.aio.ServicerContext[Any, Any],
-    code: grpc.StatusCode,
-    reason: str,
-    message: str,
-    metadata: dict[str, str] | None = None,
-) -> NoReturn:
-    status = status_details(code, reason, message, metadata)
-    await context.abort(code, message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),))
+def grpc_status(error: LedgerError) -> grpc.Status:
+    return rpc_status.to_status(status_details(error))
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: LedgerError) -> NoReturn:
+    """Ends the call with `error`'s status (raises grpc.aio.AbortError)."""
+    await context.abort_with_status(grpc_status(error))
     raise AssertionError("unreachable: abort raises")
-
-
-async def abort_domain(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    await abort_details(context, error.code, error.reason, error.message, error.metadata)
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
@@ -95,3 +101,8 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
                 if detail.Unpack(info):
                     return info
     return None
+
+
+def item_code(error: LedgerError) -> int:
+    """The numeric gRPC code of a batch item's error (ledger.v1.ItemError.code)."""
+    return GRPC_CODE[error.kind].value[0]

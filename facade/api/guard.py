@@ -4,8 +4,9 @@ grpc.aio decodes a request with the handler's deserializer before any servicer c
 raises (bytes that are not the message, invalid UTF-8 in a string field) grpc answers UNKNOWN with the
 Python exception's text. So the deserializer is wrapped: a request that does not decode becomes a
 `Malformed` marker, and the handler answers INVALID_ARGUMENT with reason MALFORMED_REQUEST (a stream
-stops reading at the first one, answers what it read, then fails the same way). An exception a servicer
-did not translate becomes INTERNAL (UNAVAILABLE for an engine that cannot serve) with an error id,
+stops reading at the first one, answers what it read, then fails the same way). A LedgerError a
+servicer raises becomes its status here (facade.api.errors: code, ErrorInfo, RetryInfo), the one place
+that does so; any other exception becomes INTERNAL (UNAVAILABLE for an engine that cannot serve) with an error id,
 through facade.api.errors.unexpected_error, never its text.
 
 Innermost (last in the server's interceptor list), so authentication still runs first: an
@@ -21,7 +22,8 @@ from typing import Any
 
 import grpc
 
-from facade.api.errors import REASON_MALFORMED_REQUEST, abort_details, abort_domain, unexpected_error
+from facade.api.errors import REASON_MALFORMED_REQUEST, abort, unexpected_error
+from facade.domain.errors import ErrorKind, LedgerError
 
 __all__ = ["Malformed", "RequestGuardInterceptor", "guarded_deserializer"]
 
@@ -51,17 +53,17 @@ def guarded_deserializer(deserializer: Callable[[bytes], Any] | None, what: str)
 
 
 async def _abort_malformed(context: Context, malformed: Malformed) -> None:
-    await abort_details(
-        context,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        REASON_MALFORMED_REQUEST,
-        f"the request is not a valid {malformed.what} (undecodable protobuf or invalid UTF-8 in a string field)",
-        {"message_type": malformed.what},
+    message = f"the request is not a valid {malformed.what} (undecodable protobuf or invalid UTF-8 in a string field)"
+    await abort(
+        context, LedgerError(ErrorKind.INVALID, REASON_MALFORMED_REQUEST, message, {"message_type": malformed.what})
     )
 
 
 async def _abort_unexpected(context: Context, error: Exception, method: str) -> None:
-    await abort_domain(context, unexpected_error(error, edge="grpc", operation=method.rsplit("/", 1)[-1]))
+    """`error` as the caller's status: a LedgerError as itself, anything else as unexpected_error."""
+    if isinstance(error, LedgerError):
+        await abort(context, error)
+    await abort(context, unexpected_error(error, edge="grpc", operation=method.rsplit("/", 1)[-1]))
 
 
 def _guard_unary(inner: Any, method: str) -> Callable[[Any, Context], Awaitable[Any]]:

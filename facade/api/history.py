@@ -1,452 +1,78 @@
-"""ledger.v1.History: read-model queries (projections/queries.py) over gRPC. No SQL and no business
-logic here: ownership comes from the ledger service, numbers from the read model."""
+"""The gRPC servicer of ledger.v1.History: each RPC delegates to facade.operations.history with the caller
+and the call's deadline; a LedgerError becomes the status in the request guard (facade.api.guard)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
-from facade.api.audit_proofs import AuditProofs
-from facade.api.errors import abort_domain
-from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc
-from facade.audit.log import SealedCheckpoint
-from facade.auth import SCOPE_ADMIN, Principal, current_principal
-from facade.domain.mapping import DomainError
+from facade.api.gen.ledger.v1 import history_pb2 as hpb
+from facade.api.gen.ledger.v1 import history_pb2_grpc
+from facade.audit.proofs import AuditProofs
+from facade.auth import current_principal
 from facade.engine.protocol import Engine
-from facade.service import LedgerService
-from projections import metadata_queries, queries
+from facade.operations import history as ops
+from facade.operations.history import HistoryBackend
+from facade.service import LedgerService, deadline_from_timeout
 from projections.read_model import ReadModel
-from projections.reconcile import compare, read_figures
+
+__all__ = ["HistoryServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
-STATEMENT_LIMIT_DEFAULT = 1000
-_Read = TypeVar("_Read")
 
 
-def _invalid(reason: str, message: str) -> DomainError:
-    return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
-
-
-def _balance(account_id: int, balance: queries.Balance, projected_until: int) -> history_pb2.HistoricalBalance:
-    return history_pb2.HistoricalBalance(
-        account_id=str(account_id),
-        debits_pending=str(balance.debits_pending),
-        debits_posted=str(balance.debits_posted),
-        credits_pending=str(balance.credits_pending),
-        credits_posted=str(balance.credits_posted),
-        timestamp=balance.timestamp,
-        projected_until=projected_until,
-    )
-
-
-def _line(account_id: int, line: queries.StatementLine) -> history_pb2.StatementLine:
-    message = history_pb2.StatementLine(
-        engine_timestamp=line.engine_timestamp,
-        change=line.change,
-        side=line.side,
-        amount=str(line.amount),
-        signed_amount=str(line.signed_amount),
-        counterparty_account_id=str(line.counterparty_account_id),
-        transfer_id=str(line.transfer_id),
-        transaction_id=line.transaction_id,
-        transaction_type=line.transaction_type,
-        source=line.source,
-        correlation_id=line.correlation_id,
-        description=line.description,
-        currency=line.currency,
-    )
-    if line.balance_after is not None:
-        message.balance_after.CopyFrom(_balance(account_id, line.balance_after, 0))
-    return message
-
-
-def _period_end(timestamp_to: int) -> int:
-    return timestamp_to or time.time_ns()
-
-
-def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
-    checkpoint = sealed.checkpoint
-    return history_pb2.SignedCheckpoint(
-        note=sealed.note,
-        tree_size=checkpoint.tree_size,
-        root_hash=checkpoint.root_hash,
-        timestamp_last=checkpoint.timestamp_last,
-        key_id=checkpoint.key_id,
-    )
-
-
-LABEL_TEXT_BYTES_MAX = 128
-"""As on PostTransaction: a longer label key or value can match nothing, so it is refused."""
-FILTER_TEXT_BYTES_MAX = 128
-U128_DIGITS_MAX = 39
-
-
-def _amount_bound(text: str, field: str) -> int | None:
-    if not text:
-        return None
-    if not text.isdigit() or len(text) > U128_DIGITS_MAX or int(text) > metadata_queries.U128_MAX:
-        raise DomainError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_AMOUNT",
-            f"filter.{field}: expected a decimal u128, got {text[:48]!r}",
-            {"field": f"filter.{field}"},
-        )
-    return int(text)
-
-
-def _filter(principal: Principal, message: history_pb2.TransactionFilter) -> metadata_queries.TransactionFilter:
-    """The request's filter, checked; callers without ledger.admin see their own client's rows only."""
-    if len(message.labels) > metadata_queries.LABELS_FILTER_MAX:
-        raise _invalid("TOO_MANY_LABELS", f"filter.labels: at most {metadata_queries.LABELS_FILTER_MAX} pairs")
-    texts = [*message.labels.keys(), *message.labels.values(), message.source, message.correlation_id]
-    if any(len(text.encode()) > FILTER_TEXT_BYTES_MAX for text in texts):
-        raise _invalid(
-            "FILTER_TOO_LONG", f"filter: labels, source and correlation_id are at most {FILTER_TEXT_BYTES_MAX} bytes"
-        )
-    if any(not key for key in message.labels):
-        raise _invalid("INVALID_LABEL", "filter.labels: a key is empty")
-    timestamp_from, timestamp_to = getattr(message, "from"), message.to
-    if timestamp_to and timestamp_from > timestamp_to:
-        raise _invalid("INVALID_PERIOD", "from is after to")
-    amount_min = _amount_bound(message.amount_min, "amount_min")
-    amount_max = _amount_bound(message.amount_max, "amount_max")
-    if amount_min is not None and amount_max is not None and amount_min > amount_max:
-        raise _invalid("INVALID_AMOUNT_RANGE", "filter.amount_min is above filter.amount_max")
-    return metadata_queries.TransactionFilter(
-        labels=tuple(sorted(message.labels.items())),
-        source=message.source,
-        correlation_id=message.correlation_id,
-        timestamp_from=timestamp_from,
-        timestamp_to=timestamp_to,
-        amount_min=amount_min,
-        amount_max=amount_max,
-        client_id=None if SCOPE_ADMIN in principal.scopes else principal.client_id,
-    )
-
-
-def _page_size(page_size: int) -> int:
-    if page_size > metadata_queries.PAGE_SIZE_MAX:
-        raise _invalid("PAGE_SIZE_TOO_LARGE", f"page_size is at most {metadata_queries.PAGE_SIZE_MAX}")
-    return page_size
-
-
-def _correlated(r: queries.TransactionRow) -> history_pb2.CorrelatedTransfer:
-    return history_pb2.CorrelatedTransfer(
-        engine_timestamp=r.engine_timestamp,
-        change=r.change,
-        transaction_id=r.transaction_id,
-        leg_index=r.leg_index,
-        transfer_id=str(r.transfer_id),
-        debit_account_id=str(r.debit_account_id),
-        credit_account_id=str(r.credit_account_id),
-        amount=str(r.amount),
-        currency=r.currency,
-        transaction_type=r.transaction_type,
-        source=r.source,
-        description=r.description,
-        labels=r.labels,
-        chain_sequence=r.chain_sequence,
-    )
-
-
-class HistoryQueries:
-    """The History read queries, one method per RPC: the principal and the request message in, the
-    response message out, a DomainError for anything refused. The gRPC servicer and the JSON gateway
-    (facade.http.history_routes) both delegate here, so the two edges give the same answers."""
-
-    def __init__(self, service: LedgerService, engine: Engine, read_model: ReadModel) -> None:
-        self._service = service
-        self._engine = engine
-        self._read_model = read_model
-
-    async def _owned(self, principal: Principal, account_id_text: str) -> int:
-        """The account id when the caller may read it: NOT_FOUND otherwise (as GetAccount)."""
-        view = await self._service.get_account(principal, account_id_text)
-        return view.record.account_id
-
-    async def statement(self, principal: Principal, request: history_pb2.GetStatementRequest) -> history_pb2.Statement:
-        account_id = await self._owned(principal, request.account_id)
-        limit = request.limit or STATEMENT_LIMIT_DEFAULT
-        if limit > queries.STATEMENT_LINES_MAX:
-            raise _invalid("LIMIT_TOO_LARGE", f"limit is at most {queries.STATEMENT_LINES_MAX}")
-        timestamp_to = _period_end(request.to)
-        timestamp_from = getattr(request, "from")
-        if timestamp_from > timestamp_to:
-            raise _invalid("INVALID_PERIOD", "from is after to")
-
-        def read(client: Any) -> tuple[queries.Statement, int]:
-            found = queries.statement(client, account_id, timestamp_from, timestamp_to, limit)
-            return found, queries.projected_timestamp(client)
-
-        found, projected_until = await self._read_model.query(read)
-        return history_pb2.Statement(
-            account_id=str(account_id),
-            to=timestamp_to,
-            opening=_balance(account_id, found.opening, projected_until),
-            closing=_balance(account_id, found.closing, projected_until),
-            lines=[_line(account_id, line) for line in found.lines],
-            truncated=found.truncated,
-            projected_until=projected_until,
-            **{"from": timestamp_from},
-        )
-
-    async def balance_as_of(
-        self, principal: Principal, request: history_pb2.GetBalanceAsOfRequest
-    ) -> history_pb2.HistoricalBalance:
-        account_id = await self._owned(principal, request.account_id)
-        as_of = _period_end(request.as_of)
-
-        def read(client: Any) -> tuple[queries.Balance, int]:
-            return queries.balance_as_of(client, account_id, as_of), queries.projected_timestamp(client)
-
-        balance, projected_until = await self._read_model.query(read)
-        return _balance(account_id, balance, projected_until)
-
-    async def daily_totals(
-        self, principal: Principal, request: history_pb2.GetDailyTotalsRequest
-    ) -> history_pb2.DailyTotals:
-        del principal  # Cross-client: the scope (ledger.admin) is the whole check.
-        timestamp_from, timestamp_to = getattr(request, "from"), _period_end(request.to)
-        if timestamp_from > timestamp_to:
-            raise _invalid("INVALID_PERIOD", "from is after to")
-
-        def read(client: Any) -> tuple[list[queries.DailyTotal], int]:
-            return queries.daily_totals(client, timestamp_from, timestamp_to), queries.projected_timestamp(client)
-
-        totals, projected_until = await self._read_model.query(read)
-        return history_pb2.DailyTotals(
-            totals=[
-                history_pb2.DailyTotal(
-                    day=t.day,
-                    currency=t.currency,
-                    transaction_type=t.transaction_type,
-                    source=t.source,
-                    change=t.change,
-                    transfers=t.transactions,
-                    amount=str(t.amount),
-                )
-                for t in totals
-            ],
-            projected_until=projected_until,
-        )
-
-    async def transactions_by_correlation(
-        self, principal: Principal, request: history_pb2.ListTransactionsByCorrelationRequest
-    ) -> history_pb2.CorrelatedTransfers:
-        del principal  # Cross-client: the scope (ledger.admin) is the whole check.
-        correlation_id = request.correlation_id
-        if not correlation_id:
-            raise _invalid("CORRELATION_ID_REQUIRED", "correlation_id is required")
-
-        def read(client: Any) -> tuple[list[queries.TransactionRow], int]:
-            return queries.transactions_by_correlation_id(client, correlation_id), queries.projected_timestamp(client)
-
-        found, projected_until = await self._read_model.query(read)
-        return history_pb2.CorrelatedTransfers(
-            transfers=[
-                history_pb2.CorrelatedTransfer(
-                    engine_timestamp=r.engine_timestamp,
-                    change=r.change,
-                    transaction_id=r.transaction_id,
-                    leg_index=r.leg_index,
-                    transfer_id=str(r.transfer_id),
-                    debit_account_id=str(r.debit_account_id),
-                    credit_account_id=str(r.credit_account_id),
-                    amount=str(r.amount),
-                    currency=r.currency,
-                    transaction_type=r.transaction_type,
-                    source=r.source,
-                    description=r.description,
-                    labels=r.labels,
-                    chain_sequence=r.chain_sequence,
-                )
-                for r in found
-            ],
-            projected_until=projected_until,
-        )
-
-    async def list_transactions(
-        self, principal: Principal, request: history_pb2.ListTransactionsRequest
-    ) -> history_pb2.ListTransactionsResponse:
-        query = _filter(principal, request.filter)
-        page_size, page_token = _page_size(request.page_size), request.page_token
-
-        def read(client: Any) -> tuple[metadata_queries.TransactionsPage, int]:
-            page = metadata_queries.list_transactions(client, query, page_size=page_size, page_token=page_token)
-            return page, queries.projected_timestamp(client)
-
-        page, projected_until = await self._read_model.query(_page_token_checked(read))
-        return history_pb2.ListTransactionsResponse(
-            transfers=[_correlated(r) for r in page.transactions],
-            next_page_token=page.next_page_token,
-            projected_until=projected_until,
-        )
-
-    async def list_accounts(
-        self, principal: Principal, request: history_pb2.ListHistoryAccountsRequest
-    ) -> history_pb2.ListHistoryAccountsResponse:
-        query = _filter(principal, request.filter)
-        page_size, page_token = _page_size(request.page_size), request.page_token
-
-        def read(client: Any) -> tuple[metadata_queries.AccountsPage, int]:
-            page = metadata_queries.list_accounts(client, query, page_size=page_size, page_token=page_token)
-            return page, queries.projected_timestamp(client)
-
-        page, projected_until = await self._read_model.query(_page_token_checked(read))
-        return history_pb2.ListHistoryAccountsResponse(
-            accounts=[
-                history_pb2.HistoryAccount(
-                    account_id=str(a.account_id),
-                    currency=a.currency,
-                    entries=a.entries,
-                    first_timestamp=a.timestamp_first,
-                    last_timestamp=a.timestamp_last,
-                )
-                for a in page.accounts
-            ],
-            next_page_token=page.next_page_token,
-            projected_until=projected_until,
-        )
-
-    async def reconcile(
-        self, principal: Principal, request: history_pb2.ReconcileRequest
-    ) -> history_pb2.ReconciliationReport:
-        del principal, request  # Cross-client, no parameters.
-        report = await compare(self._engine, await self._read_model.query(read_figures))
-        return history_pb2.ReconciliationReport(
-            ok=report.ok,
-            accounts_checked=report.accounts_checked,
-            as_of=report.timestamp,
-            drift=[
-                history_pb2.AccountDrift(
-                    account_id=str(d.account_id),
-                    source=d.source,
-                    field=d.field,
-                    engine=str(d.engine),
-                    read_model=str(d.clickhouse),
-                )
-                for d in report.drifts
-            ],
-            accounts_not_comparable=[str(a) for a in report.accounts_not_comparable],
-            unknown_accounts=[str(a) for a in report.unknown_accounts],
-        )
-
-
-def _page_token_checked(read: Callable[[Any], _Read]) -> Callable[[Any], _Read]:
-    """`read`, with a bad page token (found where the query runs) translated into INVALID_PAGE_TOKEN."""
-
-    def run(client: Any) -> _Read:
-        try:
-            return read(client)
-        except metadata_queries.InvalidPageTokenError as error:
-            raise _invalid("INVALID_PAGE_TOKEN", str(error)) from None
-
-    return run
+def _deadline(context: Context) -> float | None:
+    return deadline_from_timeout(context.time_remaining())
 
 
 class HistoryServicer(history_pb2_grpc.HistoryServicer):
     def __init__(self, service: LedgerService, engine: Engine, read_model: ReadModel) -> None:
-        self.queries = HistoryQueries(service, engine, read_model)
-        """The queries the JSON gateway serves too (build_app's `history`)."""
         self.audit = AuditProofs(None, read_model)
         """The server sets `audit.audit` once the audit log is open (facade.audit.service)."""
+        self.queries = HistoryBackend(service, engine, read_model, self.audit)
+        """What the JSON gateway serves too (build_app's `history`)."""
 
-    async def GetCheckpoint(  # noqa: N802
-        self, request: history_pb2.GetCheckpointRequest, context: Context
-    ) -> history_pb2.SignedCheckpoint:
-        try:
-            return signed_checkpoint(await self.audit.checkpoint(request.tree_size))
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def GetCheckpoint(self, request: hpb.GetCheckpointRequest, context: Context) -> hpb.SignedCheckpoint:  # noqa: N802
+        return await ops.get_checkpoint(self.queries, current_principal.get(), request, _deadline(context))
 
     async def GetInclusionProof(  # noqa: N802
-        self, request: history_pb2.GetInclusionProofRequest, context: Context
-    ) -> history_pb2.InclusionProof:
-        try:
-            sealed, proofs = await self.audit.inclusion(
-                sequence=request.sequence,
-                transaction_id=request.transaction_id,
-                event_id=request.event_id,
-                tree_size=request.tree_size,
-            )
-        except DomainError as error:
-            await abort_domain(context, error)
-        return history_pb2.InclusionProof(
-            checkpoint=signed_checkpoint(sealed),
-            proofs=[
-                history_pb2.LeafProof(
-                    sequence=p.sequence, leaf_index=p.sequence - 1, leaf_hash=p.leaf_hash, hashes=list(p.hashes)
-                )
-                for p in proofs
-            ],
-        )
+        self, request: hpb.GetInclusionProofRequest, context: Context
+    ) -> hpb.InclusionProof:
+        return await ops.get_inclusion_proof(self.queries, current_principal.get(), request, _deadline(context))
 
     async def GetConsistencyProof(  # noqa: N802
-        self, request: history_pb2.GetConsistencyProofRequest, context: Context
-    ) -> history_pb2.ConsistencyProof:
-        try:
-            old, new, hashes = await self.audit.consistency(request.old_size, request.new_size)
-        except DomainError as error:
-            await abort_domain(context, error)
-        return history_pb2.ConsistencyProof(
-            old_checkpoint=signed_checkpoint(old), new_checkpoint=signed_checkpoint(new), hashes=hashes
-        )
+        self, request: hpb.GetConsistencyProofRequest, context: Context
+    ) -> hpb.ConsistencyProof:
+        return await ops.get_consistency_proof(self.queries, current_principal.get(), request, _deadline(context))
 
-    async def GetStatement(  # noqa: N802
-        self, request: history_pb2.GetStatementRequest, context: Context
-    ) -> history_pb2.Statement:
-        try:
-            return await self.queries.statement(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def GetStatement(self, request: hpb.GetStatementRequest, context: Context) -> hpb.Statement:  # noqa: N802
+        return await ops.get_statement(self.queries, current_principal.get(), request, _deadline(context))
 
     async def GetBalanceAsOf(  # noqa: N802
-        self, request: history_pb2.GetBalanceAsOfRequest, context: Context
-    ) -> history_pb2.HistoricalBalance:
-        try:
-            return await self.queries.balance_as_of(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        self, request: hpb.GetBalanceAsOfRequest, context: Context
+    ) -> hpb.HistoricalBalance:
+        return await ops.get_balance_as_of(self.queries, current_principal.get(), request, _deadline(context))
 
-    async def GetDailyTotals(  # noqa: N802
-        self, request: history_pb2.GetDailyTotalsRequest, context: Context
-    ) -> history_pb2.DailyTotals:
-        try:
-            return await self.queries.daily_totals(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+    async def GetDailyTotals(self, request: hpb.GetDailyTotalsRequest, context: Context) -> hpb.DailyTotals:  # noqa: N802
+        return await ops.get_daily_totals(self.queries, current_principal.get(), request, _deadline(context))
 
     async def ListTransactionsByCorrelation(  # noqa: N802
-        self, request: history_pb2.ListTransactionsByCorrelationRequest, context: Context
-    ) -> history_pb2.CorrelatedTransfers:
-        try:
-            return await self.queries.transactions_by_correlation(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        self, request: hpb.ListTransactionsByCorrelationRequest, context: Context
+    ) -> hpb.CorrelatedTransfers:
+        return await ops.list_transactions_by_correlation(
+            self.queries, current_principal.get(), request, _deadline(context)
+        )
+
+    async def Reconcile(self, request: hpb.ReconcileRequest, context: Context) -> hpb.ReconciliationReport:  # noqa: N802
+        return await ops.reconcile(self.queries, current_principal.get(), request, _deadline(context))
 
     async def ListTransactions(  # noqa: N802
-        self, request: history_pb2.ListTransactionsRequest, context: Context
-    ) -> history_pb2.ListTransactionsResponse:
-        try:
-            return await self.queries.list_transactions(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        self, request: hpb.ListTransactionsRequest, context: Context
+    ) -> hpb.ListTransactionsResponse:
+        return await ops.list_transactions(self.queries, current_principal.get(), request, _deadline(context))
 
     async def ListAccounts(  # noqa: N802
-        self, request: history_pb2.ListHistoryAccountsRequest, context: Context
-    ) -> history_pb2.ListHistoryAccountsResponse:
-        try:
-            return await self.queries.list_accounts(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
-
-    async def Reconcile(  # noqa: N802
-        self, request: history_pb2.ReconcileRequest, context: Context
-    ) -> history_pb2.ReconciliationReport:
-        try:
-            return await self.queries.reconcile(current_principal.get(), request)
-        except DomainError as error:
-            await abort_domain(context, error)
+        self, request: hpb.ListHistoryAccountsRequest, context: Context
+    ) -> hpb.ListHistoryAccountsResponse:
+        return await ops.list_accounts(self.queries, current_principal.get(), request, _deadline(context))

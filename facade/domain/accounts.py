@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from facade.domain.mapping import invalid
+from facade.domain.errors import invalid
 from facade.engine.types import AccountFlags
 from facade.settings import CurrencySettings
 

@@ -28,11 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
-
 from facade.domain.accounts import Currencies
+from facade.domain.errors import ErrorKind, LedgerError, invalid
 from facade.domain.ids import settlement_account_id, transaction_id, transfer_id
-from facade.domain.mapping import DomainError, invalid
 from facade.domain.validation import (
     CORRELATION_ID_LENGTH_MAX,
     DESCRIPTION_LENGTH_MAX,
@@ -395,8 +393,8 @@ def map_resolution(client_id: str, request: ResolveRequest, *, authorization: Ma
     validate_text(idempotency_key, "idempotency_key", length_max=IDEMPOTENCY_KEY_LENGTH_MAX, required=True)
     metadata.validate()
     if authorization.kind != Kind.AUTHORIZE:
-        raise DomainError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise LedgerError(
+            ErrorKind.PRECONDITION,
             "NOT_AN_AUTHORIZATION",
             "the transaction is not an authorization",
         )

@@ -6,7 +6,7 @@ leading zeros) so one payload has one canonical body (facade.domain.transactions
 
 from __future__ import annotations
 
-from facade.domain.mapping import invalid
+from facade.domain.errors import invalid
 from facade.engine.types import AMOUNT_MAX, U128_MAX
 
 __all__ = [

@@ -10,8 +10,9 @@ An ASGI middleware in front of the routes, so a refusal costs a header lookup, n
 - a write beyond `concurrent_writes_max` in progress is refused with 429 before its body is read: the
   event loop's backlog stays bounded, so what is admitted is answered in time;
 - the caller's deadline is the `X-Request-Timeout-Ms` header (how long the client will wait, as gRPC's
-  deadline): admission needs it to finish in time, and queued work is dropped once it has passed, so
-  nothing is committed for a client that gave up. Routes read it from `request_deadline`.
+  deadline), on reads and writes: admission needs it to finish in time, queued work is dropped once it
+  has passed, so nothing is committed for a client that gave up, and a read is cut off (504). Routes
+  read it from `request_deadline` and hand it to the operation.
 
 Large bodies are parsed off the event loop by the routes themselves (facade.http.gateway.parse_batch).
 """
@@ -22,12 +23,11 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 
-import grpc
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.service import LedgerService
 
 __all__ = ["REQUEST_TIMEOUT_HEADER", "AdmissionMiddleware", "request_deadline"]
@@ -43,17 +43,33 @@ request_deadline: ContextVar[float | None] = ContextVar("request_deadline", defa
 """The current HTTP request's deadline (time.monotonic()), or None when the client announced none."""
 
 
-def _too_large(body_bytes_max: int) -> DomainError:
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+def _too_large(body_bytes_max: int) -> LedgerError:
+    return LedgerError(
+        ErrorKind.INVALID,
         "REQUEST_TOO_LARGE",
         f"the request body exceeds {body_bytes_max} bytes",
         {"body_bytes_max": str(body_bytes_max)},
     )
 
 
+def _deadline(headers: Headers) -> float | LedgerError | None:
+    """The caller's deadline (time.monotonic()) from X-Request-Timeout-Ms; None without one; the error
+    for a malformed one."""
+    timeout_text = headers.get(REQUEST_TIMEOUT_HEADER)
+    if timeout_text is None:
+        return None
+    if not timeout_text.isdigit() or not 0 < int(timeout_text) <= REQUEST_TIMEOUT_MS_MAX:
+        return LedgerError(
+            ErrorKind.INVALID,
+            "INVALID_TIMEOUT",
+            f"X-Request-Timeout-Ms must be whole milliseconds, 1 to {REQUEST_TIMEOUT_MS_MAX}",
+            {"field": "X-Request-Timeout-Ms"},
+        )
+    return time.monotonic() + int(timeout_text) / 1000
+
+
 class AdmissionMiddleware:
-    """`refuse` renders a DomainError as the gateway's error response (same body as every other error)."""
+    """`refuse` renders a LedgerError as the gateway's error response (same body as every other error)."""
 
     def __init__(
         self,
@@ -62,7 +78,7 @@ class AdmissionMiddleware:
         service: LedgerService,
         body_bytes_max: int,
         concurrent_writes_max: int,
-        refuse: Callable[[DomainError], Response],
+        refuse: Callable[[LedgerError], Response],
     ) -> None:
         assert body_bytes_max > 0 and concurrent_writes_max >= 0
         self.app = app
@@ -73,45 +89,39 @@ class AdmissionMiddleware:
         self.writes_in_progress = 0
         self.refuse = refuse
 
-    async def _respond(self, scope: Scope, receive: Receive, send: Send, error: DomainError, status: int) -> None:
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, error: LedgerError, status: int) -> None:
         response = self.refuse(error)
         response.status_code = status
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self._read(scope, receive, send)
             return
         headers = Headers(scope=scope)
         length_text = headers.get("content-length")
         if length_text is not None and length_text.isdigit() and int(length_text) > self.body_bytes_max:
             await self._respond(scope, receive, send, _too_large(self.body_bytes_max), 413)
             return
-        deadline: float | None = None
-        timeout_text = headers.get(REQUEST_TIMEOUT_HEADER)
-        if timeout_text is not None:
-            if not timeout_text.isdigit() or not 0 < int(timeout_text) <= REQUEST_TIMEOUT_MS_MAX:
-                error = DomainError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "INVALID_TIMEOUT",
-                    f"X-Request-Timeout-Ms must be whole milliseconds, 1 to {REQUEST_TIMEOUT_MS_MAX}",
-                    {"field": "X-Request-Timeout-Ms"},
-                )
-                await self._respond(scope, receive, send, error, 400)
-                return
-            deadline = time.monotonic() + int(timeout_text) / 1000
+        deadline = _deadline(headers)
+        if isinstance(deadline, LedgerError):
+            await self._respond(scope, receive, send, deadline, 400)
+            return
         write = scope["path"].startswith(WRITE_PATH_PREFIX)
         if write:
             try:
                 if 0 < self.concurrent_writes_max <= self.writes_in_progress:
-                    raise DomainError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    raise LedgerError(
+                        ErrorKind.EXHAUSTED,
                         "TOO_MANY_REQUESTS",
                         f"{self.writes_in_progress} writes in progress on this gateway",
                         {"retry_after_ms": str(CONCURRENCY_RETRY_AFTER_MS)},
                     )
                 self.service.admit(1, deadline)
-            except DomainError as error:
+            except LedgerError as error:
                 await self._respond(scope, receive, send, error, 429)
                 return
             self.writes_in_progress += 1
@@ -121,6 +131,18 @@ class AdmissionMiddleware:
             if write:
                 self.writes_in_progress -= 1
                 assert self.writes_in_progress >= 0
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A read (no body): only the caller's deadline, which the operation is cut off at (as over gRPC)."""
+        deadline = _deadline(Headers(scope=scope))
+        if isinstance(deadline, LedgerError):
+            await self._respond(scope, receive, send, deadline, 400)
+            return
+        token = request_deadline.set(deadline)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_deadline.reset(token)
 
     async def _admitted(
         self, scope: Scope, receive: Receive, send: Send, deadline: float | None, length_text: str | None

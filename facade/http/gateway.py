@@ -3,34 +3,22 @@ gateway. OpenAPI at /openapi.json, Swagger UI at /docs, ReDoc at /redoc (their a
 fastapi-offline package: no CDN). With the read model served in-service, the History queries too
 (facade.http.history_routes: statement, as-of balance, daily totals, by correlation id, reconciliation).
 
-Same service, same mapping, same auth, same errors as gRPC:
-- Each route calls the one LedgerService (so facade.domain.mapping maps, validates and derives ids:
-  a transaction posted here has the same id and is the same transaction over gRPC).
+Same operations, same auth, same errors as gRPC:
+- Every route is declared in one table (facade.http._routes.ROUTES: method, path, RPC, request message,
+  scope) on a module-level router (ledger_routes, history_routes, audit_routes), and delegates to the same
+  facade.operations function the gRPC servicer calls: a transaction posted here is the same transaction
+  over gRPC, with the same id. OpenAPI marks each operation with `x-grpc-method` (its full gRPC method)
+  and lists the scope it needs (`Security(..., scopes=[...])`).
 - Credentials: the `Authorization` header, `Bearer <jwt>` or `ApiKey <key_id>.<secret>`, checked by the
   same Authenticator, needing the scope facade.auth.METHOD_SCOPES gives the corresponding RPC.
 - The JSON is the proto3 JSON mapping of the gRPC messages (see facade.http.models).
-
-Routes (custom methods in the `:verb` style of Google's API design guide):
-    POST /v1/accounts                                 CreateAccount        ledger.admin
-    GET  /v1/accounts                                 ListAccounts         ledger.read
-    GET  /v1/accounts/{account_id}                    GetAccount           ledger.read
-    GET  /v1/accounts/{account_id}/balance            GetBalance           ledger.read
-    GET  /v1/accounts/{account_id}/entries            ListAccountEntries   ledger.read
-    POST /v1/transactions                             PostTransaction      ledger.write
-    POST /v1/transactions:batch                       PostTransactions     ledger.write
-    GET  /v1/transactions?idempotency_key=...         GetTransaction       ledger.read
-    GET  /v1/transactions/{transaction_id}            GetTransaction       ledger.read
-    POST /v1/transactions/{authorization_id}:capture  CaptureTransaction   ledger.write
-    POST /v1/transactions/{authorization_id}:void     VoidTransaction      ledger.write
-(StreamTransactions has no HTTP form: use :batch.)
+- Creating a resource answers 201; a transaction's replay 200 (facade.http._routes says why).
+(StreamTransactions has no HTTP form: use POST /v1/transactions:batch.)
 
 Errors: a JSON body {"code", "reason", "message", "metadata"}: `code` is the gRPC status name and
 `reason` the google.rpc.ErrorInfo reason the gRPC API gives for the same failure. The HTTP status
-follows the gRPC code (HTTP_STATUS below). FAILED_PRECONDITION is 422, not 409: the request is valid
-but the ledger's state refuses it (INSUFFICIENT_FUNDS, AUTHORIZATION_ALREADY_CAPTURED, ...), and 409
-stays ALREADY_EXISTS alone (IDEMPOTENCY_KEY_REUSED, ACCOUNT_REFERENCE_REUSED), so a client that looks
-at the status only can still tell "retry later / fix the state" from "you reused a key". RESOURCE_EXHAUSTED
-is 429 with Retry-After (whole seconds, rounded up) and metadata.retry_after_ms. Requests the schema
+follows the error's kind (facade.http.errors.HTTP_STATUS, which says why FAILED_PRECONDITION is 422).
+Requests the schema
 rejects (wrong types, unknown fields, integers out of range) are 400 INVALID_ARGUMENT with reason
 INVALID_REQUEST, or INVALID_AMOUNT when the bad field is an amount (e.g. a JSON number: amounts are
 decimal strings), and metadata.field naming the field as the mapping module does (legs[0].amount).
@@ -53,68 +41,31 @@ thread, item by item, so a large one does not stall the event loop that serves g
 # No `from __future__ import annotations`: the routes' Annotated dependencies are built in build_app
 # (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
 
-import asyncio
-import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import grpc
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facade.api.audit_proofs import AuditProofs
-from facade.api.errors import REASON_MALFORMED_REQUEST, unexpected_error
-from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.api.history import HistoryQueries
-from facade.api.servicer import (
-    account_message,
-    balance_message,
-    entry_message,
-    fill_posted,
-    metadata_from,
-    post_request,
-    transaction_message,
-)
-from facade.auth import METHOD_SCOPES, Authenticator, AuthError, Principal
-from facade.domain.mapping import DomainError, invalid
+from facade.auth import Authenticator
+from facade.domain.errors import ErrorKind, LedgerError
+from facade.http import audit_routes, history_routes, ledger_routes
 from facade.http import models as m
-from facade.http._json import MalformedRequest, StrictJsonRoute, parse_body
-from facade.http.admission import AdmissionMiddleware, request_deadline
-from facade.http.audit_routes import audit_router
-from facade.http.history_routes import history_router
+from facade.http._json import MalformedRequest
+from facade.http._routes import credentials
+from facade.http.admission import AdmissionMiddleware
+from facade.http.errors import error_response, http_error_response
 from facade.observability import metrics
-from facade.service import BATCH_TRANSACTIONS_MAX, LedgerService, TransactionView
+from facade.operations.history import HistoryBackend
+from facade.operations.unexpected import REASON_MALFORMED_REQUEST, unexpected_error
+from facade.service import LedgerService
 from projections.read_model import ReadModel
 
 API_VERSION = "v1"
-RPC_PREFIX = "/ledger.v1.Ledger/"
-U64_MAX = 2**64 - 1
-
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 422,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
 
 # Fields whose schema errors get the mapping module's reason rather than INVALID_REQUEST.
 _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
@@ -141,28 +92,6 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"model": m.Error, "description": "DEADLINE_EXCEEDED"},
 }
 
-_credentials = APIKeyHeader(
-    name="Authorization",
-    scheme_name="LedgerCredentials",
-    description="`Bearer <jwt>` (HS256 with the shared secret, or RS/PS/ES/EdDSA with the JWKS key named by `kid`; "
-    "`exp` required, `sub` = client id, `scope` = space-separated scopes) or "
-    "`ApiKey <key_id>.<secret>`. Scopes: ledger.read, ledger.write, ledger.admin.",
-    auto_error=False,
-)
-
-
-def error_response(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
-) -> JSONResponse:
-    metadata = metadata or {}
-    headers: dict[str, str] = {}
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and metadata.get("retry_after_ms", "").isdigit():
-        headers["Retry-After"] = str(max(1, math.ceil(int(metadata["retry_after_ms"]) / 1000)))
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        headers["WWW-Authenticate"] = 'Bearer realm="ledger"'
-    body = m.error_body(DomainError(code, reason, message, metadata))
-    return JSONResponse(body, status_code=HTTP_STATUS.get(code, 500), headers=headers)
-
 
 def _field_name(location: tuple[int | str, ...]) -> str:
     """('body', 'legs', 0, 'amount') → 'legs[0].amount', as the mapping module names fields."""
@@ -176,17 +105,13 @@ def _unexpected_response(request: Request, error: Exception) -> JSONResponse:
     route = request.scope.get("route")
     operation = getattr(route, "operation_id", None) or "unmatched"
     found = unexpected_error(error, edge="http", operation=operation)
-    return error_response(found.code, found.reason, found.message, found.metadata)
+    return error_response(found)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def domain_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, DomainError)
-        return error_response(error.code, error.reason, error.message, error.metadata)
-
-    async def auth_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, AuthError)
-        return error_response(error.code, error.reason, error.message, error.metadata)
+    async def ledger_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, LedgerError)  # AuthError included.
+        return error_response(error)
 
     async def validation_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -200,30 +125,25 @@ def _install_error_handlers(app: FastAPI) -> None:
             reason = "MISSING_FIELD"  # As the mapping module says over gRPC (proto3: an absent string is empty).
         message = "; ".join(f"{_field_name(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors[:10])
         metadata = {"field": field, "error": str(first.get("type", "")), "errors": str(len(errors))}
-        return error_response(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+        return error_response(LedgerError(ErrorKind.INVALID, reason, message, metadata))
 
     async def http_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         if isinstance(error, MalformedRequest):
             metadata = {"field": error.field} if error.field else {}
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, error.reason, error.message, metadata)
+            return error_response(LedgerError(ErrorKind.INVALID, error.reason, error.message, metadata))
         if error.status_code == 400:
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, REASON_MALFORMED_REQUEST, "malformed request")
+            return error_response(LedgerError(ErrorKind.INVALID, REASON_MALFORMED_REQUEST, "malformed request"))
         if error.status_code == 404:
-            return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
+            return error_response(LedgerError(ErrorKind.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route"))
         if error.status_code == 405:
-            response = error_response(grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "method not allowed")
-            response.status_code = 405
-            return response
-        response = error_response(grpc.StatusCode.UNKNOWN, "HTTP_ERROR", str(error.detail))
-        response.status_code = error.status_code
-        return response
+            return http_error_response(405, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED", "method not allowed")
+        return http_error_response(error.status_code, "UNKNOWN", "HTTP_ERROR", str(error.detail))
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         return _unexpected_response(request, error)
 
-    app.add_exception_handler(DomainError, domain_error)
-    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(LedgerError, ledger_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
@@ -233,8 +153,7 @@ def build_app(
     service: LedgerService,
     authenticator: Authenticator,
     *,
-    audit: AuditProofs | None = None,
-    history: HistoryQueries | None = None,
+    history: HistoryBackend | None = None,
     read_model: ReadModel | None = None,
 ) -> FastAPI:
     # Swagger UI and ReDoc from fastapi-offline's bundled assets (under /static-offline-docs), not a CDN:
@@ -253,7 +172,7 @@ def build_app(
         service=service,
         body_bytes_max=service.settings.http_body_bytes_max,
         concurrent_writes_max=service.settings.http_concurrent_requests_max,
-        refuse=lambda error: error_response(error.code, error.reason, error.message, error.metadata),
+        refuse=error_response,
     )
 
     @app.middleware("http")
@@ -272,221 +191,13 @@ def build_app(
         )
         return response
 
-    router = APIRouter(prefix="/" + API_VERSION, responses=_ERROR_RESPONSES, route_class=StrictJsonRoute)
-
-    def caller(rpc: str) -> Any:
-        """The authenticated principal, holding the scope the gRPC method `rpc` needs."""
-        scope = METHOD_SCOPES[RPC_PREFIX + rpc]
-
-        async def principal(authorization: Annotated[str | None, Security(_credentials)]) -> Principal:
-            found = await authenticator.authenticate_async(authorization)
-            authenticator.authorize(found, scope)
-            return found
-
-        return Depends(principal)
-
-    def route(
-        method: Literal["GET", "POST"],
-        path: str,
-        rpc: str,
-        response_model: type[BaseModel],
-        tag: str,
-        summary: str,
-        *,
-        openapi_extra: dict[str, Any] | None = None,
-    ) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Any]:
-        scope = METHOD_SCOPES[RPC_PREFIX + rpc]
-        return router.api_route(
-            path,
-            methods=[method],
-            response_model=response_model,
-            tags=[tag],
-            summary=summary,
-            operation_id=rpc if rpc != "GetTransaction" or "{" in path else "GetTransactionByIdempotencyKey",
-            description=f"gRPC: `ledger.v1.Ledger/{rpc}`. Scope: `{scope}`.",
-            openapi_extra={"x-required-scope": scope, "x-grpc-method": RPC_PREFIX + rpc, **(openapi_extra or {})},
-        )
-
-    AccountPath = Annotated[str, Path(description="The account id (u128, decimal string).")]  # noqa: N806
-
-    @route("POST", "/accounts", "CreateAccount", m.Account, "accounts", "Open an account (idempotent per reference)")
-    async def create_account(
-        principal: Annotated[Principal, caller("CreateAccount")], body: m.CreateAccountRequest
-    ) -> dict[str, Any]:
-        request = m.to_message(body, pb.CreateAccountRequest())
-        view = await service.create_account(
-            principal,
-            request.currency,
-            request.external_reference,
-            request.owner,
-            int(request.type),
-            dict(request.metadata),
-        )
-        return m.from_message(account_message(view))
-
-    @route("GET", "/accounts", "ListAccounts", m.ListAccountsResponse, "accounts", "List the caller's accounts")
-    async def list_accounts(
-        principal: Annotated[Principal, caller("ListAccounts")],
-        page_size: Annotated[int, Query(ge=0, le=m.UINT32_MAX, description="At most 1000; 0 = 100.")] = 0,
-        page_token: Annotated[str, Query(description="A previous response's next_page_token.")] = "",
-        currency: Annotated[str, Query(description="Only accounts in this currency.")] = "",
-    ) -> dict[str, Any]:
-        views, token = await service.list_accounts(principal, page_size, page_token, currency)
-        return m.from_message(
-            pb.ListAccountsResponse(accounts=[account_message(v) for v in views], next_page_token=token)
-        )
-
-    @route("GET", "/accounts/{account_id}", "GetAccount", m.Account, "accounts", "An account and its balance")
-    async def get_account(
-        principal: Annotated[Principal, caller("GetAccount")], account_id: AccountPath
-    ) -> dict[str, Any]:
-        return m.from_message(account_message(await service.get_account(principal, account_id)))
-
-    @route("GET", "/accounts/{account_id}/balance", "GetBalance", m.Balance, "accounts", "Posted, pending, available")
-    async def get_balance(
-        principal: Annotated[Principal, caller("GetBalance")], account_id: AccountPath
-    ) -> dict[str, Any]:
-        view = await service.get_account(principal, account_id)
-        return m.from_message(balance_message(view.account, view.record.currency))
-
-    @route(
-        "GET",
-        "/accounts/{account_id}/entries",
-        "ListAccountEntries",
-        m.ListAccountEntriesResponse,
-        "accounts",
-        "An account's entries, cursor-paginated",
-    )
-    async def list_account_entries(
-        principal: Annotated[Principal, caller("ListAccountEntries")],
-        account_id: AccountPath,
-        page_size: Annotated[int, Query(ge=0, le=m.UINT32_MAX, description="At most 1000; 0 = 100.")] = 0,
-        page_token: Annotated[str, Query(description="A previous response's next_page_token.")] = "",
-        from_ns: Annotated[
-            int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
-        ] = 0,
-        to_ns: Annotated[
-            int, Query(ge=0, le=U64_MAX, description="Engine time, inclusive, ns since the epoch; 0 = unbounded.")
-        ] = 0,
-        order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first.")] = "asc",
-        descending: Annotated[
-            bool, Query(description="Newest first (the gRPC field; the same as order=desc).")
-        ] = False,
-    ) -> dict[str, Any]:
-        entries, token = await service.list_account_entries(
-            principal, account_id, page_size, page_token, from_ns, to_ns, descending or order == "desc"
-        )
-        return m.from_message(
-            pb.ListAccountEntriesResponse(entries=[entry_message(e) for e in entries], next_page_token=token)
-        )
-
-    @route("POST", "/transactions", "PostTransaction", m.Transaction, "transactions", "Post one atomic transaction")
-    async def post_transaction(
-        principal: Annotated[Principal, caller("PostTransaction")], body: m.PostTransactionRequest
-    ) -> dict[str, Any]:
-        request = m.to_message(body, pb.PostTransactionRequest())
-        [result] = await service.post_transactions(principal, [post_request(request)], request_deadline.get())
-        if isinstance(result, DomainError):
-            raise result
-        return m.from_message(_posted(request, result))
-
-    @route(
-        "POST",
-        "/transactions:batch",
-        "PostTransactions",
-        m.PostTransactionsResponse,
-        "transactions",
-        "Post independent transactions; a result per item",
-        openapi_extra={"requestBody": _BATCH_REQUEST_BODY},
-    )
-    async def post_transactions(
-        principal: Annotated[Principal, caller("PostTransactions")], http_request: Request
-    ) -> Response:
-        # Read here, parsed in a worker thread (parse_batch): the body is declared in openapi_extra.
-        request = await asyncio.to_thread(parse_batch, await http_request.body())
-        deadline = request_deadline.get()
-        service.admit(sum(len(r.legs) for r in request.transactions), deadline)  # Before mapping.
-        results = await service.post_transactions(principal, [post_request(r) for r in request.transactions], deadline)
-        return await asyncio.to_thread(_batch_response, request, results)
-
-    @route(
-        "GET",
-        "/transactions",
-        "GetTransaction",
-        m.Transaction,
-        "transactions",
-        "A transaction by the idempotency key it was posted with",
-    )
-    async def get_transaction_by_key(
-        principal: Annotated[Principal, caller("GetTransaction")],
-        idempotency_key: Annotated[str, Query(min_length=1, description="The key the transaction was posted with.")],
-    ) -> dict[str, Any]:
-        return m.from_message(transaction_message(await service.get_transaction(principal, "", idempotency_key)))
-
-    @route("GET", "/transactions/{transaction_id}", "GetTransaction", m.Transaction, "transactions", "A transaction")
-    async def get_transaction(
-        principal: Annotated[Principal, caller("GetTransaction")],
-        transaction_id: Annotated[str, Path(description="32 lowercase hex digits.")],
-    ) -> dict[str, Any]:
-        return m.from_message(transaction_message(await service.get_transaction(principal, transaction_id, "")))
-
-    AuthorizationPath = Annotated[str, Path(description="The authorization's transaction id (32 hex digits).")]  # noqa: N806
-
-    @route(
-        "POST",
-        "/transactions/{authorization_id}:capture",
-        "CaptureTransaction",
-        m.Transaction,
-        "transactions",
-        "Capture an authorization, fully or partly",
-    )
-    async def capture(
-        principal: Annotated[Principal, caller("CaptureTransaction")],
-        authorization_id: AuthorizationPath,
-        body: m.CaptureTransactionRequest,
-    ) -> dict[str, Any]:
-        request = m.to_message(body, pb.CaptureTransactionRequest())
-        view = await service.resolve_authorization(
-            principal,
-            request.idempotency_key,
-            authorization_id,
-            True,
-            request.amount,
-            metadata_from(request.metadata),
-            request_deadline.get(),
-        )
-        return m.from_message(transaction_message(view))
-
-    @route(
-        "POST",
-        "/transactions/{authorization_id}:void",
-        "VoidTransaction",
-        m.Transaction,
-        "transactions",
-        "Release an authorization's hold",
-    )
-    async def void(
-        principal: Annotated[Principal, caller("VoidTransaction")],
-        authorization_id: AuthorizationPath,
-        body: m.VoidTransactionRequest,
-    ) -> dict[str, Any]:
-        request = m.to_message(body, pb.VoidTransactionRequest())
-        view = await service.resolve_authorization(
-            principal,
-            request.idempotency_key,
-            authorization_id,
-            False,
-            "",
-            metadata_from(request.metadata),
-            request_deadline.get(),
-        )
-        return m.from_message(transaction_message(view))
-
-    app.include_router(router)
+    app.state.service = service
+    app.state.authenticator = authenticator
+    app.state.history = history
+    app.include_router(ledger_routes.router, responses=_ERROR_RESPONSES)
     if history is not None:
-        app.include_router(history_router(history, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
-    if audit is not None:
-        app.include_router(audit_router(audit, authenticator, credentials=_credentials, responses=_ERROR_RESPONSES))
+        app.include_router(history_routes.router, responses=_ERROR_RESPONSES)
+        app.include_router(audit_routes.router, responses=_ERROR_RESPONSES)
     if read_model is not None:
         from facade.http.statement_routes import statement_router
 
@@ -495,19 +206,12 @@ def build_app(
                 read_model,
                 authenticator,
                 service.settings.currencies,
-                credentials=_credentials,
+                credentials=credentials,
                 responses=_ERROR_RESPONSES,
             )
         )
     _declare_batch_schema(app)
     return app
-
-
-_BATCH_REQUEST_BODY = {
-    "required": True,
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PostTransactionsRequest"}}},
-}
-_TRANSACTION = TypeAdapter(m.PostTransactionRequest)
 
 
 def _declare_batch_schema(app: FastAPI) -> None:
@@ -526,53 +230,3 @@ def _declare_batch_schema(app: FastAPI) -> None:
         return app.openapi_schema  # type: ignore[return-value]  # Set by generate().
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema.
-
-
-def _request_error(errors: list[Any], *location: int | str) -> RequestValidationError:
-    return RequestValidationError([{**error, "loc": ("body", *location, *error["loc"])} for error in errors])
-
-
-def parse_batch(body: bytes) -> pb.PostTransactionsRequest:
-    """A PostTransactions JSON body → the ledger_pb2 request, validated exactly as the route's model would
-    be. Runs in a worker thread: the JSON is decoded in one call, then the items are validated and
-    converted one at a time, so the event loop (which serves gRPC too) keeps its turns; the item count
-    is checked before any item is validated, so an oversized batch costs one decode."""
-    document = parse_body(body)  # Strict: duplicate keys, lone surrogates, NaN refused (MalformedRequest).
-    items = document.get("transactions") if isinstance(document, dict) else None
-    if not isinstance(items, list) or len(document) != 1:
-        try:
-            m.PostTransactionsRequest.model_validate(document)  # Its errors name what is wrong.
-        except ValidationError as error:
-            raise _request_error(list(error.errors(include_url=False))) from error
-        raise _request_error([{"loc": (), "msg": "invalid batch", "type": "invalid"}])
-    if len(items) > BATCH_TRANSACTIONS_MAX:
-        raise invalid("BATCH_TOO_LARGE", f"at most {BATCH_TRANSACTIONS_MAX} transactions per call")
-    message = pb.PostTransactionsRequest()
-    for index, item in enumerate(items):
-        try:
-            model = _TRANSACTION.validate_python(item)
-        except ValidationError as error:
-            raise _request_error(list(error.errors(include_url=False)), "transactions", index) from error
-        m.to_message(model, message.transactions.add())
-    assert len(message.transactions) == len(items)
-    return message
-
-
-def _batch_response(request: pb.PostTransactionsRequest, results: list[TransactionView | DomainError]) -> Response:
-    """The batch's JSON response, rendered in a worker thread (a thousand results take a while)."""
-    content = {
-        "results": [
-            {"error": m.error_body(result)}
-            if isinstance(result, DomainError)
-            else {"transaction": m.from_message(_posted(item, result))}
-            for item, result in zip(request.transactions, results, strict=True)
-        ]
-    }
-    # What FastAPI does with a route's response_model: validate, then dump (every field present).
-    return JSONResponse(m.PostTransactionsResponse.model_validate(content).model_dump(mode="json", by_alias=True))
-
-
-def _posted(request: pb.PostTransactionRequest, view: TransactionView) -> pb.Transaction:
-    message = pb.Transaction()
-    fill_posted(message, request, view)
-    return message

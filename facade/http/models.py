@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
+from facade.domain.times import TIME_PATTERN, TIME_TEXT_LENGTH_MAX
 from facade.domain.validation import (
     CORRELATION_ID_LENGTH_MAX,
     DESCRIPTION_LENGTH_MAX,
@@ -94,6 +94,23 @@ def _u64_decimal(text: str) -> str:
     return text
 
 
+RFC3339 = Annotated[
+    str,
+    Field(
+        description="The same time as RFC 3339 in UTC, exact to the nanosecond; empty when the time is 0 (none).",
+        examples=["2026-11-25T17:00:00.000000001Z"],
+    ),
+]
+RequestRFC3339 = Annotated[
+    str,
+    Field(
+        description="A time as RFC 3339 (any offset, up to nine fraction digits), instead of (or naming the same "
+        "nanosecond as) the field's engine nanoseconds; a bad one is INVALID_TIMESTAMP.",
+        examples=["2026-11-25T17:00:00.000000001Z"],
+        # Documented, validated by facade.domain.times (INVALID_TIMESTAMP with metadata.field, as over gRPC).
+        json_schema_extra={"pattern": TIME_PATTERN, "maxLength": TIME_TEXT_LENGTH_MAX},
+    ),
+]
 RequestNanosString = Annotated[NanosString, AfterValidator(_u64_decimal)]
 """A u64 nanosecond timestamp in a request: the pattern, then the range."""
 Labels = Annotated[
@@ -148,6 +165,7 @@ class TransactionMetadata(_Request):
     occurred_at_ns: RequestNanosString = Field(
         default="0", description="When the business event happened (ns since the Unix epoch, decimal); 0 = not given."
     )
+    occurred_at_rfc3339: RequestRFC3339 = ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,6 +264,7 @@ class Account(_Response):
     balance: Balance
     created_at_ns: NanosString = Field(description="Engine timestamp of creation (ns since the Unix epoch, decimal).")
     closed: bool
+    created_at_rfc3339: RFC3339
 
 
 class ListAccountsResponse(_Response):
@@ -268,6 +287,7 @@ class Transaction(_Response):
     deduplicated: bool = Field(description="True when this response replays an earlier identical request.")
     authorization_id: str = Field(description="For captures and voids: the authorization they resolve; else empty.")
     currency: str
+    committed_at_rfc3339: RFC3339
 
 
 class Error(_Response):
@@ -302,6 +322,7 @@ class Entry(_Response):
     status: TransactionStatus
     committed_at_ns: NanosString
     transfer_id: str = Field(pattern=U128_PATTERN, description="The engine transfer (u128, decimal string).")
+    committed_at_rfc3339: RFC3339
 
 
 class ListAccountEntriesResponse(_Response):
@@ -319,9 +340,7 @@ def to_message(model: BaseModel, message: M) -> M:
     try:
         json_format.ParseDict(model.model_dump(), message)
     except json_format.ParseError as error:
-        raise DomainError(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "a field is out of range for its type"
-        ) from error
+        raise LedgerError(ErrorKind.INVALID, "INVALID_REQUEST", "a field is out of range for its type") from error
     return message
 
 
@@ -331,7 +350,3 @@ def from_message(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-
-
-def error_body(error: DomainError) -> dict[str, Any]:
-    return {"code": error.code.name, "reason": error.reason, "message": error.message, "metadata": error.metadata}

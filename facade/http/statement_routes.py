@@ -7,13 +7,12 @@ service's own (its one ClickHouse thread), so this works while the service runs.
 
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 
 from facade.auth import SCOPE_AUDIT, Authenticator, Principal
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.http._json import StrictJsonRoute
 from facade.settings import CurrencySettings
 from projections.read_model import ReadModel
@@ -39,8 +38,8 @@ RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a run
 _SAFE_INTEGER_MAX = (1 << 53) - 1
 
 
-def _invalid(error: StatementError) -> DomainError:
-    return DomainError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_STATEMENT", str(error))
+def _invalid(error: StatementError) -> LedgerError:
+    return LedgerError(ErrorKind.INVALID, "INVALID_STATEMENT", str(error))
 
 
 def _json(value: object) -> object:
@@ -151,7 +150,7 @@ def statement_router(
 
         summary, results = await read_model.query(load)
         if summary is None:
-            raise DomainError(grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND", f"no reconciliation run {run_id}")
+            raise LedgerError(ErrorKind.NOT_FOUND, "RUN_NOT_FOUND", f"no reconciliation run {run_id}")
         return summary, results
 
     @router.get(

@@ -27,28 +27,29 @@ as for a gRPC caller. A command for any other client is answered PERMISSION_DENI
 from __future__ import annotations
 
 import asyncio
+import enum
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
 from facade.api.gen.ledger.v1 import ledger_pb2
-from facade.api.servicer import item_result, post_request
 from facade.auth import METHOD_SCOPES, Principal
 from facade.background import run_until_stopped
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.kafka.producing import Record, produce
 from facade.kafka.registry import value_serializer
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from facade.observability.tracing import extract_headers, inject_headers, tracer
-from facade.service import LedgerService, TransactionView
+from facade.operations import ledger as ops
+from facade.operations.convert import item_result
+from facade.service import LedgerService
 from facade.settings import KafkaSettings
 from ledger_events.records import (
     CONTENT_TYPE_HEADER,
@@ -67,6 +68,21 @@ REWIND_TIMEOUT_SECONDS = 10.0
 INGEST_SPAN_LINKS_MAX = 128
 
 log = get_logger("ledger.kafka_ingest")
+
+
+class KafkaResult(enum.Enum):
+    """What a command refused with a LedgerError of each kind becomes (the Kafka edge's error table)."""
+
+    RETRY = "RETRY"
+    """Nothing was written (the write queue was full): pause the partitions, retry after retry_after_ms."""
+    REJECTED = "REJECTED"
+    """Answered with a result whose `status` header is REJECTED (and its reason), and dead-lettered."""
+
+
+KAFKA_RESULT: dict[ErrorKind, KafkaResult] = {
+    **dict.fromkeys(ErrorKind, KafkaResult.REJECTED),
+    ErrorKind.EXHAUSTED: KafkaResult.RETRY,
+}
 
 
 class IngestError(RuntimeError):
@@ -201,7 +217,7 @@ class CommandIngestor:
             self._record_lag()
             return 0
         assert len(messages) <= POLL_RECORDS_MAX
-        answered: list[tuple[_Command, TransactionView | DomainError]] = []
+        answered: list[tuple[_Command, ledger_pb2.TransactionResult]] = []
         by_client: dict[str, list[_Command]] = {}
         for message in messages:
             if message.error():
@@ -213,17 +229,17 @@ class CommandIngestor:
                     header_value(message.headers(), CONTENT_TYPE_HEADER),
                 )
             except RecordDecodeError as error:
-                malformed = DomainError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_COMMAND", str(error))
-                answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), malformed))
+                malformed = LedgerError(ErrorKind.INVALID, "MALFORMED_COMMAND", str(error))
+                answered.append((_Command(message, ledger_pb2.PostTransactionRequest()), item_result(malformed)))
                 continue
             client_id = header_value(message.headers(), CLIENT_HEADER) or self._client_default
             if self._principal(client_id) is None:
-                denied = DomainError(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                denied = LedgerError(
+                    ErrorKind.PERMISSION_DENIED,
                     "PERMISSION_DENIED",
                     f"the ingestion principal may not act for client {client_id!r} (or lacks scope {POST_SCOPE})",
                 )
-                answered.append((_Command(message, request), denied))
+                answered.append((_Command(message, request), item_result(denied)))
                 continue
             by_client.setdefault(client_id, []).append(_Command(message, request))
         for client_id, commands in by_client.items():
@@ -239,7 +255,7 @@ class CommandIngestor:
         self._producer.init_transactions(TRANSACTION_TIMEOUT_SECONDS)
         self._transactions_ready = True
 
-    def _publish_transaction(self, answered: Sequence[tuple[_Command, TransactionView | DomainError]]) -> None:
+    def _publish_transaction(self, answered: Sequence[tuple[_Command, ledger_pb2.TransactionResult]]) -> None:
         """Results, dead letters and consumed offsets in one Kafka transaction."""
         errors: list[str] = []
         self._producer.begin_transaction()
@@ -291,7 +307,7 @@ class CommandIngestor:
 
     async def _post_with_backpressure(
         self, client_id: str, commands: list[_Command]
-    ) -> list[TransactionView | DomainError]:
+    ) -> Sequence[ledger_pb2.TransactionResult]:
         principal = self._principal(client_id)
         assert principal is not None and commands
         while True:
@@ -300,9 +316,12 @@ class CommandIngestor:
                 span.set_attribute("messaging.batch.message_count", len(commands))
                 self._results_context = trace.set_span_in_context(span)
                 try:
-                    return await self._service.post_transactions(principal, [post_request(c.request) for c in commands])
-                except DomainError as error:
-                    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # The PostTransactions operation, as over gRPC and HTTP: one result per command.
+                    batch = ledger_pb2.PostTransactionsRequest(transactions=[c.request for c in commands])
+                    response = await ops.post_transactions(self._service, principal, batch, None)
+                    return response.results
+                except LedgerError as error:
+                    if KAFKA_RESULT[error.kind] != KafkaResult.RETRY:
                         raise
                     retry_after = int(error.metadata.get("retry_after_ms", "50")) / 1000
             metrics.backpressure_rejections_total.labels("kafka").inc()
@@ -312,10 +331,11 @@ class CommandIngestor:
             await asyncio.sleep(retry_after)
             self._consumer.resume(assignment)
 
-    def _publish_result(self, command: _Command, result: TransactionView | DomainError, errors: list[str]) -> None:
+    def _publish_result(self, command: _Command, value: ledger_pb2.TransactionResult, errors: list[str]) -> None:
         request = command.request
-        status = "REJECTED" if isinstance(result, DomainError) else "POSTED"
-        reason = result.reason if isinstance(result, DomainError) else ""
+        refused = value.HasField("error")
+        status = KafkaResult.REJECTED.value if refused else "POSTED"
+        reason = value.error.reason if refused else ""
         headers: list[tuple[str, str | bytes | None]] = [
             ("idempotency_key", request.idempotency_key.encode()),
             ("correlation_id", request.metadata.correlation_id.encode()),
@@ -323,14 +343,13 @@ class CommandIngestor:
             ("reason", reason.encode()),
             *inject_headers(self._results_context),  # Results continue the trace of the batch that wrote them.
         ]
-        value = item_result(result)
         where = f"{command.message.topic()}/{command.message.partition()}/{command.message.offset()}"
         headers += cloud_event_headers(
             value, event_id=where, time_ns=time.time_ns(), source=self._settings.client_id, encoding=self._encoding
         )
         self._produce(self._settings.results_topic, command.message.key(), self._serialize(value), headers, errors)
-        if isinstance(result, DomainError):
-            self._dead_letter(command.message, result.reason, result.message, errors)
+        if refused:
+            self._dead_letter(command.message, value.error.reason, value.error.message, errors)
 
     def _dead_letter(self, message: Message, reason: str, detail: str, errors: list[str]) -> None:
         headers: list[tuple[str, str | bytes | None]] = [

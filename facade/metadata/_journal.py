@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from facade.domain.mapping import DomainError, transfer_status_error
+from facade.domain.errors import LedgerError, transfer_status_error
 from facade.domain.transactions import MappedTransaction, parse_body_summary
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import LEG_BITS, IndexEntry, OutcomeKind, TransactionIntent
@@ -241,4 +241,4 @@ def _intent(transaction: MappedTransaction, *, transfer_index: int, with_ids: bo
 
 
 def _reason(failure: str) -> str:
-    return DomainError.from_json(failure).reason
+    return LedgerError.from_json(failure).reason

@@ -88,7 +88,7 @@ class MetadataStore(Protocol):
         ...
 
     async def record_failures(self, failures: Sequence[tuple[int, str]]) -> None:
-        """Step 3 of a batch: (transaction id, DomainError.to_json()) of each refused transaction, durable
+        """Step 3 of a batch: (transaction id, LedgerError.to_json()) of each refused transaction, durable
         before those callers are answered. A recorded failure is final for its idempotency key, except
         IDEMPOTENCY_KEY_FAILED (a retry met the engine's burned id before the first façade recorded
         why): the original reason, recorded later, replaces it."""

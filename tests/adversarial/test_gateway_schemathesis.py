@@ -99,11 +99,11 @@ def _seed(served: Served) -> dict[str, str]:
             "/v1/accounts",
             json={"currency": "USD", "external_reference": "st-1", "type": "ACCOUNT_TYPE_NO_OVERDRAFT"},
         )
-        assert account.status_code == 200, account.text
+        assert account.status_code == 201, account.text
         account_id = account.json()["account_id"]
         leg = {"type": "LEG_TYPE_CREDIT", "account_id": account_id, "amount": "1000", "currency": "USD"}
         held = client.post("/v1/transactions", json={"idempotency_key": "st-h", "legs": [leg], "authorize_only": True})
-        assert held.status_code == 200, held.text
+        assert held.status_code == 201, held.text
         transaction_id = held.json()["transaction_id"]
     return {"account_id": account_id, "transaction_id": transaction_id, "authorization_id": transaction_id}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from facade.domain.accounts import Currencies
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.domain.ids import account_id, transaction_id, transfer_id
-from facade.domain.mapping import DomainError
 from facade.domain.transactions import (
     Kind,
     Leg,
@@ -40,7 +39,7 @@ CURRENCIES = Currencies(dict(ApiSettings().currencies))
 ALICE, BOB = "11111111111111111111", "22222222222222222222"
 
 
-def reason(error: pytest.ExceptionInfo[DomainError]) -> str:
+def reason(error: pytest.ExceptionInfo[LedgerError]) -> str:
     return error.value.reason
 
 
@@ -57,9 +56,9 @@ def test_ids_are_unambiguous_and_never_reserved() -> None:
 
 @pytest.mark.parametrize("text", ["", "0", "-1", "+1", "01", "1.5", "1e3", " 1", "²", "1" * 40, str(AMOUNT_MAX)])
 def test_amounts_must_be_canonical_positive_decimals(text: str) -> None:
-    with pytest.raises(DomainError) as error:
+    with pytest.raises(LedgerError) as error:
         parse_amount(text)
-    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == "INVALID_AMOUNT"
+    assert error.value.kind == ErrorKind.INVALID and reason(error) == "INVALID_AMOUNT"
 
 
 @pytest.mark.parametrize("text", ["1", "9", "10", str(AMOUNT_MAX - 1)])
@@ -69,7 +68,7 @@ def test_amounts_in_range(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["", "0", "007", "x", "٣", str(U128_MAX)])
 def test_ids_must_be_canonical(text: str) -> None:
-    with pytest.raises(DomainError) as error:
+    with pytest.raises(LedgerError) as error:
         parse_id(text, "account_id")
     assert reason(error) == "INVALID_ID"
 
@@ -95,7 +94,7 @@ def test_mixed_currencies_are_rejected() -> None:
         Leg(TransactionType.CREDIT, account_id=ALICE, amount="1", currency="USD"),
         Leg(TransactionType.CREDIT, account_id=BOB, amount="1", currency="EUR"),
     ]
-    with pytest.raises(DomainError) as error:
+    with pytest.raises(LedgerError) as error:
         map_post("client", PostRequest("key", legs, Metadata()), currencies=CURRENCIES)
     assert reason(error) == "CURRENCY_MISMATCH"
 

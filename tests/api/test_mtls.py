@@ -137,7 +137,7 @@ async def test_every_edge_is_behind_tls(tmp_path: Path, mutual: bool) -> None:
             created = await client.post(
                 f"https://{gateway}/v1/accounts", json={**account, "external_reference": "a"}, headers=token
             )
-            assert created.status_code == 200, created.text
+            assert created.status_code == 201, created.text
             assert (await client.get(f"https://{gateway}/v1/accounts")).status_code == 401  # TLS is not a token.
             assert (await client.get(f"https://{ops}/healthz")).json() == {"status": "ok"}
             assert (await client.get(f"https://{ops}/metrics")).status_code == 200

@@ -18,11 +18,13 @@ from typing import Any
 import grpc
 import pytest
 
+from facade.api.auth_interceptor import AuthInterceptor
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
+from facade.api.guard import RequestGuardInterceptor
 from facade.api.servicer import LedgerServicer
-from facade.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Authenticator, AuthInterceptor, issue_token
+from facade.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Authenticator, issue_token
 from facade.domain.accounts import ACCOUNT_CODE_CUSTOMER, customer_account_flags
 from facade.domain.ids import account_id, transaction_id
 from facade.engine.embedded import EmbeddedEngine
@@ -83,7 +85,7 @@ async def open_facade(engine: EmbeddedEngine, store_path: Path) -> Facade:
     store = await MetadataStore.open(store_path)
     service = LedgerService(engine, store, ApiSettings(port=0, http_port=-1, metadata_db=store_path))
     await service.start()
-    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(AUTH))])
+    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(AUTH)), RequestGuardInterceptor()])
     rpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

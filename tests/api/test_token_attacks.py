@@ -284,7 +284,7 @@ async def _http_call(target: Target, token: str, write: bool, key: str) -> tuple
         response = await target.http.post("/v1/transactions", json=body, headers=headers)
     else:
         response = await target.http.get(f"/v1/accounts/{target.account}/balance", headers=headers)
-    if response.status_code == 200:
+    if response.status_code == (201 if write else 200):  # Accepted: a posted transaction is created.
         return "", {}, ""
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")

@@ -135,6 +135,11 @@ class Caller:
     authorization: str | None
 
 
+def since(timestamp_from: int) -> dict[str, Any]:
+    """The `from` field of a period request, as keyword arguments (`from` is a Python keyword)."""
+    return {"from": timestamp_from}
+
+
 def as_json(message: Message) -> JsonObject:
     """A message's proto3 JSON, every field present: what the gateway answers for the same message."""
     return json_format.MessageToDict(

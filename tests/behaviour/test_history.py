@@ -8,7 +8,7 @@ import pytest
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPE_READ
-from tests.behaviour._clients import Code, JsonObject, Rpc
+from tests.behaviour._clients import Code, JsonObject, Rpc, since
 from tests.behaviour.conftest import Tenant, credit, debit, transfer
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -55,7 +55,7 @@ async def test_a_statement_lists_the_entries_with_balances(tenant: Tenant) -> No
             account_id=alice,
             to=int(posted[1]["committed_at_ns"]),
             limit=5,
-            **{"from": int(posted[0]["committed_at_ns"])},
+            **since(int(posted[0]["committed_at_ns"])),
         ),
     )
     assert [line["amount"] for line in period["lines"]] == ["10000"], "the period is half-open: [from, to)"
@@ -83,7 +83,7 @@ async def test_balances_as_of_a_moment(tenant: Tenant) -> None:
 
 async def test_daily_totals_correlation_and_reconciliation(tenant: Tenant) -> None:
     _, _, posted = await _three_transactions(tenant)
-    period = {"from": int(posted[0]["committed_at_ns"])}
+    period = since(int(posted[0]["committed_at_ns"]))
     totals = await tenant.call(
         Rpc.GET_DAILY_TOTALS, hpb.GetDailyTotalsRequest(to=int(posted[-1]["committed_at_ns"]) + 1, **period)
     )
@@ -113,9 +113,9 @@ async def test_history_refusals(tenant: Tenant) -> None:
     reader = tenant.caller(frozenset({SCOPE_READ}))
     cases = [
         (Rpc.GET_STATEMENT, hpb.GetStatementRequest(account_id=alice, limit=10_001), "LIMIT_TOO_LARGE"),
-        (Rpc.GET_STATEMENT, hpb.GetStatementRequest(account_id=alice, to=5, **{"from": 9}), "INVALID_PERIOD"),
+        (Rpc.GET_STATEMENT, hpb.GetStatementRequest(account_id=alice, to=5, **since(9)), "INVALID_PERIOD"),
         (Rpc.GET_STATEMENT, hpb.GetStatementRequest(account_id="bad"), "INVALID_ID"),
-        (Rpc.GET_DAILY_TOTALS, hpb.GetDailyTotalsRequest(to=5, **{"from": 9}), "INVALID_PERIOD"),
+        (Rpc.GET_DAILY_TOTALS, hpb.GetDailyTotalsRequest(to=5, **since(9)), "INVALID_PERIOD"),
     ]
     for rpc, request, reason in cases:
         caller = tenant.caller() if rpc is Rpc.GET_DAILY_TOTALS else reader

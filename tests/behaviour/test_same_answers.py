@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPE_AUDIT, SCOPE_READ
-from tests.behaviour._clients import Caller, Code, Edge, Refused, Rpc
+from tests.behaviour._clients import Caller, Code, Edge, Refused, Rpc, since
 from tests.behaviour.conftest import AUDIT_CHECKPOINT_ENTRIES, Server, Tenant, credit, debit, transfer
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -42,12 +42,12 @@ async def test_every_read_answers_the_same_document_on_both_edges(server: Server
         (
             Rpc.GET_STATEMENT,
             hpb.GetStatementRequest(
-                account_id=alice, to=int(second["committed_at_ns"]), limit=5, **{"from": int(first["committed_at_ns"])}
+                account_id=alice, to=int(second["committed_at_ns"]), limit=5, **since(int(first["committed_at_ns"]))
             ),
         ),
         (Rpc.GET_BALANCE_AS_OF, hpb.GetBalanceAsOfRequest(account_id=alice, as_of=int(second["committed_at_ns"]) - 1)),
         (Rpc.GET_BALANCE_AS_OF, hpb.GetBalanceAsOfRequest(account_id=bob)),
-        (Rpc.GET_DAILY_TOTALS, hpb.GetDailyTotalsRequest(to=end, **{"from": int(first["committed_at_ns"])})),
+        (Rpc.GET_DAILY_TOTALS, hpb.GetDailyTotalsRequest(to=end, **since(int(first["committed_at_ns"])))),
         (
             Rpc.LIST_TRANSACTIONS_BY_CORRELATION,
             hpb.ListTransactionsByCorrelationRequest(correlation_id="same-answers-1"),

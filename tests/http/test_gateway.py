@@ -31,10 +31,16 @@ class Http:
         return {"Authorization": f"Bearer {issue_token(self.api.settings.auth, client_id, scopes)}"}
 
     async def call(
-        self, method: str, path: str, body: object = None, expect: int = 200, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        expect: int = 200,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
     ) -> JsonObject:
         response = await self.client.request(
-            method, path, json=body, headers=self.auth() if headers is None else headers
+            method, path, json=body, params=params, headers=self.auth() if headers is None else headers
         )
         assert response.status_code == expect, response.text
         payload: JsonObject = response.json()
@@ -54,10 +60,11 @@ class Http:
             "POST",
             "/v1/accounts",
             {"currency": currency, "external_reference": reference, "owner": reference, "type": kind},
+            expect=201,
         )
         return str(account["account_id"])
 
-    async def post(self, key: str, *legs: JsonObject, expect: int = 200, **fields: Any) -> JsonObject:
+    async def post(self, key: str, *legs: JsonObject, expect: int = 201, **fields: Any) -> JsonObject:
         return await self.call(
             "POST", "/v1/transactions", {"idempotency_key": key, "legs": list(legs), **fields}, expect
         )
@@ -230,8 +237,15 @@ async def test_openapi_lists_every_operation_with_string_amounts(http: Http) -> 
         "VoidTransaction": ("POST", "/v1/transactions/{authorization_id}:void"),
     }
     post = document["paths"]["/v1/transactions"]["post"]
-    assert post["x-required-scope"] == "ledger.write" and {"LedgerCredentials": []} in post["security"]
-    assert set(post["responses"]) >= {"200", "400", "401", "403", "409", "422", "429"}
+    # The scope the operation needs, in its security requirement (Security(..., scopes=[...])).
+    assert post["x-required-scope"] == "ledger.write" and post["security"] == [{"LedgerCredentials": ["ledger.write"]}]
+    assert post["x-grpc-method"] == "/ledger.v1.Ledger/PostTransaction"
+    assert set(post["responses"]) >= {"200", "201", "400", "401", "403", "409", "422", "429"}
+    for path, methods in document["paths"].items():
+        for operation in methods.values():
+            rpc = operation["x-grpc-method"]
+            assert rpc.endswith("/" + operation["operationId"].removesuffix("ByIdempotencyKey")), path
+            assert operation["security"] == [{"LedgerCredentials": [operation["x-required-scope"]]}], path
     schemas = document["components"]["schemas"]
 
     def field(model: str, name: str) -> JsonObject:
@@ -306,7 +320,7 @@ async def test_backpressure_is_429_with_retry_after(tmp_path: Path) -> None:
         for response in rejected:
             assert int(response.headers["retry-after"]) >= 1
             assert response.json()["reason"] == "WRITE_QUEUE_FULL" and response.json()["metadata"]["retry_after_ms"]
-        assert all(r.status_code in (200, 429) for r in responses)
+        assert all(r.status_code in (201, 429) for r in responses)
         assert await http.available(alice) == len(responses) - len(rejected)
     finally:
         await close_http(http)
@@ -320,7 +334,7 @@ async def test_requests_are_measured_per_operation_and_status(http: Http) -> Non
         return REGISTRY.get_sample_value("ledger_request_duration_seconds_count", labels) or 0.0
 
     alice = await http.account("alice")
-    posted, refused = count("PostTransaction", "200"), count("PostTransaction", "422")
+    posted, refused = count("PostTransaction", "201"), count("PostTransaction", "422")
     await http.post("m1", credit(alice, 10))
     await http.post("m2", debit(alice, 1_000), expect=422)
-    assert (count("PostTransaction", "200") - posted, count("PostTransaction", "422") - refused) == (1, 1)
+    assert (count("PostTransaction", "201") - posted, count("PostTransaction", "422") - refused) == (1, 1)

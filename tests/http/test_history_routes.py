@@ -20,7 +20,7 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE
-from facade.domain.mapping import DomainError
+from facade.domain.errors import LedgerError
 from facade.http import models as m
 from facade.http.history_routes import REASON_INVALID_TIMESTAMP, parse_time
 from tests.api.conftest import credit
@@ -50,6 +50,12 @@ def rfc3339(nanos: int, offset_minutes: int = 0) -> str:
         + moment.strftime("%z")[:3]
         + (":" + moment.strftime("%z")[3:])
     )
+
+
+def period_request(request: Any, timestamp_from: int) -> Any:
+    """`request` with its `from` field (a Python keyword) set."""
+    setattr(request, "from", timestamp_from)
+    return request
 
 
 def stub(http: Http) -> Any:
@@ -159,7 +165,7 @@ def test_parse_time_edges() -> None:
         "1 ",
         "1\n",
     ):
-        with pytest.raises(DomainError) as failed:
+        with pytest.raises(LedgerError) as failed:
             parse_time(bad, field="to")
         assert failed.value.reason == REASON_INVALID_TIMESTAMP and failed.value.metadata == {"field": "to"}
 

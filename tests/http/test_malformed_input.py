@@ -91,7 +91,7 @@ async def test_duplicate_keys_are_refused_and_move_nothing(http: Http) -> None:
 async def test_u64_and_u32_fields_refuse_out_of_range_values(http: Http) -> None:
     alice = await http.account("alice")
     body = _body("t-max", alice, occurred_at_ns=str(U64_MAX))
-    posted = await http.call("POST", "/v1/transactions", body)
+    posted = await http.call("POST", "/v1/transactions", body, expect=201)
     assert posted["metadata"]["occurred_at_ns"] == str(U64_MAX), "2^64-1 is a u64"
     over = _body("t-over", alice, occurred_at_ns=str(U64_MAX + 1))
     status, payload = await _raw(http, json.dumps(over).encode())

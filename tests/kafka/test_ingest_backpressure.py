@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from facade.auth import SCOPES_ALL, Principal
-from facade.domain.mapping import DomainError
+from facade.domain.errors import LedgerError
 from facade.domain.transactions import Leg, Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import TransactionIntent
@@ -103,11 +103,11 @@ async def test_full_write_queue_pauses_the_consumer_and_loses_nothing(
             request = PostRequest(f"w{worker}-{n}", [Leg(1, account_id=other, amount="1", currency="USD")], Metadata())
             try:
                 [result] = await service.post_transactions(owner, [request])
-            except DomainError as error:  # RESOURCE_EXHAUSTED: the queue is full; try again.
+            except LedgerError as error:  # RESOURCE_EXHAUSTED: the queue is full; try again.
                 refusals.append(error.reason)
                 await asyncio.sleep(0.001)
                 continue
-            assert not isinstance(result, DomainError)
+            assert not isinstance(result, LedgerError)
             competing_posted += 1
 
     refusals: list[str] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from facade.batcher import Committed, GroupCommitter, Outcome
-from facade.domain.mapping import DomainError
+from facade.domain.errors import LedgerError
 
 from ._journal_crash_writer import ALICE, BOB, open_ledger, transaction
 
@@ -99,10 +99,10 @@ async def test_sigkill_mid_append_then_retries_return_the_original_outcomes(tmp_
                 assert again.deduplicated
                 committed += 1
             else:
-                assert isinstance(again, DomainError) and again.reason == "INSUFFICIENT_FUNDS", again
+                assert isinstance(again, LedgerError) and again.reason == "INSUFFICIENT_FUNDS", again
             if key in acked:
                 assert describe(retried) == acked[key], f"key {key}: acked {acked[key]}, retry {describe(retried)}"
-                assert isinstance(retried, DomainError) or retried.deduplicated
+                assert isinstance(retried, LedgerError) or retried.deduplicated
         # The money moved exactly once per committed key: 5 per credit to ALICE, none for overdrafts.
         [alice, bob] = await engine.lookup_accounts([ALICE, BOB])
         assert alice.credits_posted == 5 * committed and alice.debits_posted == 0

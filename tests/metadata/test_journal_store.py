@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import grpc
-
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.domain.transactions import Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import OutcomeKind
@@ -52,7 +50,7 @@ async def test_a_batch_is_one_append_with_its_intents_and_outcomes(tmp_path: Pat
         assert entry.kind == OutcomeKind.FAILED
         prior = (await store.priors([refused]))[refused.transaction_id]
         failed = outcomes[4]
-        assert isinstance(failed, DomainError) and prior.failure == failed.to_json()
+        assert isinstance(failed, LedgerError) and prior.failure == failed.to_json()
         stored = await store.get_transaction(transaction(3).transaction_id)
         assert stored is not None and stored.body == transaction(3).body and stored.failure is None
     finally:
@@ -63,7 +61,7 @@ async def test_an_older_builds_sqlite_transactions_are_still_found(tmp_path: Pat
     """Upgrade: intents and failures an older build wrote to SQLite keep answering retries."""
     legacy_committed, legacy_failed = transaction(100), transaction(104)
     sqlite = await SqliteMetadataStore.open(tmp_path / "metadata.sqlite3")
-    refusal = DomainError(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS", "legacy").to_json()
+    refusal = LedgerError(ErrorKind.PRECONDITION, "INSUFFICIENT_FUNDS", "legacy").to_json()
     await sqlite.prepare([legacy_committed, legacy_failed])
     await sqlite.record_failures([(legacy_failed.transaction_id, refusal)])
     await sqlite.close()
@@ -72,7 +70,7 @@ async def test_an_older_builds_sqlite_transactions_are_still_found(tmp_path: Pat
     committer.start()
     try:
         [failed] = [await f for f in committer.submit([legacy_failed])]
-        assert isinstance(failed, DomainError) and failed.to_json() == refusal
+        assert isinstance(failed, LedgerError) and failed.to_json() == refusal
         reused = map_post(
             "client-a",
             PostRequest(
@@ -83,7 +81,7 @@ async def test_an_older_builds_sqlite_transactions_are_still_found(tmp_path: Pat
             currencies=CURRENCIES,
         )
         [outcome] = [await f for f in committer.submit([reused])]
-        assert isinstance(outcome, DomainError) and outcome.reason == "IDEMPOTENCY_KEY_REUSED"
+        assert isinstance(outcome, LedgerError) and outcome.reason == "IDEMPOTENCY_KEY_REUSED"
         stored = await store.get_transaction(legacy_committed.transaction_id)
         assert stored is not None and stored.body == legacy_committed.body
         ids = [x.id for x in legacy_committed.transfers]

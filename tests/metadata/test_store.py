@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 import pytest
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import Committed, GroupCommitter
 from facade.domain.accounts import ACCOUNT_CODE_SETTLEMENT, Currencies
+from facade.domain.errors import ErrorKind, LedgerError
 from facade.domain.ids import settlement_account_id
-from facade.domain.mapping import DomainError
 from facade.domain.transactions import MappedTransaction, Metadata, PostRequest, map_post
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import Account, AccountFlags, CreateTransferStatus
@@ -49,13 +48,13 @@ def transaction(key: str, amount: int = 5, *, client: str = "client-a", descript
     return map_post(client, PostRequest(key, legs, Metadata(description=description)), currencies=CURRENCIES)
 
 
-async def submit(committer: GroupCommitter, transaction: MappedTransaction) -> Committed | DomainError:
+async def submit(committer: GroupCommitter, transaction: MappedTransaction) -> Committed | LedgerError:
     [future] = committer.submit([transaction])
     return await future
 
 
 def refusal(reason: str = "INSUFFICIENT_FUNDS") -> str:
-    return DomainError(grpc.StatusCode.FAILED_PRECONDITION, reason, "not enough").to_json()
+    return LedgerError(ErrorKind.PRECONDITION, reason, "not enough").to_json()
 
 
 @pytest.fixture(params=["sqlite", "journal", "postgres"])
@@ -140,7 +139,7 @@ async def test_a_recorded_failure_is_final(store: MetadataStore) -> None:
     priors = await store.prepare([failed, committed])
     assert priors[failed.transaction_id].failure == refusal()
     assert priors[committed.transaction_id].failure is None
-    assert DomainError.from_json(refusal()).reason == "INSUFFICIENT_FUNDS"
+    assert LedgerError.from_json(refusal()).reason == "INSUFFICIENT_FUNDS"
     stored = await store.get_transaction(failed.transaction_id)
     assert stored is not None and stored.failure == refusal()
 
@@ -149,7 +148,7 @@ async def test_the_engine_placeholder_yields_to_the_original_reason(store: Metad
     """Façade B's retry met the engine's burned id (IDEMPOTENCY_KEY_FAILED) before façade A recorded why
     the engine refused it: A's record replaces the placeholder, and then stays."""
     raced, original_first = transaction("raced"), transaction("original-first")
-    placeholder = DomainError(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_FAILED", "failed").to_json()
+    placeholder = LedgerError(ErrorKind.CONFLICT, "IDEMPOTENCY_KEY_FAILED", "failed").to_json()
     await store.prepare([raced, original_first])
     await store.record_failures([(raced.transaction_id, placeholder), (original_first.transaction_id, refusal())])
     await store.record_failures([(raced.transaction_id, refusal()), (original_first.transaction_id, placeholder)])
@@ -302,7 +301,7 @@ async def test_a_commit_whose_answer_was_lost_is_replayed(
     outcome = await submit(committer, answered_never)
     assert isinstance(outcome, Committed) and outcome.deduplicated and outcome.timestamp == results[0].timestamp
     reused = await submit(committer, transaction("answered-never", 6))
-    assert isinstance(reused, DomainError) and reused.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert isinstance(reused, LedgerError) and reused.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
 async def test_a_failure_is_recorded_before_the_answer_and_replayed(
@@ -313,11 +312,11 @@ async def test_a_failure_is_recorded_before_the_answer_and_replayed(
         "client-a", PostRequest("overdraft", [leg(pb.LEG_TYPE_DEBIT, ALICE, 50)], Metadata()), currencies=CURRENCIES
     )
     outcome = await submit(committer, overdraft)
-    assert isinstance(outcome, DomainError)
+    assert isinstance(outcome, LedgerError)
     # Answered, so recorded: the store holds the original reason for every later retry.
     assert (await store.prepare([overdraft]))[overdraft.transaction_id].failure == outcome.to_json()
     again = await submit(committer, overdraft)
-    assert isinstance(again, DomainError) and again.to_json() == outcome.to_json()
+    assert isinstance(again, LedgerError) and again.to_json() == outcome.to_json()
 
 
 async def test_a_failure_whose_record_was_lost_is_reported_consistently(
@@ -332,6 +331,6 @@ async def test_a_failure_whose_record_was_lost_is_reported_consistently(
     assert result.status == CreateTransferStatus.EXCEEDS_CREDITS  # Crash here: no failure recorded.
     for _ in range(2):  # The first retry learns it from the engine (id burned) and records it.
         outcome = await submit(committer, refused)
-        assert isinstance(outcome, DomainError) and outcome.reason == "IDEMPOTENCY_KEY_FAILED"
+        assert isinstance(outcome, LedgerError) and outcome.reason == "IDEMPOTENCY_KEY_FAILED"
     prior = (await store.prepare([refused]))[refused.transaction_id]
-    assert prior.failure is not None and DomainError.from_json(prior.failure).reason == "IDEMPOTENCY_KEY_FAILED"
+    assert prior.failure is not None and LedgerError.from_json(prior.failure).reason == "IDEMPOTENCY_KEY_FAILED"

@@ -56,6 +56,7 @@ class SignedCheckpoint(_message.Message):
     ROOT_HASH_FIELD_NUMBER: _builtins.int
     TIMESTAMP_LAST_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_LAST_RFC3339_FIELD_NUMBER: _builtins.int
     note: _builtins.str
     """The signed note, verbatim (C2SP signed note; docs/audit.md has the byte layout)."""
     tree_size: _builtins.int
@@ -64,6 +65,8 @@ class SignedCheckpoint(_message.Message):
     """Engine timestamp of the last change in the tree."""
     key_id: _builtins.str
     """Hex of the 4-byte key hash that signed it."""
+    timestamp_last_rfc3339: _builtins.str
+    """timestamp_last as RFC 3339 (UTC)."""
     def __init__(
         self,
         *,
@@ -72,10 +75,11 @@ class SignedCheckpoint(_message.Message):
         root_hash: _builtins.bytes = ...,
         timestamp_last: _builtins.int = ...,
         key_id: _builtins.str = ...,
+        timestamp_last_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "note", b"note", "root_hash", b"root_hash", "timestamp_last", b"timestamp_last", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "note", b"note", "root_hash", b"root_hash", "timestamp_last", b"timestamp_last", "timestamp_last_rfc3339", b"timestamp_last_rfc3339", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,6 +240,8 @@ class HistoricalBalance(_message.Message):
     CREDITS_POSTED_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     debits_pending: _builtins.str
     debits_posted: _builtins.str
@@ -245,6 +251,10 @@ class HistoricalBalance(_message.Message):
     """Engine timestamp of the change these balances follow (0: the account had no change yet)."""
     projected_until: _builtins.int
     """Engine timestamp of the newest change the read model holds."""
+    timestamp_rfc3339: _builtins.str
+    """timestamp as RFC 3339 (UTC); empty for 0."""
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     def __init__(
         self,
         *,
@@ -255,10 +265,12 @@ class HistoricalBalance(_message.Message):
         credits_posted: _builtins.str = ...,
         timestamp: _builtins.int = ...,
         projected_until: _builtins.int = ...,
+        timestamp_rfc3339: _builtins.str = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "credits_pending", b"credits_pending", "credits_posted", b"credits_posted", "debits_pending", b"debits_pending", "debits_posted", b"debits_posted", "projected_until", b"projected_until", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "credits_pending", b"credits_pending", "credits_posted", b"credits_posted", "debits_pending", b"debits_pending", "debits_posted", b"debits_posted", "projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339", "timestamp", b"timestamp", "timestamp_rfc3339", b"timestamp_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,18 +282,22 @@ class GetBalanceAsOfRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    AS_OF_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     as_of: _builtins.int
     """0 = now."""
+    as_of_rfc3339: _builtins.str
+    """as_of as RFC 3339 (give either, or both naming the same nanosecond)."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         as_of: _builtins.int = ...,
+        as_of_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of", b"as_of"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of", b"as_of", "as_of_rfc3339", b"as_of_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,21 +311,29 @@ class GetStatementRequest(_message.Message):
     FROM_FIELD_NUMBER: _builtins.int
     TO_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    FROM_RFC3339_FIELD_NUMBER: _builtins.int
+    TO_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     to: _builtins.int
     """0 = now."""
     limit: _builtins.int
     """At most this many lines (default 1000, at most 10000); `truncated` says there are more."""
+    from_rfc3339: _builtins.str
+    """from as RFC 3339 (give either, or both naming the same nanosecond)."""
+    to_rfc3339: _builtins.str
+    """to as RFC 3339."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         to: _builtins.int = ...,
         limit: _builtins.int = ...,
+        from_rfc3339: _builtins.str = ...,
+        to_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "from", b"from", "limit", b"limit", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "from", b"from", "from_rfc3339", b"from_rfc3339", "limit", b"limit", "to", b"to", "to_rfc3339", b"to_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -333,6 +357,7 @@ class StatementLine(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    ENGINE_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
     engine_timestamp: _builtins.int
     change: _builtins.str
     """The engine change, as ledger.v1.EntryChange names it: SINGLE_PHASE, TWO_PHASE_PENDING, TWO_PHASE_POSTED,
@@ -351,6 +376,8 @@ class StatementLine(_message.Message):
     correlation_id: _builtins.str
     description: _builtins.str
     currency: _builtins.str
+    engine_timestamp_rfc3339: _builtins.str
+    """engine_timestamp as RFC 3339 (UTC)."""
     @_builtins.property
     def balance_after(self) -> Global___HistoricalBalance:
         """Balances right after this line (absent when the engine backend does not report them)."""
@@ -372,10 +399,11 @@ class StatementLine(_message.Message):
         description: _builtins.str = ...,
         currency: _builtins.str = ...,
         balance_after: Global___HistoricalBalance | None = ...,
+        engine_timestamp_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "change", b"change", "correlation_id", b"correlation_id", "counterparty_account_id", b"counterparty_account_id", "currency", b"currency", "description", b"description", "engine_timestamp", b"engine_timestamp", "side", b"side", "signed_amount", b"signed_amount", "source", b"source", "transaction_id", b"transaction_id", "transaction_type", b"transaction_type", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "change", b"change", "correlation_id", b"correlation_id", "counterparty_account_id", b"counterparty_account_id", "currency", b"currency", "description", b"description", "engine_timestamp", b"engine_timestamp", "engine_timestamp_rfc3339", b"engine_timestamp_rfc3339", "side", b"side", "signed_amount", b"signed_amount", "source", b"source", "transaction_id", b"transaction_id", "transaction_type", b"transaction_type", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,11 +421,20 @@ class Statement(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    FROM_RFC3339_FIELD_NUMBER: _builtins.int
+    TO_RFC3339_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     to: _builtins.int
     truncated: _builtins.bool
     """More lines exist: ask again from lines[-1].engine_timestamp + 1."""
     projected_until: _builtins.int
+    from_rfc3339: _builtins.str
+    """from as RFC 3339 (UTC)."""
+    to_rfc3339: _builtins.str
+    """to as RFC 3339 (UTC)."""
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     @_builtins.property
     def opening(self) -> Global___HistoricalBalance: ...
     @_builtins.property
@@ -414,10 +451,13 @@ class Statement(_message.Message):
         lines: _abc.Iterable[Global___StatementLine] | None = ...,
         truncated: _builtins.bool = ...,
         projected_until: _builtins.int = ...,
+        from_rfc3339: _builtins.str = ...,
+        to_rfc3339: _builtins.str = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "opening", b"opening"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "closing", b"closing", "from", b"from", "lines", b"lines", "opening", b"opening", "projected_until", b"projected_until", "to", b"to", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "closing", b"closing", "from", b"from", "from_rfc3339", b"from_rfc3339", "lines", b"lines", "opening", b"opening", "projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339", "to", b"to", "to_rfc3339", b"to_rfc3339", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,16 +469,24 @@ class GetDailyTotalsRequest(_message.Message):
 
     FROM_FIELD_NUMBER: _builtins.int
     TO_FIELD_NUMBER: _builtins.int
+    FROM_RFC3339_FIELD_NUMBER: _builtins.int
+    TO_RFC3339_FIELD_NUMBER: _builtins.int
     to: _builtins.int
     """0 = now."""
+    from_rfc3339: _builtins.str
+    """from as RFC 3339 (give either, or both naming the same nanosecond)."""
+    to_rfc3339: _builtins.str
+    """to as RFC 3339."""
     def __init__(
         self,
         *,
         to: _builtins.int = ...,
+        from_rfc3339: _builtins.str = ...,
+        to_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "from_rfc3339", b"from_rfc3339", "to", b"to", "to_rfc3339", b"to_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,7 +536,10 @@ class DailyTotals(_message.Message):
 
     TOTALS_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     projected_until: _builtins.int
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     @_builtins.property
     def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyTotal]: ...
     def __init__(
@@ -496,10 +547,11 @@ class DailyTotals(_message.Message):
         *,
         totals: _abc.Iterable[Global___DailyTotal] | None = ...,
         projected_until: _builtins.int = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["projected_until", b"projected_until", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,6 +614,7 @@ class CorrelatedTransfer(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CHAIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ENGINE_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
     engine_timestamp: _builtins.int
     change: _builtins.str
     transaction_id: _builtins.str
@@ -576,6 +629,8 @@ class CorrelatedTransfer(_message.Message):
     description: _builtins.str
     chain_sequence: _builtins.int
     """Position in the audit hash chain."""
+    engine_timestamp_rfc3339: _builtins.str
+    """engine_timestamp as RFC 3339 (UTC)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -595,10 +650,11 @@ class CorrelatedTransfer(_message.Message):
         description: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         chain_sequence: _builtins.int = ...,
+        engine_timestamp_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_sequence", b"chain_sequence", "change", b"change", "credit_account_id", b"credit_account_id", "currency", b"currency", "debit_account_id", b"debit_account_id", "description", b"description", "engine_timestamp", b"engine_timestamp", "labels", b"labels", "leg_index", b"leg_index", "source", b"source", "transaction_id", b"transaction_id", "transaction_type", b"transaction_type", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "chain_sequence", b"chain_sequence", "change", b"change", "credit_account_id", b"credit_account_id", "currency", b"currency", "debit_account_id", b"debit_account_id", "description", b"description", "engine_timestamp", b"engine_timestamp", "engine_timestamp_rfc3339", b"engine_timestamp_rfc3339", "labels", b"labels", "leg_index", b"leg_index", "source", b"source", "transaction_id", b"transaction_id", "transaction_type", b"transaction_type", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -610,7 +666,10 @@ class CorrelatedTransfers(_message.Message):
 
     TRANSFERS_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     projected_until: _builtins.int
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CorrelatedTransfer]: ...
     def __init__(
@@ -618,10 +677,11 @@ class CorrelatedTransfers(_message.Message):
         *,
         transfers: _abc.Iterable[Global___CorrelatedTransfer] | None = ...,
         projected_until: _builtins.int = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["projected_until", b"projected_until", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -687,11 +747,14 @@ class ReconciliationReport(_message.Message):
     DRIFT_FIELD_NUMBER: _builtins.int
     ACCOUNTS_NOT_COMPARABLE_FIELD_NUMBER: _builtins.int
     UNKNOWN_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    AS_OF_RFC3339_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     """No drift and no account unknown to the engine."""
     accounts_checked: _builtins.int
     as_of: _builtins.int
     """Engine timestamp of the newest projected change: everything is compared as of it."""
+    as_of_rfc3339: _builtins.str
+    """as_of as RFC 3339 (UTC)."""
     @_builtins.property
     def drift(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountDrift]: ...
     @_builtins.property
@@ -711,10 +774,11 @@ class ReconciliationReport(_message.Message):
         drift: _abc.Iterable[Global___AccountDrift] | None = ...,
         accounts_not_comparable: _abc.Iterable[_builtins.str] | None = ...,
         unknown_accounts: _abc.Iterable[_builtins.str] | None = ...,
+        as_of_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_checked", b"accounts_checked", "accounts_not_comparable", b"accounts_not_comparable", "as_of", b"as_of", "drift", b"drift", "ok", b"ok", "unknown_accounts", b"unknown_accounts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_checked", b"accounts_checked", "accounts_not_comparable", b"accounts_not_comparable", "as_of", b"as_of", "as_of_rfc3339", b"as_of_rfc3339", "drift", b"drift", "ok", b"ok", "unknown_accounts", b"unknown_accounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,12 +817,18 @@ class TransactionFilter(_message.Message):
     TO_FIELD_NUMBER: _builtins.int
     AMOUNT_MIN_FIELD_NUMBER: _builtins.int
     AMOUNT_MAX_FIELD_NUMBER: _builtins.int
+    FROM_RFC3339_FIELD_NUMBER: _builtins.int
+    TO_RFC3339_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     correlation_id: _builtins.str
     to: _builtins.int
     amount_min: _builtins.str
     """Amount range in minor units, inclusive (u128, decimal); empty = unbounded."""
     amount_max: _builtins.str
+    from_rfc3339: _builtins.str
+    """from as RFC 3339 (give either, or both naming the same nanosecond)."""
+    to_rfc3339: _builtins.str
+    """to as RFC 3339."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Label key = value pairs; a transaction matches when it carries every one. At most 16."""
@@ -772,10 +842,12 @@ class TransactionFilter(_message.Message):
         to: _builtins.int = ...,
         amount_min: _builtins.str = ...,
         amount_max: _builtins.str = ...,
+        from_rfc3339: _builtins.str = ...,
+        to_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_max", b"amount_max", "amount_min", b"amount_min", "correlation_id", b"correlation_id", "from", b"from", "labels", b"labels", "source", b"source", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_max", b"amount_max", "amount_min", b"amount_min", "correlation_id", b"correlation_id", "from", b"from", "from_rfc3339", b"from_rfc3339", "labels", b"labels", "source", b"source", "to", b"to", "to_rfc3339", b"to_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -816,9 +888,12 @@ class ListTransactionsResponse(_message.Message):
     TRANSFERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page. Opaque; valid only with the filter it was issued for."""
     projected_until: _builtins.int
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CorrelatedTransfer]: ...
     def __init__(
@@ -827,10 +902,11 @@ class ListTransactionsResponse(_message.Message):
         transfers: _abc.Iterable[Global___CorrelatedTransfer] | None = ...,
         next_page_token: _builtins.str = ...,
         projected_until: _builtins.int = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "projected_until", b"projected_until", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -872,12 +948,17 @@ class HistoryAccount(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     FIRST_TIMESTAMP_FIELD_NUMBER: _builtins.int
     LAST_TIMESTAMP_FIELD_NUMBER: _builtins.int
+    FIRST_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
+    LAST_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     currency: _builtins.str
     entries: _builtins.int
     """Entries matching the filter, and the engine timestamps of the first and last of them."""
     first_timestamp: _builtins.int
     last_timestamp: _builtins.int
+    first_timestamp_rfc3339: _builtins.str
+    """first_timestamp and last_timestamp as RFC 3339 (UTC)."""
+    last_timestamp_rfc3339: _builtins.str
     def __init__(
         self,
         *,
@@ -886,10 +967,12 @@ class HistoryAccount(_message.Message):
         entries: _builtins.int = ...,
         first_timestamp: _builtins.int = ...,
         last_timestamp: _builtins.int = ...,
+        first_timestamp_rfc3339: _builtins.str = ...,
+        last_timestamp_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "entries", b"entries", "first_timestamp", b"first_timestamp", "last_timestamp", b"last_timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "entries", b"entries", "first_timestamp", b"first_timestamp", "first_timestamp_rfc3339", b"first_timestamp_rfc3339", "last_timestamp", b"last_timestamp", "last_timestamp_rfc3339", b"last_timestamp_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -902,8 +985,11 @@ class ListHistoryAccountsResponse(_message.Message):
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PROJECTED_UNTIL_FIELD_NUMBER: _builtins.int
+    PROJECTED_UNTIL_RFC3339_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     projected_until: _builtins.int
+    projected_until_rfc3339: _builtins.str
+    """projected_until as RFC 3339 (UTC)."""
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryAccount]: ...
     def __init__(
@@ -912,10 +998,11 @@ class ListHistoryAccountsResponse(_message.Message):
         accounts: _abc.Iterable[Global___HistoryAccount] | None = ...,
         next_page_token: _builtins.str = ...,
         projected_until: _builtins.int = ...,
+        projected_until_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token", "projected_until", b"projected_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token", "projected_until", b"projected_until", "projected_until_rfc3339", b"projected_until_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -190,6 +190,7 @@ class Account(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     CREATED_AT_NS_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id (u128, decimal)."""
     currency: _builtins.str
@@ -199,6 +200,8 @@ class Account(_message.Message):
     created_at_ns: _builtins.int
     """Engine timestamp of creation (ns since the Unix epoch)."""
     closed: _builtins.bool
+    created_at_rfc3339: _builtins.str
+    """created_at_ns as RFC 3339 (UTC)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -215,10 +218,11 @@ class Account(_message.Message):
         balance: Global___Balance | None = ...,
         created_at_ns: _builtins.int = ...,
         closed: _builtins.bool = ...,
+        created_at_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "closed", b"closed", "created_at_ns", b"created_at_ns", "currency", b"currency", "external_reference", b"external_reference", "metadata", b"metadata", "owner", b"owner", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "closed", b"closed", "created_at_ns", b"created_at_ns", "created_at_rfc3339", b"created_at_rfc3339", "currency", b"currency", "external_reference", b"external_reference", "metadata", b"metadata", "owner", b"owner", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,6 +426,7 @@ class TransactionMetadata(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_NS_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_RFC3339_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The system the request comes from (e.g. "checkout"); at most 64 bytes."""
     correlation_id: _builtins.str
@@ -430,6 +435,10 @@ class TransactionMetadata(_message.Message):
     """Human-readable; at most 512 bytes."""
     occurred_at_ns: _builtins.int
     """When the business event happened (ns since the Unix epoch); 0 = not given."""
+    occurred_at_rfc3339: _builtins.str
+    """The business time as RFC 3339, instead of (or naming the same nanosecond as) occurred_at_ns;
+    in answers, occurred_at_ns as RFC 3339 (UTC).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """At most 16 entries, keys and values at most 128 bytes."""
@@ -442,10 +451,11 @@ class TransactionMetadata(_message.Message):
         description: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         occurred_at_ns: _builtins.int = ...,
+        occurred_at_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "description", b"description", "labels", b"labels", "occurred_at_ns", b"occurred_at_ns", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "description", b"description", "labels", b"labels", "occurred_at_ns", b"occurred_at_ns", "occurred_at_rfc3339", b"occurred_at_rfc3339", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,6 +515,7 @@ class Transaction(_message.Message):
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    COMMITTED_AT_RFC3339_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Derived from (client, idempotency key): 32 hex digits."""
     idempotency_key: _builtins.str
@@ -516,6 +527,8 @@ class Transaction(_message.Message):
     authorization_id: _builtins.str
     """For captures and voids: the authorization they resolve."""
     currency: _builtins.str
+    committed_at_rfc3339: _builtins.str
+    """committed_at_ns as RFC 3339 (UTC)."""
     @_builtins.property
     def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Leg]: ...
     @_builtins.property
@@ -532,10 +545,11 @@ class Transaction(_message.Message):
         deduplicated: _builtins.bool = ...,
         authorization_id: _builtins.str = ...,
         currency: _builtins.str = ...,
+        committed_at_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id", "committed_at_ns", b"committed_at_ns", "currency", b"currency", "deduplicated", b"deduplicated", "idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "status", b"status", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id", "committed_at_ns", b"committed_at_ns", "committed_at_rfc3339", b"committed_at_rfc3339", "currency", b"currency", "deduplicated", b"deduplicated", "idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "status", b"status", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -755,6 +769,8 @@ class ListAccountEntriesRequest(_message.Message):
     FROM_NS_FIELD_NUMBER: _builtins.int
     TO_NS_FIELD_NUMBER: _builtins.int
     DESCENDING_FIELD_NUMBER: _builtins.int
+    FROM_RFC3339_FIELD_NUMBER: _builtins.int
+    TO_RFC3339_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     page_size: _builtins.int
     """At most 1000; default 100."""
@@ -764,6 +780,10 @@ class ListAccountEntriesRequest(_message.Message):
     to_ns: _builtins.int
     descending: _builtins.bool
     """Newest first."""
+    from_rfc3339: _builtins.str
+    """from_ns as RFC 3339 (give either, or both naming the same nanosecond)."""
+    to_rfc3339: _builtins.str
+    """to_ns as RFC 3339."""
     def __init__(
         self,
         *,
@@ -773,10 +793,12 @@ class ListAccountEntriesRequest(_message.Message):
         from_ns: _builtins.int = ...,
         to_ns: _builtins.int = ...,
         descending: _builtins.bool = ...,
+        from_rfc3339: _builtins.str = ...,
+        to_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "descending", b"descending", "from_ns", b"from_ns", "page_size", b"page_size", "page_token", b"page_token", "to_ns", b"to_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "descending", b"descending", "from_ns", b"from_ns", "from_rfc3339", b"from_rfc3339", "page_size", b"page_size", "page_token", b"page_token", "to_ns", b"to_ns", "to_rfc3339", b"to_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -794,6 +816,7 @@ class Entry(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     COMMITTED_AT_NS_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    COMMITTED_AT_RFC3339_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     is_debit: _builtins.bool
     """Debit (money out of this account) or credit (into it)."""
@@ -804,6 +827,8 @@ class Entry(_message.Message):
     """POSTED, AUTHORIZED (a hold) or VOIDED."""
     committed_at_ns: _builtins.int
     transfer_id: _builtins.str
+    committed_at_rfc3339: _builtins.str
+    """committed_at_ns as RFC 3339 (UTC)."""
     def __init__(
         self,
         *,
@@ -815,10 +840,11 @@ class Entry(_message.Message):
         status: Global___TransactionStatus.ValueType = ...,
         committed_at_ns: _builtins.int = ...,
         transfer_id: _builtins.str = ...,
+        committed_at_rfc3339: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "committed_at_ns", b"committed_at_ns", "counterparty_account_id", b"counterparty_account_id", "currency", b"currency", "is_debit", b"is_debit", "status", b"status", "transaction_id", b"transaction_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "committed_at_ns", b"committed_at_ns", "committed_at_rfc3339", b"committed_at_rfc3339", "counterparty_account_id", b"counterparty_account_id", "currency", b"currency", "is_debit", b"is_debit", "status", b"status", "transaction_id", b"transaction_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,16 +1,14 @@
 """Audit evidence over the API (ledger.v1.History Get*Proof/GetCheckpoint and /v1/audit/...): the
 signed checkpoints and RFC 9162 proofs of the service's audit log, as frozen results the gRPC and HTTP
-edges render. Errors are DomainErrors with a machine-readable reason."""
+edges render. Errors are LedgerErrors with a machine-readable reason."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-import grpc
-
 from facade.audit.log import AuditLog, SealedCheckpoint
-from facade.domain.mapping import DomainError
+from facade.domain.errors import ErrorKind, LedgerError
 from projections.audit_evidence import PROVE_CHANGES_MAX, sequences_of_event, sequences_of_transaction
 from projections.read_model import ReadModel
 
@@ -24,12 +22,12 @@ class LeafProofResult:
     hashes: tuple[bytes, ...]
 
 
-def _not_found(reason: str, message: str) -> DomainError:
-    return DomainError(grpc.StatusCode.NOT_FOUND, reason, message)
+def _not_found(reason: str, message: str) -> LedgerError:
+    return LedgerError(ErrorKind.NOT_FOUND, reason, message)
 
 
-def _invalid(reason: str, message: str) -> DomainError:
-    return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _invalid(reason: str, message: str) -> LedgerError:
+    return LedgerError(ErrorKind.INVALID, reason, message)
 
 
 class AuditProofs:
@@ -40,7 +38,7 @@ class AuditProofs:
 
     def _log(self) -> AuditLog:
         if self.audit is None:
-            raise DomainError(grpc.StatusCode.FAILED_PRECONDITION, "AUDIT_DISABLED", "the audit log is not enabled")
+            raise LedgerError(ErrorKind.PRECONDITION, "AUDIT_DISABLED", "the audit log is not enabled")
         return self.audit
 
     def _checkpoint_blocking(self, tree_size: int) -> SealedCheckpoint:
@@ -64,9 +62,7 @@ class AuditProofs:
         if not transaction_id and not event_id:
             raise _invalid("TARGET_REQUIRED", "one of sequence, transaction_id or event_id is required")
         if self._read_model is None:
-            raise DomainError(
-                grpc.StatusCode.FAILED_PRECONDITION, "READ_MODEL_DISABLED", "lookups by id need the read model"
-            )
+            raise LedgerError(ErrorKind.PRECONDITION, "READ_MODEL_DISABLED", "lookups by id need the read model")
         if transaction_id:
             found = await self._read_model.query(lambda client: sequences_of_transaction(client, transaction_id))
         else:
