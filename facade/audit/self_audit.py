@@ -4,7 +4,11 @@ Each round takes the checkpoints sealed since the last round and, for each, fold
 `transactions` rows (chain order) into a compact range (the right frontier: at most 64 subtree roots)
 up to the checkpoint's size, checking the chain link by link, and compares the root with the signed
 one. Then it checks the ledger invariants on the read model: per ledger Σ debits = Σ credits, and
-(given the engine) every account's balances = Σ of its entries (projections.reconcile). A failure
+(given the engine) every account's balances = Σ of its entries (projections.reconcile). Both read the
+entries one slice of the account ids per round (projections.reconcile.ReconcileSweep: never a scan of
+the whole read model, which would hold the read model's process, and so the projection, for seconds);
+the ledger sums are added up over a sweep, as of the engine time it started at, and checked when it
+ends. A failure
 counts in `ledger_audit_failures_total{check}` and shows in /readyz under dependencies.audit; a
 clean round moves `ledger_audit_last_verified_timestamp` to the verified checkpoint's engine time.
 A checkpoint the read model has not caught up with yet is not a failure: it is verified next round.
@@ -29,8 +33,8 @@ from ledger_audit_verifier import leaf_hash, node_hash
 from projections.audit import _chain_pages
 from projections.audit_evidence import row_leaf_input
 from projections.client import ClickHouseClient
-from projections.queries import TIMESTAMP_MAX, to_int
-from projections.reconcile import compare, read_figures
+from projections.queries import TIMESTAMP_MAX, projected_timestamp, to_int
+from projections.reconcile import ReadModelFigures, ReconcileSweep, compare
 
 __all__ = ["CHECKPOINTS_PER_ROUND_MAX", "AuditCheck", "Frontier", "SelfAudit", "SelfAuditFailure"]
 
@@ -83,11 +87,11 @@ class Frontier:
         return root
 
 
-_LEDGER_SUMS = """
-SELECT ledger, sumIf(amount, side = 'DEBIT'), sumIf(amount, side = 'CREDIT')
+_LEDGER_SUMS_IN_RANGE = """
+SELECT ledger, sumIf(toUInt256(amount), side = 'DEBIT'), sumIf(toUInt256(amount), side = 'CREDIT')
 FROM entries FINAL
-GROUP BY ledger
-ORDER BY ledger"""
+WHERE account_id BETWEEN {low:UInt128} AND {high:UInt128} AND engine_timestamp <= {timestamp:UInt64}
+GROUP BY ledger"""
 
 
 class SelfAudit:
@@ -100,6 +104,11 @@ class SelfAudit:
         self._timestamp_last = 0
         self.verified_size = 0
         self.failure: SelfAuditFailure | None = None
+        self._sweep = ReconcileSweep()
+        self._sums_timestamp = 0
+        """The engine time the current sweep's ledger sums are taken as of (fixed when it starts)."""
+        self._sums: dict[int, tuple[int, int]] = {}
+        """Σ debits and Σ credits by ledger over the sweep's slices so far."""
 
     def _fold_to(self, client: ClickHouseClient, tree_size: int) -> SelfAuditFailure | None:
         """Folds rows after the frontier up to `tree_size`, checking the chain (on the client's thread)."""
@@ -124,13 +133,26 @@ class SelfAudit:
                 return None
         return None
 
-    def _ledger_sums(self, client: ClickHouseClient) -> SelfAuditFailure | None:
-        for ledger, debits, credits in client.query_rows(_LEDGER_SUMS):
-            if to_int(debits) != to_int(credits):
-                return SelfAuditFailure(
+    def _slice(self, client: ClickHouseClient) -> tuple[ReadModelFigures, SelfAuditFailure | None]:
+        """The next slice of the sweep (on the client's thread): its balance figures, and the ledger
+        sums' verdict when the slice ends a sweep."""
+        if self._sweep.sweep_ends:
+            self._sums_timestamp = projected_timestamp(client)
+            self._sums = {}
+        figures = self._sweep.next_figures(client)
+        accounts = figures.accounts
+        parameters = {"low": accounts.low, "high": accounts.high, "timestamp": self._sums_timestamp}
+        for ledger, debits, credits in client.query_rows(_LEDGER_SUMS_IN_RANGE, parameters):
+            debits_before, credits_before = self._sums.get(to_int(ledger), (0, 0))
+            self._sums[to_int(ledger)] = (debits_before + to_int(debits), credits_before + to_int(credits))
+        if not self._sweep.sweep_ends:
+            return figures, None
+        for ledger, (debits, credits) in sorted(self._sums.items()):
+            if debits != credits:
+                return figures, SelfAuditFailure(
                     AuditCheck.LEDGER_SUMS, f"ledger {ledger}: Σ debits {debits} ≠ Σ credits {credits}"
                 )
-        return None
+        return figures, None
 
     async def _verify(self, sealed: SealedCheckpoint) -> SelfAuditFailure | bool | None:
         """A failure, None when intact, or False when the read model has not reached it yet."""
@@ -170,11 +192,11 @@ class SelfAudit:
                 return result
             verified = sealed
             self.verified_size = sealed.tree_size
-        failure = await self._query(self._ledger_sums)
+        figures, failure = await self._query(self._slice)
         if failure is not None:
             return failure
         if self._engine is not None:
-            report = await compare(self._engine, await self._query(read_figures))
+            report = await compare(self._engine, figures)
             if not report.ok:
                 return SelfAuditFailure(
                     AuditCheck.BALANCES, f"{len(report.drifting_accounts)} accounts: balances ≠ Σ entries"
