@@ -33,6 +33,7 @@ from facade.api.observe import ObservabilityInterceptor, RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, AuthInterceptor, guard_dev_mode
+from facade.changes.metadata_cache import MetadataCache
 from facade.changes.poller import ChangeCapture
 from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
 from facade.engine import open_engine
@@ -176,8 +177,10 @@ async def start(settings: Settings) -> RunningServer:
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
     read_model = None
     history: HistoryServicer | None = None
+    # The change captures (read model, Kafka, audit) read the same changes: one metadata lookup serves all.
+    captured_metadata = MetadataCache(store)
     if settings.clickhouse.serve_history:
-        read_model = await ReadModel.open(settings.clickhouse, engine, metadata=store)
+        read_model = await ReadModel.open(settings.clickhouse, engine, metadata=captured_metadata)
         history = HistoryServicer(service, engine, read_model)
         history_pb2_grpc.add_HistoryServicer_to_server(history, server)
     health_servicer = health.aio.HealthServicer()
@@ -240,7 +243,7 @@ async def start(settings: Settings) -> RunningServer:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
         publisher = KafkaEntryPublisher(kafka, health=topic_health)
-        capture = ChangeCapture(engine, publisher, kafka.change_capture_checkpoint, metadata=store)
+        capture = ChangeCapture(engine, publisher, kafka.change_capture_checkpoint, metadata=captured_metadata)
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
     if kafka.bootstrap_servers and kafka.ingest_enabled:
         from facade.kafka.ingest import CommandIngestor
@@ -249,7 +252,7 @@ async def start(settings: Settings) -> RunningServer:
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     from facade.audit.service import start_audit
 
-    audit = await start_audit(settings, engine, store, read_model)
+    audit = await start_audit(settings, engine, captured_metadata, read_model)
     if audit is not None:
         running.background.append(asyncio.create_task(audit.run(running.stop_background), name="audit"))
         if history is not None:
