@@ -42,7 +42,7 @@ from typing import Any
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.chain import Link
 from facade.changes.checkpoint import Checkpoint
-from facade.engine.codec import decode_accounts, decode_transfers, encode_accounts, encode_transfers
+from facade.engine.codec import EVENT_SIZE, decode_accounts, decode_transfers, encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEvent, ChangeEventType
 from facade.settings import ClickHouseSettings
 from projections._change_rows import change_rows
@@ -133,7 +133,9 @@ def _project_changes(projector: Projector, changes: _Changes, previous: Link) ->
     """Builds and chains the rows of `changes` (as change capture and the projector would, without
     LedgerEntry messages in between: projections._change_rows) and projects them."""
     events, metadata = _decode_changes(changes)
-    found, link = change_rows(events, metadata, previous)
+    # The chain hashes the transfers as they came (decoded, then encoded again, they are the same bytes).
+    assert not events or encode_transfers([events[0].transfer]) == changes.transfers[:EVENT_SIZE]
+    found, link = change_rows(events, metadata, previous, changes.transfers)
     projector.project_rows(found)
     assert link.sequence == previous.sequence + len(events)
     return link

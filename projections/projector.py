@@ -33,6 +33,7 @@ from facade.changes.chain import Link
 from facade.changes.checkpoint import START, Checkpoint
 from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource
 from facade.engine.protocol import Engine
+from facade.engine.types import BATCH_EVENTS_MAX
 from facade.observability import metrics
 from projections import rows, schema
 from projections._change_rows import ChangeRows
@@ -41,12 +42,17 @@ from projections.queries import to_int, to_str
 
 BATCH_ENTRIES_MAX = 2 * 8189
 """Most entries per publish: change capture's largest batch (8189 changes, two sides each)."""
+assert BATCH_CHANGES_MAX <= BATCH_ENTRIES_MAX // 2
 
 PROJECTION_POLL_INTERVAL_SECONDS = 0.1
 """How long change capture into the read model waits after a batch that was not full. Each insert
 costs per batch (three table inserts, new parts, later merges, hops to the engine's and the metadata
 store's threads), so ten batches a second at most instead of a hundred small ones. Measured at ~6-8k
 tx/s on 2 cores: 0.25 s gave a lag at insert of 1.2-1.7 s, 0.1 s gave 0.25-0.7 s (scripts/bench_api.py)."""
+PROJECTION_BATCH_CHANGES_MAX = BATCH_EVENTS_MAX
+"""Changes per batch into the read model (the engine's batch limit, twice the feed's default): a backlog
+is caught up in fewer, larger inserts, and each insert costs per batch too (three new parts, their
+indexes, later merges)."""
 PROJECTION_SMALL_BATCH_CHANGES = 1024
 PROJECTION_SMALL_BATCH_WAIT_SECONDS = 0.5
 """A quiet feed (fewer changes than that in a batch) waits longer: at ~1k tx/s ten batches a second
@@ -225,10 +231,11 @@ def change_capture(
         projector,
         checkpoint_path,
         metadata,
-        batch_changes_max=BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max,
+        batch_changes_max=PROJECTION_BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max,
         poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
         small_batch_changes=min(
-            PROJECTION_SMALL_BATCH_CHANGES, BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max
+            PROJECTION_SMALL_BATCH_CHANGES,
+            PROJECTION_BATCH_CHANGES_MAX if batch_changes_max is None else batch_changes_max,
         ),
         small_batch_wait_seconds=PROJECTION_SMALL_BATCH_WAIT_SECONDS,
     )

@@ -30,6 +30,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from facade.engine.codec import EVENT_SIZE as TRANSFER_ENCODED_SIZE
 from facade.engine.codec import encode_transfers
 from facade.engine.types import Transfer
 
@@ -58,13 +59,22 @@ def canonical_metadata(metadata: Mapping[str, object] | None) -> bytes:
 
 
 def canonical_bytes(sequence: int, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes) -> bytes:
+    return canonical_bytes_encoded(sequence, engine_timestamp, change, encode_transfers([transfer]), metadata)
+
+
+def canonical_bytes_encoded(
+    sequence: int, engine_timestamp: int, change: int, transfer_encoded: bytes, metadata: bytes
+) -> bytes:
+    """canonical_bytes with the transfer already in the engine's 128-byte layout (the read model's
+    process receives changes in it: encoding the decoded transfer again would give the same bytes)."""
     assert sequence >= 1
     assert 0 <= change <= 255
+    assert len(transfer_encoded) == TRANSFER_ENCODED_SIZE
     return b"".join(
         (
             _DOMAIN,
             _FIXED.pack(sequence, engine_timestamp, change),
-            encode_transfers([transfer]),
+            transfer_encoded,
             _SIZE.pack(len(metadata)),
             metadata,
         )
@@ -72,8 +82,14 @@ def canonical_bytes(sequence: int, engine_timestamp: int, change: int, transfer:
 
 
 def next_link(previous: Link, engine_timestamp: int, change: int, transfer: Transfer, metadata: bytes) -> Link:
+    return next_link_encoded(previous, engine_timestamp, change, encode_transfers([transfer]), metadata)
+
+
+def next_link_encoded(
+    previous: Link, engine_timestamp: int, change: int, transfer_encoded: bytes, metadata: bytes
+) -> Link:
     sequence = previous.sequence + 1
-    data = canonical_bytes(sequence, engine_timestamp, change, transfer, metadata)
+    data = canonical_bytes_encoded(sequence, engine_timestamp, change, transfer_encoded, metadata)
     return Link(sequence, previous.hash, hashlib.sha256(previous.hash + data).digest())
 
 
