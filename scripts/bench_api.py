@@ -62,7 +62,7 @@ STREAM_READ_AHEAD_MAX = 512
 LAG_SAMPLE_INTERVAL_SECONDS = 0.1
 LAG_PROBE_INTERVAL_SECONDS = 0.2
 """How often the visibility probe posts a transaction (and then polls the read model for it)."""
-LAG_PROBE_POLL_SECONDS = 0.01
+LAG_PROBE_POLL_SECONDS = 0.02
 LAG_PROBE_WAIT_SECONDS_MAX = 30.0
 """A probe not visible after this long counts as this long (and the probe goes on with the next)."""
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -297,35 +297,53 @@ async def visibility_probe(
     channel: grpc.aio.Channel, accounts: list[str], metadata: Any, tag: str, samples: list[float]
 ) -> AsyncIterator[None]:
     """Projection lag as a user sees it, while the block runs: every LAG_PROBE_INTERVAL_SECONDS one
-    transaction is posted and the History API is polled until it lists it; a sample is the time from
-    the acknowledgement to the first answer that holds it (a poll interval at most above the truth)."""
+    transaction is posted (each in its own task, so a slow acknowledgement does not thin the samples),
+    and one poller asks the History API every LAG_PROBE_POLL_SECONDS how far the read model is projected
+    (projected_until, the newest engine timestamp every table holds; rows go in in commit order). A
+    sample is the time from a probe's acknowledgement to the first answer covering its committed_at_ns:
+    at most a poll interval above the truth."""
     ledger: Any = rpc.LedgerStub(channel)
     history: Any = history_rpc.HistoryStub(channel)
     stop = asyncio.Event()
+    pending: dict[int, float] = {}
+    """Probes acknowledged and not yet seen: committed_at_ns -> when acknowledged (perf_counter)."""
+
+    async def post(n: int) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            posted = await ledger.PostTransaction(transaction(accounts, f"{tag}-probe-{n}", n), metadata=metadata)
+            pending[posted.committed_at_ns] = time.perf_counter()
+
+    async def poll() -> None:
+        request = hpb.ListTransactionsByCorrelationRequest(correlation_id=f"{tag}-probe-none")
+        while not stop.is_set() or pending:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                projected = (await history.ListTransactionsByCorrelation(request, metadata=metadata)).projected_until
+                now = time.perf_counter()
+                for committed in [c for c in pending if c <= projected]:
+                    samples.append(now - pending.pop(committed))
+                for committed in [c for c, at in pending.items() if now - at > LAG_PROBE_WAIT_SECONDS_MAX]:
+                    samples.append(now - pending.pop(committed))
+            await asyncio.sleep(LAG_PROBE_POLL_SECONDS)
 
     async def probe() -> None:
+        posts: set[asyncio.Task[None]] = set()
         n = 0
         while not stop.is_set():
-            key = f"{tag}-probe-{n}"
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await ledger.PostTransaction(transaction(accounts, key, n), metadata=metadata)
-                acknowledged = time.perf_counter()
-                request = hpb.ListTransactionsByCorrelationRequest(correlation_id=key)
-                while time.perf_counter() - acknowledged < LAG_PROBE_WAIT_SECONDS_MAX:
-                    if (await history.ListTransactionsByCorrelation(request, metadata=metadata)).transfers:
-                        break
-                    await asyncio.sleep(LAG_PROBE_POLL_SECONDS)
-                samples.append(time.perf_counter() - acknowledged)
+            task = asyncio.create_task(post(n))
+            posts.add(task)
+            task.add_done_callback(posts.discard)
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), LAG_PROBE_INTERVAL_SECONDS)
+        if posts:
+            await asyncio.wait(posts)
 
-    task = asyncio.create_task(probe())
+    tasks = [asyncio.create_task(probe()), asyncio.create_task(poll())]
     try:
         yield
     finally:
         stop.set()
-        await task
+        await asyncio.gather(*tasks)
 
 
 def transaction(accounts: list[str], key: str, n: int) -> pb.PostTransactionRequest:
