@@ -42,8 +42,8 @@ from typing import Any
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.chain import Link
 from facade.changes.checkpoint import Checkpoint
-from facade.engine.codec import EVENT_SIZE, decode_accounts, decode_transfers, encode_accounts, encode_transfers
-from facade.engine.types import Account, ChangeEvent, ChangeEventType
+from facade.engine.codec import encode_accounts, encode_transfers
+from facade.engine.types import Account, ChangeEvent
 from facade.settings import ClickHouseSettings
 from projections._change_rows import change_rows
 from projections.client import ClickHouseError, Parameters, Row, open_client
@@ -109,35 +109,17 @@ def _encode_changes(events: Sequence[ChangeEvent], metadata: Mapping[int, entrie
     )
 
 
-def _decode_changes(changes: _Changes) -> tuple[list[ChangeEvent], dict[int, entries_pb2.EntryMetadata]]:
-    transfers = decode_transfers(changes.transfers)
-    accounts = decode_accounts(changes.accounts)
-    assert len(transfers) == len(changes.timestamps) == len(changes.types)
-    assert len(accounts) == 2 * len(transfers)
-    events = [
-        ChangeEvent(
-            timestamp=timestamp,
-            type=ChangeEventType(kind),
-            transfer=transfer,
-            debit_account=accounts[2 * i] if accounts[2 * i].id != 0 else None,
-            credit_account=accounts[2 * i + 1] if accounts[2 * i + 1].id != 0 else None,
-        )
-        for i, (timestamp, kind, transfer) in enumerate(zip(changes.timestamps, changes.types, transfers, strict=True))
-    ]
+def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
+    """Builds and chains the rows of `changes` straight from their bytes (as change capture and the
+    projector would, without LedgerEntry messages or engine objects in between: projections._change_rows)
+    and projects them."""
     parse = entries_pb2.EntryMetadata.FromString
     metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
-    return events, metadata
-
-
-def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
-    """Builds and chains the rows of `changes` (as change capture and the projector would, without
-    LedgerEntry messages in between: projections._change_rows) and projects them."""
-    events, metadata = _decode_changes(changes)
-    # The chain hashes the transfers as they came (decoded, then encoded again, they are the same bytes).
-    assert not events or encode_transfers([events[0].transfer]) == changes.transfers[:EVENT_SIZE]
-    found, link = change_rows(events, metadata, previous, changes.transfers)
-    projector.project_rows(found)
-    assert link.sequence == previous.sequence + len(events)
+    tables, link = change_rows(
+        changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous
+    )
+    projector.project_tables(tables, len(changes.timestamps))
+    assert link.sequence == previous.sequence + len(changes.timestamps)
     return link
 
 
