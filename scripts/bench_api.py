@@ -59,10 +59,12 @@ SERVER_STOP_TIMEOUT_SECONDS = 60.0
 FLOOR_TX_PER_SECOND = 10_000
 FLOOR_LATENCY_SECONDS_P99 = 0.100
 STREAM_READ_AHEAD_MAX = 512
-LAG_SAMPLE_INTERVAL_SECONDS = 0.1
+LAG_SAMPLE_INTERVAL_SECONDS = 0.5
+"""The /metrics scrape for the projector's own lag figure: it costs the server, so not too often."""
 LAG_PROBE_INTERVAL_SECONDS = 0.2
 """How often the visibility probe posts a transaction (and then polls the read model for it)."""
-LAG_PROBE_POLL_SECONDS = 0.02
+LAG_PROBE_POLL_SECONDS = 0.05
+"""One History query per poll however many probes are out (each costs the read model a query)."""
 LAG_PROBE_WAIT_SECONDS_MAX = 30.0
 """A probe not visible after this long counts as this long (and the probe goes on with the next)."""
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
