@@ -33,7 +33,6 @@ from facade.changes.chain import Link
 from facade.changes.checkpoint import START, Checkpoint
 from facade.changes.poller import BATCH_CHANGES_MAX, ChangeCapture, EntrySink, MetadataSource
 from facade.engine.protocol import Engine
-from facade.engine.types import BATCH_EVENTS_MAX
 from facade.observability import metrics
 from projections import rows, schema
 from projections._change_rows import RowTables
@@ -49,10 +48,11 @@ PROJECTION_POLL_INTERVAL_SECONDS = 0.1
 costs per batch (three table inserts, new parts, later merges, hops to the engine's and the metadata
 store's threads), so ten batches a second at most instead of a hundred small ones. Measured at ~6-8k
 tx/s on 2 cores: 0.25 s gave a lag at insert of 1.2-1.7 s, 0.1 s gave 0.25-0.7 s (scripts/bench_api.py)."""
-PROJECTION_BATCH_CHANGES_MAX = BATCH_EVENTS_MAX
-"""Changes per batch into the read model (the engine's batch limit, twice the feed's default): a backlog
-is caught up in fewer, larger inserts, and each insert costs per batch too (three new parts, their
-indexes, later merges)."""
+PROJECTION_BATCH_CHANGES_MAX = BATCH_CHANGES_MAX
+"""Changes per batch into the read model: the feed's default. The engine's 8189 cost the read model's
+process ~10% less CPU per change, but in bench_api.py (A/B, two pairs, load ~7-8) the service acked
+fewer transactions and the lag was no better: a larger batch is a longer burst of encoding and
+metadata lookups in the service, and its rows become visible only once the whole batch is in."""
 PROJECTION_SMALL_BATCH_CHANGES = 1024
 PROJECTION_SMALL_BATCH_WAIT_SECONDS = 0.5
 """A quiet feed (fewer changes than that in a batch) waits longer: at ~1k tx/s ten batches a second
