@@ -149,8 +149,11 @@ class ChangeCapture:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             if ahead.timestamp_min == timestamp_min:
+                batch = await ahead.task
+                assert batch.timestamp_min == timestamp_min
+                assert not batch.events or batch.events[0].timestamp >= timestamp_min
                 self.batches_read_ahead += 1
-                return await ahead.task
+                return batch
             await _discard(ahead.task)  # The previous publish failed: the checkpoint did not move.
         return await self._read(timestamp_min)
 
