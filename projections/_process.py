@@ -32,12 +32,12 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from facade.api.gen.ledger.v1 import entries_pb2
 from facade.changes.chain import Link
@@ -50,6 +50,8 @@ from projections.client import ClickHouseError, Parameters, Row, open_client
 from projections.projector import Projector
 
 __all__ = ["ProjectionProcess", "RemoteClient", "RemoteProjector"]
+
+T = TypeVar("T")
 
 START_TIMEOUT_SECONDS = 120.0
 """Spawning the child, importing chDB and opening its directory (a cold start is slow on a busy host)."""
@@ -73,6 +75,8 @@ class _Op(enum.Enum):
     PROJECT = "project"
     PROJECT_CHANGES = "project_changes"
     RESUME_CHECKPOINT = "resume_checkpoint"
+    CALL = "call"
+    """A module-level function(client, *arguments) run here, next to the rows it reads (pickled by name)."""
     CLOSE = "close"
 
 
@@ -162,6 +166,9 @@ def _child(connection: Connection, settings: ClickHouseSettings) -> None:
                     value = _project_changes(projector, *request.arguments)
                 elif request.op is _Op.RESUME_CHECKPOINT:
                     value = projector.resume_checkpoint()
+                elif request.op is _Op.CALL:
+                    function, arguments = request.arguments
+                    value = function(client, *arguments)
                 else:
                     value = getattr(client, request.op.value)(*request.arguments)
                 reply = _Reply(value=value)
@@ -279,6 +286,13 @@ class RemoteClient:
         raw: bytes = self._process.call(_Op.QUERY_FORMATTED, sql, fmt, dict(parameters), size_max)
         assert len(raw) <= size_max
         return raw
+
+    def call(self, function: Callable[..., T], *arguments: Any) -> T:
+        """function(client, *arguments) in the read model's process: `function` must be module-level (it
+        travels by name) and its arguments and result picklable."""
+        assert callable(function) and "<locals>" not in function.__qualname__, "module-level functions only"
+        value: T = self._process.call(_Op.CALL, function, arguments)
+        return value
 
     def close(self) -> None:
         self._process.close()

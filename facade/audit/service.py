@@ -101,5 +101,9 @@ async def start_audit(
         small_batch_changes=AUDIT_SMALL_BATCH_CHANGES,
         small_batch_wait_seconds=AUDIT_SMALL_BATCH_WAIT_SECONDS,
     )
-    self_audit = SelfAudit(audit_log, read_model.query, engine=engine) if read_model is not None else None
+    self_audit = (
+        SelfAudit(audit_log, read_model.query, engine=engine, query_in_model=read_model.query_in_model)
+        if read_model is not None
+        else None
+    )
     return AuditRuntime(audit_log, sink, capture, self_audit, settings.audit.self_audit_interval_seconds)
