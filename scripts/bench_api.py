@@ -18,7 +18,12 @@ a row, divided by the transactions it acknowledged. Every write is acknowledged 
 Client and servers share the machine's cores (and on a shared machine, other load): compare the ratios
 to the no-op baseline and to PostgreSQL from the same run rather than absolute numbers across runs.
 
-    python scripts/bench_api.py [--seconds 3] [--profile DIR]
+Projection lag (read model on): a probe posts a transaction every 0.2 s during each row and one poller
+asks the History API every 50 ms how far the read model is projected; each row's note gives the time
+from acknowledgement to visible (p50, p99, max). "defaults ÷ read model off" pairs the rows by kind.
+
+    python scripts/bench_api.py [--seconds 3] [--profile DIR] [--rows unary,batch,stream]
+        [--configs "defaults,read model off"] [--no-postgres]
 
 --profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
 the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
