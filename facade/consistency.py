@@ -45,8 +45,9 @@ engine; a checkpoint ahead of the engine means the engine lost acknowledged chan
 Continuously (`ConsistencyMonitor`): each round, at most ROUND_OBJECTS_MAX engine accounts and
 transfers after the previous round's cursor (so all history is covered over time) are matched against
 the store (exclusive engines), the marker is re-read, and the checkpoints and the read model's
-position are re-checked; every READ_MODEL_RECONCILE_ROUNDS rounds the in-service read model's
-balances are reconciled with the engine's (projections.reconcile: lag is not drift). The first
+position are re-checked; every READ_MODEL_RECONCILE_ROUNDS rounds the balances of one slice of the
+in-service read model's accounts are reconciled with the engine's (projections.reconcile: lag is not
+drift; slices, so a round never holds the read model's process, and the projection, for long). The first
 inconsistency found is kept (it does not heal by itself): /readyz fails with its reason and
 `ledger_consistency_ok` drops to 0.
 """
@@ -98,9 +99,9 @@ ROUND_OBJECTS_MAX = QUERY_LIMIT_MAX
 COVERAGE_PAGE_MAX = QUERY_VARIABLES_MAX
 """Objects per engine query and store query while matching: each holds the engine's or the store's
 single thread for about a millisecond, so writes interleave (one 8189-id store query takes ~30 ms)."""
-READ_MODEL_RECONCILE_ROUNDS = 12
-"""The in-service read model is reconciled with the engine (every account, projections.reconcile) on
-the first round and then every this many rounds: it scans all accounts, so not every round."""
+READ_MODEL_RECONCILE_ROUNDS = 2
+"""The in-service read model is reconciled with the engine on the first round and then every this many
+rounds, one slice of the accounts at a time (projections.reconcile.ReconcileSweep: ~0.1 s each)."""
 INSTANCE_ID_BITS = 127
 """Random bits of an instance id (never 0, never 2^128-1: ids and user_data the engine accepts)."""
 

@@ -41,9 +41,11 @@ __all__ = [
     "Link",
     "MetadataFields",
     "canonical_bytes",
+    "canonical_bytes_encoded",
     "canonical_metadata",
     "metadata_mapping",
     "next_link",
+    "next_link_encoded",
     "transfer_bytes",
 ]
 
@@ -128,13 +130,22 @@ def canonical_metadata(metadata: Mapping[str, object] | None) -> bytes:
 def canonical_bytes(
     sequence: int, engine_timestamp: int, change: int, transfer: ChainTransfer, metadata: bytes
 ) -> bytes:
+    return canonical_bytes_encoded(sequence, engine_timestamp, change, transfer_bytes(transfer), metadata)
+
+
+def canonical_bytes_encoded(
+    sequence: int, engine_timestamp: int, change: int, transfer_encoded: bytes, metadata: bytes
+) -> bytes:
+    """canonical_bytes with the transfer already in the engine's 128-byte layout (the read model's
+    process receives changes in it: encoding the decoded transfer again would give the same bytes)."""
     assert sequence >= 1
     assert 0 <= change <= 255
+    assert len(transfer_encoded) == TRANSFER_SIZE
     return b"".join(
         (
             _DOMAIN,
             _FIXED.pack(sequence, engine_timestamp, change),
-            transfer_bytes(transfer),
+            transfer_encoded,
             _SIZE.pack(len(metadata)),
             metadata,
         )
@@ -142,8 +153,14 @@ def canonical_bytes(
 
 
 def next_link(previous: Link, engine_timestamp: int, change: int, transfer: ChainTransfer, metadata: bytes) -> Link:
+    return next_link_encoded(previous, engine_timestamp, change, transfer_bytes(transfer), metadata)
+
+
+def next_link_encoded(
+    previous: Link, engine_timestamp: int, change: int, transfer_encoded: bytes, metadata: bytes
+) -> Link:
     sequence = previous.sequence + 1
-    data = canonical_bytes(sequence, engine_timestamp, change, transfer, metadata)
+    data = canonical_bytes_encoded(sequence, engine_timestamp, change, transfer_encoded, metadata)
     return Link(sequence, previous.hash, hashlib.sha256(previous.hash + data).digest())
 
 

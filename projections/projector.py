@@ -32,7 +32,7 @@ from ledger_events.chain import Link
 from ledger_events.checkpoint import START, Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import rows, schema
-from projections._change_rows import ChangeRows
+from projections._change_rows import RowTables
 from projections.client import ClickHouseClient
 from projections.queries import to_int, to_str
 
@@ -120,27 +120,19 @@ class Projector:
         newest = max(entry.engine_timestamp for entry in entries)
         return self._insert_batches(batches, newest, len(entries))
 
-    def project_rows(self, changes: Sequence[ChangeRows]) -> int:
+    def project_tables(self, tables: RowTables, changes_count: int) -> int:
         """`project` for rows built straight from engine changes (projections._change_rows, the read
         model's own process): the same tables, keys and redelivery rules."""
-        assert 2 * len(changes) <= BATCH_ENTRIES_MAX, f"{len(changes)} changes > BATCH_ENTRIES_MAX / 2"
-        if not changes:
+        assert 2 * changes_count <= BATCH_ENTRIES_MAX, f"{changes_count} changes > BATCH_ENTRIES_MAX / 2"
+        assert len(tables.transactions) <= changes_count and len(tables.entries) <= 2 * changes_count
+        if not changes_count:
             return 0
-        entries: dict[Key, str] = {}
-        balances: dict[Key, str] = {}
-        transactions: dict[Key, str] = {}
-        for change in changes:
-            timestamp = change.engine_timestamp
-            entries.setdefault((change.debit_account_id, timestamp), change.debit_entry)
-            entries.setdefault((change.credit_account_id, timestamp), change.credit_entry)
-            if change.debit_balance is not None:
-                balances.setdefault((change.debit_account_id, timestamp), change.debit_balance)
-            if change.credit_balance is not None:
-                balances.setdefault((change.credit_account_id, timestamp), change.credit_balance)
-            transactions.setdefault((0, timestamp), change.transaction)
-        batches = {_ENTRIES.name: entries, _BALANCES.name: balances, _TRANSACTIONS.name: transactions}
-        newest = max(change.engine_timestamp for change in changes)
-        return self._insert_batches(batches, newest, 2 * len(changes))
+        batches = {
+            _ENTRIES.name: tables.entries,
+            _BALANCES.name: tables.balances,
+            _TRANSACTIONS.name: tables.transactions,
+        }
+        return self._insert_batches(batches, tables.timestamp_max, 2 * changes_count)
 
     def _insert_batches(self, batches: dict[str, dict[Key, str]], newest: int, entries_count: int) -> int:
         inserted = 0

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from facade.background import single_thread_executor
 from facade.settings import ClickHouseSettings
@@ -70,6 +70,17 @@ class ReadModel:
     async def query(self, function: Callable[[ClickHouseClient], T]) -> T:
         """Runs `function(client)` on the client's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, self._client)
+
+    async def query_in_model(self, function: Callable[..., T], *arguments: Any) -> T:
+        """function(client, *arguments) where the read model is: in its own process when it has one
+        (work that reads many rows stays off the service's interpreter; `function` module-level,
+        arguments and result picklable), else on the client's thread like `query`."""
+        loop = asyncio.get_running_loop()
+        if isinstance(self._client, RemoteClient):
+            remote = self._client
+            return await loop.run_in_executor(self._executor, lambda: remote.call(function, *arguments))
+        client = self._client
+        return await loop.run_in_executor(self._executor, lambda: function(client, *arguments))
 
     async def projected_until(self) -> int:
         return await self.query(projected_timestamp)

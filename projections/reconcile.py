@@ -6,10 +6,20 @@ Two independent ClickHouse figures per account, both as of the newest projected 
 Each must equal the engine's. A mismatch is drift (a missing, extra or altered row), unless the
 account changed in the engine after T (projection lag): then it is compared with the engine's
 balance as of T when the account keeps history, and otherwise reported as not comparable yet.
+
+On demand (`reconcile`, the History Reconcile RPC) every account is compared in one go. The service's
+continuous checks (facade.consistency, the self-audit) instead sweep the account id space in slices
+(`ReconcileSweep`): each step compares the accounts of one id range, read through the tables' primary
+key (account_id, engine_timestamp), so a step reads about SLICE_ENTRIES_MAX entries whatever the size
+of the read model. Every row is still looked at once per sweep (damage to an old row is found, not
+only drift in new ones), but the read model's process, which also runs the projector's inserts, is
+never held for longer than one slice: a full scan of millions of entries held it for seconds and the
+projection lagged by as much.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from facade.engine.protocol import Engine
@@ -21,12 +31,40 @@ from facade.engine.types import (
     AccountFlags,
     QueryFilter,
 )
-from projections.client import ClickHouseClient
-from projections.queries import Balance, balances_from_entries, latest_balances, projected_timestamp
+from projections.client import ClickHouseClient, Row
+from projections.queries import (
+    Balance,
+    balances_from_entries,
+    latest_balances,
+    projected_timestamp,
+    to_int,
+)
 
+ACCOUNT_ID_MAX = 2**128 - 1
+SLICE_ENTRIES_MAX = 200_000
+"""Entries one sweep step reads at most, on average: ~0.1 s of the read model's process (chDB, 2 cores)."""
+SLICES_MAX = 4096
+"""Bound on the slices of a sweep (≈ 800 million entries at SLICE_ENTRIES_MAX; more makes slices larger)."""
 ACCOUNT_PAGES_MAX = 10_000
 """Bound on engine account pages (QUERY_LIMIT_MAX accounts each): 81 million accounts."""
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+@dataclass(slots=True, frozen=True)
+class AccountRange:
+    """Account ids from `low` to `high`, both included."""
+
+    low: int = 0
+    high: int = ACCOUNT_ID_MAX
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.low <= self.high <= ACCOUNT_ID_MAX
+
+    def __contains__(self, account_id: int) -> bool:
+        return self.low <= account_id <= self.high
+
+
+ALL_ACCOUNTS = AccountRange()
 
 
 @dataclass(slots=True, frozen=True)
@@ -115,6 +153,8 @@ class ReadModelFigures:
     timestamp: int
     from_entries: dict[int, Balance]
     from_series: dict[int, Balance]
+    accounts: AccountRange = ALL_ACCOUNTS
+    """The accounts these figures cover: the engine's other accounts are not compared."""
 
 
 def read_figures(client: ClickHouseClient) -> ReadModelFigures:
@@ -122,10 +162,98 @@ def read_figures(client: ClickHouseClient) -> ReadModelFigures:
     return ReadModelFigures(timestamp, balances_from_entries(client, timestamp), latest_balances(client, timestamp))
 
 
+# The same figures as projections.queries' balances_from_entries and latest_balances, for one account id
+# range: the bounds are on account_id itself, so ClickHouse reads only that range of the primary key.
+_RESOLVED_IN_RANGE = """
+WITH resolved AS (
+    SELECT account_id, if(change = 'TWO_PHASE_EXPIRED', transfer_id, pending_id)
+    FROM entries
+    WHERE account_id BETWEEN {low:UInt128} AND {high:UInt128}
+        AND change IN ('TWO_PHASE_POSTED', 'TWO_PHASE_VOIDED', 'TWO_PHASE_EXPIRED')
+        AND engine_timestamp <= {timestamp:UInt64}
+)"""
+_BALANCES_FROM_ENTRIES_IN_RANGE = (
+    _RESOLVED_IN_RANGE
+    + """
+SELECT
+    account_id,
+    sumIf(toUInt256(amount), side = 'DEBIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
+    sumIf(toUInt256(amount), side = 'DEBIT' AND change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')),
+    sumIf(toUInt256(amount), side = 'CREDIT' AND change = 'TWO_PHASE_PENDING' AND (account_id, transfer_id) NOT IN resolved),
+    sumIf(toUInt256(amount), side = 'CREDIT' AND change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')),
+    max(engine_timestamp)
+FROM entries
+WHERE account_id BETWEEN {low:UInt128} AND {high:UInt128} AND engine_timestamp <= {timestamp:UInt64}
+GROUP BY account_id"""  # noqa: E501
+)
+_LATEST_BALANCES_IN_RANGE = """
+SELECT account_id, argMax(debits_pending, engine_timestamp), argMax(debits_posted, engine_timestamp),
+    argMax(credits_pending, engine_timestamp), argMax(credits_posted, engine_timestamp), max(engine_timestamp)
+FROM balances
+WHERE account_id BETWEEN {low:UInt128} AND {high:UInt128} AND engine_timestamp <= {timestamp:UInt64}
+GROUP BY account_id"""
+_ENTRIES_COUNT = "SELECT count() FROM entries"
+"""Answered from the parts' metadata: no rows are read."""
+
+
+def _balance(row: Row) -> Balance:
+    return Balance(to_int(row[0]), to_int(row[1]), to_int(row[2]), to_int(row[3]), to_int(row[4]))
+
+
+def _figures_in(client: ClickHouseClient, accounts: AccountRange) -> ReadModelFigures:
+    timestamp = projected_timestamp(client)
+    parameters = {"low": accounts.low, "high": accounts.high, "timestamp": timestamp}
+    from_entries = {
+        to_int(row[0]): _balance(row[1:]) for row in client.query_rows(_BALANCES_FROM_ENTRIES_IN_RANGE, parameters)
+    }
+    from_series = {
+        to_int(row[0]): _balance(row[1:]) for row in client.query_rows(_LATEST_BALANCES_IN_RANGE, parameters)
+    }
+    assert all(account_id in accounts for account_id in from_entries)
+    return ReadModelFigures(timestamp, from_entries, from_series, accounts)
+
+
+class ReconcileSweep:
+    """The account id space in slices, one per `next_figures` call, round and round (see the module
+    docstring). The number of slices is chosen at the start of each sweep from the entries' count, so a
+    growing read model gets more, equally small, slices."""
+
+    def __init__(self) -> None:
+        self._slice = 0
+        self._slices = 1
+        self.sweeps = 0
+        """Completed sweeps: every account compared at least once per sweep."""
+
+    def next_figures(self, client: ClickHouseClient) -> ReadModelFigures:
+        """The next slice's figures (on the client's thread); the last slice of a sweep covers up to
+        ACCOUNT_ID_MAX, so the slices always cover every id."""
+        if self._slice == 0:
+            entries = to_int(client.query_rows(_ENTRIES_COUNT)[0][0])
+            self._slices = min(SLICES_MAX, max(1, -(-entries // SLICE_ENTRIES_MAX)))
+        width = (ACCOUNT_ID_MAX + 1) // self._slices
+        low = self._slice * width
+        high = ACCOUNT_ID_MAX if self._slice == self._slices - 1 else low + width - 1
+        figures = _figures_in(client, AccountRange(low, high))
+        self._slice += 1
+        if self._slice == self._slices:
+            self._slice = 0
+            self.sweeps += 1
+        assert 0 <= self._slice < self._slices
+        return figures
+
+    @property
+    def sweep_ends(self) -> bool:
+        """The next call starts a new sweep (the previous one covered every account)."""
+        return self._slice == 0
+
+
 async def compare(engine: Engine, figures: ReadModelFigures) -> ReconciliationReport:
-    """Compares every engine account (and every account the read model knows) as of figures.timestamp."""
+    """Compares every engine account (and every account the read model knows) in figures.accounts as of
+    figures.timestamp."""
     timestamp, from_entries, from_series = figures.timestamp, figures.from_entries, figures.from_series
     accounts = await _engine_accounts(engine)
+    if figures.accounts != ALL_ACCOUNTS:
+        accounts = {account_id: a for account_id, a in accounts.items() if account_id in figures.accounts}
     report = ReconciliationReport(timestamp=timestamp)
     report.unknown_accounts = sorted(set(from_entries) - set(accounts))
     zero = Balance(0, 0, 0, 0, 0)
@@ -144,6 +272,19 @@ async def compare(engine: Engine, figures: ReadModelFigures) -> ReconciliationRe
         for source, figure in figures_of_account:
             report.drifts.extend(_differences(account_id, source, engine_then, figure))
     return report
+
+
+def sweeping_drift(
+    engine: Engine, query: Callable[[Callable[[ClickHouseClient], ReadModelFigures]], Awaitable[ReadModelFigures]]
+) -> Callable[[], Awaitable[str]]:
+    """A drift check for the continuous consistency check: each call compares the next slice of a
+    ReconcileSweep ("" when it agrees); `query` runs a function on the read model's client thread."""
+    sweep = ReconcileSweep()
+
+    async def drift() -> str:
+        return drift_reason(await compare(engine, await query(sweep.next_figures)))
+
+    return drift
 
 
 async def reconcile(engine: Engine, client: ClickHouseClient) -> ReconciliationReport:

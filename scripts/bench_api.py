@@ -19,7 +19,12 @@ Every write is acknowledged only after it is durable.
 Client and servers share the machine's cores (and on a shared machine, other load): compare the ratios
 to the no-op baseline and to PostgreSQL from the same run rather than absolute numbers across runs.
 
-    python scripts/bench_api.py [--seconds 3] [--profile DIR]
+Projection lag (read model on): a probe posts a transaction every 0.2 s during each row and one poller
+asks the History API every 50 ms how far the read model is projected; each row's note gives the time
+from acknowledgement to visible (p50, p99, max). "defaults ÷ read model off" pairs the rows by kind.
+
+    python scripts/bench_api.py [--seconds 3] [--profile DIR] [--rows unary,batch,stream]
+        [--configs "defaults,read model off"] [--no-postgres]
 
 --profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
 the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
@@ -46,6 +51,8 @@ from typing import Any
 
 import grpc
 
+from facade.api.gen.ledger.v1 import history_pb2 as hpb
+from facade.api.gen.ledger.v1 import history_pb2_grpc as history_rpc
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
@@ -59,7 +66,14 @@ SERVER_STOP_TIMEOUT_SECONDS = 60.0
 FLOOR_TX_PER_SECOND = 10_000
 FLOOR_LATENCY_SECONDS_P99 = 0.100
 STREAM_READ_AHEAD_MAX = 512
-LAG_SAMPLE_INTERVAL_SECONDS = 0.1
+LAG_SAMPLE_INTERVAL_SECONDS = 0.5
+"""The /metrics scrape for the projector's own lag figure: it costs the server, so not too often."""
+LAG_PROBE_INTERVAL_SECONDS = 0.2
+"""How often the visibility probe posts a transaction (and then polls the read model for it)."""
+LAG_PROBE_POLL_SECONDS = 0.05
+"""One History query per poll however many probes are out (each costs the read model a query)."""
+LAG_PROBE_WAIT_SECONDS_MAX = 30.0
+"""A probe not visible after this long counts as this long (and the probe goes on with the next)."""
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +132,8 @@ class Result:
     errors: int
     cpu_us_per_tx: float | None = None
     notes: list[str] = field(default_factory=list)
+    key: str = ""
+    """Which row of a configuration ("unary16", "batch100", "stream"): pairs rows across configurations."""
 
 
 def print_header() -> None:
@@ -198,11 +214,12 @@ def transfer_pair(n: int) -> tuple[int, int]:
 class Config:
     label: str
     env: dict[str, str]
+    read_model: bool = True
 
 
 CONFIGS = (
     Config("defaults", {}),  # What scripts/run.sh runs.
-    Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}),
+    Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
 
 
@@ -293,6 +310,60 @@ def lag_sampler(server: LedgerServer, samples: list[float]) -> Iterator[None]:
         thread.join()
 
 
+@contextlib.asynccontextmanager
+async def visibility_probe(
+    channel: grpc.aio.Channel, accounts: list[str], metadata: Any, tag: str, samples: list[float]
+) -> AsyncIterator[None]:
+    """Projection lag as a user sees it, while the block runs: every LAG_PROBE_INTERVAL_SECONDS one
+    transaction is posted (each in its own task, so a slow acknowledgement does not thin the samples),
+    and one poller asks the History API every LAG_PROBE_POLL_SECONDS how far the read model is projected
+    (projected_until, the newest engine timestamp every table holds; rows go in in commit order). A
+    sample is the time from a probe's acknowledgement to the first answer covering its committed_at_ns:
+    at most a poll interval above the truth."""
+    ledger: Any = rpc.LedgerStub(channel)
+    history: Any = history_rpc.HistoryStub(channel)
+    stop = asyncio.Event()
+    pending: dict[int, float] = {}
+    """Probes acknowledged and not yet seen: committed_at_ns -> when acknowledged (perf_counter)."""
+
+    async def post(n: int) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            posted = await ledger.PostTransaction(transaction(accounts, f"{tag}-probe-{n}", n), metadata=metadata)
+            pending[posted.committed_at_ns] = time.perf_counter()
+
+    async def poll() -> None:
+        request = hpb.ListTransactionsByCorrelationRequest(correlation_id=f"{tag}-probe-none")
+        while not stop.is_set() or pending:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                projected = (await history.ListTransactionsByCorrelation(request, metadata=metadata)).projected_until
+                now = time.perf_counter()
+                for committed in [c for c in pending if c <= projected]:
+                    samples.append(now - pending.pop(committed))
+                for committed in [c for c, at in pending.items() if now - at > LAG_PROBE_WAIT_SECONDS_MAX]:
+                    samples.append(now - pending.pop(committed))
+            await asyncio.sleep(LAG_PROBE_POLL_SECONDS)
+
+    async def probe() -> None:
+        posts: set[asyncio.Task[None]] = set()
+        n = 0
+        while not stop.is_set():
+            task = asyncio.create_task(post(n))
+            posts.add(task)
+            task.add_done_callback(posts.discard)
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LAG_PROBE_INTERVAL_SECONDS)
+        if posts:
+            await asyncio.wait(posts)
+
+    tasks = [asyncio.create_task(probe()), asyncio.create_task(poll())]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
 def transaction(accounts: list[str], key: str, n: int) -> pb.PostTransactionRequest:
     source, destination = transfer_pair(n)
     return pb.PostTransactionRequest(
@@ -340,7 +411,22 @@ async def stream_load(
     return result
 
 
-async def bench_ledger(config: Config, seconds: float, profile_dir: Path | None) -> list[Result]:
+def lag_note(samples: list[float]) -> str:
+    """The visibility probe's percentiles for a row."""
+    if not samples:
+        return "lag: no probe answered"
+    return (
+        f"lag ack->visible p50 {percentile(samples, 0.5):.2f} s, p99 {percentile(samples, 0.99):.2f} s, "
+        f"max {max(samples):.2f} s ({len(samples)} probes)"
+    )
+
+
+ROW_KINDS = ("unary", "batch", "stream")
+
+
+async def bench_ledger(
+    config: Config, seconds: float, profile_dir: Path | None, rows: frozenset[str] = frozenset(ROW_KINDS)
+) -> list[Result]:
     server = LedgerServer(config, profile_dir)
     admin = (("authorization", f"Bearer {issue_token(AuthSettings(), 'bench', SCOPES_ALL)}"),)
     # Writes as a payment service would: read + write only, so the account-ownership check runs.
@@ -359,9 +445,20 @@ async def bench_ledger(config: Config, seconds: float, profile_dir: Path | None)
                 )
                 accounts.append((await stub.CreateAccount(request, metadata=admin)).account_id)
             pid = server.process.pid
+
+            @contextlib.asynccontextmanager
+            async def probed(row: str) -> AsyncIterator[list[float]]:
+                """The visibility probe around a row (read model on), its samples as the row's note."""
+                samples: list[float] = []
+                if not config.read_model:
+                    yield samples
+                    return
+                async with visibility_probe(channel, accounts, admin, f"{tag}-{row}", samples):
+                    yield samples
+
             lag_samples: list[float] = []
             with lag_sampler(server, lag_samples):
-                for concurrency in UNARY_CONCURRENCY:
+                for concurrency in UNARY_CONCURRENCY if "unary" in rows else ():
 
                     async def unary_call(worker: int, n: int, concurrency: int = concurrency) -> int:
                         key = f"{tag}-u{concurrency}-{worker}-{n}"
@@ -369,8 +466,12 @@ async def bench_ledger(config: Config, seconds: float, profile_dir: Path | None)
                         return 1
 
                     name = f"PostTransaction (1 tx/RPC) [{config.label}]"
-                    results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=pid))
-                for size, concurrency in BATCHES:
+                    async with probed(f"u{concurrency}") as probes:
+                        results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=pid))
+                    results[-1].key = f"unary{concurrency}"
+                    if config.read_model:
+                        results[-1].notes.append(lag_note(probes))
+                for size, concurrency in BATCHES if "batch" in rows else ():
 
                     async def batch_call(worker: int, n: int, size: int = size, concurrency: int = concurrency) -> int:
                         request = pb.PostTransactionsRequest(
@@ -383,16 +484,24 @@ async def bench_ledger(config: Config, seconds: float, profile_dir: Path | None)
                         return sum(1 for r in response.results if r.HasField("transaction"))
 
                     name = f"PostTransactions ({size} tx/RPC) [{config.label}]"
-                    results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=pid))
-                stream = await stream_load(tag, seconds, STREAMS, stub, accounts, metadata, cpu_pid=pid)
-                stream.name = f"{stream.name} [{config.label}]"
-                results.append(stream)
-            if lag_samples:
-                lag_note = (
-                    f"projection lag at insert p99 {percentile(lag_samples, 0.99):.2f} s, "
+                    async with probed(f"b{size}") as probes:
+                        results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=pid))
+                    results[-1].key = f"batch{size}"
+                    if config.read_model:
+                        results[-1].notes.append(lag_note(probes))
+                if "stream" in rows:
+                    async with probed("stream") as probes:
+                        stream = await stream_load(tag, seconds, STREAMS, stub, accounts, metadata, cpu_pid=pid)
+                    stream.name = f"{stream.name} [{config.label}]"
+                    stream.key = "stream"
+                    if config.read_model:
+                        stream.notes.append(lag_note(probes))
+                    results.append(stream)
+            if lag_samples and results:
+                results[-1].notes.append(
+                    f"projector's lag at insert p99 {percentile(lag_samples, 0.99):.2f} s, "
                     f"max {max(lag_samples):.2f} s ({len(lag_samples)} samples)"
                 )
-                results[-1].notes.append(lag_note)
     finally:
         server.stop()
     return results
@@ -545,11 +654,25 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR", help="profile the servers into DIR")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL peer")
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_KINDS),
+        help=f"which rows, comma-separated, of: {', '.join(ROW_KINDS)} (a shorter run on a busy machine)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(config.label for config in CONFIGS),
+        help="which ledger configurations, comma-separated labels",
+    )
     args = parser.parse_args()
+    rows = frozenset(args.rows.split(","))
+    configs = [config for config in CONFIGS if config.label in args.configs.split(",")]
+    assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
+    print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print_header()
-    noop = await bench_noop(args.seconds)
+    noop = await bench_noop(args.seconds) if "unary" in rows else []
     noop_rates = {result.concurrency: result.rate for result in noop}
     for result in noop:
         print_row(result)
@@ -562,17 +685,26 @@ async def main() -> None:
         (size, result.concurrency): result.rate for (size, _), result in zip(PG_BATCHES, peer_batches, strict=False)
     }
     floor_met: list[str] = []
-    for config in CONFIGS:
-        results = await bench_ledger(config, args.seconds, args.profile)
-        unary, batches = results[: len(UNARY_CONCURRENCY)], results[len(UNARY_CONCURRENCY) : -1]
-        for result in unary:
-            print_row(result, noop_rates.get(result.concurrency), peer_unary.get(result.concurrency))
-        for (size, concurrency), result in zip(BATCHES, batches, strict=True):
-            print_row(result, None, peer_batch.get((size, concurrency)))
-            p99 = percentile(result.latencies, 0.99)
-            if result.rate >= FLOOR_TX_PER_SECOND and p99 < FLOOR_LATENCY_SECONDS_P99 and not result.errors:
-                floor_met.append(f"{config.label}, {size} tx/RPC x{concurrency}: {result.rate:,.0f} tx/s")
-        print_row(results[-1])
+    rates: dict[str, dict[str, float]] = {}
+    for config in configs:
+        results = await bench_ledger(config, args.seconds, args.profile, rows)
+        rates[config.label] = {result.key: result.rate for result in results}
+        for result in results:
+            if result.key.startswith("unary"):
+                print_row(result, noop_rates.get(result.concurrency), peer_unary.get(result.concurrency))
+            elif result.key.startswith("batch"):
+                size = int(result.key.removeprefix("batch"))
+                print_row(result, None, peer_batch.get((size, result.concurrency)))
+                p99 = percentile(result.latencies, 0.99)
+                if result.rate >= FLOOR_TX_PER_SECOND and p99 < FLOOR_LATENCY_SECONDS_P99 and not result.errors:
+                    floor_met.append(f"{config.label}, {size} tx/RPC x{result.concurrency}: {result.rate:,.0f} tx/s")
+            else:
+                print_row(result)
+    on, off = (rates.get(config.label) for config in CONFIGS)
+    if on and off:
+        ratios = [f"{key} {on[key] / off[key]:.2f}" for key in on if off.get(key)]
+        print(f"\ndefaults ÷ read model off (tx/s): {', '.join(ratios)}")
+    print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"
     floor = f"batched >= {FLOOR_TX_PER_SECOND:,} tx/s with p99 < {FLOOR_LATENCY_SECONDS_P99 * 1e3:.0f} ms"

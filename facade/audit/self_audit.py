@@ -4,7 +4,11 @@ Each round takes the checkpoints sealed since the last round and, for each, fold
 `transactions` rows (chain order) into a compact range (the right frontier: at most 64 subtree roots)
 up to the checkpoint's size, checking the chain link by link, and compares the root with the signed
 one. Then it checks the ledger invariants on the read model: per ledger Σ debits = Σ credits, and
-(given the engine) every account's balances = Σ of its entries (projections.reconcile). A failure
+(given the engine) every account's balances = Σ of its entries (projections.reconcile). Both read the
+entries one slice of the account ids per round (projections.reconcile.ReconcileSweep: never a scan of
+the whole read model, which would hold the read model's process, and so the projection, for seconds);
+the ledger sums are added up over a sweep, as of the engine time it started at, and checked when it
+ends. A failure
 counts in `ledger_audit_failures_total{check}` and shows in /readyz under dependencies.audit; a
 clean round moves `ledger_audit_last_verified_timestamp` to the verified checkpoint's engine time.
 A checkpoint the read model has not caught up with yet is not a failure: it is verified next round.
@@ -17,7 +21,7 @@ import contextlib
 import enum
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from facade.audit.log import AuditLog, SealedCheckpoint
@@ -29,10 +33,18 @@ from ledger_events.chain import GENESIS, Link
 from projections.audit import _chain_pages
 from projections.audit_evidence import row_leaf_input
 from projections.client import ClickHouseClient
-from projections.queries import TIMESTAMP_MAX, to_int
-from projections.reconcile import compare, read_figures
+from projections.queries import TIMESTAMP_MAX, projected_timestamp, to_int
+from projections.reconcile import ReadModelFigures, ReconcileSweep, compare
 
-__all__ = ["CHECKPOINTS_PER_ROUND_MAX", "AuditCheck", "Frontier", "SelfAudit", "SelfAuditFailure"]
+__all__ = [
+    "CHECKPOINTS_PER_ROUND_MAX",
+    "AuditCheck",
+    "ChainFold",
+    "Frontier",
+    "SelfAudit",
+    "SelfAuditFailure",
+    "fold_chain",
+]
 
 CHECKPOINTS_PER_ROUND_MAX = 64
 """Checkpoints verified per round: a long backlog is worked through over several rounds."""
@@ -83,59 +95,115 @@ class Frontier:
         return root
 
 
-_LEDGER_SUMS = """
-SELECT ledger, sumIf(amount, side = 'DEBIT'), sumIf(amount, side = 'CREDIT')
+_LEDGER_SUMS_IN_RANGE = """
+SELECT ledger, sumIf(toUInt256(amount), side = 'DEBIT'), sumIf(toUInt256(amount), side = 'CREDIT')
 FROM entries FINAL
-GROUP BY ledger
-ORDER BY ledger"""
+WHERE account_id BETWEEN {low:UInt128} AND {high:UInt128} AND engine_timestamp <= {timestamp:UInt64}
+GROUP BY ledger"""
+
+
+@dataclass(slots=True)
+class ChainFold:
+    """How far the read model's chain has been folded: the frontier, the last link, its engine time.
+    Plain data, so the fold can run where the rows are (the read model's process) and come back."""
+
+    frontier: Frontier = field(default_factory=Frontier)
+    link: Link = GENESIS
+    timestamp_last: int = 0
+
+
+def fold_chain(client: ClickHouseClient, fold: ChainFold, tree_size: int) -> tuple[ChainFold, SelfAuditFailure | None]:
+    """Folds the rows after `fold` up to `tree_size`, checking the chain link by link (on the client's
+    thread, or in the read model's own process: every new change is read, hashed three times and folded,
+    work that held the service's interpreter for seconds per round at a few thousand tx/s). Returns the
+    fold as far as it got and the chain break found, if any."""
+    assert tree_size >= fold.frontier.size
+    for page in _chain_pages(client, fold.timestamp_last + 1, TIMESTAMP_MAX):
+        for row in page:
+            if fold.frontier.size == tree_size:
+                return fold, None
+            if row.chain_sequence <= fold.link.sequence:
+                continue  # A duplicate not yet merged away (ReplacingMergeTree): already folded.
+            data = row_leaf_input(row)
+            link = Link(row.chain_sequence, fold.link.hash, hashlib.sha256(data).digest())
+            if (
+                row.chain_sequence != fold.link.sequence + 1
+                or row.chain_previous_hash != fold.link.hash.hex()
+                or row.chain_hash != link.hash.hex()
+            ):
+                return fold, SelfAuditFailure(AuditCheck.CHAIN, f"chain breaks at sequence {fold.link.sequence + 1}")
+            fold.frontier.add(leaf_hash(data))
+            fold.link = link
+            fold.timestamp_last = row.engine_timestamp
+        if fold.frontier.size == tree_size:
+            return fold, None
+    assert fold.frontier.size <= tree_size
+    return fold, None
+
+
+class QueryInModel(Protocol):
+    """Runs a module-level function(client, *arguments) where the read model is (its own process)."""
+
+    async def __call__(
+        self,
+        function: Callable[[ClickHouseClient, ChainFold, int], tuple[ChainFold, SelfAuditFailure | None]],
+        fold: ChainFold,
+        tree_size: int,
+        /,
+    ) -> tuple[ChainFold, SelfAuditFailure | None]: ...
 
 
 class SelfAudit:
-    def __init__(self, audit: AuditLog, query: Query, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLog,
+        query: Query,
+        *,
+        engine: Engine | None = None,
+        query_in_model: QueryInModel | None = None,
+    ) -> None:
         self.audit = audit
         self._query = query
+        self._query_in_model = query_in_model
         self._engine = engine
-        self.frontier = Frontier()
-        self._link: Link = GENESIS
-        self._timestamp_last = 0
+        self._fold = ChainFold()
         self.verified_size = 0
         self.failure: SelfAuditFailure | None = None
+        self._sweep = ReconcileSweep()
+        self._sums_timestamp = 0
+        """The engine time the current sweep's ledger sums are taken as of (fixed when it starts)."""
+        self._sums: dict[int, tuple[int, int]] = {}
+        """Σ debits and Σ credits by ledger over the sweep's slices so far."""
 
-    def _fold_to(self, client: ClickHouseClient, tree_size: int) -> SelfAuditFailure | None:
-        """Folds rows after the frontier up to `tree_size`, checking the chain (on the client's thread)."""
-        for page in _chain_pages(client, self._timestamp_last + 1, TIMESTAMP_MAX):
-            for row in page:
-                if self.frontier.size == tree_size:
-                    return None
-                if row.chain_sequence <= self._link.sequence:
-                    continue  # A duplicate not yet merged away (ReplacingMergeTree): already folded.
-                data = row_leaf_input(row)
-                link = Link(row.chain_sequence, self._link.hash, hashlib.sha256(data).digest())
-                if (
-                    row.chain_sequence != self._link.sequence + 1
-                    or row.chain_previous_hash != self._link.hash.hex()
-                    or row.chain_hash != link.hash.hex()
-                ):
-                    return SelfAuditFailure(AuditCheck.CHAIN, f"chain breaks at sequence {self._link.sequence + 1}")
-                self.frontier.add(leaf_hash(data))
-                self._link = link
-                self._timestamp_last = row.engine_timestamp
-            if self.frontier.size == tree_size:
-                return None
-        return None
-
-    def _ledger_sums(self, client: ClickHouseClient) -> SelfAuditFailure | None:
-        for ledger, debits, credits in client.query_rows(_LEDGER_SUMS):
-            if to_int(debits) != to_int(credits):
-                return SelfAuditFailure(
+    def _slice(self, client: ClickHouseClient) -> tuple[ReadModelFigures, SelfAuditFailure | None]:
+        """The next slice of the sweep (on the client's thread): its balance figures, and the ledger
+        sums' verdict when the slice ends a sweep."""
+        if self._sweep.sweep_ends:
+            self._sums_timestamp = projected_timestamp(client)
+            self._sums = {}
+        figures = self._sweep.next_figures(client)
+        accounts = figures.accounts
+        parameters = {"low": accounts.low, "high": accounts.high, "timestamp": self._sums_timestamp}
+        for ledger, debits, credits in client.query_rows(_LEDGER_SUMS_IN_RANGE, parameters):
+            debits_before, credits_before = self._sums.get(to_int(ledger), (0, 0))
+            self._sums[to_int(ledger)] = (debits_before + to_int(debits), credits_before + to_int(credits))
+        if not self._sweep.sweep_ends:
+            return figures, None
+        for ledger, (debits, credits) in sorted(self._sums.items()):
+            if debits != credits:
+                return figures, SelfAuditFailure(
                     AuditCheck.LEDGER_SUMS, f"ledger {ledger}: Σ debits {debits} ≠ Σ credits {credits}"
                 )
-        return None
+        return figures, None
 
     async def _verify(self, sealed: SealedCheckpoint) -> SelfAuditFailure | bool | None:
         """A failure, None when intact, or False when the read model has not reached it yet."""
         assert sealed.tree_size > self.verified_size
-        failure = await self._query(lambda client: self._fold_to(client, sealed.tree_size))
+        fold = self._fold
+        if self._query_in_model is not None:
+            self._fold, failure = await self._query_in_model(fold_chain, fold, sealed.tree_size)
+        else:
+            self._fold, failure = await self._query(lambda client: fold_chain(client, fold, sealed.tree_size))
         if failure is not None:
             return failure
         if self.frontier.size < sealed.tree_size:
@@ -146,6 +214,10 @@ class SelfAudit:
                 AuditCheck.ROOT, f"root of the read model's first {sealed.tree_size} changes ≠ signed root"
             )
         return None
+
+    @property
+    def frontier(self) -> Frontier:
+        return self._fold.frontier
 
     async def run_once(self) -> SelfAuditFailure | None:
         """One round; returns (and keeps in `failure`) the first failure found."""
@@ -170,11 +242,11 @@ class SelfAudit:
                 return result
             verified = sealed
             self.verified_size = sealed.tree_size
-        failure = await self._query(self._ledger_sums)
+        figures, failure = await self._query(self._slice)
         if failure is not None:
             return failure
         if self._engine is not None:
-            report = await compare(self._engine, await self._query(read_figures))
+            report = await compare(self._engine, figures)
             if not report.ok:
                 return SelfAuditFailure(
                     AuditCheck.BALANCES, f"{len(report.drifting_accounts)} accounts: balances ≠ Σ entries"

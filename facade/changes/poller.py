@@ -13,6 +13,7 @@ the checkpoint only ever advances past changes the sink has accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,28 @@ class Pacing:
     instead: at low rates the per-batch cost would otherwise dominate the per-change cost."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    timestamp_min: int
+    events: list[ChangeEvent]
+    metadata: Mapping[int, entries_pb2.EntryMetadata]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadAhead:
+    """At most one batch is read ahead, from where the batch being published ends."""
+
+    timestamp_min: int
+    task: asyncio.Task[_Batch]
+
+
+async def _discard(task: asyncio.Task[_Batch]) -> None:
+    """Cancels a read-ahead no one will use; its outcome, whatever it was, is retrieved and dropped."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 class ChangeCapture:
     def __init__(
         self,
@@ -106,22 +129,57 @@ class ChangeCapture:
         self._small_batch_changes = small_batch_changes
         self._small_batch_wait_seconds = small_batch_wait_seconds
         self.checkpoint: Checkpoint = checkpoints.load(checkpoint_path)
+        self._ahead: _ReadAhead | None = None
+        self.batches_read_ahead = 0
+        """Batches taken from a read-ahead (a backlog was being caught up)."""
         self._change_sink = sink if isinstance(sink, ChangeSink) else None
         self._sink_name = type(sink).__name__
         """The metrics label: a bounded set (KafkaEntryPublisher, Projector)."""
 
+    async def _read(self, timestamp_min: int) -> _Batch:
+        """The changes from `timestamp_min` on (at most a batch) and their metadata."""
+        events = await self._engine.get_change_events(
+            ChangeEventsFilter(timestamp_min=timestamp_min, limit=self._batch_changes_max)
+        )
+        metadata: Mapping[int, entries_pb2.EntryMetadata] = {}
+        if events and self._metadata is not None:
+            metadata = await self._metadata.metadata_for([event.transfer.id for event in events])
+        assert len(events) <= self._batch_changes_max
+        return _Batch(timestamp_min, events, metadata)
+
+    async def _next_batch(self) -> _Batch:
+        """The batch after the checkpoint: read ahead while the previous one was published, or now."""
+        timestamp_min = self.checkpoint.timestamp_last + 1
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead.timestamp_min == timestamp_min:
+                batch = await ahead.task
+                assert batch.timestamp_min == timestamp_min
+                assert not batch.events or batch.events[0].timestamp >= timestamp_min
+                self.batches_read_ahead += 1
+                return batch
+            await _discard(ahead.task)  # The previous publish failed: the checkpoint did not move.
+        return await self._read(timestamp_min)
+
+    async def close(self) -> None:
+        """Drops a read-ahead in progress (called when capture stops)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await _discard(ahead.task)
+
     async def run_once(self) -> int:
         """Publishes the next batch of changes; returns how many changes it published."""
-        events = await self._engine.get_change_events(
-            ChangeEventsFilter(timestamp_min=self.checkpoint.timestamp_last + 1, limit=self._batch_changes_max)
-        )
+        batch = await self._next_batch()
+        events, metadata = batch.events, batch.metadata
         if not events:
             # Caught up: nothing committed is unpublished, whatever the age of the last change.
             metrics.change_capture_lag_seconds.labels(self._sink_name).set(0)
             return 0
-        metadata: Mapping[int, entries_pb2.EntryMetadata] = {}
-        if self._metadata is not None:
-            metadata = await self._metadata.metadata_for([event.transfer.id for event in events])
+        if len(events) == self._batch_changes_max:
+            # A backlog: the next batch is read (from the engine's and the metadata store's threads,
+            # behind the writes queued there) while this one is published, not after.
+            following = events[-1].timestamp + 1
+            self._ahead = _ReadAhead(following, asyncio.create_task(self._read(following)))
         link = self.checkpoint.link
         assert events[0].timestamp > self.checkpoint.timestamp_last
         if self._change_sink is not None:
@@ -148,13 +206,20 @@ class ChangeCapture:
         """Polls until `stop` is set; a full batch polls again at once (catching up)."""
         # A failing sink (broker, ClickHouse down) is retried, never skipped: the checkpoint did not move,
         # so the retry re-publishes the same batch with the same event ids (the at-least-once window).
-        await run_until_stopped(stop, self._poll, component="change_capture", log_fields={"sink": self._sink_name})
+        try:
+            await run_until_stopped(stop, self._poll, component="change_capture", log_fields={"sink": self._sink_name})
+        finally:
+            await self.close()
 
     async def _poll(self) -> float:
         """One batch; how long to wait before the next (0 after a full batch: catching up)."""
+        started = time.monotonic()
         published = await self.run_once()
         if published >= self._batch_changes_max:
             return 0.0
+        wait_seconds = self._poll_interval_seconds
         if published < self._small_batch_changes:
-            return self._small_batch_wait_seconds
-        return self._poll_interval_seconds
+            wait_seconds = self._small_batch_wait_seconds
+        # The interval runs from the start of the batch: a slow publish is not followed by a full wait
+        # as well (a batch every interval, not every interval plus its work).
+        return max(0.0, wait_seconds - (time.monotonic() - started))

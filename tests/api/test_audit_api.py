@@ -211,3 +211,33 @@ async def test_json_gateway_routes(api: Api) -> None:
         assert (unknown.status_code, unknown.json()["reason"]) == (400, "UNKNOWN_QUERY_PARAMETER")
         missing = await client.get(f"{base}/checkpoint", params={"tree_size": "77"}, headers=audit_only)
         assert (missing.status_code, missing.json()["reason"]) == (404, "CHECKPOINT_NOT_FOUND")
+
+
+async def test_the_self_audit_fold_runs_in_the_read_models_process_and_matches_the_signed_root(
+    api: Api,
+) -> None:
+    """The self-audit folds the read model's chain where the rows are (the read model's own process),
+    and what comes back is the signed tree: same size, same root. A function that could not travel by
+    name (a closure) is refused before it is sent."""
+    from facade.audit.self_audit import ChainFold, fold_chain
+
+    alice, bob = await api.account("alice"), await api.account("bob")
+    await api.post("f1", credit(alice, 1_000))
+    for n in range(4):
+        last = await api.post(f"f-pay-{n}", transfer(alice, bob, 10))
+    checkpoint = await sealed_through(api, last.committed_at_ns)
+    read_model = api.server.read_model
+    assert read_model is not None and read_model.process is not None and read_model.process.pid is not None
+    fold, failure = await read_model.query_in_model(fold_chain, ChainFold(), checkpoint.tree_size)
+    assert failure is None
+    assert fold.frontier.size == checkpoint.tree_size >= 5
+    assert fold.frontier.root() == checkpoint.root_hash
+    # Folding on from where it stopped: nothing more to fold up to the same size.
+    again, failure = await read_model.query_in_model(fold_chain, fold, checkpoint.tree_size)
+    assert failure is None and again.frontier.root() == checkpoint.root_hash
+
+    def local(client: object) -> object:
+        return client
+
+    with pytest.raises(AssertionError):
+        await read_model.query_in_model(local)

@@ -200,3 +200,41 @@ async def test_a_failing_sink_is_retried_until_it_accepts_and_nothing_is_skipped
     assert sink.attempts == 3 and retries() - before == 2
     assert [int(e.transfer_id) for e in sink.entries[::2]] == [1, 2, 3, 4, 5]
     verify_chain(sink.entries)
+
+
+class FailOnceSink(CollectingSink):
+    """A sink whose next publish fails when told (an outage in the middle of a backlog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("sink unavailable")
+        await super().publish(entries)
+
+
+async def test_a_backlog_is_read_ahead_while_publishing_with_nothing_skipped_or_doubled(
+    engine: EmbeddedEngine, tmp_path: Path
+) -> None:
+    """Full batches: the next one is read while the current one is published, and taken from there; a
+    publish that fails drops the read-ahead (the checkpoint did not move) and the same batch goes again."""
+    await engine.create_transfers(transfers(1, 10))
+    sink = FailOnceSink()
+    capture = ChangeCapture(engine, sink, tmp_path / "checkpoint.json", Metadata(), pacing=Pacing(batch_changes_max=3))
+    assert [await capture.run_once() for _ in range(5)] == [3, 3, 3, 1, 0]
+    assert capture.batches_read_ahead == 3  # Batches 2, 3 and 4 came from a read-ahead.
+    assert [int(e.transfer_id) for e in sink.entries[::2]] == list(range(1, 11))
+    verify_chain(sink.entries)
+    # A failure after a read-ahead started: the read-ahead is dropped and the failed batch read again.
+    await engine.create_transfers(transfers(11, 7))
+    assert await capture.run_once() == 3  # 11-13 published; 14-16 read ahead.
+    sink.fail_next = True
+    with pytest.raises(ConnectionError):
+        await capture.run_once()  # 14-16 fail; 17 is read ahead.
+    assert [await capture.run_once() for _ in range(3)] == [3, 1, 0]  # 14-16 again (read afresh), then 17.
+    assert [int(e.transfer_id) for e in sink.entries[::2]] == list(range(1, 18))
+    verify_chain(sink.entries)
+    await capture.close()
