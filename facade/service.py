@@ -149,6 +149,7 @@ class LedgerService:
             settings.batch_transfers_max,
             queue_wait_seconds_max=settings.write_queue_wait_ms_max / 1000,
             retry_after_seconds_min=settings.retry_after_ms / 1000,
+            batch_seconds_max=settings.write_batch_ms_max / 1000,
         )
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, int] = {}
