@@ -48,7 +48,7 @@ import contextlib
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -132,11 +132,13 @@ class RetryPacer:
     sqrt(refusals / admissions) (admissions at least PACE_REFUSALS_PER_SECOND_MIN a second): more
     refusals than admissions stretch it, fewer shrink it; refusals settle at about the admission rate."""
 
-    def __init__(self, retry_after_seconds_min: float) -> None:
+    def __init__(self, retry_after_seconds_min: float, clock: Callable[[], float] = time.monotonic) -> None:
         assert retry_after_seconds_min > 0.0
         self._seconds_min = retry_after_seconds_min
+        self._clock = clock
         self.seconds = retry_after_seconds_min
-        self._window_started = time.monotonic()
+        """The current pace: the least retry hint a refusal gets."""
+        self._window_started = clock()
         self._refused = 0
         self._admitted = 0
 
@@ -149,7 +151,7 @@ class RetryPacer:
         self._roll()
 
     def _roll(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         elapsed = now - self._window_started
         if elapsed < PACE_WINDOW_SECONDS:
             return
