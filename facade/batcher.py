@@ -479,28 +479,35 @@ class GroupCommitter:
         interactive_room = cap
         if self._queue:
             interactive_room = cap - max(int(cap * BULK_SHARE_MIN), self._queue[0].submission_transfers)
+        limit = self._batch_transfers_max
         transfers = 0
         if interactive_room > 0:
-            taken, transfers = self._fill(batch, self._interactive, interactive_room, cutoff)
+            taken, transfers = self._fill(batch, self._interactive, interactive_room, limit, cutoff)
             self._interactive_transfers -= taken
-        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, cutoff)
+        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, limit - transfers, cutoff)
         transfers += bulk_transfers
-        assert transfers <= cap or len(batch) == 1
+        # Over the cap only as one submission taken whole; over the engine's limit only as one transaction.
+        assert transfers <= cap or sum(1 for item in batch if item.submission_transfers) <= 1
+        assert transfers <= limit or len(batch) == 1
         assert 0 <= self._interactive_transfers <= self._queued_transfers
         metrics.write_queue_depth.set(self._queued_transfers)
         return batch
 
-    def _fill(self, batch: list[_Item], lane: deque[_Item], room: int, cutoff: float) -> tuple[int, int]:
+    def _fill(self, batch: list[_Item], lane: deque[_Item], room: int, limit: int, cutoff: float) -> tuple[int, int]:
         """Moves whole submissions from the front of `lane` into `batch` while they fit in `room` transfers
-        (the first of an empty batch always fits); drops those cancelled or expired by `cutoff`. Returns the
-        transfers taken off the lane (dropped ones included) and those added to the batch."""
+        (the first of an empty batch always fits; the rest of a submission begun is taken as long as it fits
+        in `limit`, the engine's batch limit, and continues in the next batch otherwise); drops items
+        cancelled or expired by `cutoff`. Returns the transfers taken off the lane (dropped ones included)
+        and those added to the batch."""
         taken = 0
         batched = 0
         while lane:
             item = lane[0]
             size = len(item.transaction.transfers)
+            if batch and batched + size > limit:
+                break  # Never past the engine's batch limit (a transaction itself is never split).
             if item.submission_transfers and batch and batched + item.submission_transfers > room:
-                break  # The next submission does not fit whole (the rest of one begun is always taken).
+                break  # The next submission does not fit whole.
             lane.popleft()
             self._queued_futures.discard(item.future)
             self._queued_transfers -= size

@@ -17,7 +17,13 @@ import pytest
 
 from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.batcher import PACE_REFUSALS_PER_SECOND_MIN, PACE_WINDOW_SECONDS, RETRY_AFTER_SECONDS_MAX, RetryPacer
+from facade.batcher import (
+    BATCH_TRANSFERS_MIN,
+    PACE_REFUSALS_PER_SECOND_MIN,
+    PACE_WINDOW_SECONDS,
+    RETRY_AFTER_SECONDS_MAX,
+    RetryPacer,
+)
 from tests.api.conftest import Api, credit
 from tests.api.test_admission import (
     EngineGate,
@@ -30,6 +36,7 @@ from tests.api.test_admission import (
 
 BULK_TRANSACTIONS = 20
 PACE_WINDOWS = 12
+LARGE_TRANSACTIONS = 100
 
 
 async def test_a_small_write_commits_before_a_bulk_request_queued_ahead_of_it(tmp_path: Path) -> None:
@@ -146,3 +153,48 @@ def test_retry_pace_stretches_while_refusals_outnumber_admissions_and_relaxes_af
         now[0] += PACE_WINDOW_SECONDS
         pacer.refused()
         assert pacer.seconds == 0.05
+
+
+async def test_time_capped_batches_take_a_larger_request_whole_and_small_writes_beside_it(tmp_path: Path) -> None:
+    async with serving(tmp_path, write_batch_ms_max=10) as http:
+        api = http.api
+        alice = await api.account("alice")
+        committer = api.server.service.committer
+        # As measured under load: 4 ms a batch plus 1 ms a transfer: 10 ms holds the smallest cap.
+        for transfers in (1, 1000, 1, 1000):
+            committer.cost.observe(transfers, 0.004 + transfers * 0.001)
+        assert committer.batch_transfers_cap == BATCH_TRANSFERS_MIN < LARGE_TRANSACTIONS
+        gate = EngineGate(api.server.engine)
+        try:
+            await capped(api, alice, gate)
+        finally:
+            await gate.open()
+        await committer_idle(api.server.service)
+        assert await api.available(alice) == 2 + 2 * LARGE_TRANSACTIONS + 2
+
+
+async def capped(api: Api, alice: str, gate: EngineGate) -> None:
+    committer = api.server.service.committer
+    in_flight = await fill_in_flight(api, alice)
+    requests = [
+        pb.PostTransactionsRequest(
+            transactions=[
+                pb.PostTransactionRequest(idempotency_key=f"large-{n}-{i}", legs=[credit(alice, 1)])
+                for i in range(LARGE_TRANSACTIONS)
+            ]
+        )
+        for n in range(2)
+    ]
+    large = [asyncio.ensure_future(api.stub.PostTransactions(r, metadata=api.auth())) for r in requests]
+    await until(lambda: committer.queued_transfers == 2 * LARGE_TRANSACTIONS)
+    small = [asyncio.create_task(api.post(f"small-{n}", credit(alice, 1))) for n in range(2)]
+    await until(lambda: committer.queued_transfers == 2 * LARGE_TRANSACTIONS + 2)
+
+    await gate.open()
+    responses = await asyncio.gather(*large)
+    await asyncio.gather(*small, *in_flight)
+    for response in responses:
+        # Larger than the cap, yet committed whole: one batch, consecutive engine timestamps.
+        timestamps = [result.transaction.committed_at_ns for result in response.results]
+        assert len(timestamps) == LARGE_TRANSACTIONS and all(timestamps)
+        assert max(timestamps) - min(timestamps) == LARGE_TRANSACTIONS - 1
