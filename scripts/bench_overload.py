@@ -119,7 +119,7 @@ class Tally:
             self.other_errors[name] = self.other_errors.get(name, 0) + count
 
 
-def retry_delay(error: grpc.aio.AioRpcError) -> float:
+def retry_delay(error: grpc.aio.AioRpcError, delay_max_seconds: float) -> float:
     metadata: Any = error.trailing_metadata()
     for key, value in metadata or ():
         if key == "grpc-status-details-bin":
@@ -127,7 +127,7 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
                 info = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
                     delay: float = info.retry_delay.ToTimedelta().total_seconds()
-                    return min(RETRY_DELAY_SECONDS_MAX, delay)
+                    return min(delay_max_seconds, delay)
     return 0.05
 
 
@@ -217,6 +217,8 @@ class Load:
     batch_first: int = 0
     http: int = 0
     http_first: int = 0
+    retry_delay_max_seconds: float = RETRY_DELAY_SECONDS_MAX
+    """A refused client waits the server's retry hint, at most this long."""
 
 
 @dataclass
@@ -291,7 +293,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     tally.refused.append(time.perf_counter() - started)
-                    return retry_delay(error)
+                    return retry_delay(error, load.retry_delay_max_seconds)
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     tally.deadline_exceeded += 1
                 else:
@@ -321,7 +323,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
                 return 0.0
             if response.status_code == 429:
                 tally.refused.append(time.perf_counter() - started)
-                return min(RETRY_DELAY_SECONDS_MAX, float(response.headers.get("Retry-After", "1")))
+                return min(load.retry_delay_max_seconds, float(response.headers.get("Retry-After", "1")))
             if response.status_code == 504:
                 tally.deadline_exceeded += 1
             elif response.status_code == 200:
@@ -425,6 +427,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="overload duration")
     parser.add_argument("--processes", type=int, default=PROCESSES_DEFAULT, help="load-generator processes")
+    parser.add_argument(
+        "--retry-delay-max",
+        type=float,
+        default=RETRY_DELAY_SECONDS_MAX,
+        help="the longest retry hint a refused client honours (seconds; default 1, so clients keep coming back)",
+    )
     parser.add_argument("--env", action="append", default=[], help="extra server setting NAME=VALUE")
     args = parser.parse_args()
     assert args.processes >= 1
@@ -486,6 +494,7 @@ async def main() -> None:
                         batch_first=batch_first,
                         http=http,
                         http_first=http_first,
+                        retry_delay_max_seconds=args.retry_delay_max,
                     )
                 )
             overload_run = await run_load(loads, server.pid)
@@ -508,7 +517,8 @@ async def main() -> None:
           f"{len(base.refused)} (committed {created_unloaded:.0f}, acknowledged {base.acknowledged}); client loop lag "
           f"p99 {unloaded.lag_p99_seconds[0] * 1e3:.1f} ms")  # fmt: skip
     print(f"overload: {UNARY_CLIENTS} unary + {BATCH_CLIENTS} batch ({BATCH_SIZE} tx) + {HTTP_CLIENTS} HTTP clients in "
-          f"{args.processes} processes, {DEADLINE_SECONDS:.0f} s deadlines, {elapsed:.1f} s; CPU busy: server "
+          f"{args.processes} processes, {DEADLINE_SECONDS:.0f} s deadlines, retry hints honoured up to "
+          f"{args.retry_delay_max:g} s, {elapsed:.1f} s; CPU busy: server "
           f"{overload_run.server_cpu_seconds / elapsed:.0%}, clients {overload_run.client_cpu_seconds / elapsed:.0%} "
           f"of one core; load average {load_average_before:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"({os.cpu_count()} cores)")  # fmt: skip
