@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from facade.api.admission import AdmissionInterceptor
 from facade.api.asgi import AsgiServer, TlsFiles
 from facade.api.auth_interceptor import AuthInterceptor
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
@@ -167,6 +168,7 @@ async def start(settings: Settings) -> RunningServer:
     await service.start()
     server = grpc.aio.server(
         interceptors=[
+            AdmissionInterceptor(service),  # First: a refused write costs no span, token check or decoding.
             ObservabilityInterceptor(_rpc_log_sampling(settings)),
             AuthInterceptor(authenticator),
             RequestGuardInterceptor(),

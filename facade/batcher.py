@@ -30,6 +30,13 @@ longer than the caller's remaining deadline or `queue_wait_seconds_max`, or when
 more than `queue_transfers_max` transfers. `admit` runs the same check without queueing, so an edge can
 refuse a large batch before it spends time mapping it.
 
+Small writes first, batches short: a submission of at most INTERACTIVE_TRANSFERS_MAX transfers (a single
+transaction: a unary RPC, an HTTP POST) waits in its own lane, taken first when batches form (a bulk
+submission waiting keeps BULK_SHARE_MIN of each batch, so it is never starved), and admitted against that
+lane and the batches in flight only. With `batch_seconds_max`, a batch holds no more transfers than the
+measured cost commits in that time: a small write admitted behind a 1,000-transaction request waits for
+one short batch, not a long one (the engine and the store run one write at a time).
+
 Nothing is committed for a caller who gave up: an item whose deadline has passed, or will pass before
 its batch can commit, is dropped when batches form (DEADLINE_EXCEEDED), before the metadata store's
 intent or the engine sees it; so is an item whose caller was cancelled (`abandon`). Once an item is in a
@@ -40,9 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -72,6 +80,21 @@ LOOP_TURNS_PER_WRITE = 6
 """Event-loop turns between a write's arrival and its answer (handler, drain task, store thread done,
 engine thread done, future resolved, answer sent): on a saturated loop each waits about the lag."""
 RETRY_AFTER_SECONDS_MIN = 0.01
+PACE_WINDOW_SECONDS = 0.5
+"""How often the retry pace is adjusted to the refusals and admissions of the last window."""
+PACE_REFUSALS_PER_SECOND_MIN = 50.0
+"""Refusals a second the service affords even when it admits fewer calls (a refusal costs little)."""
+PACE_DECAY_MIN = 0.25
+"""The most the pace shrinks in one window (a quiet window halves it: ratio 0.25, square root 0.5)."""
+RETRY_JITTER = 0.5
+"""Retry hints are spread over +0-50 % (never shorter than the wait they announce): callers refused together
+do not all come back together."""
+INTERACTIVE_TRANSFERS_MAX = 16
+"""A submission of at most this many transfers (one transaction with its legs) is interactive: its own lane."""
+BULK_SHARE_MIN = 0.25
+"""The share of a batch kept for bulk submissions while any wait (interactive ones take the rest first)."""
+BATCH_TRANSFERS_MIN = 64
+"""The least a time-capped batch holds: below it the fixed cost of a batch (its fsyncs) dominates."""
 RETRY_AFTER_SECONDS_MAX = 30.0
 """Bounds of the retry hint given with a refusal (the expected time for the queue to drain)."""
 
@@ -101,6 +124,46 @@ class Committed:
 Outcome = Committed | LedgerError
 
 
+class RetryPacer:
+    """Paces refused callers so they come back about as fast as the service admits work.
+
+    A refusal is cheap but not free (the call is still accepted, routed and answered on the one event
+    loop), and refused callers retry: with a hint only as long as the queue's drain time, hundreds of
+    callers come back every few ms and their refusals alone saturate the loop, so every call, admitted or
+    refused, waits in gRPC's accept queue. The pace is the hint's floor: each window it is multiplied by
+    sqrt(refusals / admissions) (admissions at least PACE_REFUSALS_PER_SECOND_MIN a second): more
+    refusals than admissions stretch it, fewer shrink it; refusals settle at about the admission rate."""
+
+    def __init__(self, retry_after_seconds_min: float, clock: Callable[[], float] = time.monotonic) -> None:
+        assert retry_after_seconds_min > 0.0
+        self._seconds_min = retry_after_seconds_min
+        self._clock = clock
+        self.seconds = retry_after_seconds_min
+        """The current pace: the least retry hint a refusal gets."""
+        self._window_started = clock()
+        self._refused = 0
+        self._admitted = 0
+
+    def admitted(self) -> None:
+        self._admitted += 1
+        self._roll()
+
+    def refused(self) -> None:
+        self._refused += 1
+        self._roll()
+
+    def _roll(self) -> None:
+        now = self._clock()
+        elapsed = now - self._window_started
+        if elapsed < PACE_WINDOW_SECONDS:
+            return
+        afforded = max(float(self._admitted), PACE_REFUSALS_PER_SECOND_MIN * elapsed)
+        ratio = max(PACE_DECAY_MIN, self._refused / afforded)
+        self.seconds = min(RETRY_AFTER_SECONDS_MAX, max(self._seconds_min, self.seconds * ratio**0.5))
+        self._window_started, self._refused, self._admitted = now, 0, 0
+        assert self._seconds_min <= self.seconds <= RETRY_AFTER_SECONDS_MAX
+
+
 def key_reused() -> LedgerError:
     return LedgerError(
         ErrorKind.CONFLICT,
@@ -128,6 +191,9 @@ def judge(results: Sequence[CreateTransferResult]) -> Outcome:
 class _Item:
     transaction: MappedTransaction
     deadline: float | None
+    submission_transfers: int = 0
+    """On the first item of a submission, the transfers of the whole submission (0 on the others): a batch
+    takes a submission whole, so a request's transactions commit together, before its caller's deadline."""
     span_context: SpanContext = INVALID_SPAN_CONTEXT
     """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -210,8 +276,10 @@ class GroupCommitter:
         *,
         queue_wait_seconds_max: float = QUEUE_WAIT_SECONDS_MAX_DEFAULT,
         retry_after_seconds_min: float = RETRY_AFTER_SECONDS_MIN,
+        batch_seconds_max: float = 0.0,
     ) -> None:
         assert 0 < batch_transfers_max <= BATCH_EVENTS_MAX
+        assert batch_seconds_max >= 0.0
         assert queue_transfers_max >= 1
         assert queue_wait_seconds_max > 0
         assert RETRY_AFTER_SECONDS_MIN <= retry_after_seconds_min <= RETRY_AFTER_SECONDS_MAX
@@ -221,7 +289,14 @@ class GroupCommitter:
         """The embedded engine's store: intents and outcomes go in the engine batch's own append."""
         assert self._journaled is None or self._journaled.engine is engine, "a journal store and another engine"
         self._queue: deque[_Item] = deque()
+        """Bulk submissions (more than INTERACTIVE_TRANSFERS_MAX transfers), in arrival order."""
+        self._interactive: deque[_Item] = deque()
+        """Interactive submissions, in arrival order: taken first when batches form."""
         self._queued_transfers = 0
+        """Transfers queued in both lanes."""
+        self._interactive_transfers = 0
+        self._batch_seconds_max = batch_seconds_max
+        """0: batches of up to batch_transfers_max whatever they cost."""
         self._queue_transfers_max = queue_transfers_max
         self._batch_transfers_max = batch_transfers_max
         self._wakeup = asyncio.Event()
@@ -231,6 +306,7 @@ class GroupCommitter:
         """Transaction id → the item carrying it to the store and engine, while its batch commits."""
         self._queue_wait_seconds_max = queue_wait_seconds_max
         self._retry_after_seconds_min = retry_after_seconds_min
+        self.pacer = RetryPacer(retry_after_seconds_min)
         self._queued_futures: set[asyncio.Future[Outcome]] = set()
         """Futures of items still in the queue (not yet in a batch): only these may be abandoned."""
         self._in_flight_transfers = 0
@@ -286,18 +362,35 @@ class GroupCommitter:
         seconds = self.cost.seconds(self._batch_transfers_max, 1)
         return self._batch_transfers_max / seconds if seconds > 0.0 else 0.0
 
+    @property
+    def batch_transfers_cap(self) -> int:
+        """The most transfers a batch takes now: what the measured cost commits in `batch_seconds_max`
+        (at least BATCH_TRANSFERS_MIN), or batch_transfers_max without a time bound or a measured slope."""
+        transfer_seconds = self.cost.transfer_seconds
+        if self._batch_seconds_max <= 0.0 or transfer_seconds <= 0.0:
+            return self._batch_transfers_max
+        fitting = int((self._batch_seconds_max - self.cost.fixed_seconds) / transfer_seconds)
+        cap = min(self._batch_transfers_max, max(BATCH_TRANSFERS_MIN, fitting))
+        assert 1 <= cap <= self._batch_transfers_max
+        return cap
+
     def expected_wait_seconds(self, transfers: int = 0) -> float:
-        """How long `transfers` more would take to be answered: the batches queued and in flight at the
-        measured batch cost, plus the event loop's turns at its measured lag."""
+        """How long `transfers` more would take to be answered: the batches queued ahead of them (an
+        interactive submission queues behind the interactive lane only) and in flight at the measured
+        batch cost, plus the event loop's turns at its measured lag."""
         assert transfers >= 0
-        queued = self._queued_transfers + transfers
-        batches = self._in_flight_batches + -(-queued // self._batch_transfers_max)
+        ahead = self._interactive_transfers if 0 < transfers <= INTERACTIVE_TRANSFERS_MAX else self._queued_transfers
+        queued = ahead + transfers
+        batches = self._in_flight_batches + -(-queued // self.batch_transfers_cap)
         loop_seconds = LOOP_TURNS_PER_WRITE * self.loop_lag_seconds
         return self.cost.seconds(self._in_flight_transfers + queued, batches) + loop_seconds
 
-    def _retry_after_seconds(self) -> float:
-        """The time for the queue ahead to drain: a caller retrying then finds room."""
-        wait = self.expected_wait_seconds()
+    def retry_after_seconds(self) -> float:
+        """A refused caller's retry hint (counted as a refusal): the time for the queue ahead to drain,
+        at least the pace that keeps refused callers from flooding the service (RetryPacer), jittered."""
+        self.pacer.refused()
+        jitter = random.uniform(1.0, 1.0 + RETRY_JITTER)
+        wait = max(self.expected_wait_seconds(), self.pacer.seconds) * jitter
         return min(RETRY_AFTER_SECONDS_MAX, max(self._retry_after_seconds_min, wait))
 
     def admit(self, transfers: int, deadline: float | None = None) -> None:
@@ -319,16 +412,17 @@ class GroupCommitter:
             raise QueueFullError(
                 f"service busy: about {loop_seconds * 1000:.0f} ms of event-loop delay, "
                 f"more than the {max(0.0, budget_seconds) * 1000:.0f} ms this request can wait",
-                self._retry_after_seconds(),
+                self.retry_after_seconds(),
             )
         # An empty queue admits any one submission (bounded by the API's batch limit), so a batch larger
         # than the bounds is not refused forever (the cost is measured only from batches that commit).
-        if not self._queued_transfers:
+        interactive = 0 < transfers <= INTERACTIVE_TRANSFERS_MAX
+        if not (self._interactive_transfers if interactive else self._queued_transfers):
             return
         if self._queued_transfers + transfers > self._queue_transfers_max:
             metrics.backpressure_rejections_total.labels("batcher").inc()
             raise QueueFullError(
-                f"write queue full ({self._queued_transfers} transfers queued)", self._retry_after_seconds()
+                f"write queue full ({self._queued_transfers} transfers queued)", self.retry_after_seconds()
             )
         wait_seconds = self.expected_wait_seconds(transfers)
         if wait_seconds > budget_seconds:
@@ -336,7 +430,7 @@ class GroupCommitter:
             raise QueueFullError(
                 f"write queue busy: about {wait_seconds * 1000:.0f} ms of work queued, "
                 f"more than the {max(0.0, budget_seconds) * 1000:.0f} ms this request can wait",
-                self._retry_after_seconds(),
+                self.retry_after_seconds(),
             )
 
     def submit(
@@ -348,9 +442,16 @@ class GroupCommitter:
         for transaction in transactions:
             count += len(transaction.transfers)
         self.admit(count, deadline)
+        self.pacer.admitted()
         span_context = trace.get_current_span().get_span_context()
-        items = [_Item(t, deadline, span_context) for t in transactions]
-        self._queue.extend(items)
+        items = [_Item(t, deadline, 0, span_context) for t in transactions]
+        if items:
+            items[0].submission_transfers = count
+        if count <= INTERACTIVE_TRANSFERS_MAX:
+            self._interactive.extend(items)
+            self._interactive_transfers += count
+        else:
+            self._queue.extend(items)
         self._queued_futures.update(item.future for item in items)
         self._queued_transfers += count
         metrics.write_queue_depth.set(self._queued_transfers)
@@ -371,21 +472,51 @@ class GroupCommitter:
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
-        transfers = 0
+        cap = self.batch_transfers_cap
         # An item whose deadline passes before its batch can commit would be committed for a caller that
         # has given up: it is dropped now, before its intent is written, and never reaches the engine.
         # Its commit ends after the batches in flight and its own: about one average batch later.
-        own_transfers = min(self._queued_transfers, self._batch_transfers_max)
+        own_transfers = min(self._queued_transfers, cap)
         commit_seconds = self.cost.seconds(self._in_flight_transfers + own_transfers, self._in_flight_batches + 1)
         cutoff = time.monotonic() + commit_seconds
-        while self._queue:
-            item = self._queue[0]
+        # Interactive items first; a waiting bulk transaction keeps its share of the batch (all of it when
+        # it is larger than the share: it then goes alone, so no stream of small writes starves it).
+        interactive_room = cap
+        if self._queue:
+            interactive_room = cap - max(int(cap * BULK_SHARE_MIN), self._queue[0].submission_transfers)
+        limit = self._batch_transfers_max
+        transfers = 0
+        if interactive_room > 0:
+            taken, transfers = self._fill(batch, self._interactive, interactive_room, limit, cutoff)
+            self._interactive_transfers -= taken
+        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, limit - transfers, cutoff)
+        transfers += bulk_transfers
+        # Over the cap only as one submission taken whole; over the engine's limit only as one transaction.
+        assert transfers <= cap or sum(1 for item in batch if item.submission_transfers) <= 1
+        assert transfers <= limit or len(batch) == 1
+        assert 0 <= self._interactive_transfers <= self._queued_transfers
+        metrics.write_queue_depth.set(self._queued_transfers)
+        return batch
+
+    def _fill(self, batch: list[_Item], lane: deque[_Item], room: int, limit: int, cutoff: float) -> tuple[int, int]:
+        """Moves whole submissions from the front of `lane` into `batch` while they fit in `room` transfers
+        (the first of an empty batch always fits; the rest of a submission begun is taken as long as it fits
+        in `limit`, the engine's batch limit, and continues in the next batch otherwise); drops items
+        cancelled or expired by `cutoff`. Returns the transfers taken off the lane (dropped ones included)
+        and those added to the batch."""
+        taken = 0
+        batched = 0
+        while lane:
+            item = lane[0]
             size = len(item.transaction.transfers)
-            if batch and transfers + size > self._batch_transfers_max:
-                break
-            self._queue.popleft()
+            if batch and batched + size > limit:
+                break  # Never past the engine's batch limit (a transaction itself is never split).
+            if item.submission_transfers and batch and batched + item.submission_transfers > room:
+                break  # The next submission does not fit whole.
+            lane.popleft()
             self._queued_futures.discard(item.future)
             self._queued_transfers -= size
+            taken += size
             if item.future.cancelled():
                 metrics.dropped_transactions_total.labels("cancelled").inc()
                 continue
@@ -395,16 +526,14 @@ class GroupCommitter:
                 item.future.exception()  # Retrieved: its caller may have gone, and that is no error to log.
                 continue
             batch.append(item)
-            transfers += size
-        assert transfers <= self._batch_transfers_max or len(batch) == 1
-        assert self._queued_transfers >= 0
-        metrics.write_queue_depth.set(self._queued_transfers)
-        return batch
+            batched += size
+        assert batched <= taken and self._queued_transfers >= 0
+        return taken, batched
 
     async def _drain(self) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         while True:
-            if not self._queue:
+            if not self._queue and not self._interactive:
                 if self._closing:
                     break
                 self._wakeup.clear()

@@ -1,6 +1,6 @@
 """The ledger service: the transport-independent core behind gRPC, HTTP and Kafka ingestion.
 
-Writes: validate and map (facade.domain.mapping) → group commit (facade.batcher, which also decides
+Writes: validate and map (facade.domain.transactions) → group commit (facade.batcher, which also decides
 idempotency against the metadata store, once per batch) → outcome. Reads go to the engine first
 (strongly consistent; it alone knows whether a transaction committed) and to the metadata store for
 what the engine does not hold.
@@ -8,7 +8,7 @@ what the engine does not hold.
 Tenancy: every account belongs to the client that created it (the authenticated principal's
 client id). Reads of another client's account answer NOT_FOUND, exactly as for a missing one.
 Ownership fails closed and lives in the engine: a customer account's user_data_128 is the hash of
-its owner (facade.domain.mapping.account_owner), so every façade on one engine cluster, and a façade
+its owner (facade.domain.ids.account_owner), so every façade on one engine cluster, and a façade
 whose metadata store is new, sees the same owner. An account whose owner is unknown (missing, or
 created before owners were carried and unknown to the local store) is nobody's but an admin's.
 """
@@ -155,6 +155,7 @@ class LedgerService:
             settings.batch_transfers_max,
             queue_wait_seconds_max=settings.write_queue_wait_ms_max / 1000,
             retry_after_seconds_min=settings.retry_after_ms / 1000,
+            batch_seconds_max=settings.write_batch_ms_max / 1000,
         )
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, int] = {}

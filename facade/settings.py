@@ -240,6 +240,14 @@ class ApiSettings(BaseModel):
         "it would take longer than this to commit at the recently measured rate (or longer than the caller's "
         "remaining deadline).",
     )
+    write_batch_ms_max: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Admission: a batch holds no more transfers than the measured commit cost fits in this time "
+        "(at least 64), so a small write admitted behind a large request waits for one short batch; 0 = batches "
+        "of up to batch_transfers_max.",
+    )
     grpc_concurrent_rpcs_max: int = Field(
         default=256,
         ge=0,

@@ -10,27 +10,35 @@ JSON gateway) but on free loopback ports and a fresh temp data dir, then:
    POST /v1/transactions clients, every call with a 5 s deadline (gRPC deadline; HTTP client timeout and
    the X-Request-Timeout-Ms header). A refused call (RESOURCE_EXHAUSTED / 429) waits its retry hint.
 
+The clients run in several load-generator processes (`--processes`, each with its own event loop and
+connections; the unloaded yardstick runs in one such process, the same code): one Python process driving
+370 clients on the server's cores lags by hundreds of ms at p99 itself, and inflates what it measures.
+Each process's own event-loop lag is reported, and the server-side latency histograms beside the
+client's (the difference is time spent before the server's code saw a call: gRPC's accept queue, the
+network, the client).
+
 Reports admitted p50/p99, refusals (and how long a refusal took), deadline-exceeded (gRPC
 DEADLINE_EXCEEDED, HTTP 504 or client timeout), and committed-after-deadline: transactions the
 service committed whose caller had already given up (the server's `ledger_transactions_total`
 created count minus the transactions the clients saw acknowledged).
 
-    python scripts/bench_overload.py [--seconds 10]
+    python scripts/bench_overload.py [--seconds 10] [--processes 4] [--env LEDGER_X=Y ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -58,6 +66,12 @@ UNARY_CLIENTS_PER_CONNECTION = 10
 """Clients are many processes in real life, each with its own connection: here each batch client and each
 group of unary clients gets its own HTTP/2 connection, so a batch does not hold unary calls behind it in
 one TCP stream (a client-side queue the server cannot see)."""
+LOOP_PROBE_SECONDS = 0.01
+PROCESSES_DEFAULT = 4
+PROCESS_START_TIMEOUT_SECONDS = 120.0
+"""Bound on a load-generator process's start (imports, connections) and on its result after the load."""
+WRITE_METHODS = frozenset({"PostTransaction", "PostTransactions", "unmatched"})
+"""The write operations in the server's histogram (HTTP refusals at the door are "unmatched": no route yet)."""
 DRAIN_SECONDS = DEADLINE_SECONDS + 2.0
 """After the load: everything still queued or in flight has committed or been dropped by then."""
 
@@ -85,8 +99,16 @@ class Tally:
     def other(self, name: str) -> None:
         self.other_errors[name] = self.other_errors.get(name, 0) + 1
 
+    def add(self, other: Tally) -> None:
+        self.admitted += other.admitted
+        self.acknowledged += other.acknowledged
+        self.refused += other.refused
+        self.deadline_exceeded += other.deadline_exceeded
+        for name, count in other.other_errors.items():
+            self.other_errors[name] = self.other_errors.get(name, 0) + count
 
-def retry_delay(error: grpc.aio.AioRpcError) -> float:
+
+def retry_delay(error: grpc.aio.AioRpcError, delay_max_seconds: float) -> float:
     metadata: Any = error.trailing_metadata()
     for key, value in metadata or ():
         if key == "grpc-status-details-bin":
@@ -94,7 +116,7 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
                 info = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
                     delay: float = info.retry_delay.ToTimedelta().total_seconds()
-                    return min(RETRY_DELAY_SECONDS_MAX, delay)
+                    return min(delay_max_seconds, delay)
     return 0.05
 
 
@@ -118,18 +140,22 @@ def created_total(samples: Samples) -> float:
     )
 
 
-def server_quantile(before: Samples, after: Samples, method: str, code: str, fraction: float) -> float:
-    """The server-side latency quantile (its request histogram, from handler entry to answer): the upper
-    bound of the bucket holding it. Apart from the client's, it excludes time queued before the handler."""
-    buckets: list[tuple[float, float]] = []
+def server_series(before: Samples, after: Samples) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+    """The server's request histogram between two scrapes: (edge, method, code) → cumulative buckets."""
+    series: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for (name, labels), value in after.items():
+        if name != "ledger_request_duration_seconds_bucket":
+            continue
         label = dict(labels)
-        wanted = {"method": method, "code": code, "edge": "grpc"}
-        if name == "ledger_request_duration_seconds_bucket" and all(label.get(k) == v for k, v in wanted.items()):
-            buckets.append((float(label["le"]), value - before.get((name, labels), 0.0)))
-    buckets.sort()
-    if not buckets or buckets[-1][1] <= 0:
-        return 0.0
+        key = (label["edge"], label["method"], label["code"])
+        series.setdefault(key, []).append((float(label["le"]), value - before.get((name, labels), 0.0)))
+    for buckets in series.values():
+        buckets.sort()
+    return {key: buckets for key, buckets in series.items() if buckets[-1][1] > 0}
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], fraction: float) -> float:
+    """The upper bound of the bucket holding the quantile (inf past the last finite bound)."""
     total = buckets[-1][1]
     for bound, count in buckets:
         if count >= fraction * total:
@@ -137,11 +163,268 @@ def server_quantile(before: Samples, after: Samples, method: str, code: str, fra
     return buckets[-1][0]
 
 
+def print_server_side(title: str, before: Samples, after: Samples) -> None:
+    """Server-side latency (handler or middleware entry to answer, histogram bucket bounds) of the write
+    methods: beside the client's, it shows how long a call waited before the server's code saw it."""
+    print(f"server-side, {title} (bucket upper bounds, ms):")
+    for (edge, method, code), buckets in sorted(server_series(before, after).items()):
+        if method not in WRITE_METHODS:
+            continue
+        p50, p99 = bucket_quantile(buckets, 0.5) * 1e3, bucket_quantile(buckets, 0.99) * 1e3
+        print(f"  {edge:<5}{method:<18}{code:<20}{buckets[-1][1]:>8.0f} calls  p50 {p50:>7.1f}  p99 {p99:>7.1f}")
+
+
+@dataclass
+class LoopLag:
+    """How late a short timer fires on the load generator's own event loop: a late client inflates every
+    latency it measures, so this says whether the client or the server is the bottleneck."""
+
+    samples: list[float] = field(default_factory=list)
+
+    async def probe(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            self.samples.append(max(0.0, loop.time() - started - LOOP_PROBE_SECONDS))
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load-generator process's share of the clients; `*_first` numbers its first client of each kind
+    (idempotency keys stay unique across processes)."""
+
+    port: int
+    http_port: int
+    token: str
+    accounts: tuple[str, ...]
+    seconds: float
+    tag: str
+    unary: int
+    unary_first: int = 0
+    batch: int = 0
+    batch_first: int = 0
+    http: int = 0
+    http_first: int = 0
+    retry_delay_max_seconds: float = RETRY_DELAY_SECONDS_MAX
+    """A refused client waits the server's retry hint, at most this long."""
+
+
+@dataclass
+class Generated:
+    """What one load-generator process saw."""
+
+    tallies: dict[str, Tally]
+    lag_seconds: list[float]
+    cpu_seconds: float
+
+
+def split(total: int, parts: int, index: int) -> tuple[int, int]:
+    """Client count and first client number of part `index` when `total` clients are spread over `parts`."""
+    size, rest = divmod(total, parts)
+    return size + (1 if index < rest else 0), index * size + min(index, rest)
+
+
+def legs(accounts: tuple[str, ...], n: int) -> tuple[str, str, str]:
+    source, destination = accounts[n % len(accounts)], accounts[(n * 7 + 1) % len(accounts)]
+    if source == destination:
+        destination = accounts[(n + 1) % len(accounts)]
+    return source, destination, str(1 + n % 1000)
+
+
+def transaction(accounts: tuple[str, ...], key: str, n: int) -> pb.PostTransactionRequest:
+    source, destination, amount = legs(accounts, n)
+    leg = pb.Leg(
+        type=pb.LEG_TYPE_TRANSFER, from_account_id=source, to_account_id=destination, amount=amount, currency="USD"
+    )
+    return pb.PostTransactionRequest(
+        idempotency_key=key, legs=[leg], metadata=pb.TransactionMetadata(source="bench", correlation_id=key)
+    )
+
+
+class Barrier(Protocol):
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class ResultQueue(Protocol):
+    def put(self, obj: Any) -> None: ...
+
+
+def generate(load: Load, barrier: Barrier, results: ResultQueue) -> None:
+    """A load-generator process: connects, waits for the others at `barrier`, runs, puts a Generated."""
+    results.put(asyncio.run(_generate(load, barrier)))
+
+
+async def _generate(load: Load, barrier: Barrier) -> Generated:
+    metadata = (("authorization", f"Bearer {load.token}"),)
+    timeout_ms = str(int(DEADLINE_SECONDS * 1000))
+    http_headers = {"Authorization": f"Bearer {load.token}", "X-Request-Timeout-Ms": timeout_ms}
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{load.port}", options=own_connection)
+        for _ in range(-(-load.unary // UNARY_CLIENTS_PER_CONNECTION) + load.batch)
+    ]
+    stubs: list[Any] = [rpc.LedgerStub(c) for c in channels]
+    tallies = {"unary": Tally(), "batch": Tally(), "http": Tally()}
+    limits = httpx.Limits(max_connections=load.http + 4, max_keepalive_connections=load.http + 4)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{load.http_port}", limits=limits) as http:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
+        await asyncio.to_thread(barrier.wait, PROCESS_START_TIMEOUT_SECONDS)
+        cpu_started = time.process_time()
+        stop_at = time.perf_counter() + load.seconds
+
+        async def grpc_call(tally: Tally, request: Any, method: Any, count: int) -> float:
+            """One call; returns how long to wait before the next (a refusal's retry hint)."""
+            started = time.perf_counter()
+            try:
+                response = await method(request, metadata=metadata, timeout=DEADLINE_SECONDS)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    tally.refused.append(time.perf_counter() - started)
+                    return retry_delay(error, load.retry_delay_max_seconds)
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    tally.deadline_exceeded += 1
+                else:
+                    tally.other(error.code().name)
+                return 0.0
+            tally.admitted.append(time.perf_counter() - started)
+            if count == 1:
+                tally.acknowledged += 1
+            else:
+                tally.acknowledged += sum(1 for r in response.results if r.HasField("transaction"))
+            return 0.0
+
+        async def http_call(tally: Tally, key: str, n: int) -> float:
+            source, destination, amount = legs(load.accounts, n)
+            leg = {"type": "LEG_TYPE_TRANSFER", "from_account_id": source, "to_account_id": destination}
+            body = {"idempotency_key": key, "legs": [{**leg, "amount": amount, "currency": "USD"}]}
+            started = time.perf_counter()
+            try:
+                response = await http.post(
+                    "/v1/transactions", json=body, headers=http_headers, timeout=DEADLINE_SECONDS
+                )
+            except httpx.TimeoutException:
+                tally.deadline_exceeded += 1
+                return 0.0
+            except httpx.HTTPError as error:
+                tally.other(type(error).__name__)
+                return 0.0
+            if response.status_code == 429:
+                tally.refused.append(time.perf_counter() - started)
+                return min(load.retry_delay_max_seconds, float(response.headers.get("Retry-After", "1")))
+            if response.status_code == 504:
+                tally.deadline_exceeded += 1
+            elif response.status_code == 200:
+                tally.admitted.append(time.perf_counter() - started)
+                tally.acknowledged += 1
+            else:
+                tally.other(f"HTTP {response.status_code}")
+            return 0.0
+
+        async def unary_worker(worker: int) -> None:
+            number = load.unary_first + worker
+            n = 0
+            while time.perf_counter() < stop_at:
+                request = transaction(load.accounts, f"{load.tag}u-{number}-{n}", n + number)
+                method = stubs[worker // UNARY_CLIENTS_PER_CONNECTION].PostTransaction
+                await asyncio.sleep(await grpc_call(tallies["unary"], request, method, 1))
+                n += 1
+
+        async def batch_worker(worker: int) -> None:
+            number = load.batch_first + worker
+            n = 0
+            while time.perf_counter() < stop_at:
+                request = pb.PostTransactionsRequest(
+                    transactions=[
+                        transaction(load.accounts, f"{load.tag}b-{number}-{n}-{i}", n * BATCH_SIZE + i)
+                        for i in range(BATCH_SIZE)
+                    ]
+                )
+                method = stubs[-1 - worker].PostTransactions
+                await asyncio.sleep(await grpc_call(tallies["batch"], request, method, BATCH_SIZE))
+                n += 1
+
+        async def http_worker(worker: int) -> None:
+            number = load.http_first + worker
+            n = 0
+            while time.perf_counter() < stop_at:
+                await asyncio.sleep(await http_call(tallies["http"], f"{load.tag}h-{number}-{n}", n + number))
+                n += 1
+
+        lag, lag_stop = LoopLag(), asyncio.Event()
+        lag_task = asyncio.create_task(lag.probe(lag_stop))
+        await asyncio.gather(
+            *(unary_worker(i) for i in range(load.unary)),
+            *(batch_worker(i) for i in range(load.batch)),
+            *(http_worker(i) for i in range(load.http)),
+        )
+        lag_stop.set()
+        await lag_task
+        cpu_seconds = time.process_time() - cpu_started
+    for channel in channels:
+        await channel.close()
+    return Generated(tallies, lag.samples, cpu_seconds)
+
+
+@dataclass
+class Run:
+    """The merged result of one load run over its processes."""
+
+    tallies: dict[str, Tally]
+    lag_p99_seconds: list[float]
+    """Each process's own event-loop lag p99."""
+    client_cpu_seconds: float
+    server_cpu_seconds: float
+    elapsed_seconds: float
+
+
+async def run_load(loads: list[Load], server_pid: int) -> Run:
+    """Runs the loads in one process each, started together (a barrier after every process connected)."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(len(loads) + 1)
+    queue = context.Queue()
+    processes = [context.Process(target=generate, args=(load, barrier, queue), daemon=True) for load in loads]
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.to_thread(barrier.wait, PROCESS_START_TIMEOUT_SECONDS)
+        started, cpu_server = time.perf_counter(), process_cpu_seconds(server_pid)
+        timeout = max(load.seconds for load in loads) + PROCESS_START_TIMEOUT_SECONDS
+        generated: list[Generated] = [await asyncio.to_thread(queue.get, True, timeout) for _ in loads]
+        elapsed = time.perf_counter() - started
+        cpu_server = process_cpu_seconds(server_pid) - cpu_server
+    finally:
+        for process in processes:
+            process.join(PROCESS_START_TIMEOUT_SECONDS)
+            if process.is_alive():
+                process.kill()
+    tallies = {"unary": Tally(), "batch": Tally(), "http": Tally()}
+    for one in generated:
+        for name, tally in one.tallies.items():
+            tallies[name].add(tally)
+    return Run(
+        tallies,
+        [percentile(one.lag_seconds, 0.99) for one in generated],
+        sum(one.cpu_seconds for one in generated),
+        cpu_server,
+        elapsed,
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="overload duration")
+    parser.add_argument("--processes", type=int, default=PROCESSES_DEFAULT, help="load-generator processes")
+    parser.add_argument(
+        "--retry-delay-max",
+        type=float,
+        default=RETRY_DELAY_SECONDS_MAX,
+        help="the longest retry hint a refused client honours (seconds; default 1, so clients keep coming back)",
+    )
     parser.add_argument("--env", action="append", default=[], help="extra server setting NAME=VALUE")
     args = parser.parse_args()
+    assert args.processes >= 1
 
     data = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     port, http_port, ops_port = free_port(), free_port(), free_port()
@@ -164,25 +447,12 @@ async def main() -> None:
     server = subprocess.Popen([str(ledger) if ledger.exists() else "ledger", "serve"], env=env, cwd=data)
     admin = (("authorization", f"Bearer {issue_token(AuthSettings(), 'bench', SCOPES_ALL)}"),)
     writer_token = issue_token(AuthSettings(), "bench", frozenset({SCOPE_READ, SCOPE_WRITE}))
-    metadata = (("authorization", f"Bearer {writer_token}"),)
-    timeout_ms = str(int(DEADLINE_SECONDS * 1000))
-    http_headers = {"Authorization": f"Bearer {writer_token}", "X-Request-Timeout-Ms": timeout_ms}
     metrics_url = f"http://127.0.0.1:{ops_port}/metrics"
+    load_average_before = os.getloadavg()[0]
     try:
-        limits = httpx.Limits(max_connections=HTTP_CLIENTS + 4, max_keepalive_connections=HTTP_CLIENTS + 4)
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", limits=limits) as http,
-            httpx.AsyncClient() as ops,
-        ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel, httpx.AsyncClient() as ops:
             await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
             stub: Any = rpc.LedgerStub(channel)
-            own_connection = [("grpc.use_local_subchannel_pool", 1)]
-            channels = [
-                grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own_connection)
-                for _ in range(UNARY_CLIENTS // UNARY_CLIENTS_PER_CONNECTION + BATCH_CLIENTS + 1)
-            ]
-            stubs: list[Any] = [rpc.LedgerStub(c) for c in channels]
             accounts = []
             for i in range(ACCOUNTS):
                 account = await stub.CreateAccount(
@@ -192,134 +462,34 @@ async def main() -> None:
                     metadata=admin,
                 )
                 accounts.append(account.account_id)
-
-            def legs(n: int) -> tuple[str, str, str]:
-                source, destination = accounts[n % ACCOUNTS], accounts[(n * 7 + 1) % ACCOUNTS]
-                if source == destination:
-                    destination = accounts[(n + 1) % ACCOUNTS]
-                return source, destination, str(1 + n % 1000)
-
-            def transaction(key: str, n: int) -> pb.PostTransactionRequest:
-                source, destination, amount = legs(n)
-                leg = pb.Leg(
-                    type=pb.LEG_TYPE_TRANSFER, from_account_id=source, to_account_id=destination, amount=amount,
-                    currency="USD",
-                )  # fmt: skip
-                return pb.PostTransactionRequest(
-                    idempotency_key=key, legs=[leg], metadata=pb.TransactionMetadata(source="bench", correlation_id=key)
-                )
-
-            async def grpc_call(tally: Tally, request: Any, method: Any, count: int) -> float:
-                """One call; returns how long to wait before the next (a refusal's retry hint)."""
-                started = time.perf_counter()
-                try:
-                    response = await method(request, metadata=metadata, timeout=DEADLINE_SECONDS)
-                except grpc.aio.AioRpcError as error:
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        tally.refused.append(time.perf_counter() - started)
-                        return retry_delay(error)
-                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        tally.deadline_exceeded += 1
-                    else:
-                        tally.other(error.code().name)
-                    return 0.0
-                tally.admitted.append(time.perf_counter() - started)
-                if count == 1:
-                    tally.acknowledged += 1
-                else:
-                    tally.acknowledged += sum(1 for r in response.results if r.HasField("transaction"))
-                return 0.0
-
-            async def http_call(tally: Tally, key: str, n: int) -> float:
-                source, destination, amount = legs(n)
-                body = {
-                    "idempotency_key": key,
-                    "legs": [
-                        {
-                            "type": "LEG_TYPE_TRANSFER",
-                            "from_account_id": source,
-                            "to_account_id": destination,
-                            "amount": amount,
-                            "currency": "USD",
-                        }
-                    ],
-                }
-                started = time.perf_counter()
-                try:
-                    response = await http.post(
-                        "/v1/transactions", json=body, headers=http_headers, timeout=DEADLINE_SECONDS
-                    )
-                except httpx.TimeoutException:
-                    tally.deadline_exceeded += 1
-                    return 0.0
-                except httpx.HTTPError as error:
-                    tally.other(type(error).__name__)
-                    return 0.0
-                if response.status_code == 429:
-                    tally.refused.append(time.perf_counter() - started)
-                    return min(RETRY_DELAY_SECONDS_MAX, float(response.headers.get("Retry-After", "1")))
-                if response.status_code == 504:
-                    tally.deadline_exceeded += 1
-                elif response.status_code == 200:
-                    tally.admitted.append(time.perf_counter() - started)
-                    tally.acknowledged += 1
-                else:
-                    tally.other(f"HTTP {response.status_code}")
-                return 0.0
-
-            async def run(seconds: float, unary: int, batch: int, http_clients: int, tag: str) -> dict[str, Tally]:
-                tallies = {"unary": Tally(), "batch": Tally(), "http": Tally()}
-                stop_at = time.perf_counter() + seconds
-
-                async def unary_worker(worker: int) -> None:
-                    n = 0
-                    while time.perf_counter() < stop_at:
-                        request = transaction(f"{tag}u-{worker}-{n}", n + worker)
-                        method = stubs[worker // UNARY_CLIENTS_PER_CONNECTION].PostTransaction
-                        await asyncio.sleep(await grpc_call(tallies["unary"], request, method, 1))
-                        n += 1
-
-                async def batch_worker(worker: int) -> None:
-                    n = 0
-                    while time.perf_counter() < stop_at:
-                        request = pb.PostTransactionsRequest(
-                            transactions=[
-                                transaction(f"{tag}b-{worker}-{n}-{i}", n * BATCH_SIZE + i) for i in range(BATCH_SIZE)
-                            ]
-                        )
-                        tally = tallies["batch"]
-                        method = stubs[-1 - worker].PostTransactions
-                        await asyncio.sleep(await grpc_call(tally, request, method, BATCH_SIZE))
-                        n += 1
-
-                async def http_worker(worker: int) -> None:
-                    n = 0
-                    while time.perf_counter() < stop_at:
-                        await asyncio.sleep(await http_call(tallies["http"], f"{tag}h-{worker}-{n}", n + worker))
-                        n += 1
-
-                await asyncio.gather(
-                    *(unary_worker(i) for i in range(unary)),
-                    *(batch_worker(i) for i in range(batch)),
-                    *(http_worker(i) for i in range(http_clients)),
-                )
-                return tallies
-
+            base_load = Load(port, http_port, writer_token, tuple(accounts), UNLOADED_SECONDS, "q", UNLOADED_CLIENTS)
             first = await scrape(ops, metrics_url)
-            unloaded = await run(UNLOADED_SECONDS, UNLOADED_CLIENTS, 0, 0, "q")
+            unloaded = await run_load([base_load], server.pid)
             await asyncio.sleep(0.5)
             second = await scrape(ops, metrics_url)
-            started = time.perf_counter()
-            cpu_client, cpu_server = time.process_time(), process_cpu_seconds(server.pid)
-            overload = await run(args.seconds, UNARY_CLIENTS, BATCH_CLIENTS, HTTP_CLIENTS, "o")
-            elapsed = time.perf_counter() - started
+            loads = []
+            for index in range(args.processes):
+                unary, unary_first = split(UNARY_CLIENTS, args.processes, index)
+                batch, batch_first = split(BATCH_CLIENTS, args.processes, index)
+                http, http_first = split(HTTP_CLIENTS, args.processes, index)
+                loads.append(
+                    replace(
+                        base_load,
+                        seconds=args.seconds,
+                        tag="o",
+                        unary=unary,
+                        unary_first=unary_first,
+                        batch=batch,
+                        batch_first=batch_first,
+                        http=http,
+                        http_first=http_first,
+                        retry_delay_max_seconds=args.retry_delay_max,
+                    )
+                )
+            overload_run = await run_load(loads, server.pid)
             at_end = await scrape(ops, metrics_url)
-            cpu_client = time.process_time() - cpu_client
-            cpu_server = process_cpu_seconds(server.pid) - cpu_server
             await asyncio.sleep(DRAIN_SECONDS)
             third = await scrape(ops, metrics_url)
-            for extra in channels:
-                await extra.close()
             created_unloaded = created_total(second) - created_total(first)
             created_overload = created_total(third) - created_total(second)
     finally:
@@ -327,23 +497,26 @@ async def main() -> None:
         server.wait(30)
         shutil.rmtree(data, ignore_errors=True)
 
-    base = unloaded["unary"]
+    base = unloaded.tallies["unary"]
     base_p99 = percentile(base.admitted, 0.99)
-    print(f"unloaded ({UNLOADED_CLIENTS} unary clients, {UNLOADED_SECONDS:.0f} s): {len(base.admitted)} calls, "
-          f"p50 {percentile(base.admitted, 0.5) * 1e3:.1f} ms, p99 {base_p99 * 1e3:.1f} ms "
-          f"(committed {created_unloaded:.0f}, acknowledged {base.acknowledged})")  # fmt: skip
-    print(f"overload: {UNARY_CLIENTS} unary + {BATCH_CLIENTS} batch ({BATCH_SIZE} tx) + {HTTP_CLIENTS} HTTP clients, "
-          f"{DEADLINE_SECONDS:.0f} s deadlines, {elapsed:.1f} s; CPU busy: server {cpu_server / elapsed:.0%}, "
-          f"clients {cpu_client / elapsed:.0%} of one core (load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores)")  # fmt: skip
+    overload = overload_run.tallies
+    elapsed = overload_run.elapsed_seconds
+    print(f"unloaded ({UNLOADED_CLIENTS} unary clients in 1 process, {UNLOADED_SECONDS:.0f} s): {len(base.admitted)} "
+          f"calls, p50 {percentile(base.admitted, 0.5) * 1e3:.1f} ms, p99 {base_p99 * 1e3:.1f} ms, refused "
+          f"{len(base.refused)} (committed {created_unloaded:.0f}, acknowledged {base.acknowledged}); client loop lag "
+          f"p99 {unloaded.lag_p99_seconds[0] * 1e3:.1f} ms")  # fmt: skip
+    print(f"overload: {UNARY_CLIENTS} unary + {BATCH_CLIENTS} batch ({BATCH_SIZE} tx) + {HTTP_CLIENTS} HTTP clients in "
+          f"{args.processes} processes, {DEADLINE_SECONDS:.0f} s deadlines, retry hints honoured up to "
+          f"{args.retry_delay_max:g} s, {elapsed:.1f} s; CPU busy: server "
+          f"{overload_run.server_cpu_seconds / elapsed:.0%}, clients {overload_run.client_cpu_seconds / elapsed:.0%} "
+          f"of one core; load average {load_average_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} cores)")  # fmt: skip
     header = f"{'edge':<8}{'admitted':>9}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}{'refusal p99 ms':>16}{'deadline':>10}"
     print(header + "  other")
     print("-" * (len(header) + 12))
     acknowledged = 0
-    admitted_all: list[float] = []
     for name, tally in overload.items():
         acknowledged += tally.acknowledged
-        admitted_all += tally.admitted
         print(
             f"{name:<8}{len(tally.admitted):>9}{percentile(tally.admitted, 0.5) * 1e3:>9.1f}"
             f"{percentile(tally.admitted, 0.99) * 1e3:>9.1f}{len(tally.refused):>9}"
@@ -362,12 +535,10 @@ async def main() -> None:
         f"server at the end of the overload: event-loop lag {lag_ms:.0f} ms, expected write wait {wait_ms:.0f} ms, "
         f"measured commit rate {rate:,.0f} transfers/s (full batches)"
     )
-    print(
-        "server-side (handler entry to answer, histogram bucket bound) PostTransaction p99: unloaded "
-        f"{server_quantile(first, second, 'PostTransaction', 'OK', 0.99) * 1e3:.0f} ms, overload admitted "
-        f"{server_quantile(second, third, 'PostTransaction', 'OK', 0.99) * 1e3:.0f} ms, overload refused "
-        f"{server_quantile(second, third, 'PostTransaction', 'RESOURCE_EXHAUSTED', 0.99) * 1e3:.0f} ms"
-    )
+    lags = ", ".join(f"{lag * 1e3:.0f}" for lag in overload_run.lag_p99_seconds)
+    print(f"load generators' own event-loop lag p99 during the overload (ms, per process): {lags}")
+    print_server_side("unloaded", first, second)
+    print_server_side("overload (and drain)", second, third)
     print(f"admitted unary p99 under overload / unloaded p99: {ratio:.2f}x (goal <= 2x)")
 
 

@@ -23,7 +23,7 @@ Section layout (little-endian), after the record's `count * 128` transfer bytes:
                                             section holds them)
 
 `text` is the canonical body, except for FAILURE_TEXT entries (a failure recorded after the fact:
-DomainError JSON). The outcome of a CREATE_TRANSACTIONS entry is computed by the engine from the
+LedgerError JSON). The outcome of a CREATE_TRANSACTIONS entry is computed by the engine from the
 batch's results before the record is encoded, so a refused transaction's failure is as durable as a
 committed one's transfers, in the same write.
 

@@ -1,0 +1,200 @@
+"""Admission under load: small writes go first, refusals cost no decoding, refused callers are paced.
+
+Over loopback on the real service with the engine's writer held by a gate (tests.api.test_admission), so
+the queue's state is exact; what is checked is the engine's commit order and balances and the answers,
+never a duration. The pacer is checked on a simulated clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from facade.api.errors import error_info
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.batcher import (
+    BATCH_TRANSFERS_MIN,
+    PACE_REFUSALS_PER_SECOND_MIN,
+    PACE_WINDOW_SECONDS,
+    RETRY_AFTER_SECONDS_MAX,
+    RetryPacer,
+)
+from tests.api.conftest import Api, credit
+from tests.api.test_admission import (
+    EngineGate,
+    committer_idle,
+    fill_in_flight,
+    retry_delay_seconds,
+    serving,
+    until,
+)
+
+BULK_TRANSACTIONS = 20
+PACE_WINDOWS = 12
+LARGE_TRANSACTIONS = 100
+
+
+async def test_a_small_write_commits_before_a_bulk_request_queued_ahead_of_it(tmp_path: Path) -> None:
+    async with serving(tmp_path) as http:
+        api = http.api
+        alice = await api.account("alice")
+        gate = EngineGate(api.server.engine)
+        try:
+            await small_before_bulk(api, alice, gate)
+        finally:
+            await gate.open()  # Else a failure above would hang the teardown behind the held engine.
+
+
+async def small_before_bulk(api: Api, alice: str, gate: EngineGate) -> None:
+    committer = api.server.service.committer
+    in_flight = await fill_in_flight(api, alice)
+    request = pb.PostTransactionsRequest(
+        transactions=[
+            pb.PostTransactionRequest(idempotency_key=f"bulk-{i}", legs=[credit(alice, 1)])
+            for i in range(BULK_TRANSACTIONS)
+        ]
+    )
+    bulk = asyncio.ensure_future(api.stub.PostTransactions(request, metadata=api.auth()))
+    await until(lambda: committer.queued_transfers == BULK_TRANSACTIONS)
+    small = asyncio.create_task(api.post("small", credit(alice, 100)))
+    await until(lambda: committer.queued_transfers == BULK_TRANSACTIONS + 1)
+
+    await gate.open()
+    small_transaction, bulk_response = await asyncio.gather(small, bulk)
+    await asyncio.gather(*in_flight)
+    await committer_idle(api.server.service)
+    # Engine timestamps order every commit: the small write, queued last, went to the engine first.
+    bulk_timestamps = [result.transaction.committed_at_ns for result in bulk_response.results]
+    assert len(bulk_timestamps) == BULK_TRANSACTIONS and all(bulk_timestamps)
+    assert small_transaction.committed_at_ns < min(bulk_timestamps)
+    # The bulk request's transactions committed together (a submission is never split over batches).
+    assert max(bulk_timestamps) - min(bulk_timestamps) == BULK_TRANSACTIONS - 1
+    assert await api.available(alice) == 2 + BULK_TRANSACTIONS + 100
+
+
+async def test_a_refused_write_is_answered_before_its_request_is_decoded_or_its_caller_authenticated(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, write_queue_transfers_max=1) as http:
+        api = http.api
+        alice = await api.account("alice")
+        gate = EngineGate(api.server.engine)
+        try:
+            await refused_at_the_door(api, alice, gate)
+        finally:
+            await gate.open()
+
+
+async def refused_at_the_door(api: Api, alice: str, gate: EngineGate) -> None:
+    in_flight = await fill_in_flight(api, alice)
+    queued = asyncio.create_task(api.post("queued", credit(alice, 1)))
+    await until(lambda: api.server.service.committer.queued_transfers == 1)
+
+    # Bytes that are no protobuf, without a token: the door answers before either would be noticed.
+    for method in ("/ledger.v1.Ledger/PostTransaction", "/ledger.v1.Ledger/PostTransactions"):
+        call: Any = api.channel.unary_unary(method)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"\xff\x00 not a protobuf message")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, method
+        assert (info := error_info(refused.value)) and info.reason == "WRITE_QUEUE_FULL"
+        assert (delay := retry_delay_seconds(refused.value)) is not None and delay > 0
+
+    await gate.open()
+    await asyncio.gather(*in_flight, queued)
+    await committer_idle(api.server.service)
+    # Once there is room the same garbage reaches the guard (INVALID_ARGUMENT after authentication).
+    raw: Any = api.channel.unary_unary("/ledger.v1.Ledger/PostTransaction")
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await raw(b"\xff\x00", metadata=api.auth())
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await raw(b"\xff\x00")
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert await api.available(alice) == 3, "the refused writes wrote nothing"
+
+
+def test_retry_pace_stretches_while_refusals_outnumber_admissions_and_relaxes_after() -> None:
+    now = [0.0]
+    pacer = RetryPacer(0.05, clock=lambda: now[0])
+    refusals, admissions = 400, 100  # Per window: four times more refused calls than admitted ones.
+    assert refusals > PACE_REFUSALS_PER_SECOND_MIN * PACE_WINDOW_SECONDS
+    paces = []
+    for _ in range(PACE_WINDOWS):
+        for _ in range(admissions):
+            pacer.admitted()
+        for _ in range(refusals):
+            pacer.refused()
+        now[0] += PACE_WINDOW_SECONDS
+        pacer.admitted()  # The first event of a new window adjusts the pace.
+        paces.append(pacer.seconds)
+    assert paces[0] == pytest.approx(0.05 * 2, rel=0.01), "sqrt(400 / 100): doubled"
+    assert all(later >= earlier for earlier, later in itertools.pairwise(paces))
+    assert paces[-1] == RETRY_AFTER_SECONDS_MAX, "bounded"
+
+    relaxed = []
+    for _ in range(PACE_WINDOWS):
+        for _ in range(admissions):
+            pacer.admitted()
+        now[0] += PACE_WINDOW_SECONDS
+        pacer.admitted()
+        relaxed.append(pacer.seconds)
+    assert relaxed[0] == pytest.approx(RETRY_AFTER_SECONDS_MAX / 2), "a window without refusals halves it"
+    assert relaxed[-1] == 0.05, "back to the floor"
+
+    # Few refusals while little is admitted are afforded: the pace stays at its floor.
+    for _ in range(PACE_WINDOWS):
+        for _ in range(int(PACE_REFUSALS_PER_SECOND_MIN * PACE_WINDOW_SECONDS) - 1):  # + the one below
+            pacer.refused()
+        now[0] += PACE_WINDOW_SECONDS
+        pacer.refused()
+        assert pacer.seconds == 0.05
+
+
+async def test_time_capped_batches_take_a_larger_request_whole_and_small_writes_beside_it(tmp_path: Path) -> None:
+    async with serving(tmp_path, write_batch_ms_max=10) as http:
+        api = http.api
+        alice = await api.account("alice")
+        committer = api.server.service.committer
+        # As measured under load: 4 ms a batch plus 1 ms a transfer: 10 ms holds the smallest cap.
+        for transfers in (1, 1000, 1, 1000):
+            committer.cost.observe(transfers, 0.004 + transfers * 0.001)
+        assert committer.batch_transfers_cap == BATCH_TRANSFERS_MIN < LARGE_TRANSACTIONS
+        gate = EngineGate(api.server.engine)
+        try:
+            await capped(api, alice, gate)
+        finally:
+            await gate.open()
+        await committer_idle(api.server.service)
+        assert await api.available(alice) == 2 + 2 * LARGE_TRANSACTIONS + 2
+
+
+async def capped(api: Api, alice: str, gate: EngineGate) -> None:
+    committer = api.server.service.committer
+    in_flight = await fill_in_flight(api, alice)
+    requests = [
+        pb.PostTransactionsRequest(
+            transactions=[
+                pb.PostTransactionRequest(idempotency_key=f"large-{n}-{i}", legs=[credit(alice, 1)])
+                for i in range(LARGE_TRANSACTIONS)
+            ]
+        )
+        for n in range(2)
+    ]
+    large = [asyncio.ensure_future(api.stub.PostTransactions(r, metadata=api.auth())) for r in requests]
+    await until(lambda: committer.queued_transfers == 2 * LARGE_TRANSACTIONS)
+    small = [asyncio.create_task(api.post(f"small-{n}", credit(alice, 1))) for n in range(2)]
+    await until(lambda: committer.queued_transfers == 2 * LARGE_TRANSACTIONS + 2)
+
+    await gate.open()
+    responses = await asyncio.gather(*large)
+    await asyncio.gather(*small, *in_flight)
+    for response in responses:
+        # Larger than the cap, yet committed whole: one batch, consecutive engine timestamps.
+        timestamps = [result.transaction.committed_at_ns for result in response.results]
+        assert len(timestamps) == LARGE_TRANSACTIONS and all(timestamps)
+        assert max(timestamps) - min(timestamps) == LARGE_TRANSACTIONS - 1
