@@ -285,7 +285,7 @@ async def _write_engine_marker(engine: Engine, marker: InstanceMarker) -> None:
         )
 
 
-async def verify_startup(
+async def verify_startup(  # noqa: PLR0913  Keyword-only: the parts the check compares and where they live.
     engine: Engine,
     store: MetadataStore,
     *,
@@ -403,7 +403,7 @@ async def verify_startup(
 class ConsistencyMonitor:
     """The continuous check (see the module docstring). `status` is what /readyz reads."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  Keyword-only: the parts the check compares and how often.
         self,
         engine: Engine,
         store: MetadataStore,

@@ -28,6 +28,7 @@ from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, Que
 from facade.domain.accounts import (
     ACCOUNT_CODE_CUSTOMER,
     ACCOUNT_CODE_SETTLEMENT,
+    AccountRequest,
     Currencies,
     customer_account_flags,
     fingerprint,
@@ -36,7 +37,6 @@ from facade.domain.errors import ErrorKind, LedgerError, invalid
 from facade.domain.ids import account_id, account_owner, settlement_account_id, transaction_id
 from facade.domain.transactions import (
     MappedTransaction,
-    Metadata,
     ResolveRequest,
     decode_transaction,
     map_post,
@@ -109,6 +109,21 @@ class EntryView:
     status: str  # "posted" | "authorized" | "voided"
 
 
+@dataclass(frozen=True, slots=True)
+class EntriesQuery:
+    """One page of an account's entries (LedgerService.list_account_entries)."""
+
+    account_id_text: str
+    page_size: int
+    """0: PAGE_SIZE_DEFAULT; at most PAGE_SIZE_MAX."""
+    page_token: str
+    """Empty for the first page; else the previous page's next_page_token."""
+    from_ns: int
+    """Engine timestamps, inclusive; 0 = unbounded."""
+    to_ns: int
+    descending: bool
+
+
 ENGINE_FAULT_MESSAGES = {
     EngineFault.UNAVAILABLE: "the ledger cannot record writes right now; retry later",
     EngineFault.STORAGE_FULL: "the ledger's storage is full: writes resume when space returns; retry later",
@@ -166,15 +181,9 @@ class LedgerService:
     # ------------------------------------------------------------------------------------------
     # Accounts.
 
-    async def create_account(
-        self,
-        principal: Principal,
-        currency: str,
-        external_reference: str,
-        owner: str,
-        account_type: int,
-        metadata: dict[str, str],
-    ) -> AccountView:
+    async def create_account(self, principal: Principal, request: AccountRequest) -> AccountView:
+        currency, external_reference, owner = request.currency, request.external_reference, request.owner
+        account_type, metadata = request.account_type, request.metadata
         validate_text(external_reference, "external_reference", length_max=EXTERNAL_REFERENCE_LENGTH_MAX, required=True)
         validate_text(owner, "owner", length_max=OWNER_LENGTH_MAX)
         validate_map(metadata, "metadata")
@@ -361,14 +370,7 @@ class LedgerService:
         return checked
 
     async def resolve_authorization(
-        self,
-        principal: Principal,
-        idempotency_key: str,
-        authorization_id_text: str,
-        capture: bool,
-        amount: str,
-        metadata: Metadata,
-        deadline: float | None = None,
+        self, principal: Principal, authorization_id_text: str, request: ResolveRequest, deadline: float | None = None
     ) -> TransactionView:
         stored = await self._stored_transaction(principal, parse_id_hex(authorization_id_text))
         if stored is None:
@@ -379,9 +381,7 @@ class LedgerService:
             )
         # An authorization that never reached the engine fails in it: PENDING_TRANSFER_NOT_FOUND.
         authorization = decode_transaction(stored.client_id, stored.idempotency_key, stored.body)
-        mapped = map_resolution(
-            principal.client_id, ResolveRequest(idempotency_key, capture, amount, metadata), authorization=authorization
-        )
+        mapped = map_resolution(principal.client_id, request, authorization=authorization)
         [result] = await self._submit([mapped], deadline)
         if isinstance(result, LedgerError):
             raise result
@@ -463,20 +463,12 @@ class LedgerService:
                 return TransactionView(transaction, found[0].timestamp, deduplicated=False)
         raise LedgerError(ErrorKind.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction")
 
-    async def list_account_entries(
-        self,
-        principal: Principal,
-        account_id_text: str,
-        page_size: int,
-        page_token: str,
-        from_ns: int,
-        to_ns: int,
-        descending: bool,
-    ) -> tuple[list[EntryView], str]:
-        record = await self._owned_account(principal, account_id_text)
-        size = _page_size(page_size)
-        cursor = _decode_cursor(page_token)
-        timestamp_min, timestamp_max = from_ns, to_ns
+    async def list_account_entries(self, principal: Principal, query: EntriesQuery) -> tuple[list[EntryView], str]:
+        descending = query.descending
+        record = await self._owned_account(principal, query.account_id_text)
+        size = _page_size(query.page_size)
+        cursor = _decode_cursor(query.page_token)
+        timestamp_min, timestamp_max = query.from_ns, query.to_ns
         if cursor:
             if descending:
                 timestamp_max = cursor - 1

@@ -416,14 +416,14 @@ def _parquet_bytes(page: Sequence[ChainRow], scales: AmountScales) -> tuple[byte
     return sink.getvalue(), nulls
 
 
-def export(
+def export(  # noqa: PLR0913  Keyword-only: the range, then options each with its default.
     client: ClickHouseClient,
     directory: Path,
+    *,
     timestamp_from: int,
     timestamp_to: int,
     fmt: Format = "csv",
     progress: bool = True,
-    *,
     scales: AmountScales | None = None,
 ) -> Manifest:
     """Writes the chain rows with engine timestamp in [timestamp_from, timestamp_to) and the manifest.

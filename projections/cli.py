@@ -264,7 +264,9 @@ def _audit_export(client: ClickHouseClient, args: argparse.Namespace) -> int:
 
     timestamp_from, timestamp_to = args.timestamps
     scales = amount_scales(args.currencies)
-    manifest = export(client, Path(args.out), timestamp_from, timestamp_to, args.format, scales=scales)
+    manifest = export(
+        client, Path(args.out), timestamp_from=timestamp_from, timestamp_to=timestamp_to, fmt=args.format, scales=scales
+    )
     _print(manifest)
     return 0
 
@@ -300,7 +302,14 @@ def _audit_export_bundle(settings: Settings, args: argparse.Namespace) -> int:
             directory = Path(args.out)
             scales = amount_scales(settings.api.currencies)
             timestamp_from, timestamp_to = args.timestamps
-            manifest = export(client, directory, timestamp_from, timestamp_to, args.format, scales=scales)
+            manifest = export(
+                client,
+                directory,
+                timestamp_from=timestamp_from,
+                timestamp_to=timestamp_to,
+                fmt=args.format,
+                scales=scales,
+            )
             evidence = attach_evidence(directory, manifest, audit, client)
         finally:
             audit.close()
@@ -426,7 +435,14 @@ def _online_audit_export(settings: Settings, args: argparse.Namespace) -> int:
     try:
         timestamp_from, timestamp_to = args.timestamps
         scales = amount_scales(settings.api.currencies)
-        manifest = export(client, Path(args.out), timestamp_from, timestamp_to, args.format, scales=scales)
+        manifest = export(
+            client,
+            Path(args.out),
+            timestamp_from=timestamp_from,
+            timestamp_to=timestamp_to,
+            fmt=args.format,
+            scales=scales,
+        )
         evidence: object = None
         if keys is not None:
             with open_gateway(settings) as gateway:

@@ -378,8 +378,8 @@ def transaction(accounts: list[str], key: str, n: int) -> pb.PostTransactionRequ
     )  # fmt: skip
 
 
-async def stream_load(
-    name: str, seconds: float, streams: int, stub: Any, accounts: list[str], metadata: Any, *, cpu_pid: int
+async def stream_load(  # noqa: PLR0913  Keyword-only: the load's shape after the stub and the accounts it moves.
+    stub: Any, accounts: list[str], *, name: str, seconds: float, streams: int, metadata: Any, cpu_pid: int
 ) -> Result:
     latencies: list[float] = []
     done = 0
@@ -491,7 +491,9 @@ async def bench_ledger(
                         results[-1].notes.append(lag_note(probes))
                 if "stream" in rows:
                     async with probed("stream") as probes:
-                        stream = await stream_load(tag, seconds, STREAMS, stub, accounts, metadata, cpu_pid=pid)
+                        stream = await stream_load(
+                            stub, accounts, name=tag, seconds=seconds, streams=STREAMS, metadata=metadata, cpu_pid=pid
+                        )
                     stream.name = f"{stream.name} [{config.label}]"
                     stream.key = "stream"
                     if config.read_model:

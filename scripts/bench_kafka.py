@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, Producer
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
+from facade.domain.accounts import AccountRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
 from facade.kafka.entries_publisher import KafkaEntryPublisher
@@ -114,7 +115,7 @@ async def main() -> None:
         await service.start()
         owner = Principal(settings.ingest_client_id, SCOPES_ALL)
         accounts = [
-            str((await service.create_account(owner, "USD", f"a{i}", "", 2, {})).record.account_id)
+            str((await service.create_account(owner, AccountRequest("USD", f"a{i}", "", 2, {}))).record.account_id)
             for i in range(ACCOUNTS)
         ]
         setup_changes = len(await engine.get_change_events(ChangeEventsFilter()))

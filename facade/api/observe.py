@@ -64,8 +64,8 @@ def _value(pairs: list[tuple[str, Any]], key: str) -> str:
 
 
 @contextlib.contextmanager
-def _observed(
-    parent: Any, request_id: str, correlation_id: str, method: str, context: Any, sampling: RpcLogSampling
+def _observed(  # noqa: PLR0913  Private; keyword-only: the call's identity, read once per call by the interceptor.
+    context: Any, sampling: RpcLogSampling, *, parent: Any, request_id: str, correlation_id: str, method: str
 ) -> Iterator[None]:
     short = method.rsplit("/", 1)[-1]
     token = otel_context.attach(parent)
@@ -123,7 +123,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                with _observed(parent, request_id, correlation_id, method, context, sampling):
+                with _observed(
+                    context,
+                    sampling,
+                    parent=parent,
+                    request_id=request_id,
+                    correlation_id=correlation_id,
+                    method=method,
+                ):
                     return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
@@ -131,7 +138,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             inner_stream: Any = handler.stream_stream
 
             async def stream(requests: Any, context: Any) -> Any:
-                with _observed(parent, request_id, correlation_id, method, context, sampling):
+                with _observed(
+                    context,
+                    sampling,
+                    parent=parent,
+                    request_id=request_id,
+                    correlation_id=correlation_id,
+                    method=method,
+                ):
                     async for response in inner_stream(requests, context):
                         yield response
 
@@ -142,7 +156,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             inner_answers: Any = handler.unary_stream
 
             async def answers(request: Any, context: Any) -> Any:
-                with _observed(parent, request_id, correlation_id, method, context, sampling):
+                with _observed(
+                    context,
+                    sampling,
+                    parent=parent,
+                    request_id=request_id,
+                    correlation_id=correlation_id,
+                    method=method,
+                ):
                     found = inner_answers(request, context)
                     if inspect.isawaitable(found):  # It answers with context.write().
                         await found

@@ -25,6 +25,7 @@ __all__ = [
     "ACCOUNT_CODE_INSTANCE_MARKER",
     "ACCOUNT_CODE_SETTLEMENT",
     "INSTANCE_MARKER_LEDGER",
+    "AccountRequest",
     "Currencies",
     "customer_account_flags",
     "fingerprint",
@@ -36,6 +37,18 @@ ACCOUNT_CODE_INSTANCE_MARKER = 101
 """A façade's instance marker account (facade.consistency): user_data_128 = the instance id."""
 INSTANCE_MARKER_LEDGER = 0xFFFF_FFFF
 """The markers' own ledger: no currency uses it, so no transfer can ever touch a marker."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRequest:
+    """An account creation as an edge received it (fields not validated yet; facade.service does)."""
+
+    currency: str
+    external_reference: str
+    owner: str
+    account_type: int
+    """facade.service.ACCOUNT_TYPE_NO_OVERDRAFT or ACCOUNT_TYPE_OVERDRAFT_ALLOWED."""
+    metadata: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,7 @@ class EmbeddedLedger:
                 f"writes paused until the disk has room (last failure: {self.write_blocked})", EngineFault.STORAGE_FULL
             )
 
-    def _record(
+    def _record(  # noqa: PLR0913  Private; keyword-only: encode_record's fields less those the journal decides.
         self, operation: Operation, *, timestamp: int, count: int, results_checksum: int, body: bytes,
         previous: Header | None,
     ) -> tuple[Header, bytes]:  # fmt: skip

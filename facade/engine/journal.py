@@ -194,7 +194,7 @@ def checksum(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def encode_record(
+def encode_record(  # noqa: PLR0913  Keyword-only: one per header field the caller decides; no object per batch.
     *, op: int, parent: bytes, offset: int, operation: Operation, timestamp: int, count: int,
     results_checksum: int, body: bytes,
 ) -> tuple[Header, bytes]:  # fmt: skip

@@ -104,6 +104,22 @@ _TRANSIENT = TRANSFER_STATUSES_TRANSIENT
 _Event = TypeVar("_Event", Account, Transfer)
 
 
+@dataclass(frozen=True, slots=True)
+class _BatchKind:
+    """What differs between the accounts' and the transfers' batch loop (StateMachine._execute): the
+    linked flag and the statuses the loop itself assigns. One constant per kind, built at import, so a
+    batch costs no construction."""
+
+    linked_flag: int
+    created: IntEnum
+    linked_event_failed: IntEnum
+    linked_event_chain_open: IntEnum
+
+
+_ACCOUNT_BATCH = _BatchKind(_A_LINKED, SA.CREATED, SA.LINKED_EVENT_FAILED, SA.LINKED_EVENT_CHAIN_OPEN)
+_TRANSFER_BATCH = _BatchKind(_T_LINKED, S.CREATED, S.LINKED_EVENT_FAILED, S.LINKED_EVENT_CHAIN_OPEN)
+
+
 class PendingStatus(IntEnum):
     PENDING = 1
     POSTED = 2
@@ -272,9 +288,7 @@ class StateMachine:
                 return status, accounts[a.id].timestamp
             return status, slot
 
-        statuses, timestamps = self._execute(
-            events, first, create, _A_LINKED, SA.CREATED, SA.LINKED_EVENT_FAILED, SA.LINKED_EVENT_CHAIN_OPEN
-        )
+        statuses, timestamps = self._execute(events, first, create, _ACCOUNT_BATCH)
         return [
             CreateAccountResult(timestamp, SA(status)) for timestamp, status in zip(timestamps, statuses, strict=True)
         ]
@@ -373,9 +387,7 @@ class StateMachine:
                 self.dirty = True
             return status, slot
 
-        statuses, timestamps = self._execute(
-            events, first, create, _T_LINKED, S.CREATED, S.LINKED_EVENT_FAILED, S.LINKED_EVENT_CHAIN_OPEN
-        )
+        statuses, timestamps = self._execute(events, first, create, _TRANSFER_BATCH)
         return [
             CreateTransferResult(timestamp, status)  # type: ignore[arg-type]
             for timestamp, status in zip(timestamps, statuses, strict=True)
@@ -386,13 +398,13 @@ class StateMachine:
         events: Sequence[_Event],
         first: int,
         create: Callable[[_Event, int], tuple[IntEnum, int]],
-        linked_flag: int,
-        created: IntEnum,
-        linked_event_failed: IntEnum,
-        linked_event_chain_open: IntEnum,
+        kind: _BatchKind,
     ) -> tuple[list[IntEnum], list[int]]:
         """TigerBeetle's batch loop: events in order, linked chains atomic. Returns each event's
         status and result timestamp."""
+        # Locals, read once per batch: the loop below runs once per event.
+        linked_flag, created = kind.linked_flag, kind.created
+        linked_event_failed, linked_event_chain_open = kind.linked_event_failed, kind.linked_event_chain_open
         count = len(events)
         assert 0 < count <= BATCH_EVENTS_MAX
         assert self._undo is None
@@ -975,7 +987,14 @@ class StateMachine:
                 and (f.code == 0 or t.code == f.code)
             )
 
-        return _scan(transfers, f.timestamp_min, f.timestamp_max, f.limit, bool(f.flags & _AF_REVERSED), matches)
+        return _scan(
+            transfers,
+            matches,
+            timestamp_min=f.timestamp_min,
+            timestamp_max=f.timestamp_max,
+            limit=f.limit,
+            reversed_=bool(f.flags & _AF_REVERSED),
+        )
 
     def get_account_transfers(self, f: AccountFilter) -> list[Transfer]:
         return [copy_transfer(t) for t in self._account_transfers(f)]
@@ -1009,11 +1028,11 @@ class StateMachine:
             return []
         found = _scan(
             self.accounts_ordered,
-            f.timestamp_min,
-            f.timestamp_max,
-            f.limit,
-            bool(f.flags & _QF_REVERSED),
             lambda a: _query_matches(f, a),
+            timestamp_min=f.timestamp_min,
+            timestamp_max=f.timestamp_max,
+            limit=f.limit,
+            reversed_=bool(f.flags & _QF_REVERSED),
         )
         return [copy_account(a) for a in found]
 
@@ -1022,11 +1041,11 @@ class StateMachine:
             return []
         found = _scan(
             self.transfers_ordered,
-            f.timestamp_min,
-            f.timestamp_max,
-            f.limit,
-            bool(f.flags & _QF_REVERSED),
             lambda t: _query_matches(f, t),
+            timestamp_min=f.timestamp_min,
+            timestamp_max=f.timestamp_max,
+            limit=f.limit,
+            reversed_=bool(f.flags & _QF_REVERSED),
         )
         return [copy_transfer(t) for t in found]
 
@@ -1037,7 +1056,14 @@ class StateMachine:
         if f.limit == 0 or not _timestamp_bounds_valid(f.timestamp_min, f.timestamp_max):
             return []
         limit = min(f.limit, QUERY_LIMIT_MAX)
-        changes = _scan(self.changes, f.timestamp_min, f.timestamp_max, limit, False, lambda _: True)
+        changes = _scan(
+            self.changes,
+            lambda _: True,
+            timestamp_min=f.timestamp_min,
+            timestamp_max=f.timestamp_max,
+            limit=limit,
+            reversed_=False,
+        )
         events = []
         for change in changes:
             t = change.transfer
@@ -1117,13 +1143,14 @@ def _query_matches(f: QueryFilter, o: Account | Transfer) -> bool:
 _O = TypeVar("_O", Account, Transfer, _Change)
 
 
-def _scan(
+def _scan(  # noqa: PLR0913  Private; keyword-only: the window's bounds, as each filter type spells them.
     ordered: list[_O],
+    matches: Callable[[_O], bool],
+    *,
     timestamp_min: int,
     timestamp_max: int,
     limit: int,
     reversed_: bool,
-    matches: Callable[[_O], bool],
 ) -> list[_O]:
     """Objects of a timestamp-ordered list within [min, max] (0 = unbounded) that match, at most
     `limit`, in timestamp order or reversed."""

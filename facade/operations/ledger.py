@@ -13,11 +13,19 @@ import asyncio
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import Principal
+from facade.domain.accounts import AccountRequest
 from facade.domain.errors import LedgerError
 from facade.domain.times import time_input
+from facade.domain.transactions import ResolveRequest
 from facade.operations import convert
 from facade.operations._deadline import within
-from facade.service import BATCH_TRANSACTIONS_MAX, MAP_IN_THREAD_TRANSACTIONS_MIN, LedgerService, PostRequest
+from facade.service import (
+    BATCH_TRANSACTIONS_MAX,
+    MAP_IN_THREAD_TRANSACTIONS_MIN,
+    EntriesQuery,
+    LedgerService,
+    PostRequest,
+)
 
 __all__ = [
     "capture_transaction",
@@ -42,11 +50,9 @@ async def create_account(
         deadline,
         service.create_account(
             principal,
-            request.currency,
-            request.external_reference,
-            request.owner,
-            int(request.type),
-            dict(request.metadata),
+            AccountRequest(
+                request.currency, request.external_reference, request.owner, int(request.type), dict(request.metadata)
+            ),
         ),
     )
     return convert.account_message(view)
@@ -81,12 +87,14 @@ async def list_account_entries(
         deadline,
         service.list_account_entries(
             principal,
-            request.account_id,
-            request.page_size,
-            request.page_token,
-            time_input(request.from_ns, request.from_rfc3339, ns_field="from_ns", rfc3339_field="from_rfc3339"),
-            time_input(request.to_ns, request.to_rfc3339, ns_field="to_ns", rfc3339_field="to_rfc3339"),
-            request.descending,
+            EntriesQuery(
+                request.account_id,
+                request.page_size,
+                request.page_token,
+                time_input(request.from_ns, request.from_rfc3339, ns_field="from_ns", rfc3339_field="from_rfc3339"),
+                time_input(request.to_ns, request.to_rfc3339, ns_field="to_ns", rfc3339_field="to_rfc3339"),
+                request.descending,
+            ),
         ),
     )
     return pb.ListAccountEntriesResponse(entries=[convert.entry_message(e) for e in entries], next_page_token=token)
@@ -133,11 +141,8 @@ async def capture_transaction(
 ) -> pb.Transaction:
     view = await service.resolve_authorization(
         principal,
-        request.idempotency_key,
         request.authorization_id,
-        True,
-        request.amount,
-        convert.metadata_from(request.metadata),
+        ResolveRequest(request.idempotency_key, True, request.amount, convert.metadata_from(request.metadata)),
         deadline,
     )
     return convert.transaction_message(view)
@@ -148,11 +153,8 @@ async def void_transaction(
 ) -> pb.Transaction:
     view = await service.resolve_authorization(
         principal,
-        request.idempotency_key,
         request.authorization_id,
-        False,
-        "",
-        convert.metadata_from(request.metadata),
+        ResolveRequest(request.idempotency_key, False, "", convert.metadata_from(request.metadata)),
         deadline,
     )
     return convert.transaction_message(view)

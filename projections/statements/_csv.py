@@ -122,15 +122,15 @@ def parse_csv(data: bytes, mapping: CsvMapping, *, currency: str, scale: int) ->
             line_number = len(lines) + 1
             if line_number > STATEMENT_LINES_MAX:
                 raise StatementError(f"the statement has more than {STATEMENT_LINES_MAX} lines")
-            lines.append(_line(row, mapping, columns, line_number, currency=currency, scale=scale))
+            lines.append(_line(row, line_number, mapping=mapping, columns=columns, currency=currency, scale=scale))
     except csv.Error as error:
         raise StatementError(f"the CSV statement is malformed at row {reader.line_num}: {error}") from None
     assert len(lines) <= STATEMENT_LINES_MAX
     return lines
 
 
-def _line(
-    row: dict[str, str], mapping: CsvMapping, columns: dict[str, str], line_number: int, *, currency: str, scale: int
+def _line(  # noqa: PLR0913  Private; keyword-only: how to read a row, as _camt053._line takes its entry.
+    row: dict[str, str], line_number: int, *, mapping: CsvMapping, columns: dict[str, str], currency: str, scale: int
 ) -> StatementLine:
     def cell(column: str) -> str:
         value = row.get(column)

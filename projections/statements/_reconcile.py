@@ -90,7 +90,7 @@ def _run_id(account_id: int, digest: str, options: MatchOptions, ledger_state: s
     return hashlib.sha256(text.encode()).hexdigest()[:RUN_ID_HEX_CHARS]
 
 
-def reconcile_statement(
+def reconcile_statement(  # noqa: PLR0913  Keyword-only: the statement, how to read it, how to match it.
     client: ClickHouseClient,
     *,
     account_id: int,

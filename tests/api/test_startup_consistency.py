@@ -24,6 +24,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.app import start
 from facade.auth import SCOPES_ALL, Principal, issue_token
 from facade.consistency import COVERAGE_PAGE_MAX, READ_MODEL_RECONCILE_ROUNDS, StartupConsistencyError
+from facade.domain.accounts import AccountRequest
 from facade.domain.ids import transfer_id
 from facade.domain.transactions import Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
@@ -328,7 +329,9 @@ async def write_without_markers(directory: Path) -> str:
     await service.start()
     try:
         principal = Principal("client-a", SCOPES_ALL)
-        view = await service.create_account(principal, "USD", "alice", "alice", ACCOUNT_TYPE_NO_OVERDRAFT, {})
+        view = await service.create_account(
+            principal, AccountRequest("USD", "alice", "alice", ACCOUNT_TYPE_NO_OVERDRAFT, {})
+        )
         alice = str(view.record.account_id)
         [posted] = await service.post_transactions(principal, [PostRequest("fund", [credit(alice, 700)], Metadata())])
         assert not isinstance(posted, Exception)

@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import SCOPES_ALL, Principal
+from facade.domain.accounts import AccountRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.ingest import CLIENT_HEADER, CommandIngestor, IngestError
 from facade.metadata_store import MetadataStore
@@ -52,7 +53,10 @@ def kafka_settings(cluster: KafkaCluster) -> KafkaSettings:
 
 async def accounts(service: LedgerService, *references: str) -> list[str]:
     owner = Principal(INGEST_CLIENT, SCOPES_ALL)
-    return [str((await service.create_account(owner, "USD", r, r, 1, {})).record.account_id) for r in references]
+    return [
+        str((await service.create_account(owner, AccountRequest("USD", r, r, 1, {}))).record.account_id)
+        for r in references
+    ]
 
 
 def produce(settings: KafkaSettings, records: list[tuple[str, bytes]]) -> None:
@@ -264,7 +268,7 @@ async def test_commands_act_for_the_client_they_name_when_permitted(
     settings = kafka_settings(kafka_cluster).model_copy(update={"ingest_acts_for": ["client-a"]})
     try:
         owner = Principal("client-a", SCOPES_ALL)
-        alice = str((await ledger.create_account(owner, "USD", "a", "a", 1, {})).record.account_id)
+        alice = str((await ledger.create_account(owner, AccountRequest("USD", "a", "a", 1, {}))).record.account_id)
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
         as_a: list[tuple[str, str | bytes | None]] = [(CLIENT_HEADER, b"client-a")]
         producer.produce(settings.commands_topic, key=alice, value=command("p1", credit(alice, 70)), headers=as_a)

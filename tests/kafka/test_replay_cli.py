@@ -13,6 +13,7 @@ import pytest
 
 from facade.auth import SCOPES_ALL, Principal
 from facade.changes.poller import ChangeCapture
+from facade.domain.accounts import AccountRequest
 from facade.domain.transactions import Leg, Metadata, PostRequest
 from facade.engine.embedded import EmbeddedEngine
 from facade.kafka.entries_publisher import KafkaEntryPublisher
@@ -36,7 +37,9 @@ async def post_and_capture(directory: Path, settings: KafkaSettings, live_topic:
     await service.start()
     owner = Principal("replay-test", SCOPES_ALL)
     try:
-        alice = str((await service.create_account(owner, "USD", "alice", "alice", 2, {})).record.account_id)
+        alice = str(
+            (await service.create_account(owner, AccountRequest("USD", "alice", "alice", 2, {}))).record.account_id
+        )
         for i in range(TRANSACTIONS):
             leg = Leg(1, account_id=alice, amount=str(100 + i), currency="USD")
             await service.post_transactions(owner, [PostRequest(f"r{i}", [leg], Metadata(correlation_id=f"c{i}"))])

@@ -80,7 +80,9 @@ async def test_export_verify_round_trip(
     events = await engine.get_change_events(ChangeEventsFilter())
     timestamp_from, timestamp_to = events[5].timestamp, events[20].timestamp  # Sequences 6..20.
     directory = tmp_path / f"export-{fmt}"
-    manifest = audit.export(projected, directory, timestamp_from, timestamp_to, fmt, progress=False)
+    manifest = audit.export(
+        projected, directory, timestamp_from=timestamp_from, timestamp_to=timestamp_to, fmt=fmt, progress=False
+    )
     assert (manifest.row_count, manifest.first_sequence, manifest.last_sequence) == (15, 6, 20)
     on_disk = json.loads((directory / audit.MANIFEST_NAME).read_text())
     assert (
@@ -95,7 +97,9 @@ async def test_export_verify_round_trip(
 
 def test_export_in_several_files(tmp_path: Path, projected: ChdbClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audit, "AUDIT_PAGE_ROWS", 10)
-    manifest = audit.export(projected, tmp_path / "export", 0, TIMESTAMP_MAX, "csv", progress=False)
+    manifest = audit.export(
+        projected, tmp_path / "export", timestamp_from=0, timestamp_to=TIMESTAMP_MAX, fmt="csv", progress=False
+    )
     assert [f.rows for f in manifest.files] == [10, 10, 10, 2]
     report = audit.verify_export(tmp_path / "export")
     assert report.ok, report.problems
@@ -104,7 +108,9 @@ def test_export_in_several_files(tmp_path: Path, projected: ChdbClient, monkeypa
 
 def test_tampered_export_row_is_found(tmp_path: Path, projected: ChdbClient) -> None:
     directory = tmp_path / "export"
-    manifest = audit.export(projected, directory, 0, TIMESTAMP_MAX, "csv", progress=False)
+    manifest = audit.export(
+        projected, directory, timestamp_from=0, timestamp_to=TIMESTAMP_MAX, fmt="csv", progress=False
+    )
     path = directory / manifest.files[0].name
     with path.open(newline="") as handle:
         records = list(csv.reader(handle))

@@ -65,7 +65,7 @@ async def exported(
     assert [c.tree_size for c in audit_log.checkpoints()] == [12, 24]  # Every 10 changes, at batch ends.
     assert audit_evidence.catch_up(audit_log, client) == 0  # The read model adds nothing the feed did not.
     directory = tmp_path / "export"
-    manifest = audit.export(client, directory, 0, TIMESTAMP_MAX, "csv", progress=False)
+    manifest = audit.export(client, directory, timestamp_from=0, timestamp_to=TIMESTAMP_MAX, fmt="csv", progress=False)
     evidence = audit_evidence.attach_evidence(directory, manifest, audit_log, client)
     assert (evidence.tree_size, evidence.proof_rows, evidence.proofs) == (CHANGES, "all", CHANGES)
     return directory
@@ -151,7 +151,7 @@ def test_large_export_proves_first_and_last_rows_and_still_catches_a_middle_edit
     assert verify_bundle(exported, key_of(audit_log)).ok
     monkeypatch.setattr(audit_evidence, "EVIDENCE_ALL_ROWS_MAX", 4)
     directory = tmp_path / "large"
-    manifest = audit.export(client, directory, 0, TIMESTAMP_MAX, "csv", progress=False)
+    manifest = audit.export(client, directory, timestamp_from=0, timestamp_to=TIMESTAMP_MAX, fmt="csv", progress=False)
     evidence = audit_evidence.attach_evidence(directory, manifest, audit_log, client)
     assert (evidence.proof_rows, evidence.proofs) == ("first_and_last", 2)
     assert verify_bundle(directory, key_of(audit_log)).ok
@@ -323,7 +323,9 @@ async def test_sub_range_and_empty_range_prove_their_boundaries(
     rows = read_rows(exported)
     timestamp_from, timestamp_to = int(rows[5]["engine_timestamp"]), int(rows[12]["engine_timestamp"])
     middle = tmp_path / "middle"
-    manifest = audit.export(client, middle, timestamp_from, timestamp_to, "csv", progress=False)
+    manifest = audit.export(
+        client, middle, timestamp_from=timestamp_from, timestamp_to=timestamp_to, fmt="csv", progress=False
+    )
     assert (manifest.first_sequence, manifest.last_sequence) == (6, 12)
     audit_evidence.attach_evidence(middle, manifest, audit_log, client)
     report = verify_bundle(middle, key_of(audit_log))
@@ -333,7 +335,9 @@ async def test_sub_range_and_empty_range_prove_their_boundaries(
     assert not verify_bundle(middle, key_of(audit_log)).ok
 
     empty = tmp_path / "empty"
-    manifest = audit.export(client, empty, timestamp_from + 1, timestamp_from + 1, "csv", progress=False)
+    manifest = audit.export(
+        client, empty, timestamp_from=timestamp_from + 1, timestamp_to=timestamp_from + 1, fmt="csv", progress=False
+    )
     assert manifest.row_count == 0
     audit_evidence.attach_evidence(empty, manifest, audit_log, client)
     assert verify_bundle(empty, key_of(audit_log)).ok

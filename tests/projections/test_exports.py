@@ -69,7 +69,9 @@ async def exported(
     directories = {}
     for fmt in ("csv", "parquet"):
         directory = tmp_path / f"export-{fmt}"
-        manifest = audit.export(client, directory, 0, TIMESTAMP_MAX, fmt, progress=False)
+        manifest = audit.export(
+            client, directory, timestamp_from=0, timestamp_to=TIMESTAMP_MAX, fmt=fmt, progress=False
+        )
         # Null decimals: the 10**38 and u128-max rows in Parquet (39 digits), the unknown ledger's row in both.
         assert manifest.amount_decimal_null_rows == (3 if fmt == "parquet" else 1)
         assert manifest.amount_decimal_scale == 2
