@@ -267,13 +267,13 @@ def _batch_parentage(batch: Sequence[_Item]) -> tuple[otel_context.Context, list
 
 
 class GroupCommitter:
-    def __init__(
+    def __init__(  # noqa: PLR0913  Keyword-only limits, each a setting of its own (facade.settings).
         self,
         engine: Engine,
         store: MetadataStore,
+        *,
         queue_transfers_max: int = 65_536,
         batch_transfers_max: int = BATCH_EVENTS_MAX,
-        *,
         queue_wait_seconds_max: float = QUEUE_WAIT_SECONDS_MAX_DEFAULT,
         retry_after_seconds_min: float = RETRY_AFTER_SECONDS_MIN,
         batch_seconds_max: float = 0.0,

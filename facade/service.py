@@ -151,8 +151,8 @@ class LedgerService:
         self.committer = GroupCommitter(
             engine,
             store,
-            settings.write_queue_transfers_max,
-            settings.batch_transfers_max,
+            queue_transfers_max=settings.write_queue_transfers_max,
+            batch_transfers_max=settings.batch_transfers_max,
             queue_wait_seconds_max=settings.write_queue_wait_ms_max / 1000,
             retry_after_seconds_min=settings.retry_after_ms / 1000,
             batch_seconds_max=settings.write_batch_ms_max / 1000,
