@@ -215,6 +215,8 @@ class Config:
     label: str
     env: dict[str, str]
     read_model: bool = True
+    tree: Path | None = None
+    """Another checkout whose own virtualenv's `ledger serve` runs instead (--baseline-tree)."""
 
 
 CONFIGS = (
@@ -238,6 +240,9 @@ class LedgerServer:
             **config.env,
         )
         beside = Path(sys.executable).parent / "ledger"  # The virtualenv's console script, activated or not.
+        if config.tree is not None:  # The baseline's own install: its code, its dependencies.
+            beside = config.tree / ".venv" / "bin" / "ledger"
+            assert beside.exists(), f"{beside}: run scripts/bootstrap.sh in the baseline tree first"
         command = [str(beside) if beside.exists() else shutil.which("ledger") or "ledger", "serve"]
         self._spy: subprocess.Popen[bytes] | None = None
         self._profile_name = config.label.replace(" ", "-")
@@ -662,6 +667,14 @@ async def main() -> None:
         help=f"which rows, comma-separated, of: {', '.join(ROW_KINDS)} (a shorter run on a busy machine)",
     )
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the defaults with the server of another checkout (e.g. `git worktree add DIR <rev>` + "
+        "scripts/bootstrap.sh there), first, labelled 'baseline': before/after in one run",
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(config.label for config in CONFIGS),
         help="which ledger configurations, comma-separated labels",
@@ -670,6 +683,8 @@ async def main() -> None:
     rows = frozenset(args.rows.split(","))
     configs = [config for config in CONFIGS if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
+    if args.baseline_tree is not None:
+        configs.insert(0, Config("baseline", {}, tree=args.baseline_tree.resolve()))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
@@ -706,6 +721,10 @@ async def main() -> None:
     if on and off:
         ratios = [f"{key} {on[key] / off[key]:.2f}" for key in on if off.get(key)]
         print(f"\ndefaults ÷ read model off (tx/s): {', '.join(ratios)}")
+    baseline = rates.get("baseline")
+    if on and baseline:
+        ratios = [f"{key} {on[key] / baseline[key]:.2f}" for key in on if baseline.get(key)]
+        print(f"defaults ÷ baseline ({args.baseline_tree}) (tx/s): {', '.join(ratios)}")
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"
