@@ -20,6 +20,7 @@ report them as they would a server's.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import enum
@@ -36,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from facade.api._native import NativeFormatError, at_revision
 from facade.auth import SCOPE_AUDIT, Authenticator, AuthError
 from facade.observability.logs import get_logger
 from projections._process import RemoteClient
@@ -84,6 +86,10 @@ _LIMITS = (
     "enable_http_compression=1"
 )
 """Appended to every statement; constants only (no SQL built from request text)."""
+
+CLIENT_PROTOCOL_VERSION_MAX = 1 << 32
+"""A ClickHouse TCP protocol revision (54xxx today); larger is a client's mistake."""
+FORMAT_NATIVE = "Native"
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -330,6 +336,17 @@ def _parameters(request: Request) -> dict[str, str]:
     return found
 
 
+def _client_protocol_version(request: Request) -> int:
+    """The revision an HTTP client decodes Native at (clickhouse-go sends its own on every request); 0 if
+    none: chDB's own Native, as a server writes it for a client that names no revision."""
+    text = request.query_params.get("client_protocol_version", "")
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) > CLIENT_PROTOCOL_VERSION_MAX:
+        raise SqlRefusedError(400, _CODE_SYNTAX_ERROR, f"bad client_protocol_version {text[:32]!r}")
+    return int(text)
+
+
 def run_limited(client: ClickHouseClient, sql: str, fmt: str, parameters: Mapping[str, str]) -> bytes:
     """`sql` with the endpoint's SETTINGS (readonly=1 and the limits) appended, on the read model's
     thread: through the child (RemoteClient) or the in-process chDB client."""
@@ -363,6 +380,7 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
                 return PlainTextResponse("Ok.\n")  # As ClickHouse: GET / without a query.
             statement = checked_statement(text)
             parameters = _parameters(request)
+            revision = _client_protocol_version(request)
         except SqlRefusedError as refusal:
             return _error(refusal.status, refusal.code, refusal.message, query_id)
         fmt = (
@@ -385,6 +403,11 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
                 status_code=status,
                 headers={"X-ClickHouse-Exception-Code": str(code), "X-ClickHouse-Query-Id": query_id},
             )
+        if fmt == FORMAT_NATIVE and revision:
+            try:  # Off the event loop: it walks every value of the result.
+                payload = await asyncio.to_thread(at_revision, payload, revision)
+            except NativeFormatError as error:
+                return _error(400, _CODE_UNKNOWN, str(error), query_id)
         log.info("sql query", client_id=principal.client_id, query_id=query_id, bytes=len(payload))
         encoding = _encoding(request)
         headers = {
