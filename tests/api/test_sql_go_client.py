@@ -40,7 +40,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=GO_CLIENT,
         check=True,
         timeout=BUILD_SECONDS_MAX,
-        env=os.environ | {"GOFLAGS": "-mod=readonly"},
+        env=os.environ | {"GOFLAGS": "-mod=readonly -buildvcs=false"},
     )
     return binary
 
