@@ -232,9 +232,9 @@ async def start(settings: Settings) -> RunningServer:
         running.sql = await _start_sql(settings, read_model, authenticator)
     if projection is not None:
         running.background.append(asyncio.create_task(projection.run(running.stop_background), name="projector"))
-        feed = _account_feed(read_model, service) if read_model is not None else None
-        if feed is not None:
-            running.background.append(asyncio.create_task(feed.run(running.stop_background), name="account-feed"))
+    feed = _account_feed(settings, read_model, service) if read_model is not None else None
+    if feed is not None:
+        running.background.append(asyncio.create_task(feed.run(running.stop_background), name="account-feed"))
     kafka = settings.kafka
     topic_health: TopicHealth | None = None
     if kafka.bootstrap_servers:
@@ -424,9 +424,12 @@ class _StoreAccounts:
         return accounts, str(records[-1].account_id) if len(records) == ACCOUNTS_BATCH_MAX else ""
 
 
-def _account_feed(read_model: ReadModel, service: LedgerService) -> AccountFeed | None:
-    """The read model's `accounts` feed, when this process projects (it writes the read model)."""
-    if read_model.projector is None:
+def _account_feed(settings: Settings, read_model: ReadModel, service: LedgerService) -> AccountFeed | None:
+    """The read model's `accounts` feed: when this process projects (chDB: the only writer), and on a
+    ClickHouse server also when `ledger project` projects elsewhere, since only the façades see their
+    accounts created (with a shared metadata store each façade's catch-up walks every account; inserts are
+    idempotent, so façades feeding one server side by side cost a duplicate check, not a duplicate row)."""
+    if read_model.projector is None and settings.clickhouse.backend != "server":
         return None
     feed = AccountFeed(read_model, _StoreAccounts(service.store, service.engine))
     service.account_created = lambda view: feed.offer(_projected(view))
