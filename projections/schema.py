@@ -158,8 +158,12 @@ _ACCOUNTS_COLUMNS_TEXT = ",\n    ".join(f"{name} {kind}" for name, kind in ACCOU
 _ACCOUNTS_DDL = f"""CREATE TABLE IF NOT EXISTS {ACCOUNTS_TABLE} (
     {_ACCOUNTS_COLUMNS_TEXT},
     created_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(created_timestamp), 'UTC'),
-    INDEX client_bloom client_id TYPE bloom_filter GRANULARITY 4
+    INDEX client_bloom client_id TYPE bloom_filter GRANULARITY 4,
+    INDEX label_keys_bloom mapKeys(labels) TYPE bloom_filter GRANULARITY 4,
+    INDEX label_values_bloom mapValues(labels) TYPE bloom_filter GRANULARITY 4
 ) ENGINE = ReplacingMergeTree ORDER BY account_id"""
+# The label blooms let `labels['k'] = 'v'` skip granules: measured on chDB over 2M accounts (loaded host,
+# query condition cache off), a selective pair 56 ms without them, 5 ms with; a common one ~4 ms either way.
 
 _ENGINE_TIME = "engine_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(toInt64(engine_timestamp), 'UTC')"
 
