@@ -1,8 +1,9 @@
 """The SQL endpoint (facade.api.sql) with clickhouse-go v2 over HTTP, the client library of Grafana's
 ClickHouse data source: tests/sqlclient_go (pinned in its go.mod) is built with `go build` and run against a
 real service; what it reads (the data source's health check, version, time zone, tables and columns, a
-typed select of entries with UInt128 / Int256 / DateTime64(9) / Map columns, a parameterised query) is
-compared with the engine, with every compression the client offers."""
+typed select of entries with UInt128 / Int256 / DateTime64(9) / Map columns, a parameterised query, the
+same select through the driver's own clickhouse.Open API) is compared with the engine, with every
+compression the client offers (native lz4 / zstd blocks, HTTP gzip / deflate, none)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,9 @@ async def test_grafana_client_library_reads_what_the_engine_holds(api: Api, go_c
     assert int(report["account_signed_sum"]) == int(balance.credits_posted) - int(balance.debits_posted)
     assert report["account_entries"] == sum(1 for e in entries if e["account_id"] == account)
     assert report["positional_entries"] == sum(1 for e in entries if int(e["amount"]) >= 200)
+
+    # The driver's own API (clickhouse.Open, Conn.Select into tagged structs) reads the same rows.
+    assert report["native_api_entries"] == entries
 
     for compression in ("lz4", "zstd", "gzip", "deflate"):
         compressed = await run_client(api, go_client, compression)

@@ -3,7 +3,7 @@
 // data source runs against the ledger's SQL endpoint (facade/api/sql.py): its health check (Ping, SELECT 1),
 // the server version and time zone, the tables and columns for its query builder, a typed select of
 // entries (UInt128, Int256, DateTime64(9), Map(String, String), Enum8, LowCardinality) and a parameterised
-// query. It prints one JSON document on stdout (wide integers as decimal strings, times as RFC 3339 with
+// query; then the same entries through the driver's own API (clickhouse.Open, Conn.Select). It prints one JSON document on stdout (wide integers as decimal strings, times as RFC 3339 with
 // nanoseconds) for tests/api/test_sql_go_client.py to compare with the engine; any error exits 1 with the
 // error on stderr.
 //
@@ -25,6 +25,9 @@ import (
 
 // queryTimeout bounds every query (the endpoint's own limit is 60 s).
 const queryTimeout = 60 * time.Second
+
+// nanoLayout is RFC 3339 with nine fraction digits, as the service writes times.
+const nanoLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
 // entriesMax bounds the typed select: the tests post a handful of transactions.
 const entriesMax = 1000
@@ -60,6 +63,21 @@ type report struct {
 	AccountSum    string            `json:"account_signed_sum"`
 	PositionalMin string            `json:"positional_amount_min"`
 	PositionalN   uint64            `json:"positional_entries"`
+	NativeAPI     []entry           `json:"native_api_entries"`
+}
+
+// nativeEntry is one entries row as clickhouse.Conn.Select fills it (the driver's own API, by `ch` tags).
+type nativeEntry struct {
+	EventID      string            `ch:"event_id"`
+	Timestamp    uint64            `ch:"engine_timestamp"`
+	Change       string            `ch:"change"`
+	Side         string            `ch:"side"`
+	AccountID    big.Int           `ch:"account_id"`
+	Amount       big.Int           `ch:"amount"`
+	SignedAmount big.Int           `ch:"signed_amount"`
+	Currency     string            `ch:"currency"`
+	EngineTime   time.Time         `ch:"engine_time"`
+	Labels       map[string]string `ch:"labels"`
 }
 
 func main() {
@@ -126,6 +144,9 @@ func run(addr, database, compressionName, password string) error {
 	if out.Entries, out.ResultTypes, err = entries(ctx, db); err != nil {
 		return err
 	}
+	if out.NativeAPI, err = nativeAPI(ctx, addr, database, password, compression); err != nil {
+		return err
+	}
 	if len(out.Entries) > 0 { // Nothing projected yet: the caller asks again.
 		if err := byAccount(ctx, db, &out); err != nil {
 			return err
@@ -158,6 +179,37 @@ func byAccount(ctx context.Context, db *sql.DB, out *report) error {
 		return fmt.Errorf("positional query: %w", err)
 	}
 	return nil
+}
+
+// nativeAPI reads the entries again through clickhouse.Open (the driver's own API, not database/sql).
+func nativeAPI(ctx context.Context, addr, database, password string, compression *clickhouse.Compression) ([]entry, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Protocol:    clickhouse.HTTP,
+		Addr:        []string{addr},
+		Auth:        clickhouse.Auth{Database: database, Username: "default", Password: password},
+		Compression: compression,
+		DialTimeout: queryTimeout,
+		ReadTimeout: queryTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse.Open: %w", err)
+	}
+	defer conn.Close()
+	var rows []nativeEntry
+	if err := conn.Select(ctx, &rows, fmt.Sprintf(
+		"SELECT event_id, engine_timestamp, change, side, account_id, amount, signed_amount, currency, engine_time, labels "+
+			"FROM entries ORDER BY engine_timestamp, side LIMIT %d", entriesMax)); err != nil {
+		return nil, fmt.Errorf("clickhouse.Conn.Select: %w", err)
+	}
+	found := []entry{}
+	for _, row := range rows {
+		found = append(found, entry{
+			EventID: row.EventID, Timestamp: fmt.Sprint(row.Timestamp), Change: row.Change, Side: row.Side,
+			AccountID: row.AccountID.String(), Amount: row.Amount.String(), SignedAmount: row.SignedAmount.String(),
+			Currency: row.Currency, EngineTime: row.EngineTime.UTC().Format(nanoLayout), Labels: row.Labels,
+		})
+	}
+	return found, nil
 }
 
 func strings(ctx context.Context, db *sql.DB, query string) ([]string, error) {
@@ -223,7 +275,7 @@ func entries(ctx context.Context, db *sql.DB) ([]entry, map[string]string, error
 		}
 		e.Timestamp = fmt.Sprint(timestamp)
 		e.AccountID, e.Amount, e.SignedAmount = account.String(), amount.String(), signed.String()
-		e.EngineTime = when.UTC().Format("2006-01-02T15:04:05.000000000Z07:00") // Nine digits, as the service writes times.
+		e.EngineTime = when.UTC().Format(nanoLayout)
 		found = append(found, e)
 	}
 	return found, types, rows.Err()
