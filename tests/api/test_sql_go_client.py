@@ -119,6 +119,7 @@ async def test_grafana_client_library_reads_what_the_engine_holds(api: Api, go_c
     assert report["account_entries"] == sum(1 for e in entries if e["account_id"] == account)
     assert report["positional_entries"] == sum(1 for e in entries if int(e["amount"]) >= 200)
 
+    assert "164" in report["write_refused"] and "readonly" in report["write_refused"], report["write_refused"]
     # The driver's own API (clickhouse.Open, Conn.Select into tagged structs) reads the same rows.
     assert report["native_api_entries"] == entries
 

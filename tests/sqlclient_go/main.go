@@ -64,6 +64,7 @@ type report struct {
 	PositionalMin string            `json:"positional_amount_min"`
 	PositionalN   uint64            `json:"positional_entries"`
 	NativeAPI     []entry           `json:"native_api_entries"`
+	WriteRefused  string            `json:"write_refused"`
 }
 
 // nativeEntry is one entries row as clickhouse.Conn.Select fills it (the driver's own API, by `ch` tags).
@@ -143,6 +144,10 @@ func run(addr, database, compressionName, password string) error {
 	}
 	if out.Entries, out.ResultTypes, err = entries(ctx, db); err != nil {
 		return err
+	}
+	// A write must be refused, and the driver must report the endpoint's ClickHouse error as one.
+	if _, err := db.ExecContext(ctx, "DROP TABLE entries"); err != nil {
+		out.WriteRefused = err.Error()
 	}
 	if out.NativeAPI, err = nativeAPI(ctx, addr, database, password, compression); err != nil {
 		return err
