@@ -432,5 +432,14 @@ def _account_feed(settings: Settings, read_model: ReadModel, service: LedgerServ
     if read_model.projector is None and settings.clickhouse.backend != "server":
         return None
     feed = AccountFeed(read_model, _StoreAccounts(service.store, service.engine))
-    service.account_created = lambda view: feed.offer(_projected(view))
+
+    def offer(view: AccountView) -> None:
+        # The account exists whatever happens here: a failure must not turn its creation into an error.
+        try:
+            feed.offer(_projected(view))
+        except Exception as error:
+            log.error("account not handed to the read model; a catch-up follows", error=repr(error))
+            feed.request_catch_up()
+
+    service.account_created = offer
     return feed

@@ -71,6 +71,10 @@ class AccountFeed:
         self._pending.append(account)
         assert len(self._pending) <= ACCOUNTS_PENDING_MAX
 
+    def request_catch_up(self) -> None:
+        """An account could not be offered: the next round walks the store instead."""
+        self._catch_up_needed = True
+
     async def catch_up(self) -> int:
         """Inserts every account of the store the read model does not hold; returns how many."""
         inserted, after = 0, ""
