@@ -48,8 +48,10 @@ from facade.metadata import MetadataStore, metadata_location, open_metadata_stor
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
 from facade.runtime import freeze_heap, tune_gc, tune_switch_interval
-from facade.service import LedgerService
+from facade.service import AccountView, LedgerService
 from facade.settings import Settings
+from projections.account_feed import AccountFeed
+from projections.accounts import ACCOUNTS_BATCH_MAX, ProjectedAccount
 from projections.read_model import ReadModel
 from projections.reconcile import sweeping_drift
 
@@ -232,6 +234,9 @@ async def start(settings: Settings) -> RunningServer:
         running.sql = await _start_sql(settings, read_model, authenticator)
     if projection is not None:
         running.background.append(asyncio.create_task(projection.run(running.stop_background), name="projector"))
+    feed = _account_feed(settings, read_model, service) if read_model is not None else None
+    if feed is not None:
+        running.background.append(asyncio.create_task(feed.run(running.stop_background), name="account-feed"))
     kafka = settings.kafka
     topic_health: TopicHealth | None = None
     if kafka.bootstrap_servers:
@@ -387,3 +392,56 @@ def _read_model_drift(engine: Engine, read_model: ReadModel | None) -> Callable[
         return None
     # One slice of the account ids per call: never a scan of the whole read model (projections.reconcile).
     return sweeping_drift(engine, read_model.query)
+
+
+def _projected(view: AccountView) -> ProjectedAccount:
+    record = view.record
+    return ProjectedAccount(
+        account_id=record.account_id,
+        client_id=record.client_id,
+        currency=record.currency,
+        account_type=record.type,
+        external_reference=record.external_reference,
+        owner=record.owner,
+        labels=dict(record.metadata),
+        created_timestamp=view.account.timestamp,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreAccounts:
+    """The account feed's source: the metadata store's records, with the engine's timestamps (a record
+    whose engine account does not exist, a crash between the two writes, is left out until it does)."""
+
+    store: MetadataStore
+    engine: Engine
+
+    async def accounts_after(self, after: str) -> tuple[list[ProjectedAccount], str]:
+        records = await self.store.accounts_after(after, ACCOUNTS_BATCH_MAX)
+        if not records:
+            return [], ""
+        found = {a.id: a for a in await self.engine.lookup_accounts([r.account_id for r in records])}
+        accounts = [_projected(AccountView(r, found[r.account_id])) for r in records if r.account_id in found]
+        assert len(accounts) <= len(records) <= ACCOUNTS_BATCH_MAX
+        return accounts, str(records[-1].account_id) if len(records) == ACCOUNTS_BATCH_MAX else ""
+
+
+def _account_feed(settings: Settings, read_model: ReadModel, service: LedgerService) -> AccountFeed | None:
+    """The read model's `accounts` feed: when this process projects (chDB: the only writer), and on a
+    ClickHouse server also when `ledger project` projects elsewhere, since only the façades see their
+    accounts created (with a shared metadata store each façade's catch-up walks every account; inserts are
+    idempotent, so façades feeding one server side by side cost a duplicate check, not a duplicate row)."""
+    if read_model.projector is None and settings.clickhouse.backend != "server":
+        return None
+    feed = AccountFeed(read_model, _StoreAccounts(service.store, service.engine))
+
+    def offer(view: AccountView) -> None:
+        # The account exists whatever happens here: a failure must not turn its creation into an error.
+        try:
+            feed.offer(_projected(view))
+        except Exception as error:
+            log.error("account not handed to the read model; a catch-up follows", error=repr(error))
+            feed.request_catch_up()
+
+    service.account_created = offer
+    return feed

@@ -290,6 +290,20 @@ class MetadataStore:
 
         return await self._run(query)
 
+    async def accounts_after(self, after: str, limit: int) -> list[AccountRecord]:
+        """Every client's accounts whose id (decimal text, byte order) follows `after`, in that order."""
+        assert limit > 0
+
+        def query() -> list[AccountRecord]:
+            rows = self._db.execute(
+                "SELECT * FROM accounts WHERE account_id > ? ORDER BY account_id LIMIT ?", (after, limit)
+            ).fetchall()
+            return [_account(row) for row in rows]
+
+        found = await self._run(query)
+        assert len(found) <= limit
+        return found
+
     # Transactions.
 
     async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:

@@ -20,7 +20,7 @@ import base64
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from facade.auth import SCOPE_ADMIN, Principal
@@ -162,6 +162,9 @@ class LedgerService:
         """account id → owner hash (account_owner), read from the engine: ownership never changes, so a
         known owner is cached (at most OWNERS_CACHED_MAX, oldest evicted; a miss costs one batched
         engine lookup per call). Missing accounts and unknown owners are not cached."""
+        self.account_created: Callable[[AccountView], None] | None = None
+        """Told of each account once the engine holds it (the read model's account feed, set by the
+        composition root); must not block. Also told on an idempotent repeat: the listener dedups."""
 
     async def start(self) -> None:
         """Creates each currency's settlement account (idempotently) and starts group commit."""
@@ -224,7 +227,10 @@ class LedgerService:
             and await self._legacy_account(new_id)
         ):
             raise LedgerError(ErrorKind.INTERNAL, "ACCOUNT_CREATE_FAILED", result.status.name.lower())
-        return await self.get_account(principal, str(new_id))
+        view = await self.get_account(principal, str(new_id))
+        if self.account_created is not None:
+            self.account_created(view)  # After this point the account exists in the engine and the store.
+        return view
 
     async def _legacy_account(self, account_id_value: int) -> bool:
         """An account created before owners were carried in the engine (user_data_128 = 0): re-creating

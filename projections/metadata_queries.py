@@ -29,9 +29,10 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
+from projections.accounts import account_labels_conditions
 from projections.client import ClickHouseClient, Parameters
 from projections.queries import TIMESTAMP_MAX, TransactionRow, to_int, to_labels, to_str
-from projections.schema import LABELS_TABLE
+from projections.schema import ACCOUNTS_TABLE, LABELS_TABLE
 
 __all__ = [
     "LABELS_FILTER_MAX",
@@ -77,13 +78,29 @@ class TransactionFilter:
     amount_max: int | None = None
     client_id: str | None = None
     """Only this client's transactions (callers without ledger.admin); None = every client's."""
+    account_labels: tuple[tuple[str, str], ...] = ()
+    """ListAccounts only: sorted pairs the account's own labels must all carry (projections.accounts)."""
 
     def __post_init__(self) -> None:
         assert len(self.labels) <= LABELS_FILTER_MAX
+        assert len(self.account_labels) <= LABELS_FILTER_MAX
+        assert list(self.account_labels) == sorted(self.account_labels)
         assert list(self.labels) == sorted(self.labels)
         assert 0 <= self.timestamp_from <= TIMESTAMP_MAX and 0 <= self.timestamp_to <= TIMESTAMP_MAX
         assert self.amount_min is None or 0 <= self.amount_min <= U128_MAX
         assert self.amount_max is None or 0 <= self.amount_max <= U128_MAX
+
+    def filters_transactions(self) -> bool:
+        """Whether any filter on the transactions is given (the client restriction is not one)."""
+        return bool(
+            self.labels
+            or self.source
+            or self.correlation_id
+            or self.timestamp_from
+            or self.timestamp_to
+            or self.amount_min is not None
+            or self.amount_max is not None
+        )
 
     def fingerprint(self, listing: str) -> str:
         canonical = json.dumps([listing, *(str(getattr(self, name)) for name in self.__slots__)])
@@ -256,6 +273,7 @@ def _with_labels(query: TransactionFilter, labels: tuple[tuple[str, str], ...]) 
         amount_min=query.amount_min,
         amount_max=query.amount_max,
         client_id=query.client_id,
+        account_labels=query.account_labels,
     )
 
 
@@ -285,6 +303,10 @@ class AccountRow:
     entries: int
     timestamp_first: int
     timestamp_last: int
+    labels: dict[str, str] = field(default_factory=dict)
+    """The account's own labels (empty when the read model does not hold the account or the caller may
+    not see its attributes: another client's account, for a caller without ledger.admin)."""
+    external_reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,32 +315,119 @@ class AccountsPage:
     next_page_token: str = ""
 
 
+def _owned_accounts(query: TransactionFilter, parameters: dict[str, int | str]) -> str:
+    """The accounts whose own labels match (and, for a caller without ledger.admin, the caller's own)."""
+    conditions = account_labels_conditions(query.account_labels, parameters)
+    if query.client_id is not None:
+        parameters["account_client_id"] = query.client_id
+        conditions.append("client_id = {account_client_id:String}")
+    return f"SELECT account_id FROM {ACCOUNTS_TABLE} WHERE {' AND '.join(conditions) or '1'}"
+
+
 def list_accounts(
     client: ClickHouseClient, query: TransactionFilter, *, page_size: int = 0, page_token: str = ""
 ) -> AccountsPage:
-    """One page of the accounts with an entry matching `query`, by account id (the entries' order)."""
+    """One page of the accounts matching `query`, by account id.
+
+    Without account labels: the accounts with an entry matching the transaction filter. With account
+    labels: the accounts carrying them (the caller's own, without ledger.admin), and when a transaction
+    filter is given too, only those with an entry matching it. Each row carries the account's own labels
+    and reference when the caller may see them."""
     size = _page_size(page_size)
     after = _after("accounts", query, page_token)
-    parameters: dict[str, int | str] = {"limit": size + 1, "after": after or 0}
+    if query.account_labels and not query.filters_transactions():
+        rows = _accounts_by_labels(client, query, limit=size + 1, after=after or 0)
+    else:
+        rows = _accounts_by_entries(client, query, limit=size + 1, after=after or 0)
+    assert len(rows) <= size + 1
+    more = len(rows) > size
+    rows = _with_attributes(client, query, rows[:size])
+    token = _token("accounts", query, rows[-1].account_id) if more else ""
+    assert all(a.account_id < b.account_id for a, b in itertools.pairwise(rows))
+    return AccountsPage(rows, token)
+
+
+def _accounts_by_entries(
+    client: ClickHouseClient, query: TransactionFilter, *, limit: int, after: int
+) -> list[AccountRow]:
+    parameters: dict[str, int | str] = {"limit": limit, "after": after}
     table, conditions = _source(client, query, parameters)
     where = " AND ".join(conditions) or "1"
+    owned = f" AND account_id IN ({_owned_accounts(query, parameters)})" if query.account_labels else ""
     # Each matching change is one entry on each of its two accounts (as in `entries`), read from the same
     # table ListTransactions reads, so labels use the label index here too.
     sql = (
         "SELECT account_id, any(currency), count(), min(engine_timestamp), max(engine_timestamp) FROM ("
         "SELECT arrayJoin([debit_account_id, credit_account_id]) AS account_id, currency, engine_timestamp "
-        f"FROM {table} WHERE {where}) WHERE account_id > {{after:UInt128}} "
+        f"FROM {table} WHERE {where}) WHERE account_id > {{after:UInt128}}{owned} "
         "GROUP BY account_id ORDER BY account_id LIMIT {limit:UInt32}"
     )
-    rows = [
+    return [
         AccountRow(to_int(r[0]), to_str(r[1]), to_int(r[2]), to_int(r[3]), to_int(r[4]))
         for r in client.query_rows(sql, _frozen(parameters))
     ]
-    assert len(rows) <= size + 1
-    more = len(rows) > size
-    rows = rows[:size]
-    token = _token("accounts", query, rows[-1].account_id) if more else ""
-    return AccountsPage(rows, token)
+
+
+def _accounts_by_labels(
+    client: ClickHouseClient, query: TransactionFilter, *, limit: int, after: int
+) -> list[AccountRow]:
+    """The accounts carrying the labels, from `accounts` in its own order (duplicates not merged yet shown
+    once), with their entries counted (the caller's client's only, without ledger.admin)."""
+    parameters: dict[str, int | str] = {"limit": limit, "after": after}
+    sql = (
+        f"SELECT account_id, currency FROM {ACCOUNTS_TABLE} WHERE account_id IN ({_owned_accounts(query, parameters)}) "
+        "AND account_id > {after:UInt128} ORDER BY account_id LIMIT 1 BY account_id LIMIT {limit:UInt32}"
+    )
+    found = [(to_int(r[0]), to_str(r[1])) for r in client.query_rows(sql, _frozen(parameters))]
+    if not found:
+        return []
+    counted: dict[str, int | str] = {"ids": ",".join(str(account_id) for account_id, _ in found)}
+    client_condition = ""
+    if query.client_id is not None:
+        counted["client_id"] = query.client_id
+        client_condition = " AND client_id = {client_id:String}"
+    stats = {
+        to_int(r[0]): (to_int(r[1]), to_int(r[2]), to_int(r[3]))
+        for r in client.query_rows(
+            "SELECT account_id, count(), min(engine_timestamp), max(engine_timestamp) FROM entries "
+            f"WHERE account_id IN ({_IDS}){client_condition} GROUP BY account_id",
+            _frozen(counted),
+        )
+    }
+    return [AccountRow(account_id, currency, *stats.get(account_id, (0, 0, 0))) for account_id, currency in found]
+
+
+_IDS = "SELECT toUInt128(arrayJoin(splitByChar(',', {ids:String})))"
+"""A page's account ids, bound as one string of decimal integers."""
+
+
+def _with_attributes(client: ClickHouseClient, query: TransactionFilter, rows: list[AccountRow]) -> list[AccountRow]:
+    """`rows` with each account's own labels and reference, for the accounts the caller may see."""
+    if not rows:
+        return rows
+    parameters: dict[str, int | str] = {"ids": ",".join(str(row.account_id) for row in rows)}
+    client_condition = ""
+    if query.client_id is not None:
+        parameters["client_id"] = query.client_id
+        client_condition = " AND client_id = {client_id:String}"
+    found = client.query_rows(
+        f"SELECT account_id, labels, external_reference FROM {ACCOUNTS_TABLE} WHERE account_id IN ({_IDS})"
+        f"{client_condition} LIMIT 1 BY account_id",
+        _frozen(parameters),
+    )
+    attributes = {to_int(r[0]): (to_labels(r[1]), to_str(r[2])) for r in found}
+    assert len(attributes) <= len(rows)
+    return [
+        AccountRow(
+            row.account_id,
+            row.currency,
+            row.entries,
+            row.timestamp_first,
+            row.timestamp_last,
+            *attributes.get(row.account_id, ({}, "")),
+        )
+        for row in rows
+    ]
 
 
 def _frozen(parameters: dict[str, int | str]) -> Parameters:

@@ -20,11 +20,13 @@ report them as they would a server's.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import enum
 import json
 import re
+import struct
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Mapping
@@ -36,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from facade.api._native import NativeFormatError, at_revision
 from facade.auth import SCOPE_AUDIT, Authenticator, AuthError
 from facade.observability.logs import get_logger
 from projections._process import RemoteClient
@@ -84,6 +87,10 @@ _LIMITS = (
     "enable_http_compression=1"
 )
 """Appended to every statement; constants only (no SQL built from request text)."""
+
+CLIENT_PROTOCOL_VERSION_MAX = 1 << 32
+"""A ClickHouse TCP protocol revision (54xxx today); larger is a client's mistake."""
+FORMAT_NATIVE = "Native"
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -296,6 +303,51 @@ async def _chunks(payload: bytes, encoding: Encoding | None) -> AsyncIterator[by
         yield compressor.flush()
 
 
+class NativeCompression(enum.Enum):
+    """ClickHouse's own block compression (`compress=1`, `network_compression_method`), which clickhouse-go
+    asks for with lz4 and zstd: per block a CityHash128 checksum, the method byte, the compressed size
+    (header included) and the raw size, both UInt32 little-endian, then the compressed bytes."""
+
+    LZ4 = 0x82
+    ZSTD = 0x90
+
+
+_NATIVE_HEADER_BYTES = 9
+NATIVE_COMPRESSION_LEVEL_MAX = 22
+
+
+def _native_compression(request: Request) -> NativeCompression | None:
+    if request.query_params.get("compress") != "1":
+        return None
+    method = request.query_params.get("network_compression_method", "LZ4").upper()
+    if method not in NativeCompression.__members__:
+        raise SqlRefusedError(400, _CODE_SYNTAX_ERROR, f"unknown network_compression_method {method[:16]!r}")
+    return NativeCompression[method]
+
+
+def _native_block(data: bytes, method: NativeCompression) -> bytes:
+    from clickhouse_cityhash.cityhash import CityHash128  # type: ignore[import-untyped]  # No type hints.
+
+    if method is NativeCompression.LZ4:
+        import lz4.block  # type: ignore[import-untyped]  # lz4 ships no type hints.
+
+        compressed = bytes(lz4.block.compress(data, store_size=False))
+    else:
+        compressor = _compressor(Encoding.ZSTD)  # One zstd frame per block.
+        compressed = bytes(compressor.compress(data)) + bytes(compressor.flush())
+    header = struct.pack("<BII", method.value, _NATIVE_HEADER_BYTES + len(compressed), len(data))
+    checksum: int = CityHash128(header + compressed)
+    # CityHash128 returns (high << 64) | low as one int; on the wire: the first half (high), then the second.
+    block = struct.pack("<QQ", checksum >> 64, checksum & 0xFFFF_FFFF_FFFF_FFFF) + header + compressed
+    assert len(block) == 16 + _NATIVE_HEADER_BYTES + len(compressed)
+    return block
+
+
+async def _native_chunks(payload: bytes, method: NativeCompression) -> AsyncIterator[bytes]:
+    for start in range(0, len(payload), CHUNK_BYTES):
+        yield _native_block(payload[start : start + CHUNK_BYTES], method)
+
+
 async def _query_text(request: Request) -> str:
     text = request.query_params.get("query", "")
     if request.method == "POST":
@@ -328,6 +380,17 @@ def _parameters(request: Request) -> dict[str, str]:
         if not _PARAMETER_NAME.fullmatch(name):
             raise SqlRefusedError(400, _CODE_SYNTAX_ERROR, f"bad parameter name {name!r}")
     return found
+
+
+def _client_protocol_version(request: Request) -> int:
+    """The revision an HTTP client decodes Native at (clickhouse-go sends its own on every request); 0 if
+    none: chDB's own Native, as a server writes it for a client that names no revision."""
+    text = request.query_params.get("client_protocol_version", "")
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) > CLIENT_PROTOCOL_VERSION_MAX:
+        raise SqlRefusedError(400, _CODE_SYNTAX_ERROR, f"bad client_protocol_version {text[:32]!r}")
+    return int(text)
 
 
 def run_limited(client: ClickHouseClient, sql: str, fmt: str, parameters: Mapping[str, str]) -> bytes:
@@ -363,6 +426,8 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
                 return PlainTextResponse("Ok.\n")  # As ClickHouse: GET / without a query.
             statement = checked_statement(text)
             parameters = _parameters(request)
+            revision = _client_protocol_version(request)
+            native_compression = _native_compression(request)
         except SqlRefusedError as refusal:
             return _error(refusal.status, refusal.code, refusal.message, query_id)
         fmt = (
@@ -385,6 +450,11 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
                 status_code=status,
                 headers={"X-ClickHouse-Exception-Code": str(code), "X-ClickHouse-Query-Id": query_id},
             )
+        if fmt == FORMAT_NATIVE and revision:
+            try:  # Off the event loop: it walks every value of the result.
+                payload = await asyncio.to_thread(at_revision, payload, revision)
+            except NativeFormatError as error:
+                return _error(400, _CODE_UNKNOWN, str(error), query_id)
         log.info("sql query", client_id=principal.client_id, query_id=query_id, bytes=len(payload))
         encoding = _encoding(request)
         headers = {
@@ -404,8 +474,12 @@ def build_sql_app(read_model: ReadModel, authenticator: Authenticator, database:
                 }
             ),
         }
-        if encoding is not None:
-            headers["Content-Encoding"] = encoding.value
-        return StreamingResponse(_chunks(payload, encoding), headers=headers, media_type="text/plain; charset=UTF-8")
+        if native_compression is not None:  # The client decompresses the blocks itself: no HTTP encoding.
+            chunks = _native_chunks(payload, native_compression)
+        else:
+            if encoding is not None:
+                headers["Content-Encoding"] = encoding.value
+            chunks = _chunks(payload, encoding)
+        return StreamingResponse(chunks, headers=headers, media_type="text/plain; charset=UTF-8")
 
     return Starlette(routes=[Route("/ping", ping, methods=["GET", "HEAD"]), Route("/", query, methods=["GET", "POST"])])

@@ -11,7 +11,8 @@ nanosecond; facade.domain.times). Empty or 0 means what 0 means over gRPC (`from
 The searches (ListTransactions at /v1/history/transactions:search, ListAccounts at
 /v1/history/accounts:search) flatten the request's TransactionFilter into the query string: `label=key=value`
 (repeated: every pair must match), `source`, `correlation_id`, `from`/`to` (+ `from_rfc3339`/`to_rfc3339`),
-`amount_min`/`amount_max` (u128, inclusive), then `page_size` and `page_token`.
+`amount_min`/`amount_max` (u128, inclusive), then `page_size` and `page_token`; ListAccounts also takes the
+accounts' own labels as `account_label=key=value` (repeated, every pair must match).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the Annotated dependencies as objects.
@@ -142,13 +143,13 @@ PageSize = Annotated[int, Query(ge=0, le=1000, description="At most 1000; 0 = 10
 PageToken = Annotated[str, Query(max_length=512, description="next_page_token of the previous page.")]
 
 
-def _labels(pairs: list[str]) -> dict[str, str]:
+def _labels(pairs: list[str], *, field: str = "label") -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs:
         key, equals, value = pair.partition("=")
         if not equals or not key:
             raise LedgerError(
-                ErrorKind.INVALID, "INVALID_LABEL", f"label: expected key=value, got {pair[:64]!r}", {"field": "label"}
+                ErrorKind.INVALID, "INVALID_LABEL", f"{field}: expected key=value, got {pair[:64]!r}", {"field": field}
             )
         labels[key] = value
     return labels
@@ -193,9 +194,29 @@ async def list_transactions(
     return m.from_message(await ops.list_transactions(history, principal, request, request_deadline.get()))
 
 
+AccountLabels = Annotated[
+    list[str],
+    Query(
+        max_length=16,
+        description="One of the account's own labels as key=value; repeat for more: every pair must match.",
+        json_schema_extra={"items": {"type": "string", "maxLength": LABEL_QUERY_LENGTH_MAX}},
+    ),
+]
+
+
 @route(router, "ListHistoryAccounts")
 async def list_accounts(
-    history: History, principal: CurrentPrincipal, found: Filter, page_size: PageSize = 0, page_token: PageToken = ""
+    history: History,
+    principal: CurrentPrincipal,
+    found: Filter,
+    account_label: AccountLabels = [],  # noqa: B006  # FastAPI copies defaults per request.
+    page_size: PageSize = 0,
+    page_token: PageToken = "",
 ) -> dict[str, Any]:
-    request = hpb.ListHistoryAccountsRequest(filter=found.message, page_size=page_size, page_token=page_token)
+    request = hpb.ListHistoryAccountsRequest(
+        filter=found.message,
+        page_size=page_size,
+        page_token=page_token,
+        account_labels=_labels(account_label, field="account_label"),
+    )
     return m.from_message(await ops.list_accounts(history, principal, request, request_deadline.get()))

@@ -130,6 +130,8 @@ class HistoryAccount(_Response):
     last_timestamp: m.NanosString
     first_timestamp_rfc3339: m.RFC3339
     last_timestamp_rfc3339: m.RFC3339
+    labels: m.Labels = Field(default_factory=dict, description="The account's own labels.")
+    external_reference: str = ""
 
 
 class AccountsPage(_Response):

@@ -116,6 +116,9 @@ class JournalMetadataStore:
     async def list_accounts(self, client_id: str, after: str, limit: int, currency: str) -> list[AccountRecord]:
         return await self._sqlite.list_accounts(client_id, after, limit, currency)
 
+    async def accounts_after(self, after: str, limit: int) -> list[AccountRecord]:
+        return await self._sqlite.accounts_after(after, limit)
+
     # Transactions.
 
     async def priors(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:

@@ -140,6 +140,10 @@ FROM metadata_accounts WHERE client_id = %(client)s AND account_id > %(after)s
     AND (%(currency)s = '' OR currency = %(currency)s)
 ORDER BY account_id LIMIT %(limit)s
 """
+_ACCOUNTS_AFTER = """
+SELECT account_id, client_id, external_reference, currency, owner, type, metadata, fingerprint
+FROM metadata_accounts WHERE account_id > %(after)s ORDER BY account_id LIMIT %(limit)s
+"""
 _ACCOUNT_OWNERS = "SELECT account_id, client_id FROM metadata_accounts WHERE account_id = ANY(%b::text[])"
 _KNOWN_TRANSFERS = "SELECT transfer_id FROM metadata_transfers WHERE transfer_id = ANY(%b::bytea[])"
 _GET_TRANSACTION = """
@@ -267,6 +271,12 @@ class PostgresMetadataStore:
         rows = await self._fetch(
             _LIST_ACCOUNTS, {"client": client_id, "after": after, "currency": currency, "limit": limit}
         )
+        return [_account(row) for row in rows]
+
+    async def accounts_after(self, after: str, limit: int) -> list[AccountRecord]:
+        assert limit > 0
+        rows = await self._fetch(_ACCOUNTS_AFTER, {"after": after, "limit": limit})
+        assert len(rows) <= limit
         return [_account(row) for row in rows]
 
     # Transactions.

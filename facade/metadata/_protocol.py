@@ -80,6 +80,11 @@ class MetadataStore(Protocol):
         """The client's accounts whose id (as decimal text, byte order) follows `after`, in that order."""
         ...
 
+    async def accounts_after(self, after: str, limit: int) -> list[AccountRecord]:
+        """Every client's accounts whose id (as decimal text) follows `after`, in that order, at most
+        `limit`: the read model's catch-up walks the whole store with it."""
+        ...
+
     # Transactions.
 
     async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:

@@ -7,6 +7,7 @@ from the read model."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -346,10 +347,34 @@ async def list_transactions(
     )
 
 
+def _account_labels(message: hpb.ListHistoryAccountsRequest) -> tuple[tuple[str, str], ...]:
+    """The request's account labels, checked as the transaction labels are (same limits, same reasons)."""
+    labels = message.account_labels
+    if len(labels) > metadata_queries.LABELS_FILTER_MAX:
+        raise LedgerError(
+            ErrorKind.INVALID,
+            "TOO_MANY_LABELS",
+            f"account_labels: at most {metadata_queries.LABELS_FILTER_MAX} pairs",
+            {"field": "account_labels"},
+        )
+    if any(len(text.encode()) > FILTER_TEXT_BYTES_MAX for text in (*labels.keys(), *labels.values())):
+        raise LedgerError(
+            ErrorKind.INVALID,
+            "FILTER_TOO_LONG",
+            f"account_labels: keys and values are at most {FILTER_TEXT_BYTES_MAX} bytes",
+            {"field": "account_labels"},
+        )
+    if any(not key for key in labels):
+        raise LedgerError(
+            ErrorKind.INVALID, "INVALID_LABEL", "account_labels: a key is empty", {"field": "account_labels"}
+        )
+    return tuple(sorted(labels.items()))
+
+
 async def list_accounts(
     history: HistoryBackend, principal: Principal, request: hpb.ListHistoryAccountsRequest, deadline: Deadline
 ) -> hpb.ListHistoryAccountsResponse:
-    query = _filter(principal, request.filter)
+    query = dataclasses.replace(_filter(principal, request.filter), account_labels=_account_labels(request))
     page_size, page_token = _page_size(request.page_size), request.page_token
 
     def read(client: Any) -> tuple[metadata_queries.AccountsPage, int]:
@@ -367,6 +392,8 @@ async def list_accounts(
                 last_timestamp=a.timestamp_last,
                 first_timestamp_rfc3339=format_time(a.timestamp_first),
                 last_timestamp_rfc3339=format_time(a.timestamp_last),
+                labels=a.labels,
+                external_reference=a.external_reference,
             )
             for a in page.accounts
         ],

@@ -6,6 +6,10 @@ oversized pages) and the client restriction of ledger.read."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,13 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import history_pb2_grpc as hrpc
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
-from facade.auth import SCOPE_READ, SCOPE_WRITE, issue_token
+from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
+from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.http.models import from_message
+from facade.settings import AuthSettings
+from ledger_testkit.service import ledger_executable
 from tests.api.conftest import Api, open_api, transfer
+from tests.metadata.test_shared_facades import STOP_SECONDS, LogLines
 
 PROJECTION_POLLS_MAX = 600
 
@@ -227,3 +235,189 @@ async def test_the_gateway_answers_as_grpc(api: Api, ledger: dict[str, Any]) -> 
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{base}/transactions:search", headers={"authorization": f"Bearer {writer}"})
         assert response.status_code == 403
+
+
+ACCOUNT_POLLS_MAX = 600
+"""Polls (50 ms apart) for an account to reach the read model's `accounts` table."""
+QUOTED_NOTE = "it's \"quoted\" \\ back\\slash\t{'x':'y'}"
+"""A label value with quotes, backslashes, a tab and map syntax: it must neither break the row nor the query."""
+
+
+async def open_account(api: Api, reference: str, client: str = "client-a", **labels: str) -> str:
+    account = await api.stub.CreateAccount(
+        pb.CreateAccountRequest(
+            currency="USD",
+            external_reference=reference,
+            owner=reference,
+            type=pb.ACCOUNT_TYPE_OVERDRAFT_ALLOWED,
+            metadata=labels,
+        ),
+        metadata=api.auth(client),
+    )
+    return str(account.account_id)
+
+
+async def accounts_labelled(api: Api, labels: dict[str, str], **fields: Any) -> hpb.ListHistoryAccountsResponse:
+    scopes = fields.pop("scopes", None)
+    metadata = api.auth(client_id=fields.pop("client", "client-a"), **({"scopes": scopes} if scopes else {}))
+    request = hpb.ListHistoryAccountsRequest(account_labels=labels, **fields)
+    response: hpb.ListHistoryAccountsResponse = await history(api).ListAccounts(request, metadata=metadata)
+    return response
+
+
+async def until_listed(api: Api, labels: dict[str, str], expected: set[str]) -> hpb.ListHistoryAccountsResponse:
+    """ListAccounts by account labels (as an admin) once it lists `expected` (the feed writes in the background)."""
+    for _ in range(ACCOUNT_POLLS_MAX):
+        found = await accounts_labelled(api, labels)
+        if {a.account_id for a in found.accounts} == expected:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"accounts labelled {labels} never became {expected}: {found}")
+
+
+async def test_accounts_by_their_own_labels(api: Api) -> None:
+    noted = await open_account(api, "acct-noted", tier="gold", note=QUOTED_NOTE)
+    gold = await open_account(api, "acct-gold", tier="gold")
+    silver = await open_account(api, "acct-silver", tier="silver")
+    foreign = await open_account(api, "acct-foreign", client="client-b", tier="gold")
+    found = await until_listed(api, {"tier": "gold"}, {noted, gold, foreign})
+    assert [a.account_id for a in found.accounts] == sorted([noted, gold, foreign], key=int)
+    by_id = {a.account_id: a for a in found.accounts}
+    assert dict(by_id[noted].labels) == {"tier": "gold", "note": QUOTED_NOTE}
+    assert by_id[noted].external_reference == "acct-noted" and by_id[noted].currency == "USD"
+    assert by_id[noted].entries == 0  # Listed without any entry: the labels alone select it.
+    await until_listed(api, {"tier": "silver"}, {silver})
+    await until_listed(api, {"note": QUOTED_NOTE}, {noted})
+    await until_listed(api, {"note": QUOTED_NOTE, "tier": "silver"}, set())  # Every pair must match.
+    await until_listed(api, {"tier": ""}, set())  # An empty value matches a present key only.
+
+    # ledger.read sees its own client's accounts only, and never another client's attributes.
+    own = await accounts_labelled(api, {"tier": "gold"}, scopes=frozenset({SCOPE_READ}))
+    assert {a.account_id for a in own.accounts} == {noted, gold}
+    theirs = await accounts_labelled(api, {"tier": "gold"}, client="client-b", scopes=frozenset({SCOPE_READ}))
+    assert {a.account_id for a in theirs.accounts} == {foreign}
+
+    # With a transaction filter too: only the accounts with an entry matching it.
+    committed = await post(api, "acct-t-1", transfer(noted, silver, 70), labels={"campaign": "autumn"})
+    await caught_up(api, committed)
+    both = await accounts_labelled(api, {"tier": "gold"}, filter=hpb.TransactionFilter(labels={"campaign": "autumn"}))
+    assert [(a.account_id, a.entries) for a in both.accounts] == [(noted, 1)]
+    assert dict(both.accounts[0].labels)["note"] == QUOTED_NOTE
+    # Without account labels the entries' accounts carry their own labels too.
+    touched = await history(api).ListAccounts(
+        hpb.ListHistoryAccountsRequest(filter=hpb.TransactionFilter(labels={"campaign": "autumn"})),
+        metadata=api.auth(),
+    )
+    assert {a.account_id: a.labels["tier"] for a in touched.accounts} == {noted: "gold", silver: "silver"}
+    listed = await until_listed(api, {"tier": "gold"}, {noted, gold, foreign})
+    assert {a.account_id: a.entries for a in listed.accounts}[noted] == 1
+
+    # Cursor paging over the account-label listing: complete, in order, bound to its filter.
+    paged, token = [], ""
+    for _ in range(10):
+        page = await accounts_labelled(api, {"tier": "gold"}, page_size=1, page_token=token)
+        paged += [a.account_id for a in page.accounts]
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == [a.account_id for a in listed.accounts]
+    first = await accounts_labelled(api, {"tier": "gold"}, page_size=1)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await accounts_labelled(api, {"tier": "silver"}, page_size=1, page_token=first.next_page_token)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(refused.value)
+    assert info is not None and info.reason == "INVALID_PAGE_TOKEN"
+    for labels, reason in (
+        ({"": "x"}, "INVALID_LABEL"),
+        ({"k": "v" * 129}, "FILTER_TOO_LONG"),
+        ({f"k{n}": "v" for n in range(17)}, "TOO_MANY_LABELS"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await accounts_labelled(api, labels)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(refused.value)
+        assert info is not None and info.reason == reason
+
+    # The gateway: `account_label=key=value`, the same answer as gRPC.
+    token_text = issue_token(api.settings.auth, "client-a", frozenset({SCOPE_READ, "ledger.admin"}))
+    base = f"http://127.0.0.1:{api.server.http_port}/v1/history"
+    async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {token_text}"}) as http:
+        response = await http.get("/accounts:search", params={"account_label": [f"note={QUOTED_NOTE}", "tier=gold"]})
+        assert response.status_code == 200, response.text
+        expected = from_message(await accounts_labelled(api, {"note": QUOTED_NOTE, "tier": "gold"}))
+        body = response.json()
+        del body["projected_until"], expected["projected_until"]
+        del body["projected_until_rfc3339"], expected["projected_until_rfc3339"]
+        assert body == expected and [a["account_id"] for a in body["accounts"]] == [noted]
+        assert body["accounts"][0]["labels"]["note"] == QUOTED_NOTE
+        response = await http.get("/accounts:search", params={"account_label": "tier=gold", "label": "campaign=autumn"})
+        assert [a["account_id"] for a in response.json()["accounts"]] == [noted]
+        response = await http.get("/accounts:search", params={"account_label": "no-equals-sign"})
+        assert (response.status_code, response.json()["reason"]) == (400, "INVALID_LABEL")
+
+
+async def test_accounts_created_while_the_read_model_was_off_are_caught_up(tmp_path: Path) -> None:
+    """A service without its read model creates an account and is killed (SIGKILL); restarted with the read
+    model on, the catch-up from the metadata store finds the account the read model never received."""
+    env = os.environ | {
+        "LEDGER_API__PORT": "0",
+        "LEDGER_API__HTTP_PORT": "-1",
+        "LEDGER_API__SQL_PORT": "-1",
+        "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
+        "LEDGER_OBSERVABILITY__LOG_JSON": "true",
+        "LEDGER_KAFKA__BOOTSTRAP_SERVERS": "",
+        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
+        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
+        "LEDGER_CLICKHOUSE__CHDB_PATH": str(tmp_path / "clickhouse"),
+        "LEDGER_CLICKHOUSE__PROJECTOR_CHECKPOINT": str(tmp_path / "projector.json"),
+    }
+    token = (("authorization", f"Bearer {issue_token(AuthSettings(), 'client-a', SCOPES_ALL)}"),)
+    first = Served(tmp_path, env | {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"})
+    try:
+        request = pb.CreateAccountRequest(
+            currency="USD", external_reference="crash-1", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT, metadata={"k": QUOTED_NOTE}
+        )
+        created = str(first.ledger.CreateAccount(request, metadata=token, timeout=STOP_SECONDS).account_id)
+    finally:
+        first.stop(signal.SIGKILL)
+    second = Served(tmp_path, env | {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "true"})
+    try:
+        listed: list[str] = []
+        for _ in range(ACCOUNT_POLLS_MAX):
+            found = second.history.ListAccounts(
+                hpb.ListHistoryAccountsRequest(account_labels={"k": QUOTED_NOTE}), metadata=token, timeout=STOP_SECONDS
+            )
+            listed = [a.account_id for a in found.accounts]
+            if listed:
+                break
+            time.sleep(0.05)
+        assert listed == [created]
+        assert dict(found.accounts[0].labels) == {"k": QUOTED_NOTE}
+        assert found.accounts[0].external_reference == "crash-1"
+    finally:
+        second.stop(signal.SIGTERM)
+
+
+class Served:
+    """One `ledger serve` process and stubs on its gRPC port."""
+
+    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [ledger_executable(), "serve"], env=env, cwd=directory, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        try:
+            serving = LogLines(self.process.stdout).wait("serving")
+        except BaseException:
+            self.process.kill()
+            self.process.wait(STOP_SECONDS)
+            raise
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{serving['port']}")
+        self.ledger: Any = rpc.LedgerStub(self.channel)
+        self.history: Any = hrpc.HistoryStub(self.channel)
+
+    def stop(self, sig: signal.Signals) -> None:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        self.process.wait(STOP_SECONDS)

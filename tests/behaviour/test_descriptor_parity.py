@@ -42,6 +42,7 @@ HTTP_ONLY_PARAMETERS: Mapping[tuple[str, str], str] = {
 """Route parameters that are no message field, each with why it may stay."""
 QUERY_MAP_PARAMETERS: Mapping[str, str] = {
     "label": "labels",  # A map over a query string: `label=key=value`, repeated (all must match).
+    "account_label": "account_labels",  # ListAccounts: the accounts' own labels, as `label`.
 }
 """Query parameters that carry a map field of a flattened filter message: parameter → map field name."""
 FIELD_FORMS: Mapping[str, str] = {
@@ -204,6 +205,10 @@ def _response_schema(operation: Operation) -> dict[str, Any] | None:
     return None
 
 
+def _is_map(field: FieldDescriptor | None) -> bool:
+    return field is not None and field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
 def _flattened_field(request: Descriptor, name: str) -> tuple[FieldDescriptor, FieldDescriptor] | None:
     """The (message field, its sub-field) a flattened query parameter stands for, if any."""
     for parent in request.fields:
@@ -235,6 +240,8 @@ def parity_differences(document: dict[str, Any]) -> list[str]:
                     if name in fields:
                         covered.add(name)
                         differences.extend(schemas.field(fields[name], schema, f"{where} request {name}", 0))
+                    elif _is_map(fields.get(QUERY_MAP_PARAMETERS.get(name, ""))):
+                        covered.add(QUERY_MAP_PARAMETERS[name])  # A top-level map, as `key=value` items.
                     elif (flattened := _flattened_field(method.input_type, name)) is not None:
                         # A GET route flattens a filter message into query parameters (google.api.http
                         # does the same with `filter.source`; our routes drop the prefix).

@@ -182,6 +182,12 @@ async def test_accounts(store: MetadataStore) -> None:
     assert [a.account_id for a in await store.list_accounts("client-a", "20", 2, "")] == [3]
     assert [a.account_id for a in await store.list_accounts("client-a", "", 10, "EUR")] == [100]
     assert await store.list_accounts("client-c", "", 10, "") == []
+    # Every client's accounts, in the same text order (the read model's catch-up walks the store so).
+    walked = [a.account_id for a in await store.accounts_after("", 3)]
+    assert walked == [100, 20, 3]
+    assert [a.account_id for a in await store.accounts_after("3", 3)] == [4]
+    assert await store.accounts_after("4", 3) == []
+    assert (await store.accounts_after("", 10))[-1] == account(4, "r4", client="client-b")
 
 
 async def test_the_instance_marker_is_written_once(store: MetadataStore) -> None:

@@ -916,24 +916,54 @@ Global___ListTransactionsResponse: _TypeAlias = ListTransactionsResponse  # noqa
 class ListHistoryAccountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AccountLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FILTER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACCOUNT_LABELS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most 1000; 0 = 100."""
     page_token: _builtins.str
     @_builtins.property
     def filter(self) -> Global___TransactionFilter: ...
+    @_builtins.property
+    def account_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The accounts' own labels (CreateAccountRequest.metadata): an account matches when it carries every
+        pair. At most 16. Given alone (no filter), every account carrying them, with or without entries;
+        with a filter, only those with an entry matching it. Here, not in TransactionFilter: it filters
+        accounts, which ListTransactions does not list.
+        """
+
     def __init__(
         self,
         *,
         filter: Global___TransactionFilter | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        account_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_labels", b"account_labels", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -943,6 +973,26 @@ Global___ListHistoryAccountsRequest: _TypeAlias = ListHistoryAccountsRequest  # 
 class HistoryAccount(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
@@ -950,6 +1000,8 @@ class HistoryAccount(_message.Message):
     LAST_TIMESTAMP_FIELD_NUMBER: _builtins.int
     FIRST_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
     LAST_TIMESTAMP_RFC3339_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_REFERENCE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     currency: _builtins.str
     entries: _builtins.int
@@ -959,6 +1011,13 @@ class HistoryAccount(_message.Message):
     first_timestamp_rfc3339: _builtins.str
     """first_timestamp and last_timestamp as RFC 3339 (UTC)."""
     last_timestamp_rfc3339: _builtins.str
+    external_reference: _builtins.str
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The account's own labels and external reference (empty for an account of another client when the
+        caller has no ledger.admin).
+        """
+
     def __init__(
         self,
         *,
@@ -969,10 +1028,12 @@ class HistoryAccount(_message.Message):
         last_timestamp: _builtins.int = ...,
         first_timestamp_rfc3339: _builtins.str = ...,
         last_timestamp_rfc3339: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        external_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "entries", b"entries", "first_timestamp", b"first_timestamp", "first_timestamp_rfc3339", b"first_timestamp_rfc3339", "last_timestamp", b"last_timestamp", "last_timestamp_rfc3339", b"last_timestamp_rfc3339"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "entries", b"entries", "external_reference", b"external_reference", "first_timestamp", b"first_timestamp", "first_timestamp_rfc3339", b"first_timestamp_rfc3339", "labels", b"labels", "last_timestamp", b"last_timestamp", "last_timestamp_rfc3339", b"last_timestamp_rfc3339"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -134,7 +134,9 @@ class HistoryServicer:
 
     def ListAccounts(self, request, context):
         """Accounts with at least one entry matching every filter given (the entries' transaction labels,
-        source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+        source, correlation id, time and amount) and carrying every one of `account_labels` (the accounts'
+        own labels, CreateAccountRequest.metadata), by account id, cursor-paged. Same scopes as
+        ListTransactions; with ledger.read, `account_labels` finds the caller's own accounts only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

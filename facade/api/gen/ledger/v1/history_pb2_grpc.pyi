@@ -56,7 +56,9 @@ class HistoryStub:
     """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListHistoryAccountsRequest, _history_pb2.ListHistoryAccountsResponse]
     """Accounts with at least one entry matching every filter given (the entries' transaction labels,
-    source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+    source, correlation id, time and amount) and carrying every one of `account_labels` (the accounts'
+    own labels, CreateAccountRequest.metadata), by account id, cursor-paged. Same scopes as
+    ListTransactions; with ledger.read, `account_labels` finds the caller's own accounts only.
     """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]
     """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
@@ -86,7 +88,9 @@ class HistoryAsyncStub(HistoryStub):
     """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_history_pb2.ListHistoryAccountsRequest, _history_pb2.ListHistoryAccountsResponse]  # type: ignore[assignment]
     """Accounts with at least one entry matching every filter given (the entries' transaction labels,
-    source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+    source, correlation id, time and amount) and carrying every one of `account_labels` (the accounts'
+    own labels, CreateAccountRequest.metadata), by account id, cursor-paged. Same scopes as
+    ListTransactions; with ledger.read, `account_labels` finds the caller's own accounts only.
     """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_history_pb2.GetCheckpointRequest, _history_pb2.SignedCheckpoint]  # type: ignore[assignment]
     """Audit evidence (docs/audit.md), scope ledger.audit (or ledger.admin). Proofs verify offline with the
@@ -155,7 +159,9 @@ class HistoryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.ListHistoryAccountsResponse, _abc.Awaitable[_history_pb2.ListHistoryAccountsResponse]]:
         """Accounts with at least one entry matching every filter given (the entries' transaction labels,
-        source, correlation id, time and amount), by account id, cursor-paged. Same scopes as ListTransactions.
+        source, correlation id, time and amount) and carrying every one of `account_labels` (the accounts'
+        own labels, CreateAccountRequest.metadata), by account id, cursor-paged. Same scopes as
+        ListTransactions; with ledger.read, `account_labels` finds the caller's own accounts only.
         """
 
     @_abc_1.abstractmethod
