@@ -34,7 +34,7 @@ from itertools import islice
 from pathlib import Path
 
 from facade.domain.errors import LedgerError, transfer_status_error
-from facade.domain.transactions import Kind, LegSpec, MappedTransaction, Metadata, parse_body_summary
+from facade.domain.transactions import Kind, LegSpec, MappedTransaction, Metadata, TransactionType, parse_body_summary
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import LEG_BITS, IndexEntry, OutcomeKind, TransactionIntent
 from facade.engine.types import CreateTransferResult, CreateTransferStatus
@@ -47,6 +47,8 @@ __all__ = ["JournalMetadataStore"]
 PLACEHOLDER_REASON = "IDEMPOTENCY_KEY_FAILED"
 """The engine's answer for a burned id whose reason was not recorded: a later original reason replaces it."""
 LEG_MASK = (1 << LEG_BITS) - 1
+_TYPE_NAMES = {leg_type: leg_type.name.lower() for leg_type in TransactionType}
+"""A post leg's transaction_type as parse_body_summary names it (credit, debit, transfer)."""
 RECENT_TRANSACTIONS_MAX = 16_384
 """Transactions last submitted whose metadata change capture reads from memory (`metadata_for`): ~1.6 s
 at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
@@ -242,21 +244,22 @@ class JournalMetadataStore:
                 legs.append((transfer_id, tx_id, leg_index))
                 continue
             metadata = known.metadata
-            found[transfer_id] = entries_pb2.EntryMetadata(
+            found[transfer_id] = described = entries_pb2.EntryMetadata(
                 transaction_id=tx_id.to_bytes(16, "big").hex(),
                 idempotency_key=known.idempotency_key,
                 client_id=known.client_id,
                 # As parse_body_summary reads it from the body: the leg's type for posts, else the kind.
-                transaction_type=known.legs[leg_index].type.name.lower()
+                transaction_type=_TYPE_NAMES[known.legs[leg_index].type]
                 if known.kind is Kind.POST
-                else str(known.kind),
+                else known.kind.value,
                 source=metadata.source,
                 correlation_id=metadata.correlation_id,
                 description=metadata.description,
-                labels=metadata.labels,
                 currency=known.currency,
                 leg_index=leg_index,
             )
+            if metadata.labels:  # A map given to the constructor goes through Python's MutableMapping.update.
+                described.labels.update(metadata.labels)
         locations = {tx_id: index.transactions[tx_id].location for _, tx_id, _ in legs}
         intents = await self.engine.read_intents(list(locations.values())) if locations else {}
         for transfer_id, tx_id, leg_index in legs:
@@ -264,7 +267,7 @@ class JournalMetadataStore:
             assert intent.transaction_id == tx_id
             summary = parse_body_summary(intent.text, leg_index)
             metadata = summary.metadata
-            found[transfer_id] = entries_pb2.EntryMetadata(
+            found[transfer_id] = described = entries_pb2.EntryMetadata(
                 transaction_id=tx_id.to_bytes(16, "big").hex(),
                 idempotency_key=intent.idempotency_key,
                 client_id=intent.client_id,
@@ -272,10 +275,11 @@ class JournalMetadataStore:
                 source=metadata.source,
                 correlation_id=metadata.correlation_id,
                 description=metadata.description,
-                labels=metadata.labels,
                 currency=summary.currency,
                 leg_index=leg_index,
             )
+            if metadata.labels:
+                described.labels.update(metadata.labels)
         if self._legacy and len(found) < len(transfer_ids):
             found.update(await self._sqlite.metadata_for([i for i in transfer_ids if i not in found]))
         return found
