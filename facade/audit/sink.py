@@ -1,9 +1,11 @@
 """Feeds the Merkle tree from the change capture and seals checkpoints every N changes or T seconds.
 
-`AuditSink` is an EntrySink (facade.changes.poller): the service runs one ChangeCapture into it, with
+`AuditSink` is a ChangeSink (facade.changes.poller): the service runs one ChangeCapture into it, with
 its own position file, so the tree follows the engine's change feed exactly like the Kafka publisher
-and the projector do, whatever else is configured. Each change arrives as its debit and credit
-entries; the debit one carries everything its leaf hashes (transfer, metadata, chain link).
+and the projector do, whatever else is configured. It takes the raw changes and hashes each leaf
+straight from the engine's transfer and the metadata (`leaf_records`): building two LedgerEntry
+messages per change only to read the same fields back out of them cost the service ~30 µs per change.
+It is still an EntrySink (`publish`, `leaf_record`) for entries built elsewhere.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from facade.audit.log import AuditLog, LeafRecord, SealedCheckpoint
-from facade.engine.types import Transfer
+from facade.engine.types import ChangeEvent, Transfer
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from ledger_events import checkpoint as positions
-from ledger_events.chain import Link, canonical_bytes
-from ledger_events.entries import metadata_bytes
+from ledger_events.chain import Link, canonical_bytes, canonical_bytes_encoded, transfer_bytes
+from ledger_events.entries import ENTRY_CHANGES, metadata_bytes
 from ledger_events.gen.ledger.v1 import entries_pb2
 
-__all__ = ["AuditSink", "leaf_record"]
+__all__ = ["AuditSink", "leaf_record", "leaf_records"]
 
 log = get_logger("ledger.audit")
 Publisher = Callable[[SealedCheckpoint], Awaitable[None]]
@@ -55,6 +57,32 @@ def leaf_record(entry: entries_pb2.LedgerEntry) -> LeafRecord:
     return LeafRecord(entry.chain.sequence, entry.engine_timestamp, link, data)
 
 
+def leaf_records(
+    events: Sequence[ChangeEvent], metadata: Mapping[int, entries_pb2.EntryMetadata], previous: Link
+) -> list[LeafRecord]:
+    """The leaves of `events` (in feed order) after the chain head `previous`: the same leaf input and
+    link as `leaf_record` of the debit entry that build_entries makes of each change (the chain hash is
+    SHA-256 of exactly the leaf input, computed here once), without the entries."""
+    records: list[LeafRecord] = []
+    sha256 = hashlib.sha256
+    link = previous
+    for event in events:
+        sequence = link.sequence + 1
+        meta = metadata.get(event.transfer.id)
+        data = link.hash + canonical_bytes_encoded(
+            sequence,
+            event.timestamp,
+            ENTRY_CHANGES[event.type],
+            transfer_bytes(event.transfer),
+            metadata_bytes(meta) if meta is not None else b"",
+        )
+        link = Link(sequence, link.hash, sha256(data).digest())
+        records.append(LeafRecord(sequence, event.timestamp, link, data))
+    assert len(records) == len(events)
+    assert not records or records[-1].sequence == previous.sequence + len(events)
+    return records
+
+
 class AuditSink:
     def __init__(self, audit: AuditLog, *, publishers: Sequence[Publisher] = ()) -> None:
         self.audit = audit
@@ -71,9 +99,20 @@ class AuditSink:
         """Where the change capture must start: after the last leaf the tree holds."""
         return self.audit.head()
 
+    async def publish_changes(
+        self, events: Sequence[ChangeEvent], metadata: Mapping[int, entries_pb2.EntryMetadata], previous: Link
+    ) -> Link:
+        """ChangeSink: the changes after the chain head `previous` into the tree; returns the new head."""
+        records = leaf_records(events, metadata, previous)
+        await self._append(records)
+        return records[-1].link if records else previous
+
     async def publish(self, entries: Sequence[entries_pb2.LedgerEntry]) -> None:
         records = [leaf_record(entry) for entry in entries if entry.side == entries_pb2.DEBIT]
         assert len(records) * 2 == len(entries)
+        await self._append(records)
+
+    async def _append(self, records: Sequence[LeafRecord]) -> None:
         await asyncio.to_thread(self.audit.append, records)
         settings = self.audit.settings
         pending = self.audit.head().link.sequence - self._sealed_size

@@ -339,6 +339,24 @@ class ResolveRequest:
     metadata: Metadata
 
 
+@dataclass(frozen=True, slots=True)
+class _LegFieldNames:
+    """The field names an error about leg `index` reports (made once, not per leg mapped)."""
+
+    amount: str
+    account_id: str
+    from_account_id: str
+    to_account_id: str
+
+
+_LEG_FIELDS = tuple(
+    _LegFieldNames(
+        f"legs[{i}].amount", f"legs[{i}].account_id", f"legs[{i}].from_account_id", f"legs[{i}].to_account_id"
+    )
+    for i in range(LEGS_MAX)
+)
+
+
 def map_post(client_id: str, request: PostRequest, *, currencies: Currencies) -> MappedTransaction:
     idempotency_key, legs, metadata = request.idempotency_key, request.legs, request.metadata
     authorize_only, timeout_seconds = request.authorize_only, request.timeout_seconds
@@ -355,17 +373,18 @@ def map_post(client_id: str, request: PostRequest, *, currencies: Currencies) ->
         raise invalid("TIMEOUT_WITHOUT_AUTHORIZATION", "authorization_timeout_seconds needs authorize_only")
     specs: list[LegSpec] = []
     for index, leg in enumerate(legs):
-        amount = parse_amount(leg.amount, f"legs[{index}].amount")
+        names = _LEG_FIELDS[index]
+        amount = parse_amount(leg.amount, names.amount)
         leg_type = leg.type
         if leg_type == TransactionType.CREDIT:
-            credit = parse_id(leg.account_id, f"legs[{index}].account_id")
+            credit = parse_id(leg.account_id, names.account_id)
             specs.append(LegSpec(TransactionType.CREDIT, settlement_account_id(currency_code), credit, amount))
         elif leg_type == TransactionType.DEBIT:
-            debit = parse_id(leg.account_id, f"legs[{index}].account_id")
+            debit = parse_id(leg.account_id, names.account_id)
             specs.append(LegSpec(TransactionType.DEBIT, debit, settlement_account_id(currency_code), amount))
         elif leg_type == TransactionType.TRANSFER:
-            debit = parse_id(leg.from_account_id, f"legs[{index}].from_account_id")
-            credit = parse_id(leg.to_account_id, f"legs[{index}].to_account_id")
+            debit = parse_id(leg.from_account_id, names.from_account_id)
+            credit = parse_id(leg.to_account_id, names.to_account_id)
             if debit == credit:
                 raise invalid("SAME_ACCOUNT", f"legs[{index}]: from and to accounts are the same")
             specs.append(LegSpec(TransactionType.TRANSFER, debit, credit, amount))

@@ -29,10 +29,12 @@ found there: read-only, looked up only for ids the journal does not know, and on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from facade.domain.errors import LedgerError, transfer_status_error
-from facade.domain.transactions import MappedTransaction, parse_body_summary
+from facade.domain.transactions import Kind, LegSpec, MappedTransaction, Metadata, TransactionType, parse_body_summary
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.intents import LEG_BITS, IndexEntry, OutcomeKind, TransactionIntent
 from facade.engine.types import CreateTransferResult, CreateTransferStatus
@@ -45,6 +47,24 @@ __all__ = ["JournalMetadataStore"]
 PLACEHOLDER_REASON = "IDEMPOTENCY_KEY_FAILED"
 """The engine's answer for a burned id whose reason was not recorded: a later original reason replaces it."""
 LEG_MASK = (1 << LEG_BITS) - 1
+_TYPE_NAMES = {leg_type: leg_type.name.lower() for leg_type in TransactionType}
+"""A post leg's transaction_type as parse_body_summary names it (credit, debit, transfer)."""
+RECENT_TRANSACTIONS_MAX = 16_384
+"""Transactions last submitted whose metadata change capture reads from memory (`metadata_for`): ~1.6 s
+at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Recent:
+    """What change capture's metadata needs of a transaction just made durable: exactly the fields its
+    canonical body holds (the body is the MappedTransaction's `body`, encoded from these very values)."""
+
+    client_id: str
+    idempotency_key: str
+    kind: Kind
+    currency: str
+    legs: tuple[LegSpec, ...]
+    metadata: Metadata
 
 
 def _failure_json(entry: IndexEntry) -> str | None:
@@ -65,6 +85,11 @@ class JournalMetadataStore:
         self._owns_engine = owns_engine
         self._legacy = legacy
         """The SQLite file holds transactions of an older build: ids unknown to the journal are looked up there."""
+        self._recent: dict[int, _Recent] = {}
+        """Transaction id → its metadata, for the newest RECENT_TRANSACTIONS_MAX durable ones (oldest
+        first): change capture reads a change's metadata within a poll or two of its commit, and reading
+        it back from the journal and parsing the body JSON cost ~10 µs per transfer on the write path's
+        interpreter."""
 
     @classmethod
     async def open(cls, path: Path, engine: EmbeddedEngine, *, owns_engine: bool = False) -> JournalMetadataStore:
@@ -153,6 +178,16 @@ class JournalMetadataStore:
         results = await self.engine.create_transfers(transfers, intents)
         assert len(results) == len(transfers)
         assert all(t.transaction_id in index for t in transactions), "an outcome not in the index"
+        # Durable now. A transaction already recorded has the same body (the batcher submits it only
+        # with an equal fingerprint), so its metadata is the journal's either way.
+        recent = self._recent
+        for t in transactions:
+            recent[t.transaction_id] = _Recent(t.client_id, t.idempotency_key, t.kind, t.currency, t.legs, t.metadata)
+        excess = len(recent) - RECENT_TRANSACTIONS_MAX
+        if excess > 0:
+            for transaction_id in list(islice(recent, excess)):
+                del recent[transaction_id]
+        assert len(recent) <= RECENT_TRANSACTIONS_MAX
         return results
 
     async def prepare(self, transactions: Sequence[MappedTransaction]) -> dict[int, Prior]:
@@ -199,20 +234,43 @@ class JournalMetadataStore:
     async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
         """Change capture's MetadataSource, from the journal's entries."""
         index = self.engine.index
-        legs: list[tuple[int, int, int]] = []  # (transfer id, transaction id, leg index)
+        recent = self._recent
+        legs: list[tuple[int, int, int]] = []  # (transfer id, transaction id, leg index), not in memory
+        found: dict[int, entries_pb2.EntryMetadata] = {}
         for transfer_id in transfer_ids:
             packed = index.transfers.get(transfer_id)
-            if packed is not None:
-                legs.append((transfer_id, packed >> LEG_BITS, packed & LEG_MASK))
+            if packed is None:
+                continue
+            tx_id, leg_index = packed >> LEG_BITS, packed & LEG_MASK
+            known = recent.get(tx_id)
+            if known is None:
+                legs.append((transfer_id, tx_id, leg_index))
+                continue
+            metadata = known.metadata
+            found[transfer_id] = described = entries_pb2.EntryMetadata(
+                transaction_id=tx_id.to_bytes(16, "big").hex(),
+                idempotency_key=known.idempotency_key,
+                client_id=known.client_id,
+                # As parse_body_summary reads it from the body: the leg's type for posts, else the kind.
+                transaction_type=_TYPE_NAMES[known.legs[leg_index].type]
+                if known.kind is Kind.POST
+                else known.kind.value,
+                source=metadata.source,
+                correlation_id=metadata.correlation_id,
+                description=metadata.description,
+                currency=known.currency,
+                leg_index=leg_index,
+            )
+            if metadata.labels:  # A map given to the constructor goes through Python's MutableMapping.update.
+                described.labels.update(metadata.labels)
         locations = {tx_id: index.transactions[tx_id].location for _, tx_id, _ in legs}
         intents = await self.engine.read_intents(list(locations.values())) if locations else {}
-        found: dict[int, entries_pb2.EntryMetadata] = {}
         for transfer_id, tx_id, leg_index in legs:
             intent = intents[locations[tx_id]]
             assert intent.transaction_id == tx_id
             summary = parse_body_summary(intent.text, leg_index)
             metadata = summary.metadata
-            found[transfer_id] = entries_pb2.EntryMetadata(
+            found[transfer_id] = described = entries_pb2.EntryMetadata(
                 transaction_id=tx_id.to_bytes(16, "big").hex(),
                 idempotency_key=intent.idempotency_key,
                 client_id=intent.client_id,
@@ -220,10 +278,11 @@ class JournalMetadataStore:
                 source=metadata.source,
                 correlation_id=metadata.correlation_id,
                 description=metadata.description,
-                labels=metadata.labels,
                 currency=summary.currency,
                 leg_index=leg_index,
             )
+            if metadata.labels:
+                described.labels.update(metadata.labels)
         if self._legacy and len(found) < len(transfer_ids):
             found.update(await self._sqlite.metadata_for([i for i in transfer_ids if i not in found]))
         return found

@@ -151,11 +151,15 @@ def metadata_from(message: ledger_pb2.TransactionMetadata) -> Metadata:
     )
 
 
+_NO_METADATA = Metadata()
+"""A request without metadata: every field its default, the same Metadata for all (nothing mutates one)."""
+
+
 def post_request(message: ledger_pb2.PostTransactionRequest) -> PostRequest:
     return PostRequest(
         idempotency_key=message.idempotency_key,
         legs=message.legs,  # ledger_pb2.Leg is a LegInput: no copy.
-        metadata=metadata_from(message.metadata),
+        metadata=metadata_from(message.metadata) if message.HasField("metadata") else _NO_METADATA,
         authorize_only=message.authorize_only,
         timeout_seconds=message.authorization_timeout_seconds,
     )
@@ -206,8 +210,21 @@ def posted_result(
 def batch_response(
     request: ledger_pb2.PostTransactionsRequest, results: list[TransactionView | LedgerError]
 ) -> ledger_pb2.PostTransactionsResponse:
+    """Each result filled in place in the response (`add()`): `extend` with messages built apart copied
+    every one of them again (a third of this function's time per transaction)."""
     response = ledger_pb2.PostTransactionsResponse()
-    response.results.extend([posted_result(q, r) for q, r in zip(request.transactions, results, strict=True)])
+    add = response.results.add
+    for item, result in zip(request.transactions, results, strict=True):
+        if isinstance(result, LedgerError):
+            error = add().error
+            error.SetInParent()  # Present even if every field were a default.
+            error.code = _ITEM_CODE[result.kind]
+            error.message = result.message
+            error.reason = result.reason
+            error.metadata.update(result.metadata)
+        else:
+            fill_posted(add().transaction, item, result)
+    assert len(response.results) == len(results)
     return response
 
 

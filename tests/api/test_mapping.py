@@ -162,3 +162,30 @@ def test_the_fingerprint_covers_the_whole_payload() -> None:
     assert fingerprint() == fingerprint()
     assert fingerprint(labels={"a": "1", "b": "2"}) == fingerprint(labels={"b": "2", "a": "1"})
     assert len({fingerprint(), fingerprint("6"), fingerprint(description="x"), fingerprint(labels={"a": ""})}) == 4
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        (
+            Leg(type=TransactionType.TRANSFER, from_account_id=ALICE, to_account_id="0", amount="1"),
+            "to_account_id",
+            "INVALID_ID",
+        ),
+        (
+            Leg(type=TransactionType.TRANSFER, from_account_id="01", to_account_id=BOB, amount="1"),
+            "from_account_id",
+            "INVALID_ID",
+        ),
+        (Leg(type=TransactionType.CREDIT, account_id="x", amount="1"), "account_id", "INVALID_ID"),
+        (Leg(type=TransactionType.DEBIT, account_id=ALICE, amount="-1"), "amount", "INVALID_AMOUNT"),
+    ],
+)
+def test_a_bad_leg_names_its_own_index_and_field(bad: Leg, field: str, reason: str) -> None:
+    good = Leg(type=TransactionType.CREDIT, account_id=ALICE, amount="5", currency="USD")
+    for index in (0, 2, LEGS_MAX - 1):
+        legs = [good] * LEGS_MAX
+        legs[index] = Leg(bad.type, bad.account_id, bad.from_account_id, bad.to_account_id, bad.amount, "USD")
+        with pytest.raises(LedgerError) as raised:
+            map_post("client", PostRequest("key", legs, Metadata()), currencies=CURRENCIES)
+        assert (raised.value.reason, raised.value.metadata) == (reason, {"field": f"legs[{index}].{field}"})

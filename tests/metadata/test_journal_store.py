@@ -110,3 +110,55 @@ async def test_a_reopened_store_without_its_engine_dir_has_no_transactions(tmp_p
         assert not engine.index.transactions
     finally:
         await store.close()
+
+
+async def test_metadata_of_recent_transactions_equals_the_journals(tmp_path: Path) -> None:
+    """Change capture's metadata of a just-submitted batch comes from memory: it must equal what the
+    journal gives once reopened (the index rebuilt, nothing in memory), leg by leg, for posts of every
+    leg type, an authorization and labels."""
+    engine, store = await open_ledger(tmp_path)
+    usd = pb.Leg(currency="USD", amount="3")
+    requests = [
+        PostRequest(
+            "mixed",
+            [
+                pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="9", currency="USD"),
+                pb.Leg(
+                    type=pb.LEG_TYPE_TRANSFER,
+                    from_account_id=str(ALICE),
+                    to_account_id="1002",
+                    amount="4",
+                    currency="USD",
+                ),
+                pb.Leg(type=pb.LEG_TYPE_DEBIT, account_id="1002", amount="1", currency="USD"),
+            ],
+            Metadata("src", "corr", "desc \u00e9", {"b": "2", "a": "\u20ac"}, 1_700_000_000),
+        ),
+        PostRequest(
+            "hold",
+            [pb.Leg(type=pb.LEG_TYPE_DEBIT, account_id="1002", amount=usd.amount, currency="USD")],
+            Metadata(source="pos"),
+            authorize_only=True,
+        ),
+    ]
+    mapped = [map_post("client-b", request, currencies=CURRENCIES) for request in requests]
+    transfer_ids = [t.id for m in mapped for t in m.transfers]
+    committer = GroupCommitter(engine, store)
+    committer.start()
+    try:
+        outcomes = [await f for f in committer.submit(mapped)]
+        assert all(isinstance(o, Committed) for o in outcomes)
+        from_memory = await store.metadata_for([*transfer_ids, 77])
+    finally:
+        await committer.close()
+        await store.close()
+    engine, store = await open_ledger(tmp_path)
+    try:
+        from_journal = await store.metadata_for([*transfer_ids, 77])
+    finally:
+        await store.close()
+    assert set(from_memory) == set(from_journal) == set(transfer_ids)
+    assert {k: v.SerializeToString(deterministic=True) for k, v in from_memory.items()} == {
+        k: v.SerializeToString(deterministic=True) for k, v in from_journal.items()
+    }
+    assert [from_memory[i].transaction_type for i in transfer_ids] == ["credit", "transfer", "debit", "authorize"]
