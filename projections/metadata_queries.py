@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from projections.accounts import account_labels_conditions
 from projections.client import ClickHouseClient, Parameters
-from projections.queries import TIMESTAMP_MAX, TransactionRow, to_int, to_labels, to_str
+from projections.queries import TIMESTAMP_MAX, TransactionRow, to_int, to_labels, to_str, transaction_row
 from projections.schema import ACCOUNTS_TABLE, LABELS_TABLE
 
 __all__ = [
@@ -196,29 +196,6 @@ _TRANSACTION_COLUMNS = (
 )
 
 
-def _transaction(r: list[object]) -> TransactionRow:
-    return TransactionRow(
-        engine_timestamp=to_int(r[0]),
-        change=to_str(r[1]),
-        debit_account_id=to_int(r[2]),
-        credit_account_id=to_int(r[3]),
-        amount=to_int(r[4]),
-        transfer_id=to_int(r[5]),
-        pending_id=to_int(r[6]),
-        ledger=to_int(r[7]),
-        code=to_int(r[8]),
-        chain_sequence=to_int(r[9]),
-        transaction_id=to_str(r[10]),
-        transaction_type=to_str(r[11]),
-        source=to_str(r[12]),
-        correlation_id=to_str(r[13]),
-        description=to_str(r[14]),
-        labels=to_labels(r[15]),
-        currency=to_str(r[16]),
-        leg_index=to_int(r[17]),
-    )
-
-
 def list_transactions(
     client: ClickHouseClient, query: TransactionFilter, *, page_size: int = 0, page_token: str = ""
 ) -> TransactionsPage:
@@ -239,7 +216,7 @@ def list_transactions(
     assert len(found) <= size + 1
     more = len(found) > size
     rows: list[TransactionRow] = []
-    for row in map(_transaction, found[:size]):
+    for row in map(transaction_row, found[:size]):
         # Both tables are ReplacingMergeTrees: a row inserted twice and not yet merged away is shown once
         # (not by LIMIT 1 BY in the query, which would give up reading in order and stopping early).
         if not rows or rows[-1].engine_timestamp != row.engine_timestamp:

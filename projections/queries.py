@@ -13,6 +13,7 @@ whatever amount it posts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from projections.client import ClickHouseClient, ParameterError, Row
@@ -317,29 +318,7 @@ def transactions_by_correlation_id(client: ClickHouseClient, correlation_id: str
     except ParameterError:
         # Not valid Unicode (a lone surrogate): every stored id is, so none equals it.
         return []
-    return [
-        TransactionRow(
-            engine_timestamp=to_int(r[0]),
-            change=to_str(r[1]),
-            debit_account_id=to_int(r[2]),
-            credit_account_id=to_int(r[3]),
-            amount=to_int(r[4]),
-            transfer_id=to_int(r[5]),
-            pending_id=to_int(r[6]),
-            ledger=to_int(r[7]),
-            code=to_int(r[8]),
-            chain_sequence=to_int(r[9]),
-            transaction_id=to_str(r[10]),
-            transaction_type=to_str(r[11]),
-            source=to_str(r[12]),
-            correlation_id=to_str(r[13]),
-            description=to_str(r[14]),
-            labels=to_labels(r[15]),
-            currency=to_str(r[16]),
-            leg_index=to_int(r[17]),
-        )
-        for r in found
-    ]
+    return [transaction_row(r) for r in found]
 
 
 def projected_timestamp(client: ClickHouseClient) -> int:
@@ -348,3 +327,27 @@ def projected_timestamp(client: ClickHouseClient) -> int:
     consistency round asks, and max() read all of it (2.4-20 ms at 2M changes, growing; this ~2 ms)."""
     found = client.query_rows("SELECT engine_timestamp FROM transactions ORDER BY engine_timestamp DESC LIMIT 1")
     return to_int(found[0][0]) if found else 0
+
+
+def transaction_row(r: Sequence[object]) -> TransactionRow:
+    """A TransactionRow from the columns TRANSACTION_COLUMNS-style queries select, in that order."""
+    return TransactionRow(
+        engine_timestamp=to_int(r[0]),
+        change=to_str(r[1]),
+        debit_account_id=to_int(r[2]),
+        credit_account_id=to_int(r[3]),
+        amount=to_int(r[4]),
+        transfer_id=to_int(r[5]),
+        pending_id=to_int(r[6]),
+        ledger=to_int(r[7]),
+        code=to_int(r[8]),
+        chain_sequence=to_int(r[9]),
+        transaction_id=to_str(r[10]),
+        transaction_type=to_str(r[11]),
+        source=to_str(r[12]),
+        correlation_id=to_str(r[13]),
+        description=to_str(r[14]),
+        labels=to_labels(r[15]),
+        currency=to_str(r[16]),
+        leg_index=to_int(r[17]),
+    )

@@ -296,3 +296,23 @@ def signed_checkpoint(sealed: SealedCheckpoint) -> history_pb2.SignedCheckpoint:
         timestamp_last_rfc3339=format_time(checkpoint.timestamp_last),
         key_id=checkpoint.key_id,
     )
+
+
+def correlated_transfer(r: queries.TransactionRow) -> history_pb2.CorrelatedTransfer:
+    return history_pb2.CorrelatedTransfer(
+        engine_timestamp=r.engine_timestamp,
+        engine_timestamp_rfc3339=format_time(r.engine_timestamp),
+        change=r.change,
+        transaction_id=r.transaction_id,
+        leg_index=r.leg_index,
+        transfer_id=str(r.transfer_id),
+        debit_account_id=str(r.debit_account_id),
+        credit_account_id=str(r.credit_account_id),
+        amount=str(r.amount),
+        currency=r.currency,
+        transaction_type=r.transaction_type,
+        source=r.source,
+        description=r.description,
+        labels=r.labels,
+        chain_sequence=r.chain_sequence,
+    )

@@ -173,7 +173,7 @@ async def list_transactions_by_correlation(
 
     found, projected_until = await within(deadline, history.read_model.query(read))
     return hpb.CorrelatedTransfers(
-        transfers=[_correlated(r) for r in found],
+        transfers=[convert.correlated_transfer(r) for r in found],
         projected_until=projected_until,
         projected_until_rfc3339=format_time(projected_until),
     )
@@ -241,26 +241,6 @@ async def get_consistency_proof(
     old, new, hashes = await within(deadline, history.proofs.consistency(request.old_size, request.new_size))
     return hpb.ConsistencyProof(
         old_checkpoint=convert.signed_checkpoint(old), new_checkpoint=convert.signed_checkpoint(new), hashes=hashes
-    )
-
-
-def _correlated(r: queries.TransactionRow) -> hpb.CorrelatedTransfer:
-    return hpb.CorrelatedTransfer(
-        engine_timestamp=r.engine_timestamp,
-        engine_timestamp_rfc3339=format_time(r.engine_timestamp),
-        change=r.change,
-        transaction_id=r.transaction_id,
-        leg_index=r.leg_index,
-        transfer_id=str(r.transfer_id),
-        debit_account_id=str(r.debit_account_id),
-        credit_account_id=str(r.credit_account_id),
-        amount=str(r.amount),
-        currency=r.currency,
-        transaction_type=r.transaction_type,
-        source=r.source,
-        description=r.description,
-        labels=r.labels,
-        chain_sequence=r.chain_sequence,
     )
 
 
@@ -340,7 +320,7 @@ async def list_transactions(
 
     page, projected_until = await within(deadline, history.read_model.query(_page_token_checked(read)))
     return hpb.ListTransactionsResponse(
-        transfers=[_correlated(r) for r in page.transactions],
+        transfers=[convert.correlated_transfer(r) for r in page.transactions],
         next_page_token=page.next_page_token,
         projected_until=projected_until,
         projected_until_rfc3339=format_time(projected_until),
