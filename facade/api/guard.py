@@ -110,7 +110,17 @@ def _guard_stream(inner: Any, method: str, *, streaming_request: bool) -> Callab
     return stream
 
 
+GUARDED_HANDLERS_MAX = 256
+"""Guarded handlers kept (one per served method; the services have a few dozen methods)."""
+
+
 class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
+    """Guards each method's handler once: the wrapper holds nothing of a call, and building it (two
+    closures, a handler) on every call cost as much as the check itself."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[Any, Any]] = {}  # Method → (the handler found, its guarded wrapper).
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -120,40 +130,54 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        what = method.strip("/").replace("/", ".") + " request"
-        deserializer = guarded_deserializer(handler.request_deserializer, what)
-        serializer = handler.response_serializer
-        if handler.unary_unary:
-            guarded = _guard_unary(handler.unary_unary, method)
-            return grpc.unary_unary_rpc_method_handler(guarded, deserializer, serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method, streaming_request=False), deserializer, serializer
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _guard_stream(handler.stream_stream, method, streaming_request=True), deserializer, serializer
-            )
-        inner: Any = handler.stream_unary
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:  # The same handler object: the same wrapper fits.
+            return cached[1]
+        guarded = _guarded_handler(handler, method)
+        if len(self._guarded) >= GUARDED_HANDLERS_MAX:
+            self._guarded.clear()  # Never reached by the services' own methods; a bound all the same.
+        self._guarded[method] = (handler, guarded)
+        assert len(self._guarded) <= GUARDED_HANDLERS_MAX
+        return guarded
 
-        async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
-            malformed: list[Malformed] = []
 
-            async def well_formed() -> AsyncIterator[Any]:
-                async for item in requests:
-                    if isinstance(item, Malformed):
-                        malformed.append(item)
-                        return
-                    yield item
+def _guarded_handler(handler: Any, method: str) -> Any:
+    """`handler` with its deserializer and body guarded (see the module docstring)."""
+    assert handler is not None
+    assert method
+    what = method.strip("/").replace("/", ".") + " request"
+    deserializer = guarded_deserializer(handler.request_deserializer, what)
+    serializer = handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary, method), deserializer, serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_stream(handler.unary_stream, method, streaming_request=False), deserializer, serializer
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_stream(handler.stream_stream, method, streaming_request=True), deserializer, serializer
+        )
+    inner: Any = handler.stream_unary
 
-            try:
-                response = await inner(well_formed(), context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await _abort_unexpected(context, error, method)
-            if malformed:
-                await _abort_malformed(context, malformed[0])
-            return response
+    async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+        malformed: list[Malformed] = []
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+        async def well_formed() -> AsyncIterator[Any]:
+            async for item in requests:
+                if isinstance(item, Malformed):
+                    malformed.append(item)
+                    return
+                yield item
+
+        try:
+            response = await inner(well_formed(), context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort_unexpected(context, error, method)
+        if malformed:
+            await _abort_malformed(context, malformed[0])
+        return response
+
+    return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
