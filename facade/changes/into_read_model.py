@@ -25,7 +25,15 @@ PROJECTION_POLL_INTERVAL_SECONDS = 0.1
 """How long change capture into the read model waits after a batch that was not full. Each insert
 costs per batch (three table inserts, new parts, later merges, hops to the engine's and the metadata
 store's threads), so ten batches a second at most instead of a hundred small ones. Measured at ~6-8k
-tx/s on 2 cores: 0.25 s gave a lag at insert of 1.2-1.7 s, 0.1 s gave 0.25-0.7 s (scripts/bench_api.py)."""
+tx/s on 2 cores: 0.25 s gave a lag at insert of 1.2-1.7 s, 0.1 s gave 0.25-0.7 s (scripts/bench_api.py).
+0.2 s saved no server CPU: bench_api.py batch rows, defaults, two A/B pairs back to back (load 2.8-3.7),
+100 tx/RPC 175 and 167 µs/tx at 0.2 s against 170 and 170 at 0.1 s, 1000 tx/RPC 151/129 against 154/142,
+with lag p99 up to 1.0 s (100 tx/RPC) and 1.8 s (1000). Measured in the read model's process alone
+(chDB, 760 changes a batch): a batch's three inserts cost ~20 ms of fixed CPU (entries ~7, transactions ~9
+of which the label view ~4, balances ~4, one-row inserts), the rest is per row (~35 µs a change in chDB,
+~13 in Python building rows and the chain); insert settings (input_format_parallel_parsing,
+optimize_on_insert, max_threads, max_compress_block_size) and dropping the skip indexes changed neither
+beyond the noise."""
 PROJECTION_SMALL_BATCH_CHANGES = 1024
 PROJECTION_SMALL_BATCH_WAIT_SECONDS = 0.25
 """A quiet feed (fewer changes than that in a batch) waits longer: at ~1k tx/s ten batches a second
