@@ -47,7 +47,7 @@ from facade.http.gateway import build_app
 from facade.metadata import MetadataStore, metadata_location, open_metadata_store
 from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
-from facade.runtime import freeze_heap, tune_gc, tune_switch_interval
+from facade.runtime import YoungOnlyCollection, freeze_heap, tune_gc, tune_switch_interval
 from facade.service import AccountView, LedgerService
 from facade.settings import Settings
 from projections.account_feed import AccountFeed
@@ -330,11 +330,16 @@ async def serve(settings: Settings) -> None:
     freeze_heap()  # The recovered ledger state is long-lived: keep it out of GC scans.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    collection = YoungOnlyCollection(loop)  # Short GC pauses while serving (facade.runtime).
+    collection.install()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("stopping")
-    await running.stop()
+    try:
+        await running.stop()
+    finally:
+        collection.uninstall()
 
 
 async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: Authenticator) -> AsgiServer | None:
