@@ -29,11 +29,10 @@ from grpc_reflection.v1alpha import reflection
 
 from facade.api.admission import AdmissionInterceptor
 from facade.api.asgi import AsgiServer, TlsFiles
-from facade.api.auth_interceptor import AuthInterceptor
+from facade.api.edge import EdgeInterceptor
 from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, ledger_pb2_grpc
-from facade.api.guard import RequestGuardInterceptor
 from facade.api.history import HistoryServicer
-from facade.api.observe import ObservabilityInterceptor, RpcLogSampling
+from facade.api.observe import RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, guard_dev_mode
@@ -171,9 +170,7 @@ async def start(settings: Settings) -> RunningServer:
     server = grpc.aio.server(
         interceptors=[
             AdmissionInterceptor(service),  # First: a refused write costs no span, token check or decoding.
-            ObservabilityInterceptor(_rpc_log_sampling(settings)),
-            AuthInterceptor(authenticator),
-            RequestGuardInterceptor(),
+            EdgeInterceptor(authenticator, _rpc_log_sampling(settings)),  # Observability, auth, request guard.
         ],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
