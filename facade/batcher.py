@@ -657,11 +657,35 @@ class GroupCommitter:
 
 
 async def wait_all(futures: Sequence[asyncio.Future[Outcome]]) -> list[Outcome | BaseException]:
-    """Awaits every future; a caller that gives up does not cancel work already queued."""
+    """Awaits every future; a caller that gives up does not cancel work already queued.
+
+    One waiter for the lot (its cancellation leaves the futures alone, as asyncio.shield would for each):
+    a shield per future cost a future and two scheduled callbacks per transaction of a batch call."""
+    pending = [future for future in futures if not future.done()]
+    if pending:
+        waiter = asyncio.get_running_loop().create_future()
+        remaining = len(pending)
+
+        def done(_future: asyncio.Future[Outcome]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not waiter.done():
+                waiter.set_result(None)
+
+        for future in pending:
+            future.add_done_callback(done)
+        try:
+            await waiter
+        finally:
+            if remaining:  # Cancelled while some were pending: they no longer report here.
+                for future in pending:
+                    future.remove_done_callback(done)
+    assert all(future.done() for future in futures)
     results: list[Outcome | BaseException] = []
     for future in futures:
         try:
-            results.append(await asyncio.shield(future))
+            results.append(future.result())
         except Exception as error:  # Returned per item: one failure must not hide the others.
             results.append(error)
+    assert len(results) == len(futures)
     return results
