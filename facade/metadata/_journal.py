@@ -28,6 +28,7 @@ found there: read-only, looked up only for ids the journal does not know, and on
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -49,6 +50,8 @@ PLACEHOLDER_REASON = "IDEMPOTENCY_KEY_FAILED"
 LEG_MASK = (1 << LEG_BITS) - 1
 _TYPE_NAMES = {leg_type: leg_type.name.lower() for leg_type in TransactionType}
 """A post leg's transaction_type as parse_body_summary names it (credit, debit, transfer)."""
+METADATA_CHUNK = 512
+"""Transfers whose metadata `metadata_for` builds per event-loop turn (a few ms)."""
 RECENT_TRANSACTIONS_MAX = 16_384
 """Transactions last submitted whose metadata change capture reads from memory (`metadata_for`): ~1.6 s
 at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
@@ -237,7 +240,12 @@ class JournalMetadataStore:
         recent = self._recent
         legs: list[tuple[int, int, int]] = []  # (transfer id, transaction id, leg index), not in memory
         found: dict[int, entries_pb2.EntryMetadata] = {}
-        for transfer_id in transfer_ids:
+        for position, transfer_id in enumerate(transfer_ids):
+            if position and not position % METADATA_CHUNK:
+                # Let the calls in flight run: a capture batch's messages built at once held the event loop
+                # for tens of ms. What is read stays valid across the yield: the index only grows, and a
+                # transaction evicted from `recent` meanwhile is read back from the journal below.
+                await asyncio.sleep(0)
             packed = index.transfers.get(transfer_id)
             if packed is None:
                 continue
@@ -265,7 +273,9 @@ class JournalMetadataStore:
                 described.labels.update(metadata.labels)
         locations = {tx_id: index.transactions[tx_id].location for _, tx_id, _ in legs}
         intents = await self.engine.read_intents(list(locations.values())) if locations else {}
-        for transfer_id, tx_id, leg_index in legs:
+        for position, (transfer_id, tx_id, leg_index) in enumerate(legs):
+            if position and not position % METADATA_CHUNK:
+                await asyncio.sleep(0)
             intent = intents[locations[tx_id]]
             assert intent.transaction_id == tx_id
             summary = parse_body_summary(intent.text, leg_index)

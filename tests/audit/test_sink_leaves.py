@@ -4,9 +4,15 @@ entry), or the signed roots would stop matching what the read model and the veri
 
 from __future__ import annotations
 
-from facade.audit.sink import leaf_record, leaf_records
+from dataclasses import replace
+from pathlib import Path
+
+from facade.audit.log import AuditLog
+from facade.audit.sink import LEAF_RECORDS_CHUNK, AuditSink, leaf_record, leaf_records
 from facade.changes.entries import build_entries
 from facade.engine.types import Account, ChangeEvent, ChangeEventType, Transfer, TransferFlags
+from facade.settings import AuditSettings
+from ledger_audit_verifier import leaf_hash
 from ledger_events.chain import GENESIS, Link
 from ledger_events.gen.ledger.v1 import entries_pb2
 
@@ -76,3 +82,23 @@ def test_leaves_from_changes_equal_leaves_from_entries() -> None:
 
 def test_no_changes_no_leaves() -> None:
     assert leaf_records([], {}, GENESIS) == []
+
+
+async def test_publish_changes_in_chunks_chains_as_one_batch(tmp_path: Path) -> None:
+    """More changes than LEAF_RECORDS_CHUNK, hashed a chunk per loop turn: the same leaves, links and
+    tree as leaf_records of the whole batch."""
+    events, metadata = changes()
+    many = [
+        replace(event, timestamp=event.timestamp + 100 * round_)
+        for round_ in range(2 * LEAF_RECORDS_CHUNK // len(events) + 2)
+        for event in events
+    ]
+    assert len(many) > 2 * LEAF_RECORDS_CHUNK
+    log = AuditLog(AuditSettings(data_dir=tmp_path))
+    sink = AuditSink(log)
+    head = await sink.publish_changes(many, metadata, GENESIS)
+    expected = leaf_records(many, metadata, GENESIS)
+    assert head == expected[-1].link
+    assert log.tree.size == len(many)
+    assert [log.tree.leaf(i) for i in range(len(many))] == [leaf_hash(r.leaf_input) for r in expected]
+    log.close()

@@ -16,6 +16,7 @@ from facade.engine.intents import OutcomeKind
 from facade.engine.journal import Operation
 from facade.engine.journal_check import check
 from facade.metadata import JournalMetadataStore, SqliteMetadataStore
+from facade.metadata._journal import METADATA_CHUNK
 
 from ._journal_crash_writer import ALICE, CURRENCIES, open_ledger, transaction
 
@@ -162,3 +163,42 @@ async def test_metadata_of_recent_transactions_equals_the_journals(tmp_path: Pat
         k: v.SerializeToString(deterministic=True) for k, v in from_journal.items()
     }
     assert [from_memory[i].transaction_type for i in transfer_ids] == ["credit", "transfer", "debit", "authorize"]
+
+
+async def test_metadata_of_more_transfers_than_a_chunk_equals_the_journals(tmp_path: Path) -> None:
+    """metadata_for yields to the event loop every METADATA_CHUNK transfers, from memory and from the
+    journal: every transfer's metadata is still there, the same both ways, in the order asked."""
+    engine, store = await open_ledger(tmp_path)
+    count = 2 * METADATA_CHUNK + 7
+    mapped = [
+        map_post(
+            "client-b",
+            PostRequest(
+                f"many-{n}",
+                [pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=str(ALICE), amount="1", currency="USD")],
+                Metadata(source="bulk", description=f"n{n}"),
+            ),
+            currencies=CURRENCIES,
+        )
+        for n in range(count)
+    ]
+    transfer_ids = [t.id for m in mapped for t in m.transfers]
+    committer = GroupCommitter(engine, store)
+    committer.start()
+    try:
+        outcomes = [await f for f in committer.submit(mapped)]
+        assert all(isinstance(o, Committed) for o in outcomes)
+        from_memory = await store.metadata_for(transfer_ids)
+    finally:
+        await committer.close()
+        await store.close()
+    engine, store = await open_ledger(tmp_path)
+    try:
+        from_journal = await store.metadata_for(transfer_ids)
+    finally:
+        await store.close()
+    assert list(from_memory) == list(from_journal) == transfer_ids
+    assert [from_memory[i].description for i in transfer_ids] == [f"n{n}" for n in range(count)]
+    assert {k: v.SerializeToString(deterministic=True) for k, v in from_memory.items()} == {
+        k: v.SerializeToString(deterministic=True) for k, v in from_journal.items()
+    }
