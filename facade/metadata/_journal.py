@@ -184,7 +184,9 @@ class JournalMetadataStore:
         # Durable now. A transaction already recorded has the same body (the batcher submits it only
         # with an equal fingerprint), so its metadata is the journal's either way.
         recent = self._recent
-        for t in transactions:
+        for position, t in enumerate(transactions):
+            if position and not position % METADATA_CHUNK:
+                await asyncio.sleep(0)  # Durable already; a transaction not yet here is read from the journal.
             recent[t.transaction_id] = _Recent(t.client_id, t.idempotency_key, t.kind, t.currency, t.legs, t.metadata)
         excess = len(recent) - RECENT_TRANSACTIONS_MAX
         if excess > 0:
