@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -70,19 +71,17 @@ async def test_a_cycle_frozen_alive_is_reclaimed_by_the_full_collection() -> Non
 
 
 async def test_growth_schedules_one_full_collection_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "FULL_COLLECTION_FROZEN_MIN", 1)
-    gc.collect()
-    gc.freeze()
+    monkeypatch.setattr(runtime, "FULL_COLLECTION_BLOCKS_MIN", 1)
     collection = YoungOnlyCollection(asyncio.get_running_loop())
     collection.install()
-    base = gc.get_freeze_count()
+    base = sys.getallocatedblocks()
     grown = [_Node() for _ in range(int(base * FULL_COLLECTION_GROWTH) + 1_000)]  # Past the growth share.
+    assert sys.getallocatedblocks() > base * (1 + FULL_COLLECTION_GROWTH)
     gc.collect(0)
-    assert gc.get_freeze_count() > base * (1 + FULL_COLLECTION_GROWTH)
     assert collection.full_collections == 0  # Scheduled, not run inside the collector's callback.
     gc.collect(0)  # A second collection before the loop turns schedules nothing more.
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert collection.full_collections == 1
-    assert len(grown) > 0
+    assert len(grown) > base
     collection.uninstall()
