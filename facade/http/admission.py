@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.service import LedgerService
+from facade.write_limit import Lane, too_busy
 
 __all__ = ["REQUEST_TIMEOUT_HEADER", "AdmissionMiddleware", "request_deadline"]
 
@@ -36,6 +37,8 @@ REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_TIMEOUT_MS_MAX = 3_600_000
 """A longer announced timeout is a client's mistake (or a wish to pin queue space): refused."""
 WRITE_PATH_PREFIX = "/v1/transactions"
+BULK_PATH_SUFFIX = ":batch"
+"""POST /v1/transactions:batch: the bulk lane of the write limit (facade.write_limit)."""
 CONCURRENCY_RETRY_AFTER_MS = 100
 """Retry hint when refused for concurrency: a write in progress is answered within its wait bound."""
 
@@ -111,6 +114,9 @@ class AdmissionMiddleware:
             await self._respond(scope, receive, send, deadline, 400)
             return
         write = scope["path"].startswith(WRITE_PATH_PREFIX)
+        lane = Lane.BULK if scope["path"].endswith(BULK_PATH_SUFFIX) else Lane.INTERACTIVE
+        limit = self.service.write_limit
+        started = time.perf_counter()
         if write:
             try:
                 if 0 < self.concurrent_writes_max <= self.writes_in_progress:
@@ -121,6 +127,9 @@ class AdmissionMiddleware:
                         {"retry_after_ms": str(CONCURRENCY_RETRY_AFTER_MS)},
                     )
                 self.service.admit(1, deadline)
+                # The adaptive limit shared with gRPC (facade.write_limit): admitted writes stay fast.
+                if not limit.acquire(lane):
+                    raise too_busy(lane, limit.in_flight[lane], self.service.committer.retry_after_seconds())
             except LedgerError as error:
                 await self._respond(scope, receive, send, error, 429)
                 return
@@ -130,6 +139,7 @@ class AdmissionMiddleware:
         finally:
             if write:
                 self.writes_in_progress -= 1
+                limit.release(lane, time.perf_counter() - started)
                 assert self.writes_in_progress >= 0
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
