@@ -10,6 +10,11 @@ transactions go to the bulk lane; the caller's deadline is not known here, grpc.
 handler only, which checks again with it). A refused call gets a handler that never decodes its request
 (raw bytes) and answers RESOURCE_EXHAUSTED WRITE_QUEUE_FULL with a RetryInfo, the write queue's retry hint.
 
+A write the queue could take is then counted against the service's write limit (facade.write_limit,
+shared with the JSON gateway): beyond it the call is refused the same way with TOO_MANY_REQUESTS (checked
+here, and again when its handler starts, where the count is taken and given back in the one coroutine),
+and an admitted call's request is decoded only once it holds its count.
+
 Authentication runs after: a refusal tells a caller only that the service is busy, as the JSON gateway's
 429 at its door does. Refusals here are counted in ledger_request_duration_seconds like any answer
 (without the per-call span and log line the observability interceptor would add: under overload those

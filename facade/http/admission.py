@@ -9,6 +9,9 @@ An ASGI middleware in front of the routes, so a refusal costs a header lookup, n
   it is parsed);
 - a write beyond `concurrent_writes_max` in progress is refused with 429 before its body is read: the
   event loop's backlog stays bounded, so what is admitted is answered in time;
+- a write beyond the service's adaptive write limit (facade.write_limit, shared with gRPC: single writes
+  and :batch requests in their own lanes) is refused with 429 TOO_MANY_REQUESTS and Retry-After (the retry
+  pace), before its body is read; an admitted write's latency from here feeds the limit;
 - the caller's deadline is the `X-Request-Timeout-Ms` header (how long the client will wait, as gRPC's
   deadline), on reads and writes: admission needs it to finish in time, queued work is dropped once it
   has passed, so nothing is committed for a client that gave up, and a read is cut off (504). Routes
