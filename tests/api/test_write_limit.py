@@ -23,8 +23,10 @@ from facade.write_limit import (
     LATENCY_TOLERANCE,
     LIMIT_INITIAL,
     LIMIT_MIN,
+    LIMIT_MIN_BESIDE_BULK,
     WINDOW_SAMPLES_MIN,
     WINDOW_SECONDS,
+    WINDOWS_STALE,
     Lane,
     WriteLimit,
 )
@@ -52,9 +54,10 @@ async def interactive_limit(http: Http, alice: str, gate: EngineGate) -> None:
     api = http.api
     limit = api.server.service.write_limit
     assert limit.limit == LIMIT_INITIAL
-    limit.limit = float(LIMIT_MIN)  # As an overload leaves it.
-    waiting = [asyncio.create_task(api.post(f"held-{n}", credit(alice, 1))) for n in range(LIMIT_MIN)]
-    await until(lambda: limit.in_flight[Lane.INTERACTIVE] == LIMIT_MIN)
+    limit.limit = float(LIMIT_MIN_BESIDE_BULK)  # As an overload with bulk requests leaves it.
+    held = LIMIT_MIN_BESIDE_BULK
+    waiting = [asyncio.create_task(api.post(f"held-{n}", credit(alice, 1))) for n in range(held)]
+    await until(lambda: limit.in_flight[Lane.INTERACTIVE] == held)
 
     # Bytes that are no protobuf, without a token: refused before either is looked at.
     call: Any = api.channel.unary_unary("/ledger.v1.Ledger/PostTransaction")
@@ -72,15 +75,15 @@ async def interactive_limit(http: Http, alice: str, gate: EngineGate) -> None:
     assert response.status_code == 429
     assert response.json()["reason"] == "TOO_MANY_REQUESTS"
     assert int(response.headers["Retry-After"]) >= 1
-    assert limit.in_flight[Lane.INTERACTIVE] == LIMIT_MIN, "a refusal takes no count"
+    assert limit.in_flight[Lane.INTERACTIVE] == held, "a refusal takes no count"
 
     await gate.open()
     await asyncio.gather(*waiting)
     await committer_idle(api.server.service)
     assert limit.in_flight[Lane.INTERACTIVE] == 0, "every admitted write gave its count back"
-    assert await api.available(alice) == LIMIT_MIN, "the held writes committed, the refused ones wrote nothing"
+    assert await api.available(alice) == held, "the held writes committed, the refused ones wrote nothing"
     await api.post("after", credit(alice, 1))
-    assert await api.available(alice) == LIMIT_MIN + 1
+    assert await api.available(alice) == held + 1
 
 
 async def test_bulk_requests_beyond_their_lane_are_refused_while_single_writes_pass(tmp_path: Path) -> None:
@@ -180,19 +183,30 @@ def test_the_limit_shrinks_while_writes_are_slow_and_grows_back_only_while_in_us
     assert limit.limit == LIMIT_INITIAL, "fast but a fraction in use: no growth"
     assert limit.bulk_limit == BULK_IN_FLIGHT_MAX
 
+    slow = 0.002 * LATENCY_TOLERANCE * 4
     limits = []
     for _ in range(WINDOWS):
-        window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=int(limit.limit))
+        window(limit, clock, slow, in_flight=int(limit.limit))
         limits.append(limit.limit)
     assert all(later <= earlier for earlier, later in itertools.pairwise(limits))
     assert limits[-1] == LIMIT_MIN, "bounded below"
     assert limit.bulk_limit == 1, "bulk cut back while single writes are slow"
-    assert limit.baseline_seconds < 0.002 * 1.1, "an overload of seconds does not move the baseline much"
 
+    assert limit.acquire(Lane.BULK)  # A bulk request runs: single writes may be cut back further.
     limits = []
     for _ in range(WINDOWS):
+        window(limit, clock, slow, in_flight=int(limit.limit))
+        limits.append(limit.limit)
+    assert all(later <= earlier for earlier, later in itertools.pairwise(limits))
+    assert limits[-1] == LIMIT_MIN_BESIDE_BULK
+    assert limit.baseline_seconds < 0.002 * 1.1, "an overload of seconds does not move the baseline much"
+    limit.release(Lane.BULK, slow)
+
+    limits = []
+    for _ in range(2 * WINDOWS):
         window(limit, clock, 0.002, in_flight=int(limit.limit))
         limits.append(limit.limit)
+    assert limits[0] == LIMIT_MIN, "without bulk requests the floor is back at once"
     assert all(later >= earlier for earlier, later in itertools.pairwise(limits))
     assert limits[-1] > LIMIT_INITIAL, "fast and in use: room for more"
     assert limit.bulk_limit == BULK_IN_FLIGHT_MAX
@@ -205,3 +219,17 @@ def test_an_empty_lane_admits_one_whatever_the_limit() -> None:
     limit.release(Lane.BULK, 1.0)
     assert limit.acquire(Lane.BULK)
     assert limit.in_flight == {Lane.INTERACTIVE: 0, Lane.BULK: 1}
+
+
+def test_the_bulk_cut_back_is_lifted_once_no_single_writes_are_answered() -> None:
+    clock = Clock()
+    limit = WriteLimit(clock=clock)
+    window(limit, clock, 0.002, in_flight=4)
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=4)
+    assert limit.bulk_limit == 1
+    assert limit.acquire(Lane.BULK)
+    assert not limit.acquire(Lane.BULK), "cut back to one"
+    clock.now += WINDOWS_STALE * WINDOW_SECONDS * 2  # Single writes stopped.
+    assert all(limit.acquire(Lane.BULK) for _ in range(BULK_IN_FLIGHT_MAX - 1))
+    assert limit.bulk_limit == BULK_IN_FLIGHT_MAX
+    assert not limit.acquire(Lane.BULK)
