@@ -54,6 +54,9 @@ commit keeps the engine busy; bench_api.py's four batch clients are never refuse
 WINDOW_SECONDS = 0.1
 """How often the limit is recomputed (at least WINDOW_SAMPLES_MIN answers in the window)."""
 WINDOW_SAMPLES_MIN = 8
+INTERACTIVE_CONTENDED_MIN = 8
+"""Single writes in progress at once (in a window) before slow ones cut bulk back: a probe or two waiting
+behind batches (bench_api.py's visibility probes beside its batch clients) is no reason to."""
 WINDOWS_STALE = 10
 """Windows without a new one (no interactive writes answered): the bulk lane's cut-back is then lifted."""
 LATENCY_TOLERANCE = 2.0
@@ -141,7 +144,8 @@ class WriteLimit:
         self.baseline_seconds = min(self.baseline_seconds * (1.0 + BASELINE_DRIFT), short)
         gradient = max(GRADIENT_MIN, min(1.0, LATENCY_TOLERANCE * self.baseline_seconds / max(short, 1e-9)))
         target = self.limit * gradient
-        self.bulk_limit = self.bulk_max if gradient >= 1.0 else 1
+        contended = self._window_in_flight_max >= INTERACTIVE_CONTENDED_MIN
+        self.bulk_limit = self.bulk_max if gradient >= 1.0 or not contended else 1
         if gradient >= 1.0 and self._window_in_flight_max * 2 >= self.limit:
             target += math.sqrt(self.limit)  # In use and fast enough: room for more.
         floor = LIMIT_MIN_BESIDE_BULK if self._window_bulk or self.in_flight[Lane.BULK] else LIMIT_MIN

@@ -20,6 +20,7 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.write_limit import (
     BULK_IN_FLIGHT_MAX,
+    INTERACTIVE_CONTENDED_MIN,
     LATENCY_TOLERANCE,
     LIMIT_INITIAL,
     LIMIT_MIN,
@@ -224,8 +225,10 @@ def test_an_empty_lane_admits_one_whatever_the_limit() -> None:
 def test_the_bulk_cut_back_is_lifted_once_no_single_writes_are_answered() -> None:
     clock = Clock()
     limit = WriteLimit(clock=clock)
-    window(limit, clock, 0.002, in_flight=4)
-    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=4)
+    window(limit, clock, 0.002, in_flight=INTERACTIVE_CONTENDED_MIN)
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=1)
+    assert limit.bulk_limit == BULK_IN_FLIGHT_MAX, "one slow single write is no contention"
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=INTERACTIVE_CONTENDED_MIN)
     assert limit.bulk_limit == 1
     assert limit.acquire(Lane.BULK)
     assert not limit.acquire(Lane.BULK), "cut back to one"
