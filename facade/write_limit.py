@@ -57,8 +57,6 @@ WINDOW_SAMPLES_MIN = 8
 INTERACTIVE_CONTENDED_MIN = 8
 """Single writes in progress at once (in a window) before slow ones cut bulk back: a probe or two waiting
 behind batches (bench_api.py's visibility probes beside its batch clients) is no reason to."""
-WINDOWS_STALE = 10
-"""Windows without a new one (no interactive writes answered): the bulk lane's cut-back is then lifted."""
 LATENCY_TOLERANCE = 2.0
 """Window mean latency the limit tolerates, as a multiple of the baseline (the goal: admitted p99 within
 2x the unloaded p99, and the client also sees the accept queue and the network)."""
@@ -110,9 +108,12 @@ class WriteLimit:
         in_flight = self.in_flight[lane]
         if in_flight == 0:
             return True
-        if lane is Lane.BULK and self._clock() - self._window_started > WINDOWS_STALE * WINDOW_SECONDS:
-            self.bulk_limit = self.bulk_max  # No single writes of late to protect.
-        return in_flight < (int(self.limit) if lane is Lane.INTERACTIVE else self.bulk_limit)
+        if lane is Lane.INTERACTIVE:
+            return in_flight < int(self.limit)
+        # The cut-back holds only while single writes are contended now: a window's verdict outlives it
+        # (bench_api.py's batch clients, refused for a second after its 64-client row, came back at once).
+        contended = self.in_flight[Lane.INTERACTIVE] >= INTERACTIVE_CONTENDED_MIN
+        return in_flight < (self.bulk_limit if contended else self.bulk_max)
 
     def acquire(self, lane: Lane) -> bool:
         """Counts one more write in progress on `lane`; False (nothing counted) when the lane is full."""

@@ -27,7 +27,6 @@ from facade.write_limit import (
     LIMIT_MIN_BESIDE_BULK,
     WINDOW_SAMPLES_MIN,
     WINDOW_SECONDS,
-    WINDOWS_STALE,
     Lane,
     WriteLimit,
 )
@@ -222,7 +221,7 @@ def test_an_empty_lane_admits_one_whatever_the_limit() -> None:
     assert limit.in_flight == {Lane.INTERACTIVE: 0, Lane.BULK: 1}
 
 
-def test_the_bulk_cut_back_is_lifted_once_no_single_writes_are_answered() -> None:
+def test_the_bulk_cut_back_holds_only_while_single_writes_are_contended() -> None:
     clock = Clock()
     limit = WriteLimit(clock=clock)
     window(limit, clock, 0.002, in_flight=INTERACTIVE_CONTENDED_MIN)
@@ -230,9 +229,14 @@ def test_the_bulk_cut_back_is_lifted_once_no_single_writes_are_answered() -> Non
     assert limit.bulk_limit == BULK_IN_FLIGHT_MAX, "one slow single write is no contention"
     window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=INTERACTIVE_CONTENDED_MIN)
     assert limit.bulk_limit == 1
+
     assert limit.acquire(Lane.BULK)
-    assert not limit.acquire(Lane.BULK), "cut back to one"
-    clock.now += WINDOWS_STALE * WINDOW_SECONDS * 2  # Single writes stopped.
-    assert all(limit.acquire(Lane.BULK) for _ in range(BULK_IN_FLIGHT_MAX - 1))
-    assert limit.bulk_limit == BULK_IN_FLIGHT_MAX
+    assert limit.in_flight[Lane.INTERACTIVE] == 0
+    assert limit.acquire(Lane.BULK), "no single writes in progress: nothing to protect"
+    for _ in range(INTERACTIVE_CONTENDED_MIN):
+        assert limit.acquire(Lane.INTERACTIVE)
+    assert not limit.acquire(Lane.BULK), "single writes contended: cut back"
+    limit.release(Lane.INTERACTIVE, 0.002)
+    assert all(limit.acquire(Lane.BULK) for _ in range(BULK_IN_FLIGHT_MAX - 2))
     assert not limit.acquire(Lane.BULK)
+    assert limit.in_flight[Lane.BULK] == BULK_IN_FLIGHT_MAX
