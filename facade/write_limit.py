@@ -35,7 +35,7 @@ from facade.observability import metrics
 
 __all__ = ["BULK_IN_FLIGHT_MAX", "Lane", "WriteLimit", "too_busy"]
 
-LIMIT_INITIAL = 256
+LIMIT_INITIAL = 128
 LIMIT_MIN = 128
 """The least interactive writes in progress while no bulk request runs. Single writes alone are served in
 batches whose latency grows with the callers, yet callers that do not honour retry hints (bench_api.py's
@@ -62,8 +62,9 @@ LATENCY_TOLERANCE = 2.0
 2x the unloaded p99, and the client also sees the accept queue and the network)."""
 GRADIENT_MIN = 0.5
 """The most the limit shrinks in one window (halves): one slow window (an fsync stall) does not shut the door."""
-SMOOTHING = 0.2
-"""Weight of the newest window's limit: follows a change of load within a few windows."""
+SMOOTHING = 0.5
+"""Weight of the newest window's limit: from the initial limit to the floor beside bulk requests within
+about ten windows (at 0.2 it took 2-3 s, most of a short overload, while single writes starved)."""
 BASELINE_DRIFT = 0.001
 """How fast the baseline rises per window when every window is slower (0.1 %, ~1 %/s): a service that got
 slower for good is followed within a minute, an overload of seconds is not mistaken for it."""
