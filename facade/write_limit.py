@@ -54,6 +54,9 @@ commit keeps the engine busy; bench_api.py's four batch clients are never refuse
 WINDOW_SECONDS = 0.1
 """How often the limit is recomputed (at least WINDOW_SAMPLES_MIN answers in the window)."""
 WINDOW_SAMPLES_MIN = 8
+BULK_RECENT_SECONDS = 1.0
+"""How long after a bulk request was admitted the floor stays LIMIT_MIN_BESIDE_BULK: between two bulk
+requests a window without one is no end of the bulk load (per window, the limit jumped 16 -> 128 -> 16)."""
 INTERACTIVE_CONTENDED_MIN = 8
 """Single writes in progress at once (in a window) before slow ones cut bulk back: a probe or two waiting
 behind batches (bench_api.py's visibility probes beside its batch clients) is no reason to."""
@@ -101,8 +104,11 @@ class WriteLimit:
         self._window_seconds_sum = 0.0
         self._window_samples = 0
         self._window_in_flight_max = 0
-        self._window_bulk = False
-        """Whether a bulk request ran in the window: the floor is then LIMIT_MIN_BESIDE_BULK."""
+        self._bulk_seen = -math.inf
+        """When a bulk request was last admitted: within BULK_RECENT_SECONDS the floor is LIMIT_MIN_BESIDE_BULK."""
+        self._window_bulk_refused = False
+        self._bulk_oversubscribed = False
+        """Whether a bulk request was refused in the last window: more bulk callers than the lane takes."""
 
     def has_room(self, lane: Lane) -> bool:
         """An empty lane always admits one (the limit is measured only from writes that run)."""
@@ -111,10 +117,15 @@ class WriteLimit:
             return True
         if lane is Lane.INTERACTIVE:
             return in_flight < int(self.limit)
-        # The cut-back holds only while single writes are contended now: a window's verdict outlives it
-        # (bench_api.py's batch clients, refused for a second after its 64-client row, came back at once).
-        contended = self.in_flight[Lane.INTERACTIVE] >= INTERACTIVE_CONTENDED_MIN
-        return in_flight < (self.bulk_limit if contended else self.bulk_max)
+        # The cut-back holds only while there is contention now: single writes in progress, or more bulk
+        # requests than the lane takes (then single writes starve in gRPC's accept queue, where they are
+        # not counted). A window's verdict alone outlives it: bench_api.py's four batch clients, refused
+        # for a second after its 64-client row, came back at once.
+        contended = self.in_flight[Lane.INTERACTIVE] >= INTERACTIVE_CONTENDED_MIN or self._bulk_oversubscribed
+        room = in_flight < (self.bulk_limit if contended else self.bulk_max)
+        if not room:
+            self._window_bulk_refused = True
+        return room
 
     def acquire(self, lane: Lane) -> bool:
         """Counts one more write in progress on `lane`; False (nothing counted) when the lane is full."""
@@ -124,7 +135,7 @@ class WriteLimit:
         if lane is Lane.INTERACTIVE:
             self._window_in_flight_max = max(self._window_in_flight_max, self.in_flight[lane])
         else:
-            self._window_bulk = True
+            self._bulk_seen = self._clock()
         assert self.in_flight[lane] >= 1
         return True
 
@@ -146,13 +157,15 @@ class WriteLimit:
         self.baseline_seconds = min(self.baseline_seconds * (1.0 + BASELINE_DRIFT), short)
         gradient = max(GRADIENT_MIN, min(1.0, LATENCY_TOLERANCE * self.baseline_seconds / max(short, 1e-9)))
         target = self.limit * gradient
-        contended = self._window_in_flight_max >= INTERACTIVE_CONTENDED_MIN
+        self._bulk_oversubscribed = self._window_bulk_refused
+        self._window_bulk_refused = False
+        contended = self._window_in_flight_max >= INTERACTIVE_CONTENDED_MIN or self._bulk_oversubscribed
         self.bulk_limit = self.bulk_max if gradient >= 1.0 or not contended else 1
         if gradient >= 1.0 and self._window_in_flight_max * 2 >= self.limit:
             target += math.sqrt(self.limit)  # In use and fast enough: room for more.
-        floor = LIMIT_MIN_BESIDE_BULK if self._window_bulk or self.in_flight[Lane.BULK] else LIMIT_MIN
+        beside_bulk = self.in_flight[Lane.BULK] > 0 or now - self._bulk_seen < BULK_RECENT_SECONDS
+        floor = LIMIT_MIN_BESIDE_BULK if beside_bulk else LIMIT_MIN
         self.limit = min(float(LIMIT_MAX), max(float(floor), self.limit + SMOOTHING * (target - self.limit)))
-        self._window_bulk = False
         self._window_started = now
         self._window_seconds_sum = 0.0
         self._window_samples = 0
