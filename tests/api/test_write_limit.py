@@ -20,6 +20,7 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.write_limit import (
     BULK_IN_FLIGHT_MAX,
+    BULK_RECENT_SECONDS,
     INTERACTIVE_CONTENDED_MIN,
     LATENCY_TOLERANCE,
     LIMIT_INITIAL,
@@ -37,6 +38,8 @@ from tests.http.test_gateway import credit as json_credit
 
 BULK_TRANSACTIONS = 5
 WINDOWS = 40
+WINDOW_STEP_SECONDS = WINDOW_SECONDS * 1.5
+"""A simulated window's length: past WINDOW_SECONDS whatever the float sums round to."""
 
 
 async def test_interactive_writes_beyond_the_limit_are_refused_on_grpc_and_http_then_served(tmp_path: Path) -> None:
@@ -167,7 +170,7 @@ def window(limit: WriteLimit, clock: Clock, seconds: float, in_flight: int) -> N
     """One window of answers each `seconds` long, `in_flight` interactive writes in progress meanwhile."""
     for _ in range(in_flight):
         assert limit.acquire(Lane.INTERACTIVE)
-    clock.now += WINDOW_SECONDS
+    clock.now += WINDOW_STEP_SECONDS
     for _ in range(max(in_flight, WINDOW_SAMPLES_MIN)):
         if limit.in_flight[Lane.INTERACTIVE] == 0:
             assert limit.acquire(Lane.INTERACTIVE)
@@ -240,3 +243,36 @@ def test_the_bulk_cut_back_holds_only_while_single_writes_are_contended() -> Non
     assert all(limit.acquire(Lane.BULK) for _ in range(BULK_IN_FLIGHT_MAX - 2))
     assert not limit.acquire(Lane.BULK)
     assert limit.in_flight[Lane.BULK] == BULK_IN_FLIGHT_MAX
+
+
+def test_more_bulk_callers_than_the_lane_takes_cut_bulk_back_while_single_writes_are_slow() -> None:
+    clock = Clock()
+    limit = WriteLimit(clock=clock)
+    window(limit, clock, 0.002, in_flight=1)
+    for _ in range(BULK_IN_FLIGHT_MAX):
+        assert limit.acquire(Lane.BULK)
+    assert not limit.has_room(Lane.BULK), "one more bulk caller than the lane takes"
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=1)  # Few single writes, slow.
+    assert limit.bulk_limit == 1
+    for _ in range(BULK_IN_FLIGHT_MAX - 1):
+        limit.release(Lane.BULK, 0.5)
+    assert not limit.has_room(Lane.BULK), "oversubscribed: cut back though few single writes are counted"
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=1)  # The window of that refusal ends.
+    window(limit, clock, 0.002 * LATENCY_TOLERANCE * 4, in_flight=1)  # A window without bulk refusals.
+    assert limit.has_room(Lane.BULK)
+
+
+def test_the_floor_beside_bulk_holds_between_bulk_requests() -> None:
+    clock = Clock()
+    limit = WriteLimit(clock=clock)
+    window(limit, clock, 0.002, in_flight=1)
+    assert limit.acquire(Lane.BULK)
+    limit.release(Lane.BULK, 0.5)
+    slow = 0.002 * LATENCY_TOLERANCE * 4
+    windows = int(BULK_RECENT_SECONDS / WINDOW_STEP_SECONDS) - 1
+    for _ in range(windows):  # No bulk request in progress, the last admitted less than a second ago.
+        window(limit, clock, slow, in_flight=int(limit.limit))
+    assert LIMIT_MIN_BESIDE_BULK <= limit.limit < LIMIT_MIN
+    for _ in range(windows):
+        window(limit, clock, slow, in_flight=int(limit.limit))
+    assert limit.limit == LIMIT_MIN, "a second after the last bulk request the floor is back"
