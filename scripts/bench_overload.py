@@ -8,7 +8,17 @@ JSON gateway) but on free loopback ports and a fresh temp data dir, then:
    not overloaded (the yardstick for "admitted p99 within 2x unloaded p99");
 2. overload: 300 unary PostTransaction + 30 PostTransactions (1,000 tx) gRPC clients + 40 HTTP
    POST /v1/transactions clients, every call with a 5 s deadline (gRPC deadline; HTTP client timeout and
-   the X-Request-Timeout-Ms header). A refused call (RESOURCE_EXHAUSTED / 429) waits its retry hint.
+   the X-Request-Timeout-Ms header). A refused call (RESOURCE_EXHAUSTED / 429) waits its retry hint
+   (google.rpc.RetryInfo / Retry-After) but at most `--retry-delay-max` (1 s by default): the model is a
+   closed-loop client that backs off as told yet comes back within a second, as a well-behaved gRPC
+   client with its own retry ceiling would; `--retry-delay-max 30` models one that honours any hint.
+   Calls started in the first `--warmup` second (every client's first call arrives at once: a herd no
+   admission can spread, the last of 370 waits behind the 369 before it in gRPC's accept queue) are
+   reported on rows of their own (marked *) and left out of the main rows; the closing ratio gives both.
+
+Client-side latency includes the time a call waits in gRPC's accept queue before the server's code sees
+it (grpc.aio accepts one call per method every few event-loop turns); the server-side histograms do not.
+The difference between the two is that queue (and the network and the client's own loop).
 
 The clients run in several load-generator processes (`--processes`, each with its own event loop and
 connections; the unloaded yardstick runs in one such process, the same code): one Python process driving
@@ -23,6 +33,7 @@ service committed whose caller had already given up (the server's `ledger_transa
 created count minus the transactions the clients saw acknowledged).
 
     python scripts/bench_overload.py [--seconds 10] [--processes 4] [--env LEDGER_X=Y ...]
+        [--unary 300] [--batch 30] [--http 40] [--warmup 1] [--retry-delay-max 1]
 """
 
 from __future__ import annotations
