@@ -67,6 +67,7 @@ from facade.metadata import AccountRecord, MetadataStore, StoredTransaction
 from facade.observability import metrics
 from facade.observability.logs import get_logger
 from facade.settings import ApiSettings
+from facade.write_limit import WriteLimit
 
 log = get_logger("ledger.service")
 
@@ -157,6 +158,8 @@ class LedgerService:
             retry_after_seconds_min=settings.retry_after_ms / 1000,
             batch_seconds_max=settings.write_batch_ms_max / 1000,
         )
+        self.write_limit = WriteLimit()
+        """Writes in progress at the edges' doors (facade.write_limit), shared by gRPC and the gateway."""
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, int] = {}
         """account id → owner hash (account_owner), read from the engine: ownership never changes, so a

@@ -9,6 +9,9 @@ An ASGI middleware in front of the routes, so a refusal costs a header lookup, n
   it is parsed);
 - a write beyond `concurrent_writes_max` in progress is refused with 429 before its body is read: the
   event loop's backlog stays bounded, so what is admitted is answered in time;
+- a write beyond the service's adaptive write limit (facade.write_limit, shared with gRPC: single writes
+  and :batch requests in their own lanes) is refused with 429 TOO_MANY_REQUESTS and Retry-After (the retry
+  pace), before its body is read; an admitted write's latency from here feeds the limit;
 - the caller's deadline is the `X-Request-Timeout-Ms` header (how long the client will wait, as gRPC's
   deadline), on reads and writes: admission needs it to finish in time, queued work is dropped once it
   has passed, so nothing is committed for a client that gave up, and a read is cut off (504). Routes
@@ -29,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.service import LedgerService
+from facade.write_limit import Lane, too_busy
 
 __all__ = ["REQUEST_TIMEOUT_HEADER", "AdmissionMiddleware", "request_deadline"]
 
@@ -36,6 +40,8 @@ REQUEST_TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_TIMEOUT_MS_MAX = 3_600_000
 """A longer announced timeout is a client's mistake (or a wish to pin queue space): refused."""
 WRITE_PATH_PREFIX = "/v1/transactions"
+BULK_PATH_SUFFIX = ":batch"
+"""POST /v1/transactions:batch: the bulk lane of the write limit (facade.write_limit)."""
 CONCURRENCY_RETRY_AFTER_MS = 100
 """Retry hint when refused for concurrency: a write in progress is answered within its wait bound."""
 
@@ -111,6 +117,9 @@ class AdmissionMiddleware:
             await self._respond(scope, receive, send, deadline, 400)
             return
         write = scope["path"].startswith(WRITE_PATH_PREFIX)
+        lane = Lane.BULK if scope["path"].endswith(BULK_PATH_SUFFIX) else Lane.INTERACTIVE
+        limit = self.service.write_limit
+        started = time.perf_counter()
         if write:
             try:
                 if 0 < self.concurrent_writes_max <= self.writes_in_progress:
@@ -121,6 +130,9 @@ class AdmissionMiddleware:
                         {"retry_after_ms": str(CONCURRENCY_RETRY_AFTER_MS)},
                     )
                 self.service.admit(1, deadline)
+                # The adaptive limit shared with gRPC (facade.write_limit): admitted writes stay fast.
+                if not limit.acquire(lane):
+                    raise too_busy(lane, limit.in_flight[lane], self.service.committer.retry_after_seconds())
             except LedgerError as error:
                 await self._respond(scope, receive, send, error, 429)
                 return
@@ -130,6 +142,7 @@ class AdmissionMiddleware:
         finally:
             if write:
                 self.writes_in_progress -= 1
+                limit.release(lane, time.perf_counter() - started)
                 assert self.writes_in_progress >= 0
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:

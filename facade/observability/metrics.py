@@ -48,6 +48,10 @@ event_loop_lag_seconds = Gauge(
 write_expected_wait_seconds = Gauge(
     "ledger_write_expected_wait_seconds", "Admission's estimate of how long a new write would take to be answered."
 )
+write_limit = Gauge(
+    "ledger_write_limit", "Admission's adaptive limit on single-transaction writes in progress (facade.write_limit)."
+)
+retry_pace_seconds = Gauge("ledger_retry_pace_seconds", "The least retry hint a refused write gets now (RetryPacer).")
 dropped_transactions_total = Counter(
     "ledger_dropped_transactions_total",
     "Queued transactions dropped before reaching the engine: their caller gave up (deadline, cancelled).",

@@ -19,9 +19,10 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.batcher import (
     BATCH_TRANSFERS_MIN,
+    PACE_REFUSALS_PER_ADMISSION,
     PACE_REFUSALS_PER_SECOND_MIN,
+    PACE_SECONDS_MAX,
     PACE_WINDOW_SECONDS,
-    RETRY_AFTER_SECONDS_MAX,
     RetryPacer,
 )
 from tests.api.conftest import Api, credit
@@ -118,10 +119,11 @@ async def refused_at_the_door(api: Api, alice: str, gate: EngineGate) -> None:
     assert await api.available(alice) == 3, "the refused writes wrote nothing"
 
 
-def test_retry_pace_stretches_while_refusals_outnumber_admissions_and_relaxes_after() -> None:
+def test_retry_pace_stretches_while_refusals_outnumber_their_share_and_relaxes_after() -> None:
     now = [0.0]
     pacer = RetryPacer(0.05, clock=lambda: now[0])
     refusals, admissions = 400, 100  # Per window: four times more refused calls than admitted ones.
+    assert PACE_REFUSALS_PER_ADMISSION == 0.25  # The share below: 16 times more refusals than afforded.
     assert refusals > PACE_REFUSALS_PER_SECOND_MIN * PACE_WINDOW_SECONDS
     paces = []
     for _ in range(PACE_WINDOWS):
@@ -132,9 +134,9 @@ def test_retry_pace_stretches_while_refusals_outnumber_admissions_and_relaxes_af
         now[0] += PACE_WINDOW_SECONDS
         pacer.admitted()  # The first event of a new window adjusts the pace.
         paces.append(pacer.seconds)
-    assert paces[0] == pytest.approx(0.05 * 2, rel=0.01), "sqrt(400 / 100): doubled"
+    assert paces[0] == pytest.approx(0.05 * 4, rel=0.01), "sqrt(400 / (0.25 * 100)): four times"
     assert all(later >= earlier for earlier, later in itertools.pairwise(paces))
-    assert paces[-1] == RETRY_AFTER_SECONDS_MAX, "bounded"
+    assert paces[-1] == PACE_SECONDS_MAX, "bounded"
 
     relaxed = []
     for _ in range(PACE_WINDOWS):
@@ -143,7 +145,7 @@ def test_retry_pace_stretches_while_refusals_outnumber_admissions_and_relaxes_af
         now[0] += PACE_WINDOW_SECONDS
         pacer.admitted()
         relaxed.append(pacer.seconds)
-    assert relaxed[0] == pytest.approx(RETRY_AFTER_SECONDS_MAX / 2), "a window without refusals halves it"
+    assert relaxed[0] == pytest.approx(PACE_SECONDS_MAX / 2), "a window without refusals halves it"
     assert relaxed[-1] == 0.05, "back to the floor"
 
     # Few refusals while little is admitted are afforded: the pace stays at its floor.
