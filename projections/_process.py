@@ -45,6 +45,7 @@ from facade.settings import ClickHouseSettings
 from ledger_events.chain import Link
 from ledger_events.checkpoint import Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
+from projections._change_records import RECORDS_CHANGES_MIN, change_records
 from projections._change_rows import change_rows
 from projections.client import ClickHouseError, Parameters, Row, open_client
 from projections.projector import Projector
@@ -122,6 +123,15 @@ def _project_changes(projector: Projector, changes: _Changes, previous: Link) ->
     and projects them."""
     parse = entries_pb2.EntryMetadata.FromString
     metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
+    if len(changes.timestamps) >= RECORDS_CHANGES_MIN and projector.appends(changes.timestamps[0]):
+        # A large batch in order (a busy feed): binary records, rows derived by ClickHouse
+        # (projections._change_records); a small one or a replay: TabSeparated rows, de-duplicated.
+        records, link = change_records(
+            changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous
+        )
+        projector.project_records(records)
+        assert link.sequence == previous.sequence + len(changes.timestamps)
+        return link
     tables, link = change_rows(
         changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous
     )
