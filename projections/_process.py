@@ -118,13 +118,15 @@ def _encode_changes(events: Sequence[ChangeEvent], metadata: Mapping[int, entrie
     )
 
 
-def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
+def _project_changes(
+    projector: Projector, changes: _Changes, previous: Link, *, records_changes_min: int = RECORDS_CHANGES_MIN
+) -> Link:
     """Builds and chains the rows of `changes` straight from their bytes (as change capture and the
     projector would, without LedgerEntry messages or engine objects in between: projections._change_rows)
     and projects them."""
     parse = entries_pb2.EntryMetadata.FromString
     metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
-    if len(changes.timestamps) >= RECORDS_CHANGES_MIN and projector.appends(changes.timestamps[0]):
+    if len(changes.timestamps) >= records_changes_min and projector.appends(changes.timestamps[0]):
         # A large batch in order (a busy feed): binary records, rows derived by ClickHouse
         # (projections._change_records); a small one or a replay: TabSeparated rows, de-duplicated.
         records, link = change_records(

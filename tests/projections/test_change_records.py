@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
 from ledger_events.chain import GENESIS
 from ledger_events.gen.ledger.v1 import entries_pb2
-from projections import _process
 from projections._change_records import change_records
 from projections._change_rows import change_rows
 from projections._process import _Changes, _encode_changes, _project_changes
@@ -85,9 +82,7 @@ async def test_a_replay_over_records_is_deduplicated(
     engine: EmbeddedEngine,
     metadata: Metadata,
     workload: Workload,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_process, "RECORDS_CHANGES_MIN", 1)  # Small batches take the records path too.
     for number in range(ROUNDS):
         await workload.round(number)
     changes, _ = await feed(engine, metadata)
@@ -105,7 +100,8 @@ async def test_a_replay_over_records_is_deduplicated(
     client = ChdbClient(tmp_path / "clickhouse", "ledger")
     try:
         projector = Projector(client)
-        assert _project_changes(projector, part(0, half), GENESIS).sequence == half
+        # Small batches take the records path too here.
+        assert _project_changes(projector, part(0, half), GENESIS, records_changes_min=1).sequence == half
         assert (client.path / STAGING_FILE).is_file()  # The records path took it.
         assert projector.stats.dedup_queries == 0
         # A restart replays from before the high-water mark: a batch overlapping what the tables hold.
@@ -113,7 +109,8 @@ async def test_a_replay_over_records_is_deduplicated(
         _, before_replay = change_rows(
             first.timestamps, first.types, first.transfers, first.accounts, metadata.by_transfer, GENESIS
         )
-        replayed = _project_changes(projector, part(CHANGES_PER_ROUND, len(changes.timestamps)), before_replay)
+        replay = part(CHANGES_PER_ROUND, len(changes.timestamps))
+        replayed = _project_changes(projector, replay, before_replay, records_changes_min=1)
         assert projector.stats.dedup_queries == 3 and projector.stats.rows_duplicate == 8 * 5
         assert client.query_rows(COUNTS) == [[48, 24, 48]]
         chain = client.query_rows("SELECT count(), uniqExact(chain_sequence), max(chain_sequence) FROM transactions")
