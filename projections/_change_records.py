@@ -168,11 +168,13 @@ _BYTES = tuple(bytes((value,)) for value in range(0x80))
 
 def _string(value: str) -> bytes:
     data = value.encode()
-    return _varint(len(data)) + data
+    size = len(data)
+    return (_BYTES[size] if size < 0x80 else _varint(size)) + data
 
 
 _NO_METADATA = b"\x00" + b"\x00" * 7 + b"\x00" + b"\x00" + _LEG_INDEX.pack(0)
 """has_metadata false, seven empty strings, an empty map, an empty currency, leg_index 0."""
+_EMPTY_MAP = b"\x00"
 
 
 def _metadata_record(metadata: entries_pb2.EntryMetadata | None) -> bytes:
@@ -180,19 +182,24 @@ def _metadata_record(metadata: entries_pb2.EntryMetadata | None) -> bytes:
         return _NO_METADATA
     m = metadata
     labels = m.labels
-    labels_record = _varint(len(labels)) + b"".join(_string(key) + _string(value) for key, value in labels.items())
+    labels_record = (
+        _varint(len(labels)) + b"".join(_string(key) + _string(value) for key, value in labels.items())
+        if labels
+        else _EMPTY_MAP
+    )
+    string = _string
     return b"".join(
         (
             b"\x01",
-            _string(m.transaction_id),
-            _string(m.idempotency_key),
-            _string(m.client_id),
-            _string(m.transaction_type),
-            _string(m.source),
-            _string(m.correlation_id),
-            _string(m.description),
+            string(m.transaction_id),
+            string(m.idempotency_key),
+            string(m.client_id),
+            string(m.transaction_type),
+            string(m.source),
+            string(m.correlation_id),
+            string(m.description),
             labels_record,
-            _string(m.currency),
+            string(m.currency),
             _LEG_INDEX.pack(m.leg_index),
         )
     )
@@ -232,12 +239,16 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
         described = metadata.get(int.from_bytes(transfer[_ID_MIN:_U128_SIZE], "little"))
         change = changes[kind]
         link = next_link_encoded(link, timestamp, change, transfer, metadata_bytes(described))
-        records.append(head(timestamp, change))
-        records.append(transfer)
-        records.append(debit_account)
-        records.append(credit_account)
-        records.append(chain(link.sequence, link.previous_hash, link.hash))
-        records.append(_metadata_record(described))
+        records.extend(
+            (
+                head(timestamp, change),
+                transfer,
+                debit_account,
+                credit_account,
+                chain(link.sequence, link.previous_hash, link.hash),
+                _metadata_record(described),
+            )
+        )
     assert link.sequence == previous.sequence + count
     batch = ChangeRecords(b"".join(records), count, balances_count, timestamps[0], timestamp_last)
     return batch, link
