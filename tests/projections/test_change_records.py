@@ -14,7 +14,7 @@ from projections._change_records import change_records
 from projections._change_rows import change_rows
 from projections._process import _Changes, _encode_changes, _project_changes
 from projections.client import STAGING_FILE, ChdbClient
-from projections.projector import Projector
+from projections.projector import MERGE_SELECTOR_BASE, Projector
 from tests.projections.conftest import Metadata, Workload
 
 TABLES = (
@@ -118,5 +118,21 @@ async def test_a_replay_over_records_is_deduplicated(
         assert replayed.sequence == 24
         # In order again: records, no key read.
         assert projector.appends(changes.timestamps[-1] + 1)
+    finally:
+        client.close()
+
+
+def test_chdb_tables_merge_for_append(tmp_path: Path) -> None:
+    """The projector's chDB tables carry the append-friendly merge setting (projections.projector)."""
+    client = ChdbClient(tmp_path / "clickhouse", "ledger")
+    try:
+        Projector(client)
+        for table in ("entries", "balances", "transactions"):
+            [[ddl]] = client.query_rows(
+                "SELECT create_table_query FROM system.tables "
+                "WHERE database = currentDatabase() AND name = {name:String}",
+                {"name": table},
+            )
+            assert f"merge_selector_base = {MERGE_SELECTOR_BASE}" in str(ddl)
     finally:
         client.close()
