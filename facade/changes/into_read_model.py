@@ -16,8 +16,6 @@ from ledger_events.checkpoint import Checkpoint
 __all__ = [
     "PROJECTION_BATCH_CHANGES_MAX",
     "PROJECTION_POLL_INTERVAL_SECONDS",
-    "PROJECTION_SMALL_BATCH_CHANGES",
-    "PROJECTION_SMALL_BATCH_WAIT_SECONDS",
     "ResumableSink",
     "change_capture",
 ]
@@ -34,14 +32,9 @@ was) cost 69 µs a change, 4,000 cost 29; at 1,400 tx/s, 350 a batch (the 0.25 s
 batches) cost 94 µs. 0.3 s makes 3,000 a batch at 10,000 tx/s and 420 at 1,400, and keeps the lag in its
 budget: the interval plus one batch's read and insert (~0.1-0.2 s for 3,000 changes on a busy host), a
 p99 under 1 s. Before: 0.25 s measured a lag p99 of 0.47-0.64 s at 1 tx/RPC and 0.5 s 0.70-1.02 s
-(bench_api.py, load 7-10), so the interval stays well below 0.5 s."""
-PROJECTION_SMALL_BATCH_CHANGES = 1024
-PROJECTION_SMALL_BATCH_WAIT_SECONDS = 0.4
-"""A quiet feed (a batch smaller than that: TabSeparated rows, a few tens of ms to insert) waits longer:
-its lag is the wait plus a short insert, where a busy feed's 3,000-change batch takes 0.1-0.2 s more,
-so both stay near the same lag (p99 ~0.5 s) and a quiet feed makes a quarter fewer batches (each ~20 ms
-of the read model's CPU plus the service's hops). Before: 0.5 s measured a lag p99 of 0.70-1.02 s at
-1 tx/RPC on a host at load 7-10 with the slower row path; 0.4 s keeps clear of 1 s."""
+(bench_api.py, load 7-10), so the interval stays well below 0.5 s. A longer wait for quiet feeds (0.4 s
+below 1,024 changes, a quarter fewer batches) measured a lag p99 of 0.93 s at 1 tx/RPC x16 (load ~4):
+too close to 1 s for ~2% of a core, so one interval for all."""
 PROJECTION_BATCH_CHANGES_MAX = 8189
 """The size trigger and the largest batch (the engine's and the projector's limit): a backlog is caught up
 in the fewest, cheapest batches."""
@@ -74,7 +67,5 @@ def change_capture(
         pacing=Pacing(
             batch_changes_max=batch_changes_max,
             poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
-            small_batch_changes=min(PROJECTION_SMALL_BATCH_CHANGES, batch_changes_max),
-            small_batch_wait_seconds=PROJECTION_SMALL_BATCH_WAIT_SECONDS,
         ),
     )
