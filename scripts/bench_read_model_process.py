@@ -42,9 +42,10 @@ BATCHES_MAX = 10_000
 """Bound on the batches prepared up front (prepared before measuring: their cost is the service's)."""
 
 
-def threads_cpu_seconds() -> dict[tuple[str, str], float]:
-    """CPU seconds by (thread id, thread name) of this process."""
-    found: dict[tuple[str, str], float] = {}
+def threads_cpu_seconds() -> dict[str, tuple[str, float]]:
+    """Thread name and CPU seconds by thread id, in this process (chDB renames the threads it runs
+    queries on: a thread is matched by its id, and named as it is at the end)."""
+    found: dict[str, tuple[str, float]] = {}
     task = Path(f"/proc/{os.getpid()}/task")
     for tid in os.listdir(task):
         try:
@@ -52,7 +53,7 @@ def threads_cpu_seconds() -> dict[tuple[str, str], float]:
             nanoseconds = int((task / tid / "schedstat").read_text().split()[0])
         except OSError:  # The thread ended.
             continue
-        found[(tid, name)] = nanoseconds / 1e9
+        found[tid] = (name, nanoseconds / 1e9)
     return found
 
 
@@ -130,8 +131,8 @@ def main() -> None:
         client.close()
     changes_count = count * args.batch
     by_name: dict[str, float] = {}
-    for key, seconds in after.items():
-        by_name[key[1]] = by_name.get(key[1], 0.0) + seconds - before.get(key, 0.0)
+    for tid, (name, seconds) in after.items():
+        by_name[name] = by_name.get(name, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
     total = sum(by_name.values())
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
