@@ -45,9 +45,11 @@ from facade.settings import ClickHouseSettings
 from ledger_events.chain import Link
 from ledger_events.checkpoint import Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
+from projections._change_records import RECORDS_CHANGES_MIN, change_records
 from projections._change_rows import change_rows
 from projections.client import ClickHouseError, Parameters, Row, open_client
 from projections.projector import Projector
+from projections.queries import PROJECTED_TIMESTAMP_SQL, to_int
 
 __all__ = ["ProjectionProcess", "RemoteClient", "RemoteProjector"]
 
@@ -116,12 +118,23 @@ def _encode_changes(events: Sequence[ChangeEvent], metadata: Mapping[int, entrie
     )
 
 
-def _project_changes(projector: Projector, changes: _Changes, previous: Link) -> Link:
+def _project_changes(
+    projector: Projector, changes: _Changes, previous: Link, *, records_changes_min: int = RECORDS_CHANGES_MIN
+) -> Link:
     """Builds and chains the rows of `changes` straight from their bytes (as change capture and the
     projector would, without LedgerEntry messages or engine objects in between: projections._change_rows)
     and projects them."""
     parse = entries_pb2.EntryMetadata.FromString
     metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
+    if len(changes.timestamps) >= records_changes_min and projector.appends(changes.timestamps[0]):
+        # A large batch in order (a busy feed): binary records, rows derived by ClickHouse
+        # (projections._change_records); a small one or a replay: TabSeparated rows, de-duplicated.
+        records, link = change_records(
+            changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous
+        )
+        projector.project_records(records)
+        assert link.sequence == previous.sequence + len(changes.timestamps)
+        return link
     tables, link = change_rows(
         changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous
     )
@@ -136,6 +149,38 @@ class _Reply:
     error: str = ""
 
 
+_READ_ONLY_OPS = frozenset({_Op.QUERY_RAW, _Op.QUERY_FORMATTED})
+"""Requests that cannot write (the SQL endpoint's queries carry readonly=1: facade.api.sql)."""
+
+
+class _ProjectedTimestamp:
+    """The answer to PROJECTED_TIMESTAMP_SQL, kept while this process is the only writer since it last
+    asked ClickHouse. Every History answer asks for it (projected_until), and the query cost ~4.5 ms of
+    this process's CPU over a few dozen parts (chDB 4.4): at bench_api.py's 20 probes a second, a tenth
+    of a core. The projector is the only writer of `transactions`, and it moves the answer only forward
+    (in-order batches, replays below it); any other write (a statement, an insert, a function run here)
+    or a failed projection forgets it, and the next question goes to ClickHouse again."""
+
+    def __init__(self) -> None:
+        self.known: int | None = None
+
+    def answer(self, sql: str, parameters: object) -> list[Row] | None:
+        if self.known is None or sql != PROJECTED_TIMESTAMP_SQL or parameters:
+            return None
+        return [[self.known]] if self.known else []
+
+    def learn(self, sql: str, parameters: object, rows: list[Row]) -> None:
+        if sql == PROJECTED_TIMESTAMP_SQL and not parameters:
+            self.known = to_int(rows[0][0]) if rows else 0
+
+    def projected(self, projector: Projector) -> None:
+        if self.known is not None:
+            self.known = max(self.known, projector.last_engine_timestamp)
+
+    def forget(self) -> None:
+        self.known = None
+
+
 def _child(connection: Connection, settings: ClickHouseSettings) -> None:
     """The child's loop: one request, one reply, until CLOSE or the service goes away."""
     # Ctrl-C reaches the whole process group: the service stops the child itself, in order.
@@ -148,6 +193,7 @@ def _child(connection: Connection, settings: ClickHouseSettings) -> None:
         connection.send(_Reply(error=f"{type(error).__name__}: {error}"))
         return
     connection.send(_Reply())
+    projected = _ProjectedTimestamp()
     try:
         while True:
             try:
@@ -159,17 +205,31 @@ def _child(connection: Connection, settings: ClickHouseSettings) -> None:
                 return
             try:
                 value: Any
-                if request.op is _Op.PROJECT:
-                    [payloads] = request.arguments
-                    value = projector.project([entries_pb2.LedgerEntry.FromString(p) for p in payloads])
-                elif request.op is _Op.PROJECT_CHANGES:
-                    value = _project_changes(projector, *request.arguments)
+                if request.op is _Op.QUERY_ROWS:
+                    sql, parameters = request.arguments
+                    value = projected.answer(sql, parameters)
+                    if value is None:
+                        value = client.query_rows(sql, parameters)
+                        projected.learn(sql, parameters, value)
+                elif request.op in (_Op.PROJECT, _Op.PROJECT_CHANGES):
+                    # Forgotten until the batch is in: a failure part way may leave rows in some tables.
+                    known, projected.known = projected.known, None
+                    if request.op is _Op.PROJECT:
+                        [payloads] = request.arguments
+                        value = projector.project([entries_pb2.LedgerEntry.FromString(p) for p in payloads])
+                    else:
+                        value = _project_changes(projector, *request.arguments)
+                    projected.known = known
+                    projected.projected(projector)
                 elif request.op is _Op.RESUME_CHECKPOINT:
                     value = projector.resume_checkpoint()
                 elif request.op is _Op.CALL:
+                    projected.forget()  # The function may write.
                     function, arguments = request.arguments
                     value = function(client, *arguments)
                 else:
+                    if request.op not in _READ_ONLY_OPS:
+                        projected.forget()  # A write other than the projector's.
                     value = getattr(client, request.op.value)(*request.arguments)
                 reply = _Reply(value=value)
             except Exception as error:  # Answered, not fatal: the caller decides (retry, error status).

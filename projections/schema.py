@@ -68,6 +68,11 @@ _BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("credits_posted", "UInt128"),
 )
 
+METADATA_COLUMNS = _METADATA_COLUMNS
+"""The domain metadata's columns, in every table that carries them (entries, transactions)."""
+BALANCE_FIELDS = _BALANCE_COLUMNS
+"""An account's balances (`balances`' columns; `entries` has them with an `_after` suffix)."""
+
 ENTRIES_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "String"),
     ("engine_timestamp", "UInt64"),

@@ -13,9 +13,11 @@ import pytest
 from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture
 from facade.engine.embedded import EmbeddedEngine
+from facade.engine.types import ChangeEventsFilter
 from facade.settings import ClickHouseSettings
 from projections.client import ChdbClient, ClickHouseClient, ClickHouseError
 from projections.projector import Projector
+from projections.queries import projected_timestamp
 from projections.read_model import ReadModel
 from tests.projections.conftest import Metadata, Workload, drain
 
@@ -97,5 +99,41 @@ async def test_killed_child_is_restarted_and_catches_up(
             )
         )
         assert found == [[16, 16, 16]]  # Every change once, the chain continuous across the restart.
+    finally:
+        await model.close()
+
+
+async def test_projected_until_follows_the_projector_and_any_other_write(
+    tmp_path: Path, engine: EmbeddedEngine, metadata: Metadata, workload: Workload
+) -> None:
+    """The child answers projected_until from its projector's memory between writes of its own: the
+    answer must be what ClickHouse holds, after projections and after any other write alike."""
+
+    async def newest_change() -> int:
+        events = await engine.get_change_events(ChangeEventsFilter(timestamp_min=1, limit=1000))
+        return events[-1].timestamp
+
+    model, capture = await open_projecting(tmp_path, engine, metadata)
+    try:
+        assert await model.projected_until() == 0  # Empty: asked, learned.
+        await workload.round(0)
+        assert await drain(capture) == 8
+        first = await newest_change()
+        assert await model.projected_until() == first
+        assert await model.projected_until() == first  # From memory.
+        await workload.round(1)
+        assert await drain(capture) == 8
+        second = await newest_change()
+        assert second > first
+        assert await model.projected_until() == second  # Moved forward by the projector.
+        assert await model.query_in_model(projected_timestamp) == second  # ClickHouse itself agrees.
+        assert await model.projected_until() == second
+        tampered = second + 1_000
+        await model.query(
+            lambda client: client.command(
+                "INSERT INTO transactions (engine_timestamp) VALUES ({timestamp:UInt64})", {"timestamp": tampered}
+            )
+        )
+        assert await model.projected_until() == tampered  # A write not the projector's: asked again.
     finally:
         await model.close()

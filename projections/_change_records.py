@@ -1,0 +1,254 @@
+"""Engine changes → one RowBinary record per change, fanned out into the read model's tables by ClickHouse.
+
+The read model's process (projections._process) receives changes in the engine's 128-byte layouts. Printing
+five TabSeparated rows per change (two entries, two balances, a transaction: ~110 columns, a dozen u128s as
+decimal text) cost ~13 µs a change in Python and ~15 µs in ClickHouse parsing them back (measured in that
+process, chDB 4.4, 2,000 changes a batch); together about half of the process's CPU. TigerBeetle's layouts
+are RowBinary already: a u128 is 16 little-endian bytes in both, and the narrow fields follow in the same
+widths. So a change's record is its timestamp and change type, the transfer's 128 bytes and the two
+accounts' 128 bytes as they came, the chain link (raw hashes) and the metadata strings: concatenated, not
+formatted. ClickHouse reads the batch once per table (`INSERT ... SELECT ... FROM file(...)`, RowBinary:
+~1 µs a change) and derives the rows in SQL (`_ENTRIES_SELECT` and the rest), the same values as
+projections._change_rows prints, column for column; tests/projections/test_process.py asserts the tables
+equal to the LedgerEntry path's.
+
+Large batches only (RECORDS_CHANGES_MIN): ClickHouse's fixed cost per statement is higher for an
+`INSERT ... SELECT` over a file than for an inline TabSeparated insert (~24 against ~18 ms a batch of ten
+changes, all threads), so below ~1,200 changes the text path costs less in all (350 changes: 50 against
+33 ms a batch; 4,000: 115 against 172 ms; chDB 4.4 in the read model's process, merges included).
+
+This is the in-order path only: the batch must lie entirely above every table's high-water mark (no row of
+it can be there already). A batch reaching below one (a replay after a restart) goes through
+projections._change_rows and the projector's key-by-key de-duplication.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from facade.engine.codec import EVENT_SIZE
+from facade.engine.types import ChangeEventType
+from ledger_events.chain import HASH_SIZE, Link, next_link_encoded
+from ledger_events.entries import ENTRY_CHANGES, metadata_bytes
+from ledger_events.gen.ledger.v1 import entries_pb2
+from projections import schema
+
+__all__ = [
+    "BALANCES_INSERT",
+    "ENTRIES_INSERT",
+    "RECORDS_CHANGES_MIN",
+    "STRUCTURE",
+    "TRANSACTIONS_INSERT",
+    "ChangeRecords",
+    "change_records",
+]
+
+RECORDS_CHANGES_MIN = 1024
+"""The smallest batch that goes as records (the crossover measured above is ~1,200 changes)."""
+
+_HEAD = struct.Struct("<QB")
+"""engine_timestamp UInt64, change Enum8 (ledger.v1.EntryChange's value)."""
+_CHAIN = struct.Struct(f"<Q{HASH_SIZE}s{HASH_SIZE}s")
+_LEG_INDEX = struct.Struct("<I")
+_U128_SIZE = 16
+_ID_MIN = 0  # offsets in a 128-byte transfer or account
+_DEBIT = _U128_SIZE
+_CREDIT = 2 * _U128_SIZE
+
+_CHANGES: Mapping[int, int] = {kind.value: ENTRY_CHANGES[kind] for kind in ChangeEventType}
+"""Engine change type → EntryChange value (the chain hashes it; the tables' Enum8 has the same values)."""
+
+_FIXED_FIELDS = (
+    "transfer_id UInt128, debit_account_id UInt128, credit_account_id UInt128, amount UInt128, pending_id UInt128, "
+    "user_data_128 UInt128, user_data_64 UInt64, user_data_32 UInt32, timeout_seconds UInt32, ledger UInt32, "
+    "code UInt16, transfer_flags UInt16, transfer_timestamp UInt64"
+)
+"""The transfer's 128 bytes (facade.engine.codec's layout) read as RowBinary."""
+
+
+def _account_fields(prefix: str) -> str:
+    """An account's 128 bytes read as RowBinary (only the id and the four balances are used)."""
+    return (
+        f"{prefix}_id UInt128, {prefix}_debits_pending UInt128, {prefix}_debits_posted UInt128, "
+        f"{prefix}_credits_pending UInt128, {prefix}_credits_posted UInt128, {prefix}_user_data_128 UInt128, "
+        f"{prefix}_user_data_64 UInt64, {prefix}_user_data_32 UInt32, {prefix}_reserved UInt32, "
+        f"{prefix}_ledger UInt32, {prefix}_code UInt16, {prefix}_flags UInt16, {prefix}_timestamp UInt64"
+    )
+
+
+_METADATA_STRUCTURE = ", ".join(f"{name} {kind}" for name, kind in schema.METADATA_COLUMNS).replace(
+    "LowCardinality(String)", "String"
+)
+STRUCTURE = (
+    f"engine_timestamp UInt64, change {schema.CHANGE_ENUM}, {_FIXED_FIELDS}, {_account_fields('d')}, "
+    f"{_account_fields('c')}, chain_sequence UInt64, chain_previous_raw FixedString({HASH_SIZE}), "
+    f"chain_raw FixedString({HASH_SIZE}), {_METADATA_STRUCTURE}"
+)
+"""One change's record, in `change_records`' byte order."""
+
+_SOURCE = "file({path:String}, 'RowBinary', {structure:String})"
+"""The batch's file, bound as parameters (the path comes from the settings, the structure is STRUCTURE)."""
+_TRANSFER = (
+    "transfer_id, pending_id, ledger, code, transfer_flags, user_data_128, user_data_64, user_data_32, "
+    "timeout_seconds, transfer_timestamp"
+)
+_CHAIN_SELECT = "chain_sequence, lower(hex(chain_previous_raw)), lower(hex(chain_raw))"
+_METADATA_SELECT = ", ".join(name for name, _ in schema.METADATA_COLUMNS)
+_DEBIT_SIDE = "side_number = 1"
+_POSTING = "change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')"
+
+
+def _side(debit: str, credit: str) -> str:
+    return f"if({_DEBIT_SIDE}, {debit}, {credit})"
+
+
+_ENTRIES_SELECT = (
+    f"SELECT concat(toString(engine_timestamp), if({_DEBIT_SIDE}, ':D', ':C')), engine_timestamp, change, "
+    f"if({_DEBIT_SIDE}, 'DEBIT', 'CREDIT'), {_side('debit_account_id', 'credit_account_id')}, "
+    f"{_side('credit_account_id', 'debit_account_id')}, amount, "
+    f"if({_POSTING}, if({_DEBIT_SIDE}, -toInt256(amount), toInt256(amount)), toInt256(0)), {_TRANSFER}, "
+    f"{_side('d_id', 'c_id')} != 0, "
+    + ", ".join(_side(f"d_{name}", f"c_{name}") for name, _ in schema.BALANCE_FIELDS)
+    + f", {_CHAIN_SELECT}, {_METADATA_SELECT} FROM {_SOURCE} ARRAY JOIN [1, 2] AS side_number"
+)
+_BALANCES_SELECT = (
+    f"SELECT {_side('debit_account_id', 'credit_account_id')}, engine_timestamp, ledger, "
+    + ", ".join(_side(f"d_{name}", f"c_{name}") for name, _ in schema.BALANCE_FIELDS)
+    + f" FROM {_SOURCE} ARRAY JOIN [1, 2] AS side_number WHERE {_side('d_id', 'c_id')} != 0"
+)
+_TRANSACTIONS_SELECT = (
+    f"SELECT engine_timestamp, change, debit_account_id, credit_account_id, amount, {_TRANSFER}, {_CHAIN_SELECT}, "
+    f"{_METADATA_SELECT} FROM {_SOURCE}"
+)
+
+
+_INSERT_SETTINGS = "max_threads = 1, max_insert_threads = 1"
+"""One thread: a batch is a few thousand rows; a parallel pipeline's threads cost more to start and join
+than they save (measured: ~25 ms of ThreadPool CPU per batch at 350 changes without this)."""
+
+
+def _insert(table: str, columns: tuple[tuple[str, str], ...], select: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(name for name, _ in columns)}) {select} SETTINGS {_INSERT_SETTINGS}"
+
+
+ENTRIES_INSERT = _insert("entries", schema.ENTRIES_COLUMNS, _ENTRIES_SELECT)
+BALANCES_INSERT = _insert("balances", schema.BALANCES_COLUMNS, _BALANCES_SELECT)
+TRANSACTIONS_INSERT = _insert("transactions", schema.TRANSACTIONS_COLUMNS, _TRANSACTIONS_SELECT)
+"""Entries, balances, transactions: the projector's insert order (transactions last: resume_checkpoint)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecords:
+    """A batch of changes as RowBinary records (STRUCTURE), with what the projector keeps about it."""
+
+    data: bytes
+    count: int
+    balances_count: int
+    """Sides with an account (the `balances` rows the batch makes)."""
+    timestamp_min: int
+    timestamp_max: int
+
+
+def _varint(value: int) -> bytes:
+    """RowBinary's length prefix (unsigned LEB128)."""
+    if value < 0x80:
+        return _BYTES[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BYTES = tuple(bytes((value,)) for value in range(0x80))
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    size = len(data)
+    return (_BYTES[size] if size < 0x80 else _varint(size)) + data
+
+
+_NO_METADATA = b"\x00" + b"\x00" * 7 + b"\x00" + b"\x00" + _LEG_INDEX.pack(0)
+"""has_metadata false, seven empty strings, an empty map, an empty currency, leg_index 0."""
+_EMPTY_MAP = b"\x00"
+
+
+def _metadata_record(metadata: entries_pb2.EntryMetadata | None) -> bytes:
+    if metadata is None:
+        return _NO_METADATA
+    m = metadata
+    labels = m.labels
+    labels_record = (
+        _varint(len(labels)) + b"".join(_string(key) + _string(value) for key, value in labels.items())
+        if labels
+        else _EMPTY_MAP
+    )
+    string = _string
+    return b"".join(
+        (
+            b"\x01",
+            string(m.transaction_id),
+            string(m.idempotency_key),
+            string(m.client_id),
+            string(m.transaction_type),
+            string(m.source),
+            string(m.correlation_id),
+            string(m.description),
+            labels_record,
+            string(m.currency),
+            _LEG_INDEX.pack(m.leg_index),
+        )
+    )
+
+
+_ZERO_ID = bytes(_U128_SIZE)
+
+
+def change_records(  # noqa: PLR0913  The columns of a batch as the read model's process receives them.
+    timestamps: Sequence[int],
+    kinds: Sequence[int],
+    transfers: bytes,
+    accounts: bytes,
+    metadata: Mapping[int, entries_pb2.EntryMetadata],
+    previous: Link,
+) -> tuple[ChangeRecords, Link]:
+    """The batch's records (in commit order) and the chain's new head: the same link as
+    projections._change_rows computes (ledger_events.chain over the transfer's bytes as they came)."""
+    count = len(timestamps)
+    assert count > 0
+    assert len(kinds) == count and len(transfers) == EVENT_SIZE * count and len(accounts) == 2 * EVENT_SIZE * count
+    records: list[bytes] = []
+    link = previous
+    timestamp_last = 0
+    balances_count = 0
+    head, chain, changes = _HEAD.pack, _CHAIN.pack, _CHANGES
+    for index, (timestamp, kind) in enumerate(zip(timestamps, kinds, strict=True)):
+        assert timestamp > timestamp_last, "changes in commit order"
+        timestamp_last = timestamp
+        offset = index * EVENT_SIZE
+        transfer = transfers[offset : offset + EVENT_SIZE]
+        # TigerBeetle's rule (accounts_must_be_different): an entry's key (account, timestamp) is unique.
+        assert transfer[_DEBIT:_CREDIT] != transfer[_CREDIT : _CREDIT + _U128_SIZE], "debit = credit account"
+        debit_account = accounts[2 * offset : 2 * offset + EVENT_SIZE]
+        credit_account = accounts[2 * offset + EVENT_SIZE : 2 * offset + 2 * EVENT_SIZE]
+        balances_count += (debit_account[:_U128_SIZE] != _ZERO_ID) + (credit_account[:_U128_SIZE] != _ZERO_ID)
+        described = metadata.get(int.from_bytes(transfer[_ID_MIN:_U128_SIZE], "little"))
+        change = changes[kind]
+        link = next_link_encoded(link, timestamp, change, transfer, metadata_bytes(described))
+        records.extend(
+            (
+                head(timestamp, change),
+                transfer,
+                debit_account,
+                credit_account,
+                chain(link.sequence, link.previous_hash, link.hash),
+                _metadata_record(described),
+            )
+        )
+    assert link.sequence == previous.sequence + count
+    batch = ChangeRecords(b"".join(records), count, balances_count, timestamps[0], timestamp_last)
+    return batch, link
