@@ -158,7 +158,7 @@ class LedgerService:
             retry_after_seconds_min=settings.retry_after_ms / 1000,
             batch_seconds_max=settings.write_batch_ms_max / 1000,
         )
-        self.write_limit = WriteLimit()
+        self.write_limit = WriteLimit(bulk_max=settings.bulk_in_flight_max)
         """Writes in progress at the edges' doors (facade.write_limit), shared by gRPC and the gateway."""
         self._settlement_ids = frozenset(settlement_account_id(code) for code in self.currencies.by_code)
         self._owners: dict[int, int] = {}

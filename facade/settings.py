@@ -13,6 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+BULK_IN_FLIGHT_MAX = 4
+"""Bulk requests in progress at once while single writes are fast enough (one being mapped while others
+commit keeps the engine busy on 2 cores; bench_api.py's four batch clients are never refused). The default
+of `api.bulk_in_flight_max`; facade.write_limit says why bulk is bounded by a count."""
+
 
 class EngineSettings(BaseModel):
     backend: Literal["embedded", "tigerbeetle"] = "embedded"
@@ -232,6 +237,15 @@ class ApiSettings(BaseModel):
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
     retry_after_ms: int = Field(default=50, ge=1, le=60_000)
+    bulk_in_flight_max: int = Field(
+        default=BULK_IN_FLIGHT_MAX,
+        ge=1,
+        le=1024,
+        description="Admission: bulk submissions (PostTransactions, the gateway's batch route) in progress at once; "
+        "one more is refused at once (RESOURCE_EXHAUSTED / HTTP 429 TOO_MANY_REQUESTS with a retry hint). On a "
+        "2-core host 4 keeps the engine busy (one mapped while others commit); raise it for more batch "
+        "producers on more cores (facade.write_limit).",
+    )
     write_queue_wait_ms_max: int = Field(
         default=1000,
         ge=1,

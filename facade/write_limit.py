@@ -32,6 +32,7 @@ from enum import Enum
 
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.observability import metrics
+from facade.settings import BULK_IN_FLIGHT_MAX
 
 __all__ = ["BULK_IN_FLIGHT_MAX", "Lane", "WriteLimit", "too_busy"]
 
@@ -48,9 +49,6 @@ target; refusing (with paced hints) is what keeps that queue short. Lower floors
 latency also rises with the refusals' own work, which a smaller limit does not reduce (a floor of 4 halved
 throughput in bench_overload without faster answers)."""
 LIMIT_MAX = 1024
-BULK_IN_FLIGHT_MAX = 4
-"""Bulk requests in progress at once while single writes are fast enough (one being mapped while others
-commit keeps the engine busy; bench_api.py's four batch clients are never refused)."""
 WINDOW_SECONDS = 0.1
 """How often the limit is recomputed (at least WINDOW_SAMPLES_MIN answers in the window)."""
 WINDOW_SAMPLES_MIN = 8

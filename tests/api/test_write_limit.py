@@ -89,13 +89,17 @@ async def interactive_limit(http: Http, alice: str, gate: EngineGate) -> None:
     assert await api.available(alice) == held + 1
 
 
-async def test_bulk_requests_beyond_their_lane_are_refused_while_single_writes_pass(tmp_path: Path) -> None:
-    async with serving(tmp_path) as http:
+@pytest.mark.parametrize("lane_size", [None, BULK_IN_FLIGHT_MAX + 2], ids=["default", "api.bulk_in_flight_max"])
+async def test_bulk_requests_beyond_their_lane_are_refused_while_single_writes_pass(
+    tmp_path: Path, lane_size: int | None
+) -> None:
+    settings = {} if lane_size is None else {"bulk_in_flight_max": lane_size}
+    async with serving(tmp_path, **settings) as http:
         api = http.api
         alice = await api.account("alice")
         gate = EngineGate(api.server.engine)
         try:
-            await bulk_limit(http, alice, gate)
+            await bulk_limit(http, alice, gate, lane_size or BULK_IN_FLIGHT_MAX)
         finally:
             await gate.open()
 
@@ -109,15 +113,15 @@ def bulk(key: str, alice: str) -> pb.PostTransactionsRequest:
     )
 
 
-async def bulk_limit(http: Http, alice: str, gate: EngineGate) -> None:
+async def bulk_limit(http: Http, alice: str, gate: EngineGate, lane_size: int) -> None:
     api = http.api
     limit = api.server.service.write_limit
-    assert limit.bulk_limit == BULK_IN_FLIGHT_MAX
+    assert limit.bulk_limit == lane_size
     held = [
         asyncio.ensure_future(api.stub.PostTransactions(bulk(f"bulk-{n}", alice), metadata=api.auth()))
-        for n in range(BULK_IN_FLIGHT_MAX)
+        for n in range(lane_size)
     ]
-    await until(lambda: limit.in_flight[Lane.BULK] == BULK_IN_FLIGHT_MAX)
+    await until(lambda: limit.in_flight[Lane.BULK] == lane_size)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await api.stub.PostTransactions(bulk("refused", alice), metadata=api.auth())
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -135,7 +139,7 @@ async def bulk_limit(http: Http, alice: str, gate: EngineGate) -> None:
     await asyncio.gather(*held, single)
     await committer_idle(api.server.service)
     assert limit.in_flight == {Lane.INTERACTIVE: 0, Lane.BULK: 0}
-    assert await api.available(alice) == BULK_IN_FLIGHT_MAX * BULK_TRANSACTIONS + 1
+    assert await api.available(alice) == lane_size * BULK_TRANSACTIONS + 1
 
 
 async def test_a_write_whose_caller_gives_up_gives_its_count_back(tmp_path: Path) -> None:
