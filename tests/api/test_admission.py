@@ -403,3 +403,29 @@ def test_batch_cost_prices_a_queue_as_batches_not_as_small_fsyncs() -> None:
     assert cost.fixed_seconds == pytest.approx(0.004, rel=0.05)
     assert cost.transfer_seconds == pytest.approx(0.00001, rel=0.05)
     assert cost.seconds(16_378, 2) == pytest.approx(2 * 0.004 + 16_378 * 0.00001, rel=0.05)
+
+
+async def test_grpc_calls_beyond_the_concurrent_rpc_bound_are_refused_by_grpc_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    """`api.grpc_concurrent_rpcs_max` is grpc.aio's own limiter: beyond it grpc answers RESOURCE_EXHAUSTED
+    before any handler (ours included) runs, so the refused write never reaches the service."""
+    async with serving(tmp_path, grpc_concurrent_rpcs_max=1) as http:
+        api = http.api
+        alice = await api.account("alice")
+        committer = api.server.service.committer
+        gate = EngineGate(api.server.engine)
+        try:
+            held = asyncio.create_task(api.post("held", credit(alice, 1)))
+            await until(lambda: committer.in_flight_transfers == 1)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.post("refused", credit(alice, 2))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert committer.queued_transfers == 0 and committer.in_flight_transfers == 1
+        finally:
+            await gate.open()
+        await held
+        assert await api.available(alice) == 1
+        # Once the held call has finished, the same key is served: the refusal wrote nothing.
+        await api.post("refused", credit(alice, 2))
+        assert await api.available(alice) == 3
