@@ -30,6 +30,7 @@ from facade.api.observe import (
     RpcLogSampling,
     _finished,
     _request_numbers,
+    _status_name,
     _tracing_configured,
 )
 from facade.auth import (
@@ -177,8 +178,7 @@ def _observed_unary(inner: Any, method: str, sampling: RpcLogSampling) -> Callab
             code = "CANCELLED"  # The caller went away (or its deadline passed): no status was sent.
             raise
         except BaseException:
-            status = context.code()
-            code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+            code = _status_name(context)
             raise
         finally:
             _finished(sampling, short, code, time.perf_counter() - started)

@@ -82,14 +82,19 @@ def _observed(  # noqa: PLR0913  Private; keyword-only: the call's identity, rea
                 code = "CANCELLED"  # The caller went away (or its deadline passed): no status was sent.
                 raise
             except BaseException:
-                status = context.code()
-                code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+                code = _status_name(context)
                 raise
             finally:
                 span.set_attribute("rpc.grpc.status_code", code)
     finally:
         _finished(sampling, short, code, time.perf_counter() - started)
         otel_context.detach(token)
+
+
+def _status_name(context: Any) -> str:
+    """The status a call ended with, as the metrics and the log line name it."""
+    status = context.code()
+    return status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
 
 
 def _finished(sampling: RpcLogSampling, short: str, code: str, elapsed: float) -> None:
