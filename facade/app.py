@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -48,7 +49,7 @@ from facade.observability.logs import configure_logging, get_logger
 from facade.observability.tracing import configure_tracing
 from facade.runtime import YoungOnlyCollection, freeze_heap, tune_gc, tune_switch_interval
 from facade.service import AccountView, LedgerService
-from facade.settings import Settings
+from facade.settings import GRPC_SERVERS_MAX, Settings
 from projections.account_feed import AccountFeed
 from projections.accounts import ACCOUNTS_BATCH_MAX, ProjectedAccount
 from projections.read_model import ReadModel
@@ -80,6 +81,8 @@ class RunningServer:
     http: AsgiServer | None = None
     """The JSON gateway (facade.http), when api.http_port >= 0."""
     consistency: ConsistencyMonitor | None = None
+    servers_beside: list[grpc.aio.Server] = field(default_factory=list)
+    """More gRPC servers on `port` beside `server` (api.grpc_servers)."""
     sql: AsgiServer | None = None
     """The read model's SQL endpoint (facade.api.sql), when api.sql_port >= 0 with the embedded read model."""
 
@@ -97,7 +100,7 @@ class RunningServer:
             await self.http.stop()
         if self.sql is not None:
             await self.sql.stop()
-        await self.server.stop(GRACE_SECONDS)
+        await asyncio.gather(*(one.stop(GRACE_SECONDS) for one in [self.server, *self.servers_beside]))
         await self.service.close()
         self.stop_background.set()
         for task in self.background:
@@ -133,6 +136,7 @@ def _tls_files(settings: Settings) -> TlsFiles | None:
 
 async def start(settings: Settings) -> RunningServer:
     guard_dev_mode(settings.auth, [settings.api.host])  # Before anything is opened or bound.
+    _refuse_port_in_use(settings)
     authenticator = Authenticator(settings.auth)  # Refuses a bad secret or key set before the engine opens.
     kafka_unreachable = False
     if settings.kafka.bootstrap_servers and settings.kafka.provision_topics:
@@ -167,19 +171,11 @@ async def start(settings: Settings) -> RunningServer:
         raise
     service = LedgerService(engine, store, settings.api)
     await service.start()
-    server = grpc.aio.server(
-        interceptors=[
-            AdmissionInterceptor(service),  # First: a refused write costs no span, token check or decoding.
-            EdgeInterceptor(authenticator, _rpc_log_sampling(settings)),  # Observability, auth, request guard.
-        ],
-        options=[
-            ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
-            ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
-            ("grpc.so_reuseport", 1 if settings.api.grpc_reuse_port else 0),
-        ],
-        maximum_concurrent_rpcs=settings.api.grpc_concurrent_rpcs_max or None,
-    )
-    ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service), server)
+    servers = _grpc_servers(settings, service, authenticator)
+    server = servers[0]
+    ledger_servicer = LedgerServicer(service)
+    for one in servers:
+        ledger_pb2_grpc.add_LedgerServicer_to_server(ledger_servicer, one)
     read_model = None
     projection: ChangeCapture | None = None
     history: HistoryServicer | None = None
@@ -191,25 +187,29 @@ async def start(settings: Settings) -> RunningServer:
             read_model, engine, captured_metadata, settings.clickhouse.projector_checkpoint
         )
         history = HistoryServicer(service, engine, read_model)
-        history_pb2_grpc.add_HistoryServicer_to_server(history, server)
+        for one in servers:
+            history_pb2_grpc.add_HistoryServicer_to_server(history, one)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
-            history_pb2.DESCRIPTOR.services_by_name["History"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    for one in servers:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, one)
+        reflection.enable_server_reflection(
+            (
+                ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
+                history_pb2.DESCRIPTOR.services_by_name["History"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            one,
+        )
     address = f"{settings.api.host}:{settings.api.port}"
     credentials = _credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    await server.start()
+    port = _bind(servers, settings, credentials)
+    for one in servers:
+        await one.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
+    running.servers_beside = servers[1:]
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
@@ -361,6 +361,72 @@ async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: A
     except OSError as error:
         log.error("sql endpoint not started", port=settings.api.sql_port, error=repr(error))
         return None
+
+
+def _grpc_servers(settings: Settings, service: LedgerService, authenticator: Authenticator) -> list[grpc.aio.Server]:
+    """`api.grpc_servers` servers with the same interceptors (one admission and one write limit for all):
+    grpc.aio accepts one call per server at a time, each a hand-off from its poller thread and a few
+    event-loop turns, so N servers on the one port and loop accept N calls where one accepted one."""
+    count = settings.api.grpc_servers
+    assert 1 <= count <= GRPC_SERVERS_MAX
+    rpcs_max = settings.api.grpc_concurrent_rpcs_max
+    admission = AdmissionInterceptor(service)
+    edge = EdgeInterceptor(authenticator, _rpc_log_sampling(settings))
+    return [
+        grpc.aio.server(
+            interceptors=[
+                admission,  # First: a refused write costs no span, token check or decoding.
+                edge,  # Observability, auth, request guard.
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
+                ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
+                ("grpc.so_reuseport", 1 if settings.api.grpc_reuse_port or count > 1 else 0),
+            ],
+            # Per server, not split: one connection is served by one server and must keep the whole bound.
+            maximum_concurrent_rpcs=rpcs_max or None,
+        )
+        for _ in range(count)
+    ]
+
+
+def _refuse_port_in_use(settings: Settings) -> None:
+    """Several gRPC servers share the port with SO_REUSEPORT, which would let them join a port another
+    process's server already holds: unless sharing with other processes is asked for (api.grpc_reuse_port),
+    a port in use is refused before anything is opened, as a single server's bind would refuse it."""
+    api = settings.api
+    if api.grpc_servers > 1 and api.port != 0 and not api.grpc_reuse_port and _port_in_use(api.host, api.port):
+        raise RuntimeError(f"Failed to bind to address {api.host}:{api.port}: in use")
+
+
+def _bind(servers: list[grpc.aio.Server], settings: Settings, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds every server to the gRPC port (the first's when it is 0: a free one); returns it."""
+    assert servers
+    host, port = settings.api.host, settings.api.port
+    bound = 0
+    for server in servers:
+        address = f"{host}:{bound or port}"
+        one = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        assert one == (bound or one), (one, bound)
+        bound = one
+    assert bound > 0
+    return bound
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether a socket without SO_REUSEPORT fails to bind `host`:`port` (a listener holds it)."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # As grpc's listeners: TIME_WAIT is no owner.
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+                raise
+    return False
 
 
 def _rpc_log_sampling(settings: Settings) -> RpcLogSampling:

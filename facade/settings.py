@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BULK_IN_FLIGHT_MAX = 4
+GRPC_SERVERS_DEFAULT = 16
+"""scripts/bench_overload.py, 2-core host: accepted gRPC calls ~2x and admitted unary p50 ~10x lower at 16
+than at 1 (4 gained half of that; 32 no more than 16)."""
+GRPC_SERVERS_MAX = 64
 """Bulk requests in progress at once while single writes are fast enough (one being mapped while others
 commit keeps the engine busy on 2 cores; bench_api.py's four batch clients are never refused). The default
 of `api.bulk_in_flight_max`; facade.write_limit says why bulk is bounded by a count."""
@@ -234,6 +238,15 @@ class ApiSettings(BaseModel):
         description="SO_REUSEPORT on the gRPC port: set by `ledger serve --workers N` for its workers (the kernel "
         "spreads connections over them); off otherwise, so a second server on a busy port fails to bind.",
     )
+    grpc_servers: int = Field(
+        default=GRPC_SERVERS_DEFAULT,
+        ge=1,
+        le=GRPC_SERVERS_MAX,
+        description="gRPC servers in the one process and event loop, all on the gRPC port (SO_REUSEPORT: the kernel "
+        "spreads connections over them). grpc.aio accepts one call at a time per server, a thread hand-off and "
+        "event-loop turns each: under overload calls waited there, unseen by admission, for seconds. N servers "
+        "accept N calls per turn. One connection is served by one server (no gain for a single connection).",
+    )
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)
     retry_after_ms: int = Field(default=50, ge=1, le=60_000)
@@ -267,7 +280,9 @@ class ApiSettings(BaseModel):
         ge=0,
         le=100_000,
         description="Admission: gRPC calls beyond this many in progress are refused at once with RESOURCE_EXHAUSTED "
-        "by grpc itself, before any of their bytes are parsed (bounds the event loop's backlog); 0 = no limit.",
+        "by grpc itself, before any of their bytes are parsed (bounds the event loop's backlog); 0 = no limit. "
+        "Per gRPC server (api.grpc_servers; a connection is served by one): writes are bounded process-wide by "
+        "the write limit (facade.write_limit).",
     )
     http_concurrent_requests_max: int = Field(
         default=128,
