@@ -27,6 +27,12 @@ Each process's own event-loop lag is reported, and the server-side latency histo
 client's (the difference is time spent before the server's code saw a call: gRPC's accept queue, the
 network, the client).
 
+Where the time goes when neither the server nor the clients look busy: the event-loop threads' scheduler
+accounts (/proc/<pid>/schedstat) are reported, time on a CPU and time runnable but waiting for one, with
+the host's busy share (other work on the host included). On 2 shared cores the server's loop thread waits
+for a CPU about as long as it runs: every turn of its loop, and so every accept, refusal and answer, is
+late by that much, whatever the service's own code does.
+
 Reports admitted p50/p99, refusals (and how long a refusal took), deadline-exceeded (gRPC
 DEADLINE_EXCEEDED, HTTP 504 or client timeout), and committed-after-deadline: transactions the
 service committed whose caller had already given up (the server's `ledger_transactions_total`
@@ -95,6 +101,37 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sched:
+    """A thread's scheduler account (Linux /proc/<pid>/schedstat, the main thread = its event loop): time on
+    a CPU, and time runnable but waiting for one (a CPU-starved loop is slow without being busy)."""
+
+    running_seconds: float = 0.0
+    waiting_seconds: float = 0.0
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(self.running_seconds - other.running_seconds, self.waiting_seconds - other.waiting_seconds)
+
+
+def sched(pid: int | str = "self") -> Sched:
+    """The scheduler account of `pid`'s main thread (zeros where /proc has none)."""
+    try:
+        running, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return Sched()
+    return Sched(int(running) / 1e9, int(waiting) / 1e9)
+
+
+def host_busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole host (/proc/stat), (0, 0) where unavailable."""
+    try:
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 @dataclass
@@ -237,6 +274,8 @@ class Generated:
     tallies: dict[str, Tally]
     lag_seconds: list[float]
     cpu_seconds: float
+    loop_sched: Sched = field(default_factory=Sched)
+    """The load generator's event-loop thread during the load."""
 
 
 def split(total: int, parts: int, index: int) -> tuple[int, int]:
@@ -291,7 +330,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), SERVER_START_TIMEOUT_SECONDS)
         await asyncio.to_thread(barrier.wait, PROCESS_START_TIMEOUT_SECONDS)
-        cpu_started = time.process_time()
+        cpu_started, sched_started = time.process_time(), sched()
         stop_at = time.perf_counter() + load.seconds
         warm_at = time.perf_counter() + load.warmup_seconds
 
@@ -388,10 +427,10 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
         )
         lag_stop.set()
         await lag_task
-        cpu_seconds = time.process_time() - cpu_started
+        cpu_seconds, loop_sched = time.process_time() - cpu_started, sched() - sched_started
     for channel in channels:
         await channel.close()
-    return Generated(tallies, lag.samples, cpu_seconds)
+    return Generated(tallies, lag.samples, cpu_seconds, loop_sched)
 
 
 @dataclass
@@ -404,6 +443,11 @@ class Run:
     client_cpu_seconds: float
     server_cpu_seconds: float
     elapsed_seconds: float
+    server_loop: Sched = field(default_factory=Sched)
+    """The server's event-loop thread (its main thread) during the load."""
+    client_loops: list[Sched] = field(default_factory=list)
+    host_busy: float = 0.0
+    """Share of the host's CPU time busy during the load (every process, this benchmark's and others')."""
 
 
 async def run_load(loads: list[Load], server_pid: int) -> Run:
@@ -417,10 +461,13 @@ async def run_load(loads: list[Load], server_pid: int) -> Run:
     try:
         await asyncio.to_thread(barrier.wait, PROCESS_START_TIMEOUT_SECONDS)
         started, cpu_server = time.perf_counter(), process_cpu_seconds(server_pid)
+        loop_server, (busy_started, ticks_started) = sched(server_pid), host_busy_ticks()
         timeout = max(load.seconds for load in loads) + PROCESS_START_TIMEOUT_SECONDS
         generated: list[Generated] = [await asyncio.to_thread(queue.get, True, timeout) for _ in loads]
         elapsed = time.perf_counter() - started
         cpu_server = process_cpu_seconds(server_pid) - cpu_server
+        loop_server = sched(server_pid) - loop_server
+        busy, ticks = host_busy_ticks()
     finally:
         for process in processes:
             process.join(PROCESS_START_TIMEOUT_SECONDS)
@@ -436,6 +483,9 @@ async def run_load(loads: list[Load], server_pid: int) -> Run:
         sum(one.cpu_seconds for one in generated),
         cpu_server,
         elapsed,
+        loop_server,
+        [one.loop_sched for one in generated],
+        (busy - busy_started) / max(1, ticks - ticks_started),
     )
 
 
@@ -589,6 +639,15 @@ async def main() -> None:
     )
     lags = ", ".join(f"{lag * 1e3:.0f}" for lag in overload_run.lag_p99_seconds)
     print(f"load generators' own event-loop lag p99 during the overload (ms, per process): {lags}")
+    loop = overload_run.server_loop
+    clients = ", ".join(
+        f"{one.running_seconds / elapsed:.0%}/{one.waiting_seconds / elapsed:.0%}" for one in overload_run.client_loops
+    )
+    print(
+        f"event-loop threads on a CPU / runnable but waiting for one, share of the overload: server "
+        f"{loop.running_seconds / elapsed:.0%} / {loop.waiting_seconds / elapsed:.0%}; load generators {clients}; "
+        f"host CPUs busy {overload_run.host_busy:.0%} (every process on the host)"
+    )
     print_server_side("unloaded", first, second)
     print_server_side("overload (and drain)", second, third)
     print(f"admitted unary p99 under overload / unloaded p99: {ratio:.2f}x (goal <= 2x); with the warm-up: "
