@@ -146,6 +146,8 @@ class Tally:
     """Latency of calls answered with a result that started in the warm-up (not in `admitted`)."""
     refused_warmup: list[float] = field(default_factory=list)
     deadline_exceeded: int = 0
+    deadline_exceeded_warmup: int = 0
+    """Calls started in the warm-up that ran into their deadline (not in `deadline_exceeded`)."""
     other_errors: dict[str, int] = field(default_factory=dict)
 
     def other(self, name: str) -> None:
@@ -158,6 +160,7 @@ class Tally:
         self.admitted_warmup += other.admitted_warmup
         self.refused_warmup += other.refused_warmup
         self.deadline_exceeded += other.deadline_exceeded
+        self.deadline_exceeded_warmup += other.deadline_exceeded_warmup
         for name, count in other.other_errors.items():
             self.other_errors[name] = self.other_errors.get(name, 0) + count
 
@@ -340,6 +343,12 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
         def refused(tally: Tally, started: float) -> None:
             (tally.refused if started >= warm_at else tally.refused_warmup).append(time.perf_counter() - started)
 
+        def late(tally: Tally, started: float) -> None:
+            if started >= warm_at:
+                tally.deadline_exceeded += 1
+            else:
+                tally.deadline_exceeded_warmup += 1
+
         async def grpc_call(tally: Tally, request: Any, method: Any, count: int) -> float:
             """One call; returns how long to wait before the next (a refusal's retry hint)."""
             started = time.perf_counter()
@@ -350,7 +359,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
                     refused(tally, started)
                     return retry_delay(error, load.retry_delay_max_seconds)
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    tally.deadline_exceeded += 1
+                    late(tally, started)
                 else:
                     tally.other(error.code().name)
                 return 0.0
@@ -371,7 +380,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
                     "/v1/transactions", json=body, headers=http_headers, timeout=DEADLINE_SECONDS
                 )
             except httpx.TimeoutException:
-                tally.deadline_exceeded += 1
+                late(tally, started)
                 return 0.0
             except httpx.HTTPError as error:
                 tally.other(type(error).__name__)
@@ -380,7 +389,7 @@ async def _generate(load: Load, barrier: Barrier) -> Generated:
                 refused(tally, started)
                 return min(load.retry_delay_max_seconds, float(response.headers.get("Retry-After", "1")))
             if response.status_code == 504:
-                tally.deadline_exceeded += 1
+                late(tally, started)
             elif response.status_code in (200, 201):
                 admitted(tally, started)
                 tally.acknowledged += 1
@@ -610,11 +619,11 @@ async def main() -> None:
             f"{percentile(tally.refused, 0.99) * 1e3:>16.1f}{tally.deadline_exceeded:>10}  {tally.other_errors or ''}"
         )
     for name, tally in overload.items():
-        if tally.admitted_warmup or tally.refused_warmup:
+        if tally.admitted_warmup or tally.refused_warmup or tally.deadline_exceeded_warmup:
             print(
                 f"{name + '*':<8}{len(tally.admitted_warmup):>9}{percentile(tally.admitted_warmup, 0.5) * 1e3:>9.1f}"
                 f"{percentile(tally.admitted_warmup, 0.99) * 1e3:>9.1f}{len(tally.refused_warmup):>9}"
-                f"{percentile(tally.refused_warmup, 0.99) * 1e3:>16.1f}"
+                f"{percentile(tally.refused_warmup, 0.99) * 1e3:>16.1f}{tally.deadline_exceeded_warmup:>10}"
             )
     print(
         f"(* calls started in the first {args.warmup:g} s, the herd of every client's first call: "
