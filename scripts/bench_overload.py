@@ -17,7 +17,8 @@ JSON gateway) but on free loopback ports and a fresh temp data dir, then:
    reported on rows of their own (marked *) and left out of the main rows; the closing ratio gives both.
 
 Client-side latency includes the time a call waits in gRPC's accept queue before the server's code sees
-it (grpc.aio accepts one call per method every few event-loop turns); the server-side histograms do not.
+it (grpc.aio accepts one call at a time per server, `api.grpc_servers` of them, each a poller-thread hand-off
+and event-loop turns); the server-side histograms do not.
 The difference between the two is that queue (and the network and the client's own loop).
 
 The clients run in several load-generator processes (`--processes`, each with its own event loop and
