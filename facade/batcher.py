@@ -87,7 +87,7 @@ PACE_REFUSALS_PER_SECOND_MIN = 50.0
 PACE_DECAY_MIN = 0.25
 PACE_REFUSALS_PER_ADMISSION = 0.25
 """Refusals per admission the pace aims at. Every call, refused or admitted, waits its turn in gRPC's
-accept queue (one call per method every few event-loop turns); refused callers coming back as often as
+accept queue (one call per server every few event-loop turns); refused callers coming back as often as
 admitted ones (the earlier 1.0) kept that queue ~180 ms long under 300 clients. At 0.25 the refused stay
 away longer and the accept queue stays short (bench_overload, 300 unary clients: admitted p50 185 -> 7-17 ms)."""
 PACE_SECONDS_MAX = 5.0
