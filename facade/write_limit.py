@@ -2,7 +2,7 @@
 
 Why a limit on writes in progress, and not only the write queue's expected wait (facade.batcher): on this
 service the wait that grows under overload is mostly not in the write queue. grpc.aio accepts calls one
-at a time per server (api.grpc_servers), a few loop turns each, and every turn runs all the calls in progress
+at a time per server (api.grpc_servers), a few loop turns each, and every turn runs what the calls in progress
 have ready; a call waits in gRPC's accept queue (invisible to the server's code) until its turn. With
 300 closed-loop clients and a short write queue nothing was refused and every call waited about
 clients / throughput (~180 ms) before the server saw it. What bounds that wait is keeping the event loop
