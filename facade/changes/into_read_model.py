@@ -16,6 +16,8 @@ from ledger_events.checkpoint import Checkpoint
 __all__ = [
     "PROJECTION_BATCH_CHANGES_MAX",
     "PROJECTION_POLL_INTERVAL_SECONDS",
+    "PROJECTION_QUIET_BATCH_CHANGES",
+    "PROJECTION_QUIET_WAIT_SECONDS",
     "ResumableSink",
     "change_capture",
 ]
@@ -34,7 +36,23 @@ budget: the interval plus one batch's read and insert (~0.1-0.2 s for 3,000 chan
 p99 under 1 s. Before: 0.25 s measured a lag p99 of 0.47-0.64 s at 1 tx/RPC and 0.5 s 0.70-1.02 s
 (bench_api.py, load 7-10), so the interval stays well below 0.5 s. A longer wait for quiet feeds (0.4 s
 below 1,024 changes, a quarter fewer batches) measured a lag p99 of 0.93 s at 1 tx/RPC x16 (load ~4):
-too close to 1 s for ~2% of a core, so one interval for all."""
+too close to 1 s for ~2% of a core, so one interval for all (until PROJECTION_QUIET_WAIT_SECONDS)."""
+PROJECTION_QUIET_BATCH_CHANGES = 1024
+"""A batch below this many changes (a feed below ~3,400 changes/s at the 0.3 s interval) marks a quiet feed,
+which waits PROJECTION_QUIET_WAIT_SECONDS instead. The same threshold as the read model's binary records
+(projections._change_records.RECORDS_CHANGES_MIN; not imported: neither package imports the other)."""
+PROJECTION_QUIET_WAIT_SECONDS = 0.6
+"""The wait after a quiet feed's batch. At a quiet rate the read model's process pays per batch, not per
+change: each of its three inserts writes a part (with its indexes) and the parts are merged later, ~40 ms
+of chDB CPU a batch whatever its size below ~1,000 changes (measured in that process, chDB 4.4 /
+ClickHouse 26.9: a batch of 420 changes ~35-50 ms, of 840 ~45-55 ms; statement settings such as
+max_threads = 1 or no parallel parsing, and one INSERT fanned out by materialized views, moved that work
+between threads but did not reduce it). So the process's CPU per change falls nearly with the batch's
+size: at 1,400 changes/s (bench_api.py's single-transaction rows) 0.3 s makes 420-change batches at ~85-110
+µs CPU a change, 0.6 s makes 840 at ~55-65 (scripts/bench_read_model_process.py). The price is lag: a change
+waits up to 0.6 s instead of 0.3 s before it is read, so a quiet feed's lag p99 is ~0.7 s instead of ~0.4 s
+on a quiet host (the budget is 1 s); a busy feed (batches of 1,024 or more) keeps the 0.3 s interval and its
+lag. The poller returns to the short interval after the first batch at or above the threshold."""
 PROJECTION_BATCH_CHANGES_MAX = 8189
 """The size trigger and the largest batch (the engine's and the projector's limit): a backlog is caught up
 in the fewest, cheapest batches."""
@@ -67,5 +85,7 @@ def change_capture(
         pacing=Pacing(
             batch_changes_max=batch_changes_max,
             poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
+            small_batch_changes=min(PROJECTION_QUIET_BATCH_CHANGES, batch_changes_max),
+            small_batch_wait_seconds=PROJECTION_QUIET_WAIT_SECONDS,
         ),
     )
