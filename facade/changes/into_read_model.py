@@ -49,8 +49,8 @@ max_insert_threads = 1, no parallel parsing, query profilers off, no optimize_on
 out to the three tables by materialized views moved that work between threads but did not reduce it beyond the
 noise; no SELECT runs per in-order batch (the high-water marks are kept in memory). So the process's CPU per
 change falls nearly with the batch's size: at 1,400 changes/s (bench_api.py's single-transaction rows) 0.3 s
-makes 420-change batches, 0.5 s makes 700 (scripts/bench_read_model_process.py: 142-177 against 84-113 µs CPU
-a change, alternating, four runs each, load 2-3.7; a 1 s wait would reach ~40 but spend the whole lag budget).
+makes 420-change batches, 0.5 s makes 700 (scripts/bench_read_model_process.py: 118-177 against 84-113 µs CPU
+a change, alternating, six runs each, load 0.4-3.7; a 1 s wait, the whole lag budget, measured 47-50).
 The price is lag: a quiet feed's change waits up to 0.5 s instead of 0.3 s before it is read. 0.6 s measured a
 lag p99 of 0.63-0.73 s at 1 tx/RPC x16/x64 on a host at load 2.7-5, but 1.22 s at x64 in another run (load
 3.4; 0.3 s: 0.32-0.94 s in the same runs), so 0.5. A busy feed (batches of 1,024 or more) keeps the 0.3 s
