@@ -4,13 +4,19 @@
 What `ledger serve`'s read-model child does with each batch change capture sends it
 (projections._process._project_changes: chain, rows or binary records, the three inserts), fed here in
 the same binary form at a steady rate, in this one process; merges run in the background as they do
-there. Per-thread CPU from /proc/self/task/*/schedstat (ns): the Python thread (row building, chaining
-and the inserts' own work on the calling thread), chDB's ThreadPool (writing parts) and MergeMutate
-(merges). The changes look like bench_api.py's: single-phase transfers between 50 accounts with the
-metadata the service records (transaction id, idempotency key, client, type, source, correlation id,
-currency).
+there. Per-thread CPU from /proc/self/task/*/schedstat (ns): the calling thread (row building, chaining
+and the queries chDB runs on it; chDB renames it "Unknown", shown here as "calling thread"), chDB's
+ThreadPool (pipelines, parsing, writing parts) and MergeMutate (merges); the total is the process's own
+(getrusage), which would also count threads that ended before the last sample (strace -f -e clone3: chDB
+starts its threads once, none per batch). The changes look like bench_api.py's: single-phase transfers
+between 50 accounts with the metadata the service records (transaction id, idempotency key, client, type,
+source, correlation id, currency).
 
-    python scripts/bench_read_model_process.py [--rate 10000] [--batch 3000] [--seconds 8] [--text]
+    python scripts/bench_read_model_process.py [--rate 10000] [--batch N] [--seconds 8] [--text]
+
+--batch defaults to what the service's pacing makes of the rate (facade.changes.into_read_model): the
+changes of one 0.3 s interval, or of one 0.5 s quiet wait when that is below 1,024 (3,000 at 10,000/s, 700
+at 1,400/s; between ~2,000 and ~3,400 changes/s the service alternates the two, this takes the quiet one).
 
 --text forces the TabSeparated path (projections._change_rows) whatever the batch size.
 """
@@ -20,10 +26,17 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import tempfile
 import time
 from pathlib import Path
 
+from facade.changes.into_read_model import (
+    PROJECTION_BATCH_CHANGES_MAX,
+    PROJECTION_POLL_INTERVAL_SECONDS,
+    PROJECTION_QUIET_BATCH_CHANGES,
+    PROJECTION_QUIET_WAIT_SECONDS,
+)
 from facade.engine.codec import encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEventType, Transfer
 from ledger_events.chain import GENESIS
@@ -55,6 +68,12 @@ def threads_cpu_seconds() -> dict[str, tuple[str, float]]:
             continue
         found[tid] = (name, nanoseconds / 1e9)
     return found
+
+
+def process_cpu_seconds() -> float:
+    """User and system CPU of the whole process, ended threads included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def batch(size: int, timestamp_first: int, id_first: int, rng: random.Random) -> _Changes:
@@ -97,13 +116,23 @@ def batch(size: int, timestamp_first: int, id_first: int, rng: random.Random) ->
     )
 
 
+def paced_batch_changes(rate: float) -> int:
+    """The batch the service's change capture reads at a steady `rate` (changes per second)."""
+    assert rate > 0
+    changes = round(rate * PROJECTION_POLL_INTERVAL_SECONDS)
+    if changes < PROJECTION_QUIET_BATCH_CHANGES:
+        changes = round(rate * PROJECTION_QUIET_WAIT_SECONDS)
+    return max(1, min(changes, PROJECTION_BATCH_CHANGES_MAX))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=10_000, help="changes per second fed")
-    parser.add_argument("--batch", type=int, default=3000, help="changes per batch")
+    parser.add_argument("--batch", type=int, default=0, help="changes per batch (default: the service's pacing)")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--text", action="store_true", help="TabSeparated rows whatever the batch size")
     args = parser.parse_args()
+    args.batch = args.batch or paced_batch_changes(args.rate)
     assert 0 < args.batch <= 8189 and args.rate > 0
     interval_seconds = args.batch / args.rate
     count = min(BATCHES_MAX, max(1, int(args.seconds / interval_seconds)))
@@ -116,6 +145,7 @@ def main() -> None:
         projector = Projector(client)
         link = GENESIS
         before = threads_cpu_seconds()
+        process_before = process_cpu_seconds()
         started = time.perf_counter()
         busy_seconds = 0.0
         for n, changes in enumerate(batches):
@@ -125,21 +155,25 @@ def main() -> None:
             time.sleep(max(0.0, started + (n + 1) * interval_seconds - time.perf_counter()))
         elapsed_seconds = time.perf_counter() - started
         after = threads_cpu_seconds()
+        process_seconds = process_cpu_seconds() - process_before
         parts = client.query_rows(
             "SELECT table, count() FROM system.parts WHERE active AND database = currentDatabase() GROUP BY table"
         )
         client.close()
     changes_count = count * args.batch
     by_name: dict[str, float] = {}
-    for tid, (name, seconds) in after.items():
+    calling = str(os.getpid())  # The main thread's id: it runs the projection and chDB's queries.
+    for tid, (found, seconds) in after.items():
+        name = "calling thread" if tid == calling else found
         by_name[name] = by_name.get(name, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
-    total = sum(by_name.values())
+    total = process_seconds
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{changes_count:,} changes in {count} batches of {args.batch:,} over {elapsed_seconds:.1f} s "
         f"({'text' if args.text else 'records when in order and large'}): {total / changes_count * 1e6:.1f} µs CPU "
         f"a change, {total / elapsed_seconds:.0%} of a core, {busy_seconds / count * 1e3:.0f} ms a batch (wall)"
     )
+    print(f"  {'threads sampled':<20}{sum(by_name.values()) / changes_count * 1e6:>8.1f} µs a change")
     for name, seconds in sorted(by_name.items(), key=lambda item: -item[1]):
         if seconds / changes_count * 1e6 >= 0.1:
             print(f"  {name:<20}{seconds / changes_count * 1e6:>8.1f} µs a change")

@@ -16,6 +16,8 @@ from ledger_events.checkpoint import Checkpoint
 __all__ = [
     "PROJECTION_BATCH_CHANGES_MAX",
     "PROJECTION_POLL_INTERVAL_SECONDS",
+    "PROJECTION_QUIET_BATCH_CHANGES",
+    "PROJECTION_QUIET_WAIT_SECONDS",
     "ResumableSink",
     "change_capture",
 ]
@@ -34,7 +36,25 @@ budget: the interval plus one batch's read and insert (~0.1-0.2 s for 3,000 chan
 p99 under 1 s. Before: 0.25 s measured a lag p99 of 0.47-0.64 s at 1 tx/RPC and 0.5 s 0.70-1.02 s
 (bench_api.py, load 7-10), so the interval stays well below 0.5 s. A longer wait for quiet feeds (0.4 s
 below 1,024 changes, a quarter fewer batches) measured a lag p99 of 0.93 s at 1 tx/RPC x16 (load ~4):
-too close to 1 s for ~2% of a core, so one interval for all."""
+too close to 1 s for ~2% of a core, so one interval for all (until PROJECTION_QUIET_WAIT_SECONDS)."""
+PROJECTION_QUIET_BATCH_CHANGES = 1024
+"""A batch below this many changes (a feed below ~3,400 changes/s at the 0.3 s interval) marks a quiet feed,
+which waits PROJECTION_QUIET_WAIT_SECONDS instead. The same threshold as the read model's binary records
+(projections._change_records.RECORDS_CHANGES_MIN; not imported: neither package imports the other)."""
+PROJECTION_QUIET_WAIT_SECONDS = 0.5
+"""The wait after a quiet feed's batch. At a quiet rate the read model's process pays per batch, not per change:
+each of its three inserts writes a part (with its indexes) and the parts are merged later, ~40 ms of CPU a
+batch of a few hundred changes (chDB 4.4 / ClickHouse 26.9, quiet host). Statement settings (max_threads = 1,
+max_insert_threads = 1, no parallel parsing, query profilers off, no optimize_on_insert) and one INSERT fanned
+out to the three tables by materialized views moved that work between threads but did not reduce it beyond the
+noise; no SELECT runs per in-order batch (the high-water marks are kept in memory). So the process's CPU per
+change falls nearly with the batch's size: at 1,400 changes/s (bench_api.py's single-transaction rows) 0.3 s
+makes 420-change batches, 0.5 s makes 700 (scripts/bench_read_model_process.py: 118-177 against 84-113 µs CPU
+a change, alternating, six runs each, load 0.4-3.7; a 1 s wait, the whole lag budget, measured 47-50).
+The price is lag: a quiet feed's change waits up to 0.5 s instead of 0.3 s before it is read. 0.6 s measured a
+lag p99 of 0.63-0.73 s at 1 tx/RPC x16/x64 on a host at load 2.7-5, but 1.22 s at x64 in another run (load
+3.4; 0.3 s: 0.32-0.94 s in the same runs), so 0.5. A busy feed (batches of 1,024 or more) keeps the 0.3 s
+interval and its lag; the first batch at or above the threshold brings it back."""
 PROJECTION_BATCH_CHANGES_MAX = 8189
 """The size trigger and the largest batch (the engine's and the projector's limit): a backlog is caught up
 in the fewest, cheapest batches."""
@@ -67,5 +87,7 @@ def change_capture(
         pacing=Pacing(
             batch_changes_max=batch_changes_max,
             poll_interval_seconds=PROJECTION_POLL_INTERVAL_SECONDS,
+            small_batch_changes=min(PROJECTION_QUIET_BATCH_CHANGES, batch_changes_max),
+            small_batch_wait_seconds=PROJECTION_QUIET_WAIT_SECONDS,
         ),
     )

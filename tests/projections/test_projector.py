@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
+import types
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
 from facade.changes.entries import build_entries
-from facade.changes.into_read_model import change_capture
+from facade.changes.into_read_model import (
+    PROJECTION_POLL_INTERVAL_SECONDS,
+    PROJECTION_QUIET_WAIT_SECONDS,
+    change_capture,
+)
 from facade.changes.replay import replay
 from facade.engine.embedded import EmbeddedEngine
 from facade.engine.types import ChangeEventsFilter
@@ -122,3 +128,28 @@ async def test_records_lag_and_rejects_what_it_cannot_project(
     lag = REGISTRY.get_sample_value("ledger_projection_lag_seconds")
     assert lag is not None and 0 < lag < 60
     assert projector.lag_seconds > 0
+
+
+async def test_a_quiet_feed_waits_longer_and_a_full_batch_not_at_all(
+    tmp_path: Path,
+    engine: EmbeddedEngine,
+    client: ChdbClient,
+    metadata: Metadata,
+    workload: Workload,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read model's pacing: a batch below PROJECTION_QUIET_BATCH_CHANGES (a quiet feed) waits the
+    longer interval before the next read (fewer, larger batches: the process pays per batch), a full batch
+    reads again at once. The clock stands still, so the wait is the configured one exactly."""
+    # The poller's clock only (the event loop's stays real).
+    still = types.SimpleNamespace(monotonic=lambda: 100.0, time_ns=time.time_ns)
+    monkeypatch.setattr("facade.changes.poller.time", still)
+    await workload.round(0)  # 8 changes
+    quiet = change_capture(engine, Projector(client), tmp_path / "cp.json", metadata)
+    assert await quiet._poll() == PROJECTION_QUIET_WAIT_SECONDS
+    assert PROJECTION_QUIET_WAIT_SECONDS > PROJECTION_POLL_INTERVAL_SECONDS
+    await workload.round(1)
+    full = change_capture(engine, Projector(client), tmp_path / "cp.json", metadata, batch_changes_max=8)
+    assert await full._poll() == 0.0  # 8 of 8: catching up.
+    assert await full._poll() == PROJECTION_QUIET_WAIT_SECONDS  # Nothing new: quiet.
+    assert counts(client) == (32, 16, 32)
