@@ -36,7 +36,6 @@ from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import schema
 
 __all__ = [
-    "BALANCES_INSERT",
     "ENTRIES_INSERT",
     "RECORDS_CHANGES_MIN",
     "STRUCTURE",
@@ -113,11 +112,6 @@ _ENTRIES_SELECT = (
     + ", ".join(_side(f"d_{name}", f"c_{name}") for name, _ in schema.BALANCE_FIELDS)
     + f", {_CHAIN_SELECT}, {_METADATA_SELECT} FROM {_SOURCE} ARRAY JOIN [1, 2] AS side_number"
 )
-_BALANCES_SELECT = (
-    f"SELECT {_side('debit_account_id', 'credit_account_id')}, engine_timestamp, ledger, "
-    + ", ".join(_side(f"d_{name}", f"c_{name}") for name, _ in schema.BALANCE_FIELDS)
-    + f" FROM {_SOURCE} ARRAY JOIN [1, 2] AS side_number WHERE {_side('d_id', 'c_id')} != 0"
-)
 _TRANSACTIONS_SELECT = (
     f"SELECT engine_timestamp, change, debit_account_id, credit_account_id, amount, {_TRANSFER}, {_CHAIN_SELECT}, "
     f"{_METADATA_SELECT} FROM {_SOURCE}"
@@ -134,9 +128,9 @@ def _insert(table: str, columns: tuple[tuple[str, str], ...], select: str) -> st
 
 
 ENTRIES_INSERT = _insert("entries", schema.ENTRIES_COLUMNS, _ENTRIES_SELECT)
-BALANCES_INSERT = _insert("balances", schema.BALANCES_COLUMNS, _BALANCES_SELECT)
 TRANSACTIONS_INSERT = _insert("transactions", schema.TRANSACTIONS_COLUMNS, _TRANSACTIONS_SELECT)
-"""Entries, balances, transactions: the projector's insert order (transactions last: resume_checkpoint)."""
+"""Entries, transactions: the projector's insert order (transactions last: resume_checkpoint); `balances` is
+a view over entries (projections.schema)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +139,6 @@ class ChangeRecords:
 
     data: bytes
     count: int
-    balances_count: int
-    """Sides with an account (the `balances` rows the batch makes)."""
     timestamp_min: int
     timestamp_max: int
 
@@ -205,9 +197,6 @@ def _metadata_record(metadata: entries_pb2.EntryMetadata | None) -> bytes:
     )
 
 
-_ZERO_ID = bytes(_U128_SIZE)
-
-
 def change_records(  # noqa: PLR0913  The columns of a batch as the read model's process receives them.
     timestamps: Sequence[int],
     kinds: Sequence[int],
@@ -224,7 +213,6 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
     records: list[bytes] = []
     link = previous
     timestamp_last = 0
-    balances_count = 0
     head, chain, changes = _HEAD.pack, _CHAIN.pack, _CHANGES
     for index, (timestamp, kind) in enumerate(zip(timestamps, kinds, strict=True)):
         assert timestamp > timestamp_last, "changes in commit order"
@@ -235,7 +223,6 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
         assert transfer[_DEBIT:_CREDIT] != transfer[_CREDIT : _CREDIT + _U128_SIZE], "debit = credit account"
         debit_account = accounts[2 * offset : 2 * offset + EVENT_SIZE]
         credit_account = accounts[2 * offset + EVENT_SIZE : 2 * offset + 2 * EVENT_SIZE]
-        balances_count += (debit_account[:_U128_SIZE] != _ZERO_ID) + (credit_account[:_U128_SIZE] != _ZERO_ID)
         described = metadata.get(int.from_bytes(transfer[_ID_MIN:_U128_SIZE], "little"))
         change = changes[kind]
         link = next_link_encoded(link, timestamp, change, transfer, metadata_bytes(described))
@@ -250,5 +237,5 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
             )
         )
     assert link.sequence == previous.sequence + count
-    batch = ChangeRecords(b"".join(records), count, balances_count, timestamps[0], timestamp_last)
+    batch = ChangeRecords(b"".join(records), count, timestamps[0], timestamp_last)
     return batch, link

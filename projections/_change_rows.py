@@ -4,7 +4,7 @@ The read model's own process (projections._process) receives raw changes in the 
 layouts; building two LedgerEntry messages per change only to print them back as rows cost about half
 of its time, and so did decoding them into Transfer and Account objects first. This reads the fields
 straight from the bytes (struct) and builds the same rows, byte for byte: the same columns as
-projections.rows (entry_row, balance_row, transaction_row), the same escaping (its helpers), the same
+projections.rows (entry_row, transaction_row), the same escaping (its helpers), the same
 chain link (ledger_events.chain.next_link_encoded over ledger_events.entries.metadata_bytes, on the
 transfer's bytes as they came). Asserted equal to the LedgerEntry path by tests/projections/test_process.py.
 """
@@ -37,7 +37,6 @@ class RowTables:
     """A batch's rows by table, keyed by row identity (projections.projector's keys), in commit order."""
 
     entries: dict[Key, str] = field(default_factory=dict)
-    balances: dict[Key, str] = field(default_factory=dict)
     transactions: dict[Key, str] = field(default_factory=dict)
     timestamp_max: int = 0
 
@@ -79,7 +78,7 @@ def change_rows(  # noqa: PLR0913  The columns of a batch as the read model's pr
     count = len(timestamps)
     assert len(kinds) == count and len(transfers) == EVENT_SIZE * count and len(accounts) == 2 * EVENT_SIZE * count
     tables = RowTables()
-    entries, balances, transactions = tables.entries, tables.balances, tables.transactions
+    entries, transactions = tables.entries, tables.transactions
     link = previous
     timestamp_last = 0
     account_fields = _LAYOUT.iter_unpack(accounts)
@@ -103,8 +102,8 @@ def change_rows(  # noqa: PLR0913  The columns of a batch as the read model's pr
             f"{timeout}\t{t_timestamp}"
         )
         tail = f"{link.sequence}\t{link.previous_hash.hex()}\t{link.hash.hex()}\t{_metadata_text(described)}\n"
-        debit_balances, debit_balance_row = _account_texts(next(account_fields), debit, timestamp, ledger)
-        credit_balances, credit_balance_row = _account_texts(next(account_fields), credit, timestamp, ledger)
+        debit_balances = _balance_text(next(account_fields))
+        credit_balances = _balance_text(next(account_fields))
         entries.setdefault(
             (debit, timestamp),
             f"{timestamp}:D\t{head}\tDEBIT\t{debit}\t{credit}\t{amount}\t{-signed}\t{transfer}\t{debit_balances}\t{tail}",
@@ -113,21 +112,16 @@ def change_rows(  # noqa: PLR0913  The columns of a batch as the read model's pr
             (credit, timestamp),
             f"{timestamp}:C\t{head}\tCREDIT\t{credit}\t{debit}\t{amount}\t{signed}\t{transfer}\t{credit_balances}\t{tail}",
         )
-        if debit_balance_row is not None:
-            balances.setdefault((debit, timestamp), debit_balance_row)
-        if credit_balance_row is not None:
-            balances.setdefault((credit, timestamp), credit_balance_row)
         transactions.setdefault((0, timestamp), f"{head}\t{debit}\t{credit}\t{amount}\t{transfer}\t{tail}")
     tables.timestamp_max = timestamp_last
     assert link.sequence == previous.sequence + count
     return tables, link
 
 
-def _account_texts(fields: tuple[int, ...], account_id: int, timestamp: int, ledger: int) -> tuple[str, str | None]:
-    """An account's balances after the change as the entry's columns and as its `balances` row (None,
-    and zeros in the entry, where the change carries no account: the TigerBeetle backend's expiries)."""
+def _balance_text(fields: tuple[int, ...]) -> str:
+    """An account's balances after the change as the entry's columns (has_balance_after 0 and zeros where
+    the change carries no account: the TigerBeetle backend's expiries). `balances` is a view over these."""
     (i0, i1, dp0, dp1, dpo0, dpo1, cp0, cp1, cpo0, cpo1) = fields[:10]
     if i0 == 0 and i1 == 0:
-        return "0\t0\t0\t0\t0", None
-    balances = f"{dp0 | dp1 << 64}\t{dpo0 | dpo1 << 64}\t{cp0 | cp1 << 64}\t{cpo0 | cpo1 << 64}"
-    return f"1\t{balances}", f"{account_id}\t{timestamp}\t{ledger}\t{balances}\n"
+        return "0\t0\t0\t0\t0"
+    return f"1\t{dp0 | dp1 << 64}\t{dpo0 | dpo1 << 64}\t{cp0 | cp1 << 64}\t{cpo0 | cpo1 << 64}"

@@ -12,7 +12,8 @@ batch reaching below it asks the table which of its keys exist, within the batch
 That is sound because the projector is the tables' only writer (one projector per database). The
 ReplacingMergeTree engines collapse anything that slips past that rule on the next merge.
 
-Insert order is entries, balances, transactions: `transactions` is written last, so its newest row
+Insert order is entries, transactions (`balances` is a view over entries: projections.schema):
+`transactions` is written last, so its newest row
 is a change every table holds, and `resume_checkpoint` can restart change capture from ClickHouse's
 own contents (a lost checkpoint file, or a lost ClickHouse directory, both resume correctly).
 """
@@ -33,7 +34,6 @@ from ledger_events.checkpoint import START, Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import rows, schema
 from projections._change_records import (
-    BALANCES_INSERT,
     ENTRIES_INSERT,
     STRUCTURE,
     TRANSACTIONS_INSERT,
@@ -69,9 +69,8 @@ class _Table:
 
 
 _ENTRIES = _Table("entries", tuple(c for c, _ in schema.ENTRIES_COLUMNS), "account_id, engine_timestamp")
-_BALANCES = _Table("balances", tuple(c for c, _ in schema.BALANCES_COLUMNS), "account_id, engine_timestamp")
 _TRANSACTIONS = _Table("transactions", tuple(c for c, _ in schema.TRANSACTIONS_COLUMNS), "0, engine_timestamp")
-_INSERT_ORDER = (_ENTRIES, _BALANCES, _TRANSACTIONS)
+_INSERT_ORDER = (_ENTRIES, _TRANSACTIONS)
 
 
 @dataclass(slots=True)
@@ -132,9 +131,6 @@ class Projector:
             timestamp = entry.engine_timestamp
             account = rows.account_id(entry)
             batches[_ENTRIES.name].setdefault((account, timestamp), rows.entry_row(entry))
-            balance = rows.balance_row(entry)
-            if balance is not None:
-                batches[_BALANCES.name].setdefault((account, timestamp), balance)
             if entry.side == entries_pb2.DEBIT:
                 batches[_TRANSACTIONS.name].setdefault((0, timestamp), rows.transaction_row(entry))
         newest = max(entry.engine_timestamp for entry in entries)
@@ -149,7 +145,6 @@ class Projector:
             return 0
         batches = {
             _ENTRIES.name: tables.entries,
-            _BALANCES.name: tables.balances,
             _TRANSACTIONS.name: tables.transactions,
         }
         return self._insert_batches(batches, tables.timestamp_max, 2 * changes_count)
@@ -173,7 +168,6 @@ class Projector:
             binary.stage(records.data)
             for table, statement, rows_count in (
                 (_ENTRIES, ENTRIES_INSERT, 2 * records.count),
-                (_BALANCES, BALANCES_INSERT, records.balances_count),
                 (_TRANSACTIONS, TRANSACTIONS_INSERT, records.count),
             ):
                 if not rows_count:
@@ -186,7 +180,7 @@ class Projector:
             self.stats.batches += 1
             self.stats.entries_received += 2 * records.count
         metrics.projection_lag_seconds.set(self.lag_seconds)
-        assert inserted >= 3 * records.count
+        assert inserted == 3 * records.count
         return inserted
 
     def _insert_batches(self, batches: dict[str, dict[Key, str]], newest: int, entries_count: int) -> int:

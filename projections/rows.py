@@ -125,14 +125,3 @@ def transaction_row(debit: entries_pb2.LedgerEntry) -> str:
         f"{_u128(debit.counterparty_account_id)}\t{_u128(debit.amount)}\t{_transfer(debit)}\t"
         f"{_chain(debit)}\t{_metadata(debit)}\n"
     )
-
-
-def balance_row(entry: entries_pb2.LedgerEntry) -> str | None:
-    """The `balances` row (schema.BALANCES_COLUMNS order), or None when the event carries no balances."""
-    if not entry.HasField("balance_after"):
-        return None
-    b = entry.balance_after
-    return (
-        f"{_u128(entry.account_id)}\t{entry.engine_timestamp}\t{entry.ledger}\t{_u128(b.debits_pending)}\t"
-        f"{_u128(b.debits_posted)}\t{_u128(b.credits_pending)}\t{_u128(b.credits_posted)}\n"
-    )

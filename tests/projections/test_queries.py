@@ -116,11 +116,15 @@ async def test_reconciliation_zero_drift_then_injected_drift(
     (drift,) = drifted.drifts
     assert (drift.source, drift.field, drift.clickhouse - drift.engine) == ("entries", "debits_posted", 12345)
 
-    # A balance_after altered in the time series.
+    # A balance_after altered in the time series (`balances` is a view over entries' balance columns): an
+    # entry that moves no money (amount 0) but carries account 5's newest balances with one more pending credit.
     client.command(
-        "INSERT INTO balances (account_id, engine_timestamp, ledger, debits_pending, debits_posted, credits_pending, "
-        "credits_posted) SELECT account_id, engine_timestamp + 1, ledger, debits_pending, debits_posted, "
-        "credits_pending + 1, credits_posted FROM balances WHERE account_id = 5 ORDER BY engine_timestamp DESC LIMIT 1"
+        "INSERT INTO entries (event_id, engine_timestamp, change, side, account_id, counterparty_account_id, amount, "
+        "signed_amount, ledger, has_balance_after, debits_pending_after, debits_posted_after, credits_pending_after, "
+        "credits_posted_after, chain_sequence) SELECT event_id, engine_timestamp + 1, 'SINGLE_PHASE', side, "
+        "account_id, counterparty_account_id, 0, 0, ledger, true, debits_pending_after, debits_posted_after, "
+        "credits_pending_after + 1, credits_posted_after, 999998 FROM entries WHERE account_id = 5 AND "
+        "has_balance_after ORDER BY engine_timestamp DESC LIMIT 1"
     )
     twice = await reconcile(engine, client)
     assert twice.drifting_accounts == [4, 5]
