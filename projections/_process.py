@@ -383,7 +383,7 @@ class RemoteProjector:
 
     def project(self, entries: Sequence[entries_pb2.LedgerEntry]) -> int:
         inserted: int = self._process.call(_Op.PROJECT, [entry.SerializeToString() for entry in entries])
-        assert inserted <= len(entries) * 3  # An entry makes at most three rows (entry, balance, transaction).
+        assert inserted <= len(entries) * 2  # An entry makes at most two rows (entry, transaction).
         return inserted
 
     def resume_checkpoint(self) -> Checkpoint:

@@ -2,7 +2,7 @@
 """The read model's process alone: CPU per change of its projection at a steady feed, by thread.
 
 What `ledger serve`'s read-model child does with each batch change capture sends it
-(projections._process._project_changes: chain, rows or binary records, the three inserts), fed here in
+(projections._process._project_changes: chain, rows or binary records, the inserts), fed here in
 the same binary form at a steady rate, in this one process; merges run in the background as they do
 there. Per-thread CPU from /proc/self/task/*/schedstat (ns): the calling thread (row building, chaining
 and the queries chDB runs on it; chDB renames it "Unknown", shown here as "calling thread"), chDB's
