@@ -73,6 +73,11 @@ the store's and the engine's single threads still run the writes in the order th
 COST_EWMA_WEIGHT = 0.2
 """Weight of the newest batch in the batch cost estimate: recent enough to follow a change of load within
 a few batches, smooth enough that one slow fsync does not shut the door."""
+COST_SIZE_SPREAD_MIN = 32
+"""Spread (standard deviation, transfers) of recent batch sizes below which no per-transfer cost is fitted:
+a batch's time varies by milliseconds (fsync jitter) and a transfer costs tens of microseconds, so a slope
+fitted over batches of 1-4 transfers is that jitter per transfer (measured: 2.2 ms, 70x the truth), and
+pricing a 2,000-transfer batch with it (4 s) dropped queued writes that had 4.8 s left as past their deadline."""
 QUEUE_WAIT_SECONDS_MAX_DEFAULT = 1.0
 LOOP_PROBE_SECONDS = 0.01
 """How often the committer measures the event loop's lag (how late a timer fires)."""
@@ -223,8 +228,8 @@ class BatchCost:
     Why a line and not a rate: every batch pays the same fsyncs whatever its size, and the queue is
     drained in batches of up to `batch_transfers_max`. A rate measured on small batches (a quiet service)
     would price a burst of 1,000 queued transfers at 1,000 fsyncs; the line prices it at one batch.
-    Until batches of different sizes have been seen, the per-transfer cost is unknown (0) and a batch
-    costs its average time."""
+    Until batches of sizes spread wider than COST_SIZE_SPREAD_MIN have been seen, the per-transfer cost is
+    unknown (0) and a batch costs its average time."""
 
     def __init__(self) -> None:
         self.batches = 0
@@ -250,7 +255,7 @@ class BatchCost:
     @property
     def transfer_seconds(self) -> float:
         variance = self._nn - self._n * self._n
-        if variance < 1.0:  # Every recent batch had about the same size: no slope to fit.
+        if variance < COST_SIZE_SPREAD_MIN * COST_SIZE_SPREAD_MIN:  # Sizes too alike: the slope would be noise.
             return 0.0
         return max(0.0, (self._ns - self._n * self._s) / variance)
 

@@ -405,6 +405,20 @@ def test_batch_cost_prices_a_queue_as_batches_not_as_small_fsyncs() -> None:
     assert cost.seconds(16_378, 2) == pytest.approx(2 * 0.004 + 16_378 * 0.00001, rel=0.05)
 
 
+def test_batch_cost_fits_no_per_transfer_cost_over_batches_of_alike_sizes() -> None:
+    """A quiet service's batches of 1-4 transfers differ in time by fsync jitter, not by their transfers: a
+    slope fitted over them (ms per transfer) priced the first 2,000-transfer batch of a burst at seconds, and
+    the batcher dropped queued writes with most of their deadline left as if it had passed."""
+    cost = BatchCost()
+    for transfers, seconds in ((1, 0.001), (2, 0.004), (3, 0.003), (4, 0.009)) * 10:
+        cost.observe(transfers, seconds)
+    assert cost.transfer_seconds == 0.0, "jitter over a spread of 1-4 transfers is no per-transfer cost"
+    assert cost.seconds(2000, 1) == pytest.approx(cost.fixed_seconds) and cost.fixed_seconds < 0.01
+    cost.observe(2000, 0.004 + 2000 * 0.00003)  # A real spread of sizes: the slope is fitted.
+    assert cost.transfer_seconds > 0.0
+    assert cost.seconds(2000, 1) < 1.0, "2,000 transfers at tens of microseconds each, not milliseconds"
+
+
 async def test_grpc_calls_beyond_the_concurrent_rpc_bound_are_refused_by_grpc_and_nothing_is_written(
     tmp_path: Path,
 ) -> None:
