@@ -186,12 +186,17 @@ ROUTES: dict[str, RouteSpec] = {
 # Dependencies: what build_app put in app.state, and the caller.
 
 
-def _service(request: Request) -> LedgerService:
+# The dependencies are coroutines, though they only read attributes: FastAPI runs a plain `def`
+# dependency in its thread pool, a hand-off to a worker thread and back per dependency and request
+# (~8% of the event loop's time under bench_overload.py's HTTP clients, py-spy).
+
+
+async def _service(request: Request) -> LedgerService:
     service: LedgerService = request.app.state.service
     return service
 
 
-def _history(request: Request) -> HistoryBackend:
+async def _history(request: Request) -> HistoryBackend:
     history: HistoryBackend = request.app.state.history
     return history
 
@@ -207,7 +212,7 @@ async def _authorized(
     request.state.principal = principal
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     principal: Principal = request.state.principal  # Set by _authorized, a dependency of every route.
     return principal
 

@@ -42,14 +42,14 @@ thread, item by item, so a large one does not stall the event loop that serves g
 # (per-operation scopes), and FastAPI must see them as objects, not as strings naming locals.
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.auth import Authenticator
 from facade.domain.errors import ErrorKind, LedgerError
@@ -66,6 +66,7 @@ from facade.service import LedgerService
 from projections.read_model import ReadModel
 
 API_VERSION = "v1"
+CLIENT_CLOSED_STATUS = 499
 
 # Fields whose schema errors get the mapping module's reason rather than INVALID_REQUEST.
 _FIELD_REASONS = {"amount": "INVALID_AMOUNT"}
@@ -101,11 +102,53 @@ def _field_name(location: tuple[int | str, ...]) -> str:
     return name or str(location[0] if location else "body")
 
 
-def _unexpected_response(request: Request, error: Exception) -> JSONResponse:
-    route = request.scope.get("route")
-    operation = getattr(route, "operation_id", None) or "unmatched"
-    found = unexpected_error(error, edge="http", operation=operation)
-    return error_response(found)
+def _operation(scope: Scope) -> str:
+    """The matched route's operation id (the router puts the route in the scope), or "unmatched"."""
+    return getattr(scope.get("route"), "operation_id", None) or "unmatched"
+
+
+def _unexpected_response(scope: Scope, error: Exception) -> JSONResponse:
+    return error_response(unexpected_error(error, edge="http", operation=_operation(scope)))
+
+
+class _ObserveMiddleware:
+    """Latency per operation and HTTP status, next to the gRPC edge's (label values are bounded: operation
+    ids and status codes); an exception no handler answered is answered here, as 500 INTERNAL, so it is
+    counted too.
+
+    A plain ASGI middleware rather than Starlette's `@app.middleware("http")` (BaseHTTPMiddleware), which
+    runs each request's app in an anyio task group fed through memory streams: under bench_overload.py's
+    40 HTTP clients that machinery was ~15% of the event loop's time (py-spy), the loop gRPC is served on too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        """The status sent; 0 until the response starts."""
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception as error:
+            if status:
+                raise  # Already answering: nothing can replace the response (uvicorn closes the connection).
+            await _unexpected_response(scope, error)(scope, receive, send_observed)
+        # An app that returned without answering (the client went away first): nginx's 499 for "client
+        # closed request", so the label stays a status code.
+        metrics.request_duration_seconds.labels("http", _operation(scope), str(status or CLIENT_CLOSED_STATUS)).observe(
+            time.perf_counter() - started
+        )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -141,7 +184,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return http_error_response(error.status_code, "UNKNOWN", "HTTP_ERROR", str(error.detail))
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        return _unexpected_response(request, error)
+        return _unexpected_response(request.scope, error)
 
     app.add_exception_handler(LedgerError, ledger_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -166,7 +209,7 @@ def build_app(
         "status name and the same machine-readable reason as the gRPC API.",
     )
     _install_error_handlers(app)
-    # Added before `observe`, so it runs inside it: refusals are measured like any other answer.
+    # Added before _ObserveMiddleware, so it runs inside it: refusals are measured like any other answer.
     app.add_middleware(
         AdmissionMiddleware,
         service=service,
@@ -175,21 +218,7 @@ def build_app(
         refuse=error_response,
     )
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Latency per operation and HTTP status, next to the gRPC edge's (label values are bounded:
-        operation ids and status codes)."""
-        started = time.perf_counter()
-        try:
-            response: Response = await call_next(request)
-        except Exception as error:  # Answered here (not by Starlette's outermost handler) so it is counted.
-            response = _unexpected_response(request, error)
-        route = request.scope.get("route")
-        operation = getattr(route, "operation_id", None) or "unmatched"
-        metrics.request_duration_seconds.labels("http", operation, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    app.add_middleware(_ObserveMiddleware)
 
     app.state.service = service
     app.state.authenticator = authenticator
