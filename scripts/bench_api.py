@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark the gRPC API end to end as users run it: durable tx/s, latency, server CPU per transaction.
 
-One run measures, from this one client process over loopback:
+One run measures, over loopback, with the same client for every server:
 
-- "defaults": `ledger serve` exactly as `scripts/run.sh` starts it (read model on, projector in the
-  service, JSON gateway on, metrics on, logs at INFO); only the ports (free ones) and the data
+- "defaults": `ledger serve` exactly as `scripts/run.sh` starts it (read model on, in its own child
+  process, JSON gateway on, metrics on, logs at INFO); only the ports (free ones) and the data
   directory (a fresh temp dir, the server's working directory) differ;
 - "read model off": the same with `clickhouse.serve_history=false` (the write path alone), labelled;
 - the no-op grpc.aio server (same protocol, the handler returns at once): what gRPC itself costs here;
@@ -12,6 +12,12 @@ One run measures, from this one client process over loopback:
   database transaction per transfer, fsync on) on a throwaway cluster this script starts with
   initdb/pg_ctl (binaries from scripts/install_postgres.sh), driven by psycopg 3 async with the same
   concurrency and the same transfers.
+
+The client (`--client`): by default the compiled generator (scripts/loadgen, Go, built on first use; see
+ledger_testkit.loadgen) for the unary and batch rows, the no-op baseline and the PostgreSQL peer (pgx, one
+connection per worker, the same statements), as the issue's own figures were taken: the Python client
+(grpc.aio, psycopg; `--client python`) spends on the same two cores CPU the servers then wait for. The
+stream row and the visibility probe stay in Python.
 
 Server CPU µs/tx is the growth of utime+stime (/proc/<pid>/stat) of the server's whole process tree over
 a row, divided by the transactions it acknowledged; "B/tx written" likewise from /proc/<pid>/io write_bytes.
@@ -24,7 +30,7 @@ asks the History API every 50 ms how far the read model is projected; each row's
 from acknowledgement to visible (p50, p99, max). "defaults ÷ read model off" pairs the rows by kind.
 
     python scripts/bench_api.py [--seconds 3] [--profile DIR] [--rows unary,batch,stream]
-        [--configs "defaults,read model off"] [--no-postgres]
+        [--configs "defaults,read model off"] [--no-postgres] [--client go|python]
 
 --profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
 the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
@@ -57,6 +63,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
+from ledger_testkit import loadgen
 from ledger_testkit.ports import free_port
 from ledger_testkit.stats import percentile
 
@@ -185,18 +192,59 @@ async def load(
             latencies.append(time.perf_counter() - started)
             n += 1
 
+    with measured(cpu_pid) as server:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return server.result(Result(name, concurrency, done / elapsed, latencies, errors), done, error_kinds)
+
+
+@dataclass
+class Measured:
+    """A server's process tree over a row: CPU seconds and bytes written (/proc), once the row ended."""
+
+    cpu_pid: int | None
+    cpu_seconds: float = 0.0
+    written_bytes: int = 0
+
+    def result(self, result: Result, done: int, error_kinds: dict[str, int]) -> Result:
+        """`result` with its error kinds, and its server's CPU and writes per acknowledged transaction."""
+        if error_kinds:
+            kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items()))
+            result.notes.append(f"errors: {kinds}")
+        if self.cpu_pid is not None and done:
+            result.cpu_us_per_tx = self.cpu_seconds / done * 1e6
+            result.notes.append(f"{self.written_bytes / done:,.0f} B/tx written")
+        return result
+
+
+@contextlib.contextmanager
+def measured(cpu_pid: int | None) -> Iterator[Measured]:
+    """Measures `cpu_pid`'s process tree over the block (nothing without a pid)."""
+    server = Measured(cpu_pid)
     cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     written_before = tree_write_bytes(cpu_pid) if cpu_pid is not None else 0
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    result = Result(name, concurrency, done / elapsed, latencies, errors)
-    if error_kinds:
-        result.notes.append("errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items())))
-    if cpu_pid is not None and done:
-        result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
-        result.notes.append(f"{(tree_write_bytes(cpu_pid) - written_before) / done:,.0f} B/tx written")
-    return result
+    yield server
+    if cpu_pid is not None:
+        server.cpu_seconds = tree_cpu_seconds(cpu_pid) - cpu_before
+        server.written_bytes = tree_write_bytes(cpu_pid) - written_before
+
+
+async def load_compiled(  # noqa: PLR0913  Keyword-only: what runs the row and what it is measured on.
+    name: str, seconds: float, concurrency: int, *, binary: Path, flags: list[str], cpu_pid: int | None
+) -> Result:
+    """As `load`, with the compiled generator (ledger_testkit.loadgen, -mode=closed) making the calls: `flags`
+    name the target (-grpc or -dsn) and the shape (-size, -accounts, -tag, -token)."""
+    command = ["-mode=closed", f"-seconds={seconds}s", f"-concurrency={concurrency}", *flags]
+    async with loadgen.started(binary, [command]) as (generator,):
+        with measured(cpu_pid) as server:
+            await generator.start()
+            document = await generator.result(seconds)
+    done: int = document["done"]
+    error_kinds: dict[str, int] = document["errors"]
+    rate = done / document["elapsed_seconds"]
+    result = Result(name, concurrency, rate, document["latencies"], sum(error_kinds.values()))
+    return server.result(result, done, error_kinds)
 
 
 def transfer_pair(n: int) -> tuple[int, int]:
@@ -430,7 +478,12 @@ ROW_KINDS = ("unary", "batch", "stream")
 
 
 async def bench_ledger(
-    config: Config, seconds: float, profile_dir: Path | None, rows: frozenset[str] = frozenset(ROW_KINDS)
+    config: Config,
+    seconds: float,
+    profile_dir: Path | None,
+    rows: frozenset[str] = frozenset(ROW_KINDS),
+    *,
+    binary: Path | None = None,
 ) -> list[Result]:
     server = LedgerServer(config, profile_dir)
     admin = (("authorization", f"Bearer {issue_token(AuthSettings(), 'bench', SCOPES_ALL)}"),)
@@ -450,6 +503,8 @@ async def bench_ledger(
                 )
                 accounts.append((await stub.CreateAccount(request, metadata=admin)).account_id)
             pid = server.process.pid
+            target = [f"-grpc=127.0.0.1:{server.port}", f"-token={writer_token}", f"-accounts={','.join(accounts)}"]
+            target.append(f"-tag={tag}")
 
             @contextlib.asynccontextmanager
             async def probed(row: str) -> AsyncIterator[list[float]]:
@@ -472,7 +527,14 @@ async def bench_ledger(
 
                     name = f"PostTransaction (1 tx/RPC) [{config.label}]"
                     async with probed(f"u{concurrency}") as probes:
-                        results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=pid))
+                        if binary is not None:
+                            flags = [*target, "-size=0"]
+                            row = await load_compiled(
+                                name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=pid
+                            )
+                        else:
+                            row = await load(name, seconds, concurrency, unary_call, cpu_pid=pid)
+                        results.append(row)
                     results[-1].key = f"unary{concurrency}"
                     if config.read_model:
                         results[-1].notes.append(lag_note(probes))
@@ -490,7 +552,14 @@ async def bench_ledger(
 
                     name = f"PostTransactions ({size} tx/RPC) [{config.label}]"
                     async with probed(f"b{size}") as probes:
-                        results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=pid))
+                        if binary is not None:
+                            flags = [*target, f"-size={size}"]
+                            row = await load_compiled(
+                                name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=pid
+                            )
+                        else:
+                            row = await load(name, seconds, concurrency, batch_call, cpu_pid=pid)
+                        results.append(row)
                     results[-1].key = f"batch{size}"
                     if config.read_model:
                         results[-1].notes.append(lag_note(probes))
@@ -530,7 +599,7 @@ async def noop_server(port: int) -> None:
     await server.wait_for_termination()
 
 
-async def bench_noop(seconds: float) -> list[Result]:
+async def bench_noop(seconds: float, *, binary: Path | None = None) -> list[Result]:
     port = free_port()
     # In its own process like the real server (in this one it would share the client's event loop).
     process = subprocess.Popen([sys.executable, __file__, "--noop-server", str(port)])
@@ -547,7 +616,14 @@ async def bench_noop(seconds: float) -> list[Result]:
                     return 1
 
                 name = "no-op grpc.aio unary (baseline)"
-                results.append(await load(name, seconds, concurrency, noop_call, cpu_pid=process.pid))
+                if binary is not None:
+                    flags = [f"-grpc=127.0.0.1:{port}", f"-accounts={','.join(accounts)}", "-tag=noop", "-size=0"]
+                    row = await load_compiled(
+                        name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=process.pid
+                    )
+                else:
+                    row = await load(name, seconds, concurrency, noop_call, cpu_pid=process.pid)
+                results.append(row)
     finally:
         process.terminate()
         process.wait(SERVER_STOP_TIMEOUT_SECONDS)
@@ -608,7 +684,7 @@ class PostgresCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-async def bench_postgres(seconds: float) -> list[Result]:
+async def bench_postgres(seconds: float, *, binary: Path | None = None) -> list[Result]:
     import psycopg
 
     cluster = PostgresCluster()
@@ -630,6 +706,8 @@ async def bench_postgres(seconds: float) -> list[Result]:
                 await connection.execute(PG_DEBIT, (amount, source))
                 await connection.execute(PG_CREDIT, (amount, destination))
 
+        # The compiled client's own connections (one per worker, as here): the peer's accounts are 0..63.
+        peer = [f"-dsn={cluster.dsn}", f"-accounts={','.join(str(i) for i in range(ACCOUNTS))}"]
         try:
             for concurrency in UNARY_CONCURRENCY:
 
@@ -638,7 +716,14 @@ async def bench_postgres(seconds: float) -> list[Result]:
                     return 1
 
                 name = "PostgreSQL peer: 1 transfer per call"
-                results.append(await load(name, seconds, concurrency, unary_call, cpu_pid=cluster.pid))
+                if binary is not None:
+                    flags = [*peer, "-size=0"]
+                    row = await load_compiled(
+                        name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=cluster.pid
+                    )
+                else:
+                    row = await load(name, seconds, concurrency, unary_call, cpu_pid=cluster.pid)
+                results.append(row)
             for size, concurrency in PG_BATCHES:
 
                 async def batch_call(worker: int, n: int, size: int = size, concurrency: int = concurrency) -> int:
@@ -647,7 +732,14 @@ async def bench_postgres(seconds: float) -> list[Result]:
                     return size
 
                 name = f"PostgreSQL peer: {size} transfers per call"
-                results.append(await load(name, seconds, concurrency, batch_call, cpu_pid=cluster.pid))
+                if binary is not None:
+                    flags = [*peer, f"-size={size}"]
+                    row = await load_compiled(
+                        name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=cluster.pid
+                    )
+                else:
+                    row = await load(name, seconds, concurrency, batch_call, cpu_pid=cluster.pid)
+                results.append(row)
         finally:
             for connection in connections:
                 await connection.close()
@@ -679,7 +771,17 @@ async def main() -> None:
         default=",".join(config.label for config in CONFIGS),
         help="which ledger configurations, comma-separated labels",
     )
+    parser.add_argument(
+        "--client",
+        choices=("go", "python"),
+        default="go" if shutil.which("go") else "python",
+        help="the compiled client for the unary and batch rows and both references (scripts/loadgen; the "
+        "default with `go` on PATH) or the Python one (grpc.aio, psycopg); the stream row is always Python",
+    )
     args = parser.parse_args()
+    binary = loadgen.build_loadgen() if args.client == "go" else None
+    if args.client == "go" and binary is None:
+        parser.error("--client go needs the Go toolchain (`go` on PATH)")
     rows = frozenset(args.rows.split(","))
     configs = [config for config in CONFIGS if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
@@ -689,11 +791,12 @@ async def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print_header()
-    noop = await bench_noop(args.seconds) if "unary" in rows else []
+    print(f"client: {args.client}" + (f" ({binary})" if binary is not None else ""))
+    noop = await bench_noop(args.seconds, binary=binary) if "unary" in rows else []
     noop_rates = {result.concurrency: result.rate for result in noop}
     for result in noop:
         print_row(result)
-    peer: list[Result] = [] if args.no_postgres else await bench_postgres(args.seconds)
+    peer: list[Result] = [] if args.no_postgres else await bench_postgres(args.seconds, binary=binary)
     for result in peer:
         print_row(result)
     peer_unary = {result.concurrency: result.rate for result in peer[: len(UNARY_CONCURRENCY)]}
@@ -704,7 +807,7 @@ async def main() -> None:
     floor_met: list[str] = []
     rates: dict[str, dict[str, float]] = {}
     for config in configs:
-        results = await bench_ledger(config, args.seconds, args.profile, rows)
+        results = await bench_ledger(config, args.seconds, args.profile, rows, binary=binary)
         rates[config.label] = {result.key: result.rate for result in results}
         for result in results:
             if result.key.startswith("unary"):

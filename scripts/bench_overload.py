@@ -50,9 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -73,6 +70,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
+from ledger_testkit import loadgen
 from ledger_testkit.ports import free_port
 from ledger_testkit.stats import percentile
 
@@ -93,10 +91,6 @@ one TCP stream (a client-side queue the server cannot see)."""
 LOOP_PROBE_SECONDS = 0.01
 PROCESSES_DEFAULT = 4
 """Python load-generator processes (a compiled generator runs in one: its goroutines use every core)."""
-LOADGEN_SOURCE = Path(__file__).resolve().parent / "loadgen"
-LOADGEN_CACHE = Path.home() / ".cache" / "ledger-service"
-LOADGEN_BUILD_SECONDS_MAX = 600.0
-"""The first build downloads grpc-go through the Go module proxy."""
 PROCESS_START_TIMEOUT_SECONDS = 120.0
 """Bound on a load-generator process's start (imports, connections) and on its result after the load."""
 WRITE_METHODS = frozenset({"PostTransaction", "PostTransactions", "unmatched"})
@@ -471,32 +465,9 @@ class Run:
     """Share of the host's CPU time busy during the load (every process, this benchmark's and others')."""
 
 
-def build_loadgen() -> Path | None:
-    """The compiled load generator (scripts/loadgen), built once per source version; None without `go`."""
-    go = shutil.which("go")
-    if go is None:
-        return None
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((LOADGEN_SOURCE / name).read_bytes())
-    binary = LOADGEN_CACHE / f"loadgen-{digest.hexdigest()[:16]}"
-    if not binary.exists():
-        LOADGEN_CACHE.mkdir(parents=True, exist_ok=True)
-        partial = binary.with_suffix(".partial")
-        subprocess.run(
-            [go, "build", "-trimpath", "-o", str(partial), "."],
-            cwd=LOADGEN_SOURCE,
-            check=True,
-            timeout=LOADGEN_BUILD_SECONDS_MAX,
-            env=os.environ | {"GOFLAGS": "-mod=readonly -buildvcs=false"},
-        )
-        partial.replace(binary)
-    return binary
-
-
-def loadgen_command(binary: Path, load: Load) -> list[str]:
+def loadgen_command(load: Load) -> list[str]:
     return [
-        str(binary),
+        "-mode=overload",
         f"-grpc=127.0.0.1:{load.port}",
         f"-http-address=127.0.0.1:{load.http_port}",
         f"-token={load.token}",
@@ -520,57 +491,29 @@ def loadgen_command(binary: Path, load: Load) -> list[str]:
 async def run_loadgen(binary: Path, loads: list[Load], server_pid: int) -> Run:
     """Runs the loads in one compiled generator process each, started together (each says "ready" once
     connected, and starts on a line on its stdin); each reports its own threads' scheduler account."""
-    processes = [
-        await asyncio.create_subprocess_exec(
-            *loadgen_command(binary, load), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for load in loads
-    ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), PROCESS_START_TIMEOUT_SECONDS)
-            assert line == b"ready\n", f"load generator: {line!r}"
+    async with loadgen.started(binary, [loadgen_command(load) for load in loads]) as generators:
         started, cpu_server = time.perf_counter(), process_cpu_seconds(server_pid)
         loop_server, (busy_started, ticks_started) = sched(server_pid), host_busy_ticks()
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write(b"go\n")
-            await process.stdin.drain()
-        timeout = max(load.seconds for load in loads) + PROCESS_START_TIMEOUT_SECONDS
-        outputs: list[bytes] = []
-        for process in processes:
-            assert process.stdout is not None
-            outputs.append(await asyncio.wait_for(process.stdout.read(), timeout))  # Its last words: one JSON.
+        for generator in generators:
+            await generator.start()
+        timeout = max(load.seconds for load in loads)
+        documents = [await generator.result(timeout) for generator in generators]
         elapsed = time.perf_counter() - started
         cpu_server = process_cpu_seconds(server_pid) - cpu_server
         loop_server = sched(server_pid) - loop_server
         busy, ticks = host_busy_ticks()
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-            await process.wait()
     tallies = {"unary": Tally(), "batch": Tally(), "http": Tally()}
-    lags: list[float] = []
-    cpu_clients = 0.0
-    clients: list[Sched] = []
-    for output in outputs:
-        document = json.loads(output)
+    for document in documents:
         for name, fields in document["tallies"].items():
             tallies[name].add(Tally(**fields))
-        lags.append(percentile(document["lag_seconds"], 0.99))
-        cpu_clients += document["cpu_seconds"]
-        clients.append(Sched(document["running_seconds"], document["waiting_seconds"]))
     return Run(
         tallies,
-        lags,
-        cpu_clients,
+        [percentile(document["lag_seconds"], 0.99) for document in documents],
+        sum(document["cpu_seconds"] for document in documents),
         cpu_server,
         elapsed,
         loop_server,
-        clients,
+        [Sched(document["running_seconds"], document["waiting_seconds"]) for document in documents],
         (busy - busy_started) / max(1, ticks - ticks_started),
     )
 
@@ -646,7 +589,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH_CLIENTS, help="PostTransactions (1,000 tx) clients")
     parser.add_argument("--http", type=int, default=HTTP_CLIENTS, help="HTTP POST /v1/transactions clients")
     args = parser.parse_args()
-    binary = build_loadgen() if args.generator == "go" else None
+    binary = loadgen.build_loadgen() if args.generator == "go" else None
     if args.generator == "go" and binary is None:
         parser.error("--generator go needs the Go toolchain (`go` on PATH)")
     args.processes = args.processes or (1 if binary is not None else PROCESSES_DEFAULT)

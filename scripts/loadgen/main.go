@@ -9,10 +9,18 @@
 // No generated protobuf code: the requests are encoded with protowire (field numbers from
 // proto/ledger/v1/ledger.proto) and sent as raw bytes, so the build needs nothing but the Go module proxy.
 //
-// Protocol with the script: flags configure the clients; once every connection is ready it prints
+// Two modes:
+//   - -mode overload (bench_overload.py): the overload's mixed clients, see above.
+//   - -mode closed (bench_api.py's rows): -concurrency workers, each calling as soon as its previous call
+//     returned: PostTransaction (-size 0) or PostTransactions of -size transactions over one connection
+//     (as the Python client's one channel), or with -dsn the PostgreSQL peer's transfers over one
+//     connection per worker, one database transaction per transfer.
+//
+// Protocol with the scripts: flags configure the clients; once every connection is ready it prints
 // "ready" on stdout and waits for a line on stdin (the start, shared by every generator process); after
-// --seconds it prints one JSON document (the Tally fields of bench_overload.py per edge, its own timer
-// lag samples and CPU seconds) and exits.
+// -seconds it prints one line of JSON (overload: the Tally fields of bench_overload.py per edge, its own
+// timer lag samples, CPU seconds and scheduler account; closed: per-call latencies, the transactions
+// acknowledged and the errors by kind), and exits once its stdin is closed.
 package main
 
 import (
@@ -149,9 +157,9 @@ func appendMessage(b []byte, field protowire.Number, message []byte) []byte {
 	return protowire.AppendBytes(b, message)
 }
 
-// transaction encodes bench_overload.py's transaction(): a PostTransactionRequest with one TRANSFER leg.
-func (g *generator) transaction(key string, n int) []byte {
-	source, destination, amount := g.legs(n)
+// encodeTransaction encodes a PostTransactionRequest with one TRANSFER leg, the source "bench" and the key
+// as its correlation id (bench_overload.py's and bench_api.py's transaction()).
+func encodeTransaction(key, source, destination, amount string) []byte {
 	var leg []byte
 	leg = protowire.AppendTag(leg, 1, protowire.VarintType) // Leg.type
 	leg = protowire.AppendVarint(leg, legTypeTransfer)
@@ -164,6 +172,12 @@ func (g *generator) transaction(key string, n int) []byte {
 	request = appendString(request, 1, key) // idempotency_key
 	request = appendMessage(request, 2, leg)
 	return appendMessage(request, 3, meta)
+}
+
+// transaction is bench_overload.py's transaction() for request number n.
+func (g *generator) transaction(key string, n int) []byte {
+	source, destination, amount := g.legs(n)
+	return encodeTransaction(key, source, destination, amount)
 }
 
 // createdInBatch counts the results of a PostTransactionsResponse that carry a transaction (field 1 of
@@ -354,6 +368,27 @@ func schedSeconds() (running, waiting float64) {
 	return running, waiting
 }
 
+var stdin = bufio.NewReader(os.Stdin)
+
+// awaitStart says "ready" and waits for the start: a line on stdin.
+func awaitStart() error {
+	fmt.Println("ready")
+	if _, err := stdin.ReadString('\n'); err != nil {
+		return fmt.Errorf("waiting for the start: %w", err)
+	}
+	return nil
+}
+
+// report writes the result (one line of JSON), then waits for stdin to close before the connections do:
+// the script measures the server's processes first (a PostgreSQL backend's CPU leaves /proc with it).
+func report(result map[string]any) error {
+	if err := json.NewEncoder(os.Stdout).Encode(result); err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, stdin)
+	return nil
+}
+
 func run(cfg config) error {
 	unaryConnections := (cfg.unary + cfg.unaryPerConnection - 1) / cfg.unaryPerConnection
 	conns := make([]*grpc.ClientConn, 0, unaryConnections+cfg.batch)
@@ -369,9 +404,8 @@ func run(cfg config) error {
 		Timeout:   cfg.deadline,
 		Transport: &http.Transport{MaxIdleConnsPerHost: cfg.http + 4, MaxConnsPerHost: cfg.http + 4},
 	}
-	fmt.Println("ready")
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
-		return fmt.Errorf("waiting for the start: %w", err)
+	if err := awaitStart(); err != nil {
+		return err
 	}
 	cpuStarted := cpuSeconds()
 	runningStarted, waitingStarted := schedSeconds()
@@ -424,7 +458,7 @@ func run(cfg config) error {
 	workers.Wait()
 	<-probeDone
 	running, waiting := schedSeconds()
-	return json.NewEncoder(os.Stdout).Encode(map[string]any{
+	return report(map[string]any{
 		"tallies": g.tallies, "lag_seconds": lag, "cpu_seconds": cpuSeconds() - cpuStarted,
 		"running_seconds": running - runningStarted, "waiting_seconds": waiting - waitingStarted,
 	})
@@ -432,7 +466,9 @@ func run(cfg config) error {
 
 func main() {
 	var cfg config
-	var accounts string
+	var closed closedConfig
+	var mode, accounts string
+	flag.StringVar(&mode, "mode", "overload", "overload (bench_overload.py) or closed (bench_api.py's rows)")
 	flag.StringVar(&cfg.grpcAddress, "grpc", "", "gRPC host:port")
 	flag.StringVar(&cfg.httpAddress, "http-address", "", "JSON gateway host:port")
 	flag.StringVar(&cfg.token, "token", "", "bearer token (read+write)")
@@ -450,13 +486,29 @@ func main() {
 	flag.IntVar(&cfg.http, "http", 0, "HTTP clients")
 	flag.IntVar(&cfg.httpFirst, "http-first", 0, "number of the first HTTP client")
 	flag.IntVar(&cfg.unaryPerConnection, "unary-per-connection", 10, "unary clients sharing one connection")
+	flag.IntVar(&closed.concurrency, "concurrency", 1, "closed: concurrent calls")
+	flag.IntVar(&closed.size, "size", 0, "closed: transactions per call (0: PostTransaction, else PostTransactions)")
+	flag.StringVar(&closed.dsn, "dsn", "", "closed: the PostgreSQL peer's connection string (instead of -grpc)")
 	flag.Parse()
 	cfg.accounts = strings.Split(accounts, ",")
-	if cfg.grpcAddress == "" || accounts == "" || cfg.unaryPerConnection < 1 || cfg.batchSize < 1 {
-		fmt.Fprintln(os.Stderr, "loadgen: -grpc, -accounts are required; -unary-per-connection, -batch-size >= 1")
-		os.Exit(2)
+	var err error
+	switch {
+	case accounts == "":
+		err = errors.New("-accounts is required")
+	case mode == "overload" && (cfg.grpcAddress == "" || cfg.unaryPerConnection < 1 || cfg.batchSize < 1):
+		err = errors.New("overload: -grpc is required; -unary-per-connection, -batch-size >= 1")
+	case mode == "overload":
+		err = run(cfg)
+	case mode == "closed" && ((cfg.grpcAddress == "") == (closed.dsn == "") || closed.concurrency < 1 || closed.size < 0):
+		err = errors.New("closed: one of -grpc, -dsn; -concurrency >= 1, -size >= 0")
+	case mode == "closed":
+		closed.grpcAddress, closed.token, closed.tag = cfg.grpcAddress, cfg.token, cfg.tag
+		closed.accounts, closed.seconds = cfg.accounts, cfg.seconds
+		err = runClosed(closed)
+	default:
+		err = fmt.Errorf("unknown -mode %q", mode)
 	}
-	if err := run(cfg); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
