@@ -104,6 +104,16 @@ def tree_cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime+stime of `pid` alone (the service's own process, without the read model's child)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+
+
 def tree_write_bytes(root_pid: int) -> int:
     """write_bytes (/proc/<pid>/io: bytes sent to the block layer) of `root_pid` and its live descendants."""
     children: dict[int, list[int]] = {}
@@ -186,6 +196,7 @@ async def load(
             n += 1
 
     cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
+    own_cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     written_before = tree_write_bytes(cpu_pid) if cpu_pid is not None else 0
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -195,6 +206,8 @@ async def load(
         result.notes.append("errors: " + ", ".join(f"{kind} x{count}" for kind, count in sorted(error_kinds.items())))
     if cpu_pid is not None and done:
         result.cpu_us_per_tx = (tree_cpu_seconds(cpu_pid) - cpu_before) / done * 1e6
+        own_cpu_us_per_tx = (process_cpu_seconds(cpu_pid) - own_cpu_before) / done * 1e6
+        result.notes.append(f"server process alone {own_cpu_us_per_tx:,.0f} µs/tx")
         result.notes.append(f"{(tree_write_bytes(cpu_pid) - written_before) / done:,.0f} B/tx written")
     return result
 
