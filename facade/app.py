@@ -86,6 +86,8 @@ class RunningServer:
     """More gRPC servers on `port` beside `server` (api.grpc_servers)."""
     sql: AsgiServer | None = None
     """The read model's SQL endpoint (facade.api.sql), when api.sql_port >= 0 with the embedded read model."""
+    change_feed: ChangeFeedCache | None = None
+    """The change feed the service's change captures share (facade.changes.feed_cache)."""
 
     @property
     def http_port(self) -> int:
@@ -213,6 +215,7 @@ async def start(settings: Settings) -> RunningServer:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
     running.servers_beside = servers[1:]
+    running.change_feed = captured_feed
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(

@@ -164,3 +164,31 @@ async def test_captures_sharing_the_cache_publish_what_they_would_alone(engine: 
         assert capture.checkpoint == reference.checkpoint
         verify_chain(sink.entries)
     assert counting.changes == 31  # Three captures, each change read from the engine once.
+
+
+async def test_the_services_captures_read_each_change_from_the_engine_once(tmp_path: Path) -> None:
+    """`ledger serve` with the read model (its own process) and the audit tree: two captures over one feed."""
+    from tests.api.conftest import credit, open_api
+
+    api = await open_api(tmp_path, history=True)
+    try:
+        feed = api.server.change_feed
+        assert feed is not None and api.server.read_model is not None
+        alice = await api.account("alice")
+        changes = 0
+        for n in range(6):
+            await api.post(f"fund-{n}", credit(alice, 10 + n))
+            changes += 1
+            # Both captures (the audit tree's every 0.1-0.5 s, the read model's every 0.3-0.5 s) take it.
+            for _ in range(200):
+                if feed.changes_read + feed.changes_cached >= 2 * changes:
+                    break
+                await asyncio.sleep(0.05)
+            assert feed.changes_read + feed.changes_cached >= 2 * changes
+        # Each change came from the engine once and from the run once (two captures reading the same new
+        # change in the same instant would both go to the engine: allowed, but not for every change).
+        assert feed.changes_read < 2 * changes
+        assert feed.changes_cached >= 1
+    finally:
+        await api.channel.close()
+        await api.server.stop()
