@@ -26,9 +26,11 @@ from facade.engine.types import ChangeEvent, ChangeEventsFilter
 
 __all__ = ["CHANGES_MAX", "ChangeFeed", "ChangeFeedCache"]
 
-CHANGES_MAX = 65_536
-"""Changes kept: ~6 s of changes at 10,000 tx/s, far more than the captures' poll intervals apart
-(0.01-0.5 s) and than a backlog's read-ahead (8189); ~1 KB of objects a change, ~64 MB at most."""
+CHANGES_MAX = 16_384
+"""Changes kept: ~1.6 s at 10,000 tx/s, more than the captures' poll intervals apart (0.01-0.5 s) and two of
+a backlog's largest reads (8189). ~1 KB of objects a change, so ~16 MB at most: the heap's growth counts
+towards the service's next full garbage collection (facade.runtime.YoungOnlyCollection), so no more than
+the captures need. Captures further apart than this each read the engine, as they did before."""
 
 
 class ChangeFeed(Protocol):
