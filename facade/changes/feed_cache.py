@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 from typing import Protocol
 
-from facade.engine.types import ChangeEvent, ChangeEventsFilter
+from facade.engine.types import QUERY_LIMIT_MAX, ChangeEvent, ChangeEventsFilter
 
 __all__ = ["CHANGES_MAX", "ChangeFeed", "ChangeFeedCache"]
 
@@ -61,9 +61,10 @@ class ChangeFeedCache:
     async def get_change_events(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
         """The engine's answer to `filter`: the first `limit` changes from `timestamp_min` on (a backend
         may answer fewer, as the engine may: TigerBeetle caps a reply); other filters go to the engine."""
-        timestamp_min, limit = filter.timestamp_min, filter.limit
-        if filter.timestamp_max != 0 or timestamp_min <= 0 or limit <= 0:
+        if filter.timestamp_max != 0 or filter.timestamp_min <= 0 or filter.limit <= 0:
             return await self._engine.get_change_events(filter)
+        # A larger limit is capped, as the engine caps it (and as TigerBeetle's reply size caps it further).
+        timestamp_min, limit = filter.timestamp_min, min(filter.limit, QUERY_LIMIT_MAX)
         events = self._events
         if not events or not self._timestamp_from <= timestamp_min <= events[-1].timestamp + 1:
             return await self._read(timestamp_min, limit)

@@ -108,6 +108,16 @@ async def test_the_run_is_bounded_and_a_capture_behind_it_reads_the_engine(engin
     again = await cache.get_change_events(ChangeEventsFilter(timestamp_min=everything[33].timestamp, limit=10))
     assert same(again, everything[33:])
     assert counting.changes == 58
+    # A limit above the engine's is capped as the engine caps it, from the run too.
+    capped = ChangeFeedCache(counting, changes_max=20_000)
+    await engine.create_transfers(transfers(1000, 8189))
+    await engine.create_transfers(transfers(20_000, 10))
+    everything = await engine.get_change_events(ChangeEventsFilter(limit=8189))
+    first = await capped.get_change_events(ChangeEventsFilter(timestamp_min=everything[0].timestamp, limit=8189))
+    assert same(first, everything)
+    following = everything[-1].timestamp + 1
+    assert len(await capped.get_change_events(ChangeEventsFilter(timestamp_min=following, limit=8189))) >= 10
+    assert len(await capped.get_change_events(ChangeEventsFilter(timestamp_min=everything[0].timestamp))) == 8189
     # Filters change capture never sends go to the engine as they are.
     bounded = ChangeEventsFilter(timestamp_min=everything[0].timestamp, timestamp_max=everything[4].timestamp)
     assert same(await cache.get_change_events(bounded), everything[:5])
