@@ -3,8 +3,9 @@
 `ledger serve` runs up to three change captures over the same feed (the audit tree every 0.1 s, the read
 model every 0.3 s, Kafka every 10 ms), and each read the same changes from the engine again: on the
 embedded engine every read builds a copy of each transfer and of both accounts as of the change, on the
-engine's thread that the writes need too (~7 µs of the service's CPU per change and reader, py-spy under
-bench_api.py), and the read model's capture was the second reader of every change. Committed changes never
+engine's thread that the writes need too (~1.5 µs of the service's CPU per change and reader on a quiet
+host, 3-7 µs by py-spy under bench_api.py's load), and the read model's capture was the second reader of
+every change. Committed changes never
 change and come in timestamp order, so what one capture read is the others' answer too: they find it here.
 
 What is kept is one contiguous run of the feed, `_events`: exactly the changes with timestamps from
