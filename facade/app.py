@@ -37,6 +37,7 @@ from facade.api.observe import RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, guard_dev_mode
+from facade.changes.feed_cache import ChangeFeed, ChangeFeedCache
 from facade.changes.into_read_model import change_capture
 from facade.changes.metadata_cache import MetadataCache
 from facade.changes.poller import ChangeCapture, MetadataSource
@@ -85,6 +86,8 @@ class RunningServer:
     """More gRPC servers on `port` beside `server` (api.grpc_servers)."""
     sql: AsgiServer | None = None
     """The read model's SQL endpoint (facade.api.sql), when api.sql_port >= 0 with the embedded read model."""
+    change_feed: ChangeFeedCache | None = None
+    """The change feed the service's change captures share (facade.changes.feed_cache)."""
 
     @property
     def http_port(self) -> int:
@@ -181,10 +184,12 @@ async def start(settings: Settings) -> RunningServer:
     history: HistoryServicer | None = None
     # The change captures (read model, Kafka, audit) read the same changes: one metadata lookup serves all.
     captured_metadata = MetadataCache(store)
+    # And one read of the engine's change feed (facade.changes.feed_cache).
+    captured_feed = ChangeFeedCache(engine)
     if settings.clickhouse.serve_history:
         read_model = await ReadModel.open(settings.clickhouse)
         projection = await _capture_into(
-            read_model, engine, captured_metadata, settings.clickhouse.projector_checkpoint
+            read_model, captured_feed, captured_metadata, settings.clickhouse.projector_checkpoint
         )
         history = HistoryServicer(service, engine, read_model)
         for one in servers:
@@ -210,6 +215,7 @@ async def start(settings: Settings) -> RunningServer:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
     running.servers_beside = servers[1:]
+    running.change_feed = captured_feed
     if settings.api.http_port >= 0:
         try:
             running.http = await AsgiServer.start(
@@ -252,7 +258,7 @@ async def start(settings: Settings) -> RunningServer:
         from facade.kafka.entries_publisher import KafkaEntryPublisher
 
         publisher = KafkaEntryPublisher(kafka, health=topic_health)
-        capture = ChangeCapture(engine, publisher, kafka.change_capture_checkpoint, metadata=captured_metadata)
+        capture = ChangeCapture(captured_feed, publisher, kafka.change_capture_checkpoint, metadata=captured_metadata)
         running.background.append(asyncio.create_task(capture.run(running.stop_background), name="change-capture"))
     if kafka.bootstrap_servers and kafka.ingest_enabled:
         from facade.kafka.ingest import CommandIngestor
@@ -261,7 +267,7 @@ async def start(settings: Settings) -> RunningServer:
         running.background.append(asyncio.create_task(ingestor.run(running.stop_background), name="kafka-ingest"))
     from facade.audit.service import start_audit
 
-    audit = await start_audit(settings, engine, captured_metadata, read_model)
+    audit = await start_audit(settings, engine, captured_metadata, read_model, feed=captured_feed)
     if audit is not None:
         running.background.append(asyncio.create_task(audit.run(running.stop_background), name="audit"))
         if history is not None:
@@ -445,7 +451,7 @@ def checkpoint_paths(settings: Settings) -> list[Path]:
 
 
 async def _capture_into(
-    read_model: ReadModel, engine: Engine, metadata: MetadataSource, checkpoint: Path
+    read_model: ReadModel, engine: ChangeFeed, metadata: MetadataSource, checkpoint: Path
 ) -> ChangeCapture | None:
     """Change capture from the engine into the read model's projector, when this process projects."""
     projector = read_model.projector

@@ -26,8 +26,14 @@ Client and servers share the machine's cores (and on a shared machine, other loa
 to the no-op baseline and to PostgreSQL from the same run rather than absolute numbers across runs.
 
 Projection lag (read model on): a probe posts a transaction every 0.2 s during each row and one poller
-asks the History API every 50 ms how far the read model is projected; each row's note gives the time
-from acknowledgement to visible (p50, p99, max). "defaults ÷ read model off" pairs the rows by kind.
+asks the History API every 0.1 s, while a probe is out, how far the read model is projected; each row's
+note gives the time from acknowledgement to visible (p50, p99, max). "defaults ÷ read model off" pairs
+the rows by kind. The probe is the bench's own load on the defaults rows and is not subtracted: each of
+its History queries costs the read model's process 3-7 ms of CPU (chDB's cost per query) and the service
+~1 ms; at the 20 a second it asked before (a correlation id, every 50 ms) that was ~15% of a core (~15
+µs/tx of the defaults' CPU at 10,000 tx/s); at 10 a second of the cheapest History query (an empty
+ListTransactions window) it is ~5%. "server process alone" in the notes is the service's own pid's CPU
+per transaction (without the read model's child), from /proc/<pid>/stat.
 
     python scripts/bench_api.py [--seconds 3] [--profile DIR] [--rows unary,batch,stream]
         [--configs "defaults,read model off"] [--no-postgres] [--client go|python]
@@ -77,8 +83,16 @@ LAG_SAMPLE_INTERVAL_SECONDS = 0.5
 """The /metrics scrape for the projector's own lag figure: it costs the server, so not too often."""
 LAG_PROBE_INTERVAL_SECONDS = 0.2
 """How often the visibility probe posts a transaction (and then polls the read model for it)."""
-LAG_PROBE_POLL_SECONDS = 0.05
-"""One History query per poll however many probes are out (each costs the read model a query)."""
+LAG_PROBE_POLL_SECONDS = 0.1
+"""One History query per poll however many probes are out, only while one is out. Each costs the read
+model's process 3-7 ms of CPU (chDB's fixed cost per query, whatever the query: measured 3-4 ms for the
+empty window below, 5-7 ms for a correlation id no change carries, at 60,000 transactions) and the service
+~1-1.5 ms: at the 0.05 s this was, 20 a second took ~15% of a core, charged to the defaults rows' CPU µs/tx
+(~15 µs/tx at 10,000 tx/s) and taken from the cores the writes share; now ~5%. A sample is at most this
+much above the truth."""
+LAG_PROBE_WINDOW_FROM_NS = 1 << 63
+"""The probe's query: ListTransactions from this engine timestamp on (a window no change is in, year 2262):
+the cheapest History answer that carries projected_until (the primary key excludes every part)."""
 LAG_PROBE_WAIT_SECONDS_MAX = 30.0
 """A probe not visible after this long counts as this long (and the probe goes on with the next)."""
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -109,6 +123,16 @@ def tree_cpu_seconds(root_pid: int) -> float:
         total += times.get(pid, 0.0)
         pending.extend(children.get(pid, []))
     return total
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime+stime of `pid` alone (the service's own process, without the read model's child)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
 
 
 def tree_write_bytes(root_pid: int) -> int:
@@ -205,6 +229,8 @@ class Measured:
 
     cpu_pid: int | None
     cpu_seconds: float = 0.0
+    own_cpu_seconds: float = 0.0
+    """The root process alone (the service without the read model's child)."""
     written_bytes: int = 0
 
     def result(self, result: Result, done: int, error_kinds: dict[str, int]) -> Result:
@@ -214,6 +240,7 @@ class Measured:
             result.notes.append(f"errors: {kinds}")
         if self.cpu_pid is not None and done:
             result.cpu_us_per_tx = self.cpu_seconds / done * 1e6
+            result.notes.append(f"server process alone {self.own_cpu_seconds / done * 1e6:,.0f} µs/tx")
             result.notes.append(f"{self.written_bytes / done:,.0f} B/tx written")
         return result
 
@@ -223,10 +250,12 @@ def measured(cpu_pid: int | None) -> Iterator[Measured]:
     """Measures `cpu_pid`'s process tree over the block (nothing without a pid)."""
     server = Measured(cpu_pid)
     cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
+    own_cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     written_before = tree_write_bytes(cpu_pid) if cpu_pid is not None else 0
     yield server
     if cpu_pid is not None:
         server.cpu_seconds = tree_cpu_seconds(cpu_pid) - cpu_before
+        server.own_cpu_seconds = process_cpu_seconds(cpu_pid) - own_cpu_before
         server.written_bytes = tree_write_bytes(cpu_pid) - written_before
 
 
@@ -372,7 +401,8 @@ async def visibility_probe(
     and one poller asks the History API every LAG_PROBE_POLL_SECONDS how far the read model is projected
     (projected_until, the newest engine timestamp every table holds; rows go in in commit order). A
     sample is the time from a probe's acknowledgement to the first answer covering its committed_at_ns:
-    at most a poll interval above the truth."""
+    at most a poll interval above the truth. The probe's queries are the bench's, not the workload's, but
+    they are not subtracted: their CPU (~5% of a core) stays in the defaults rows' figures."""
     ledger: Any = rpc.LedgerStub(channel)
     history: Any = history_rpc.HistoryStub(channel)
     stop = asyncio.Event()
@@ -385,10 +415,14 @@ async def visibility_probe(
             pending[posted.committed_at_ns] = time.perf_counter()
 
     async def poll() -> None:
-        request = hpb.ListTransactionsByCorrelationRequest(correlation_id=f"{tag}-probe-none")
+        window: dict[str, Any] = {"from": LAG_PROBE_WINDOW_FROM_NS}  # `from` is a keyword in Python.
+        request = hpb.ListTransactionsRequest(filter=hpb.TransactionFilter(**window), page_size=1)
         while not stop.is_set() or pending:
+            if not pending:  # Nothing to look for: no query (each one costs the read model).
+                await asyncio.sleep(LAG_PROBE_POLL_SECONDS)
+                continue
             with contextlib.suppress(grpc.aio.AioRpcError):
-                projected = (await history.ListTransactionsByCorrelation(request, metadata=metadata)).projected_until
+                projected = (await history.ListTransactions(request, metadata=metadata)).projected_until
                 now = time.perf_counter()
                 for committed in [c for c in pending if c <= projected]:
                     samples.append(now - pending.pop(committed))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from facade.audit.log import AuditLog, SealedCheckpoint, open_audit_log
 from facade.audit.self_audit import SelfAudit
 from facade.audit.sink import AuditSink, Publisher
+from facade.changes.feed_cache import ChangeFeed
 from facade.changes.poller import ChangeCapture, MetadataSource, Pacing
 from facade.engine.protocol import Engine
 from facade.observability.logs import get_logger
@@ -69,9 +70,15 @@ class AuditRuntime:
 
 
 async def start_audit(
-    settings: Settings, engine: Engine, metadata: MetadataSource, read_model: ReadModel | None
+    settings: Settings,
+    engine: Engine,
+    metadata: MetadataSource,
+    read_model: ReadModel | None,
+    *,
+    feed: ChangeFeed | None = None,
 ) -> AuditRuntime | None:
-    """None when settings.audit.enabled is off. The signing key is created here on first run."""
+    """None when settings.audit.enabled is off. The signing key is created here on first run. The tree's
+    change capture reads `feed` (the service's captures share one: facade.changes.feed_cache), else the engine."""
     if not settings.audit.enabled:
         return None
     audit_log = await asyncio.to_thread(open_audit_log, settings)
@@ -93,7 +100,7 @@ async def start_audit(
     # The tree is the truth: the capture resumes after its last leaf, whatever the position file says.
     await asyncio.to_thread(positions.save, position, sink.resume_position())
     capture = ChangeCapture(
-        engine,
+        feed if feed is not None else engine,
         sink,
         position,
         metadata,

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from facade.changes.feed_cache import ChangeFeed
 from facade.changes.poller import ChangeCapture, EntrySink, MetadataSource, Pacing
-from facade.engine.protocol import Engine
 from ledger_events import checkpoint as checkpoints
 from ledger_events.checkpoint import Checkpoint
 
@@ -67,7 +67,7 @@ class ResumableSink(EntrySink, Protocol):
 
 
 def change_capture(
-    engine: Engine,
+    engine: ChangeFeed,
     projector: ResumableSink,
     checkpoint_path: Path,
     metadata: MetadataSource | None = None,

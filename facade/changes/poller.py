@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from facade.background import run_until_stopped
 from facade.changes.entries import build_entries
-from facade.engine.protocol import Engine
+from facade.changes.feed_cache import ChangeFeed
 from facade.engine.types import ChangeEvent, ChangeEventsFilter
 from facade.observability import metrics
 from facade.observability.logs import get_logger
@@ -103,7 +103,7 @@ async def _discard(task: asyncio.Task[_Batch]) -> None:
 class ChangeCapture:
     def __init__(
         self,
-        engine: Engine,
+        engine: ChangeFeed,
         sink: EntrySink,
         checkpoint_path: Path,
         metadata: MetadataSource | None = None,

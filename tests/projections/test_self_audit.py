@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from facade.api.ops import Readiness
 from facade.audit.log import AuditLog, LeafRecord
-from facade.audit.self_audit import AuditCheck, Frontier, SelfAudit
+from facade.audit.self_audit import AuditCheck, ChainFold, Frontier, SelfAudit, fold_chain, row_leaf_input_of
 from facade.audit.sink import AuditSink
 from facade.changes.into_read_model import change_capture
 from facade.changes.poller import ChangeCapture, Pacing
@@ -22,6 +22,7 @@ from facade.settings import AuditSettings
 from ledger_audit_verifier import leaf_hash
 from projections.client import ChdbClient, ClickHouseClient
 from projections.projector import Projector
+from projections.queries import TIMESTAMP_MAX
 from tests.projections.conftest import Metadata, Workload, drain
 
 ROUNDS = 3
@@ -118,3 +119,31 @@ async def test_unbalanced_entries_fail_the_ledger_sums(fed: AuditLog, client: Ch
     failure = await SelfAudit(fed, query_of(client)).run_once()  # type: ignore[arg-type]
     assert failure is not None and failure.check is AuditCheck.LEDGER_SUMS
     assert failures(AuditCheck.LEDGER_SUMS) == before + 1
+
+
+def test_the_folds_leaf_inputs_are_the_audit_modules(fed: AuditLog, client: ChdbClient) -> None:
+    """fold_chain builds each leaf input from the row's values (row_leaf_input_of); it must be byte for byte
+    what the audit module builds from the row's ChainRow (escapes, non-ASCII, labels, rows without metadata,
+    every change kind the workload makes), and what the service's own tree holds."""
+    from projections.audit import _CHAIN_PAGE, _row
+    from projections.audit_evidence import row_leaf_input
+
+    found = client.query_rows(_CHAIN_PAGE, {"cursor": 0, "timestamp_to": TIMESTAMP_MAX, "limit": 1000})
+    assert len(found) == CHANGES
+    rows = [_row(values) for values in found]
+    assert any(not row.has_metadata for row in rows) and any(row.labels for row in rows)
+    assert len({row.change for row in rows}) >= 2
+    for index, (values, row) in enumerate(zip(found, rows, strict=True)):
+        assert row_leaf_input_of(values) == row_leaf_input(row)
+        assert leaf_hash(row_leaf_input_of(values)) == fed.tree.leaf(index)
+
+
+def test_a_fold_in_pages_and_rounds_reaches_the_trees_root(fed: AuditLog, client: ChdbClient) -> None:
+    """Folding up to each checkpoint in turn (as successive rounds do) ends at each signed root."""
+    fold = ChainFold()
+    for sealed in fed.checkpoints():
+        fold, failure = fold_chain(client, fold, sealed.tree_size)
+        assert failure is None
+        assert fold.frontier.size == sealed.tree_size
+        assert fold.frontier.root() == sealed.checkpoint.root_hash
+    assert fold.link == fed.head().link
