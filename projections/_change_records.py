@@ -1,21 +1,22 @@
-"""Engine changes → one RowBinary record per change, fanned out into the read model's tables by ClickHouse.
+"""Engine changes → the read model's rows as RowBinary, inserted without SQL to derive them.
 
 The read model's process (projections._process) receives changes in the engine's 128-byte layouts. Printing
-five TabSeparated rows per change (two entries, two balances, a transaction: ~110 columns, a dozen u128s as
-decimal text) cost ~13 µs a change in Python and ~15 µs in ClickHouse parsing them back (measured in that
-process, chDB 4.4, 2,000 changes a batch); together about half of the process's CPU. TigerBeetle's layouts
-are RowBinary already: a u128 is 16 little-endian bytes in both, and the narrow fields follow in the same
-widths. So a change's record is its timestamp and change type, the transfer's 128 bytes and the two
-accounts' 128 bytes as they came, the chain link (raw hashes) and the metadata strings: concatenated, not
-formatted. ClickHouse reads the batch once per table (`INSERT ... SELECT ... FROM file(...)`, RowBinary:
-~1 µs a change) and derives the rows in SQL (`_ENTRIES_SELECT` and the rest), the same values as
-projections._change_rows prints, column for column; tests/projections/test_process.py asserts the tables
-equal to the LedgerEntry path's.
+five TabSeparated rows per change (~110 columns, a dozen u128s as decimal text) cost ~13 µs a change in Python
+and ~15 µs in ClickHouse parsing them back. TigerBeetle's layouts are RowBinary already: a u128 is 16
+little-endian bytes in both, and the narrow fields follow in the same widths, so a row is mostly the change's
+bytes as they came, concatenated, not formatted.
 
-Large batches only (RECORDS_CHANGES_MIN): ClickHouse's fixed cost per statement is higher for an
-`INSERT ... SELECT` over a file than for an inline TabSeparated insert (~24 against ~18 ms a batch of ten
-changes, all threads), so below ~1,200 changes the text path costs less in all (350 changes: 50 against
-33 ms a batch; 4,000: 115 against 172 ms; chDB 4.4 in the read model's process, merges included).
+The rows are in the tables' own columns, in an order chosen so that a transfer's 128 bytes are one run of
+columns: `transfer_id, account_id, counterparty_account_id, amount, pending_id, ...` for a debit entry (the
+transfer's id, debit, credit, amount, ... as they came), the two account ids swapped for a credit entry, and
+`transfer_id, debit_account_id, credit_account_id, ...` for a transaction; an account's balances are its bytes
+16-80. Each table gets one `INSERT INTO t (columns) FORMAT RowBinary` with the bytes streamed in
+(ChdbClient.insert_binary). An earlier form wrote one record per change to a file and derived both tables' rows
+in SQL (`INSERT ... SELECT ... FROM file(...) ARRAY JOIN ...`): ClickHouse's analysis of those two statements
+alone took ~18 ms of the calling thread a batch whatever its size, and their pipelines ~55 ms of all threads
+for 3,000 changes, against ~2 and ~35-40 ms for these inserts (chDB 4.4, merges stopped). The rows are the
+same values as projections._change_rows prints, column for column; tests/projections/test_change_records.py
+asserts the tables equal to the text path's.
 
 This is the in-order path only: the batch must lie entirely above every table's high-water mark (no row of
 it can be there already). A batch reaching below one (a replay after a restart) goes through
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from binascii import hexlify
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json
@@ -38,10 +40,10 @@ from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import schema
 
 __all__ = [
-    "ENTRIES_INSERT",
+    "ENTRIES_INSERT_COLUMNS",
+    "INSERT_SETTINGS",
     "RECORDS_CHANGES_MIN",
-    "STRUCTURE",
-    "TRANSACTIONS_INSERT",
+    "TRANSACTIONS_INSERT_COLUMNS",
     "ChangeRecords",
     "change_records",
 ]
@@ -51,7 +53,6 @@ RECORDS_CHANGES_MIN = 1024
 
 _HEAD = struct.Struct("<QB")
 """engine_timestamp UInt64, change Enum8 (ledger.v1.EntryChange's value)."""
-_CHAIN = struct.Struct(f"<Q{HASH_SIZE}s{HASH_SIZE}s")
 _LEG_INDEX = struct.Struct("<I")
 _TRANSFER_ID = struct.Struct("<QQ112x")
 """A transfer's id (its first 16 bytes, two little-endian u64 halves), for the metadata lookup."""
@@ -62,66 +63,50 @@ assert _TRANSFER_ID.size == _SIDES.size == EVENT_SIZE
 _CHANGES: Mapping[int, int] = {kind.value: ENTRY_CHANGES[kind] for kind in ChangeEventType}
 """Engine change type → EntryChange value (the chain hashes it; the tables' Enum8 has the same values)."""
 
-_FIXED_FIELDS = (
-    "transfer_id UInt128, debit_account_id UInt128, credit_account_id UInt128, amount UInt128, pending_id UInt128, "
-    "user_data_128 UInt128, user_data_64 UInt64, user_data_32 UInt32, timeout_seconds UInt32, ledger UInt32, "
-    "code UInt16, transfer_flags UInt16, transfer_timestamp UInt64"
-)
-"""The transfer's 128 bytes (facade.engine.codec's layout) read as RowBinary."""
+_TRANSFER_TAIL = (
+    "amount", "pending_id", "user_data_128", "user_data_64", "user_data_32", "timeout_seconds", "ledger", "code",
+    "transfer_flags", "transfer_timestamp",
+)  # fmt: skip
+"""A transfer's fields after its id and two account ids, in its 128-byte layout's order (facade.engine.codec)."""
+_CHAIN_NAMES = tuple(name for name, _ in schema.CHAIN_COLUMNS)
+_METADATA_NAMES = tuple(name for name, _ in schema.METADATA_COLUMNS)
+ENTRIES_INSERT_COLUMNS: tuple[str, ...] = (
+    "event_id", "engine_timestamp", "change", "side",
+    "transfer_id", "account_id", "counterparty_account_id", *_TRANSFER_TAIL,
+    "signed_amount", "has_balance_after", *(f"{name}_after" for name, _ in schema.BALANCE_FIELDS),
+    *_CHAIN_NAMES, *_METADATA_NAMES,
+)  # fmt: skip
+"""`entries`' columns in the order of an entry's RowBinary row (`change_records`)."""
+TRANSACTIONS_INSERT_COLUMNS: tuple[str, ...] = (
+    "engine_timestamp", "change", "transfer_id", "debit_account_id", "credit_account_id", *_TRANSFER_TAIL,
+    *_CHAIN_NAMES, *_METADATA_NAMES,
+)  # fmt: skip
+"""`transactions`' columns in the order of a transaction's RowBinary row."""
+assert sorted(ENTRIES_INSERT_COLUMNS) == sorted(name for name, _ in schema.ENTRIES_COLUMNS)
+assert sorted(TRANSACTIONS_INSERT_COLUMNS) == sorted(name for name, _ in schema.TRANSACTIONS_COLUMNS)
+
+_ENTRY_HEAD = struct.Struct("<QBB")
+"""engine_timestamp UInt64, change Enum8 (ledger.v1.EntryChange's value), side Enum8 (DEBIT 1, CREDIT 2)."""
+_DEBIT_SIDE = 1
+_CREDIT_SIDE = 2
+_CHAIN = struct.Struct(f"<Q{2 * HASH_SIZE}s{2 * HASH_SIZE}s")
+"""chain_sequence UInt64, chain_previous_hash and chain_hash FixedString(64): lowercase hex."""
+_BALANCES = struct.Struct("<16s64s48x")
+"""An account's id and its four balances (debits pending, posted, credits pending, posted) as they came."""
+_NO_ID = bytes(16)
+_INT256_SIZE = 32
+_ZERO_INT256 = bytes(_INT256_SIZE)
+_ZERO_INT128 = bytes(_INT256_SIZE - 16)
+"""The high half of a non-negative Int256 (a credit's signed_amount: the amount's own 16 bytes, then these)."""
+_POSTING = frozenset(ENTRY_CHANGES[kind] for kind in (ChangeEventType.SINGLE_PHASE, ChangeEventType.TWO_PHASE_POSTED))
+"""Changes that move posted balances: their entries carry ∓amount as signed_amount, others 0."""
+_U128_SIZE = 16
+_ID_END = _U128_SIZE
+_CREDIT_END = 3 * _U128_SIZE
+_AMOUNT_END = 4 * _U128_SIZE
 
 
-def _account_fields(prefix: str) -> str:
-    """An account's 128 bytes read as RowBinary (only the id and the four balances are used)."""
-    return (
-        f"{prefix}_id UInt128, {prefix}_debits_pending UInt128, {prefix}_debits_posted UInt128, "
-        f"{prefix}_credits_pending UInt128, {prefix}_credits_posted UInt128, {prefix}_user_data_128 UInt128, "
-        f"{prefix}_user_data_64 UInt64, {prefix}_user_data_32 UInt32, {prefix}_reserved UInt32, "
-        f"{prefix}_ledger UInt32, {prefix}_code UInt16, {prefix}_flags UInt16, {prefix}_timestamp UInt64"
-    )
-
-
-_METADATA_STRUCTURE = ", ".join(f"{name} {kind}" for name, kind in schema.METADATA_COLUMNS).replace(
-    "LowCardinality(String)", "String"
-)
-STRUCTURE = (
-    f"engine_timestamp UInt64, change {schema.CHANGE_ENUM}, {_FIXED_FIELDS}, {_account_fields('d')}, "
-    f"{_account_fields('c')}, chain_sequence UInt64, chain_previous_raw FixedString({HASH_SIZE}), "
-    f"chain_raw FixedString({HASH_SIZE}), {_METADATA_STRUCTURE}"
-)
-"""One change's record, in `change_records`' byte order."""
-
-_SOURCE = "file({path:String}, 'RowBinary', {structure:String})"
-"""The batch's file, bound as parameters (the path comes from the settings, the structure is STRUCTURE)."""
-_TRANSFER = (
-    "transfer_id, pending_id, ledger, code, transfer_flags, user_data_128, user_data_64, user_data_32, "
-    "timeout_seconds, transfer_timestamp"
-)
-_CHAIN_SELECT = "chain_sequence, lower(hex(chain_previous_raw)), lower(hex(chain_raw))"
-_METADATA_SELECT = ", ".join(name for name, _ in schema.METADATA_COLUMNS)
-_DEBIT_SIDE = "side_number = 1"
-_POSTING = "change IN ('SINGLE_PHASE', 'TWO_PHASE_POSTED')"
-
-
-def _side(debit: str, credit: str) -> str:
-    return f"if({_DEBIT_SIDE}, {debit}, {credit})"
-
-
-_ENTRIES_SELECT = (
-    f"SELECT concat(toString(engine_timestamp), if({_DEBIT_SIDE}, ':D', ':C')), engine_timestamp, change, "
-    f"if({_DEBIT_SIDE}, 'DEBIT', 'CREDIT'), {_side('debit_account_id', 'credit_account_id')}, "
-    f"{_side('credit_account_id', 'debit_account_id')}, amount, "
-    f"if({_POSTING}, if({_DEBIT_SIDE}, -toInt256(amount), toInt256(amount)), toInt256(0)), {_TRANSFER}, "
-    f"{_side('d_id', 'c_id')} != 0, "
-    + ", ".join(_side(f"d_{name}", f"c_{name}") for name, _ in schema.BALANCE_FIELDS)
-    + f", {_CHAIN_SELECT}, {_METADATA_SELECT} FROM {_SOURCE} ARRAY JOIN [1, 2] AS side_number"
-)
-_TRANSACTIONS_SELECT = (
-    f"SELECT engine_timestamp, change, debit_account_id, credit_account_id, amount, {_TRANSFER}, {_CHAIN_SELECT}, "
-    f"{_METADATA_SELECT} FROM {_SOURCE}"
-)
-
-
-_INSERT_SETTINGS = "max_threads = 1, max_insert_threads = 1, optimize_on_insert = 0"
+INSERT_SETTINGS = "max_threads = 1, max_insert_threads = 1, optimize_on_insert = 0"
 """One thread: a batch is a few thousand rows; a parallel pipeline's threads cost more to start and join
 than they save (measured: ~25 ms of ThreadPool CPU per batch at 350 changes without this).
 optimize_on_insert off: ReplacingMergeTree otherwise sorts and collapses each inserted block by key, and an
@@ -129,21 +114,13 @@ in-order batch has no two rows with one key (strictly increasing timestamps, deb
 `change_records`), so that pass could only cost (entries, 3,000 changes, all threads: ~32 -> ~23 ms)."""
 
 
-def _insert(table: str, columns: tuple[tuple[str, str], ...], select: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(name for name, _ in columns)}) {select} SETTINGS {_INSERT_SETTINGS}"
-
-
-ENTRIES_INSERT = _insert("entries", schema.ENTRIES_COLUMNS, _ENTRIES_SELECT)
-TRANSACTIONS_INSERT = _insert("transactions", schema.TRANSACTIONS_COLUMNS, _TRANSACTIONS_SELECT)
-"""Entries, transactions: the projector's insert order (transactions last: resume_checkpoint); `balances` is
-a view over entries (projections.schema)."""
-
-
 @dataclass(frozen=True, slots=True)
 class ChangeRecords:
-    """A batch of changes as RowBinary records (STRUCTURE), with what the projector keeps about it."""
+    """A batch of changes as RowBinary rows of `entries` (ENTRIES_INSERT_COLUMNS, two a change) and of
+    `transactions` (TRANSACTIONS_INSERT_COLUMNS, one a change), with what the projector keeps about it."""
 
-    data: bytes
+    entries: bytes
+    transactions: bytes
     count: int
     timestamp_min: int
     timestamp_max: int
@@ -231,25 +208,24 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
     count = len(timestamps)
     assert count > 0
     assert len(kinds) == count and len(transfers) == EVENT_SIZE * count and len(accounts) == 2 * EVENT_SIZE * count
-    records: list[bytes] = []
-    append = records.append
+    entries: list[bytes] = []
+    transactions: list[bytes] = []
+    entries_extend, transactions_extend = entries.extend, transactions.extend
     # The chain (ledger_events.chain.next_link_encoded) folded here without a Link per change: the hash of
     # each change over the previous one's, the same canonical bytes (canonical_bytes_encoded).
     sequence, previous_hash, hash_last = previous.sequence, previous.previous_hash, previous.hash
+    hex_last = hexlify(hash_last)
     timestamp_last = 0
-    head, chain, changes, sha256, canonical_bytes = (
-        _HEAD.pack,
-        _CHAIN.pack,
-        _CHANGES,
-        hashlib.sha256,
-        canonical_bytes_encoded,
-    )
+    entry_head, transaction_head, chain, changes = _ENTRY_HEAD.pack, _HEAD.pack, _CHAIN.pack, _CHANGES
+    sha256, canonical_bytes = hashlib.sha256, canonical_bytes_encoded
     encoded: dict[int, tuple[bytes, bytes]] = {
         transfer_id: _metadata_encoded(described) for transfer_id, described in metadata.items()
     }
     no_metadata = (b"", _NO_METADATA)
     transfer_ids = [low | high << 64 for low, high in _TRANSFER_ID.iter_unpack(transfers)] if encoded else None
     sides = _SIDES.iter_unpack(transfers)
+    balances = _BALANCES.iter_unpack(accounts)
+    posting, one, zero, no_id = _POSTING, b"\x01", b"\x00", _NO_ID
     offset = 0
     for index, (timestamp, kind) in enumerate(zip(timestamps, kinds, strict=True)):
         assert timestamp > timestamp_last, "changes in commit order"
@@ -263,15 +239,50 @@ def change_records(  # noqa: PLR0913  The columns of a batch as the read model's
         )
         change = changes[kind]
         sequence += 1
-        previous_hash = hash_last
+        previous_hash, previous_hex = hash_last, hex_last
         hash_last = sha256(previous_hash + canonical_bytes(sequence, timestamp, change, transfer, canonical)).digest()
-        append(head(timestamp, change))
-        append(transfer)
-        append(accounts[2 * offset : 2 * offset + 2 * EVENT_SIZE])  # The debit then the credit account.
-        append(chain(sequence, previous_hash, hash_last))
-        append(metadata_record)
+        hex_last = hexlify(hash_last)
+        chained = chain(sequence, previous_hex, hex_last)
+        if change in posting:
+            amount = int.from_bytes(transfer[_CREDIT_END:_AMOUNT_END], "little")
+            debit_signed = (-amount).to_bytes(_INT256_SIZE, "little", signed=True)
+            credit_signed = transfer[_CREDIT_END:_AMOUNT_END] + _ZERO_INT128
+        else:
+            debit_signed = credit_signed = _ZERO_INT256
+        event = b"%d" % timestamp
+        event_size = _BYTES[len(event) + 2]  # The event id is `<timestamp>:D` or `:C` (below 128 bytes).
+        debit_account, debit_balances = next(balances)
+        credit_account, credit_balances = next(balances)
+        entries_extend(
+            (
+                event_size,
+                event,
+                b":D",
+                entry_head(timestamp, change, _DEBIT_SIDE),
+                transfer,
+                debit_signed,
+                zero if debit_account == no_id else one,
+                debit_balances,
+                chained,
+                metadata_record,
+                event_size,
+                event,
+                b":C",
+                entry_head(timestamp, change, _CREDIT_SIDE),
+                transfer[:_ID_END],
+                credit_id,
+                debit_id,
+                transfer[_CREDIT_END:],
+                credit_signed,
+                zero if credit_account == no_id else one,
+                credit_balances,
+                chained,
+                metadata_record,
+            )
+        )
+        transactions_extend((transaction_head(timestamp, change), transfer, chained, metadata_record))
         offset += EVENT_SIZE
     link = Link(sequence, previous_hash, hash_last)
     assert link.sequence == previous.sequence + count
-    batch = ChangeRecords(b"".join(records), count, timestamps[0], timestamp_last)
+    batch = ChangeRecords(b"".join(entries), b"".join(transactions), count, timestamps[0], timestamp_last)
     return batch, link
