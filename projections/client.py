@@ -193,18 +193,18 @@ class ChdbClient:
     def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
         return self._query(sql, fmt, parameters)
 
-    def insert_binary(self, table: str, columns: Sequence[str], data: bytes, settings: str) -> None:
-        """Inserts RowBinary rows (projections._change_records) into `table`'s `columns`, streamed into one
-        `INSERT ... FORMAT RowBinary`: no SQL derives them, nothing is parsed from text. `settings` is a
+    def insert_native(self, table: str, columns: Sequence[str], block: bytes, settings: str) -> None:
+        """Inserts a Native block (projections._change_columns) into `table`'s `columns`, streamed into one
+        `INSERT ... FORMAT Native`: no SQL derives the rows, nothing is parsed from text. `settings` is a
         constant (`name = value, ...`); synchronous, as insert_tsv (async_insert off)."""
         assert not self._closed, "ChdbClient is closed"
-        assert data
+        assert block
         names = ", ".join(identifier(column) for column in columns)
         sql = f"INSERT INTO {identifier(table)} ({names}) SETTINGS async_insert = 0, {settings}"
         try:
-            inserter = self._session.send_insert(sql, "RowBinary")
+            inserter = self._session.send_insert(sql, "Native")
             with inserter:
-                inserter.append(data)  # type: ignore[no-untyped-call]
+                inserter.append(block)  # type: ignore[no-untyped-call]
                 inserter.finish()
         except Exception as error:  # chdb raises RuntimeError or its ChdbError (untyped); keep the message.
             raise ClickHouseError(str(error)) from error

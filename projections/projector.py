@@ -33,7 +33,7 @@ from ledger_events.chain import Link
 from ledger_events.checkpoint import START, Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import rows, schema
-from projections._change_records import (
+from projections._change_columns import (
     ENTRIES_INSERT_COLUMNS,
     INSERT_SETTINGS,
     TRANSACTIONS_INSERT_COLUMNS,
@@ -155,7 +155,7 @@ class Projector:
         return self._binary is not None and all(timestamp_min > high for high in self._high_water.values())
 
     def project_records(self, records: ChangeRecords) -> int:
-        """`project_tables` for a batch of RowBinary rows (projections._change_records), in-order
+        """`project_tables` for a batch of Native blocks (projections._change_columns), in-order
         batches only (`appends`): nothing to de-duplicate, so no key is read or compared. Same insert
         order and high-water marks as `_insert_batches`: a failure part way
         leaves a batch that reaches below some table's mark, which the retry de-duplicates key by key."""
@@ -169,7 +169,7 @@ class Projector:
                 (_ENTRIES, ENTRIES_INSERT_COLUMNS, records.entries, 2 * records.count),
                 (_TRANSACTIONS, TRANSACTIONS_INSERT_COLUMNS, records.transactions, records.count),
             ):
-                binary.insert_binary(table.name, columns, data, INSERT_SETTINGS)
+                binary.insert_native(table.name, columns, data, INSERT_SETTINGS)
                 self._high_water[table.name] = records.timestamp_max
                 self.stats.rows_inserted += rows_count
                 inserted += rows_count

@@ -41,7 +41,7 @@ from facade.engine.codec import encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEventType, Transfer
 from ledger_events.chain import GENESIS
 from ledger_events.gen.ledger.v1 import entries_pb2
-from projections._change_records import RECORDS_CHANGES_MIN
+from projections._change_columns import RECORDS_CHANGES_MIN
 from projections._process import _Changes, _project_changes
 from projections.client import ChdbClient
 from projections.projector import Projector
