@@ -129,8 +129,8 @@ def _project_changes(
     metadata = {transfer_id: parse(data) for transfer_id, data in changes.metadata.items()}
     arguments = (changes.timestamps, changes.types, changes.transfers, changes.accounts, metadata, previous)
     if len(changes.timestamps) >= records_changes_min and projector.appends(changes.timestamps[0]):
-        # A large batch in order (a busy feed): Native blocks (projections._change_columns); a small one or a
-        # replay: TabSeparated rows, de-duplicated.
+        # A batch in order: Native blocks (projections._change_columns); a replay reaching below a table's
+        # high-water mark: TabSeparated rows, de-duplicated key by key.
         with _collector_paused():
             records, link = change_records(*arguments)
         projector.project_records(records)
