@@ -193,9 +193,18 @@ def _metadata_encoded(metadata: entries_pb2.EntryMetadata) -> tuple[bytes, _Meta
     return canonical, _MetadataValues(1, strings, len(pairs), keys, values, leg_index)
 
 
+_DISTINCT_SHARE_MAX = 4
+"""A column with at most one distinct value in this many (a client, a type, a source, a currency) is encoded
+once per distinct value: a set and a lookup per value cost less than encoding every value."""
+
+
 def _strings_column(values: Sequence[str]) -> bytes:
     """A Native String column: each value's UTF-8 length (LEB128) and bytes. Built with C-level maps over
     the whole column: a Python call per value cost ~3x as much."""
+    distinct = set(values)
+    if len(distinct) * _DISTINCT_SHARE_MAX <= len(values):
+        encoded_distinct = {value: _string(value) for value in distinct}
+        return b"".join(map(encoded_distinct.__getitem__, values))
     encoded = list(map(str.encode, values))
     try:
         prefixes = list(map(_BYTES.__getitem__, map(len, encoded)))
