@@ -38,10 +38,6 @@ JSON_SETTINGS = "output_format_json_quote_64bit_integers=0, output_format_json_q
 """Appended to every row query: integers of any width unquoted, identical on both backends."""
 
 
-STAGING_FILE = "staged-changes.bin"
-"""In the chDB directory: the batch `ChdbClient.stage` writes and `insert_staged` reads (rewritten per batch)."""
-
-
 class ClickHouseError(RuntimeError):
     """A statement failed (syntax, unknown table, type mismatch, connection): an operating error."""
 
@@ -159,7 +155,6 @@ class ChdbClient:
         self.path = path
         self.database = database
         self._closed = False
-        self._staging = path / STAGING_FILE
         self.command(f"CREATE DATABASE IF NOT EXISTS {identifier(database)}")
         self.command(f"USE {identifier(database)}")
 
@@ -198,17 +193,21 @@ class ChdbClient:
     def query_raw(self, sql: str, fmt: str, parameters: Parameters | None = None) -> bytes:
         return self._query(sql, fmt, parameters)
 
-    def stage(self, data: bytes) -> None:
-        """Writes `data` (a batch of binary records) where `insert_staged` statements read it. Not synced:
-        it is input, read back at once; what is durable is what the inserts write."""
-        assert data
-        self._staging.write_bytes(data)
-
-    def insert_staged(self, sql: str, structure: str) -> None:
-        """Runs an `INSERT ... SELECT ... FROM file({path:String}, 'RowBinary', {structure:String})` over
-        the staged batch (projections._change_records): binary in, no text formatting or parsing."""
-        assert self._staging.is_file(), "stage() the batch first"
-        self._query(sql, "TabSeparated", {"path": str(self._staging), "structure": structure})
+    def insert_native(self, table: str, columns: Sequence[str], block: bytes, settings: str) -> None:
+        """Inserts a Native block (projections._change_columns) into `table`'s `columns`, streamed into one
+        `INSERT ... FORMAT Native`: no SQL derives the rows, nothing is parsed from text. `settings` is a
+        constant (`name = value, ...`); synchronous, as insert_tsv (async_insert off)."""
+        assert not self._closed, "ChdbClient is closed"
+        assert block
+        names = ", ".join(identifier(column) for column in columns)
+        sql = f"INSERT INTO {identifier(table)} ({names}) SETTINGS async_insert = 0, {settings}"
+        try:
+            inserter = self._session.send_insert(sql, "Native")
+            with inserter:
+                inserter.append(block)  # type: ignore[no-untyped-call]
+                inserter.finish()
+        except Exception as error:  # chdb raises RuntimeError or its ChdbError (untyped); keep the message.
+            raise ClickHouseError(str(error)) from error
 
     def query_formatted(self, sql: str, fmt: str, parameters: Mapping[str, str], size_max: int) -> bytes:
         """An analyst's query (facade.api.sql): `parameters` are already in ClickHouse's escaped text form

@@ -33,10 +33,10 @@ from ledger_events.chain import Link
 from ledger_events.checkpoint import START, Checkpoint
 from ledger_events.gen.ledger.v1 import entries_pb2
 from projections import rows, schema
-from projections._change_records import (
-    ENTRIES_INSERT,
-    STRUCTURE,
-    TRANSACTIONS_INSERT,
+from projections._change_columns import (
+    ENTRIES_INSERT_COLUMNS,
+    INSERT_SETTINGS,
+    TRANSACTIONS_INSERT_COLUMNS,
     ChangeRecords,
 )
 from projections._change_rows import RowTables
@@ -155,9 +155,9 @@ class Projector:
         return self._binary is not None and all(timestamp_min > high for high in self._high_water.values())
 
     def project_records(self, records: ChangeRecords) -> int:
-        """`project_tables` for a batch of RowBinary records (projections._change_records), in-order
-        batches only (`appends`): nothing to de-duplicate, so no key is read or compared; ClickHouse
-        derives the rows. Same insert order and high-water marks as `_insert_batches`: a failure part way
+        """`project_tables` for a batch of Native blocks (projections._change_columns), in-order
+        batches only (`appends`): nothing to de-duplicate, so no key is read or compared. Same insert
+        order and high-water marks as `_insert_batches`: a failure part way
         leaves a batch that reaches below some table's mark, which the retry de-duplicates key by key."""
         assert self.appends(records.timestamp_min)
         assert records.count > 0 and 2 * records.count <= BATCH_ENTRIES_MAX
@@ -165,14 +165,11 @@ class Projector:
         assert binary is not None
         inserted = 0
         with self._lock:
-            binary.stage(records.data)
-            for table, statement, rows_count in (
-                (_ENTRIES, ENTRIES_INSERT, 2 * records.count),
-                (_TRANSACTIONS, TRANSACTIONS_INSERT, records.count),
+            for table, columns, data, rows_count in (
+                (_ENTRIES, ENTRIES_INSERT_COLUMNS, records.entries, 2 * records.count),
+                (_TRANSACTIONS, TRANSACTIONS_INSERT_COLUMNS, records.transactions, records.count),
             ):
-                if not rows_count:
-                    continue
-                binary.insert_staged(statement, STRUCTURE)
+                binary.insert_native(table.name, columns, data, INSERT_SETTINGS)
                 self._high_water[table.name] = records.timestamp_max
                 self.stats.rows_inserted += rows_count
                 inserted += rows_count

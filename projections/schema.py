@@ -93,6 +93,8 @@ METADATA_COLUMNS = _METADATA_COLUMNS
 """The domain metadata's columns, in every table that carries them (entries, transactions)."""
 BALANCE_FIELDS = _BALANCE_COLUMNS
 """An account's balances (`balances`' columns; `entries` has them with an `_after` suffix)."""
+CHAIN_COLUMNS = _CHAIN_COLUMNS
+"""The audit chain link's columns (entries, transactions)."""
 
 ENTRIES_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "String"),

@@ -2,7 +2,7 @@
 """The read model's process alone: CPU per change of its projection at a steady feed, by thread.
 
 What `ledger serve`'s read-model child does with each batch change capture sends it
-(projections._process._project_changes: chain, rows or binary records, the inserts), fed here in
+(projections._process._project_changes: chain, Native blocks or text rows, the inserts), fed here in
 the same binary form at a steady rate, in this one process; merges run in the background as they do
 there. Per-thread CPU from /proc/self/task/*/schedstat (ns): the calling thread (row building, chaining
 and the queries chDB runs on it; chDB renames it "Unknown", shown here as "calling thread"), chDB's
@@ -18,7 +18,7 @@ source, correlation id, currency).
 changes of one 0.3 s interval, or of one 0.5 s quiet wait when that is below 1,024 (3,000 at 10,000/s, 700
 at 1,400/s; between ~2,000 and ~3,400 changes/s the service alternates the two, this takes the quiet one).
 
---text forces the TabSeparated path (projections._change_rows) whatever the batch size.
+--text forces the TabSeparated path (projections._change_rows, what a replay takes) instead of Native blocks.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from facade.engine.codec import encode_accounts, encode_transfers
 from facade.engine.types import Account, ChangeEventType, Transfer
 from ledger_events.chain import GENESIS
 from ledger_events.gen.ledger.v1 import entries_pb2
-from projections._change_records import RECORDS_CHANGES_MIN
+from projections._change_columns import RECORDS_CHANGES_MIN
 from projections._process import _Changes, _project_changes
 from projections.client import ChdbClient
 from projections.projector import Projector
@@ -170,7 +170,7 @@ def main() -> None:
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{changes_count:,} changes in {count} batches of {args.batch:,} over {elapsed_seconds:.1f} s "
-        f"({'text' if args.text else 'records when in order and large'}): {total / changes_count * 1e6:.1f} µs CPU "
+        f"({'text' if args.text else 'Native blocks'}): {total / changes_count * 1e6:.1f} µs CPU "
         f"a change, {total / elapsed_seconds:.0%} of a core, {busy_seconds / count * 1e3:.0f} ms a batch (wall)"
     )
     print(f"  {'threads sampled':<20}{sum(by_name.values()) / changes_count * 1e6:>8.1f} µs a change")

@@ -26,9 +26,9 @@ PROJECTION_POLL_INTERVAL_SECONDS = 0.3
 """The time trigger: how long change capture into the read model waits after a batch that was not full
 (from the start of that batch), whatever the rate; a full batch (the size trigger) is read again at once.
 The read model's process pays mostly per batch: its inserts' fixed cost and their parts' later merges
-(~20 ms of CPU a batch below 1,024 changes, ~45 ms above, where binary records take ~18 µs a change
-against ~38: projections._change_records), besides the service's hops to the engine's and the metadata
-store's threads. Measured with a steady feed into that process's projection (chDB 4.4, changes as
+(~20 ms of CPU a batch below 1,024 changes, ~45 ms above, when this was measured with the binary records
+of the time; projections._change_columns' Native blocks have since cut the fixed cost a batch), besides the
+service's hops to the engine's and the metadata store's threads. Measured with a steady feed into that process's projection (chDB 4.4, changes as
 bench_api.py posts them, merges included, all threads): at 10,000 tx/s batches of 1,000 (the 0.1 s this
 was) cost 69 µs a change, 4,000 cost 29; at 1,400 tx/s, 350 a batch (the 0.25 s it was for small
 batches) cost 94 µs. 0.3 s makes 3,000 a batch at 10,000 tx/s and 420 at 1,400, and keeps the lag in its
@@ -39,8 +39,9 @@ below 1,024 changes, a quarter fewer batches) measured a lag p99 of 0.93 s at 1 
 too close to 1 s for ~2% of a core, so one interval for all (until PROJECTION_QUIET_WAIT_SECONDS)."""
 PROJECTION_QUIET_BATCH_CHANGES = 1024
 """A batch below this many changes (a feed below ~3,400 changes/s at the 0.3 s interval) marks a quiet feed,
-which waits PROJECTION_QUIET_WAIT_SECONDS instead. The same threshold as the read model's binary records
-(projections._change_records.RECORDS_CHANGES_MIN; not imported: neither package imports the other)."""
+which waits PROJECTION_QUIET_WAIT_SECONDS instead. It was the read model's threshold for binary records; the
+read model now writes every in-order batch as Native blocks (projections._change_columns), and still pays a
+fixed cost a batch (parts written, then merged), so this stays the mark of a quiet feed."""
 PROJECTION_QUIET_WAIT_SECONDS = 0.5
 """The wait after a quiet feed's batch. At a quiet rate the read model's process pays per batch, not per change:
 each of its three inserts writes a part (with its indexes) and the parts are merged later, ~40 ms of CPU a
