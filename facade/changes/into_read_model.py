@@ -23,20 +23,20 @@ __all__ = [
 ]
 
 PROJECTION_POLL_INTERVAL_SECONDS = 0.3
-"""The time trigger: how long change capture into the read model waits after a batch that was not full
-(from the start of that batch), whatever the rate; a full batch (the size trigger) is read again at once.
-The read model's process pays mostly per batch: its inserts' fixed cost and their parts' later merges
-(~20 ms of CPU a batch below 1,024 changes, ~45 ms above, when this was measured with the binary records
-of the time; projections._change_columns' Native blocks have since cut the fixed cost a batch), besides the
-service's hops to the engine's and the metadata store's threads. Measured with a steady feed into that process's projection (chDB 4.4, changes as
-bench_api.py posts them, merges included, all threads): at 10,000 tx/s batches of 1,000 (the 0.1 s this
-was) cost 69 µs a change, 4,000 cost 29; at 1,400 tx/s, 350 a batch (the 0.25 s it was for small
-batches) cost 94 µs. 0.3 s makes 3,000 a batch at 10,000 tx/s and 420 at 1,400, and keeps the lag in its
-budget: the interval plus one batch's read and insert (~0.1-0.2 s for 3,000 changes on a busy host), a
-p99 under 1 s. Before: 0.25 s measured a lag p99 of 0.47-0.64 s at 1 tx/RPC and 0.5 s 0.70-1.02 s
-(bench_api.py, load 7-10), so the interval stays well below 0.5 s. A longer wait for quiet feeds (0.4 s
-below 1,024 changes, a quarter fewer batches) measured a lag p99 of 0.93 s at 1 tx/RPC x16 (load ~4):
-too close to 1 s for ~2% of a core, so one interval for all (until PROJECTION_QUIET_WAIT_SECONDS)."""
+"""The time trigger: how long change capture into the read model waits after a batch that was not full (from the
+start of that batch), whatever the rate; a full batch (the size trigger) is read again at once. The read
+model's process pays mostly per batch: its inserts' fixed cost and their parts' later merges (~20 ms of CPU a
+batch below 1,024 changes, ~45 ms above, when this was measured with the binary records of the time;
+projections._change_columns' Native blocks have since cut the fixed cost a batch), besides the service's hops
+to the engine's and the metadata store's threads. Measured with a steady feed into that process's projection
+(chDB 4.4, changes as bench_api.py posts them, merges included, all threads): at 10,000 tx/s batches of 1,000
+(the 0.1 s this was) cost 69 µs a change, 4,000 cost 29; at 1,400 tx/s, 350 a batch (the 0.25 s it was for
+small batches) cost 94 µs. 0.3 s makes 3,000 a batch at 10,000 tx/s and 420 at 1,400, and keeps the lag in its
+budget: the interval plus one batch's read and insert (~0.1-0.2 s for 3,000 changes on a busy host), a p99
+under 1 s. Before: 0.25 s measured a lag p99 of 0.47-0.64 s at 1 tx/RPC and 0.5 s 0.70-1.02 s (bench_api.py,
+load 7-10), so the interval stays well below 0.5 s. A longer wait for quiet feeds (0.4 s below 1,024 changes,
+a quarter fewer batches) measured a lag p99 of 0.93 s at 1 tx/RPC x16 (load ~4): too close to 1 s for ~2% of a
+core, so one interval for all (until PROJECTION_QUIET_WAIT_SECONDS)."""
 PROJECTION_QUIET_BATCH_CHANGES = 1024
 """A batch below this many changes (a feed below ~3,400 changes/s at the 0.3 s interval) marks a quiet feed,
 which waits PROJECTION_QUIET_WAIT_SECONDS instead. It was the read model's threshold for binary records; the
