@@ -3,7 +3,8 @@
 Feeds N changes shaped like bench_api.py's (one transfer, metadata with a transaction id, idempotency
 key, source and correlation id) in capture batches of --batch changes through:
 
-- leaf_records: the leaf inputs and chain links (facade.audit.sink),
+- leaf_records: the leaf inputs and chain links (facade.audit.sink), a record per change,
+- leaf_batch: the same as one LeafBatch, what the service's capture builds (where the tree has it),
 - AuditLog.append: the Merkle tree (leaf hashes, parents, one write and fsync per level) and head.json,
 - AuditSink.publish_changes: both, as the service's audit capture runs them (into a fresh log),
 
@@ -25,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import facade
+import facade.audit.sink as sink_module
 from facade.audit.log import AuditLog, LeafRecord
 from facade.audit.sink import AuditSink, leaf_records
 from facade.engine.types import ChangeEvent, ChangeEventType, Transfer
@@ -83,6 +85,18 @@ def measure_leaf_records(chunks: list[list[ChangeEvent]], metadata: dict[int, en
     return time.process_time() - started
 
 
+def measure_leaf_batch(chunks: list[list[ChangeEvent]], metadata: dict[int, entries_pb2.EntryMetadata]) -> float:
+    """The service's path since leaf_batch (an older tree has none: leaf_records was its path)."""
+    leaf_batch = getattr(sink_module, "leaf_batch", None)
+    if leaf_batch is None:
+        return float("nan")
+    started = time.process_time()
+    link = GENESIS
+    for chunk in chunks:
+        link = leaf_batch(chunk, metadata, link).link_last
+    return time.process_time() - started
+
+
 def measure_append(directory: Path, records: list[list[LeafRecord]]) -> float:
     log = AuditLog(AuditSettings(data_dir=directory))
     started = time.process_time()
@@ -125,11 +139,17 @@ def main() -> int:
     for chunk in chunks:
         records.append(leaf_records(chunk, metadata, link))
         link = records[-1][-1].link
-    results: dict[str, list[float]] = {"leaf_records": [], "AuditLog.append": [], "publish_changes": []}
+    results: dict[str, list[float]] = {
+        "leaf_records": [],
+        "leaf_batch": [],
+        "AuditLog.append": [],
+        "publish_changes": [],
+    }
     for _ in range(args.repeat):
         directory = Path(tempfile.mkdtemp(prefix="bench-audit-capture-"))
         try:
             results["leaf_records"].append(measure_leaf_records(chunks, metadata))
+            results["leaf_batch"].append(measure_leaf_batch(chunks, metadata))
             results["AuditLog.append"].append(measure_append(directory / "append", records))
             results["publish_changes"].append(measure_publish(directory / "publish", chunks, metadata))
         finally:
