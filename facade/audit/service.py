@@ -31,7 +31,7 @@ AUDIT_POLL_INTERVAL_SECONDS = 0.5
 the capture's position file), and at the change feed's default 10 ms a stream of single transactions paid
 that ~100 times a second, beside the writes it slows (~8% of the service's samples, py-spy). It polled
 every 0.1 s once batches reached 1,024 changes: at 10,000 tx/s that was ~1,000-change batches and ~1 µs
-of the service's CPU a change in per-batch costs, now ~4,000. The tree lags the feed by up to 0.5 s, as it
+of the service's CPU a change in per-batch costs; now ~5,000 a batch. The tree lags the feed by up to 0.5 s, as it
 already did below 1,024 changes a poll; checkpoints are sealed every N changes or T seconds anyway."""
 AUDIT_BATCH_CHANGES_MAX = QUERY_LIMIT_MAX
 """Up to a whole engine query a batch, as the read model's capture when behind: at 10,000 tx/s one batch

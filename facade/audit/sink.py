@@ -7,7 +7,7 @@ straight from the engine's transfer and the metadata: building two LedgerEntry m
 only to read the same fields back out of them cost the service ~30 µs per change. A batch's leaves are
 one LeafBatch (`leaf_batch`): its leaf inputs and the chain head after them, no object per change (a
 LeafRecord and a Link per change, and a call per piece of the layout, made `leaf_records` ~4.2 µs of
-CPU a change against ~3.4 now; scripts/bench_audit_capture.py). tests/audit/test_audit_golden.py pins
+CPU a change against ~2.9 for `leaf_batch`; scripts/bench_audit_capture.py). tests/audit/test_audit_golden.py pins
 every byte hashed, stored and signed. It is still an EntrySink (`publish`, `leaf_record`) for entries
 built elsewhere.
 """
