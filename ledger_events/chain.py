@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "DOMAIN",
     "GENESIS",
     "HASH_GENESIS",
     "HASH_SIZE",
     "METADATA_FIELDS",
+    "TRANSFER_LAYOUT",
     "TRANSFER_SIZE",
     "ChainTransfer",
     "Link",
@@ -61,6 +63,10 @@ _SIZE = struct.Struct(">I")
 _TRANSFER = struct.Struct("<12Q Q I I I H H Q")
 _MASK64 = (1 << 64) - 1
 assert _TRANSFER.size == TRANSFER_SIZE
+DOMAIN = _DOMAIN
+TRANSFER_LAYOUT = _TRANSFER
+"""The version-1 layout's pieces for an encoder of many changes at once (facade.audit.sink.leaf_batch),
+whose output tests compare with canonical_bytes byte for byte."""
 
 
 class ChainTransfer(Protocol):

@@ -25,13 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facade.audit.keys import KeyRing
-from facade.audit.merkle import MerkleTree
+from facade.audit.merkle import APPEND_LEAVES_MAX, MerkleTree
 from facade.settings import AuditSettings, Settings
 from ledger_audit_verifier import Checkpoint, checkpoint_body, parse_checkpoint
 from ledger_events import checkpoint as heads
 from ledger_events.chain import Link
 
-__all__ = ["CHECKPOINTS_MAX", "AuditLog", "LeafRecord", "SealedCheckpoint", "audit_directory", "open_audit_log"]
+__all__ = [
+    "CHECKPOINTS_MAX",
+    "AuditLog",
+    "LeafBatch",
+    "LeafRecord",
+    "SealedCheckpoint",
+    "audit_directory",
+    "open_audit_log",
+]
 
 CHECKPOINTS_MAX = 10_000_000
 """Checkpoints kept in the log (one per 10 000 changes by default: 10^11 changes)."""
@@ -47,6 +55,21 @@ class LeafRecord:
     engine_timestamp: int
     link: Link
     leaf_input: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class LeafBatch:
+    """Consecutive changes as the tree takes them, without an object per change: the leaf inputs of
+    sequences sequence_first, sequence_first + 1, ... and the chain head after the last of them. The
+    service's capture builds one per batch (facade.audit.sink.leaf_batch): a LeafRecord and a Link per
+    change cost more than hashing the change did."""
+
+    sequence_first: int
+    leaf_inputs: Sequence[bytes]
+    engine_timestamp_last: int
+    """The last change's engine timestamp (the head file's `timestamp_last`)."""
+    link_last: Link
+    """The chain link of the last change (what the head file records after it)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -96,12 +119,23 @@ class AuditLog:
         if not records:
             return 0
         assert all(b.sequence == a.sequence + 1 for a, b in itertools.pairwise(records))
+        last = records[-1]
+        return self.append_batch(
+            LeafBatch(records[0].sequence, [r.leaf_input for r in records], last.engine_timestamp, last.link)
+        )
+
+    def append_batch(self, batch: LeafBatch) -> int:
+        """`append` of a LeafBatch: the leaves, durable, then the head file; returns the new count."""
+        sequence_last = batch.sequence_first + len(batch.leaf_inputs) - 1
+        assert batch.sequence_first >= 1
+        assert len(batch.leaf_inputs) <= APPEND_LEAVES_MAX
+        if not batch.leaf_inputs:
+            return 0
         with self.tree.lock():
-            added = self.tree.append_leaf_inputs(records[0].sequence - 1, [r.leaf_input for r in records])
-            last = records[-1]
-            if last.sequence >= self.head().link.sequence:
-                heads.save(self._head_path, heads.Checkpoint(last.engine_timestamp, last.link))
-            assert self.tree.size >= last.sequence
+            added = self.tree.append_leaf_inputs(batch.sequence_first - 1, batch.leaf_inputs)
+            if sequence_last >= self.head().link.sequence:
+                heads.save(self._head_path, heads.Checkpoint(batch.engine_timestamp_last, batch.link_last))
+            assert self.tree.size >= sequence_last
         return added
 
     # Checkpoints --------------------------------------------------------------------------------

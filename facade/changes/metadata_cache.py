@@ -36,20 +36,28 @@ class MetadataCache:
 
     async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
         found = self._found
-        answer = {transfer_id: found[transfer_id] for transfer_id in transfer_ids if transfer_id in found}
-        missing = [transfer_id for transfer_id in transfer_ids if transfer_id not in answer]
+        # One pass, one lookup an id (the service's only reader of its metadata in a config without the
+        # read model is the audit capture, which paid ~1 µs a change here for the several passes).
+        answer: dict[int, entries_pb2.EntryMetadata] = {}
+        missing: list[int] = []
+        for transfer_id in transfer_ids:
+            known = found.get(transfer_id)
+            if known is None:
+                missing.append(transfer_id)
+            else:
+                answer[transfer_id] = known
         self.hits += len(transfer_ids) - len(missing)
         self.misses += len(missing)
         if missing:
             fetched = await self._source.metadata_for(missing)
-            answer.update(fetched)
             for transfer_id in missing:  # In the feed's order, whatever the store's: the oldest go first.
-                if transfer_id in fetched:
-                    found[transfer_id] = fetched[transfer_id]
+                metadata = fetched.get(transfer_id)
+                if metadata is not None:
+                    answer[transfer_id] = found[transfer_id] = metadata
             excess = len(found) - self._entries_max
             if excess > 0:
                 for transfer_id in list(islice(found, excess)):
                     del found[transfer_id]
         assert len(found) <= self._entries_max
-        assert answer.keys() <= set(transfer_ids)
+        assert len(answer) <= len(transfer_ids)  # Only ids asked for: each is set from one of them.
         return answer

@@ -103,3 +103,38 @@ def test_storage_is_about_two_hashes_per_leaf(tmp_path: Path, tree: MerkleTree) 
     assert tree.size == SIZE_MAX
     stored = sum(path.stat().st_size for path in (tmp_path / "tree").glob("level-*.bin"))
     assert 32 * SIZE_MAX <= stored < 2 * 32 * SIZE_MAX
+
+
+def test_what_another_writer_appended_is_fsynced_before_this_one_builds_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock fsyncs every level unless the files are exactly as this tree left them after its own
+    fsynced append: another writer's leaves (a crash may have kept them from being flushed) are made
+    durable before anything is appended or signed over them; this tree's own are not flushed twice."""
+    directory = tmp_path / "tree"
+    ours, theirs = MerkleTree(directory), MerkleTree(directory)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with ours.lock():
+        ours.append(0, LEAVES[:5])
+    written = len(synced)
+    assert written >= 3  # Levels 0, 1 and 2 (5 leaves), each fsynced by the append itself.
+    with ours.lock():
+        assert ours.size == 5
+    assert len(synced) == written  # Nothing new on disk: nothing to flush.
+    with theirs.lock():
+        assert len(synced) > written  # The files are not as `theirs` last left them: all flushed.
+        theirs.append(5, LEAVES[5:9])
+    written = len(synced)
+    with ours.lock():
+        assert ours.size == 9
+        assert len(synced) - written == len(ours._fds)  # Another writer's leaves: every level flushed.
+        assert ours.root(9) == naive_root(LEAVES[:9])
+    ours.close()
+    theirs.close()
