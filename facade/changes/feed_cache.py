@@ -16,10 +16,15 @@ grows forward. A read from elsewhere (a capture far behind, catching up from an 
 engine; it replaces the run only when it starts after it (the feed moved on), so a lagging capture never
 evicts what the others are about to read. Only the newest CHANGES_MAX changes are kept, oldest dropped first.
 The events are shared between the captures: they only read them (as each did its own copy before).
+
+Reads take turns (one lock): a capture's read-ahead runs while the others poll, and two readers asking for the
+same new changes at once would otherwise both go to the engine (whose one thread serializes them anyway). The
+second now waits for the first and finds its answer in the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from typing import Protocol
 
@@ -54,6 +59,8 @@ class ChangeFeedCache:
         self._events: list[ChangeEvent] = []
         """The run: every change with a timestamp in [_timestamp_from, _events[-1].timestamp], in order."""
         self._timestamp_from = 0
+        self._turn = asyncio.Lock()
+        """Held across a read, the engine's answer included: see the module's docstring."""
         self.changes_read = 0
         """Changes read from the engine."""
         self.changes_cached = 0
@@ -64,6 +71,12 @@ class ChangeFeedCache:
         may answer fewer, as the engine may: TigerBeetle caps a reply); other filters go to the engine."""
         if filter.timestamp_max != 0 or filter.timestamp_min <= 0 or filter.limit <= 0:
             return await self._engine.get_change_events(filter)
+        async with self._turn:
+            return await self._answer(filter)
+
+    async def _answer(self, filter: ChangeEventsFilter) -> list[ChangeEvent]:
+        """`get_change_events` for a read from a timestamp on, in its turn."""
+        assert self._turn.locked()
         # A larger limit is capped, as the engine caps it (and as TigerBeetle's reply size caps it further).
         timestamp_min, limit = filter.timestamp_min, min(filter.limit, QUERY_LIMIT_MAX)
         events = self._events
@@ -74,8 +87,7 @@ class ChangeFeedCache:
         self.changes_cached += len(cached)
         if len(cached) == limit:
             return cached
-        # The rest follows the run: read after its last change, appended (unless another capture moved the
-        # run meanwhile: then this read stands alone, as a read from elsewhere does).
+        # The rest follows the run: read after its last change, appended.
         after = events[-1].timestamp + 1
         fresh = await self._read(after, limit - len(cached))
         assert not (cached and fresh) or fresh[0].timestamp > cached[-1].timestamp
@@ -86,12 +98,13 @@ class ChangeFeedCache:
     async def _read(self, timestamp_min: int, limit: int) -> list[ChangeEvent]:
         """Reads from the engine; the answer joins the run when it follows it, or replaces a run it starts after."""
         assert timestamp_min > 0 and limit > 0
+        assert self._turn.locked()
         fresh = await self._engine.get_change_events(ChangeEventsFilter(timestamp_min=timestamp_min, limit=limit))
         self.changes_read += len(fresh)
         if not fresh:
             return fresh
         assert fresh[0].timestamp >= timestamp_min
-        events = self._events  # Read after the await: another capture may have moved the run meanwhile.
+        events = self._events
         if events and timestamp_min == events[-1].timestamp + 1:
             events.extend(fresh)
         elif not events or timestamp_min > events[-1].timestamp + 1:

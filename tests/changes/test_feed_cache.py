@@ -132,7 +132,7 @@ async def test_reads_at_once_each_get_the_engines_answer(engine: EmbeddedEngine)
     await cache.get_change_events(ChangeEventsFilter(timestamp_min=everything[0].timestamp, limit=4))
     await engine.create_transfers(transfers(100, 6))
     everything = await engine.get_change_events(ChangeEventsFilter(limit=1000))
-    # Three readers whose run ends at the same place go to the engine together; one of them extends it.
+    # Three readers whose run ends at the same place, at once: one extends it, in turn.
     answers = await asyncio.gather(
         *(
             cache.get_change_events(ChangeEventsFilter(timestamp_min=everything[start].timestamp, limit=limit))
@@ -144,6 +144,23 @@ async def test_reads_at_once_each_get_the_engines_answer(engine: EmbeddedEngine)
     assert same(answers[2], everything[4:])
     later = await cache.get_change_events(ChangeEventsFilter(timestamp_min=everything[1].timestamp, limit=100))
     assert same(later, everything[1:])
+    # They took turns: what the first read from the engine, the others found in the run.
+    assert counting.changes == len(everything)
+
+
+async def test_readers_asking_at_once_for_the_same_new_changes_read_them_from_the_engine_once(
+    engine: EmbeddedEngine,
+) -> None:
+    """A capture's read-ahead and another capture's poll for the same new changes, at the same instant."""
+    counting = CountingEngine(engine)
+    cache = ChangeFeedCache(counting)
+    await engine.create_transfers(transfers(1, 9))
+    everything = await engine.get_change_events(ChangeEventsFilter(limit=1000))
+    request = ChangeEventsFilter(timestamp_min=everything[0].timestamp, limit=100)
+    answers = await asyncio.gather(*(cache.get_change_events(request) for _ in range(3)))
+    assert all(same(answer, everything) for answer in answers)
+    # One copy of each change from the engine (the others' reads past the run's end find nothing new).
+    assert counting.changes == len(everything)
 
 
 async def test_captures_sharing_the_cache_publish_what_they_would_alone(engine: EmbeddedEngine, tmp_path: Path) -> None:
