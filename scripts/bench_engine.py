@@ -82,10 +82,12 @@ def bench_fdatasync(directory: Path, seconds: float) -> tuple[float, list[float]
 
 def bench_memory(accounts: int, size: int, hot: bool, seconds: float) -> float:
     state = StateMachine()
-    state.create_accounts(
-        [Account(id=i, ledger=LEDGER, code=CODE) for i in range(1, accounts + 1)],
-        state.prepare(accounts, time.time_ns()),
-    )
+    for first in range(1, accounts + 1, BATCH_EVENTS_MAX):  # One batch holds at most BATCH_EVENTS_MAX events.
+        last = min(accounts, first + BATCH_EVENTS_MAX - 1)
+        state.create_accounts(
+            [Account(id=i, ledger=LEDGER, code=CODE) for i in range(first, last + 1)],
+            state.prepare(last - first + 1, time.time_ns()),
+        )
     rng = random.Random(7)
     next_id = [10**9]
     done = 0
