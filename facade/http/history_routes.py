@@ -155,42 +155,42 @@ def _labels(pairs: list[str], *, field: str = "label") -> dict[str, str]:
     return labels
 
 
-class _Filter:
-    """The TransactionFilter in the query string, as one dependency both searches share."""
+async def _filter(
+    label: Labels = [],  # noqa: B006  # FastAPI copies defaults per request.
+    source: Text = "",
+    correlation_id: Text = "",
+    timestamp_from: Annotated[str, _time_query("from")] = "",
+    to: Annotated[str, _time_query()] = "",
+    amount_min: Amount = "",
+    amount_max: Amount = "",
+    from_rfc3339: Annotated[str, _rfc3339_query()] = "",
+    to_rfc3339: Annotated[str, _rfc3339_query()] = "",
+) -> hpb.TransactionFilter:
+    """The TransactionFilter in the query string, as one dependency both searches share. Async (it does
+    no I/O) so FastAPI runs it on the event loop: a plain callable (the class this was) goes to the
+    thread pool, a hand-off per request."""
+    message = hpb.TransactionFilter(
+        labels=_labels(label),
+        source=source,
+        correlation_id=correlation_id,
+        to=parse_time(to, field="to"),
+        amount_min=amount_min,
+        amount_max=amount_max,
+        from_rfc3339=from_rfc3339,
+        to_rfc3339=to_rfc3339,
+    )
+    setattr(message, "from", parse_time(timestamp_from, field="from"))  # `from` is a keyword.
+    return message
 
-    def __init__(
-        self,
-        label: Labels = [],  # noqa: B006  # FastAPI copies defaults per request.
-        source: Text = "",
-        correlation_id: Text = "",
-        timestamp_from: Annotated[str, _time_query("from")] = "",
-        to: Annotated[str, _time_query()] = "",
-        amount_min: Amount = "",
-        amount_max: Amount = "",
-        from_rfc3339: Annotated[str, _rfc3339_query()] = "",
-        to_rfc3339: Annotated[str, _rfc3339_query()] = "",
-    ) -> None:
-        self.message = hpb.TransactionFilter(
-            labels=_labels(label),
-            source=source,
-            correlation_id=correlation_id,
-            to=parse_time(to, field="to"),
-            amount_min=amount_min,
-            amount_max=amount_max,
-            from_rfc3339=from_rfc3339,
-            to_rfc3339=to_rfc3339,
-        )
-        setattr(self.message, "from", parse_time(timestamp_from, field="from"))  # `from` is a keyword.
 
-
-Filter = Annotated[_Filter, Depends()]
+Filter = Annotated[hpb.TransactionFilter, Depends(_filter)]
 
 
 @route(router, "ListTransactions")
 async def list_transactions(
     history: History, principal: CurrentPrincipal, found: Filter, page_size: PageSize = 0, page_token: PageToken = ""
 ) -> dict[str, Any]:
-    request = hpb.ListTransactionsRequest(filter=found.message, page_size=page_size, page_token=page_token)
+    request = hpb.ListTransactionsRequest(filter=found, page_size=page_size, page_token=page_token)
     return m.from_message(await ops.list_transactions(history, principal, request, request_deadline.get()))
 
 
@@ -214,7 +214,7 @@ async def list_accounts(
     page_token: PageToken = "",
 ) -> dict[str, Any]:
     request = hpb.ListHistoryAccountsRequest(
-        filter=found.message,
+        filter=found,
         page_size=page_size,
         page_token=page_token,
         account_labels=_labels(account_label, field="account_label"),
