@@ -307,6 +307,49 @@ CONFIGS = (
 )
 
 
+ENGINE_COUNTER_SERIES = {
+    'ledger_engine_batch_size_count{operation="create_transfers"}': "batches",
+    'ledger_engine_batch_size_sum{operation="create_transfers"}': "transfers",
+    "ledger_journal_fsync_seconds_count": "appends",
+    "ledger_journal_fsync_seconds_sum": "append_seconds",
+}
+"""The /metrics series a row's engine note is computed from (the embedded engine's; a TigerBeetle backend has
+no journal series and its note leaves the append out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCounters:
+    """Why a row's single writes cost what they do, from the server's own counters: how many transfers an
+    engine batch carried (every batch pays the same hand-offs and fdatasyncs) and how long a journal append
+    took (write + fdatasync of the record, then of its header copy, with the GIL waits between them)."""
+
+    batches: float = 0.0
+    transfers: float = 0.0
+    appends: float = 0.0
+    append_seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> EngineCounters:
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            field_name = ENGINE_COUNTER_SERIES.get(series)
+            if field_name is not None:
+                found[field_name] = float(value)
+        return cls(**found)
+
+    def note(self, before: EngineCounters) -> str:
+        """This row's share (the counters now minus `before`), as a note."""
+        batches = self.batches - before.batches
+        if batches <= 0:
+            return "engine: no batch"
+        note = f"engine: {(self.transfers - before.transfers) / batches:,.1f} transfers/batch"
+        appends = self.appends - before.appends
+        if appends > 0:
+            note += f", append {(self.append_seconds - before.append_seconds) / appends * 1e3:.2f} ms mean"
+        return note
+
+
 class LedgerServer:
     """`ledger serve` in a fresh working directory: its default relative data paths land in there."""
 
@@ -354,12 +397,24 @@ class LedgerServer:
             )
             print(f"profiling with py-spy into {folded}", file=sys.stderr)
 
-    def projection_lag_seconds(self) -> float | None:
-        """The change-capture lag the projector last reported (now minus the newest change inserted)."""
+    def metrics_text(self) -> str | None:
+        """The server's /metrics exposition, or None when it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1) as response:
-                text = response.read().decode()
+                text: str = response.read().decode()
         except OSError:
+            return None
+        return text
+
+    def engine_counters(self) -> EngineCounters | None:
+        """The write path's counters now (None without metrics): see EngineCounters."""
+        text = self.metrics_text()
+        return EngineCounters.parse(text) if text is not None else None
+
+    def projection_lag_seconds(self) -> float | None:
+        """The change-capture lag the projector last reported (now minus the newest change inserted)."""
+        text = self.metrics_text()
+        if text is None:
             return None
         for line in text.splitlines():
             # The projector's sink: Projector in the service's process, RemoteProjector in its own.
@@ -565,6 +620,7 @@ async def bench_ledger(
                         return 1
 
                     name = f"PostTransaction (1 tx/RPC) [{config.label}]"
+                    engine_before = await asyncio.to_thread(server.engine_counters)
                     async with probed(f"u{concurrency}") as probes:
                         if binary is not None:
                             flags = [*target, "-size=0"]
@@ -575,6 +631,9 @@ async def bench_ledger(
                             row = await load(name, seconds, concurrency, unary_call, cpu_pid=pid)
                         results.append(row)
                     results[-1].key = f"unary{concurrency}"
+                    engine_after = await asyncio.to_thread(server.engine_counters)
+                    if engine_before is not None and engine_after is not None:
+                        results[-1].notes.append(engine_after.note(engine_before))
                     if config.read_model:
                         results[-1].notes.append(lag_note(probes))
                 for size, concurrency in BATCHES if "batch" in rows else ():
