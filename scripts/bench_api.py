@@ -70,6 +70,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
 from ledger_testkit import loadgen
+from ledger_testkit.engine_counters import EngineCounters
 from ledger_testkit.ports import free_port
 from ledger_testkit.stats import percentile
 
@@ -305,49 +306,6 @@ CONFIGS = (
     Config("defaults", {}),  # What scripts/run.sh runs.
     Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
-
-
-ENGINE_COUNTER_SERIES = {
-    'ledger_engine_batch_size_count{operation="create_transfers"}': "batches",
-    'ledger_engine_batch_size_sum{operation="create_transfers"}': "transfers",
-    "ledger_journal_fsync_seconds_count": "appends",
-    "ledger_journal_fsync_seconds_sum": "append_seconds",
-}
-"""The /metrics series a row's engine note is computed from (the embedded engine's; a TigerBeetle backend has
-no journal series and its note leaves the append out)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineCounters:
-    """Why a row's single writes cost what they do, from the server's own counters: how many transfers an
-    engine batch carried (every batch pays the same hand-offs and fdatasyncs) and how long a journal append
-    took (write + fdatasync of the record, then of its header copy, with the GIL waits between them)."""
-
-    batches: float = 0.0
-    transfers: float = 0.0
-    appends: float = 0.0
-    append_seconds: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> EngineCounters:
-        found: dict[str, float] = {}
-        for line in text.splitlines():
-            series, _, value = line.rpartition(" ")
-            field_name = ENGINE_COUNTER_SERIES.get(series)
-            if field_name is not None:
-                found[field_name] = float(value)
-        return cls(**found)
-
-    def note(self, before: EngineCounters) -> str:
-        """This row's share (the counters now minus `before`), as a note."""
-        batches = self.batches - before.batches
-        if batches <= 0:
-            return "engine: no batch"
-        note = f"engine: {(self.transfers - before.transfers) / batches:,.1f} transfers/batch"
-        appends = self.appends - before.appends
-        if appends > 0:
-            note += f", append {(self.append_seconds - before.append_seconds) / appends * 1e3:.2f} ms mean"
-        return note
 
 
 class LedgerServer:

@@ -1,12 +1,12 @@
-"""scripts/bench_api.py's engine note (transfers per engine batch, mean journal append) read from a real
-service's /metrics over loopback: a benchmark row's explanation is only as good as the series it reads, and
-a renamed metric would otherwise turn the note into "no batch" without anyone noticing."""
+"""scripts/bench_api.py's engine note (ledger_testkit.engine_counters: transfers per engine batch, mean
+journal append) read from a real service's /metrics over loopback: a benchmark row's explanation is only as
+good as the series it reads, and a renamed metric would otherwise turn the note into "no batch" unnoticed."""
 
 from __future__ import annotations
 
 import httpx
 
-from scripts.bench_api import EngineCounters
+from ledger_testkit.engine_counters import EngineCounters
 from tests.api.conftest import Api, credit
 
 POSTS = 3
