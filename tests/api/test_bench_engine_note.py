@@ -31,6 +31,7 @@ async def test_the_note_counts_the_batches_and_appends_of_the_posts_between_two_
     assert after.appends - before.appends == POSTS
     assert after.transfers - before.transfers >= POSTS  # A credit is at least its own transfer.
     assert after.append_seconds > before.append_seconds
+    assert after.batch_seconds - before.batch_seconds >= after.append_seconds - before.append_seconds  # Within it.
     note = after.note(before)
-    assert note.startswith("engine: ") and "transfers/batch" in note and "ms mean" in note, note
+    assert note.startswith("engine: ") and "transfers/batch" in note and "round trip" in note and "append" in note, note
     assert after.note(after) == "engine: no batch"
