@@ -70,6 +70,7 @@ from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPE_READ, SCOPE_WRITE, SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
 from ledger_testkit import loadgen
+from ledger_testkit.engine_counters import EngineCounters
 from ledger_testkit.ports import free_port
 from ledger_testkit.stats import percentile
 
@@ -354,12 +355,24 @@ class LedgerServer:
             )
             print(f"profiling with py-spy into {folded}", file=sys.stderr)
 
-    def projection_lag_seconds(self) -> float | None:
-        """The change-capture lag the projector last reported (now minus the newest change inserted)."""
+    def metrics_text(self) -> str | None:
+        """The server's /metrics exposition, or None when it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1) as response:
-                text = response.read().decode()
+                text: str = response.read().decode()
         except OSError:
+            return None
+        return text
+
+    def engine_counters(self) -> EngineCounters | None:
+        """The write path's counters now (None without metrics): see EngineCounters."""
+        text = self.metrics_text()
+        return EngineCounters.parse(text) if text is not None else None
+
+    def projection_lag_seconds(self) -> float | None:
+        """The change-capture lag the projector last reported (now minus the newest change inserted)."""
+        text = self.metrics_text()
+        if text is None:
             return None
         for line in text.splitlines():
             # The projector's sink: Projector in the service's process, RemoteProjector in its own.
@@ -565,6 +578,7 @@ async def bench_ledger(
                         return 1
 
                     name = f"PostTransaction (1 tx/RPC) [{config.label}]"
+                    engine_before = await asyncio.to_thread(server.engine_counters)
                     async with probed(f"u{concurrency}") as probes:
                         if binary is not None:
                             flags = [*target, "-size=0"]
@@ -575,6 +589,9 @@ async def bench_ledger(
                             row = await load(name, seconds, concurrency, unary_call, cpu_pid=pid)
                         results.append(row)
                     results[-1].key = f"unary{concurrency}"
+                    engine_after = await asyncio.to_thread(server.engine_counters)
+                    if engine_before is not None and engine_after is not None:
+                        results[-1].notes.append(engine_after.note(engine_before))
                     if config.read_model:
                         results[-1].notes.append(lag_note(probes))
                 for size, concurrency in BATCHES if "batch" in rows else ():
