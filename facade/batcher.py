@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter, deque
@@ -127,6 +128,11 @@ INTERACTIVE_STREAM_BATCHES_MIN = 2
 bulk work) while at least this many of the last INTERACTIVE_STREAM_BATCHES batches carried one. An
 occasional write (bench_api.py's visibility probe, 5/s beside its batch clients) caps no batch but its own:
 a cap there would only cost batched throughput."""
+INTERACTIVE_RECENT_SECONDS = 0.05
+"""A small write this recent also makes a stream: a closed-loop caller answered by the last batch is back
+within milliseconds, often just after the next batch formed (the batch rule alone left ~1 % of the batches
+under bench_overload uncapped, 1,000-2,000 transfers each); the probe's writes, 200 ms apart, cap a
+batch or two each."""
 RESOLVE_CHUNK = 512
 """Transactions judged and answered per event-loop turn once their batch is durable: a batch of thousands
 answered in one go held the loop for tens of ms (measured under bench_api), every other call waiting."""
@@ -342,6 +348,8 @@ class GroupCommitter:
         self._queued_transfers = 0
         """Transfers queued in both lanes."""
         self._interactive_transfers = 0
+        self._interactive_submitted_last = -math.inf
+        """time.monotonic() of the last interactive submission."""
         self._batches_interactive: deque[bool] = deque(maxlen=INTERACTIVE_STREAM_BATCHES)
         """Whether each of the last batches formed carried an interactive item (interactive_stream)."""
         self._batch_seconds_max = batch_seconds_max
@@ -427,11 +435,14 @@ class GroupCommitter:
 
     @property
     def interactive_stream(self) -> bool:
-        """Whether small writes come in a stream now: one waits, or INTERACTIVE_STREAM_BATCHES_MIN of the
-        last INTERACTIVE_STREAM_BATCHES batches carried some. Not only whether one waits: in closed loop,
+        """Whether small writes come in a stream now: one waits, or one came in the last
+        INTERACTIVE_RECENT_SECONDS, or INTERACTIVE_STREAM_BATCHES_MIN of the last INTERACTIVE_STREAM_BATCHES
+        batches carried some. Not only whether one waits: in closed loop,
         as under overload, they arrive just after a batch is answered, so the next batch often forms
         before they are back, and without a cap they would come back to wait behind a long one."""
-        return bool(self._interactive) or sum(self._batches_interactive) >= INTERACTIVE_STREAM_BATCHES_MIN
+        if self._interactive or time.monotonic() - self._interactive_submitted_last < INTERACTIVE_RECENT_SECONDS:
+            return True
+        return sum(self._batches_interactive) >= INTERACTIVE_STREAM_BATCHES_MIN
 
     def expected_wait_seconds(self, transfers: int = 0) -> float:
         """How long `transfers` more would take to be answered: the batches queued ahead of them (an
@@ -507,6 +518,7 @@ class GroupCommitter:
         if count <= INTERACTIVE_TRANSFERS_MAX:
             self._interactive.extend(items)
             self._interactive_transfers += count
+            self._interactive_submitted_last = time.monotonic()
         else:
             self._queue.extend(items)
         self._queued_futures.update(item.future for item in items)
