@@ -39,7 +39,7 @@ from tests.api.test_admission import (
 
 BULK_TRANSACTIONS = 20
 PACE_WINDOWS = 12
-LARGE_TRANSACTIONS = 100
+LARGE_TRANSACTIONS = 600
 
 
 async def test_a_small_write_commits_before_a_bulk_request_queued_ahead_of_it(tmp_path: Path) -> None:
@@ -167,9 +167,10 @@ async def test_while_small_writes_stream_bulk_requests_go_in_time_capped_chunks_
         api = http.api
         alice = await api.account("alice")
         committer = api.server.service.committer
-        # As measured under load: 4 ms a batch plus 1 ms a transfer: 10 ms holds the smallest cap.
+        # A slow engine: 4 ms a batch plus 100 µs a transfer: 10 ms holds less than the smallest cap
+        # (and both requests queued are still admitted: ~0.1 s of work).
         for transfers in (1, 1000, 1, 1000):
-            committer.cost.observe(transfers, 0.004 + transfers * 0.001)
+            committer.cost.observe(transfers, 0.004 + transfers * 0.0001)
         assert not committer.interactive_stream
         assert committer.batch_transfers_cap == BATCH_EVENTS_MAX, "no small writes about: batches uncapped"
         sizes = record_engine_batches(api, monkeypatch)
