@@ -614,6 +614,12 @@ class GroupCommitter:
             if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
                 _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if in_flight and not self._interactive and self.interactive_stream and not self._closing:
+                # Bulk alone while small writes stream: held back until the batch in flight is done or a
+                # small write comes, so that one goes in the next batch instead of waiting behind a bulk
+                # chunk formed just before it arrived (one chunk less to wait: ~15-25 ms under load).
+                in_flight = await self._until_done_or_submitted(in_flight)
+                continue
             batch = self._take_batch()
             if batch:
                 transfers = sum(len(item.transaction.transfers) for item in batch)
@@ -624,6 +630,19 @@ class GroupCommitter:
                 await asyncio.sleep(0)
         if in_flight:
             await asyncio.wait(in_flight)
+
+    async def _until_done_or_submitted(self, in_flight: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Waits until a batch of `in_flight` is done or something is submitted; returns those still running."""
+        assert in_flight
+        self._wakeup.clear()
+        submitted = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({*in_flight, submitted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            submitted.cancel()
+        running = {task for task in in_flight if not task.done()}
+        assert len(running) <= len(in_flight)
+        return running
 
     def _measure(self, transfers: int, started: float) -> None:
         """Folds one committed batch into the throughput estimate."""

@@ -40,6 +40,7 @@ from tests.api.test_admission import (
 BULK_TRANSACTIONS = 20
 PACE_WINDOWS = 12
 LARGE_TRANSACTIONS = 600
+HELD_SECONDS = 0.05
 
 
 async def test_a_small_write_commits_before_a_bulk_request_queued_ahead_of_it(tmp_path: Path) -> None:
@@ -236,3 +237,51 @@ async def chunked(api: Api, alice: str, gate: EngineGate) -> tuple[list[pb.Trans
     answered = list(await asyncio.gather(*small))
     await asyncio.gather(*in_flight)
     return answered, responses
+
+
+async def test_while_small_writes_stream_bulk_alone_waits_for_the_batch_in_flight_so_a_small_write_goes_first(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as http:
+        api = http.api
+        alice = await api.account("alice")
+        committer = api.server.service.committer
+        for n in range(2):  # Two batches that carried a small write: a stream (interactive_stream).
+            await api.post(f"earlier-{n}", credit(alice, 1))
+        gate = EngineGate(api.server.engine)
+        try:
+            in_flight, small, bulk = await held_back(api, alice)
+        finally:
+            await gate.open()
+        await in_flight
+        await committer_idle(api.server.service)
+        bulk_timestamps = [result.transaction.committed_at_ns for result in (await bulk).results]
+        assert len(bulk_timestamps) == BULK_TRANSACTIONS and all(bulk_timestamps)
+        # Queued after the bulk request, committed before it: the bulk request had not gone to the engine.
+        assert (await small).committed_at_ns < min(bulk_timestamps)
+        assert await api.available(alice) == 2 + 1 + BULK_TRANSACTIONS + 1
+        assert not committer.queued_transfers
+
+
+async def held_back(
+    api: Api, alice: str
+) -> tuple[asyncio.Task[pb.Transaction], asyncio.Task[pb.Transaction], asyncio.Future[Any]]:
+    """One small write in flight (the engine held), a bulk request queued behind it, then a small write."""
+    committer = api.server.service.committer
+    in_flight = asyncio.create_task(api.post("in-flight", credit(alice, 1)))
+    await until(lambda: committer.in_flight_transfers == 1)
+    assert committer.interactive_stream
+    request = pb.PostTransactionsRequest(
+        transactions=[
+            pb.PostTransactionRequest(idempotency_key=f"bulk-{i}", legs=[credit(alice, 1)])
+            for i in range(BULK_TRANSACTIONS)
+        ]
+    )
+    bulk = asyncio.ensure_future(api.stub.PostTransactions(request, metadata=api.auth()))
+    await until(lambda: committer.queued_transfers + committer.in_flight_transfers == 1 + BULK_TRANSACTIONS)
+    await asyncio.sleep(HELD_SECONDS)  # Loop turns enough for the drain task to have formed a batch.
+    assert committer.in_flight_transfers == 1, "bulk alone was not held back while a batch is in flight"
+    small = asyncio.create_task(api.post("small", credit(alice, 1)))
+    await until(lambda: committer.in_flight_transfers == 1 + 1 + BULK_TRANSACTIONS)
+    assert not committer.queued_transfers
+    return in_flight, small, bulk
