@@ -277,8 +277,8 @@ class ApiSettings(BaseModel):
         ge=0,
         le=60_000,
         description="Admission: while single writes come in a stream, a batch holds no more transfers than the "
-        "measured commit cost fits in this time (at least 64; bulk requests are cut into such chunks between "
-        "transactions), so a small write admitted behind a large request waits for one short batch; otherwise, "
+        "measured commit cost fits in this time (at least 512 transfers; bulk requests are cut into such chunks "
+        "between transactions), so a small write admitted behind a large request waits for a short batch; otherwise, "
         "and with 0, batches of up to batch_transfers_max.",
     )
     grpc_concurrent_rpcs_max: int = Field(
