@@ -239,6 +239,9 @@ def judge(results: Sequence[CreateTransferResult]) -> Outcome:
 class _Item:
     transaction: MappedTransaction
     deadline: float | None
+    submission_transfers: int = 0
+    """On the first item of a submission, the transfers of the whole submission (0 on the others): an
+    uncapped batch takes a submission whole (up to the engine's limit), as before time caps existed."""
     span_context: SpanContext = INVALID_SPAN_CONTEXT
     """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -520,7 +523,9 @@ class GroupCommitter:
         self.admit(count, deadline)
         self.pacer.admitted()
         span_context = trace.get_current_span().get_span_context()
-        items = [_Item(t, deadline, span_context) for t in transactions]
+        items = [_Item(t, deadline, 0, span_context) for t in transactions]
+        if items:
+            items[0].submission_transfers = count
         if count <= INTERACTIVE_TRANSFERS_MAX:
             self._interactive.extend(items)
             self._interactive_transfers += count
@@ -555,31 +560,38 @@ class GroupCommitter:
         own_transfers = min(self._queued_transfers, cap)
         commit_seconds = self.cost.seconds(self._in_flight_transfers + own_transfers, self._in_flight_batches + 1)
         cutoff = time.monotonic() + commit_seconds
-        # Interactive items first; a waiting bulk transaction keeps its share of the batch (all of it when
-        # its one transaction is larger than the share, so no stream of small writes starves it).
+        # A time-capped batch cuts bulk submissions into chunks; an uncapped one takes them whole.
+        whole = cap >= self._batch_transfers_max
+        # Interactive items first; a waiting bulk submission keeps its share of the batch (all of it when
+        # it is larger than the share, whole, or its next transaction is: no stream of small writes starves it).
         interactive_room = cap
         if self._queue:
-            interactive_room = cap - max(int(cap * BULK_SHARE_MIN), len(self._queue[0].transaction.transfers))
+            first = self._queue[0]
+            reserved = first.submission_transfers if whole else len(first.transaction.transfers)
+            interactive_room = cap - max(int(cap * BULK_SHARE_MIN), reserved)
         transfers = 0
         if interactive_room > 0:
-            taken, transfers = self._fill(batch, self._interactive, interactive_room, cutoff)
+            taken, transfers = self._fill(batch, self._interactive, interactive_room, cutoff, whole=whole)
             self._interactive_transfers -= taken
         self._batches_interactive.append(transfers > 0)
-        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, cutoff)
+        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, cutoff, whole=whole)
         transfers += bulk_transfers
-        # Over the cap (and the engine's limit) only as one transaction, which is never split.
-        assert transfers <= cap or len(batch) == 1
+        # Over the cap only as one transaction, never split (time-capped), or as one submission taken whole.
+        assert transfers <= cap or len(batch) == 1 or sum(1 for item in batch if item.submission_transfers) <= 1
         assert transfers <= self._batch_transfers_max or len(batch) == 1
         assert 0 <= self._interactive_transfers <= self._queued_transfers
         metrics.write_queue_depth.set(self._queued_transfers)
         return batch
 
-    def _fill(self, batch: list[_Item], lane: deque[_Item], room: int, cutoff: float) -> tuple[int, int]:
+    def _fill(
+        self, batch: list[_Item], lane: deque[_Item], room: int, cutoff: float, *, whole: bool
+    ) -> tuple[int, int]:
         """Moves transactions from the front of `lane` into `batch` while they fit in `room` transfers (the
-        first of an empty batch always fits): a bulk submission larger than the room is cut between two of
-        its transactions and goes on in the next batch (the module docstring says why that keeps the
-        engine's batch semantics). Drops items cancelled or expired by `cutoff`. Returns the transfers
-        taken off the lane (dropped ones included) and those added to the batch."""
+        first of an empty batch always fits). With `whole`, a submission not yet begun is taken only if it
+        fits whole (one begun goes on up to the room, the engine's limit); without, a submission larger
+        than the room is cut between two of its transactions and goes on in the next batch (the module
+        docstring says why that keeps the engine's batch semantics). Drops items cancelled or expired by
+        `cutoff`. Returns the transfers taken off the lane (dropped ones included) and those added."""
         assert room <= self._batch_transfers_max
         taken = 0
         batched = 0
@@ -588,6 +600,8 @@ class GroupCommitter:
             size = len(item.transaction.transfers)
             if batch and batched + size > room:
                 break  # A transaction itself is never split.
+            if whole and item.submission_transfers and batch and batched + item.submission_transfers > room:
+                break  # The next submission does not fit whole.
             lane.popleft()
             self._queued_futures.discard(item.future)
             self._queued_transfers -= size
@@ -617,7 +631,7 @@ class GroupCommitter:
             if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
                 _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if in_flight and not self._interactive and self.interactive_stream and not self._closing:
+            if in_flight and self._holds_bulk_back():
                 # Bulk alone while small writes stream: held back until the batch in flight is done or a
                 # small write comes, so that one goes in the next batch instead of waiting behind a bulk
                 # chunk formed just before it arrived (one chunk less to wait: ~15-25 ms under load).
@@ -633,6 +647,13 @@ class GroupCommitter:
                 await asyncio.sleep(0)
         if in_flight:
             await asyncio.wait(in_flight)
+
+    def _holds_bulk_back(self) -> bool:
+        """Whether a batch of bulk work alone waits while another commits: only with time caps, while small
+        writes stream (see the module docstring)."""
+        if self._batch_seconds_max <= 0.0 or self._closing or self._interactive:
+            return False
+        return self.interactive_stream
 
     async def _until_done_or_submitted(self, in_flight: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
         """Waits until a batch of `in_flight` is done or something is submitted; returns those still running."""

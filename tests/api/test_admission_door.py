@@ -242,7 +242,7 @@ async def chunked(api: Api, alice: str, gate: EngineGate) -> tuple[list[pb.Trans
 async def test_while_small_writes_stream_bulk_alone_waits_for_the_batch_in_flight_so_a_small_write_goes_first(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path) as http:
+    async with serving(tmp_path, write_batch_ms_max=20) as http:  # The hold-back comes with time caps.
         api = http.api
         alice = await api.account("alice")
         committer = api.server.service.committer
