@@ -18,11 +18,11 @@ BULK_IN_FLIGHT_MAX = 4
 commit keeps the engine busy on 2 cores; bench_api.py's four batch clients are never refused). The default
 of `api.bulk_in_flight_max`; facade.write_limit says why bulk is bounded by a count."""
 WRITE_BATCH_MS_MAX_DEFAULT = 0
-"""Off: scripts/bench_overload.py, same run against uncapped batches (alternating, 2-core host shared with
-other work), 20 ms gave single writes a lower p50/p99 only while the host was busy (the service's loop
-waiting for a CPU 35-46% of the time) and a higher p99 with ~10% fewer transactions a second while it was
-quiet (17-19%). 20 is the value measured; below it batches shrink to their floor
-(facade.batcher.BATCH_TRANSFERS_MIN), as a batch's fixed cost alone was 10-20 ms under that load."""
+"""Off: scripts/bench_overload.py, same runs against uncapped batches (alternating, 2-core host shared with
+other work; README Known limits has the medians), 20 ms gave single writes a lower p50/p99 only while the
+host was busy (the service's loop waiting for a CPU 30% of the time or more) and a higher p99 with ~12%
+fewer transactions a second while it was quiet. 20 is the value measured; below it batches shrink to their
+floor (facade.batcher.BATCH_TRANSFERS_MIN), as a batch's fixed cost alone was 10-20 ms under that load."""
 GRPC_SERVERS_DEFAULT = 16
 """scripts/bench_overload.py, 2-core host: accepted gRPC calls ~2x and admitted unary p50 ~10x lower at 16
 than at 1 (4 gained half of that; 32 no more than 16)."""
