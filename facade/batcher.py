@@ -1,7 +1,8 @@
 """Group commit: concurrent transactions coalesce into engine batches of up to 8189 transfers.
 
 Every edge (gRPC unary, batch and stream RPCs, the Kafka consumer) submits here. One drain task takes
-whatever is queued (up to `batch_transfers_max` transfers, never splitting a transaction) and commits
+whatever is queued (up to `batch_transfers_max` transfers, or fewer while small writes wait, see below;
+never splitting a transaction) and commits
 it as one unit, so the durable writes per batch are the same whatever its size:
 1. the metadata store's `prepare`: idempotency lookup and the intents of new transactions (one fsync;
    none when nothing is new);
@@ -33,9 +34,23 @@ refuse a large batch before it spends time mapping it.
 Small writes first, batches short: a submission of at most INTERACTIVE_TRANSFERS_MAX transfers (a single
 transaction: a unary RPC, an HTTP POST) waits in its own lane, taken first when batches form (a bulk
 submission waiting keeps BULK_SHARE_MIN of each batch, so it is never starved), and admitted against that
-lane and the batches in flight only. With `batch_seconds_max`, a batch holds no more transfers than the
-measured cost commits in that time: a small write admitted behind a 1,000-transaction request waits for
-one short batch, not a long one (the engine and the store run one write at a time).
+lane and the batches in flight only. With `batch_seconds_max`, while small writes come in a stream
+(GroupCommitter.interactive_stream) a batch holds no more transfers than the measured cost commits in that
+time (at least BATCH_TRANSFERS_MIN), and a bulk submission is cut into chunks at transaction boundaries to
+fit: a small write admitted behind a 1,000-transaction request (2,000+ transfers, ~50 ms of engine work)
+waits for a short chunk, not the whole request (the engine and the store run one write at a time). Then
+too a batch of bulk work alone is not formed while another commits, so a small write arriving meanwhile
+goes in the next batch rather than behind a chunk formed just before it. Without a stream of small writes,
+batches are as large as the engine takes (a batch's fixed cost, its fsync, paid once per 8189 transfers).
+
+Why chunks keep TigerBeetle's batch semantics: a create_transfers batch is not atomic; each event (or
+linked chain, which is what one transaction is here: facade.domain.transactions links its legs) succeeds or
+fails on its own, in order. A transaction is never split, so cutting a request between transactions
+changes no outcome a batch could have had: it is the same events in the same order, only with other
+writes' events possibly between them, which any two concurrent requests already allow. Each chunk is
+durable (its own fdatasync) before any of its transactions is answered, and the request answers when
+all its chunks are (service.wait_all). A chunk not yet in a batch when the caller gives up is dropped
+(its deadline, or `abandon`), exactly as a whole queued request is: nothing is committed after that.
 
 Nothing is committed for a caller who gave up: an item whose deadline has passed, or will pass before
 its batch can commit, is dropped when batches form (DEADLINE_EXCEEDED), before the metadata store's
@@ -47,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter, deque
@@ -106,11 +122,25 @@ INTERACTIVE_TRANSFERS_MAX = 16
 """A submission of at most this many transfers (one transaction with its legs) is interactive: its own lane."""
 BULK_SHARE_MIN = 0.25
 """The share of a batch kept for bulk submissions while any wait (interactive ones take the rest first)."""
-BATCH_TRANSFERS_MIN = 64
+BATCH_TRANSFERS_MIN = 512
+"""The least a time-capped batch holds: below it the fixed cost of a batch (its fsync, its thread hand-offs)
+dominates. ~13 ms of engine work here (~25 µs a transfer), while a batch's fixed cost under
+bench_overload's load measured 10-20 ms: with a floor of 64 nearly every batch was held to it and the
+service committed ~2,000 instead of ~5,000 transactions a second. Above the floor the measured cost rules."""
+INTERACTIVE_STREAM_BATCHES = 4
+INTERACTIVE_STREAM_BATCHES_MIN = 2
+"""Small writes are a stream (batches are then time-capped, so the next one does not wait behind ~50 ms of
+bulk work) while at least this many of the last INTERACTIVE_STREAM_BATCHES batches carried one. An
+occasional write (bench_api.py's visibility probe, 5/s beside its batch clients) caps no batch but its own:
+a cap there would only cost batched throughput."""
+INTERACTIVE_RECENT_SECONDS = 0.05
+"""Two small writes this recent also make a stream: a closed-loop caller answered by the last batch is back
+within milliseconds, often just after the next batch formed (with the batch rule alone, 1 % or more of the
+batches under bench_overload went uncapped, 1,000-2,000 transfers each). Two, not one: bench_api.py's probe writes
+200 ms apart (with one, each probe capped the batches after it; one run of its batch rows: 0.96x / 0.89x)."""
 RESOLVE_CHUNK = 512
 """Transactions judged and answered per event-loop turn once their batch is durable: a batch of thousands
 answered in one go held the loop for tens of ms (measured under bench_api), every other call waiting."""
-"""The least a time-capped batch holds: below it the fixed cost of a batch (its fsyncs) dominates."""
 RETRY_AFTER_SECONDS_MAX = 30.0
 """Bounds of the retry hint given with a refusal (the expected time for the queue to drain)."""
 
@@ -210,8 +240,8 @@ class _Item:
     transaction: MappedTransaction
     deadline: float | None
     submission_transfers: int = 0
-    """On the first item of a submission, the transfers of the whole submission (0 on the others): a batch
-    takes a submission whole, so a request's transactions commit together, before its caller's deadline."""
+    """On the first item of a submission, the transfers of the whole submission (0 on the others): an
+    uncapped batch takes a submission whole (up to the engine's limit), as before time caps existed."""
     span_context: SpanContext = INVALID_SPAN_CONTEXT
     """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -237,10 +267,23 @@ class BatchCost:
         self._s = 0.0
         self._nn = 0.0
         self._ns = 0.0
+        self.chunk_transfer_seconds = 0.0
+        """Seconds per transfer of batches of at least BATCH_TRANSFERS_MIN, their fixed cost included (0.0
+        before any): the cap of time-capped batches (GroupCommitter.batch_transfers_cap). Why this and not
+        the fitted line: a batch of `cap = t / chunk_transfer_seconds` transfers then takes about t, since
+        the ratio measured at that size is exactly the cost of that size, and a ratio needs no spread of
+        sizes (the line's slope is noise under fsync jitter and overlapping batches: under bench_overload the
+        full-batch commit rate it implied ranged from 4,000 to over 1,000,000 transfers/s between runs)."""
 
     def observe(self, transfers: int, seconds: float) -> None:
         assert transfers >= 1 and seconds > 0.0
         n = float(transfers)
+        if transfers >= BATCH_TRANSFERS_MIN:
+            ratio = seconds / n
+            if self.chunk_transfer_seconds == 0.0:
+                self.chunk_transfer_seconds = ratio
+            else:
+                self.chunk_transfer_seconds += COST_EWMA_WEIGHT * (ratio - self.chunk_transfer_seconds)
         if self.batches == 0:
             self._n, self._s, self._nn, self._ns = n, seconds, n * n, n * seconds
         else:
@@ -313,6 +356,11 @@ class GroupCommitter:
         self._queued_transfers = 0
         """Transfers queued in both lanes."""
         self._interactive_transfers = 0
+        self._interactive_submitted_last = -math.inf
+        self._interactive_submitted_before = -math.inf
+        """time.monotonic() of the last interactive submission and of the one before it."""
+        self._batches_interactive: deque[bool] = deque(maxlen=INTERACTIVE_STREAM_BATCHES)
+        """Whether each of the last batches formed carried an interactive item (interactive_stream)."""
         self._batch_seconds_max = batch_seconds_max
         """0: batches of up to batch_transfers_max whatever they cost."""
         self._queue_transfers_max = queue_transfers_max
@@ -382,15 +430,28 @@ class GroupCommitter:
 
     @property
     def batch_transfers_cap(self) -> int:
-        """The most transfers a batch takes now: what the measured cost commits in `batch_seconds_max`
-        (at least BATCH_TRANSFERS_MIN), or batch_transfers_max without a time bound or a measured slope."""
-        transfer_seconds = self.cost.transfer_seconds
-        if self._batch_seconds_max <= 0.0 or transfer_seconds <= 0.0:
+        """The most transfers a batch takes now: while small writes come in a stream (interactive_stream),
+        what takes `batch_seconds_max` at the measured cost of such batches (BatchCost.chunk_transfer_seconds;
+        at least BATCH_TRANSFERS_MIN); otherwise, or without a time bound or a measurement,
+        batch_transfers_max (a batch's fixed cost paid as rarely as possible)."""
+        transfer_seconds = self.cost.chunk_transfer_seconds
+        if self._batch_seconds_max <= 0.0 or transfer_seconds <= 0.0 or not self.interactive_stream:
             return self._batch_transfers_max
-        fitting = int((self._batch_seconds_max - self.cost.fixed_seconds) / transfer_seconds)
+        fitting = int(self._batch_seconds_max / transfer_seconds)
         cap = min(self._batch_transfers_max, max(BATCH_TRANSFERS_MIN, fitting))
         assert 1 <= cap <= self._batch_transfers_max
         return cap
+
+    @property
+    def interactive_stream(self) -> bool:
+        """Whether small writes come in a stream now: one waits, or the last two came within the last
+        INTERACTIVE_RECENT_SECONDS, or INTERACTIVE_STREAM_BATCHES_MIN of the last INTERACTIVE_STREAM_BATCHES
+        batches carried some. Not only whether one waits: in closed loop, as under overload, they arrive
+        just after a batch is answered, so the next batch often forms before they are back, and without a
+        cap they would come back to wait behind a long one."""
+        if self._interactive or time.monotonic() - self._interactive_submitted_before < INTERACTIVE_RECENT_SECONDS:
+            return True
+        return sum(self._batches_interactive) >= INTERACTIVE_STREAM_BATCHES_MIN
 
     def expected_wait_seconds(self, transfers: int = 0) -> float:
         """How long `transfers` more would take to be answered: the batches queued ahead of them (an
@@ -468,6 +529,8 @@ class GroupCommitter:
         if count <= INTERACTIVE_TRANSFERS_MAX:
             self._interactive.extend(items)
             self._interactive_transfers += count
+            self._interactive_submitted_before = self._interactive_submitted_last
+            self._interactive_submitted_last = time.monotonic()
         else:
             self._queue.extend(items)
         self._queued_futures.update(item.future for item in items)
@@ -497,39 +560,47 @@ class GroupCommitter:
         own_transfers = min(self._queued_transfers, cap)
         commit_seconds = self.cost.seconds(self._in_flight_transfers + own_transfers, self._in_flight_batches + 1)
         cutoff = time.monotonic() + commit_seconds
-        # Interactive items first; a waiting bulk transaction keeps its share of the batch (all of it when
-        # it is larger than the share: it then goes alone, so no stream of small writes starves it).
+        # A time-capped batch cuts bulk submissions into chunks; an uncapped one takes them whole.
+        whole = cap >= self._batch_transfers_max
+        # Interactive items first; a waiting bulk submission keeps its share of the batch (all of it when
+        # it is larger than the share, whole, or its next transaction is: no stream of small writes starves it).
         interactive_room = cap
         if self._queue:
-            interactive_room = cap - max(int(cap * BULK_SHARE_MIN), self._queue[0].submission_transfers)
-        limit = self._batch_transfers_max
+            first = self._queue[0]
+            reserved = first.submission_transfers if whole else len(first.transaction.transfers)
+            interactive_room = cap - max(int(cap * BULK_SHARE_MIN), reserved)
         transfers = 0
         if interactive_room > 0:
-            taken, transfers = self._fill(batch, self._interactive, interactive_room, limit, cutoff)
+            taken, transfers = self._fill(batch, self._interactive, interactive_room, cutoff, whole=whole)
             self._interactive_transfers -= taken
-        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, limit - transfers, cutoff)
+        self._batches_interactive.append(transfers > 0)
+        _, bulk_transfers = self._fill(batch, self._queue, cap - transfers, cutoff, whole=whole)
         transfers += bulk_transfers
-        # Over the cap only as one submission taken whole; over the engine's limit only as one transaction.
-        assert transfers <= cap or sum(1 for item in batch if item.submission_transfers) <= 1
-        assert transfers <= limit or len(batch) == 1
+        # Over the cap only as one transaction, never split (time-capped), or as one submission taken whole.
+        assert transfers <= cap or len(batch) == 1 or sum(1 for item in batch if item.submission_transfers) <= 1
+        assert transfers <= self._batch_transfers_max or len(batch) == 1
         assert 0 <= self._interactive_transfers <= self._queued_transfers
         metrics.write_queue_depth.set(self._queued_transfers)
         return batch
 
-    def _fill(self, batch: list[_Item], lane: deque[_Item], room: int, limit: int, cutoff: float) -> tuple[int, int]:
-        """Moves whole submissions from the front of `lane` into `batch` while they fit in `room` transfers
-        (the first of an empty batch always fits; the rest of a submission begun is taken as long as it fits
-        in `limit`, the engine's batch limit, and continues in the next batch otherwise); drops items
-        cancelled or expired by `cutoff`. Returns the transfers taken off the lane (dropped ones included)
-        and those added to the batch."""
+    def _fill(
+        self, batch: list[_Item], lane: deque[_Item], room: int, cutoff: float, *, whole: bool
+    ) -> tuple[int, int]:
+        """Moves transactions from the front of `lane` into `batch` while they fit in `room` transfers (the
+        first of an empty batch always fits). With `whole`, a submission not yet begun is taken only if it
+        fits whole (one begun goes on up to the room, the engine's limit); without, a submission larger
+        than the room is cut between two of its transactions and goes on in the next batch (the module
+        docstring says why that keeps the engine's batch semantics). Drops items cancelled or expired by
+        `cutoff`. Returns the transfers taken off the lane (dropped ones included) and those added."""
+        assert room <= self._batch_transfers_max
         taken = 0
         batched = 0
         while lane:
             item = lane[0]
             size = len(item.transaction.transfers)
-            if batch and batched + size > limit:
-                break  # Never past the engine's batch limit (a transaction itself is never split).
-            if item.submission_transfers and batch and batched + item.submission_transfers > room:
+            if batch and batched + size > room:
+                break  # A transaction itself is never split.
+            if whole and item.submission_transfers and batch and batched + item.submission_transfers > room:
                 break  # The next submission does not fit whole.
             lane.popleft()
             self._queued_futures.discard(item.future)
@@ -560,6 +631,12 @@ class GroupCommitter:
             if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
                 _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if in_flight and self._holds_bulk_back():
+                # Bulk alone while small writes stream: held back until the batch in flight is done or a
+                # small write comes, so that one goes in the next batch instead of waiting behind a bulk
+                # chunk formed just before it arrived (one chunk less to wait: ~15-25 ms under load).
+                in_flight = await self._until_done_or_submitted(in_flight)
+                continue
             batch = self._take_batch()
             if batch:
                 transfers = sum(len(item.transaction.transfers) for item in batch)
@@ -570,6 +647,26 @@ class GroupCommitter:
                 await asyncio.sleep(0)
         if in_flight:
             await asyncio.wait(in_flight)
+
+    def _holds_bulk_back(self) -> bool:
+        """Whether a batch of bulk work alone waits while another commits: only with time caps, while small
+        writes stream (see the module docstring)."""
+        if self._batch_seconds_max <= 0.0 or self._closing or self._interactive:
+            return False
+        return self.interactive_stream
+
+    async def _until_done_or_submitted(self, in_flight: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Waits until a batch of `in_flight` is done or something is submitted; returns those still running."""
+        assert in_flight
+        self._wakeup.clear()
+        submitted = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({*in_flight, submitted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            submitted.cancel()
+        running = {task for task in in_flight if not task.done()}
+        assert len(running) <= len(in_flight)
+        return running
 
     def _measure(self, transfers: int, started: float) -> None:
         """Folds one committed batch into the throughput estimate."""

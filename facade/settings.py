@@ -17,6 +17,12 @@ BULK_IN_FLIGHT_MAX = 4
 """Bulk requests in progress at once while single writes are fast enough (one being mapped while others
 commit keeps the engine busy on 2 cores; bench_api.py's four batch clients are never refused). The default
 of `api.bulk_in_flight_max`; facade.write_limit says why bulk is bounded by a count."""
+WRITE_BATCH_MS_MAX_DEFAULT = 0
+"""Off: scripts/bench_overload.py, same runs against uncapped batches (alternating, 2-core host shared with
+other work; README Known limits has the medians), 20 ms gave single writes a lower p50/p99 only while the
+host was busy (the service's loop waiting for a CPU 30% of the time or more) and a higher p99 with ~12%
+fewer transactions a second while it was quiet. 20 is the value measured; below it batches shrink to their
+floor (facade.batcher.BATCH_TRANSFERS_MIN), as a batch's fixed cost alone was 10-20 ms under that load."""
 GRPC_SERVERS_DEFAULT = 16
 """scripts/bench_overload.py, 2-core host: accepted gRPC calls ~2x and admitted unary p50 ~10x lower at 16
 than at 1 (4 gained half of that; 32 no more than 16)."""
@@ -269,12 +275,14 @@ class ApiSettings(BaseModel):
         "remaining deadline).",
     )
     write_batch_ms_max: int = Field(
-        default=0,
+        default=WRITE_BATCH_MS_MAX_DEFAULT,
         ge=0,
         le=60_000,
-        description="Admission: a batch holds no more transfers than the measured commit cost fits in this time "
-        "(at least 64), so a small write admitted behind a large request waits for one short batch; 0 = batches "
-        "of up to batch_transfers_max.",
+        description="Admission: while single writes come in a stream, a batch holds no more transfers than the "
+        "measured commit cost fits in this time (at least 512 transfers; bulk requests are cut into such chunks "
+        "between transactions), so a small write admitted behind a large request waits for a short batch; otherwise, "
+        "and with 0 (the default: facade.settings.WRITE_BATCH_MS_MAX_DEFAULT says why), batches of up to "
+        "batch_transfers_max, each bulk request in one.",
     )
     grpc_concurrent_rpcs_max: int = Field(
         default=256,

@@ -237,6 +237,31 @@ def print_server_side(title: str, before: Samples, after: Samples) -> None:
         print(f"  {edge:<5}{method:<18}{code:<20}{buckets[-1][1]:>8.0f} calls  p50 {p50:>7.1f}  p99 {p99:>7.1f}")
 
 
+def histogram_buckets(name: str, before: Samples, after: Samples, **labels: str) -> list[tuple[float, float]]:
+    """One histogram's cumulative buckets between two scrapes (the series with `labels`)."""
+    wanted = set(labels.items())
+    buckets = [
+        (float(dict(key)["le"]), value - before.get((sample, key), 0.0))
+        for (sample, key), value in after.items()
+        if sample == f"{name}_bucket" and wanted <= set(key)
+    ]
+    return sorted(buckets)
+
+
+def print_engine_batches(before: Samples, after: Samples) -> None:
+    """The engine's create_transfers calls (their sizes and durable latency): how long a small write admitted
+    behind a batch waits for it (facade.batcher's time-capped batches)."""
+    sizes = histogram_buckets("ledger_engine_batch_size", before, after, operation="create_transfers")
+    seconds = histogram_buckets("ledger_engine_batch_duration_seconds", before, after, operation="create_transfers")
+    if not sizes or not seconds or sizes[-1][1] <= 0:
+        return
+    print(
+        f"engine batches, overload (and drain): {sizes[-1][1]:.0f}, transfers p50 {bucket_quantile(sizes, 0.5):.0f} "
+        f"p99 {bucket_quantile(sizes, 0.99):.0f}, durable in p50 {bucket_quantile(seconds, 0.5) * 1e3:.1f} ms "
+        f"p99 {bucket_quantile(seconds, 0.99) * 1e3:.1f} ms (bucket upper bounds)"
+    )
+
+
 @dataclass
 class LoopLag:
     """How late a short timer fires on the load generator's own event loop: a late client inflates every
@@ -741,6 +766,7 @@ async def main() -> None:
     )
     print_server_side("unloaded", first, second)
     print_server_side("overload (and drain)", second, third)
+    print_engine_batches(second, third)
     print(f"admitted unary p99 under overload / unloaded p99: {ratio:.2f}x (goal <= 2x); with the warm-up: "
           f"{percentile(unary_all, 0.99) / base_p99 if base_p99 else float('inf'):.2f}x")  # fmt: skip
 
