@@ -360,13 +360,16 @@ class EmbeddedLedger:
         intents: Sequence[TransactionIntent],
         *,
         deliver: Callable[[list[CreateTransferResult] | BaseException], None],
+        overlap: Callable[[], bool],
     ) -> None:
         """`create_transfers`, pipelined (EmbeddedEngine): returns once the batch's record is durable (step 1),
         so the next batch can be applied and written while this one's header copy is synced (step 2, on
         the journal's header thread). `deliver` gets the results once the batch is acknowledged, batches in
         journal order, or the error (the batch and every one after it failed; state rebuilt first). A batch
         that journals nothing is delivered only after the batches before it: its results may rest on
-        them. Raises (nothing applied, or the state already rebuilt) when the batch is refused outright."""
+        them. `overlap()`: whether work waits for the engine's thread (else step 2 runs on this thread: a
+        lone batch costs no hand-off). Raises (nothing applied, or the state already rebuilt) when the batch
+        is refused outright or its inline step 2 failed."""
         results, records, entries = self._apply_transfers(transfers, intents, pipelined=True)
         started = time.perf_counter()
 
@@ -385,7 +388,7 @@ class EmbeddedLedger:
         self._write_attempt_monotonic = time.monotonic()
         try:
             with _fast_switching:
-                self._journal.append_pipelined(records, acknowledged)
+                self._journal.append_pipelined(records, acknowledged, overlap=overlap)
         except JournalWriteError as error:
             self.settle()  # Answers the batches whose header step failed meanwhile, if any.
             raise self._recover(error) from error
@@ -570,6 +573,11 @@ class EmbeddedEngine:
         self._ledger = ledger
         self._executor = executor
         self._closed = False
+        # Calls are numbered as handed to the engine's thread (by the loop's thread); the engine's thread
+        # notes the number of the call it runs. Each written by one thread only: a race-free hint of work
+        # waiting (a cancelled call that never runs counts only until the next call begins).
+        self._submitted = 0
+        self._running = 0
         self._pulse_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -619,7 +627,19 @@ class EmbeddedEngine:
         if self._closed:
             raise EngineUnavailableError("engine is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+        self._submitted += 1
+        number = self._submitted
+
+        def call() -> _R:
+            self._running = number
+            return function(*args, **kwargs)
+
+        return await loop.run_in_executor(self._executor, call)
+
+    def _work_waiting(self) -> bool:
+        """Whether a call was handed to the engine's thread after the one it runs (a hint, see __init__)."""
+        return self._submitted > self._running
 
     async def _pulse_loop(self) -> None:
         """Releases expired reservations even when no writes arrive (TigerBeetle's pulse)."""
@@ -652,9 +672,13 @@ class EmbeddedEngine:
             with contextlib.suppress(RuntimeError):  # The loop is gone: nobody waits for this answer.
                 loop.call_soon_threadsafe(_answer, answer, outcome)
 
+        self._submitted += 1
+        number = self._submitted
+
         def write() -> None:
+            self._running = number
             try:
-                self._ledger.submit_transfers(batch, batch_intents, deliver=deliver)
+                self._ledger.submit_transfers(batch, batch_intents, deliver=deliver, overlap=self._work_waiting)
             except Exception as error:  # The caller's, as with run_in_executor: the engine's thread lives on.
                 deliver(error)
 

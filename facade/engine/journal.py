@@ -402,11 +402,27 @@ class Journal:
         self._acknowledge(pending)
         assert self.op_last == self.op_written and self.size == self.size_written
 
-    def append_pipelined(self, records: list[tuple[Header, bytes]], acknowledged: Acknowledged) -> None:
-        """Step 1 now: returns once the records are durable in every copy (so the next record may follow).
-        Step 2 (their header copies, then their fdatasync, coalesced with other appends waiting) runs on
-        the header thread, which then calls `acknowledged(None)`, appends in journal order."""
+    def append_pipelined(
+        self, records: list[tuple[Header, bytes]], acknowledged: Acknowledged, *, overlap: Callable[[], bool]
+    ) -> None:
+        """Step 1 now: the records, durable in every copy (so the next record may follow). Then, if
+        `overlap()` (asked once step 1 is done: is more work waiting for the caller's thread?), step 2
+        (the header copies and their fdatasync, coalesced with other appends waiting) runs on the header
+        thread, which then calls `acknowledged(None)`, appends in journal order, and this returns at once.
+        Otherwise, with nothing pending, step 2 runs here as in `append` (no hand-off for a lone batch)
+        and `acknowledged(None)` is called before this returns; a failure then raises, as `append`'s."""
         pending = self._append_records(records, acknowledged)
+        if not overlap():
+            with self._condition:
+                idle = not self._pending and not self._headers_busy and self._headers_failure is None
+            if idle:
+                failure = self._write_headers(pending.headers_data)
+                if failure is not None:
+                    raise self._resolve(failure)
+                self._acknowledge(pending)
+                assert self.op_last == self.op_written
+                acknowledged(None)
+                return
         self._enqueue(pending)
 
     def after_pending(self, acknowledged: Acknowledged) -> None:
