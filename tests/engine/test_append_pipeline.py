@@ -264,6 +264,10 @@ async def test_answers_arrive_in_journal_order_and_the_mirror_matches(tmp_path: 
 # A crash at every point of the overlapped pipeline.
 
 
+RECORDS_AHEAD = 2
+"""Records the engine's thread writes while the first header copy waits for its fdatasync."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The files as the page cache held them at one syscall boundary, how much of each was durable then,
@@ -280,7 +284,8 @@ class Snapshot:
 class Recorder:
     """Wraps os.write and os.fdatasync of the journal files: around every call (serialized, so each snapshot
     is consistent) records a Snapshot. The header thread's first fdatasync waits until the engine's thread
-    wrote the next record, so the overlapped states are always among the snapshots."""
+    wrote RECORDS_AHEAD more records, so the overlapped states are always among the snapshots, including
+    a record followed by a later append's record while its own header copy is not durable."""
 
     def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch, acknowledged: list[int]) -> None:
         self.snapshots: list[Snapshot] = []
@@ -290,7 +295,8 @@ class Recorder:
         # What was written before (the accounts' record) is durable.
         self._synced = {name: (directory / name).stat().st_size for name in (JOURNAL_FILE, HEADERS_FILE)}
         self._headers_pending = False
-        self._next_record_written = threading.Event()
+        self._records_ahead = 0
+        self._records_written_ahead = threading.Event()
         self._first_header_sync = True
         write_real, fdatasync_real = os.write, os.fdatasync
 
@@ -304,7 +310,9 @@ class Recorder:
                 if name == HEADERS_FILE:
                     self._headers_pending = True
                 elif self._headers_pending:
-                    self._next_record_written.set()
+                    self._records_ahead += 1
+                    if self._records_ahead >= RECORDS_AHEAD:
+                        self._records_written_ahead.set()
                 self._snap()
             return written
 
@@ -315,7 +323,7 @@ class Recorder:
                 return
             if name == HEADERS_FILE and _on(HEADER_THREAD) and self._first_header_sync:
                 self._first_header_sync = False
-                assert self._next_record_written.wait(WAIT_SECONDS), "the engine never overlapped"
+                assert self._records_written_ahead.wait(WAIT_SECONDS), "the engine never overlapped"
             with self._lock:
                 self._snap()
                 fdatasync_real(fd)
