@@ -38,6 +38,7 @@ from facade.engine.journal import HEADER_SIZE, HEADERS_FILE, JOURNAL_FILE, Journ
 from facade.engine.journal_check import FindingKind, check
 from facade.engine.protocol import EngineFault, EngineUnavailableError
 from facade.engine.types import Account, ChangeEventsFilter, CreateTransferStatus, Transfer
+from tests._tmpfs import small_tmpfs
 
 from ._crash_writer import batch_transfers
 
@@ -233,6 +234,65 @@ async def test_disk_full_on_the_header_thread_rolls_back_the_batch_and_the_ones_
         assert [len(reopened.lookup_transfers(_ids(n))) for n in (1, 2, 3, 4)] == [TRANSFERS_PER_BATCH, 0, 0, 5]
     finally:
         reopened.close()
+
+
+FILESYSTEM_SIZE = "384k"
+BALLAST_SIZE = 128 * 1024  # Deleted to "free space".
+FULL_BATCHES_MAX = 2_000  # The file system is full long before this.
+FULL_SUBMITTERS = 4
+
+
+@pytest.mark.usefixtures("overlapped")
+async def test_a_really_full_disk_under_pipelined_load_pauses_writes_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with small_tmpfs(tmp_path, FILESYSTEM_SIZE) as filesystem:
+        ballast = filesystem / "ballast"
+        ballast.write_bytes(bytes(BALLAST_SIZE))
+        directory = filesystem / "engine"
+        engine = await _open_with_accounts(directory)
+        acknowledged: list[int] = []
+        refusals: list[EngineUnavailableError] = []
+        numbers = iter(range(1, FULL_BATCHES_MAX))
+
+        async def submitter() -> None:
+            for number in numbers:
+                if refusals:
+                    return
+                try:
+                    results = await engine.create_transfers(_batch(number))
+                except EngineUnavailableError as error:
+                    refusals.append(error)
+                    return
+                assert all(r.status == CreateTransferStatus.CREATED for r in results)
+                acknowledged.append(number)
+
+        try:
+            await asyncio.gather(*(submitter() for _ in range(FULL_SUBMITTERS)))
+            assert refusals and acknowledged, "the file system never filled"
+            assert all(e.fault == EngineFault.STORAGE_FULL and "ENOSPC" in str(e) for e in refusals)
+            assert acknowledged == sorted(acknowledged)
+            assert engine.write_blocked is not None and engine.write_failure is None
+            # Reads serve exactly the acknowledged batches; the files hold exactly them.
+            found = await engine.lookup_transfers([i for n in range(1, max(acknowledged) + 8) for i in _ids(n)])
+            assert sorted({t.id >> 20 for t in found}) == acknowledged
+            assert (directory / JOURNAL_FILE).stat().st_size == engine.ledger.journal_size
+            assert (directory / HEADERS_FILE).stat().st_size == engine.ledger.journal_op_last * HEADER_SIZE
+            # Room again: writes resume without a restart.
+            ballast.unlink()
+            monkeypatch.setattr(embedded, "WRITE_RETRY_INTERVAL_SECONDS", 0.0)
+            resumed = max(acknowledged) + 100
+            await engine.create_transfers(_batch(resumed))
+            assert engine.write_blocked is None
+        finally:
+            await engine.close()
+        reopened = EmbeddedLedger.open(directory)
+        try:
+            assert check(directory).healthy
+            present = sorted({t.id >> 20 for t in reopened.state.transfers_ordered})
+            assert present == [*acknowledged, resumed]
+        finally:
+            reopened.close()
 
 
 @pytest.mark.usefixtures("overlapped")
