@@ -21,6 +21,17 @@ acknowledged journal (reads never see an unacknowledged batch) and:
 `EmbeddedEngine` is the async Engine: every operation, read or write, runs on one dedicated thread,
 in arrival order. That single writer gives linearizability for free: a read issued after an
 acknowledged write runs after it, and no read can observe a batch before it is durable.
+
+Its create_transfers is pipelined (`EmbeddedLedger.submit_transfers`, facade.engine.journal's "Append
+pipeline"): once a batch's record is durable the engine's thread takes the next call while the journal's
+header thread makes the batch's header copy durable and then answers it, batches in journal order. The
+state may then hold batches not yet acknowledged, so every read (and the change feed, and every other
+write) first waits for the pipeline to empty (`settle`), a batch's transaction index entries are added
+only when it is acknowledged, and a batch that journals nothing (its results may rest on an earlier,
+unacknowledged batch) is answered only after the batches before it. A failed header step fails that
+batch and every batch after it, with the state rebuilt from the acknowledged journal before any of them
+is answered (and, for a full disk, the files rolled back). With no other call waiting, a batch does its
+header step on the engine's thread (no hand-off to pay when there is nothing to overlap).
 """
 
 from __future__ import annotations

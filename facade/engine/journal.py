@@ -50,6 +50,50 @@ from 1 (the full decision lives in `facade.engine.journal_check`):
   slot copy are both damaged, with nothing written after it, is indistinguishable from a torn write.)
 - A damaged slot whose record is intact is rewritten from the record (it is derived data).
 
+Append pipeline (`append_pipelined`: the async engine's batches). Step 1 runs on the engine's thread,
+which then takes the next batch; steps 2 and 3 run on the journal's header thread. So append A's step 2
+(its header copies' write and fdatasync) overlaps append A+1's step 1 (its record's write and
+fdatasync), and header copies that queue up share one write and one fdatasync per copy. A lone append
+(nothing else waiting for the engine's thread) does step 2 on the engine's thread instead, as `append`
+does: no hand-off when there is nothing to overlap. The orderings recovery relies on are kept:
+
+    (a) one thread does every step 1, in op order, each returning only after its fdatasync: a record
+        is written only after every earlier record is durable;
+    (b) A's header copies are handed to the header thread only after A's step 1 returned, and header
+        copies are written by one thread at a time (the header thread, or the engine's thread only
+        when the header thread is idle), in op order, appended after the last acknowledged slot;
+    (c) A is acknowledged only after its own header copies' fdatasync returned, appends in op order;
+        a failed step 2 fails that append and every later one (none of them is acknowledged);
+    (d) nothing reads the state an unacknowledged append built: reads, the change feed and the serial
+        writes wait until the pipeline is empty (`settle`); a batch's index entries are added when it
+        is acknowledged; a batch that journals nothing is answered only after the appends before it.
+
+Why the rules hold under the pipeline, step by step. (i) "A valid slot for op >= n proves record n
+durable": slot m is written after m's step 1 returned (b), which came after record n's fdatasync for
+every n <= m (a). (ii) "A valid record header with op >= n + APPEND_RECORDS_MAX proves record n durable":
+that record belongs to a later append, whose step 1 began only after n's step 1 returned (a). Under the
+pipeline it no longer implies that n was *acknowledged*, only durable; recovery never needed more: it
+refuses a damaged durable record (stricter, never weaker). (iii) "Acknowledged implies a durable slot":
+(c). So an acknowledged record is never truncated, and only a record without proof is. A crash at each
+point of A's append, with A-1 possibly still in step 2 and A+1 possibly in step 1:
+
+    - during A's record write or its fdatasync: A's bytes may be absent, torn or whole. No slot >= A
+      exists (b) and no record >= A+1 (a): A is kept if intact, else truncated as a torn tail; it was
+      not acknowledged (c). A-1 is durable (a), kept with or without its slot;
+    - after A's step 1, before A's header copy is written (A+1's step 1 may be running, A+2's too
+      once A+1's returned): A is intact and kept; A+1 is kept if intact or truncated if torn (its
+      proof would be a slot >= A+1 or a record >= A+3, neither of which exists before A+1's step 1
+      returned); A was not acknowledged. A damaged A (a fault after its fdatasync) is refused when a
+      record >= A+2 follows it, else truncated: unacknowledged either way;
+    - during A's header write or its fdatasync: A's slot may be absent, torn or whole; A's record is
+      intact and kept, a torn or missing slot rewritten from it, torn bytes past the last record's
+      slot truncated. Not acknowledged yet;
+    - after A's header fdatasync, before or after the answer: A and its slot are durable; A is kept
+      and, damaged, refused (its slot proves it), never truncated.
+
+With a mirror each step writes every copy before its fdatasync of every copy, so every proof above holds
+per copy, and a record is restored from whichever copy holds it intact.
+
 The v1 format (no header copies) is refused with a clear message rather than migrated: it only ever
 held development data, and a refusal cannot silently lose what a migration bug would.
 
@@ -58,7 +102,10 @@ last acknowledged size (header copies first, so a crash midway leaves at worst a
 unacknowledged record) and synced. After a lack of space (ENOSPC, EDQUOT, EFBIG) the journal stays
 usable and the next append may succeed. A failed fdatasync, an EIO from a write, or a rollback that
 cannot be synced is fatal for writes: after it the page cache cannot be trusted (fsyncgate), so
-nothing more is written until a restart re-reads the disk.
+nothing more is written until a restart re-reads the disk. Pipelined, the same: a failed step 1 first
+lets the header thread finish (earlier appends are acknowledged or fail), then rolls back; a failed
+step 2 is only reported by the header thread, and the engine's thread (`settle`) rolls back, rebuilds
+its state and only then answers the failed appends, so "rolled back" is true when a caller reads it.
 """
 
 from __future__ import annotations
