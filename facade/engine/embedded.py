@@ -388,7 +388,12 @@ class EmbeddedLedger:
             if error is not None:
                 deliver(error)
                 return
-            self._index_add(entries)  # Only now: the index is read off this thread (GetTransaction).
+            try:
+                self._index_add(entries)  # Only now: the index is read off this thread (GetTransaction).
+            except BaseException as index_error:  # A bug: answer it, never leave the caller (or the thread) hanging.
+                self._state_failure = f"engine failed: indexing an acknowledged batch failed ({index_error!r})"
+                deliver(index_error)
+                return
             if records:
                 metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
             deliver(results)
@@ -584,11 +589,12 @@ class EmbeddedEngine:
         self._ledger = ledger
         self._executor = executor
         self._closed = False
-        # Calls are numbered as handed to the engine's thread (by the loop's thread); the engine's thread
-        # notes the number of the call it runs. Each written by one thread only: a race-free hint of work
-        # waiting (a cancelled call that never runs counts only until the next call begins).
-        self._submitted = 0
-        self._running = 0
+        # Pipelined writes are numbered as handed to the engine's thread (by the loop's thread); the engine's
+        # thread notes the number of the one it runs. Each written by one thread only: a race-free hint of
+        # a write waiting (a cancelled write that never runs counts only until the next write begins). Reads
+        # are not counted: one queued behind a batch waits for its header step anyway.
+        self._writes_submitted = 0
+        self._write_running = 0
         self._pulse_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -638,19 +644,11 @@ class EmbeddedEngine:
         if self._closed:
             raise EngineUnavailableError("engine is closed")
         loop = asyncio.get_running_loop()
-
-        self._submitted += 1
-        number = self._submitted
-
-        def call() -> _R:
-            self._running = number
-            return function(*args, **kwargs)
-
-        return await loop.run_in_executor(self._executor, call)
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
 
     def _work_waiting(self) -> bool:
-        """Whether a call was handed to the engine's thread after the one it runs (a hint, see __init__)."""
-        return self._submitted > self._running
+        """Whether a write was handed to the engine's thread after the one it runs (a hint, see __init__)."""
+        return self._writes_submitted > self._write_running
 
     async def _pulse_loop(self) -> None:
         """Releases expired reservations even when no writes arrive (TigerBeetle's pulse)."""
@@ -683,11 +681,11 @@ class EmbeddedEngine:
             with contextlib.suppress(RuntimeError):  # The loop is gone: nobody waits for this answer.
                 loop.call_soon_threadsafe(_answer, answer, outcome)
 
-        self._submitted += 1
-        number = self._submitted
+        self._writes_submitted += 1
+        number = self._writes_submitted
 
         def write() -> None:
-            self._running = number
+            self._write_running = number
             try:
                 self._ledger.submit_transfers(batch, batch_intents, deliver=deliver, overlap=self._work_waiting)
             except Exception as error:  # The caller's, as with run_in_executor: the engine's thread lives on.
