@@ -107,7 +107,9 @@ def bench_memory(accounts: int, size: int, hot: bool, seconds: float) -> float:
 
 async def bench_durable(  # noqa: PLR0913  A benchmark case's parameters, each a column of its row.
     directory: Path, accounts: int, size: int, hot: bool, seconds: float, in_flight: int = 1
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
+    """(transfers/s, batch latencies, process CPU seconds per batch: every thread, the engine's and the
+    journal's included)."""
     engine = await EmbeddedEngine.open(directory)
     try:
         for first in range(1, accounts + 1, BATCH_EVENTS_MAX):
@@ -121,6 +123,7 @@ async def bench_durable(  # noqa: PLR0913  A benchmark case's parameters, each a
         latencies: list[float] = []
         done = 0
         start = time.perf_counter()
+        cpu_start = time.process_time()
         index = 0
 
         async def submitter() -> None:
@@ -138,7 +141,7 @@ async def bench_durable(  # noqa: PLR0913  A benchmark case's parameters, each a
 
         await asyncio.gather(*(submitter() for _ in range(in_flight)))
         elapsed = time.perf_counter() - start
-        return done / elapsed, latencies
+        return done / elapsed, latencies, (time.process_time() - cpu_start) / len(latencies)
     finally:
         await engine.close()
 
@@ -159,7 +162,10 @@ async def main() -> None:
     fsync_p50_ms = statistics.median(fsync_latencies) * 1e3
     print(f"baseline fdatasync: {fsync_rate:,.0f} appends/s, p50 {fsync_p50_ms:.2f} ms")
     print()
-    header = f"{'case':<22}{'batch':>6}{'transfers/s':>14}{'vs memory':>11}{'batch p50 ms':>14}{'p99 ms':>9}"
+    header = (
+        f"{'case':<22}{'batch':>6}{'transfers/s':>14}{'vs memory':>11}{'batch p50 ms':>14}{'p99 ms':>9}"
+        f"{'CPU µs/batch':>14}"
+    )
     print(header)
     print("-" * len(header))
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -168,11 +174,14 @@ async def main() -> None:
         for size in sizes:
             case = "hot account (90%)" if hot else "uniform accounts"
             directory = root / f"{'hot' if hot else 'uniform'}-{size}"
-            rate, latencies = await bench_durable(directory, args.accounts, size, hot, args.seconds, args.in_flight)
+            rate, latencies, cpu_seconds = await bench_durable(
+                directory, args.accounts, size, hot, args.seconds, args.in_flight
+            )
             memory_rate = bench_memory(args.accounts, size, hot, min(args.seconds, 1.0))
             print(
                 f"{case:<22}{size:>6}{rate:>14,.0f}{rate / memory_rate:>10.2f}x"
                 f"{percentile(latencies, 0.5) * 1e3:>14.2f}{percentile(latencies, 0.99) * 1e3:>9.2f}"
+                f"{cpu_seconds * 1e6:>14,.0f}"
             )
     print()
     print("transfers/s: durable (fdatasync per batch) through EmbeddedEngine; vs memory: ratio to the")
