@@ -12,6 +12,9 @@ production. Baselines measured in the same run, so ratios hold on a noisy machin
 `--in-flight 2` keeps two batches submitted at once, as the group committer does (facade.batcher,
 BATCHES_IN_FLIGHT_MAX): the engine's append pipeline overlaps one batch's header-copy fdatasync with the
 next batch's record (facade.engine.journal); with one in flight there is nothing to overlap.
+`--fdatasync-extra-ms X` models a disk whose flush is slower than this machine's (every fdatasync, the
+baseline's too, sleeps X ms after the real call; the sleep releases the GIL as the real call does): a
+model, labelled as such in the output, not a measurement of a real device.
 """
 
 from __future__ import annotations
@@ -153,8 +156,20 @@ async def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="data directory (default: a temp dir)")
     parser.add_argument("--sizes", default=f"1,100,{BATCH_EVENTS_MAX}", help="batch sizes, comma-separated")
     parser.add_argument("--in-flight", type=int, default=1, help="batches submitted at once (group committer: 2)")
+    parser.add_argument(
+        "--fdatasync-extra-ms", type=float, default=0.0, help="model a slower disk: sleep this long per fdatasync"
+    )
     args = parser.parse_args()
     tune_gc()  # As the service does at start-up.
+    if args.fdatasync_extra_ms > 0:
+        fdatasync, extra_seconds = os.fdatasync, args.fdatasync_extra_ms / 1e3
+
+        def slow_fdatasync(fd: int) -> None:
+            fdatasync(fd)
+            time.sleep(extra_seconds)
+
+        os.fdatasync = slow_fdatasync  # type: ignore[assignment]  # The model wraps ints only.
+        print(f"MODEL: every fdatasync takes {args.fdatasync_extra_ms} ms longer than this disk's")
     root = args.dir or Path(tempfile.mkdtemp(prefix="bench-engine-"))
     root.mkdir(parents=True, exist_ok=True)
 

@@ -22,7 +22,8 @@ acknowledged journal (reads never see an unacknowledged batch) and:
 in arrival order. That single writer gives linearizability for free: a read issued after an
 acknowledged write runs after it, and no read can observe a batch before it is durable.
 
-Its create_transfers is pipelined (`EmbeddedLedger.submit_transfers`, facade.engine.journal's "Append
+With `append_pipeline` (a setting, off by default: see EngineSettings.append_pipeline for why) its
+create_transfers is pipelined (`EmbeddedLedger.submit_transfers`, facade.engine.journal's "Append
 pipeline"): once a batch's record is durable the engine's thread takes the next call while the journal's
 header thread makes the batch's header copy durable and then answers it, batches in journal order. The
 state may then hold batches not yet acknowledged, so every read (and the change feed, and every other
@@ -585,9 +586,10 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, ledger: EmbeddedLedger, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, ledger: EmbeddedLedger, executor: ThreadPoolExecutor, *, append_pipeline: bool = False) -> None:
         self._ledger = ledger
         self._executor = executor
+        self._append_pipeline = append_pipeline
         self._closed = False
         # Pipelined writes are numbered as handed to the engine's thread (by the loop's thread); the engine's
         # thread notes the number of the one it runs. Each written by one thread only: a race-free hint of
@@ -599,8 +601,15 @@ class EmbeddedEngine:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, clock: Callable[[], int] = time.time_ns, *, mirror_dir: Path | None = None
+        cls,
+        data_dir: Path,
+        clock: Callable[[], int] = time.time_ns,
+        *,
+        mirror_dir: Path | None = None,
+        append_pipeline: bool = False,
     ) -> EmbeddedEngine:
+        """`append_pipeline`: create_transfers overlaps a batch's header step with the next batch's record
+        (settings.EngineSettings.append_pipeline); off, every append is serial, as `EmbeddedLedger`'s."""
         executor = single_thread_executor("ledger-engine")
         loop = asyncio.get_running_loop()
         mirror = Path(mirror_dir) if mirror_dir is not None else None
@@ -611,7 +620,7 @@ class EmbeddedEngine:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        engine = cls(ledger, executor)
+        engine = cls(ledger, executor, append_pipeline=append_pipeline)
 
         def wake() -> None:
             with contextlib.suppress(RuntimeError):  # Shut down already: close settles.
@@ -669,8 +678,10 @@ class EmbeddedEngine:
     async def create_transfers(
         self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent] = ()
     ) -> list[CreateTransferResult]:
-        """Pipelined (EmbeddedLedger.submit_transfers): the engine's thread takes the next batch as soon as
-        this one's record is durable; this returns once its header copy is durable too."""
+        """Pipelined (EmbeddedLedger.submit_transfers), if enabled: the engine's thread takes the next batch
+        as soon as this one's record is durable; this returns once its header copy is durable too."""
+        if not self._append_pipeline:
+            return await self._run(self._ledger.create_transfers, list(transfers), list(intents))
         if self._closed:
             raise EngineUnavailableError("engine is closed")
         loop = asyncio.get_running_loop()

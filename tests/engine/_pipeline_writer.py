@@ -28,7 +28,7 @@ async def main() -> None:
     mirror = Path(sys.argv[6]) if len(sys.argv) > 6 else None
     # Every append overlaps (its header step on the header thread), whether or not a call is waiting.
     EmbeddedEngine._work_waiting = _always  # type: ignore[method-assign,assignment]
-    engine = await EmbeddedEngine.open(directory, mirror_dir=mirror)
+    engine = await EmbeddedEngine.open(directory, mirror_dir=mirror, append_pipeline=True)
     results = await engine.create_accounts([Account(id=i, ledger=LEDGER, code=CODE) for i in range(1, accounts + 1)])
     assert all(r.status in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS) for r in results)
     next_batch = first_batch

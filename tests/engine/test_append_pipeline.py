@@ -31,13 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from facade.engine import embedded
+from facade.engine import embedded, open_engine
 from facade.engine.codec import EVENT_SIZE, decode_transfers
 from facade.engine.embedded import EmbeddedEngine, EmbeddedLedger
 from facade.engine.journal import HEADER_SIZE, HEADERS_FILE, JOURNAL_FILE, JournalCorruptError, Operation
 from facade.engine.journal_check import FindingKind, check
 from facade.engine.protocol import EngineFault, EngineUnavailableError
 from facade.engine.types import Account, ChangeEventsFilter, CreateTransferStatus, Transfer
+from facade.settings import EngineSettings
 from tests._tmpfs import small_tmpfs
 
 from ._crash_writer import batch_transfers
@@ -67,8 +68,24 @@ def _ids(number: int) -> list[int]:
     return [t.id for t in _batch(number)]
 
 
+@pytest.mark.usefixtures("overlapped")
+@pytest.mark.parametrize("enabled", [False, True], ids=["default-serial", "pipelined"])
+async def test_the_setting_decides_whether_header_steps_leave_the_engines_thread(tmp_path: Path, enabled: bool) -> None:
+    engine = await open_engine(EngineSettings(data_dir=tmp_path, append_pipeline=enabled))
+    try:
+        assert isinstance(engine, EmbeddedEngine)
+        await engine.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        await asyncio.gather(*(engine.create_transfers(_batch(n)) for n in range(1, 5)))
+        header_threads = [t for t in threading.enumerate() if t.name == HEADER_THREAD]
+        assert bool(header_threads) == enabled
+        assert len(await engine.lookup_transfers([i for n in range(1, 5) for i in _ids(n)])) == 4 * TRANSFERS_PER_BATCH
+    finally:
+        await engine.close()
+    assert not [t for t in threading.enumerate() if t.name == HEADER_THREAD]  # close() ends it.
+
+
 async def _open_with_accounts(directory: Path, mirror: Path | None = None) -> EmbeddedEngine:
-    engine = await EmbeddedEngine.open(directory, mirror_dir=mirror)
+    engine = await EmbeddedEngine.open(directory, mirror_dir=mirror, append_pipeline=True)
     await engine.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
     return engine
 
