@@ -109,11 +109,15 @@ def bench_memory(accounts: int, size: int, hot: bool, seconds: float) -> float:
 
 
 async def bench_durable(  # noqa: PLR0913  A benchmark case's parameters, each a column of its row.
-    directory: Path, accounts: int, size: int, hot: bool, seconds: float, in_flight: int = 1
-) -> tuple[float, list[float], float]:
+    directory: Path, accounts: int, size: int, hot: bool, seconds: float, in_flight: int = 1,
+    append_pipeline: bool = False,
+) -> tuple[float, list[float], float]:  # fmt: skip
     """(transfers/s, batch latencies, process CPU seconds per batch: every thread, the engine's and the
     journal's included)."""
-    engine = await EmbeddedEngine.open(directory)
+    # Passed only when asked for: an older tree's engine (a same-run baseline) has no such option.
+    engine = await (
+        EmbeddedEngine.open(directory, append_pipeline=True) if append_pipeline else EmbeddedEngine.open(directory)
+    )
     try:
         for first in range(1, accounts + 1, BATCH_EVENTS_MAX):
             last = min(accounts, first + BATCH_EVENTS_MAX - 1)
@@ -157,6 +161,9 @@ async def main() -> None:
     parser.add_argument("--sizes", default=f"1,100,{BATCH_EVENTS_MAX}", help="batch sizes, comma-separated")
     parser.add_argument("--in-flight", type=int, default=1, help="batches submitted at once (group committer: 2)")
     parser.add_argument(
+        "--append-pipeline", action="store_true", help="the engine's append pipeline on (engine.append_pipeline)"
+    )
+    parser.add_argument(
         "--fdatasync-extra-ms", type=float, default=0.0, help="model a slower disk: sleep this long per fdatasync"
     )
     args = parser.parse_args()
@@ -190,7 +197,7 @@ async def main() -> None:
             case = "hot account (90%)" if hot else "uniform accounts"
             directory = root / f"{'hot' if hot else 'uniform'}-{size}"
             rate, latencies, cpu_seconds = await bench_durable(
-                directory, args.accounts, size, hot, args.seconds, args.in_flight
+                directory, args.accounts, size, hot, args.seconds, args.in_flight, args.append_pipeline
             )
             memory_rate = bench_memory(args.accounts, size, hot, min(args.seconds, 1.0))
             print(
@@ -201,7 +208,7 @@ async def main() -> None:
     print()
     print("transfers/s: durable (fdatasync per batch) through EmbeddedEngine; vs memory: ratio to the")
     print("state machine alone on the same batches; batch latency: one create_transfers call;")
-    print(f"batches in flight: {args.in_flight}.")
+    print(f"batches in flight: {args.in_flight}; append pipeline {'on' if args.append_pipeline else 'off'}.")
 
 
 if __name__ == "__main__":
