@@ -338,6 +338,44 @@ async def test_answers_arrive_in_journal_order_and_the_mirror_matches(tmp_path: 
     assert answered == journal_order
 
 
+@pytest.mark.usefixtures("overlapped")
+async def test_concurrent_reads_see_a_prefix_of_the_acknowledged_batches(tmp_path: Path) -> None:
+    """Writes and reads interleaved on the engine's thread, every header step on the header thread: each read
+    sees batches 1..k (journal order) and, when its answer arrives, every one of them is already answered."""
+    engine = await _open_with_accounts(tmp_path)
+    batches = 120
+    answered: set[int] = set()
+    seen: list[tuple[int, set[int]]] = []  # (k, the batches answered when the read's answer arrived)
+
+    def note_read(task: asyncio.Task[list[Account]]) -> None:
+        debits = task.result()[0].debits_posted
+        k = 0
+        while TRANSFERS_PER_BATCH * k * (k + 1) // 2 < debits:  # Batch n posts n per transfer.
+            k += 1
+        assert TRANSFERS_PER_BATCH * k * (k + 1) // 2 == debits, f"not a prefix: {debits}"
+        seen.append((k, set(answered)))
+
+    try:
+        tasks: list[asyncio.Task[object]] = []
+        for number in range(1, batches + 1):
+            write = asyncio.create_task(engine.create_transfers(_batch(number)))
+            write.add_done_callback(lambda _, number=number: answered.add(number))  # type: ignore[misc]
+            tasks.append(write)
+            if number % 3 == 0:
+                read = asyncio.create_task(engine.lookup_accounts([1]))
+                read.add_done_callback(note_read)
+                tasks.append(read)
+            if number % 7 == 0:
+                await asyncio.sleep(0)  # Let some of them reach the engine's thread before the rest.
+        await asyncio.gather(*tasks)
+    finally:
+        await engine.close()
+    assert len(seen) == batches // 3
+    for k, answered_then in seen:
+        assert set(range(1, k + 1)) <= answered_then, "a read saw a batch before its answer"
+    assert max(k for k, _ in seen) == batches  # The last read came after every write.
+
+
 # A crash at every point of the overlapped pipeline.
 
 
