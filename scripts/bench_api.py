@@ -306,6 +306,10 @@ CONFIGS = (
     Config("defaults", {}),  # What scripts/run.sh runs.
     Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
+OPTIONAL_CONFIGS = (
+    # Run only when named in --configs: the embedded engine's append pipeline (off by default).
+    Config("append pipeline", {"LEDGER_ENGINE__APPEND_PIPELINE": "true"}),
+)
 
 
 class LedgerServer:
@@ -839,7 +843,7 @@ async def main() -> None:
     if args.client == "go" and binary is None:
         parser.error("--client go needs the Go toolchain (`go` on PATH)")
     rows = frozenset(args.rows.split(","))
-    configs = [config for config in CONFIGS if config.label in args.configs.split(",")]
+    configs = [config for config in CONFIGS + OPTIONAL_CONFIGS if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
     if args.baseline_tree is not None:
         configs.insert(0, Config("baseline", {}, tree=args.baseline_tree.resolve()))

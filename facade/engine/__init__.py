@@ -23,4 +23,6 @@ async def open_engine(settings: EngineSettings) -> Engine:
         )
     from facade.engine.embedded import EmbeddedEngine
 
-    return await EmbeddedEngine.open(settings.data_dir, mirror_dir=settings.mirror_dir)
+    return await EmbeddedEngine.open(
+        settings.data_dir, mirror_dir=settings.mirror_dir, append_pipeline=settings.append_pipeline
+    )

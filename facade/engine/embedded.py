@@ -21,6 +21,18 @@ acknowledged journal (reads never see an unacknowledged batch) and:
 `EmbeddedEngine` is the async Engine: every operation, read or write, runs on one dedicated thread,
 in arrival order. That single writer gives linearizability for free: a read issued after an
 acknowledged write runs after it, and no read can observe a batch before it is durable.
+
+With `append_pipeline` (a setting, off by default: see EngineSettings.append_pipeline for why) its
+create_transfers is pipelined (`EmbeddedLedger.submit_transfers`, facade.engine.journal's "Append
+pipeline"): once a batch's record is durable the engine's thread takes the next call while the journal's
+header thread makes the batch's header copy durable and then answers it, batches in journal order. The
+state may then hold batches not yet acknowledged, so every read (and the change feed, and every other
+write) first waits for the pipeline to empty (`settle`), a batch's transaction index entries are added
+only when it is acknowledged, and a batch that journals nothing (its results may rest on an earlier,
+unacknowledged batch) is answered only after the batches before it. A failed header step fails that
+batch and every batch after it, with the state rebuilt from the acknowledged journal before any of them
+is answered (and, for a full disk, the files rolled back). With no other call waiting, a batch does its
+header step on the engine's thread (no hand-off to pay when there is nothing to overlap).
 """
 
 from __future__ import annotations
@@ -149,6 +161,9 @@ class _FastSwitching:
 
 _fast_switching = _FastSwitching()
 
+_IndexEntry = tuple[TransactionIntent, int, list[int]]
+"""An index entry a batch adds once durable: the intent, its location in the journal, its transfers' ids."""
+
 
 class JournalReplayError(RuntimeError):
     """Replaying the journal produced different results than were acknowledged: the state machine's
@@ -173,6 +188,7 @@ class EmbeddedLedger:
         # Set if the state could not be rebuilt after a failed append: it may hold an unacknowledged
         # batch, so nothing more is served from it, reads included.
         self._state_failure: str | None = None
+        journal.headers_switching = lambda: _fast_switching
 
     @classmethod
     def open(
@@ -200,13 +216,37 @@ class EmbeddedLedger:
         """Why the engine is dead for writes until a restart (a failed fdatasync), or None."""
         return self._journal.failure or self._state_failure
 
+    def on_headers_failure(self, wake: Callable[[], None]) -> None:
+        """`wake` (called on the journal's header thread) must get `settle` run on the engine's thread."""
+        self._journal.on_headers_failure = wake
+
+    def settle(self) -> None:
+        """Waits until every pipelined append is acknowledged, so the state holds only acknowledged
+        batches. After a failed header-copy step (journal.settle rolled the files back, or marked the
+        journal failed), rebuilds the state from the acknowledged journal and answers every batch that
+        failed with it, in journal order."""
+        outcome = self._journal.settle()
+        if outcome is None:
+            return
+        error, failed = outcome
+        unavailable = self._recover(error)
+        assert failed
+        assert self._journal.op_written == self._journal.op_last or error.fatal
+        for acknowledged in failed:
+            acknowledged(unavailable)
+
     def _check_readable(self) -> None:
+        self.settle()  # Reads see acknowledged state only: they wait for pipelined appends.
         if self._state_failure is not None:
             raise EngineUnavailableError(self._state_failure)
 
-    def _check_writable(self, size: int) -> None:
-        """Refuses a write at once, before touching the state, when it cannot be journaled."""
-        self._check_readable()
+    def _check_writable(self, size: int, *, pipelined: bool = False) -> None:
+        """Refuses a write at once, before touching the state, when it cannot be journaled. A pipelined
+        write waits for nothing, unless an earlier append failed (then the state is rebuilt first)."""
+        if not pipelined or self._journal.headers_failed:
+            self.settle()
+        if self._state_failure is not None:
+            raise EngineUnavailableError(self._state_failure)
         failure = self._journal.failure
         if failure is not None:
             raise EngineUnavailableError(
@@ -226,7 +266,7 @@ class EmbeddedLedger:
     ) -> tuple[Header, bytes]:  # fmt: skip
         journal = self._journal
         if previous is None:
-            op, offset, parent = journal.op_last + 1, journal.size, journal.checksum_last
+            op, offset, parent = journal.op_written + 1, journal.size_written, journal.checksum_written
         else:
             op, offset, parent = previous.op + 1, previous.offset + previous.record_size, previous.checksum
         return encode_record(
@@ -244,30 +284,43 @@ class EmbeddedLedger:
             Operation.PULSE, timestamp=realtime_ns, count=expired, results_checksum=0, body=b"", previous=None
         )
 
+    def _recover(self, error: JournalWriteError) -> EngineUnavailableError:
+        """After a failed append (rolled back, or the journal failed): the state already holds the batch
+        (and, pipelined, the batches after it), so it goes back to exactly what was acknowledged. Returns
+        the error for the batches' callers."""
+        unavailable: EngineUnavailableError
+        try:
+            self.state, self.index = _rebuild(self._journal.read_acknowledged())
+        except BaseException as rebuild_error:
+            self._state_failure = (
+                f"engine failed: the append failed ({error}) and re-reading the acknowledged journal "
+                f"failed too ({rebuild_error!r}); restart to recover from the journal"
+            )
+            unavailable = EngineUnavailableError(self._state_failure)
+            unavailable.__cause__ = rebuild_error
+            return unavailable
+        if error.fatal:
+            unavailable = EngineUnavailableError(
+                f"engine is dead for writes until restarted: {error}", EngineFault.STORAGE_FAILED
+            )
+        else:
+            self.write_blocked = str(error)
+            unavailable = EngineUnavailableError(
+                f"writes paused: {error}; they resume when the disk has room", EngineFault.STORAGE_FULL
+            )
+        unavailable.__cause__ = error
+        assert self.state.prepare_timestamp >= 0
+        return unavailable
+
     def _commit(self, records: list[tuple[Header, bytes]]) -> None:
+        """Appends serially (the pipeline settled by _check_writable): returns once acknowledged."""
         started = time.perf_counter()
         self._write_attempt_monotonic = time.monotonic()
         try:
             with _fast_switching:
                 self._journal.append(records)
         except JournalWriteError as error:
-            # The state already holds the batch: go back to exactly what was acknowledged.
-            try:
-                self.state, self.index = _rebuild(self._journal.read_acknowledged())
-            except BaseException as rebuild_error:
-                self._state_failure = (
-                    f"engine failed: the append failed ({error}) and re-reading the acknowledged journal "
-                    f"failed too ({rebuild_error!r}); restart to recover from the journal"
-                )
-                raise EngineUnavailableError(self._state_failure) from rebuild_error
-            if error.fatal:
-                raise EngineUnavailableError(
-                    f"engine is dead for writes until restarted: {error}", EngineFault.STORAGE_FAILED
-                ) from error
-            self.write_blocked = str(error)
-            raise EngineUnavailableError(
-                f"writes paused: {error}; they resume when the disk has room", EngineFault.STORAGE_FULL
-            ) from error
+            raise self._recover(error) from error
         metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
         self.write_blocked = None
 
@@ -307,12 +360,68 @@ class EmbeddedLedger:
         """Applies and journals the batch. `intents`: metadata of the batch's transactions to record in the
         same record (CREATE_TRANSACTIONS), each with the outcome its legs' results give; such a record
         is written even when the state did not change (a refused transaction's failure must be durable)."""
+        results, records, entries = self._apply_transfers(transfers, intents, pipelined=False)
+        if records:
+            self._commit(records)
+        self._index_add(entries)
+        return results
+
+    def submit_transfers(
+        self,
+        transfers: Sequence[Transfer],
+        intents: Sequence[TransactionIntent],
+        *,
+        deliver: Callable[[list[CreateTransferResult] | BaseException], None],
+        overlap: Callable[[], bool],
+    ) -> None:
+        """`create_transfers`, pipelined (EmbeddedEngine): returns once the batch's record is durable (step 1),
+        so the next batch can be applied and written while this one's header copy is synced (step 2, on
+        the journal's header thread). `deliver` gets the results once the batch is acknowledged, batches in
+        journal order, or the error (the batch and every one after it failed; state rebuilt first). A batch
+        that journals nothing is delivered only after the batches before it: its results may rest on
+        them. `overlap()`: whether work waits for the engine's thread (else step 2 runs on this thread: a
+        lone batch costs no hand-off). Raises (nothing applied, or the state already rebuilt) when the batch
+        is refused outright or its inline step 2 failed."""
+        results, records, entries = self._apply_transfers(transfers, intents, pipelined=True)
+        started = time.perf_counter()
+
+        def acknowledged(error: BaseException | None) -> None:
+            if error is not None:
+                deliver(error)
+                return
+            try:
+                self._index_add(entries)  # Only now: the index is read off this thread (GetTransaction).
+            except BaseException as index_error:  # A bug: answer it, never leave the caller (or the thread) hanging.
+                self._state_failure = f"engine failed: indexing an acknowledged batch failed ({index_error!r})"
+                deliver(index_error)
+                return
+            if records:
+                metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
+            deliver(results)
+
+        if not records:
+            self._journal.after_pending(acknowledged)
+            return
+        self._write_attempt_monotonic = time.monotonic()
+        try:
+            with _fast_switching:
+                self._journal.append_pipelined(records, acknowledged, overlap=overlap)
+        except JournalWriteError as error:
+            self.settle()  # Answers the batches whose header step failed meanwhile, if any.
+            raise self._recover(error) from error
+        self.write_blocked = None
+
+    def _apply_transfers(
+        self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent], *, pipelined: bool
+    ) -> tuple[list[CreateTransferResult], list[tuple[Header, bytes]], list[_IndexEntry]]:
+        """Applies the batch to the state; returns its results, the records to journal and the index
+        entries to add once they are durable."""
         if len(transfers) > BATCH_EVENTS_MAX:
             raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
-            return []
+            return [], [], []
         body = encode_transfers(transfers)
-        self._check_writable(2 * HEADER_SIZE + len(body))
+        self._check_writable(2 * HEADER_SIZE + len(body), pipelined=pipelined)
         events = decode_transfers(body)
         state = self.state
         realtime_ns = self._clock()
@@ -341,15 +450,22 @@ class EmbeddedLedger:
                     previous=pulse[0] if pulse is not None else None,
                 )
             )
-        if records:
-            self._commit(records)
+        entries: list[_IndexEntry] = []
         if intents:
             header = records[-1][0]
             location = header.offset + HEADER_SIZE + len(body)
             for intent, offset in zip(intents, offsets, strict=True):
                 start = intent.transfer_index
-                self.index.add(intent, location + offset, [t.id for t in events[start : start + intent.transfer_count]])
-        return results
+                entries.append(
+                    (intent, location + offset, [t.id for t in events[start : start + intent.transfer_count]])
+                )
+        assert len(results) == len(transfers) and len(records) <= 2
+        return results, records, entries
+
+    def _index_add(self, entries: list[_IndexEntry]) -> None:
+        for intent, location, transfer_ids in entries:
+            self.index.add(intent, location, transfer_ids)
+        assert all(intent.transaction_id in self.index.transactions for intent, _, _ in entries)
 
     def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
         """Journals metadata alone (a METADATA record): intents before their transfers, or failures
@@ -409,8 +525,20 @@ class EmbeddedLedger:
         return self.state.next_expiry()
 
     def close(self) -> None:
+        self.settle()
         os.close(self._read_fd)
         self._journal.close()
+
+
+def _answer(
+    answer: asyncio.Future[list[CreateTransferResult]], outcome: list[CreateTransferResult] | BaseException
+) -> None:
+    if answer.done():  # The caller gave up (cancelled) after the batch started: it completes unanswered.
+        return
+    if isinstance(outcome, BaseException):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
 
 
 def _rebuild(records: list[Record]) -> tuple[StateMachine, TransactionIndex]:
@@ -458,16 +586,30 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, ledger: EmbeddedLedger, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, ledger: EmbeddedLedger, executor: ThreadPoolExecutor, *, append_pipeline: bool = False) -> None:
         self._ledger = ledger
         self._executor = executor
+        self._append_pipeline = append_pipeline
         self._closed = False
+        # Pipelined writes are numbered as handed to the engine's thread (by the loop's thread); the engine's
+        # thread notes the number of the one it runs. Each written by one thread only: a race-free hint of
+        # a write waiting (a cancelled write that never runs counts only until the next write begins). Reads
+        # are not counted: one queued behind a batch waits for its header step anyway.
+        self._writes_submitted = 0
+        self._write_running = 0
         self._pulse_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
-        cls, data_dir: Path, clock: Callable[[], int] = time.time_ns, *, mirror_dir: Path | None = None
+        cls,
+        data_dir: Path,
+        clock: Callable[[], int] = time.time_ns,
+        *,
+        mirror_dir: Path | None = None,
+        append_pipeline: bool = False,
     ) -> EmbeddedEngine:
+        """`append_pipeline`: create_transfers overlaps a batch's header step with the next batch's record
+        (settings.EngineSettings.append_pipeline); off, every append is serial, as `EmbeddedLedger`'s."""
         executor = single_thread_executor("ledger-engine")
         loop = asyncio.get_running_loop()
         mirror = Path(mirror_dir) if mirror_dir is not None else None
@@ -478,7 +620,13 @@ class EmbeddedEngine:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        engine = cls(ledger, executor)
+        engine = cls(ledger, executor, append_pipeline=append_pipeline)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # Shut down already: close settles.
+                executor.submit(ledger.settle)
+
+        ledger.on_headers_failure(wake)
         engine._pulse_task = asyncio.create_task(engine._pulse_loop(), name="ledger-engine-pulse")
         threshold0, threshold1, threshold2 = gc.get_threshold()
         if 0 < threshold0 < GC_GENERATION0_THRESHOLD:  # Never re-enables or lowers what the process chose.
@@ -507,6 +655,10 @@ class EmbeddedEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
 
+    def _work_waiting(self) -> bool:
+        """Whether a write was handed to the engine's thread after the one it runs (a hint, see __init__)."""
+        return self._writes_submitted > self._write_running
+
     async def _pulse_loop(self) -> None:
         """Releases expired reservations even when no writes arrive (TigerBeetle's pulse)."""
         while not self._closed:
@@ -526,7 +678,34 @@ class EmbeddedEngine:
     async def create_transfers(
         self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent] = ()
     ) -> list[CreateTransferResult]:
-        return await self._run(self._ledger.create_transfers, list(transfers), list(intents))
+        """Pipelined (EmbeddedLedger.submit_transfers), if enabled: the engine's thread takes the next batch
+        as soon as this one's record is durable; this returns once its header copy is durable too."""
+        if not self._append_pipeline:
+            return await self._run(self._ledger.create_transfers, list(transfers), list(intents))
+        if self._closed:
+            raise EngineUnavailableError("engine is closed")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[CreateTransferResult]] = loop.create_future()
+        batch, batch_intents = list(transfers), list(intents)
+
+        def deliver(outcome: list[CreateTransferResult] | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # The loop is gone: nobody waits for this answer.
+                loop.call_soon_threadsafe(_answer, answer, outcome)
+
+        self._writes_submitted += 1
+        number = self._writes_submitted
+
+        def write() -> None:
+            self._write_running = number
+            try:
+                self._ledger.submit_transfers(batch, batch_intents, deliver=deliver, overlap=self._work_waiting)
+            except Exception as error:  # The caller's, as with run_in_executor: the engine's thread lives on.
+                deliver(error)
+
+        job = self._executor.submit(write)
+        # A caller who gives up before the batch reaches the engine's thread: it never runs (as `_run`).
+        answer.add_done_callback(lambda done: job.cancel() if done.cancelled() else None)
+        return await answer
 
     async def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
         await self._run(self._ledger.record_metadata, list(intents))

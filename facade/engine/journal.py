@@ -50,6 +50,50 @@ from 1 (the full decision lives in `facade.engine.journal_check`):
   slot copy are both damaged, with nothing written after it, is indistinguishable from a torn write.)
 - A damaged slot whose record is intact is rewritten from the record (it is derived data).
 
+Append pipeline (`append_pipelined`: the async engine's batches). Step 1 runs on the engine's thread,
+which then takes the next batch; steps 2 and 3 run on the journal's header thread. So append A's step 2
+(its header copies' write and fdatasync) overlaps append A+1's step 1 (its record's write and
+fdatasync), and header copies that queue up share one write and one fdatasync per copy. A lone append
+(nothing else waiting for the engine's thread) does step 2 on the engine's thread instead, as `append`
+does: no hand-off when there is nothing to overlap. The orderings recovery relies on are kept:
+
+    (a) one thread does every step 1, in op order, each returning only after its fdatasync: a record
+        is written only after every earlier record is durable;
+    (b) A's header copies are handed to the header thread only after A's step 1 returned, and header
+        copies are written by one thread at a time (the header thread, or the engine's thread only
+        when the header thread is idle), in op order, appended after the last acknowledged slot;
+    (c) A is acknowledged only after its own header copies' fdatasync returned, appends in op order;
+        a failed step 2 fails that append and every later one (none of them is acknowledged);
+    (d) nothing reads the state an unacknowledged append built: reads, the change feed and the serial
+        writes wait until the pipeline is empty (`settle`); a batch's index entries are added when it
+        is acknowledged; a batch that journals nothing is answered only after the appends before it.
+
+Why the rules hold under the pipeline, step by step. (i) "A valid slot for op >= n proves record n
+durable": slot m is written after m's step 1 returned (b), which came after record n's fdatasync for
+every n <= m (a). (ii) "A valid record header with op >= n + APPEND_RECORDS_MAX proves record n durable":
+that record belongs to a later append, whose step 1 began only after n's step 1 returned (a). Under the
+pipeline it no longer implies that n was *acknowledged*, only durable; recovery never needed more: it
+refuses a damaged durable record (stricter, never weaker). (iii) "Acknowledged implies a durable slot":
+(c). So an acknowledged record is never truncated, and only a record without proof is. A crash at each
+point of A's append, with A-1 possibly still in step 2 and A+1 possibly in step 1:
+
+    - during A's record write or its fdatasync: A's bytes may be absent, torn or whole. No slot >= A
+      exists (b) and no record >= A+1 (a): A is kept if intact, else truncated as a torn tail; it was
+      not acknowledged (c). A-1 is durable (a), kept with or without its slot;
+    - after A's step 1, before A's header copy is written (A+1's step 1 may be running, A+2's too
+      once A+1's returned): A is intact and kept; A+1 is kept if intact or truncated if torn (its
+      proof would be a slot >= A+1 or a record >= A+3, neither of which exists before A+1's step 1
+      returned); A was not acknowledged. A damaged A (a fault after its fdatasync) is refused when a
+      record >= A+2 follows it, else truncated: unacknowledged either way;
+    - during A's header write or its fdatasync: A's slot may be absent, torn or whole; A's record is
+      intact and kept, a torn or missing slot rewritten from it, torn bytes past the last record's
+      slot truncated. Not acknowledged yet;
+    - after A's header fdatasync, before or after the answer: A and its slot are durable; A is kept
+      and, damaged, refused (its slot proves it), never truncated.
+
+With a mirror each step writes every copy before its fdatasync of every copy, so every proof above holds
+per copy, and a record is restored from whichever copy holds it intact.
+
 The v1 format (no header copies) is refused with a clear message rather than migrated: it only ever
 held development data, and a refusal cannot silently lose what a migration bug would.
 
@@ -58,7 +102,10 @@ last acknowledged size (header copies first, so a crash midway leaves at worst a
 unacknowledged record) and synced. After a lack of space (ENOSPC, EDQUOT, EFBIG) the journal stays
 usable and the next append may succeed. A failed fdatasync, an EIO from a write, or a rollback that
 cannot be synced is fatal for writes: after it the page cache cannot be trusted (fsyncgate), so
-nothing more is written until a restart re-reads the disk.
+nothing more is written until a restart re-reads the disk. Pipelined, the same: a failed step 1 first
+lets the header thread finish (earlier appends are acknowledged or fail), then rolls back; a failed
+step 2 is only reported by the header thread, and the engine's thread (`settle`) rolls back, rebuilds
+its state and only then answers the failed appends, so "rolled back" is true when a caller reads it.
 """
 
 from __future__ import annotations
@@ -69,7 +116,11 @@ import fcntl
 import hashlib
 import os
 import struct
+import threading
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +134,8 @@ __all__ = [
     "HEADER_SIZE",
     "JOURNAL_FILE",
     "LOCK_FILE",
+    "PIPELINE_APPENDS_MAX",
+    "Acknowledged",
     "Header",
     "Journal",
     "JournalCorruptError",
@@ -107,6 +160,10 @@ MAGIC_OFFSET = 48  # Where `magic` sits in a header: recovery searches for it af
 BODY_SIZE_MAX = BATCH_EVENTS_MAX * EVENT_SIZE + METADATA_SECTION_SIZE_MAX
 RECORD_SIZE_MAX = HEADER_SIZE + BODY_SIZE_MAX
 APPEND_RECORDS_MAX = 2  # A pulse record and a batch record.
+PIPELINE_APPENDS_MAX = 64
+"""Pipelined appends whose records are durable but whose header copies are not yet acknowledged. The
+group committer keeps two batches in flight, so the bound is only reached if the header thread stalls;
+the engine's thread then waits for room (backpressure), it never drops or reorders."""
 CHECKSUM_ZERO = bytes(16)
 JOURNAL_FILE = "journal"
 HEADERS_FILE = "journal.headers"
@@ -282,9 +339,44 @@ class _Copy:
     headers_fd: int
 
 
+Acknowledged = Callable[[BaseException | None], None]
+"""Called once per pipelined append, in journal order: with None once its records *and* their header
+copies are durable (the append is acknowledged; on the header thread), or, from `settle` on the engine's
+thread, with the error after the append was rolled back or the journal failed."""
+
+
+@dataclass(slots=True, frozen=True)
+class _Pending:
+    """A pipelined append whose records are durable (step 1 done), waiting for its header copies (step 2).
+    `headers_data` empty: an ordering point only (a batch that journaled nothing but read unacknowledged
+    state: it is answered only after the appends before it)."""
+
+    headers_data: bytes
+    op_last: int
+    size: int
+    checksum_last: bytes
+    acknowledged: Acknowledged
+
+
+@dataclass(slots=True, frozen=True)
+class _HeadersFailure:
+    """Step 2 failed on the header thread. `rollback`: a write failed (the headers file may hold part of a
+    copy), so `settle` truncates both files to the acknowledged size; an fdatasync failure is not rolled
+    back (fsyncgate: nothing more is written)."""
+
+    error: JournalWriteError
+    rollback: bool
+
+
+def _ignore(_error: BaseException | None) -> None:
+    """The serial `append` acknowledges by returning."""
+
+
 class Journal:
     """Appends to the journal (and its mirror) after recovery (`journal_check.recover`) has verified and
-    repaired them. Not thread-safe: the engine's single writer thread is its only user."""
+    repaired them. One writer: the engine's thread calls every method; step 2 of a pipelined append runs
+    on the journal's own header thread, which touches only the headers files and the acknowledged position
+    (`op_last`, `size`, `checksum_last`), and never while the engine's thread rolls back (`_wait_idle`)."""
 
     def __init__(
         self, *, copies: list[Path], lock_fds: list[int], op_last: int, checksum_last: bytes, size: int
@@ -299,15 +391,35 @@ class Journal:
             for directory in copies
         ]
         self._lock_fds = lock_fds
+        # Acknowledged: the records and their header copies are durable.
         self.op_last = op_last
         self.checksum_last = checksum_last
         self.size = size
+        # Written: the records are durable (step 1); the next record goes here. Ahead of the acknowledged
+        # position only while pipelined appends wait for their header copies.
+        self.op_written = op_last
+        self.checksum_written = checksum_last
+        self.size_written = size
         self.failure: str | None = None  # Set for good by a fatal write error.
         self._sync_executor = (
-            ThreadPoolExecutor(max_workers=len(copies) - 1, thread_name_prefix="ledger-journal-sync")
+            # Two threads append (the engine's: records; the header thread: header copies), each syncing
+            # its mirror file in parallel with its primary one.
+            ThreadPoolExecutor(max_workers=2 * (len(copies) - 1), thread_name_prefix="ledger-journal-sync")
             if len(copies) > 1
             else None
         )
+        self.headers_switching: Callable[[], AbstractContextManager[object]] = nullcontext
+        """Entered around the header thread's write and fdatasync (the engine shortens the GIL switch
+        interval meanwhile, as for its own appends)."""
+        self.on_headers_failure: Callable[[], None] | None = None
+        """Called on the header thread after step 2 failed: the engine's thread must `settle`."""
+        self._condition = threading.Condition()
+        self._pending: deque[_Pending] = deque()
+        self._headers_busy = False
+        self._headers_failure: _HeadersFailure | None = None
+        self._failed: list[_Pending] = []
+        self._headers_thread: threading.Thread | None = None
+        self._closing = False
         for copy in self._copies:
             assert os.fstat(copy.journal_fd).st_size == size
             assert os.fstat(copy.headers_fd).st_size == op_last * HEADER_SIZE
@@ -320,11 +432,80 @@ class Journal:
     def directories(self) -> list[Path]:
         return [copy.directory for copy in self._copies]
 
+    @property
+    def headers_failed(self) -> bool:
+        """Whether step 2 of a pipelined append failed and `settle` has not dealt with it yet."""
+        return self._headers_failure is not None
+
     def append(self, records: list[tuple[Header, bytes]]) -> None:
-        """Makes the records durable in every copy, then their header copies; returns only then."""
+        """Makes the records durable in every copy, then their header copies; returns only then. The
+        pipeline must be settled (nothing pending)."""
+        with self._condition:
+            assert not self._pending and not self._headers_busy and self._headers_failure is None
+        pending = self._append_records(records, _ignore)
+        failure = self._write_headers(pending.headers_data)
+        if failure is not None:
+            raise self._resolve(failure)
+        self._acknowledge(pending)
+        assert self.op_last == self.op_written and self.size == self.size_written
+
+    def append_pipelined(
+        self, records: list[tuple[Header, bytes]], acknowledged: Acknowledged, *, overlap: Callable[[], bool]
+    ) -> None:
+        """Step 1 now: the records, durable in every copy (so the next record may follow). Then, if
+        `overlap()` (asked once step 1 is done: is more work waiting for the caller's thread?), step 2
+        (the header copies and their fdatasync, coalesced with other appends waiting) runs on the header
+        thread, which then calls `acknowledged(None)`, appends in journal order, and this returns at once.
+        Otherwise, with nothing pending, step 2 runs here as in `append` (no hand-off for a lone batch)
+        and `acknowledged(None)` is called before this returns; a failure then raises, as `append`'s."""
+        pending = self._append_records(records, acknowledged)
+        if not overlap():
+            with self._condition:
+                idle = not self._pending and not self._headers_busy and self._headers_failure is None
+            if idle:
+                failure = self._write_headers(pending.headers_data)
+                if failure is not None:
+                    raise self._resolve(failure)
+                self._acknowledge(pending)
+                assert self.op_last == self.op_written
+                acknowledged(None)
+                return
+        self._enqueue(pending)
+
+    def after_pending(self, acknowledged: Acknowledged) -> None:
+        """Calls `acknowledged` once every append before this call is acknowledged: at once (on this
+        thread) when none is pending, else on the header thread after them."""
+        pending = _Pending(b"", self.op_written, self.size_written, self.checksum_written, acknowledged)
+        with self._condition:
+            idle = not self._pending and not self._headers_busy and self._headers_failure is None
+        if idle:
+            assert self.op_last == self.op_written
+            acknowledged(None)
+            return
+        self._enqueue(pending)
+
+    def settle(self) -> tuple[JournalWriteError, list[Acknowledged]] | None:
+        """Waits until every pipelined append is acknowledged or failed. After a failed step 2: rolls the
+        files back to the acknowledged size (a failed write) or marks the journal failed (a failed
+        fdatasync), and returns the error with the callbacks of every append it failed (the failed one and
+        all after it, in journal order), for the caller to answer; None if nothing failed."""
+        self._wait_idle()
+        with self._condition:
+            failure, failed = self._headers_failure, self._failed
+            self._headers_failure, self._failed = None, []
+        if failure is None:
+            assert not failed
+            return None
+        assert failed
+        error = self._resolve(failure)
+        assert self.size_written == self.size or error.fatal
+        return error, [pending.acknowledged for pending in failed]
+
+    def _append_records(self, records: list[tuple[Header, bytes]], acknowledged: Acknowledged) -> _Pending:
+        """Step 1: the records, in every copy, fdatasynced; after the last step 1's fdatasync returned."""
         assert 0 < len(records) <= APPEND_RECORDS_MAX
         assert self.failure is None
-        op, offset, parent = self.op_last, self.size, self.checksum_last
+        op, offset, parent = self.op_written, self.size_written, self.checksum_written
         for header, data in records:
             op += 1
             assert header.op == op and header.offset == offset and header.parent == parent
@@ -335,9 +516,72 @@ class Journal:
         headers_data = b"".join(data[:HEADER_SIZE] for _, data in records)
         self._write_all(journal_data, kind="journal")
         self._sync_all(kind="journal")
-        self._write_all(headers_data, kind="headers")
-        self._sync_all(kind="headers")
-        self.op_last, self.size, self.checksum_last = op, offset, parent
+        self.op_written, self.size_written, self.checksum_written = op, offset, parent
+        assert self.op_written > self.op_last and self.size_written > self.size
+        return _Pending(headers_data, op, offset, parent, acknowledged)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._condition:
+            while len(self._pending) >= PIPELINE_APPENDS_MAX and self._headers_failure is None:
+                self._condition.wait()
+            if self._headers_failure is not None:
+                # An earlier append failed: this one (built on it) fails with it, never acknowledged.
+                self._failed.append(pending)
+                return
+            if self._headers_thread is None:
+                self._headers_thread = threading.Thread(
+                    target=self._run_headers, name="ledger-journal-headers", daemon=True
+                )
+                self._headers_thread.start()
+            self._pending.append(pending)
+            assert len(self._pending) <= PIPELINE_APPENDS_MAX
+            self._condition.notify_all()
+
+    def _run_headers(self) -> None:
+        """The header thread: step 2 for every waiting append at once (one write, one fdatasync per copy),
+        then their acknowledgements in journal order. Stops at the first failure: later appends fail too."""
+        while True:
+            with self._condition:
+                while not self._pending and not self._closing:
+                    self._condition.wait()
+                if not self._pending:
+                    return
+                group = list(self._pending)
+                self._pending.clear()
+                self._headers_busy = True
+                self._condition.notify_all()  # Room for the engine's thread.
+            failure: _HeadersFailure | None = None
+            try:
+                data = b"".join(pending.headers_data for pending in group)
+                if data:
+                    with self.headers_switching():
+                        failure = self._write_headers(data)
+                if failure is None:
+                    self._acknowledge(group[-1])
+                    for pending in group:
+                        pending.acknowledged(None)
+            finally:
+                with self._condition:
+                    if failure is not None:
+                        self._headers_failure = failure
+                        self._failed = group + list(self._pending)
+                        self._pending.clear()
+                    self._headers_busy = False
+                    self._condition.notify_all()
+            if failure is not None and self.on_headers_failure is not None:
+                self.on_headers_failure()
+
+    def _acknowledge(self, pending: _Pending) -> None:
+        assert pending.op_last >= self.op_last and pending.size >= self.size
+        self.op_last, self.size, self.checksum_last = pending.op_last, pending.size, pending.checksum_last
+        assert self.op_last <= self.op_written and self.size <= self.size_written
+
+    def _wait_idle(self) -> None:
+        """Until the header thread has nothing pending and is not writing: then only the caller (the
+        engine's thread) touches the files."""
+        with self._condition:
+            while self._pending or self._headers_busy:
+                self._condition.wait()
 
     def _write_all(self, data: bytes, *, kind: str) -> None:
         for copy in self._copies:
@@ -346,6 +590,7 @@ class Journal:
             try:
                 _write_fully(fd, data)
             except OSError as error:
+                self._wait_idle()  # A header copy being written for an earlier append lands (or fails) first.
                 self._rollback()  # Raises a fatal error itself if the rollback cannot be made durable.
                 name = errno.errorcode.get(error.errno or 0, "?")
                 reason = f"writing {path} failed ({name}: {os.strerror(error.errno) if error.errno else error})"
@@ -359,31 +604,70 @@ class Journal:
                     errno_value=error.errno,
                 ) from error
 
-    def _sync_all(self, *, kind: str) -> None:
-        """fdatasyncs every copy; the mirror's in parallel (fdatasync releases the GIL), so a mirror
-        costs about one disk flush of latency, not two."""
-        fds = [copy.journal_fd if kind == "journal" else copy.headers_fd for copy in self._copies]
-        errors: list[OSError | None]
+    def _write_headers(self, data: bytes) -> _HeadersFailure | None:
+        """Step 2: header copies in every copy, fdatasynced. Reports a failure rather than acting on it:
+        on the header thread the engine's thread may be appending records, so only `settle` (on the
+        engine's thread, once this one is idle) rolls back."""
+        for copy in self._copies:
+            path = copy.directory / HEADERS_FILE
+            try:
+                _write_fully(copy.headers_fd, data)
+            except OSError as error:
+                name = errno.errorcode.get(error.errno or 0, "?")
+                reason = f"writing {path} failed ({name}: {os.strerror(error.errno) if error.errno else error})"
+                fatal = error.errno == errno.EIO  # The device failed, not the space: trust nothing more.
+                message = f"{reason}; the append was rolled back" + (
+                    " and the engine writes nothing more" if fatal else ", nothing of it was applied"
+                )
+                write_error = JournalWriteError(message, fatal=fatal, errno_value=error.errno)
+                write_error.__cause__ = error
+                return _HeadersFailure(write_error, rollback=True)
+        for copy, sync_error in zip(self._copies, self._sync_errors([c.headers_fd for c in self._copies]), strict=True):
+            if sync_error is not None:
+                sync_failure = JournalWriteError(
+                    _fdatasync_failure(copy.directory / HEADERS_FILE, sync_error),
+                    fatal=True,
+                    errno_value=sync_error.errno,
+                )
+                sync_failure.__cause__ = sync_error
+                return _HeadersFailure(sync_failure, rollback=False)
+        return None
+
+    def _resolve(self, failure: _HeadersFailure) -> JournalWriteError:
+        """Acts on a failed step 2 (on the engine's thread, the header thread idle): as a failed write or
+        fdatasync of step 1 would. Returns the error to raise (the rollback's own, if it failed)."""
+        if failure.rollback:
+            try:
+                self._rollback()
+            except JournalWriteError as rollback_error:
+                return rollback_error
+        if failure.error.fatal:
+            self.failure = str(failure.error)
+        return failure.error
+
+    def _sync_errors(self, fds: list[int]) -> list[OSError | None]:
+        """fdatasyncs every copy's file; the mirror's in parallel (fdatasync releases the GIL), so a
+        mirror costs about one disk flush of latency, not two."""
         if self._sync_executor is None:
-            errors = [_fdatasync(fds[0])]
-        else:
-            futures = [self._sync_executor.submit(_fdatasync, fd) for fd in fds[1:]]
-            errors = [_fdatasync(fds[0])] + [future.result() for future in futures]
+            return [_fdatasync(fds[0])]
+        futures = [self._sync_executor.submit(_fdatasync, fd) for fd in fds[1:]]
+        return [_fdatasync(fds[0])] + [future.result() for future in futures]
+
+    def _sync_all(self, *, kind: str) -> None:
+        fds = [copy.journal_fd if kind == "journal" else copy.headers_fd for copy in self._copies]
+        errors = self._sync_errors(fds)
         for copy, error in zip(self._copies, errors, strict=True):
             path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
             if error is not None:
-                self.failure = (
-                    f"fdatasync of {path} failed ({errno.errorcode.get(error.errno or 0, '?')}): after a failed "
-                    "fdatasync the page cache cannot be trusted, so the engine writes nothing more; the "
-                    "unacknowledged append may or may not be present after a restart (retry it with the same "
-                    "ids). Check the disk, then restart; `ledger doctor` verifies the journal"
-                )
+                self.failure = _fdatasync_failure(path, error)
                 raise JournalWriteError(self.failure, fatal=True, errno_value=error.errno) from error
 
     def _rollback(self) -> None:
         """Truncates every file back to the last acknowledged append, durably. Header copies first:
         a crash between the two steps then leaves at most a complete record without its slot, which
-        recovery keeps (an unacknowledged but intact record), never a slot without its record."""
+        recovery keeps (an unacknowledged but intact record), never a slot without its record. Only with
+        the header thread idle: it writes the headers files."""
+        assert not self._headers_busy and not self._pending
         try:
             for copy in self._copies:
                 os.ftruncate(copy.headers_fd, self.op_last * HEADER_SIZE)
@@ -397,10 +681,12 @@ class Journal:
                 "Restart once the disk is healthy; `ledger doctor` verifies the journal"
             )
             raise JournalWriteError(self.failure, fatal=True, errno_value=error.errno) from error
+        self.op_written, self.size_written, self.checksum_written = self.op_last, self.size, self.checksum_last
 
     def read_acknowledged(self) -> list[Record]:
         """Every acknowledged record, re-read from the primary copy and re-verified: the engine rebuilds
         its state from them after an append it had applied in memory was rolled back or failed."""
+        self._wait_idle()
         path = self.directory / JOURNAL_FILE
         with open(path, "rb") as file:
             data = file.read(self.size)
@@ -430,6 +716,12 @@ class Journal:
         return True
 
     def close(self) -> None:
+        """Lets the header thread finish what is pending (acknowledging it), then closes the files."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        if self._headers_thread is not None:
+            self._headers_thread.join()
         for copy in self._copies:
             os.close(copy.journal_fd)
             os.close(copy.headers_fd)
@@ -437,6 +729,15 @@ class Journal:
             unlock_directory(lock_fd)
         if self._sync_executor is not None:
             self._sync_executor.shutdown(wait=True)
+
+
+def _fdatasync_failure(path: Path, error: OSError) -> str:
+    return (
+        f"fdatasync of {path} failed ({errno.errorcode.get(error.errno or 0, '?')}): after a failed "
+        "fdatasync the page cache cannot be trusted, so the engine writes nothing more; the "
+        "unacknowledged append may or may not be present after a restart (retry it with the same "
+        "ids). Check the disk, then restart; `ledger doctor` verifies the journal"
+    )
 
 
 def _fdatasync(fd: int) -> OSError | None:
