@@ -18,12 +18,8 @@ import asyncio
 import errno
 import os
 import random
-import select
-import signal
-import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +38,7 @@ from facade.settings import EngineSettings
 from tests._tmpfs import small_tmpfs
 
 from ._crash_writer import batch_transfers
+from ._kill_writer import acked_until_killed
 
 WAIT_SECONDS = 10.0
 """A bound on waiting for another thread in these tests (never reached when they pass)."""
@@ -312,6 +309,16 @@ async def test_a_really_full_disk_under_pipelined_load_pauses_writes_and_loses_n
             reopened.close()
 
 
+async def _post_in_order(engine: EmbeddedEngine, batches: int, answered: list[int]) -> None:
+    """Submits batches 1..`batches` at once (each its own call); `answered` gets each number as it is answered."""
+    tasks = []
+    for number in range(1, batches + 1):
+        task = asyncio.create_task(engine.create_transfers(_batch(number)))
+        task.add_done_callback(lambda _, number=number: answered.append(number))  # type: ignore[misc]
+        tasks.append(task)
+    await asyncio.gather(*tasks)
+
+
 @pytest.mark.usefixtures("overlapped")
 async def test_answers_arrive_in_journal_order_and_the_mirror_matches(tmp_path: Path) -> None:
     directory, mirror = tmp_path / "data", tmp_path / "mirror"
@@ -319,12 +326,7 @@ async def test_answers_arrive_in_journal_order_and_the_mirror_matches(tmp_path: 
     batches = 64
     answered: list[int] = []
     try:
-        tasks = []
-        for number in range(1, batches + 1):
-            task = asyncio.create_task(engine.create_transfers(_batch(number)))
-            task.add_done_callback(lambda _, number=number: answered.append(number))  # type: ignore[misc]
-            tasks.append(task)
-        await asyncio.gather(*tasks)
+        await _post_in_order(engine, batches, answered)
     finally:
         await engine.close()
     result = check(directory, mirror)
@@ -499,12 +501,7 @@ async def test_a_crash_at_every_point_of_the_overlapped_pipeline_keeps_every_ack
     recorder = Recorder(directory, monkeypatch, acknowledged)
     batches = 8
     try:
-        tasks = []
-        for number in range(1, batches + 1):
-            task = asyncio.create_task(engine.create_transfers(_batch(number)))
-            task.add_done_callback(lambda _, number=number: acknowledged.append(number))  # type: ignore[misc]
-            tasks.append(task)
-        await asyncio.gather(*tasks)
+        await _post_in_order(engine, batches, acknowledged)
     finally:
         monkeypatch.undo()
         await engine.close()
@@ -585,38 +582,13 @@ def _run_until_killed(directory: Path, first_batch: int, rng: random.Random, mir
     """Starts the writer, lets it run for a random time, SIGKILLs it; returns the acked batches in the
     order their answers arrived."""
     mirror_args = [str(mirror)] if mirror is not None else []
-    process = subprocess.Popen(
-        [
-            sys.executable, str(PIPELINE_WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE),
-            str(SUBMITTERS), *mirror_args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
-    acked: list[int] = []
-    buffer = b""
-    deadline_first = time.monotonic() + ACK_WAIT_SECONDS_MAX
-    kill_at: float | None = None
-    while kill_at is None or time.monotonic() < kill_at:
-        assert time.monotonic() < deadline_first or acked, "writer acknowledged nothing"
-        ready, _, _ = select.select([process.stdout], [], [], 0.01)
-        if ready:
-            chunk = os.read(process.stdout.fileno(), 65536)
-            if not chunk:
-                _, stderr = process.communicate()
-                pytest.fail(f"writer exited: {stderr.decode()}")
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            acked += [int(line.split()[1]) for line in lines]
-            if acked and kill_at is None:
-                kill_at = time.monotonic() + rng.uniform(0.0, ROUND_SECONDS_MAX)
-    process.send_signal(signal.SIGKILL)
-    remaining, _ = process.communicate()
-    buffer += remaining  # Acks still in the pipe were answered before the kill: acknowledged too.
-    acked += [int(line.split()[1]) for line in buffer.split(b"\n") if line.startswith(b"acked")]
-    assert process.returncode == -signal.SIGKILL
-    return acked
+    command = [
+        sys.executable, str(PIPELINE_WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE),
+        str(SUBMITTERS), *mirror_args,
+    ]  # fmt: skip
+    return acked_until_killed(
+        command, rng, round_seconds_max=ROUND_SECONDS_MAX, ack_wait_seconds_max=ACK_WAIT_SECONDS_MAX
+    )
 
 
 def _check_recovered(directory: Path, acked_all: set[int], mirror: Path | None) -> int:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import random
-import select
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from facade.engine.journal_check import check
 from facade.engine.types import Account, CreateTransferStatus, Transfer
 
 from ._crash_writer import batch_transfers
+from ._kill_writer import acked_until_killed
 
 WRITER = Path(__file__).with_name("_crash_writer.py")
 ACCOUNTS = 50
@@ -35,40 +33,12 @@ def run_writer_until_killed(
 ) -> set[int]:
     """Starts the writer, lets it run for a random time, SIGKILLs it; returns the acked batches."""
     mirror_args = [str(mirror)] if mirror is not None else []
-    process = subprocess.Popen(
-        [sys.executable, str(WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE), *mirror_args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    command = [
+        sys.executable, str(WRITER), str(directory), str(first_batch), str(ACCOUNTS), str(BATCH_SIZE), *mirror_args,
+    ]  # fmt: skip
+    return set(
+        acked_until_killed(command, rng, round_seconds_max=ROUND_SECONDS_MAX, ack_wait_seconds_max=ACK_WAIT_SECONDS_MAX)
     )
-    assert process.stdout is not None
-    acked: set[int] = set()
-    buffer = b""
-    # Wait for the first ack (start-up includes replaying the journal), then a random extra time.
-    deadline_first = time.monotonic() + ACK_WAIT_SECONDS_MAX
-    kill_at: float | None = None
-    while True:
-        now = time.monotonic()
-        if kill_at is not None and now >= kill_at:
-            break
-        assert now < deadline_first or acked, "writer acknowledged nothing"
-        ready, _, _ = select.select([process.stdout], [], [], 0.01)
-        if ready:
-            chunk = os.read(process.stdout.fileno(), 65536)
-            if not chunk:
-                _, stderr = process.communicate()
-                pytest.fail(f"writer exited: {stderr.decode()}")
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            acked.update(int(line.split()[1]) for line in lines)
-            if acked and kill_at is None:
-                kill_at = time.monotonic() + rng.uniform(0.0, ROUND_SECONDS_MAX)
-    process.send_signal(signal.SIGKILL)
-    remaining, _ = process.communicate()
-    # Acks still in the pipe were written before the kill: they count as acknowledged too.
-    buffer += remaining
-    acked.update(int(line.split()[1]) for line in buffer.split(b"\n") if line.startswith(b"acked"))
-    assert process.returncode == -signal.SIGKILL
-    return acked
 
 
 def check_recovered(directory: Path, acked_all: set[int], mirror: Path | None = None) -> int:
