@@ -306,6 +306,8 @@ CONFIGS = (
     Config("defaults", {}),  # What scripts/run.sh runs.
     Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
+FRONT_CONFIGS = tuple(Config(f"fronts {n}", {"LEDGER_API__FRONT_PROCESSES": str(n)}) for n in (1, 2, 3))
+"""The defaults with front processes (facade.fronts): chosen by --configs, not run by default."""
 
 
 class LedgerServer:
@@ -839,7 +841,7 @@ async def main() -> None:
     if args.client == "go" and binary is None:
         parser.error("--client go needs the Go toolchain (`go` on PATH)")
     rows = frozenset(args.rows.split(","))
-    configs = [config for config in CONFIGS if config.label in args.configs.split(",")]
+    configs = [config for config in (*CONFIGS, *FRONT_CONFIGS) if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
     if args.baseline_tree is not None:
         configs.insert(0, Config("baseline", {}, tree=args.baseline_tree.resolve()))
@@ -881,9 +883,10 @@ async def main() -> None:
         ratios = [f"{key} {on[key] / off[key]:.2f}" for key in on if off.get(key)]
         print(f"\ndefaults ÷ read model off (tx/s): {', '.join(ratios)}")
     baseline = rates.get("baseline")
-    if on and baseline:
-        ratios = [f"{key} {on[key] / baseline[key]:.2f}" for key in on if baseline.get(key)]
-        print(f"defaults ÷ baseline ({args.baseline_tree}) (tx/s): {', '.join(ratios)}")
+    for label, measured in rates.items():
+        if baseline and label != "baseline":
+            ratios = [f"{key} {measured[key] / baseline[key]:.2f}" for key in measured if baseline.get(key)]
+            print(f"{label} ÷ baseline ({args.baseline_tree}) (tx/s): {', '.join(ratios)}")
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"

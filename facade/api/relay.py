@@ -1,0 +1,256 @@
+"""The engine's process side of the front processes (facade.fronts): a Unix socket server that runs each
+forwarded call through the same servicer (facade.api.servicer, facade.api.history) and so the same
+operation (facade.operations) a gRPC call of the single-process service runs. Nothing about an RPC is
+written here a second time: the servicer method is looked up by name and given the caller (decided and
+authenticated in the front) and a context whose only use, time_remaining(), is the caller's deadline.
+
+Admission stays before decoding, as facade.api.admission does at the gRPC door: a write method is
+checked against the write queue and the write limit on the raw frame, and a refusal (RESOURCE_EXHAUSTED
+with its retry hint) costs no decoding and no task. An admitted write holds its write-limit count while
+it runs, measured from the frame's arrival.
+
+Replies are buffered and written once per event-loop turn (one write for every answer ready in that
+turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
+front) cancels the call's task, so queued work whose caller gave up is dropped as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import symbol_database
+
+from facade.api import _frames
+from facade.api._frames import Call, FrameError, FrameKind, FrameReader
+from facade.api.admission import ADMITTED_METHODS
+from facade.api.gen.ledger.v1 import history_pb2 as hpb
+from facade.api.gen.ledger.v1 import ledger_pb2 as pb
+from facade.api.guard import Malformed, malformed_error, method_what
+from facade.api.history import HistoryServicer
+from facade.api.servicer import LedgerServicer
+from facade.auth import current_principal
+from facade.batcher import INTERACTIVE_TRANSFERS_MAX
+from facade.domain.errors import ErrorKind, LedgerError
+from facade.observability.logs import bind_request, get_logger
+from facade.operations import ledger as ops
+from facade.operations.unexpected import unexpected_error
+from facade.service import LedgerService
+from facade.write_limit import Lane, too_busy
+
+__all__ = ["CALLS_IN_FLIGHT_MAX", "RelayServer"]
+
+CALLS_IN_FLIGHT_MAX = 65_536
+"""Calls one front connection may have running here; the fronts bound themselves far lower
+(facade.fronts.FORWARDED_IN_FLIGHT_MAX), so more is a broken front: its connection is closed."""
+
+log = get_logger("ledger.relay")
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class _Remaining:
+    """The part of grpc's ServicerContext the servicers use: the time left before the caller's deadline."""
+
+    __slots__ = ("_deadline",)
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+
+def _routes(ledger: LedgerServicer, history: HistoryServicer | None) -> dict[str, tuple[Any, Handler]]:
+    """Forwarded method → (its request message class, the servicer's method) from the descriptors."""
+    services: list[tuple[Any, Any]] = [(ledger, pb.DESCRIPTOR.services_by_name["Ledger"])]
+    if history is not None:
+        services.append((history, hpb.DESCRIPTOR.services_by_name["History"]))
+    routes: dict[str, tuple[Any, Handler]] = {}
+    for servicer, descriptor in services:
+        for method in descriptor.methods:
+            if method.client_streaming or method.server_streaming:
+                continue  # StreamTransactions is forwarded item by item (_frames.STREAM_ITEM).
+            message = symbol_database.Default().GetSymbol(method.input_type.full_name)
+            routes[f"/{descriptor.full_name}/{method.name}"] = (message, getattr(servicer, method.name))
+    assert routes
+    return routes
+
+
+class RelayServer:
+    """Serves the fronts' connections on a Unix socket (the caller makes its directory private)."""
+
+    def __init__(self, service: LedgerService, ledger: LedgerServicer, history: HistoryServicer | None) -> None:
+        self._service = service
+        self._routes = _routes(ledger, history)
+        self._server: asyncio.AbstractServer | None = None
+        self.serving: set[int] = set()
+        """The fronts (by index) whose gRPC servers serve and whose connection is open."""
+        self.hellos: dict[int, int] = {}
+        """How many times each front said it serves (its supervisor tells a start that served from one that did not)."""
+        self.metrics: dict[int, bytes] = {}
+        """Each front's latest request metrics (Prometheus text), for the ops port's /metrics."""
+
+    async def start(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Connection(self), path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    def refusal(self, method: str) -> LedgerError | None:
+        """Admission on the raw frame, as facade.api.admission at the gRPC door (before decoding)."""
+        transfers = ADMITTED_METHODS.get(method, 0)
+        if not transfers:
+            return None
+        lane = Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
+        limit = self._service.write_limit
+        try:
+            self._service.admit(transfers)
+        except LedgerError as error:
+            return error
+        if not limit.has_room(lane):
+            return too_busy(lane, limit.in_flight[lane], self._service.committer.retry_after_seconds())
+        return None
+
+    async def run(self, call: Call, arrived: float) -> bytes:
+        """The call's response bytes, or raises its LedgerError (anything else becomes unexpected_error)."""
+        current_principal.set(call.principal)
+        short = call.method.rsplit("/", 1)[-1]
+        bind_request(call.request_id, call.correlation_id, short.split("#", 1)[0])
+        deadline = None if call.remaining_seconds is None else arrived + call.remaining_seconds
+        try:
+            if call.method == _frames.STREAM_ITEM:
+                request = _decoded(pb.PostTransactionRequest, call.body, "/ledger.v1.Ledger/StreamTransactions")
+                return (await ops.stream_item(self._service, call.principal, request)).SerializeToString()
+            route = self._routes.get(call.method)
+            if route is None:
+                raise LedgerError(ErrorKind.INVALID, "UNIMPLEMENTED", f"{call.method} is not served here")
+            message, handler = route
+            request = _decoded(message, call.body, call.method)
+            transfers = ADMITTED_METHODS.get(call.method, 0)
+            if not transfers:
+                response = await handler(request, _Remaining(deadline))
+                return bytes(response.SerializeToString())
+            return await self._limited(request, handler, transfers, deadline, arrived)
+        except LedgerError:
+            raise
+        except Exception as error:
+            raise unexpected_error(error, edge="grpc", operation=short) from error
+
+    async def _limited(
+        self, request: Any, handler: Handler, transfers: int, deadline: float | None, arrived: float
+    ) -> bytes:
+        """A write counted in the write limit while it runs (as facade.api.admission's handler)."""
+        lane = Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
+        limit = self._service.write_limit
+        if not limit.acquire(lane):
+            raise too_busy(lane, limit.in_flight[lane], self._service.committer.retry_after_seconds())
+        try:
+            response = await handler(request, _Remaining(deadline))
+            return bytes(response.SerializeToString())
+        finally:
+            limit.release(lane, time.monotonic() - arrived)
+
+
+def _decoded(message: Any, body: bytes, method: str) -> Any:
+    try:
+        return message.FromString(body)
+    except Exception as error:  # DecodeError, or any failure inside a generated parser: the bytes are bad.
+        raise malformed_error(Malformed(method_what(method))) from error
+
+
+class _Connection(asyncio.Protocol):
+    """One front's connection: calls in, answers out (buffered per event-loop turn)."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        self._relay = relay
+        self._reader = FrameReader()
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._front: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self._tasks.values():
+            task.cancel()  # The front is gone and so are its callers: their queued work is dropped.
+        self._tasks.clear()
+        if self._front is not None:
+            self._relay.serving.discard(self._front)
+            log.warning("front disconnected", front=self._front, error=repr(exc) if exc else None)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.monotonic()
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as error:
+            log.error("front sent a broken frame; closing its connection", error=str(error))
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        for frame in frames:
+            if isinstance(frame, Call):
+                self._call(frame, arrived)
+            elif isinstance(frame, tuple):
+                kind, index, body = frame
+                if kind == FrameKind.CANCEL:
+                    task = self._tasks.get(index)
+                    if task is not None:
+                        task.cancel()
+                elif kind == FrameKind.HELLO:
+                    self._front = index
+                    self._relay.serving.add(index)
+                    self._relay.hellos[index] = self._relay.hellos.get(index, 0) + 1
+                    log.info("front serving", front=index)
+                elif kind == FrameKind.METRICS:
+                    self._relay.metrics[index] = body
+
+    def _call(self, call: Call, arrived: float) -> None:
+        refusal = self._relay.refusal(call.method)
+        if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
+            self._send(_frames.encode_error(call.call_id, refusal))
+            return
+        if len(self._tasks) >= CALLS_IN_FLIGHT_MAX or call.call_id in self._tasks:
+            log.error("front broke the relay's call bounds; closing its connection", front=self._front)
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(call, arrived))
+        self._tasks[call.call_id] = task
+
+    async def _answer(self, call: Call, arrived: float) -> None:
+        try:
+            body = await self._relay.run(call, arrived)
+        except LedgerError as error:
+            self._send(_frames.encode_error(call.call_id, error))
+        except asyncio.CancelledError:
+            pass  # Cancelled by the front (CANCEL) or its disconnection: no one waits for an answer.
+        else:
+            self._send(_frames.encode_reply(call.call_id, body))
+        finally:
+            self._tasks.pop(call.call_id, None)
+
+    def _send(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Every answer of this event-loop turn in one write."""
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(out))
