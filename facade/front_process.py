@@ -1,5 +1,5 @@
-"""One front process (facade.fronts): `python -m facade.front_process SOCKET INDEX`, spawned by the
-engine's process with the service's settings (the environment) and the port it holds.
+"""One front process (facade.fronts): `python -m facade.front_process SOCKET SETTINGS INDEX`, spawned by
+the engine's process with the service's settings (a private file) and the port it holds.
 
 It connects to the engine's process, starts `api.grpc_servers` gRPC servers on the port (SO_REUSEPORT,
 TLS/mTLS from the same settings) with the same edge as the single-process service (facade.api.edge) over
@@ -12,9 +12,11 @@ NOT_SERVING, then the servers stop with their grace period.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -124,8 +126,10 @@ async def run_front(settings: Settings, path: str, index: int) -> int:
 
 
 def main() -> None:
-    path, index = sys.argv[1], int(sys.argv[2])
-    settings = Settings()
+    path, settings_path, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # The engine's process's settings (facade.fronts writes them privately), not this environment's: a
+    # caller of facade.app.start may have built them in code.
+    settings = Settings.model_validate(json.loads(Path(settings_path).read_text()))
     observability = settings.observability
     configure_logging(observability.log_level, observability.log_json, observability.service_name)
     tune_gc()

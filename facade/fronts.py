@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import json
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
+
+from pydantic import SecretBytes, SecretStr
 
 from facade.api.relay import RelayServer
 from facade.observability.logs import get_logger
@@ -51,8 +55,22 @@ FRONT_START_FAILURES_MAX = 3
 FRONT_STOP_WAIT_SECONDS = 10.0
 """How long stopping waits for a front to drain (its gRPC grace period is 5 s) before killing it."""
 SOCKET_NAME = "engine.sock"
+SETTINGS_NAME = "settings.json"
 
 log = get_logger("ledger.fronts")
+
+
+def _revealed(value: object) -> object:
+    """JSON for what pydantic's python dump holds beyond JSON's types (secrets revealed: see _write_settings)."""
+    if isinstance(value, SecretStr | SecretBytes):
+        return value.get_secret_value()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"not serialisable for a front: {type(value).__name__}")
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -78,11 +96,12 @@ class Fronts:
         assert settings.api.front_processes > 0
         assert port > 0
         self._settings = settings
-        self._relay = relay
+        self.relay = relay
         self._port = port
         self._count = settings.api.front_processes
         self._directory = Path(tempfile.mkdtemp(prefix="ledger-relay-"))  # Mode 0700: this user only.
         self.socket_path = str(self._directory / SOCKET_NAME)
+        self.settings_path = str(self._directory / SETTINGS_NAME)
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -95,41 +114,45 @@ class Fronts:
 
     async def start(self) -> None:
         assert os.stat(self._directory).st_mode & 0o077 == 0
-        await self._relay.start(self.socket_path)
+        await self.relay.start(self.socket_path)
         os.chmod(self.socket_path, 0o600)
+        self._write_settings()
         for index in range(self._count):
             self._tasks.append(asyncio.create_task(self._supervise(index), name=f"front-{index}"))
 
     async def check(self) -> None:
         """Readiness: every front serves (its gRPC servers started and its relay connection open)."""
-        serving = len(self._relay.serving)
+        serving = len(self.relay.serving)
         if serving < self._count:
             raise RuntimeError(f"{serving} of {self._count} front processes serving")
 
-    def _environment(self) -> dict[str, str]:
-        return os.environ | {
-            "LEDGER_API__PORT": str(self._port),
-            "LEDGER_API__GRPC_REUSE_PORT": "true",
-            "LEDGER_API__FRONT_PROCESSES": "0",
-        }
+    def _write_settings(self) -> None:
+        """The fronts' settings: this process's own (whether they came from the environment, a .env file or
+        a caller of facade.app.start), with the port held here; in the private directory, mode 0600, since
+        they hold the token secrets the fronts authenticate with."""
+        api = self._settings.api.model_copy(update={"port": self._port, "grpc_reuse_port": True, "front_processes": 0})
+        front = self._settings.model_copy(update={"api": api})
+        descriptor = os.open(self.settings_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(front.model_dump(mode="python"), default=_revealed))
 
     async def _supervise(self, index: int) -> None:
         failures = 0
         while not self._stopping:
-            hellos = self._relay.hellos.get(index, 0)
+            hellos = self.relay.hellos.get(index, 0)
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "facade.front_process",
                 self.socket_path,
+                self.settings_path,
                 str(index),
-                env=self._environment(),
             )
             self._processes[index] = process
             returncode = await process.wait()
             if self._stopping:
                 return
-            served = self._relay.hellos.get(index, 0) > hellos
+            served = self.relay.hellos.get(index, 0) > hellos
             failures = 0 if served else failures + 1
             log.error("front process exited; restarting it", front=index, returncode=returncode, served=served)
             if failures >= FRONT_START_FAILURES_MAX:
@@ -156,5 +179,5 @@ class Fronts:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._relay.close()
+        await self.relay.close()
         shutil.rmtree(self._directory, ignore_errors=True)

@@ -825,6 +825,11 @@ async def main() -> None:
         "scripts/bootstrap.sh there), first, labelled 'baseline': before/after in one run",
     )
     parser.add_argument(
+        "--baseline-last",
+        action="store_true",
+        help="run the baseline after the other configurations (alternate the order between runs: the host drifts)",
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(config.label for config in CONFIGS),
         help="which ledger configurations, comma-separated labels",
@@ -844,7 +849,8 @@ async def main() -> None:
     configs = [config for config in (*CONFIGS, *FRONT_CONFIGS) if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
     if args.baseline_tree is not None:
-        configs.insert(0, Config("baseline", {}, tree=args.baseline_tree.resolve()))
+        baseline_config = Config("baseline", {}, tree=args.baseline_tree.resolve())
+        configs.insert(len(configs) if args.baseline_last else 0, baseline_config)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")

@@ -91,6 +91,8 @@ class RelayServer:
         """The fronts (by index) whose gRPC servers serve and whose connection is open."""
         self.hellos: dict[int, int] = {}
         """How many times each front said it serves (its supervisor tells a start that served from one that did not)."""
+        self.calls_total = 0
+        """Calls received from the fronts (refused ones included)."""
         self.metrics: dict[int, bytes] = {}
         """Each front's latest request metrics (Prometheus text), for the ops port's /metrics."""
 
@@ -218,6 +220,7 @@ class _Connection(asyncio.Protocol):
                     self._relay.metrics[index] = body
 
     def _call(self, call: Call, arrived: float) -> None:
+        self._relay.calls_total += 1
         refusal = self._relay.refusal(call.method)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
             self._send(_frames.encode_error(call.call_id, refusal))
