@@ -28,6 +28,7 @@ from facade.api.forward import EngineLink, forwarding_handlers
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.app import GRACE_SECONDS, MESSAGE_SIZE_MAX, SERVICE_NAME, _bind, _credentials, _rpc_log_sampling
 from facade.auth import Authenticator
+from facade.observability import forwarded, metrics
 from facade.observability.logs import configure_logging, get_logger
 from facade.runtime import tune_gc
 from facade.settings import Settings
@@ -53,6 +54,31 @@ async def _connect(link: EngineLink, path: str, wait_seconds: float) -> bool:
             await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)
         else:
             return True
+
+
+class _MetricsReporter:
+    """Every FRONT_METRICS_INTERVAL_SECONDS, what this front's request histogram gained since its last
+    report goes to the engine's process's /metrics (facade.observability.forwarded says why deltas). While
+    the link is down the gain accumulates and goes with the first report after it is back."""
+
+    def __init__(self, link: EngineLink, index: int) -> None:
+        self._link = link
+        self._index = index
+        self._reported = forwarded.snapshot(metrics.request_duration_seconds)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(forwarded.FRONT_METRICS_INTERVAL_SECONDS)
+            self.report()
+
+    def report(self) -> None:
+        if not self._link.connected:
+            return
+        now = forwarded.snapshot(metrics.request_duration_seconds)
+        gained = forwarded.delta(self._reported, now)
+        if gained:
+            self._link.send(encode_index(FrameKind.METRICS, self._index, forwarded.encode_delta(gained)))
+        self._reported = now
 
 
 def _servers(settings: Settings, edge: EdgeInterceptor) -> list[grpc.aio.Server]:
@@ -97,6 +123,8 @@ async def run_front(settings: Settings, path: str, index: int) -> int:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     link.send(encode_index(FrameKind.HELLO, index))
+    reporter = _MetricsReporter(link, index)
+    reporting = asyncio.create_task(reporter.run(), name="front-metrics")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,6 +150,9 @@ async def run_front(settings: Settings, path: str, index: int) -> int:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.gather(*(server.stop(GRACE_SECONDS) for server in servers))
+    reporting.cancel()
+    reporter.report()  # The calls of the last interval and of the drain.
+    await asyncio.sleep(0)  # The frame goes out in this turn's flush.
     return status
 
 

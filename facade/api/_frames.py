@@ -10,7 +10,7 @@ peer that writes garbage gets its connection closed (FrameError), it cannot make
                              (client id, scopes), request id, correlation id, the request bytes
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
-    METRICS front → engine   the front's index and its request metrics (Prometheus text exposition)
+    METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
     REPLY   engine → front   call id and the response bytes
     ERROR   engine → front   call id and the LedgerError (kind, reason, message, metadata)
 """

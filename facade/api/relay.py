@@ -35,6 +35,8 @@ from facade.api.servicer import LedgerServicer
 from facade.auth import current_principal
 from facade.batcher import INTERACTIVE_TRANSFERS_MAX
 from facade.domain.errors import ErrorKind, LedgerError
+from facade.observability import metrics
+from facade.observability.forwarded import DeltaError, decode_delta
 from facade.observability.logs import bind_request, get_logger
 from facade.operations import ledger as ops
 from facade.operations.unexpected import unexpected_error
@@ -93,8 +95,6 @@ class RelayServer:
         """How many times each front said it serves (its supervisor tells a start that served from one that did not)."""
         self.calls_total = 0
         """Calls received from the fronts (refused ones included)."""
-        self.metrics: dict[int, bytes] = {}
-        """Each front's latest request metrics (Prometheus text), for the ops port's /metrics."""
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -217,7 +217,18 @@ class _Connection(asyncio.Protocol):
                     self._relay.hellos[index] = self._relay.hellos.get(index, 0) + 1
                     log.info("front serving", front=index)
                 elif kind == FrameKind.METRICS:
-                    self._relay.metrics[index] = body
+                    self._metrics(index, body)
+
+    def _metrics(self, front: int, body: bytes) -> None:
+        """A front's request histogram gain, added to this process's /metrics (facade.observability.forwarded)."""
+        exported = metrics.request_durations_exported
+        try:
+            gained = decode_delta(body, labels_count=exported.labels_count, buckets_count=exported.buckets_count)
+        except DeltaError as error:
+            log.error("front sent a broken metrics report; dropped", front=front, error=str(error))
+            return
+        if not exported.add(gained):
+            log.error("front metrics beyond their series bound; report dropped", front=front)
 
     def _call(self, call: Call, arrived: float) -> None:
         self._relay.calls_total += 1

@@ -21,7 +21,10 @@ from facade.api.errors import error_info
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.app import RunningServer, start
+from facade.observability import metrics
+from facade.observability.forwarded import DeltaError, decode_delta
 from tests.api.conftest import Api, credit, debit, make_settings
+from tests.api.test_ops import scrape
 
 READY_WAIT_ROUNDS_MAX = 600
 """Bound on waiting for the fronts to serve (50 ms apart: a front starts in ~1 s)."""
@@ -167,3 +170,65 @@ async def test_a_killed_front_loses_nothing_and_is_restarted(fronted: Api) -> No
     assert await fronted.available(account) == 200  # Every acknowledged transaction is there.
     replay = await fronted.post("k-3", credit(account, 10))  # An idempotent retry through the new front.
     assert replay.idempotency_key == "k-3" and await fronted.available(account) == 200
+
+
+async def _request_counts(api: Api) -> dict[tuple[str, str], float]:
+    """(method, code) → ledger_request_duration_seconds_count of the gRPC edge on the engine's /metrics."""
+    samples = await scrape(api)
+    return {
+        (dict(labels)["method"], dict(labels)["code"]): value
+        for (name, labels), value in samples.items()
+        if name == "ledger_request_duration_seconds_count" and ("edge", "grpc") in labels
+    }
+
+
+async def test_the_fronts_request_metrics_reach_the_engines_metrics(fronted: Api) -> None:
+    assert fronted.server.fronts is not None
+    await _wait_ready(fronted.server)
+    account = await fronted.account("dave")
+    before = await _request_counts(fronted)
+    for number in range(5):
+        await fronted.post(f"m-{number}", credit(account, 10))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await fronted.post("m-9", debit(account, 10**6))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await fronted.stub.GetBalance(pb.GetBalanceRequest(account_id=account))  # No token: the front refuses.
+    expected = {
+        ("PostTransaction", "OK"): 5,
+        ("PostTransaction", "FAILED_PRECONDITION"): 1,
+        ("GetBalance", "UNAUTHENTICATED"): 1,
+    }
+    # The fronts report every FRONT_METRICS_INTERVAL_SECONDS: wait (bounded) for the report.
+    for _ in range(READY_WAIT_ROUNDS_MAX):
+        after = await _request_counts(fronted)
+        gained = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in expected}
+        if gained == expected:
+            break
+        await asyncio.sleep(0.05)
+    assert gained == expected
+    samples = await scrape(fronted)  # Buckets and sum came along with the count.
+    ok = frozenset({"edge": "grpc", "method": "PostTransaction", "code": "OK", "le": "+Inf"}.items())
+    assert samples[("ledger_request_duration_seconds_bucket", ok)] == after[("PostTransaction", "OK")]
+    assert samples[("ledger_request_duration_seconds_sum", ok - {("le", "+Inf")})] > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"a": 1}',
+        b'[[["grpc", "M"], [1], 0.1]]',  # Too few labels.
+        b'[[["grpc", "M", "OK"], [1, 2], 0.1]]',  # Too few buckets.
+        b'[[["grpc", "M", "OK"], ' + str([2, 1] + [1] * 19).encode() + b", 0.1]]",  # Not cumulative.
+        b'[[["grpc", "M", "OK"], ' + str([-1] * 21).encode() + b", 0.1]]",  # Negative.
+        b'[[["grpc", "M", "OK"], ' + str([1] * 21).encode() + b", NaN]]",
+    ],
+)
+def test_a_broken_metrics_report_is_refused_whole(body: bytes) -> None:
+    exported = metrics.request_durations_exported
+    assert exported.buckets_count == len(metrics.LATENCY_BUCKETS_SECONDS) + 1 == 21
+    with pytest.raises(DeltaError):
+        decode_delta(body, labels_count=exported.labels_count, buckets_count=exported.buckets_count)
+    good = b'[[["grpc", "M", "OK"], ' + str([1] * 21).encode() + b", 0.1]]"
+    [series] = decode_delta(good, labels_count=exported.labels_count, buckets_count=exported.buckets_count)
+    assert series.labels == ("grpc", "M", "OK") and series.buckets == (1,) * 21
