@@ -32,6 +32,7 @@ from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.observability.logs import get_logger
+from facade.operations import convert
 
 __all__ = ["FORWARDED_IN_FLIGHT_MAX", "REASON_ENGINE_UNREACHABLE", "EngineLink", "forwarding_handlers"]
 
@@ -191,7 +192,15 @@ def _stream(link: EngineLink) -> grpc.RpcMethodHandler[Any, Any]:
         reader = asyncio.create_task(read())
         try:
             while (task := await pending.get()) is not None:
-                yield await task
+                try:
+                    yield await task
+                except LedgerError as error:
+                    # A refusal here (the relay connection lost: UNAVAILABLE ENGINE_UNREACHABLE, the item's
+                    # outcome unknown; this front's bound: RESOURCE_EXHAUSTED) answers that item, as the
+                    # single process answers an item the engine refused, and the stream goes on: the items
+                    # after it are forwarded once the front has reconnected (a retry of this one with its
+                    # idempotency key returns its outcome).
+                    yield convert.item_result(error).SerializeToString()
         finally:
             reader.cancel()
 

@@ -93,6 +93,7 @@ class RelayServer:
         """The fronts (by index) whose gRPC servers serve and whose connection is open."""
         self.hellos: dict[int, int] = {}
         """How many times each front said it serves (its supervisor tells a start that served from one that did not)."""
+        self._connections: set[_Connection] = set()
         self.calls_total = 0
         """Calls received from the fronts (refused ones included)."""
 
@@ -101,8 +102,13 @@ class RelayServer:
         self._server = await loop.create_unix_server(lambda: _Connection(self), path)
 
     async def close(self) -> None:
+        """No new connections, and the open ones closed (their calls in progress are cancelled: the fronts
+        answer them UNAVAILABLE ENGINE_UNREACHABLE, outcome unknown, and reconnect)."""
         if self._server is not None:
             self._server.close()
+        for connection in list(self._connections):
+            connection.abort()
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
@@ -183,8 +189,14 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._relay._connections.add(self)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._relay._connections.discard(self)
         for task in self._tasks.values():
             task.cancel()  # The front is gone and so are its callers: their queued work is dropped.
         self._tasks.clear()

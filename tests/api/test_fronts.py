@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from facade.api.errors import error_info
+from facade.api.forward import REASON_ENGINE_UNREACHABLE
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.app import RunningServer, start
@@ -232,3 +233,44 @@ def test_a_broken_metrics_report_is_refused_whole(body: bytes) -> None:
     good = b'[[["grpc", "M", "OK"], ' + str([1] * 21).encode() + b", 0.1]]"
     [series] = decode_delta(good, labels_count=exported.labels_count, buckets_count=exported.buckets_count)
     assert series.labels == ("grpc", "M", "OK") and series.buckets == (1,) * 21
+
+
+async def test_a_front_that_cannot_reach_the_engine_answers_unavailable(fronted: Api) -> None:
+    """The engine's side of the relay socket dies under a serving front (a real child process): a unary
+    call gets UNAVAILABLE ENGINE_UNREACHABLE well within its deadline, a StreamTransactions item gets that
+    error as its result and the stream goes on (as the single process answers an item the engine refused);
+    once the socket is back the front reconnects by itself and the same stream posts again."""
+    server = fronted.server
+    assert server.fronts is not None
+    await _wait_ready(server)
+    relay = server.fronts.relay
+    account = await fronted.account("erin")
+    stream = fronted.stub.StreamTransactions(metadata=fronted.auth())
+    await stream.write(pb.PostTransactionRequest(idempotency_key="d-1", legs=[credit(account, 5)]))
+    first = await stream.read()
+    assert isinstance(first, pb.TransactionResult) and first.HasField("transaction")
+
+    await relay.close()  # The socket's listener and every connection on it: the engine is unreachable.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await fronted.stub.PostTransaction(
+            pb.PostTransactionRequest(idempotency_key="d-2", legs=[credit(account, 7)]),
+            metadata=fronted.auth(),
+            timeout=30,
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # Not DEADLINE_EXCEEDED: answered at once.
+    info = error_info(raised.value)
+    assert info is not None and info.reason == REASON_ENGINE_UNREACHABLE
+    await stream.write(pb.PostTransactionRequest(idempotency_key="d-3", legs=[credit(account, 9)]))
+    refused = await stream.read()
+    assert isinstance(refused, pb.TransactionResult) and refused.HasField("error")
+    assert refused.error.reason == REASON_ENGINE_UNREACHABLE
+    await _wait_ready(server, ready=False)
+
+    await relay.start(server.fronts.socket_path)  # The engine's socket is back: the front reconnects.
+    await _wait_ready(server)
+    await stream.write(pb.PostTransactionRequest(idempotency_key="d-4", legs=[credit(account, 11)]))
+    await stream.done_writing()
+    last = await stream.read()
+    assert isinstance(last, pb.TransactionResult) and last.HasField("transaction")
+    assert await stream.read() == grpc.aio.EOF
+    assert await fronted.available(account) == 5 + 11  # Nothing reached the engine while it was cut off.
