@@ -156,19 +156,39 @@ def encode_error(call_id: int, error: LedgerError) -> bytes:
     return b"".join((_PREFIX.pack(length, FrameKind.ERROR), header, reason, message, metadata))
 
 
+_principals: dict[tuple[bytes, int], Principal] = {}
+PRINCIPALS_CACHED_MAX = 4096
+"""Principals decoded from CALL frames kept (a front's callers are few: one per client and scope set);
+when full the cache starts over."""
+
+
+def _principal(raw: bytes, client_length: int) -> Principal:
+    """The principal of a CALL frame's client and scopes bytes, decoded once per distinct pair (not two
+    strings, a split and a frozenset per call in the engine's process; Principal is frozen: shared)."""
+    key = (raw, client_length)
+    principal = _principals.get(key)
+    if principal is None:
+        if len(_principals) >= PRINCIPALS_CACHED_MAX:
+            _principals.clear()
+        client, scopes = raw[:client_length].decode(), raw[client_length:].decode()
+        principal = _principals[key] = Principal(client, frozenset(scopes.split()))
+    assert len(_principals) <= PRINCIPALS_CACHED_MAX
+    return principal
+
+
 def _decode_call(frame: memoryview) -> Call:
     call_id, method, remaining, *lengths = _CALL.unpack_from(frame)
     if method >= len(METHODS):
         raise FrameError(f"unknown method index {method}")
-    offset = _CALL.size
-    strings: list[str] = []
-    for length in lengths:
-        strings.append(bytes(frame[offset : offset + length]).decode())
-        offset += length
-    if offset > len(frame):
+    client_length, scopes_length, request_length, correlation_length = lengths
+    offset = _CALL.size + client_length + scopes_length
+    if offset + request_length + correlation_length > len(frame):
         raise FrameError("call frame shorter than its strings")
-    client, scopes, request_id, correlation_id = strings
-    principal = Principal(client, frozenset(scopes.split()))
+    principal = _principal(bytes(frame[_CALL.size : offset]), client_length)
+    request_id = bytes(frame[offset : offset + request_length]).decode()
+    offset += request_length
+    correlation_id = bytes(frame[offset : offset + correlation_length]).decode()
+    offset += correlation_length
     return Call(
         call_id,
         METHODS[method],

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import symbol_database
@@ -66,19 +67,44 @@ class _Remaining:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
 
-def _routes(ledger: LedgerServicer, history: HistoryServicer | None) -> dict[str, tuple[Any, Handler]]:
-    """Forwarded method → (its request message class, the servicer's method) from the descriptors."""
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the relay needs of a forwarded method, worked out once (not per call)."""
+
+    message: Any
+    """The request's message class."""
+    handler: Handler | None
+    """The servicer's method; None for a StreamTransactions item (facade.operations.ledger.stream_item)."""
+    method: str
+    short: str
+    """The method's name in logs (as facade.api.observe's)."""
+    lane: Lane | None
+    """The write limit's lane of an admitted write (facade.api.admission); None when not admitted."""
+    transfers: int
+
+
+def _route(method: str, message: Any, handler: Handler | None) -> _Route:
+    transfers = ADMITTED_METHODS.get(method, 0)
+    lane = None if not transfers else Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
+    short = method.rsplit("/", 1)[-1].split("#", 1)[0]
+    return _Route(message, handler, method, short, lane, transfers)
+
+
+def _routes(ledger: LedgerServicer, history: HistoryServicer | None) -> dict[str, _Route]:
+    """Forwarded method → its route, from the descriptors."""
     services: list[tuple[Any, Any]] = [(ledger, pb.DESCRIPTOR.services_by_name["Ledger"])]
     if history is not None:
         services.append((history, hpb.DESCRIPTOR.services_by_name["History"]))
-    routes: dict[str, tuple[Any, Handler]] = {}
+    routes = {_frames.STREAM_ITEM: _route(_frames.STREAM_ITEM, pb.PostTransactionRequest, None)}
     for servicer, descriptor in services:
         for method in descriptor.methods:
             if method.client_streaming or method.server_streaming:
                 continue  # StreamTransactions is forwarded item by item (_frames.STREAM_ITEM).
             message = symbol_database.Default().GetSymbol(method.input_type.full_name)
-            routes[f"/{descriptor.full_name}/{method.name}"] = (message, getattr(servicer, method.name))
-    assert routes
+            full = f"/{descriptor.full_name}/{method.name}"
+            routes[full] = _route(full, message, getattr(servicer, method.name))
+    assert len(routes) > 1
+    assert routes[_frames.STREAM_ITEM].lane is None  # Its items are not admitted (as the single process's).
     return routes
 
 
@@ -112,65 +138,54 @@ class RelayServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    def refusal(self, method: str) -> LedgerError | None:
+    def route(self, method: str) -> _Route | None:
+        return self._routes.get(method)
+
+    def refusal(self, route: _Route) -> LedgerError | None:
         """Admission on the raw frame, as facade.api.admission at the gRPC door (before decoding)."""
-        transfers = ADMITTED_METHODS.get(method, 0)
-        if not transfers:
+        if route.lane is None:
             return None
-        lane = Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
         limit = self._service.write_limit
         try:
-            self._service.admit(transfers)
+            self._service.admit(route.transfers)
         except LedgerError as error:
             return error
-        if not limit.has_room(lane):
-            return too_busy(lane, limit.in_flight[lane], self._service.committer.retry_after_seconds())
+        if not limit.has_room(route.lane):
+            return too_busy(route.lane, limit.in_flight[route.lane], self._service.committer.retry_after_seconds())
         return None
 
-    async def run(self, call: Call, arrived: float) -> bytes:
-        """The call's response bytes, or raises its LedgerError (anything else becomes unexpected_error)."""
+    async def run(self, call: Call, route: _Route, arrived: float) -> bytes:
+        """The call's response bytes, or raises its LedgerError (anything else becomes unexpected_error).
+        One coroutine for the whole call (its task's only frame but the servicer's): admitted writes hold
+        their write-limit count while they run, measured from the frame's arrival."""
         current_principal.set(call.principal)
-        short = call.method.rsplit("/", 1)[-1]
-        bind_request(call.request_id, call.correlation_id, short.split("#", 1)[0])
-        deadline = None if call.remaining_seconds is None else arrived + call.remaining_seconds
+        bind_request(call.request_id, call.correlation_id, route.short)
+        lane = route.lane
+        limit = self._service.write_limit
+        if lane is not None and not limit.acquire(lane):
+            raise too_busy(lane, limit.in_flight[lane], self._service.committer.retry_after_seconds())
         try:
-            if call.method == _frames.STREAM_ITEM:
-                request = _decoded(pb.PostTransactionRequest, call.body, "/ledger.v1.Ledger/StreamTransactions")
-                return (await ops.stream_item(self._service, call.principal, request)).SerializeToString()
-            route = self._routes.get(call.method)
-            if route is None:
-                raise LedgerError(ErrorKind.INVALID, "UNIMPLEMENTED", f"{call.method} is not served here")
-            message, handler = route
-            request = _decoded(message, call.body, call.method)
-            transfers = ADMITTED_METHODS.get(call.method, 0)
-            if not transfers:
-                response = await handler(request, _Remaining(deadline))
-                return bytes(response.SerializeToString())
-            return await self._limited(request, handler, transfers, deadline, arrived)
+            request = _decoded(route, call.body)
+            if route.handler is None:
+                response = await ops.stream_item(self._service, call.principal, request)
+            else:
+                deadline = None if call.remaining_seconds is None else arrived + call.remaining_seconds
+                response = await route.handler(request, _Remaining(deadline))
+            return bytes(response.SerializeToString())
         except LedgerError:
             raise
         except Exception as error:
-            raise unexpected_error(error, edge="grpc", operation=short) from error
-
-    async def _limited(
-        self, request: Any, handler: Handler, transfers: int, deadline: float | None, arrived: float
-    ) -> bytes:
-        """A write counted in the write limit while it runs (as facade.api.admission's handler)."""
-        lane = Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
-        limit = self._service.write_limit
-        if not limit.acquire(lane):
-            raise too_busy(lane, limit.in_flight[lane], self._service.committer.retry_after_seconds())
-        try:
-            response = await handler(request, _Remaining(deadline))
-            return bytes(response.SerializeToString())
+            raise unexpected_error(error, edge="grpc", operation=route.short) from error
         finally:
-            limit.release(lane, time.monotonic() - arrived)
+            if lane is not None:
+                limit.release(lane, time.monotonic() - arrived)
 
 
-def _decoded(message: Any, body: bytes, method: str) -> Any:
+def _decoded(route: _Route, body: bytes) -> Any:
     try:
-        return message.FromString(body)
+        return route.message.FromString(body)
     except Exception as error:  # DecodeError, or any failure inside a generated parser: the bytes are bad.
+        method = "/ledger.v1.Ledger/StreamTransactions" if route.handler is None else route.method
         raise malformed_error(Malformed(method_what(method))) from error
 
 
@@ -244,7 +259,12 @@ class _Connection(asyncio.Protocol):
 
     def _call(self, call: Call, arrived: float) -> None:
         self._relay.calls_total += 1
-        refusal = self._relay.refusal(call.method)
+        route = self._relay.route(call.method)
+        if route is None:
+            error = LedgerError(ErrorKind.INVALID, "UNIMPLEMENTED", f"{call.method} is not served here")
+            self._send(_frames.encode_error(call.call_id, error))
+            return
+        refusal = self._relay.refusal(route)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
             self._send(_frames.encode_error(call.call_id, refusal))
             return
@@ -253,12 +273,12 @@ class _Connection(asyncio.Protocol):
             assert self._transport is not None
             self._transport.abort()
             return
-        task = asyncio.get_running_loop().create_task(self._answer(call, arrived))
+        task = asyncio.get_running_loop().create_task(self._answer(call, route, arrived))
         self._tasks[call.call_id] = task
 
-    async def _answer(self, call: Call, arrived: float) -> None:
+    async def _answer(self, call: Call, route: _Route, arrived: float) -> None:
         try:
-            body = await self._relay.run(call, arrived)
+            body = await self._relay.run(call, route, arrived)
         except LedgerError as error:
             self._send(_frames.encode_error(call.call_id, error))
         except asyncio.CancelledError:
