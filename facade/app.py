@@ -325,6 +325,11 @@ async def start(settings: Settings) -> RunningServer:
         running.fronts = Fronts(settings, RelayServer(service, ledger_servicer, history), port)
         await running.fronts.start()
         running.readiness.checks["fronts"] = running.fronts.check  # Not ready until every front serves.
+        try:
+            await running.fronts.wait_serving()  # Returned, the port serves, as without fronts.
+        except BaseException:
+            await running.stop()
+            raise
     log.info(
         "serving",
         address=address,

@@ -46,7 +46,13 @@ from facade.api.relay import RelayServer
 from facade.observability.logs import get_logger
 from facade.settings import Settings
 
-__all__ = ["FRONT_RESTART_DELAY_SECONDS", "FRONT_START_FAILURES_MAX", "Fronts", "reserve_port"]
+__all__ = [
+    "FRONT_RESTART_DELAY_SECONDS",
+    "FRONT_SERVING_WAIT_SECONDS",
+    "FRONT_START_FAILURES_MAX",
+    "Fronts",
+    "reserve_port",
+]
 
 FRONT_RESTART_DELAY_SECONDS = 0.5
 """Between a front's exit and its restart: a crash loop costs at most two starts a second."""
@@ -54,6 +60,9 @@ FRONT_START_FAILURES_MAX = 3
 """A front that exits this many times in a row without ever serving stops the service."""
 FRONT_STOP_WAIT_SECONDS = 10.0
 """How long stopping waits for a front to drain (its gRPC grace period is 5 s) before killing it."""
+FRONT_SERVING_WAIT_SECONDS = 60.0
+"""How long starting waits for every front to serve (one starts in ~1-2 s; a loaded host is slower)."""
+FRONT_SERVING_POLL_SECONDS = 0.02
 SOCKET_NAME = "engine.sock"
 SETTINGS_NAME = "settings.json"
 
@@ -119,6 +128,21 @@ class Fronts:
         self._write_settings()
         for index in range(self._count):
             self._tasks.append(asyncio.create_task(self._supervise(index), name=f"front-{index}"))
+
+    async def wait_serving(self) -> None:
+        """Returns once every front serves, so that the service's start returns with the port serving as
+        it does without fronts; RuntimeError when a front cannot start (`gave_up`) or not all serve in time."""
+        for _ in range(int(FRONT_SERVING_WAIT_SECONDS / FRONT_SERVING_POLL_SECONDS)):
+            if self.gave_up.is_set():
+                raise RuntimeError("a front process cannot start (see its log)")
+            if len(self.relay.serving) >= self._count:
+                return
+            await asyncio.sleep(FRONT_SERVING_POLL_SECONDS)
+        serving = len(self.relay.serving)
+        if serving < self._count:
+            raise RuntimeError(
+                f"{serving} of {self._count} front processes serving after {FRONT_SERVING_WAIT_SECONDS} s"
+            )
 
     async def check(self) -> None:
         """Readiness: every front serves (its gRPC servers started and its relay connection open)."""
