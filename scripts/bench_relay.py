@@ -89,7 +89,7 @@ async def _relayed(relay: RelayServer, principal: Principal, body: bytes, calls:
             _frames.encode_call(
                 next(ids),
                 method,
-                remaining_seconds=None,
+                deadline=None,
                 principal=principal,
                 request_id="r",
                 correlation_id="",

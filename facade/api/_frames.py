@@ -6,7 +6,7 @@ operation answered: the front neither decodes nor re-encodes a unary request, th
 neither re-decodes nor re-encodes a response. Only struct and UTF-8 are parsed here, never pickle: a
 peer that writes garbage gets its connection closed (FrameError), it cannot make this process run code.
 
-    CALL    front → engine   call id, method index, deadline remaining (NaN = none), the principal
+    CALL    front → engine   call id, method index, the caller's deadline (NaN = none), the principal
                              (client id, scopes), request id, correlation id, the request bytes
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
@@ -84,7 +84,7 @@ class FrameError(Exception):
 
 
 _PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
-_CALL = struct.Struct("<IBdHHHH")  # Call id, method, remaining seconds, 4 string lengths.
+_CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
 _INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL) or a front's index (HELLO, METRICS).
 _ERROR = struct.Struct("<IBHI")  # Call id, kind, reason length, message length (metadata to the end).
 
@@ -98,7 +98,11 @@ def method_index(method: str) -> int:
 class Call:
     call_id: int
     method: str
-    remaining_seconds: float | None
+    deadline: float | None
+    """The caller's deadline as a time.monotonic() value: CLOCK_MONOTONIC, one clock for every process of
+    the host (the relay is a Unix socket), so the time a frame spends in transit (a flush, the socket, a
+    busy event loop before it is read) counts against it, as it does for the caller: a deadline sent as
+    the time remaining and added on arrival would let the engine's process commit after the caller gave up."""
     principal: Principal
     request_id: str
     correlation_id: str
@@ -122,7 +126,7 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
     call_id: int,
     method: int,
     *,
-    remaining_seconds: float | None,
+    deadline: float | None,
     principal: Principal,
     request_id: str,
     correlation_id: str,
@@ -132,8 +136,15 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
     assert 0 <= call_id <= 0xFFFFFFFF
     client, scopes = _cut(principal.client_id), _cut(" ".join(sorted(principal.scopes)))  # Scopes have no spaces.
     request, correlation = _cut(request_id), _cut(correlation_id)
-    remaining = math.nan if remaining_seconds is None else remaining_seconds
-    header = _CALL.pack(call_id, method, remaining, len(client), len(scopes), len(request), len(correlation))
+    header = _CALL.pack(
+        call_id,
+        method,
+        math.nan if deadline is None else deadline,
+        len(client),
+        len(scopes),
+        len(request),
+        len(correlation),
+    )
     length = 1 + len(header) + len(client) + len(scopes) + len(request) + len(correlation) + len(body)
     return b"".join((_PREFIX.pack(length, FrameKind.CALL), header, client, scopes, request, correlation, body))
 
@@ -177,7 +188,7 @@ def _principal(raw: bytes, client_length: int) -> Principal:
 
 
 def _decode_call(frame: memoryview) -> Call:
-    call_id, method, remaining, *lengths = _CALL.unpack_from(frame)
+    call_id, method, deadline, *lengths = _CALL.unpack_from(frame)
     if method >= len(METHODS):
         raise FrameError(f"unknown method index {method}")
     client_length, scopes_length, request_length, correlation_length = lengths
@@ -192,7 +203,7 @@ def _decode_call(frame: memoryview) -> Call:
     return Call(
         call_id,
         METHODS[method],
-        None if math.isnan(remaining) else remaining,
+        None if math.isnan(deadline) else deadline,
         principal,
         request_id,
         correlation_id,

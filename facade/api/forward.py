@@ -4,7 +4,7 @@ handlers that forward each call over it instead of running an operation.
 The handlers sit behind the same edge as the single-process service's servicers (facade.api.edge:
 observability, authentication, the request guard), so a front decides the principal and refuses an
 unauthenticated caller before anything is forwarded; each call then becomes one CALL frame (method,
-principal, deadline remaining, request and correlation ids, the request's raw bytes). The engine's
+principal, the caller's deadline, request and correlation ids, the request's raw bytes). The engine's
 process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
 status the single-process service gives (facade.api.errors).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,11 +133,13 @@ class EngineLink(asyncio.Protocol):
                 {"retry_after_ms": str(BUSY_RETRY_AFTER_MS)},
             )
         call_id = next(self._ids) & 0xFFFFFFFF
+        # An absolute time.monotonic() deadline: the frame's transit counts against it (facade.api._frames.Call).
+        deadline = None if remaining_seconds is None else time.monotonic() + remaining_seconds
         fields = structlog.contextvars.get_contextvars()
         frame = _frames.encode_call(
             call_id,
             method,
-            remaining_seconds=remaining_seconds,
+            deadline=deadline,
             principal=principal,
             request_id=str(fields.get("request_id") or ""),
             correlation_id=str(fields.get("correlation_id") or ""),

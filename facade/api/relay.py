@@ -169,8 +169,7 @@ class RelayServer:
             if route.handler is None:
                 response = await ops.stream_item(self._service, call.principal, request)
             else:
-                deadline = None if call.remaining_seconds is None else arrived + call.remaining_seconds
-                response = await route.handler(request, _Remaining(deadline))
+                response = await route.handler(request, _Remaining(call.deadline))
             return bytes(response.SerializeToString())
         except LedgerError:
             raise

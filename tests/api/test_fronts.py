@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ import grpc
 import httpx
 import pytest
 
+from facade.api import _frames
 from facade.api.errors import error_info
 from facade.api.forward import REASON_ENGINE_UNREACHABLE
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.app import RunningServer, start
+from facade.auth import SCOPES_ALL, Principal
+from facade.domain.errors import ErrorKind
 from facade.observability import metrics
 from facade.observability.forwarded import DeltaError, decode_delta
 from tests.api.conftest import Api, credit, debit, make_settings
@@ -274,3 +278,44 @@ async def test_a_front_that_cannot_reach_the_engine_answers_unavailable(fronted:
     assert isinstance(last, pb.TransactionResult) and last.HasField("transaction")
     assert await stream.read() == grpc.aio.EOF
     assert await fronted.available(account) == 5 + 11  # Nothing reached the engine while it was cut off.
+
+
+async def test_a_call_whose_deadline_passed_in_transit_is_not_committed(fronted: Api) -> None:
+    """The engine's process holds a forwarded call to the caller's own deadline (CLOCK_MONOTONIC, shared
+    by the host's processes), not to "the time remaining" counted again from the frame's arrival: a frame
+    that reaches it after its caller's deadline commits nothing. Frames sent on the real relay socket."""
+    server = fronted.server
+    assert server.fronts is not None
+    await _wait_ready(server)
+    account = await fronted.account("frank")
+    method = _frames.method_index("/ledger.v1.Ledger/PostTransaction")
+    principal = Principal("client-a", SCOPES_ALL)
+
+    def call(call_id: int, key: str, amount: int, deadline: float) -> bytes:
+        body = pb.PostTransactionRequest(idempotency_key=key, legs=[credit(account, amount)]).SerializeToString()
+        return _frames.encode_call(
+            call_id, method, deadline=deadline, principal=principal, request_id="", correlation_id="", body=body
+        )
+
+    reader, writer = await asyncio.open_unix_connection(server.fronts.socket_path)
+    try:
+        now = time.monotonic()
+        writer.write(call(1, "late-1", 5, now - 0.001) + call(2, "late-2", 7, now + 30))
+        await writer.drain()
+        frames = _frames.FrameReader()
+        replies: dict[int, _frames.Reply] = {}
+        for _ in range(READY_WAIT_ROUNDS_MAX):
+            data = await reader.read(65_536)
+            assert data, "the relay closed the connection"
+            replies.update((reply.call_id, reply) for reply in frames.feed(data) if isinstance(reply, _frames.Reply))
+            if len(replies) == 2:
+                break
+    finally:
+        writer.close()
+    late, in_time = replies[1], replies[2]
+    assert late.error is not None and late.error.kind == ErrorKind.DEADLINE
+    assert in_time.error is None and pb.Transaction.FromString(in_time.body).idempotency_key == "late-2"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await fronted.stub.GetTransaction(pb.GetTransactionRequest(idempotency_key="late-1"), metadata=fronted.auth())
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await fronted.available(account) == 7
