@@ -35,6 +35,7 @@ from facade.api.gen.ledger.v1 import history_pb2, history_pb2_grpc, ledger_pb2, 
 from facade.api.history import HistoryServicer
 from facade.api.observe import RpcLogSampling
 from facade.api.ops import Check, Readiness, build_ops_app, engine_check, engine_liveness, kafka_check, metadata_check
+from facade.api.relay import RelayServer
 from facade.api.servicer import LedgerServicer
 from facade.auth import Authenticator, guard_dev_mode
 from facade.changes.feed_cache import ChangeFeed, ChangeFeedCache
@@ -44,6 +45,7 @@ from facade.changes.poller import ChangeCapture, MetadataSource
 from facade.consistency import ConsistencyMonitor, StartupConsistencyError, verify_startup
 from facade.engine import open_engine
 from facade.engine.protocol import Engine
+from facade.fronts import Fronts, reserve_port
 from facade.http.gateway import build_app
 from facade.metadata import MetadataStore, metadata_location, open_metadata_store
 from facade.observability.logs import configure_logging, get_logger
@@ -88,6 +90,10 @@ class RunningServer:
     """The read model's SQL endpoint (facade.api.sql), when api.sql_port >= 0 with the embedded read model."""
     change_feed: ChangeFeedCache | None = None
     """The change feed the service's change captures share (facade.changes.feed_cache)."""
+    fronts: Fronts | None = None
+    """The front processes serving the gRPC port (api.front_processes > 0; facade.fronts)."""
+    port_held: socket.socket | None = None
+    """The fronts' port, bound here without listening (facade.fronts.reserve_port)."""
 
     @property
     def http_port(self) -> int:
@@ -99,6 +105,8 @@ class RunningServer:
             self.readiness.draining = True
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.fronts is not None:
+            await self.fronts.stop()  # They drain first: this process answers their calls meanwhile.
         if self.http is not None:
             await self.http.stop()
         if self.sql is not None:
@@ -115,6 +123,8 @@ class RunningServer:
         await self.store.close()
         if self.ops is not None:
             await self.ops.stop()  # Last: /healthz answers while the instance drains.
+        if self.port_held is not None:
+            self.port_held.close()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -174,7 +184,10 @@ async def start(settings: Settings) -> RunningServer:
         raise
     service = LedgerService(engine, store, settings.api)
     await service.start()
-    servers = _grpc_servers(settings, service, authenticator)
+    front_processes = settings.api.front_processes
+    # With fronts this process serves no public gRPC port (facade.fronts says why): one server object,
+    # never bound nor started, keeps the servicers the relay runs.
+    servers = [grpc.aio.server()] if front_processes else _grpc_servers(settings, service, authenticator)
     server = servers[0]
     ledger_servicer = LedgerServicer(service)
     for one in servers:
@@ -208,13 +221,18 @@ async def start(settings: Settings) -> RunningServer:
         )
     address = f"{settings.api.host}:{settings.api.port}"
     credentials = _credentials(settings)
-    port = _bind(servers, settings, credentials)
-    for one in servers:
-        await one.start()
+    port_held: socket.socket | None = None
+    if front_processes:
+        port_held, port = reserve_port(settings.api.host, settings.api.port)
+    else:
+        port = _bind(servers, settings, credentials)
+        for one in servers:
+            await one.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, port, service, engine, store, health_servicer, read_model)
     running.servers_beside = servers[1:]
+    running.port_held = port_held
     running.change_feed = captured_feed
     if settings.api.http_port >= 0:
         try:
@@ -303,6 +321,15 @@ async def start(settings: Settings) -> RunningServer:
     running.background.append(asyncio.create_task(running.consistency.run(running.stop_background), name="consistency"))
     # Readiness fails on any inconsistency the continuous check finds (engine, store, checkpoints, read model).
     running.readiness.checks["consistency"] = running.consistency.check
+    if front_processes:
+        running.fronts = Fronts(settings, RelayServer(service, ledger_servicer, history), port)
+        await running.fronts.start()
+        running.readiness.checks["fronts"] = running.fronts.check  # Not ready until every front serves.
+        try:
+            await running.fronts.wait_serving()  # Returned, the port serves, as without fronts.
+        except BaseException:
+            await running.stop()
+            raise
     log.info(
         "serving",
         address=address,
@@ -311,6 +338,7 @@ async def start(settings: Settings) -> RunningServer:
         tls=credentials is not None,
         ops_port=running.ops.port if running.ops else None,
         pid=os.getpid(),
+        front_processes=front_processes,
     )
     return running
 
@@ -337,12 +365,19 @@ async def serve(settings: Settings) -> None:
     collection.install()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if running.fronts is not None:
+        waits.append(asyncio.ensure_future(running.fronts.gave_up.wait()))  # facade.fronts: stop, exit 1.
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     log.info("stopping")
     try:
         await running.stop()
     finally:
         collection.uninstall()
+    if running.fronts is not None and running.fronts.gave_up.is_set():
+        raise SystemExit(1)
 
 
 async def _start_sql(settings: Settings, read_model: ReadModel, authenticator: Authenticator) -> AsgiServer | None:

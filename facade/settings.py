@@ -26,6 +26,8 @@ floor (facade.batcher.BATCH_TRANSFERS_MIN), as a batch's fixed cost alone was 10
 GRPC_SERVERS_DEFAULT = 16
 """scripts/bench_overload.py, 2-core host: accepted gRPC calls ~2x and admitted unary p50 ~10x lower at 16
 than at 1 (4 gained half of that; 32 no more than 16)."""
+FRONT_PROCESSES_MAX = 16
+"""A bound on `api.front_processes`: each is a Python process with its own gRPC servers and memory."""
 GRPC_SERVERS_MAX = 64
 """A bound on `api.grpc_servers`: 64 measured no better than 16; each server is a listener and a task."""
 
@@ -260,6 +262,14 @@ class ApiSettings(BaseModel):
         "spreads connections over them). grpc.aio accepts one call at a time per server, a thread hand-off and "
         "event-loop turns each: under overload calls waited there, unseen by admission, for seconds. N servers "
         "accept N calls per turn. One connection is served by one server (no gain for a single connection).",
+    )
+    front_processes: int = Field(
+        default=0,
+        ge=0,
+        le=FRONT_PROCESSES_MAX,
+        description="Embedded engine: front processes serving the gRPC port (SO_REUSEPORT) in front of this one, "
+        "which then runs the operations, the engine, the JSON gateway and the ops port but no public gRPC server "
+        "(facade.fronts). 0: one process serves everything.",
     )
     write_queue_transfers_max: int = Field(default=65_536, ge=1, le=1_000_000)
     batch_transfers_max: int = Field(default=8189, ge=1, le=8189)

@@ -36,7 +36,7 @@ ListTransactions window) it is ~5%. "server process alone" in the notes is the s
 per transaction (without the read model's child), from /proc/<pid>/stat.
 
     python scripts/bench_api.py [--seconds 3] [--profile DIR] [--rows unary,batch,stream]
-        [--configs "defaults,read model off"] [--no-postgres] [--client go|python]
+        [--configs "defaults,read model off"] [--no-postgres] [--client go|python] [--connections N]
 
 --profile DIR records each server with py-spy (collapsed stacks per configuration, DIR/<config>.folded,
 the read model's process included) or, without py-spy, runs it under cProfile (DIR/<config>.prof, the
@@ -266,11 +266,22 @@ def measured(cpu_pid: int | None) -> Iterator[Measured]:
 
 
 async def load_compiled(  # noqa: PLR0913  Keyword-only: what runs the row and what it is measured on.
-    name: str, seconds: float, concurrency: int, *, binary: Path, flags: list[str], cpu_pid: int | None
+    name: str,
+    seconds: float,
+    concurrency: int,
+    *,
+    binary: Path,
+    flags: list[str],
+    cpu_pid: int | None,
+    connections: int = 1,
 ) -> Result:
     """As `load`, with the compiled generator (ledger_testkit.loadgen, -mode=closed) making the calls: `flags`
-    name the target (-grpc or -dsn) and the shape (-size, -accounts, -tag, -token)."""
-    command = ["-mode=closed", f"-seconds={seconds}s", f"-concurrency={concurrency}", *flags]
+    name the target (-grpc or -dsn) and the shape (-size, -accounts, -tag, -token). A gRPC target's calls
+    go over `connections` connections, round-robin (--connections); the PostgreSQL peer keeps its one
+    connection per worker."""
+    assert connections >= 1
+    spread = [f"-connections={connections}"] if any(flag.startswith("-grpc=") for flag in flags) else []
+    command = ["-mode=closed", f"-seconds={seconds}s", f"-concurrency={concurrency}", *flags, *spread]
     async with loadgen.started(binary, [command]) as (generator,):
         with measured(cpu_pid) as server:
             await generator.start()
@@ -307,8 +318,10 @@ CONFIGS = (
     Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
 OPTIONAL_CONFIGS = (
-    # Run only when named in --configs: the embedded engine's append pipeline (off by default).
+    # Run only when named in --configs: the embedded engine's append pipeline (off by default) and front
+    # processes (facade.fronts, opt-in).
     Config("append pipeline", {"LEDGER_ENGINE__APPEND_PIPELINE": "true"}),
+    *(Config(f"fronts {n}", {"LEDGER_API__FRONT_PROCESSES": str(n)}) for n in (1, 2, 3)),
 )
 
 
@@ -533,13 +546,14 @@ def lag_note(samples: list[float]) -> str:
 ROW_KINDS = ("unary", "batch", "stream")
 
 
-async def bench_ledger(
+async def bench_ledger(  # noqa: PLR0913  Keyword-only beyond the rows: the client's shape.
     config: Config,
     seconds: float,
     profile_dir: Path | None,
     rows: frozenset[str] = frozenset(ROW_KINDS),
     *,
     binary: Path | None = None,
+    connections: int = 1,
 ) -> list[Result]:
     server = LedgerServer(config, profile_dir)
     admin = (("authorization", f"Bearer {issue_token(AuthSettings(), 'bench', SCOPES_ALL)}"),)
@@ -587,7 +601,13 @@ async def bench_ledger(
                         if binary is not None:
                             flags = [*target, "-size=0"]
                             row = await load_compiled(
-                                name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=pid
+                                name,
+                                seconds,
+                                concurrency,
+                                binary=binary,
+                                flags=flags,
+                                cpu_pid=pid,
+                                connections=connections,
                             )
                         else:
                             row = await load(name, seconds, concurrency, unary_call, cpu_pid=pid)
@@ -615,7 +635,13 @@ async def bench_ledger(
                         if binary is not None:
                             flags = [*target, f"-size={size}"]
                             row = await load_compiled(
-                                name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=pid
+                                name,
+                                seconds,
+                                concurrency,
+                                binary=binary,
+                                flags=flags,
+                                cpu_pid=pid,
+                                connections=connections,
                             )
                         else:
                             row = await load(name, seconds, concurrency, batch_call, cpu_pid=pid)
@@ -659,7 +685,7 @@ async def noop_server(port: int) -> None:
     await server.wait_for_termination()
 
 
-async def bench_noop(seconds: float, *, binary: Path | None = None) -> list[Result]:
+async def bench_noop(seconds: float, *, binary: Path | None = None, connections: int = 1) -> list[Result]:
     port = free_port()
     # In its own process like the real server (in this one it would share the client's event loop).
     process = subprocess.Popen([sys.executable, __file__, "--noop-server", str(port)])
@@ -679,7 +705,13 @@ async def bench_noop(seconds: float, *, binary: Path | None = None) -> list[Resu
                 if binary is not None:
                     flags = [f"-grpc=127.0.0.1:{port}", f"-accounts={','.join(accounts)}", "-tag=noop", "-size=0"]
                     row = await load_compiled(
-                        name, seconds, concurrency, binary=binary, flags=flags, cpu_pid=process.pid
+                        name,
+                        seconds,
+                        concurrency,
+                        binary=binary,
+                        flags=flags,
+                        cpu_pid=process.pid,
+                        connections=connections,
                     )
                 else:
                     row = await load(name, seconds, concurrency, noop_call, cpu_pid=process.pid)
@@ -827,6 +859,11 @@ async def main() -> None:
         "scripts/bootstrap.sh there), first, labelled 'baseline': before/after in one run",
     )
     parser.add_argument(
+        "--baseline-last",
+        action="store_true",
+        help="run the baseline after the other configurations (alternate the order between runs: the host drifts)",
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(config.label for config in CONFIGS),
         help="which ledger configurations, comma-separated labels",
@@ -838,21 +875,37 @@ async def main() -> None:
         help="the compiled client for the unary and batch rows and both references (scripts/loadgen; the "
         "default with `go` on PATH) or the Python one (grpc.aio, psycopg); the stream row is always Python",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections the compiled client spreads each row's calls over, round-robin, in EVERY row of "
+        "the run (the no-op baseline and each configuration alike; the PostgreSQL peer keeps one connection per "
+        "worker): a payment service talks over several, and with SO_REUSEPORT (front processes) each lands on "
+        "one listener. Default 1 (the Python client's one channel; the stream row stays on one)",
+    )
     args = parser.parse_args()
+    if args.connections < 1 or (args.connections > 1 and args.client != "go"):
+        parser.error("--connections N >= 1; above 1 only with --client go")
     binary = loadgen.build_loadgen() if args.client == "go" else None
     if args.client == "go" and binary is None:
         parser.error("--client go needs the Go toolchain (`go` on PATH)")
     rows = frozenset(args.rows.split(","))
-    configs = [config for config in CONFIGS + OPTIONAL_CONFIGS if config.label in args.configs.split(",")]
+    configs = [config for config in (*CONFIGS, *OPTIONAL_CONFIGS) if config.label in args.configs.split(",")]
     assert rows <= set(ROW_KINDS) and configs, "unknown --rows or --configs"
     if args.baseline_tree is not None:
-        configs.insert(0, Config("baseline", {}, tree=args.baseline_tree.resolve()))
+        baseline_config = Config("baseline", {}, tree=args.baseline_tree.resolve())
+        configs.insert(len(configs) if args.baseline_last else 0, baseline_config)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print_header()
-    print(f"client: {args.client}" + (f" ({binary})" if binary is not None else ""))
-    noop = await bench_noop(args.seconds, binary=binary) if "unary" in rows else []
+    print(
+        f"client: {args.client}"
+        + (f" ({binary})" if binary is not None else "")
+        + f", {args.connections} gRPC connection(s)"
+    )
+    noop = await bench_noop(args.seconds, binary=binary, connections=args.connections) if "unary" in rows else []
     noop_rates = {result.concurrency: result.rate for result in noop}
     for result in noop:
         print_row(result)
@@ -867,7 +920,9 @@ async def main() -> None:
     floor_met: list[str] = []
     rates: dict[str, dict[str, float]] = {}
     for config in configs:
-        results = await bench_ledger(config, args.seconds, args.profile, rows, binary=binary)
+        results = await bench_ledger(
+            config, args.seconds, args.profile, rows, binary=binary, connections=args.connections
+        )
         rates[config.label] = {result.key: result.rate for result in results}
         for result in results:
             if result.key.startswith("unary"):
@@ -885,9 +940,10 @@ async def main() -> None:
         ratios = [f"{key} {on[key] / off[key]:.2f}" for key in on if off.get(key)]
         print(f"\ndefaults ÷ read model off (tx/s): {', '.join(ratios)}")
     baseline = rates.get("baseline")
-    if on and baseline:
-        ratios = [f"{key} {on[key] / baseline[key]:.2f}" for key in on if baseline.get(key)]
-        print(f"defaults ÷ baseline ({args.baseline_tree}) (tx/s): {', '.join(ratios)}")
+    for label, measured in rates.items():
+        if baseline and label != "baseline":
+            ratios = [f"{key} {measured[key] / baseline[key]:.2f}" for key in measured if baseline.get(key)]
+            print(f"{label} ÷ baseline ({args.baseline_tree}) (tx/s): {', '.join(ratios)}")
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print()
     verdict = ("met by " + "; ".join(floor_met)) if floor_met else "NOT met"

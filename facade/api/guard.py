@@ -25,7 +25,7 @@ import grpc
 from facade.api.errors import REASON_MALFORMED_REQUEST, abort, unexpected_error
 from facade.domain.errors import ErrorKind, LedgerError
 
-__all__ = ["Malformed", "RequestGuardInterceptor", "guarded_deserializer"]
+__all__ = ["Malformed", "RequestGuardInterceptor", "guarded_deserializer", "malformed_error", "method_what"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -52,11 +52,19 @@ def guarded_deserializer(deserializer: Callable[[bytes], Any] | None, what: str)
     return deserialize
 
 
-async def _abort_malformed(context: Context, malformed: Malformed) -> None:
+def malformed_error(malformed: Malformed) -> LedgerError:
+    """The answer to a request that does not decode (here, and in the engine's process behind fronts)."""
     message = f"the request is not a valid {malformed.what} (undecodable protobuf or invalid UTF-8 in a string field)"
-    await abort(
-        context, LedgerError(ErrorKind.INVALID, REASON_MALFORMED_REQUEST, message, {"message_type": malformed.what})
-    )
+    return LedgerError(ErrorKind.INVALID, REASON_MALFORMED_REQUEST, message, {"message_type": malformed.what})
+
+
+def method_what(method: str) -> str:
+    """What a malformed request of `method` is said not to be."""
+    return method.strip("/").replace("/", ".") + " request"
+
+
+async def _abort_malformed(context: Context, malformed: Malformed) -> None:
+    await abort(context, malformed_error(malformed))
 
 
 async def _abort_unexpected(context: Context, error: Exception, method: str) -> None:
@@ -145,7 +153,7 @@ def _guarded_handler(handler: Any, method: str) -> Any:
     """`handler` with its deserializer and body guarded (see the module docstring)."""
     assert handler is not None
     assert method
-    what = method.strip("/").replace("/", ".") + " request"
+    what = method_what(method)
     deserializer = guarded_deserializer(handler.request_deserializer, what)
     serializer = handler.response_serializer
     if handler.unary_unary:

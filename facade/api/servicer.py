@@ -13,18 +13,14 @@ import grpc
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc
 from facade.auth import current_principal
-from facade.domain.errors import LedgerError
-from facade.operations import convert
 from facade.operations import ledger as ops
-from facade.service import LedgerService, TransactionView, deadline_from_timeout
+from facade.service import LedgerService, deadline_from_timeout
 
 __all__ = ["STREAM_IN_FLIGHT_MAX", "LedgerServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 STREAM_IN_FLIGHT_MAX = 4096
 """Requests a StreamTransactions call may have in flight before the server stops reading more."""
-
-_StreamItem = tuple[pb.PostTransactionRequest, asyncio.Task[list[TransactionView | LedgerError]]]
 
 
 def _deadline(context: Context) -> float | None:
@@ -62,27 +58,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServicer):
     ) -> AsyncIterator[pb.TransactionResult]:
         """Reads ahead (bounded) so concurrent requests coalesce into engine batches; answers in order."""
         principal = current_principal.get()
-        pending: asyncio.Queue[_StreamItem | None] = asyncio.Queue(STREAM_IN_FLIGHT_MAX)
-
-        async def post(request: pb.PostTransactionRequest) -> list[TransactionView | LedgerError]:
-            return await self._service.post_transactions(principal, [convert.post_request(request)])
+        pending: asyncio.Queue[asyncio.Task[pb.TransactionResult] | None] = asyncio.Queue(STREAM_IN_FLIGHT_MAX)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await pending.put((request, asyncio.create_task(post(request))))
+                    await pending.put(asyncio.create_task(ops.stream_item(self._service, principal, request)))
             finally:
                 await pending.put(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (item := await pending.get()) is not None:
-                request, task = item
-                try:
-                    [result] = await task
-                except LedgerError as error:
-                    result = error
-                yield convert.posted_result(request, result)
+            while (task := await pending.get()) is not None:
+                yield await task
         finally:
             reader.cancel()
 

@@ -7,7 +7,9 @@ names, topic names): never ids or free text.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from facade.observability.forwarded import ForwardedHistogram
 
 LATENCY_BUCKETS_SECONDS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05,
@@ -21,7 +23,13 @@ request_duration_seconds = Histogram(
     "Request latency by edge, method and gRPC status code.",
     ["edge", "method", "code"],
     buckets=LATENCY_BUCKETS_SECONDS,
+    registry=None,  # Exported by request_durations_exported, with the front processes' calls.
 )
+request_durations_exported = ForwardedHistogram(
+    request_duration_seconds, LATENCY_BUCKETS_SECONDS, ("edge", "method", "code")
+)
+"""The request histogram on /metrics: this process's calls plus the front processes' (facade.fronts)."""
+REGISTRY.register(request_durations_exported)
 transactions_total = Counter(
     "ledger_transactions_total",
     "Domain transactions by outcome: created, deduplicated (idempotent replay), rejected.",

@@ -37,6 +37,7 @@ __all__ = [
     "list_accounts",
     "post_transaction",
     "post_transactions",
+    "stream_item",
     "void_transaction",
 ]
 
@@ -147,6 +148,17 @@ def _converted(request: pb.PostTransactionsRequest) -> tuple[list[PostRequest], 
             refused[index] = error
     assert len(converted) + len(refused) == len(request.transactions)
     return converted, refused
+
+
+async def stream_item(
+    service: LedgerService, principal: Principal, request: pb.PostTransactionRequest
+) -> pb.TransactionResult:
+    """One request of a StreamTransactions call: its result, a refusal included (the stream goes on)."""
+    try:
+        [result] = await service.post_transactions(principal, [convert.post_request(request)])
+    except LedgerError as error:
+        return convert.posted_result(request, error)
+    return convert.posted_result(request, result)
 
 
 async def capture_transaction(

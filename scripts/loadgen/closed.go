@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,7 @@ type closedConfig struct {
 	accounts                     []string
 	seconds                      time.Duration
 	concurrency, size            int
+	connections                  int // gRPC connections the calls are spread over, round-robin (not the peer's)
 }
 
 // call makes one closed-loop call for worker's n-th turn; returns the transactions acknowledged.
@@ -47,18 +49,33 @@ func benchTransaction(accounts []string, key string, n int) []byte {
 	return encodeTransaction(key, accounts[source], accounts[destination], fmt.Sprint(1+n%1000))
 }
 
+// grpcCaller calls over cfg.connections gRPC connections (each its own grpc.ClientConn, so its own TCP
+// connection: a server with SO_REUSEPORT listeners, such as front processes, gets each on one of them), the
+// calls taken round-robin: as a payment service with a pool of connections, rather than one.
 func grpcCaller(cfg closedConfig) (call, func(), error) {
-	conn, err := dial(cfg.grpcAddress)
-	if err != nil {
-		return nil, nil, err
+	conns := make([]*grpc.ClientConn, 0, cfg.connections)
+	closeAll := func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
 	}
+	for range cfg.connections {
+		conn, err := dial(cfg.grpcAddress)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		conns = append(conns, conn)
+	}
+	var turn atomic.Uint64
+	next := func() *grpc.ClientConn { return conns[(turn.Add(1)-1)%uint64(len(conns))] }
 	if cfg.size == 0 {
 		return func(ctx context.Context, worker, n int) (int, error) {
 			request := benchTransaction(cfg.accounts, fmt.Sprintf("%s-u%d-%d-%d", cfg.tag, cfg.concurrency, worker, n),
 				n+worker)
 			var response []byte
-			return 1, conn.Invoke(ctx, methodPost, &request, &response, grpc.ForceCodec(rawCodec{}))
-		}, func() { conn.Close() }, nil
+			return 1, next().Invoke(ctx, methodPost, &request, &response, grpc.ForceCodec(rawCodec{}))
+		}, closeAll, nil
 	}
 	return func(ctx context.Context, worker, n int) (int, error) {
 		var request []byte
@@ -67,11 +84,11 @@ func grpcCaller(cfg closedConfig) (call, func(), error) {
 			request = appendMessage(request, 1, benchTransaction(cfg.accounts, key, n*cfg.size+i))
 		}
 		var response []byte
-		if err := conn.Invoke(ctx, methodPostBatch, &request, &response, grpc.ForceCodec(rawCodec{})); err != nil {
+		if err := next().Invoke(ctx, methodPostBatch, &request, &response, grpc.ForceCodec(rawCodec{})); err != nil {
 			return 0, err
 		}
 		return createdInBatch(response)
-	}, func() { conn.Close() }, nil
+	}, closeAll, nil
 }
 
 func postgresCaller(cfg closedConfig) (call, func(), error) {

@@ -12,9 +12,9 @@
 // Two modes:
 //   - -mode overload (bench_overload.py): the overload's mixed clients, see above.
 //   - -mode closed (bench_api.py's rows): -concurrency workers, each calling as soon as its previous call
-//     returned: PostTransaction (-size 0) or PostTransactions of -size transactions over one connection
-//     (as the Python client's one channel), or with -dsn the PostgreSQL peer's transfers over one
-//     connection per worker, one database transaction per transfer.
+//     returned: PostTransaction (-size 0) or PostTransactions of -size transactions over -connections
+//     gRPC connections, calls round-robin (default 1, as the Python client's one channel), or with -dsn
+//     the PostgreSQL peer's transfers over one connection per worker, one database transaction per transfer.
 //
 // Protocol with the scripts: flags configure the clients; once every connection is ready it prints
 // "ready" on stdout and waits for a line on stdin (the start, shared by every generator process); after
@@ -489,6 +489,7 @@ func main() {
 	flag.IntVar(&closed.concurrency, "concurrency", 1, "closed: concurrent calls")
 	flag.IntVar(&closed.size, "size", 0, "closed: transactions per call (0: PostTransaction, else PostTransactions)")
 	flag.StringVar(&closed.dsn, "dsn", "", "closed: the PostgreSQL peer's connection string (instead of -grpc)")
+	flag.IntVar(&closed.connections, "connections", 1, "closed: gRPC connections, calls spread round-robin")
 	flag.Parse()
 	cfg.accounts = strings.Split(accounts, ",")
 	var err error
@@ -499,8 +500,9 @@ func main() {
 		err = errors.New("overload: -grpc is required; -unary-per-connection, -batch-size >= 1")
 	case mode == "overload":
 		err = run(cfg)
-	case mode == "closed" && ((cfg.grpcAddress == "") == (closed.dsn == "") || closed.concurrency < 1 || closed.size < 0):
-		err = errors.New("closed: one of -grpc, -dsn; -concurrency >= 1, -size >= 0")
+	case mode == "closed" && ((cfg.grpcAddress == "") == (closed.dsn == "") || closed.concurrency < 1 || closed.size < 0 ||
+		closed.connections < 1):
+		err = errors.New("closed: one of -grpc, -dsn; -concurrency >= 1, -size >= 0, -connections >= 1")
 	case mode == "closed":
 		closed.grpcAddress, closed.token, closed.tag = cfg.grpcAddress, cfg.token, cfg.tag
 		closed.accounts, closed.seconds = cfg.accounts, cfg.seconds

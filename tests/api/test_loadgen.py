@@ -129,3 +129,33 @@ async def test_overload_mode_tallies_every_edge(binary: Path, api: Api) -> None:
         assert tally["admitted"] or tally["admitted_warmup"], edge
         acknowledged += tally["acknowledged"]
     assert sum([await _entries(api, account) for account in accounts]) == 2 * acknowledged
+
+
+def _established_to(port: int) -> int:
+    """TCP connections established to `port` on this host, counted on the server's side (/proc/net/tcp*)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                count += 1
+    return count
+
+
+async def test_closed_mode_spreads_calls_over_its_connections(binary: Path, api: Api) -> None:
+    """-connections N: N gRPC connections (as bench_api.py --connections), and every call acknowledged over them."""
+    accounts = await _accounts(api)
+    flags = [
+        "-mode=closed", f"-grpc=127.0.0.1:{api.server.port}", f"-token={_token(api)}",
+        f"-accounts={','.join(accounts)}", "-tag=c", "-concurrency=4", "-size=0", "-seconds=0.5s", "-connections=3",
+    ]  # fmt: skip
+    before = _established_to(api.server.port)  # This test's own channel.
+    async with loadgen.started(binary, [flags]) as (generator,):
+        ready = _established_to(api.server.port)  # "ready": every connection of the generator is up.
+        await generator.start()
+        document: dict[str, object] = await generator.result(timeout_seconds=30)
+    assert ready - before == 3
+    assert document["errors"] == {}
+    done = document["done"]
+    assert isinstance(done, int) and done > 0
+    assert sum([await _entries(api, account) for account in accounts]) == 2 * done

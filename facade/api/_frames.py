@@ -1,0 +1,272 @@
+"""The frames between the front processes and the engine's process (facade.api.relay, facade.fronts).
+
+A frame is a little-endian u32 length (of what follows) and a u8 kind, then a fixed struct header and
+the bytes it counts. Request and response bodies are the protobuf bytes the caller sent and the
+operation answered: the front neither decodes nor re-encodes a unary request, the engine's process
+neither re-decodes nor re-encodes a response. Only struct and UTF-8 are parsed here, never pickle: a
+peer that writes garbage gets its connection closed (FrameError), it cannot make this process run code.
+
+    CALL    front → engine   call id, method index, the caller's deadline (NaN = none), the principal
+                             (client id, scopes), request id, correlation id, the request bytes
+    CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
+    HELLO   front → engine   the front's index: its gRPC servers are serving
+    METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
+    REPLY   engine → front   call id and the response bytes
+    ERROR   engine → front   call id and the LedgerError (kind, reason, message, metadata)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+
+from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
+from facade.auth import Principal
+from facade.domain.errors import ErrorKind, LedgerError
+
+__all__ = [
+    "FRAME_BYTES_MAX",
+    "METHODS",
+    "STREAM_ITEM",
+    "Call",
+    "FrameError",
+    "FrameKind",
+    "FrameReader",
+    "Reply",
+    "encode_call",
+    "encode_error",
+    "encode_index",
+    "encode_reply",
+    "method_index",
+]
+
+MESSAGE_BYTES_MAX = 16 * 1024 * 1024
+"""As the gRPC servers' message limit (facade.app.MESSAGE_SIZE_MAX): a request that gRPC took fits a frame."""
+FRAME_BYTES_MAX = MESSAGE_BYTES_MAX + 256 * 1024
+"""A longer frame is a broken or hostile peer: the connection is closed (headers and strings fit the rest)."""
+STRING_BYTES_MAX = 0xFFFF
+"""A u16 length: longer request or correlation ids are cut (gRPC's metadata limit is 8 KiB anyway)."""
+STREAM_ITEM = "/ledger.v1.Ledger/StreamTransactions#item"
+"""One request of a StreamTransactions call, answered as a TransactionResult (facade.operations.ledger)."""
+
+
+def _methods() -> tuple[str, ...]:
+    names = [STREAM_ITEM]
+    for module, service in ((ledger_pb2, "Ledger"), (history_pb2, "History")):
+        descriptor = module.DESCRIPTOR.services_by_name[service]
+        names.extend(f"/{descriptor.full_name}/{method.name}" for method in descriptor.methods)
+    return tuple(sorted(names))
+
+
+METHODS: tuple[str, ...] = _methods()
+"""Every forwarded method by index (both sides run the same build: a front is spawned from this code)."""
+assert len(METHODS) <= 0xFF
+_METHOD_INDEX = {name: index for index, name in enumerate(METHODS)}
+_ERROR_KINDS = tuple(ErrorKind)
+
+
+class FrameKind(enum.IntEnum):
+    CALL = 1
+    CANCEL = 2
+    HELLO = 3
+    METRICS = 4
+    REPLY = 5
+    ERROR = 6
+
+
+class FrameError(Exception):
+    """A frame that is not one: the peer is broken (or not ours); its connection is closed."""
+
+
+_PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
+_CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
+_INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL) or a front's index (HELLO, METRICS).
+_ERROR = struct.Struct("<IBHI")  # Call id, kind, reason length, message length (metadata to the end).
+
+
+def method_index(method: str) -> int:
+    """The index of `method` (a full gRPC method name or STREAM_ITEM); KeyError for one not forwarded."""
+    return _METHOD_INDEX[method]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    call_id: int
+    method: str
+    deadline: float | None
+    """The caller's deadline as a time.monotonic() value: CLOCK_MONOTONIC, one clock for every process of
+    the host (the relay is a Unix socket), so the time a frame spends in transit (a flush, the socket, a
+    busy event loop before it is read) counts against it, as it does for the caller: a deadline sent as
+    the time remaining and added on arrival would let the engine's process commit after the caller gave up."""
+    principal: Principal
+    request_id: str
+    correlation_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer: `body` (the response's bytes) or `error`."""
+
+    call_id: int
+    body: bytes = b""
+    error: LedgerError | None = None
+
+
+def _cut(text: str) -> bytes:
+    return text.encode()[:STRING_BYTES_MAX]
+
+
+def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one field of the frame.
+    call_id: int,
+    method: int,
+    *,
+    deadline: float | None,
+    principal: Principal,
+    request_id: str,
+    correlation_id: str,
+    body: bytes,
+) -> bytes:
+    assert 0 <= method < len(METHODS)
+    assert 0 <= call_id <= 0xFFFFFFFF
+    client, scopes = _cut(principal.client_id), _cut(" ".join(sorted(principal.scopes)))  # Scopes have no spaces.
+    request, correlation = _cut(request_id), _cut(correlation_id)
+    header = _CALL.pack(
+        call_id,
+        method,
+        math.nan if deadline is None else deadline,
+        len(client),
+        len(scopes),
+        len(request),
+        len(correlation),
+    )
+    length = 1 + len(header) + len(client) + len(scopes) + len(request) + len(correlation) + len(body)
+    return b"".join((_PREFIX.pack(length, FrameKind.CALL), header, client, scopes, request, correlation, body))
+
+
+def encode_index(kind: FrameKind, index: int, body: bytes = b"") -> bytes:
+    """CANCEL (a call id), HELLO or METRICS (a front's index, METRICS with its exposition)."""
+    assert kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS)
+    return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), kind), _INDEX.pack(index), body))
+
+
+def encode_reply(call_id: int, body: bytes) -> bytes:
+    return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), FrameKind.REPLY), _INDEX.pack(call_id), body))
+
+
+def encode_error(call_id: int, error: LedgerError) -> bytes:
+    reason, message = _cut(error.reason), error.message.encode()
+    metadata = error_details_pb2.ErrorInfo(metadata=error.metadata).SerializeToString()
+    header = _ERROR.pack(call_id, _ERROR_KINDS.index(error.kind), len(reason), len(message))
+    length = 1 + len(header) + len(reason) + len(message) + len(metadata)
+    return b"".join((_PREFIX.pack(length, FrameKind.ERROR), header, reason, message, metadata))
+
+
+_principals: dict[tuple[bytes, int], Principal] = {}
+PRINCIPALS_CACHED_MAX = 4096
+"""Principals decoded from CALL frames kept (a front's callers are few: one per client and scope set);
+when full the cache starts over."""
+
+
+def _principal(raw: bytes, client_length: int) -> Principal:
+    """The principal of a CALL frame's client and scopes bytes, decoded once per distinct pair (not two
+    strings, a split and a frozenset per call in the engine's process; Principal is frozen: shared)."""
+    key = (raw, client_length)
+    principal = _principals.get(key)
+    if principal is None:
+        if len(_principals) >= PRINCIPALS_CACHED_MAX:
+            _principals.clear()
+        client, scopes = raw[:client_length].decode(), raw[client_length:].decode()
+        principal = _principals[key] = Principal(client, frozenset(scopes.split()))
+    assert len(_principals) <= PRINCIPALS_CACHED_MAX
+    return principal
+
+
+def _decode_call(frame: memoryview) -> Call:
+    call_id, method, deadline, *lengths = _CALL.unpack_from(frame)
+    if method >= len(METHODS):
+        raise FrameError(f"unknown method index {method}")
+    client_length, scopes_length, request_length, correlation_length = lengths
+    offset = _CALL.size + client_length + scopes_length
+    if offset + request_length + correlation_length > len(frame):
+        raise FrameError("call frame shorter than its strings")
+    principal = _principal(bytes(frame[_CALL.size : offset]), client_length)
+    request_id = bytes(frame[offset : offset + request_length]).decode()
+    offset += request_length
+    correlation_id = bytes(frame[offset : offset + correlation_length]).decode()
+    offset += correlation_length
+    return Call(
+        call_id,
+        METHODS[method],
+        None if math.isnan(deadline) else deadline,
+        principal,
+        request_id,
+        correlation_id,
+        bytes(frame[offset:]),
+    )
+
+
+def _decode_error(frame: memoryview) -> Reply:
+    call_id, kind, reason_length, message_length = _ERROR.unpack_from(frame)
+    offset = _ERROR.size
+    reason = bytes(frame[offset : offset + reason_length]).decode()
+    message = bytes(frame[offset + reason_length : offset + reason_length + message_length]).decode()
+    info = error_details_pb2.ErrorInfo.FromString(bytes(frame[offset + reason_length + message_length :]))
+    if kind >= len(_ERROR_KINDS) or not reason:
+        raise FrameError("error frame without a known kind and a reason")
+    return Reply(call_id, error=LedgerError(_ERROR_KINDS[kind], reason, message, dict(info.metadata)))
+
+
+Decoded = Call | Reply | tuple[FrameKind, int, bytes]
+"""A CALL, a REPLY/ERROR, or (CANCEL/HELLO/METRICS, its index, its body)."""
+
+
+class FrameReader:
+    """Frames out of a byte stream, in bulk: everything one read brought is split at once."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Decoded]:
+        """The frames `data` completes (a partial one stays buffered). FrameError: the stream is broken."""
+        buffer = self._buffer
+        buffer += data
+        decoded: list[Decoded] = []
+        offset = 0
+        view = memoryview(buffer)
+        try:
+            while len(buffer) - offset >= _PREFIX.size:
+                length, kind = _PREFIX.unpack_from(buffer, offset)
+                if not 1 <= length <= FRAME_BYTES_MAX:
+                    raise FrameError(f"frame length {length} out of bounds")
+                end = offset + 4 + length
+                if end > len(buffer):
+                    break
+                decoded.append(_decode(kind, view[offset + _PREFIX.size : end]))
+                offset = end
+        except (struct.error, UnicodeDecodeError, ValueError, DecodeError) as error:
+            raise FrameError(str(error)) from error
+        finally:
+            view.release()
+        del buffer[:offset]
+        assert len(buffer) < _PREFIX.size or len(buffer) < 4 + FRAME_BYTES_MAX
+        return decoded
+
+
+def _decode(kind: int, frame: memoryview) -> Decoded:
+    if kind == FrameKind.CALL:
+        return _decode_call(frame)
+    if kind == FrameKind.REPLY:
+        (call_id,) = _INDEX.unpack_from(frame)
+        return Reply(call_id, body=bytes(frame[_INDEX.size :]))
+    if kind == FrameKind.ERROR:
+        return _decode_error(frame)
+    if kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS):
+        (index,) = _INDEX.unpack_from(frame)
+        return FrameKind(kind), index, bytes(frame[_INDEX.size :])
+    raise FrameError(f"unknown frame kind {kind}")

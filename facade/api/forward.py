@@ -1,0 +1,230 @@
+"""A front process's side of the relay (facade.fronts): the link to the engine's process and the gRPC
+handlers that forward each call over it instead of running an operation.
+
+The handlers sit behind the same edge as the single-process service's servicers (facade.api.edge:
+observability, authentication, the request guard), so a front decides the principal and refuses an
+unauthenticated caller before anything is forwarded; each call then becomes one CALL frame (method,
+principal, the caller's deadline, request and correlation ids, the request's raw bytes). The engine's
+process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
+status the single-process service gives (facade.api.errors).
+
+Frames are buffered and written once per event-loop turn; answers are read in bulk. A front bounds its
+forwarded calls (FORWARDED_IN_FLIGHT_MAX): beyond it a call is refused with RESOURCE_EXHAUSTED and a
+retry hint. With no connection to the engine's process a call is answered UNAVAILABLE ENGINE_UNREACHABLE
+at once; a connection lost mid-call answers its calls the same way (their outcome is unknown: a retry
+with the same idempotency key returns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from facade.api import _frames
+from facade.api._frames import FrameError, FrameKind, FrameReader, Reply
+from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
+from facade.api.servicer import STREAM_IN_FLIGHT_MAX
+from facade.auth import Principal, current_principal
+from facade.domain.errors import ErrorKind, LedgerError
+from facade.observability.logs import get_logger
+from facade.operations import convert
+
+__all__ = ["FORWARDED_IN_FLIGHT_MAX", "REASON_ENGINE_UNREACHABLE", "EngineLink", "forwarding_handlers"]
+
+FORWARDED_IN_FLIGHT_MAX = 4096
+"""Calls one front has forwarded and not yet had answered. The engine's write limit and queue bound the
+writes long before this (hundreds in progress); this bounds what a front holds for reads and streams."""
+BUSY_RETRY_AFTER_MS = 50
+"""The retry hint of a call refused at a front's own bound (as api.retry_after_ms's default)."""
+REASON_ENGINE_UNREACHABLE = "ENGINE_UNREACHABLE"
+
+log = get_logger("ledger.front")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _unreachable(why: str) -> LedgerError:
+    return LedgerError(ErrorKind.UNAVAILABLE, REASON_ENGINE_UNREACHABLE, f"the engine's process is unreachable: {why}")
+
+
+class EngineLink(asyncio.Protocol):
+    """The front's one connection to the engine's process (a Unix socket)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self._transport: asyncio.Transport | None = None
+        self._reader = FrameReader()
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._ids = itertools.count(1)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.lost = asyncio.Event()
+        """Set when the connection closes (the front then reconnects or exits: facade.fronts)."""
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def connect(self, path: str) -> None:
+        await asyncio.get_running_loop().create_unix_connection(lambda: self, path)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.lost.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.warning("relay connection failed", front=self.index, error=repr(exc))
+        self._transport = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(_unreachable("the connection closed before the answer (outcome unknown)"))
+        self.lost.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as error:
+            log.error("engine's process sent a broken frame; closing the connection", error=str(error))
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        for frame in frames:
+            if not isinstance(frame, Reply):
+                continue
+            future = self._pending.pop(frame.call_id, None)
+            if future is None or future.done():
+                continue  # Its caller went away (cancelled): nobody waits.
+            if frame.error is not None:
+                future.set_exception(frame.error)
+            else:
+                future.set_result(frame.body)
+
+    def send(self, frame: bytes) -> None:
+        """`frame` goes out with every other frame of this event-loop turn, in one write."""
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.connected:
+            assert self._transport is not None
+            self._transport.write(b"".join(out))
+
+    async def call(self, method: int, principal: Principal, remaining_seconds: float | None, body: bytes) -> bytes:
+        """The response's bytes; raises the engine's LedgerError, or UNAVAILABLE / RESOURCE_EXHAUSTED here."""
+        if not self.connected:
+            raise _unreachable("not connected")
+        if len(self._pending) >= FORWARDED_IN_FLIGHT_MAX:
+            raise LedgerError(
+                ErrorKind.EXHAUSTED,
+                "TOO_MANY_REQUESTS",
+                f"service busy: {len(self._pending)} calls in progress at this front",
+                {"retry_after_ms": str(BUSY_RETRY_AFTER_MS)},
+            )
+        call_id = next(self._ids) & 0xFFFFFFFF
+        # An absolute time.monotonic() deadline: the frame's transit counts against it (facade.api._frames.Call).
+        deadline = None if remaining_seconds is None else time.monotonic() + remaining_seconds
+        fields = structlog.contextvars.get_contextvars()
+        frame = _frames.encode_call(
+            call_id,
+            method,
+            deadline=deadline,
+            principal=principal,
+            request_id=str(fields.get("request_id") or ""),
+            correlation_id=str(fields.get("correlation_id") or ""),
+            body=body,
+        )
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        self.send(frame)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.pop(call_id, None) is not None and self.connected:
+                self.send(_frames.encode_index(FrameKind.CANCEL, call_id))  # Its queued work is dropped.
+            raise
+        finally:
+            assert len(self._pending) <= FORWARDED_IN_FLIGHT_MAX
+
+
+def _unary(link: EngineLink, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    index = _frames.method_index(method)
+
+    async def forward(raw: bytes, context: Context) -> bytes:
+        return await link.call(index, current_principal.get(), context.time_remaining(), raw)
+
+    # No (de)serializers: the request's bytes go as they came, the answer's bytes come back as they are.
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(forward)
+    return handler
+
+
+def _checked(raw: bytes) -> bytes:
+    """A stream's request decoded only to be checked (the request guard stops the stream at a malformed
+    one, before anything after it is forwarded, as the single-process servicer stops reading), then
+    forwarded as it came."""
+    ledger_pb2.PostTransactionRequest.FromString(raw)
+    return raw
+
+
+def _stream(link: EngineLink) -> grpc.RpcMethodHandler[Any, Any]:
+    index = _frames.method_index(_frames.STREAM_ITEM)
+
+    async def stream(requests: AsyncIterator[bytes], _context: Context) -> AsyncIterator[bytes]:
+        """Reads ahead (bounded, as facade.api.servicer) and answers in order."""
+        principal = current_principal.get()
+        pending: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_IN_FLIGHT_MAX)
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await pending.put(asyncio.create_task(link.call(index, principal, None, raw)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                try:
+                    yield await task
+                except LedgerError as error:
+                    # A refusal here (the relay connection lost: UNAVAILABLE ENGINE_UNREACHABLE, the item's
+                    # outcome unknown; this front's bound: RESOURCE_EXHAUSTED) answers that item, as the
+                    # single process answers an item the engine refused, and the stream goes on: the items
+                    # after it are forwarded once the front has reconnected (a retry of this one with its
+                    # idempotency key returns its outcome).
+                    yield convert.item_result(error).SerializeToString()
+        finally:
+            reader.cancel()
+
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(stream, _checked)
+    return handler
+
+
+def forwarding_handlers(link: EngineLink, *, history: bool) -> list[grpc.GenericRpcHandler]:
+    """ledger.v1.Ledger (and ledger.v1.History when the engine's process serves it) as forwarders."""
+    services = [ledger_pb2.DESCRIPTOR.services_by_name["Ledger"]]
+    if history:
+        services.append(history_pb2.DESCRIPTOR.services_by_name["History"])
+    handlers: list[grpc.GenericRpcHandler] = []
+    for descriptor in services:
+        methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in descriptor.methods:
+            full = f"/{descriptor.full_name}/{method.name}"
+            if method.client_streaming and method.server_streaming and full == "/ledger.v1.Ledger/StreamTransactions":
+                methods[method.name] = _stream(link)
+            elif not method.client_streaming and not method.server_streaming:
+                methods[method.name] = _unary(link, full)
+        assert methods
+        handlers.append(grpc.method_handlers_generic_handler(descriptor.full_name, methods))
+    return handlers

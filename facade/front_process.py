@@ -1,0 +1,171 @@
+"""One front process (facade.fronts): `python -m facade.front_process SOCKET SETTINGS INDEX`, spawned by
+the engine's process with the service's settings (a private file) and the port it holds.
+
+It connects to the engine's process, starts `api.grpc_servers` gRPC servers on the port (SO_REUSEPORT,
+TLS/mTLS from the same settings) with the same edge as the single-process service (facade.api.edge) over
+forwarding handlers (facade.api.forward), health and reflection, then says HELLO. A lost connection is
+retried every RECONNECT_INTERVAL_SECONDS (calls meanwhile answer UNAVAILABLE ENGINE_UNREACHABLE at once);
+when the engine's process is gone (this process's parent changed) the front exits. SIGTERM: health
+NOT_SERVING, then the servers stop with their grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from facade.api._frames import FrameKind, encode_index
+from facade.api.edge import EdgeInterceptor
+from facade.api.forward import EngineLink, forwarding_handlers
+from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
+from facade.app import GRACE_SECONDS, MESSAGE_SIZE_MAX, SERVICE_NAME, _bind, _credentials, _rpc_log_sampling
+from facade.auth import Authenticator
+from facade.observability import forwarded, metrics
+from facade.observability.logs import configure_logging, get_logger
+from facade.runtime import tune_gc
+from facade.settings import Settings
+
+__all__ = ["run_front"]
+
+CONNECT_WAIT_SECONDS = 30.0
+"""How long a starting front tries to reach the engine's process before it gives up (exit status 1)."""
+RECONNECT_INTERVAL_SECONDS = 0.2
+
+log = get_logger("ledger.front")
+
+
+async def _connect(link: EngineLink, path: str, wait_seconds: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        try:
+            await link.connect(path)
+        except OSError:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)
+        else:
+            return True
+
+
+class _MetricsReporter:
+    """Every FRONT_METRICS_INTERVAL_SECONDS, what this front's request histogram gained since its last
+    report goes to the engine's process's /metrics (facade.observability.forwarded says why deltas). While
+    the link is down the gain accumulates and goes with the first report after it is back."""
+
+    def __init__(self, link: EngineLink, index: int) -> None:
+        self._link = link
+        self._index = index
+        self._reported = forwarded.snapshot(metrics.request_duration_seconds)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(forwarded.FRONT_METRICS_INTERVAL_SECONDS)
+            self.report()
+
+    def report(self) -> None:
+        if not self._link.connected:
+            return
+        now = forwarded.snapshot(metrics.request_duration_seconds)
+        gained = forwarded.delta(self._reported, now)
+        if gained:
+            self._link.send(encode_index(FrameKind.METRICS, self._index, forwarded.encode_delta(gained)))
+        self._reported = now
+
+
+def _servers(settings: Settings, edge: EdgeInterceptor) -> list[grpc.aio.Server]:
+    rpcs_max = settings.api.grpc_concurrent_rpcs_max
+    return [
+        grpc.aio.server(
+            interceptors=[edge],  # Admission is the engine's process's, on the raw frame (facade.api.relay).
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_SIZE_MAX),
+                ("grpc.max_send_message_length", MESSAGE_SIZE_MAX),
+                ("grpc.so_reuseport", 1),
+            ],
+            maximum_concurrent_rpcs=rpcs_max or None,
+        )
+        for _ in range(settings.api.grpc_servers)
+    ]
+
+
+async def run_front(settings: Settings, path: str, index: int) -> int:
+    """Serves until SIGTERM/SIGINT (0) or until the engine's process is gone (1)."""
+    assert settings.api.front_processes == 0  # A front spawns nothing.
+    assert settings.api.port > 0
+    parent = os.getppid()
+    link = EngineLink(index)
+    if not await _connect(link, path, CONNECT_WAIT_SECONDS):
+        log.error("front cannot reach the engine's process", front=index, socket=path)
+        return 1
+    edge = EdgeInterceptor(Authenticator(settings.auth), _rpc_log_sampling(settings))
+    servers = _servers(settings, edge)
+    handlers = forwarding_handlers(link, history=settings.clickhouse.serve_history)
+    health_servicer = health.aio.HealthServicer()
+    names = [ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if settings.clickhouse.serve_history:
+        names.append(history_pb2.DESCRIPTOR.services_by_name["History"].full_name)
+    for server in servers:
+        server.add_generic_rpc_handlers(handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(names, server)
+    _bind(servers, settings, _credentials(settings))
+    for server in servers:
+        await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    link.send(encode_index(FrameKind.HELLO, index))
+    reporter = _MetricsReporter(link, index)
+    reporting = asyncio.create_task(reporter.run(), name="front-metrics")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    status = 0
+    while not stopping.is_set():
+        lost = asyncio.ensure_future(link.lost.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait([lost, stop], return_when=asyncio.FIRST_COMPLETED)
+        lost.cancel()
+        stop.cancel()
+        if stopping.is_set():
+            break
+        log.warning("front lost the engine's process; reconnecting", front=index)
+        while not stopping.is_set() and not link.connected:
+            if os.getppid() != parent:  # The engine's process is gone: nothing to serve for.
+                stopping.set()
+                status = 1
+                break
+            await _connect(link, path, RECONNECT_INTERVAL_SECONDS)
+        if link.connected:
+            link.send(encode_index(FrameKind.HELLO, index))
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.gather(*(server.stop(GRACE_SECONDS) for server in servers))
+    reporting.cancel()
+    reporter.report()  # The calls of the last interval and of the drain.
+    await asyncio.sleep(0)  # The frame goes out in this turn's flush.
+    return status
+
+
+def main() -> None:
+    path, settings_path, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # The engine's process's settings (facade.fronts writes them privately), not this environment's: a
+    # caller of facade.app.start may have built them in code.
+    settings = Settings.model_validate(json.loads(Path(settings_path).read_text()))
+    observability = settings.observability
+    configure_logging(observability.log_level, observability.log_json, observability.service_name)
+    tune_gc()
+    raise SystemExit(asyncio.run(run_front(settings, path, index)))
+
+
+if __name__ == "__main__":
+    main()
