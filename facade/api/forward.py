@@ -27,7 +27,7 @@ import grpc
 import structlog
 
 from facade.api import _frames
-from facade.api._frames import FrameError, FrameKind, FrameReader, Reply
+from facade.api._frames import FrameError, FrameKind, FrameReader, Reply, TurnWriter
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
@@ -61,8 +61,7 @@ class EngineLink(asyncio.Protocol):
         self._reader = FrameReader()
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
+        self._writer = TurnWriter()
         self.lost = asyncio.Event()
         """Set when the connection closes (the front then reconnects or exits: facade.fronts)."""
 
@@ -75,13 +74,13 @@ class EngineLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = self._writer.transport = transport
         self.lost.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
             log.warning("relay connection failed", front=self.index, error=repr(exc))
-        self._transport = None
+        self._transport = self._writer.transport = None
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -109,17 +108,7 @@ class EngineLink(asyncio.Protocol):
 
     def send(self, frame: bytes) -> None:
         """`frame` goes out with every other frame of this event-loop turn, in one write."""
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if self.connected:
-            assert self._transport is not None
-            self._transport.write(b"".join(out))
+        self._writer.send(frame)
 
     async def call(self, method: int, principal: Principal, remaining_seconds: float | None, body: bytes) -> bytes:
         """The response's bytes; raises the engine's LedgerError, or UNAVAILABLE / RESOURCE_EXHAUSTED here."""

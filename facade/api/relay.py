@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import symbol_database
 
 from facade.api import _frames
-from facade.api._frames import Call, FrameError, FrameKind, FrameReader
+from facade.api._frames import Call, FrameError, FrameKind, FrameReader, TurnWriter
 from facade.api.admission import ADMITTED_METHODS
 from facade.api.gen.ledger.v1 import history_pb2 as hpb
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
@@ -195,14 +195,13 @@ class _Connection(asyncio.Protocol):
         self._relay = relay
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
+        self._writer = TurnWriter()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._front: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = self._writer.transport = transport
         self._relay._connections.add(self)
 
     def abort(self) -> None:
@@ -217,7 +216,7 @@ class _Connection(asyncio.Protocol):
         if self._front is not None:
             self._relay.serving.discard(self._front)
             log.warning("front disconnected", front=self._front, error=repr(exc) if exc else None)
-        self._transport = None
+        self._transport = self._writer.transport = None
 
     def data_received(self, data: bytes) -> None:
         arrived = time.monotonic()
@@ -288,14 +287,5 @@ class _Connection(asyncio.Protocol):
             self._tasks.pop(call.call_id, None)
 
     def _send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Every answer of this event-loop turn in one write."""
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
+        """Every answer of this event-loop turn goes out in one write."""
+        self._writer.send(frame)
