@@ -8,6 +8,13 @@ principal, the caller's deadline, request and correlation ids, the request's raw
 process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
 status the single-process service gives (facade.api.errors).
 
+A write the engine's door refused a moment ago is refused here (facade.api.relay sends its admission
+state, a STATE frame, with each refusal): until the state expires (the engine's retry hint, at most
+facade.api._frames.REFUSING_SECONDS_MAX) the front answers that method with the engine's own refusal
+(RESOURCE_EXHAUSTED, its reason and retry hint) before forwarding it or decoding its request, after
+authentication (the edge runs first) and counted in the front's request metrics like any answer. Stale
+state can only refuse, never admit: every forwarded write is still checked in the engine's process.
+
 Frames are buffered and written once per event-loop turn; answers are read in bulk. A front bounds its
 forwarded calls (FORWARDED_IN_FLIGHT_MAX): beyond it a call is refused with RESOURCE_EXHAUSTED and a
 retry hint. With no connection to the engine's process a call is answered UNAVAILABLE ENGINE_UNREACHABLE
@@ -27,7 +34,7 @@ import grpc
 import structlog
 
 from facade.api import _frames
-from facade.api._frames import FrameError, FrameKind, FrameReader, Reply, TurnWriter
+from facade.api._frames import AdmissionState, FrameError, FrameKind, FrameReader, Reply, TurnWriter
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
@@ -62,6 +69,8 @@ class EngineLink(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._writer = TurnWriter()
+        self._refusing: dict[int, AdmissionState] = {}
+        """Method index → the engine door's latest refusal of it (at most len(METHODS) entries)."""
         self.lost = asyncio.Event()
         """Set when the connection closes (the front then reconnects or exits: facade.fronts)."""
 
@@ -81,6 +90,7 @@ class EngineLink(asyncio.Protocol):
         if exc is not None:
             log.warning("relay connection failed", front=self.index, error=repr(exc))
         self._transport = self._writer.transport = None
+        self._refusing.clear()  # Whatever engine's process answers next says for itself.
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -96,6 +106,9 @@ class EngineLink(asyncio.Protocol):
             self._transport.abort()
             return
         for frame in frames:
+            if isinstance(frame, AdmissionState):
+                self._state(frame)
+                continue
             if not isinstance(frame, Reply):
                 continue
             future = self._pending.pop(frame.call_id, None)
@@ -105,6 +118,25 @@ class EngineLink(asyncio.Protocol):
                 future.set_exception(frame.error)
             else:
                 future.set_result(frame.body)
+
+    def _state(self, state: AdmissionState) -> None:
+        # Capped on this side too: a front never refuses for longer than the named bound from now.
+        until = min(state.refusing_until, time.monotonic() + _frames.REFUSING_SECONDS_MAX)
+        self._refusing[state.method] = AdmissionState(state.method, until, state.error)
+        assert len(self._refusing) <= len(_frames.METHODS)
+
+    def refusal(self, method: int) -> LedgerError | None:
+        """The engine door's refusal of `method` while it holds (a fresh copy: a raised exception
+        collects a traceback), else None: the call is forwarded."""
+        state = self._refusing.get(method)
+        if state is None:
+            return None
+        if time.monotonic() >= state.refusing_until:
+            del self._refusing[method]
+            return None
+        error = state.error
+        assert error.kind == ErrorKind.EXHAUSTED
+        return LedgerError(error.kind, error.reason, error.message, error.metadata)
 
     def send(self, frame: bytes) -> None:
         """`frame` goes out with every other frame of this event-loop turn, in one write."""
@@ -151,6 +183,9 @@ def _unary(link: EngineLink, method: str) -> grpc.RpcMethodHandler[Any, Any]:
     index = _frames.method_index(method)
 
     async def forward(raw: bytes, context: Context) -> bytes:
+        refusal = link.refusal(index)  # After authentication (the edge), before forwarding or decoding.
+        if refusal is not None:
+            raise refusal
         return await link.call(index, current_principal.get(), context.time_remaining(), raw)
 
     # No (de)serializers: the request's bytes go as they came, the answer's bytes come back as they are.

@@ -9,6 +9,12 @@ checked against the write queue and the write limit on the raw frame, and a refu
 with its retry hint) costs no decoding and no task. An admitted write holds its write-limit count while
 it runs, measured from the frame's arrival.
 
+A refusal at this door also goes to the front as a STATE frame (in the same write as the ERROR): for a
+while (the retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the front answers that write
+method with the same refusal itself, before forwarding (facade.api.forward), so refused callers neither
+cross the relay nor wait for this process's event loop. The front's view can only add refusals while this
+door was refusing; every write that is forwarded is still checked here.
+
 Replies are buffered and written once per event-loop turn (one write for every answer ready in that
 turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
 front) cancels the call's task, so queued work whose caller gave up is dropped as before.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,6 +83,8 @@ class _Route:
     handler: Handler | None
     """The servicer's method; None for a StreamTransactions item (facade.operations.ledger.stream_item)."""
     method: str
+    index: int
+    """The method's index in facade.api._frames.METHODS (a STATE frame names it)."""
     short: str
     """The method's name in logs (as facade.api.observe's)."""
     lane: Lane | None
@@ -87,7 +96,7 @@ def _route(method: str, message: Any, handler: Handler | None) -> _Route:
     transfers = ADMITTED_METHODS.get(method, 0)
     lane = None if not transfers else Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
     short = method.rsplit("/", 1)[-1].split("#", 1)[0]
-    return _Route(message, handler, method, short, lane, transfers)
+    return _Route(message, handler, method, _frames.method_index(method), short, lane, transfers)
 
 
 def _routes(ledger: LedgerServicer, history: HistoryServicer | None) -> dict[str, _Route]:
@@ -180,6 +189,19 @@ class RelayServer:
                 limit.release(lane, time.monotonic() - arrived)
 
 
+def _refusing_until(refusal: LedgerError) -> float:
+    """Until when a front may give `refusal` itself: the retry hint (this door would refuse a caller that
+    honours it sooner anyway), at most REFUSING_SECONDS_MAX, so a front soon forwards again."""
+    assert refusal.kind == ErrorKind.EXHAUSTED
+    hint = refusal.metadata.get("retry_after_ms", "")
+    seconds = _frames.REFUSING_SECONDS_MAX
+    if hint.isdigit():
+        seconds = min(seconds, int(hint) / 1000)
+    until = time.monotonic() + seconds
+    assert math.isfinite(until)
+    return until
+
+
 def _decoded(route: _Route, body: bytes) -> Any:
     try:
         return route.message.FromString(body)
@@ -264,6 +286,7 @@ class _Connection(asyncio.Protocol):
             return
         refusal = self._relay.refusal(route)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
+            self._send(_frames.encode_state(route.index, refusing_until=_refusing_until(refusal), error=refusal))
             self._send(_frames.encode_error(call.call_id, refusal))
             return
         if len(self._tasks) >= CALLS_IN_FLIGHT_MAX or call.call_id in self._tasks:
