@@ -11,11 +11,14 @@ peer that writes garbage gets its connection closed (FrameError), it cannot make
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
     METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
+    PROBE   front → engine   a method index: would the engine's door take that write now? (answered by STATE
+                             or ROOM; a front refusing a method on the engine's behalf keeps one in flight)
     REPLY   engine → front   call id and the response bytes
     ERROR   engine → front   call id and the LedgerError (kind, reason, message, metadata)
     STATE   engine → front   a write method's admission state: the method index, until when (time.monotonic())
                              the front may refuse it on the engine's behalf, and the refusal it gives (as
                              ERROR's): sent with every refusal of the engine's door (facade.api.relay)
+    ROOM    engine → front   a method index: the engine's door would take that write now (a PROBE's answer)
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ STREAM_ITEM = "/ledger.v1.Ledger/StreamTransactions#item"
 """One request of a StreamTransactions call, answered as a TransactionResult (facade.operations.ledger)."""
 REFUSING_SECONDS_MAX = 0.1
 """The longest a front refuses a write method on the engine's behalf after the engine refused one (less
-when the engine's retry hint is shorter): stale state can only refuse while the engine was recently full,
-and after this the front forwards again and so learns that the engine has room."""
+when the engine's retry hint is shorter, and until a PROBE's answer says otherwise): stale state can only
+refuse while the engine was recently full, and after this the front forwards again whatever it heard."""
 
 
 def _methods() -> tuple[str, ...]:
@@ -90,6 +93,8 @@ class FrameKind(enum.IntEnum):
     REPLY = 5
     ERROR = 6
     STATE = 7
+    PROBE = 8
+    ROOM = 9
 
 
 class FrameError(Exception):
@@ -98,7 +103,8 @@ class FrameError(Exception):
 
 _PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
 _CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
-_INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL) or a front's index (HELLO, METRICS).
+_INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL), a front's (HELLO, METRICS) or method's index (PROBE, ROOM).
+_INDEXED = (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS, FrameKind.PROBE, FrameKind.ROOM)
 _ERROR = struct.Struct("<IBHI")  # Call id, kind, reason length, message length (metadata to the end).
 _STATE = struct.Struct("<BdBHI")  # Method, refusing until (time.monotonic()), then as _ERROR after its call id.
 
@@ -174,8 +180,9 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
 
 
 def encode_index(kind: FrameKind, index: int, body: bytes = b"") -> bytes:
-    """CANCEL (a call id), HELLO or METRICS (a front's index, METRICS with its exposition)."""
-    assert kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS)
+    """CANCEL (a call id), HELLO or METRICS (a front's index, METRICS with its exposition), PROBE or ROOM
+    (a method's index)."""
+    assert kind in _INDEXED
     return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), kind), _INDEX.pack(index), body))
 
 
@@ -275,7 +282,7 @@ def _error(frame: memoryview, offset: int, kind: int, reason_length: int, messag
 
 
 Decoded = Call | Reply | AdmissionState | tuple[FrameKind, int, bytes]
-"""A CALL, a REPLY/ERROR, a STATE, or (CANCEL/HELLO/METRICS, its index, its body)."""
+"""A CALL, a REPLY/ERROR, a STATE, or (CANCEL/HELLO/METRICS/PROBE/ROOM, its index, its body)."""
 
 
 class FrameReader:
@@ -320,7 +327,7 @@ def _decode(kind: int, frame: memoryview) -> Decoded:
         return _decode_error(frame)
     if kind == FrameKind.STATE:
         return _decode_state(frame)
-    if kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS):
+    if kind in _INDEXED:
         (index,) = _INDEX.unpack_from(frame)
         return FrameKind(kind), index, bytes(frame[_INDEX.size :])
     raise FrameError(f"unknown frame kind {kind}")

@@ -12,7 +12,9 @@ A write the engine's door refused a moment ago is refused here (facade.api.relay
 state, a STATE frame, with each refusal): until the state expires (the engine's retry hint, at most
 facade.api._frames.REFUSING_SECONDS_MAX) the front answers that method with the engine's own refusal
 (RESOURCE_EXHAUSTED, its reason and retry hint) before forwarding it or decoding its request, after
-authentication (the edge runs first) and counted in the front's request metrics like any answer. Stale
+authentication (the edge runs first) and counted in the front's request metrics like any answer. While
+it refuses a method it keeps one PROBE for it in flight, so it hears that the engine has room (ROOM)
+about one relay round trip after the engine does, without making a caller wait for the answer. Stale
 state can only refuse, never admit: every forwarded write is still checked in the engine's process.
 
 Frames are buffered and written once per event-loop turn; answers are read in bulk. A front bounds its
@@ -55,6 +57,18 @@ log = get_logger("ledger.front")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+class _Refusing:
+    """A method the engine's door refused: its refusal until when, and whether a PROBE is in flight."""
+
+    __slots__ = ("error", "probing", "refusing_until")
+
+    def __init__(self, state: AdmissionState) -> None:
+        # Capped on this side too: a front never refuses for longer than the named bound from now.
+        self.refusing_until = min(state.refusing_until, time.monotonic() + _frames.REFUSING_SECONDS_MAX)
+        self.error = state.error
+        self.probing = False
+
+
 def _unreachable(why: str) -> LedgerError:
     return LedgerError(ErrorKind.UNAVAILABLE, REASON_ENGINE_UNREACHABLE, f"the engine's process is unreachable: {why}")
 
@@ -69,7 +83,7 @@ class EngineLink(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._writer = TurnWriter()
-        self._refusing: dict[int, AdmissionState] = {}
+        self._refusing: dict[int, _Refusing] = {}
         """Method index → the engine door's latest refusal of it (at most len(METHODS) entries)."""
         self.lost = asyncio.Event()
         """Set when the connection closes (the front then reconnects or exits: facade.fronts)."""
@@ -106,8 +120,12 @@ class EngineLink(asyncio.Protocol):
             self._transport.abort()
             return
         for frame in frames:
-            if isinstance(frame, AdmissionState):
-                self._state(frame)
+            if isinstance(frame, AdmissionState):  # The door refuses (a call's or a PROBE's answer).
+                self._refusing[frame.method] = _Refusing(frame)
+                assert len(self._refusing) <= len(_frames.METHODS)
+                continue
+            if isinstance(frame, tuple) and frame[0] == FrameKind.ROOM:  # A PROBE's answer: forward again.
+                self._refusing.pop(frame[1], None)
                 continue
             if not isinstance(frame, Reply):
                 continue
@@ -119,22 +137,20 @@ class EngineLink(asyncio.Protocol):
             else:
                 future.set_result(frame.body)
 
-    def _state(self, state: AdmissionState) -> None:
-        # Capped on this side too: a front never refuses for longer than the named bound from now.
-        until = min(state.refusing_until, time.monotonic() + _frames.REFUSING_SECONDS_MAX)
-        self._refusing[state.method] = AdmissionState(state.method, until, state.error)
-        assert len(self._refusing) <= len(_frames.METHODS)
-
     def refusal(self, method: int) -> LedgerError | None:
         """The engine door's refusal of `method` while it holds (a fresh copy: a raised exception
-        collects a traceback), else None: the call is forwarded."""
-        state = self._refusing.get(method)
-        if state is None:
+        collects a traceback), else None: the call is forwarded. A refusal here sends a PROBE unless one
+        is in flight (at most one per method: its answer replaces or ends this state)."""
+        refusing = self._refusing.get(method)
+        if refusing is None:
             return None
-        if time.monotonic() >= state.refusing_until:
+        if time.monotonic() >= refusing.refusing_until:
             del self._refusing[method]
             return None
-        error = state.error
+        if not refusing.probing and self.connected:
+            refusing.probing = True
+            self.send(_frames.encode_index(FrameKind.PROBE, method))
+        error = refusing.error
         assert error.kind == ErrorKind.EXHAUSTED
         return LedgerError(error.kind, error.reason, error.message, error.metadata)
 

@@ -12,8 +12,12 @@ it runs, measured from the frame's arrival.
 A refusal at this door also goes to the front as a STATE frame (in the same write as the ERROR): for a
 while (the retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the front answers that write
 method with the same refusal itself, before forwarding (facade.api.forward), so refused callers neither
-cross the relay nor wait for this process's event loop. The front's view can only add refusals while this
-door was refusing; every write that is forwarded is still checked here.
+cross the relay nor wait for this process's event loop. Meanwhile the front keeps one PROBE in flight
+for the method, which this door answers at once (STATE: still refusing, with a fresh hint; ROOM: it would
+take the write now, and the front forwards again), so a front stops refusing about one relay round trip
+after this process has room, not a fixed time later. A PROBE runs the same door check as a call (a
+refusal of it is counted as one, as the refused callers behind it are not counted here). The front's
+view can only add refusals while this door was refusing; every write that is forwarded is still checked here.
 
 Replies are buffered and written once per event-loop turn (one write for every answer ready in that
 turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
@@ -265,6 +269,8 @@ class _Connection(asyncio.Protocol):
                     log.info("front serving", front=index)
                 elif kind == FrameKind.METRICS:
                     self._metrics(index, body)
+                elif kind == FrameKind.PROBE:
+                    self._probe(index)
 
     def _metrics(self, front: int, body: bytes) -> None:
         """A front's request histogram gain, added to this process's /metrics (facade.observability.forwarded)."""
@@ -276,6 +282,15 @@ class _Connection(asyncio.Protocol):
             return
         if not exported.add(gained):
             log.error("front metrics beyond their series bound; report dropped", front=front)
+
+    def _probe(self, method: int) -> None:
+        """The door's answer for `method` now: STATE (refused) or ROOM."""
+        route = self._relay.route(_frames.METHODS[method]) if method < len(_frames.METHODS) else None
+        refusal = None if route is None else self._relay.refusal(route)
+        if refusal is None:
+            self._send(_frames.encode_index(FrameKind.ROOM, method))
+        else:
+            self._send(_frames.encode_state(method, refusing_until=_refusing_until(refusal), error=refusal))
 
     def _call(self, call: Call, arrived: float) -> None:
         self._relay.calls_total += 1
