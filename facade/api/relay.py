@@ -135,6 +135,8 @@ class RelayServer:
         self._connections: set[_Connection] = set()
         self.calls_total = 0
         """Calls received from the fronts (refused ones included)."""
+        self.probes_total = 0
+        """PROBEs received from the fronts (each for a write method a front refuses on this door's behalf)."""
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -285,6 +287,7 @@ class _Connection(asyncio.Protocol):
 
     def _probe(self, method: int) -> None:
         """The door's answer for `method` now: STATE (refused) or ROOM."""
+        self._relay.probes_total += 1
         route = self._relay.route(_frames.METHODS[method]) if method < len(_frames.METHODS) else None
         refusal = None if route is None else self._relay.refusal(route)
         if refusal is None:

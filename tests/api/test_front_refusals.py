@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,24 @@ async def _refused(api: Api, method: str, metadata: Any) -> grpc.aio.AioRpcError
     raise AssertionError(f"{method} was not refused")
 
 
+async def _probe(relay_path: str, method: str) -> _frames.Decoded:
+    """The engine door's answer to a front's PROBE for `method`, on the real relay socket."""
+    reader, writer = await asyncio.open_unix_connection(relay_path)
+    try:
+        writer.write(_frames.encode_index(_frames.FrameKind.PROBE, _frames.method_index(method)))
+        await writer.drain()
+        frames = _frames.FrameReader()
+        for _ in range(READY_WAIT_ROUNDS_MAX):
+            data = await reader.read(65_536)
+            assert data, "the relay closed the connection"
+            if decoded := frames.feed(data):
+                [answer] = decoded
+                return answer
+    finally:
+        writer.close()
+    raise AssertionError("no answer to the probe")
+
+
 async def _posted_or_refused(api: Api, account: str) -> grpc.aio.AioRpcError | None:
     try:
         await api.post("after", credit(account, 10))
@@ -81,7 +100,7 @@ async def test_a_front_refuses_writes_itself_while_the_engine_refuses_them(tmp_p
         alice = await api.account("alice")
         gate = EngineGate(server.engine)
         try:
-            await _refusing_then_admitting(api, server.fronts.relay, alice, gate)
+            await _refusing_then_admitting(api, server.fronts.relay, alice, gate, server.fronts.socket_path)
         finally:
             await gate.open()  # Else a failure above would hang the teardown behind the held engine.
     finally:
@@ -89,7 +108,7 @@ async def test_a_front_refuses_writes_itself_while_the_engine_refuses_them(tmp_p
         await server.stop()
 
 
-async def _refusing_then_admitting(api: Api, relay: RelayServer, alice: str, gate: EngineGate) -> None:
+async def _refusing_then_admitting(api: Api, relay: RelayServer, alice: str, gate: EngineGate, relay_path: str) -> None:
     counts_before = await _request_counts(api)
     in_flight = await fill_in_flight(api, alice)
     queued = asyncio.create_task(api.post("queued", credit(alice, 1)))
@@ -97,9 +116,17 @@ async def _refusing_then_admitting(api: Api, relay: RelayServer, alice: str, gat
 
     engine, local, refusals = await _locally_refused(api, relay)
     assert engine == local  # The same status, message, reason and retry hint as the engine's own refusal.
+    await until(lambda: relay.probes_total >= 1)  # The refusing front asks the door whether it has room.
     code, _, reason, metadata, delay = local
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == "WRITE_QUEUE_FULL"
     assert delay is not None and delay > 0 and int(metadata["retry_after_ms"]) > 0
+
+    # A front's PROBE is answered with the door's state: still refusing, with a fresh hint and a bounded hold.
+    probed = await _probe(relay_path, "/ledger.v1.Ledger/PostTransaction")
+    assert isinstance(probed, _frames.AdmissionState) and probed.error.reason == "WRITE_QUEUE_FULL"
+    assert probed.refusing_until <= time.monotonic() + _frames.REFUSING_SECONDS_MAX
+    read = "/ledger.v1.Ledger/GetBalance"  # Reads are never refused at the door.
+    assert await _probe(relay_path, read) == (_frames.FrameKind.ROOM, _frames.method_index(read), b"")
 
     # Authentication stays before the refusal: a caller without a token is told so, never "busy".
     forwarded = relay.calls_total
@@ -113,6 +140,8 @@ async def _refusing_then_admitting(api: Api, relay: RelayServer, alice: str, gat
     await gate.open()
     await asyncio.gather(*in_flight, queued)
     await committer_idle(api.server.service)
+    write = "/ledger.v1.Ledger/PostTransaction"
+    assert await _probe(relay_path, write) == (_frames.FrameKind.ROOM, _frames.method_index(write), b"")
     # The engine has room: once the front's state expires (REFUSING_SECONDS_MAX) the write is forwarded
     # and admitted; until then the front may still refuse it, with the engine's refusal.
     for _ in range(READY_WAIT_ROUNDS_MAX):
