@@ -8,14 +8,15 @@ principal, the caller's deadline, request and correlation ids, the request's raw
 process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
 status the single-process service gives (facade.api.errors).
 
-A write the engine's door refused a moment ago is refused here (facade.api.relay sends its admission
-state, a STATE frame, with each refusal): until the state expires (the engine's retry hint, at most
-facade.api._frames.REFUSING_SECONDS_MAX) the front answers that method with the engine's own refusal
-(RESOURCE_EXHAUSTED, its reason and retry hint) before forwarding it or decoding its request, after
-authentication (the edge runs first) and counted in the front's request metrics like any answer. While
-it refuses a method it keeps one PROBE for it in flight, so it hears that the engine has room (ROOM)
-about one relay round trip after the engine does, without making a caller wait for the answer. Stale
-state can only refuse, never admit: every forwarded write is still checked in the engine's process.
+A single write (PostTransaction) the engine's door refused a moment ago is refused here: facade.api.relay
+sends its admission state (a STATE frame) with each such refusal; bulk submissions are left to the door.
+Until the state expires (the engine's retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the
+front answers that method with the engine's own refusal (RESOURCE_EXHAUSTED, its reason and retry hint)
+before forwarding it or decoding its request, after authentication (the edge runs first), counted in the
+front's request metrics like any answer. While it refuses a method it keeps one PROBE for it in flight,
+so it hears that the engine has room (ROOM) about one relay round trip after the engine does, without
+making a caller wait for the answer. Stale state can only refuse, never admit: every forwarded write is
+still checked in the engine's process.
 
 Frames are buffered and written once per event-loop turn; answers are read in bulk. A front bounds its
 forwarded calls (FORWARDED_IN_FLIGHT_MAX): beyond it a call is refused with RESOURCE_EXHAUSTED and a

@@ -9,15 +9,21 @@ checked against the write queue and the write limit on the raw frame, and a refu
 with its retry hint) costs no decoding and no task. An admitted write holds its write-limit count while
 it runs, measured from the frame's arrival.
 
-A refusal at this door also goes to the front as a STATE frame (in the same write as the ERROR): for a
-while (the retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the front answers that write
-method with the same refusal itself, before forwarding (facade.api.forward), so refused callers neither
-cross the relay nor wait for this process's event loop. Meanwhile the front keeps one PROBE in flight
-for the method, which this door answers at once (STATE: still refusing, with a fresh hint; ROOM: it would
-take the write now, and the front forwards again), so a front stops refusing about one relay round trip
-after this process has room, not a fixed time later. A PROBE runs the same door check as a call (a
-refusal of it is counted as one, as the refused callers behind it are not counted here). The front's
-view can only add refusals while this door was refusing; every write that is forwarded is still checked here.
+A refusal of a single write (the interactive lane: PostTransaction) at this door also goes to the front
+as a STATE frame (in the same write as the ERROR): for a while (the retry hint, at most
+facade.api._frames.REFUSING_SECONDS_MAX) the front answers that method with the same refusal itself,
+before forwarding (facade.api.forward), so refused callers neither cross the relay nor wait for this
+process's event loop. Meanwhile the front keeps one PROBE in flight for the method, which this door
+answers at once (STATE: still refusing, with a fresh hint; ROOM: it would take the write now, and the
+front forwards again), so a front stops refusing about one relay round trip after this process has room,
+not a fixed time later. A PROBE runs the same door check as a call (a refusal of it is counted as one;
+the refused callers behind it are not counted here). The front's view can only add refusals while this
+door was refusing; every write that is forwarded is still checked here.
+
+Bulk submissions (PostTransactions) are refused by this door only: they arrive a few a second, so a held
+refusal turned away the next one although the lane had freed meanwhile (bench_overload: ~20 % fewer
+batches admitted, ~15 % fewer transactions/s), and a PROBE refused on the bulk lane counts as a bulk
+refusal (facade.write_limit), which keeps the lane's cut-back on.
 
 Replies are buffered and written once per event-loop turn (one write for every answer ready in that
 turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
@@ -304,7 +310,8 @@ class _Connection(asyncio.Protocol):
             return
         refusal = self._relay.refusal(route)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
-            self._send(_frames.encode_state(route.index, refusing_until=_refusing_until(refusal), error=refusal))
+            if route.lane is Lane.INTERACTIVE:  # Not bulk: see the module's docstring.
+                self._send(_frames.encode_state(route.index, refusing_until=_refusing_until(refusal), error=refusal))
             self._send(_frames.encode_error(call.call_id, refusal))
             return
         if len(self._tasks) >= CALLS_IN_FLIGHT_MAX or call.call_id in self._tasks:
