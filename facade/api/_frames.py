@@ -11,6 +11,8 @@ peer that writes garbage gets its connection closed (FrameError), it cannot make
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
     METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
+    SETTINGS front → engine  a front's index: its first frame, on a connection of its own, asking for its settings
+             engine → front   the answer: the front's settings as JSON (secrets included: never on disk)
     PROBE   front → engine   a method index: would the engine's door take that write now? (answered by STATE
                              or ROOM; a front refusing a method on the engine's behalf keeps one in flight)
     REPLY   engine → front   call id and the response bytes
@@ -95,6 +97,7 @@ class FrameKind(enum.IntEnum):
     STATE = 7
     PROBE = 8
     ROOM = 9
+    SETTINGS = 10
 
 
 class FrameError(Exception):
@@ -104,7 +107,14 @@ class FrameError(Exception):
 _PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
 _CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
 _INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL), a front's (HELLO, METRICS) or method's index (PROBE, ROOM).
-_INDEXED = (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS, FrameKind.PROBE, FrameKind.ROOM)
+_INDEXED = (
+    FrameKind.CANCEL,
+    FrameKind.HELLO,
+    FrameKind.METRICS,
+    FrameKind.PROBE,
+    FrameKind.ROOM,
+    FrameKind.SETTINGS,
+)
 _ERROR = struct.Struct("<IBHI")  # Call id, kind, reason length, message length (metadata to the end).
 _STATE = struct.Struct("<BdBHI")  # Method, refusing until (time.monotonic()), then as _ERROR after its call id.
 
@@ -180,8 +190,8 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
 
 
 def encode_index(kind: FrameKind, index: int, body: bytes = b"") -> bytes:
-    """CANCEL (a call id), HELLO or METRICS (a front's index, METRICS with its exposition), PROBE or ROOM
-    (a method's index)."""
+    """CANCEL (a call id), HELLO, METRICS or SETTINGS (a front's index, METRICS with its exposition, the
+    engine's SETTINGS with the settings), PROBE or ROOM (a method's index)."""
     assert kind in _INDEXED
     return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), kind), _INDEX.pack(index), body))
 
@@ -282,7 +292,7 @@ def _error(frame: memoryview, offset: int, kind: int, reason_length: int, messag
 
 
 Decoded = Call | Reply | AdmissionState | tuple[FrameKind, int, bytes]
-"""A CALL, a REPLY/ERROR, a STATE, or (CANCEL/HELLO/METRICS/PROBE/ROOM, its index, its body)."""
+"""A CALL, a REPLY/ERROR, a STATE, or (CANCEL/HELLO/METRICS/PROBE/ROOM/SETTINGS, its index, its body)."""
 
 
 class FrameReader:

@@ -141,6 +141,9 @@ class RelayServer:
         self._connections: set[_Connection] = set()
         self.calls_total = 0
         """Calls received from the fronts (refused ones included)."""
+        self.front_settings = b""
+        """The fronts' settings (JSON, secrets included), sent to a front that asks (facade.fronts): never
+        written to disk. Empty: none to give (the asking connection is closed)."""
         self.probes_total = 0
         """PROBEs received from the fronts (each for a write method a front refuses on this door's behalf)."""
 
@@ -279,6 +282,8 @@ class _Connection(asyncio.Protocol):
                     self._metrics(index, body)
                 elif kind == FrameKind.PROBE:
                     self._probe(index)
+                elif kind == FrameKind.SETTINGS:
+                    self._settings(index)
 
     def _metrics(self, front: int, body: bytes) -> None:
         """A front's request histogram gain, added to this process's /metrics (facade.observability.forwarded)."""
@@ -290,6 +295,18 @@ class _Connection(asyncio.Protocol):
             return
         if not exported.add(gained):
             log.error("front metrics beyond their series bound; report dropped", front=front)
+
+    def _settings(self, front: int) -> None:
+        """A starting front's settings. Anyone who can connect could ask: the socket is this user's only
+        (a private directory, mode 0600), as the settings file it replaces was."""
+        settings = self._relay.front_settings
+        if not settings:
+            log.error("a front asked for settings there are none of; closing its connection", front=front)
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        assert len(settings) < _frames.FRAME_BYTES_MAX
+        self._send(_frames.encode_index(FrameKind.SETTINGS, front, settings))
 
     def _probe(self, method: int) -> None:
         """The door's answer for `method` now: STATE (refused) or ROOM."""
