@@ -9,15 +9,16 @@ checked against the write queue and the write limit on the raw frame, and a refu
 with its retry hint) costs no decoding and no task. An admitted write holds its write-limit count while
 it runs, measured from the frame's arrival.
 
-A refusal of a single write (the interactive lane: PostTransaction) at this door also goes to the front
-as a STATE frame (in the same write as the ERROR): for a while (the retry hint, at most
-facade.api._frames.REFUSING_SECONDS_MAX) the front answers that method with the same refusal itself,
-before forwarding (facade.api.forward), so refused callers neither cross the relay nor wait for this
-process's event loop. Meanwhile the front keeps one PROBE in flight for the method, which this door
-answers at once (STATE: still refusing, with a fresh hint; ROOM: it would take the write now, and the
-front forwards again), so a front stops refusing about one relay round trip after this process has room,
-not a fixed time later. A PROBE runs the same door check as a call (a refusal of it is counted as one;
-the refused callers behind it are not counted here). The front's view can only add refusals while this
+With api.front_refusals (off by default: see its description), a refusal of a single write (the
+interactive lane: PostTransaction) at this door also goes to the front as a STATE frame (in the same
+write as the ERROR): for a while (the retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the
+front answers that method with the same refusal itself, before forwarding (facade.api.forward), so
+refused callers neither cross the relay nor wait for this process's event loop. Meanwhile the front
+keeps one PROBE in flight for the method, which this door answers at once (STATE: still refusing, with a
+fresh hint; ROOM: it would take the write now, and the front forwards again), so a front stops refusing
+about one relay round trip after this process has room, not a fixed time later. A PROBE runs the same
+door check as a call (a refusal of it is counted as one; the refused callers behind it are not counted
+here). The front's view can only add refusals while this
 door was refusing; every write that is forwarded is still checked here.
 
 Bulk submissions (PostTransactions) are refused by this door only: they arrive a few a second, so a held
@@ -144,6 +145,8 @@ class RelayServer:
         self.front_settings = b""
         """The fronts' settings (JSON, secrets included), sent to a front that asks (facade.fronts): never
         written to disk. Empty: none to give (the asking connection is closed)."""
+        self.front_refusals = service.settings.front_refusals
+        """Whether a refusal of a single write goes to its front as a STATE frame (api.front_refusals)."""
         self.probes_total = 0
         """PROBEs received from the fronts (each for a write method a front refuses on this door's behalf)."""
 
@@ -327,7 +330,7 @@ class _Connection(asyncio.Protocol):
             return
         refusal = self._relay.refusal(route)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
-            if route.lane is Lane.INTERACTIVE:  # Not bulk: see the module's docstring.
+            if route.lane is Lane.INTERACTIVE and self._relay.front_refusals:  # Not bulk: see the docstring.
                 self._send(_frames.encode_state(route.index, refusing_until=_refusing_until(refusal), error=refusal))
             self._send(_frames.encode_error(call.call_id, refusal))
             return

@@ -90,7 +90,7 @@ async def _locally_refused(api: Api, relay: RelayServer) -> tuple[tuple[Any, ...
 
 
 async def test_a_front_refuses_writes_itself_while_the_engine_refuses_them(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, front_processes=1, http_port=0, write_queue_transfers_max=1)
+    settings = make_settings(tmp_path, front_processes=1, front_refusals=True, http_port=0, write_queue_transfers_max=1)
     server = await start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     api = Api(settings, server, channel, rpc.LedgerStub(channel))
