@@ -185,3 +185,32 @@ def test_a_state_frame_round_trips_and_a_broken_one_closes_the_connection() -> N
     ):
         with pytest.raises(_frames.FrameError):
             _frames.FrameReader().feed(broken)
+
+
+async def test_without_front_refusals_every_write_is_refused_by_the_engines_door(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, front_processes=1, http_port=0, write_queue_transfers_max=1)
+    assert not settings.api.front_refusals  # The default.
+    server = await start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    api = Api(settings, server, channel, rpc.LedgerStub(channel))
+    try:
+        assert server.fronts is not None
+        await _wait_ready(server)
+        relay = server.fronts.relay
+        alice = await api.account("alice")
+        gate = EngineGate(server.engine)
+        try:
+            in_flight = await fill_in_flight(api, alice)
+            queued = asyncio.create_task(api.post("queued", credit(alice, 1)))
+            await until(lambda: api.server.service.committer.queued_transfers == 1)
+            for attempt in range(1, 4):
+                forwarded = relay.calls_total
+                refused = await _refused(api, "/ledger.v1.Ledger/PostTransaction", api.auth())
+                assert _seen(refused)[2] == "WRITE_QUEUE_FULL" and relay.calls_total == forwarded + 1, attempt
+            assert relay.probes_total == 0
+        finally:
+            await gate.open()
+        await asyncio.gather(*in_flight, queued)
+    finally:
+        await channel.close()
+        await server.stop()
