@@ -1,5 +1,6 @@
-"""One front process (facade.fronts): `python -m facade.front_process SOCKET SETTINGS INDEX`, spawned by
-the engine's process with the service's settings (a private file) and the port it holds.
+"""One front process (facade.fronts): `python -m facade.front_process SOCKET INDEX`, spawned by the
+engine's process. Its first frame asks that process for the service's settings (with the port it holds),
+on a connection of its own over the private relay socket: no secret is on disk or on a command line.
 
 It connects to the engine's process, starts `api.grpc_servers` gRPC servers on the port (SO_REUSEPORT,
 TLS/mTLS from the same settings) with the same edge as the single-process service (facade.api.edge) over
@@ -12,17 +13,15 @@ NOT_SERVING, then the servers stop with their grace period.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from facade.api._frames import FrameKind, encode_index
+from facade.api._frames import FrameError, FrameKind, FrameReader, encode_index
 from facade.api.edge import EdgeInterceptor
 from facade.api.forward import EngineLink, forwarding_handlers
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
@@ -38,6 +37,8 @@ __all__ = ["run_front"]
 CONNECT_WAIT_SECONDS = 30.0
 """How long a starting front tries to reach the engine's process before it gives up (exit status 1)."""
 RECONNECT_INTERVAL_SECONDS = 0.2
+SETTINGS_READS_MAX = 4096
+"""Reads for the SETTINGS answer (64 KiB each: settings are a few KiB; the frame bound caps it anyway)."""
 
 log = get_logger("ledger.front")
 
@@ -156,11 +157,45 @@ async def run_front(settings: Settings, path: str, index: int) -> int:
     return status
 
 
+async def fetch_settings(path: str, index: int, wait_seconds: float) -> Settings | None:
+    """The engine's process's settings (facade.fronts), not this environment's: a caller of
+    facade.app.start may have built them in code. None: unreachable, or it did not answer with them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            break
+        except OSError:
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)
+    try:
+        writer.write(encode_index(FrameKind.SETTINGS, index))
+        frames = FrameReader()
+        for _ in range(SETTINGS_READS_MAX):
+            data = await reader.read(65_536)
+            if not data:
+                return None
+            decoded = frames.feed(data)
+            if decoded:
+                [answer] = decoded
+                if not isinstance(answer, tuple) or answer[0] != FrameKind.SETTINGS:
+                    return None
+                return Settings.model_validate_json(answer[2])
+        return None
+    except (OSError, FrameError, ValueError):
+        return None
+    finally:
+        writer.close()
+
+
 def main() -> None:
-    path, settings_path, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    # The engine's process's settings (facade.fronts writes them privately), not this environment's: a
-    # caller of facade.app.start may have built them in code.
-    settings = Settings.model_validate(json.loads(Path(settings_path).read_text()))
+    path, index = sys.argv[1], int(sys.argv[2])
+    settings = asyncio.run(fetch_settings(path, index, CONNECT_WAIT_SECONDS))
+    if settings is None:
+        print(f"front {index}: no settings from the engine's process at {path}", file=sys.stderr)
+        raise SystemExit(1)
     observability = settings.observability
     configure_logging(observability.log_level, observability.log_json, observability.service_name)
     tune_gc()

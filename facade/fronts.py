@@ -22,8 +22,10 @@ bound without listening (SO_REUSEPORT, so fronts can join it; a socket that does
 connections), so api.port=0 still picks one port for all fronts and no other service takes it meanwhile.
 
 The relay endpoint is a Unix socket (not a network port) in a directory this process creates private
-(tempfile.mkdtemp: mode 0700; the socket 0600): other users cannot reach it. `/readyz` is false until
-every front serves.
+(tempfile.mkdtemp: mode 0700; the socket 0600): other users cannot reach it. A front asks for its
+settings (token secrets included) over that socket as its first frame (facade.front_process): nothing
+secret is written to disk, so nothing is left behind when this process is killed. `/readyz` is false
+until every front serves.
 """
 
 from __future__ import annotations
@@ -64,13 +66,12 @@ FRONT_SERVING_WAIT_SECONDS = 60.0
 """How long starting waits for every front to serve (one starts in ~1-2 s; a loaded host is slower)."""
 FRONT_SERVING_POLL_SECONDS = 0.02
 SOCKET_NAME = "engine.sock"
-SETTINGS_NAME = "settings.json"
 
 log = get_logger("ledger.fronts")
 
 
 def _revealed(value: object) -> object:
-    """JSON for what pydantic's python dump holds beyond JSON's types (secrets revealed: see _write_settings)."""
+    """JSON for what pydantic's python dump holds beyond JSON's types (secrets revealed: see _front_settings)."""
     if isinstance(value, SecretStr | SecretBytes):
         return value.get_secret_value()
     if isinstance(value, PurePath):
@@ -110,7 +111,6 @@ class Fronts:
         self._count = settings.api.front_processes
         self._directory = Path(tempfile.mkdtemp(prefix="ledger-relay-"))  # Mode 0700: this user only.
         self.socket_path = str(self._directory / SOCKET_NAME)
-        self.settings_path = str(self._directory / SETTINGS_NAME)
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -123,9 +123,9 @@ class Fronts:
 
     async def start(self) -> None:
         assert os.stat(self._directory).st_mode & 0o077 == 0
+        self.relay.front_settings = self._front_settings()
         await self.relay.start(self.socket_path)
         os.chmod(self.socket_path, 0o600)
-        self._write_settings()
         for index in range(self._count):
             self._tasks.append(asyncio.create_task(self._supervise(index), name=f"front-{index}"))
 
@@ -150,15 +150,15 @@ class Fronts:
         if serving < self._count:
             raise RuntimeError(f"{serving} of {self._count} front processes serving")
 
-    def _write_settings(self) -> None:
+    def _front_settings(self) -> bytes:
         """The fronts' settings: this process's own (whether they came from the environment, a .env file or
-        a caller of facade.app.start), with the port held here; in the private directory, mode 0600, since
-        they hold the token secrets the fronts authenticate with."""
+        a caller of facade.app.start), with the port held here; as JSON in memory only, given to a front
+        over the private relay socket (they hold the token secrets the fronts authenticate with)."""
         api = self._settings.api.model_copy(update={"port": self._port, "grpc_reuse_port": True, "front_processes": 0})
         front = self._settings.model_copy(update={"api": api})
-        descriptor = os.open(self.settings_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(json.dumps(front.model_dump(mode="python"), default=_revealed))
+        settings = json.dumps(front.model_dump(mode="python"), default=_revealed).encode()
+        assert settings
+        return settings
 
     async def _supervise(self, index: int) -> None:
         failures = 0
@@ -169,7 +169,6 @@ class Fronts:
                 "-m",
                 "facade.front_process",
                 self.socket_path,
-                self.settings_path,
                 str(index),
             )
             self._processes[index] = process

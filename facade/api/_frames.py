@@ -11,8 +11,16 @@ peer that writes garbage gets its connection closed (FrameError), it cannot make
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
     METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
+    SETTINGS front → engine  a front's index: its first frame, on a connection of its own, asking for its settings
+             engine → front   the answer: the front's settings as JSON (secrets included: never on disk)
+    PROBE   front → engine   a method index: would the engine's door take that write now? (answered by STATE
+                             or ROOM; a front refusing a method on the engine's behalf keeps one in flight)
     REPLY   engine → front   call id and the response bytes
     ERROR   engine → front   call id and the LedgerError (kind, reason, message, metadata)
+    STATE   engine → front   a write method's admission state: the method index, until when (time.monotonic())
+                             the front may refuse it on the engine's behalf, and the refusal it gives (as
+                             ERROR's): sent with every refusal of the engine's door (facade.api.relay)
+    ROOM    engine → front   a method index: the engine's door would take that write now (a PROBE's answer)
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from facade.domain.errors import ErrorKind, LedgerError
 __all__ = [
     "FRAME_BYTES_MAX",
     "METHODS",
+    "REFUSING_SECONDS_MAX",
     "STREAM_ITEM",
+    "AdmissionState",
     "Call",
     "FrameError",
     "FrameKind",
@@ -44,6 +54,7 @@ __all__ = [
     "encode_error",
     "encode_index",
     "encode_reply",
+    "encode_state",
     "method_index",
 ]
 
@@ -55,6 +66,10 @@ STRING_BYTES_MAX = 0xFFFF
 """A u16 length: longer request or correlation ids are cut (gRPC's metadata limit is 8 KiB anyway)."""
 STREAM_ITEM = "/ledger.v1.Ledger/StreamTransactions#item"
 """One request of a StreamTransactions call, answered as a TransactionResult (facade.operations.ledger)."""
+REFUSING_SECONDS_MAX = 0.1
+"""The longest a front refuses a write method on the engine's behalf after the engine refused one (less
+when the engine's retry hint is shorter, and until a PROBE's answer says otherwise): stale state can only
+refuse while the engine was recently full, and after this the front forwards again whatever it heard."""
 
 
 def _methods() -> tuple[str, ...]:
@@ -79,6 +94,10 @@ class FrameKind(enum.IntEnum):
     METRICS = 4
     REPLY = 5
     ERROR = 6
+    STATE = 7
+    PROBE = 8
+    ROOM = 9
+    SETTINGS = 10
 
 
 class FrameError(Exception):
@@ -87,8 +106,17 @@ class FrameError(Exception):
 
 _PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
 _CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
-_INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL) or a front's index (HELLO, METRICS).
+_INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL), a front's (HELLO, METRICS) or method's index (PROBE, ROOM).
+_INDEXED = (
+    FrameKind.CANCEL,
+    FrameKind.HELLO,
+    FrameKind.METRICS,
+    FrameKind.PROBE,
+    FrameKind.ROOM,
+    FrameKind.SETTINGS,
+)
 _ERROR = struct.Struct("<IBHI")  # Call id, kind, reason length, message length (metadata to the end).
+_STATE = struct.Struct("<BdBHI")  # Method, refusing until (time.monotonic()), then as _ERROR after its call id.
 
 
 def method_index(method: str) -> int:
@@ -109,6 +137,16 @@ class Call:
     request_id: str
     correlation_id: str
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionState:
+    """The engine's door refuses `method` (an index of METHODS) with `error` until `refusing_until`."""
+
+    method: int
+    refusing_until: float
+    """A time.monotonic() value (one clock for the host's processes, as Call.deadline)."""
+    error: LedgerError
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +190,9 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
 
 
 def encode_index(kind: FrameKind, index: int, body: bytes = b"") -> bytes:
-    """CANCEL (a call id), HELLO or METRICS (a front's index, METRICS with its exposition)."""
-    assert kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS)
+    """CANCEL (a call id), HELLO, METRICS or SETTINGS (a front's index, METRICS with its exposition, the
+    engine's SETTINGS with the settings), PROBE or ROOM (a method's index)."""
+    assert kind in _INDEXED
     return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), kind), _INDEX.pack(index), body))
 
 
@@ -161,12 +200,27 @@ def encode_reply(call_id: int, body: bytes) -> bytes:
     return b"".join((_PREFIX.pack(1 + _INDEX.size + len(body), FrameKind.REPLY), _INDEX.pack(call_id), body))
 
 
-def encode_error(call_id: int, error: LedgerError) -> bytes:
-    reason, message = _cut(error.reason), error.message.encode()
+def _error_parts(error: LedgerError) -> tuple[int, bytes, bytes, bytes]:
+    """An error's kind index, reason, message and metadata (ErrorInfo bytes), as ERROR and STATE carry them."""
     metadata = error_details_pb2.ErrorInfo(metadata=error.metadata).SerializeToString()
-    header = _ERROR.pack(call_id, _ERROR_KINDS.index(error.kind), len(reason), len(message))
+    return _ERROR_KINDS.index(error.kind), _cut(error.reason), error.message.encode(), metadata
+
+
+def encode_error(call_id: int, error: LedgerError) -> bytes:
+    kind, reason, message, metadata = _error_parts(error)
+    header = _ERROR.pack(call_id, kind, len(reason), len(message))
     length = 1 + len(header) + len(reason) + len(message) + len(metadata)
     return b"".join((_PREFIX.pack(length, FrameKind.ERROR), header, reason, message, metadata))
+
+
+def encode_state(method: int, *, refusing_until: float, error: LedgerError) -> bytes:
+    """STATE: the front may answer `method` with `error` until `refusing_until` without forwarding it."""
+    assert 0 <= method < len(METHODS)
+    assert error.kind == ErrorKind.EXHAUSTED, error.kind  # Only the door's refusals (facade.api.relay).
+    kind, reason, message, metadata = _error_parts(error)
+    header = _STATE.pack(method, refusing_until, kind, len(reason), len(message))
+    length = 1 + len(header) + len(reason) + len(message) + len(metadata)
+    return b"".join((_PREFIX.pack(length, FrameKind.STATE), header, reason, message, metadata))
 
 
 _principals: dict[tuple[bytes, int], Principal] = {}
@@ -215,17 +269,30 @@ def _decode_call(frame: memoryview) -> Call:
 
 def _decode_error(frame: memoryview) -> Reply:
     call_id, kind, reason_length, message_length = _ERROR.unpack_from(frame)
-    offset = _ERROR.size
+    return Reply(call_id, error=_error(frame, _ERROR.size, kind, reason_length, message_length))
+
+
+def _decode_state(frame: memoryview) -> AdmissionState:
+    method, refusing_until, kind, reason_length, message_length = _STATE.unpack_from(frame)
+    if method >= len(METHODS) or not math.isfinite(refusing_until):
+        raise FrameError(f"state frame for method index {method} until {refusing_until}")
+    error = _error(frame, _STATE.size, kind, reason_length, message_length)
+    if error.kind != ErrorKind.EXHAUSTED:
+        raise FrameError(f"state frame with a {error.kind.name} refusal")
+    return AdmissionState(method, refusing_until, error)
+
+
+def _error(frame: memoryview, offset: int, kind: int, reason_length: int, message_length: int) -> LedgerError:
     reason = bytes(frame[offset : offset + reason_length]).decode()
     message = bytes(frame[offset + reason_length : offset + reason_length + message_length]).decode()
     info = error_details_pb2.ErrorInfo.FromString(bytes(frame[offset + reason_length + message_length :]))
     if kind >= len(_ERROR_KINDS) or not reason:
         raise FrameError("error frame without a known kind and a reason")
-    return Reply(call_id, error=LedgerError(_ERROR_KINDS[kind], reason, message, dict(info.metadata)))
+    return LedgerError(_ERROR_KINDS[kind], reason, message, dict(info.metadata))
 
 
-Decoded = Call | Reply | tuple[FrameKind, int, bytes]
-"""A CALL, a REPLY/ERROR, or (CANCEL/HELLO/METRICS, its index, its body)."""
+Decoded = Call | Reply | AdmissionState | tuple[FrameKind, int, bytes]
+"""A CALL, a REPLY/ERROR, a STATE, or (CANCEL/HELLO/METRICS/PROBE/ROOM/SETTINGS, its index, its body)."""
 
 
 class FrameReader:
@@ -268,7 +335,9 @@ def _decode(kind: int, frame: memoryview) -> Decoded:
         return Reply(call_id, body=bytes(frame[_INDEX.size :]))
     if kind == FrameKind.ERROR:
         return _decode_error(frame)
-    if kind in (FrameKind.CANCEL, FrameKind.HELLO, FrameKind.METRICS):
+    if kind == FrameKind.STATE:
+        return _decode_state(frame)
+    if kind in _INDEXED:
         (index,) = _INDEX.unpack_from(frame)
         return FrameKind(kind), index, bytes(frame[_INDEX.size :])
     raise FrameError(f"unknown frame kind {kind}")

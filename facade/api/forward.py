@@ -8,6 +8,16 @@ principal, the caller's deadline, request and correlation ids, the request's raw
 process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
 status the single-process service gives (facade.api.errors).
 
+A single write (PostTransaction) the engine's door refused a moment ago is refused here: facade.api.relay
+sends its admission state (a STATE frame) with each such refusal; bulk submissions are left to the door.
+Until the state expires (the engine's retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the
+front answers that method with the engine's own refusal (RESOURCE_EXHAUSTED, its reason and retry hint)
+before forwarding it or decoding its request, after authentication (the edge runs first), counted in the
+front's request metrics like any answer. While it refuses a method it keeps one PROBE for it in flight,
+so it hears that the engine has room (ROOM) about one relay round trip after the engine does, without
+making a caller wait for the answer. Stale state can only refuse, never admit: every forwarded write is
+still checked in the engine's process.
+
 Frames are buffered and written once per event-loop turn; answers are read in bulk. A front bounds its
 forwarded calls (FORWARDED_IN_FLIGHT_MAX): beyond it a call is refused with RESOURCE_EXHAUSTED and a
 retry hint. With no connection to the engine's process a call is answered UNAVAILABLE ENGINE_UNREACHABLE
@@ -27,7 +37,7 @@ import grpc
 import structlog
 
 from facade.api import _frames
-from facade.api._frames import FrameError, FrameKind, FrameReader, Reply, TurnWriter
+from facade.api._frames import AdmissionState, FrameError, FrameKind, FrameReader, Reply, TurnWriter
 from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
@@ -48,6 +58,18 @@ log = get_logger("ledger.front")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+class _Refusing:
+    """A method the engine's door refused: its refusal until when, and whether a PROBE is in flight."""
+
+    __slots__ = ("error", "probing", "refusing_until")
+
+    def __init__(self, state: AdmissionState) -> None:
+        # Capped on this side too: a front never refuses for longer than the named bound from now.
+        self.refusing_until = min(state.refusing_until, time.monotonic() + _frames.REFUSING_SECONDS_MAX)
+        self.error = state.error
+        self.probing = False
+
+
 def _unreachable(why: str) -> LedgerError:
     return LedgerError(ErrorKind.UNAVAILABLE, REASON_ENGINE_UNREACHABLE, f"the engine's process is unreachable: {why}")
 
@@ -62,6 +84,8 @@ class EngineLink(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._writer = TurnWriter()
+        self._refusing: dict[int, _Refusing] = {}
+        """Method index → the engine door's latest refusal of it (at most len(METHODS) entries)."""
         self.lost = asyncio.Event()
         """Set when the connection closes (the front then reconnects or exits: facade.fronts)."""
 
@@ -81,6 +105,7 @@ class EngineLink(asyncio.Protocol):
         if exc is not None:
             log.warning("relay connection failed", front=self.index, error=repr(exc))
         self._transport = self._writer.transport = None
+        self._refusing.clear()  # Whatever engine's process answers next says for itself.
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -96,6 +121,13 @@ class EngineLink(asyncio.Protocol):
             self._transport.abort()
             return
         for frame in frames:
+            if isinstance(frame, AdmissionState):  # The door refuses (a call's or a PROBE's answer).
+                self._refusing[frame.method] = _Refusing(frame)
+                assert len(self._refusing) <= len(_frames.METHODS)
+                continue
+            if isinstance(frame, tuple) and frame[0] == FrameKind.ROOM:  # A PROBE's answer: forward again.
+                self._refusing.pop(frame[1], None)
+                continue
             if not isinstance(frame, Reply):
                 continue
             future = self._pending.pop(frame.call_id, None)
@@ -105,6 +137,23 @@ class EngineLink(asyncio.Protocol):
                 future.set_exception(frame.error)
             else:
                 future.set_result(frame.body)
+
+    def refusal(self, method: int) -> LedgerError | None:
+        """The engine door's refusal of `method` while it holds (a fresh copy: a raised exception
+        collects a traceback), else None: the call is forwarded. A refusal here sends a PROBE unless one
+        is in flight (at most one per method: its answer replaces or ends this state)."""
+        refusing = self._refusing.get(method)
+        if refusing is None:
+            return None
+        if time.monotonic() >= refusing.refusing_until:
+            del self._refusing[method]
+            return None
+        if not refusing.probing and self.connected:
+            refusing.probing = True
+            self.send(_frames.encode_index(FrameKind.PROBE, method))
+        error = refusing.error
+        assert error.kind == ErrorKind.EXHAUSTED
+        return LedgerError(error.kind, error.reason, error.message, error.metadata)
 
     def send(self, frame: bytes) -> None:
         """`frame` goes out with every other frame of this event-loop turn, in one write."""
@@ -151,6 +200,9 @@ def _unary(link: EngineLink, method: str) -> grpc.RpcMethodHandler[Any, Any]:
     index = _frames.method_index(method)
 
     async def forward(raw: bytes, context: Context) -> bytes:
+        refusal = link.refusal(index)  # After authentication (the edge), before forwarding or decoding.
+        if refusal is not None:
+            raise refusal
         return await link.call(index, current_principal.get(), context.time_remaining(), raw)
 
     # No (de)serializers: the request's bytes go as they came, the answer's bytes come back as they are.

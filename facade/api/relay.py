@@ -9,6 +9,23 @@ checked against the write queue and the write limit on the raw frame, and a refu
 with its retry hint) costs no decoding and no task. An admitted write holds its write-limit count while
 it runs, measured from the frame's arrival.
 
+With api.front_refusals (off by default: see its description), a refusal of a single write (the
+interactive lane: PostTransaction) at this door also goes to the front as a STATE frame (in the same
+write as the ERROR): for a while (the retry hint, at most facade.api._frames.REFUSING_SECONDS_MAX) the
+front answers that method with the same refusal itself, before forwarding (facade.api.forward), so
+refused callers neither cross the relay nor wait for this process's event loop. Meanwhile the front
+keeps one PROBE in flight for the method, which this door answers at once (STATE: still refusing, with a
+fresh hint; ROOM: it would take the write now, and the front forwards again), so a front stops refusing
+about one relay round trip after this process has room, not a fixed time later. A PROBE runs the same
+door check as a call (a refusal of it is counted as one; the refused callers behind it are not counted
+here). The front's view can only add refusals while this
+door was refusing; every write that is forwarded is still checked here.
+
+Bulk submissions (PostTransactions) are refused by this door only: they arrive a few a second, so a held
+refusal turned away the next one although the lane had freed meanwhile (bench_overload: ~20 % fewer
+batches admitted, ~15 % fewer transactions/s), and a PROBE refused on the bulk lane counts as a bulk
+refusal (facade.write_limit), which keeps the lane's cut-back on.
+
 Replies are buffered and written once per event-loop turn (one write for every answer ready in that
 turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
 front) cancels the call's task, so queued work whose caller gave up is dropped as before.
@@ -18,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,6 +94,8 @@ class _Route:
     handler: Handler | None
     """The servicer's method; None for a StreamTransactions item (facade.operations.ledger.stream_item)."""
     method: str
+    index: int
+    """The method's index in facade.api._frames.METHODS (a STATE frame names it)."""
     short: str
     """The method's name in logs (as facade.api.observe's)."""
     lane: Lane | None
@@ -87,7 +107,7 @@ def _route(method: str, message: Any, handler: Handler | None) -> _Route:
     transfers = ADMITTED_METHODS.get(method, 0)
     lane = None if not transfers else Lane.INTERACTIVE if transfers <= INTERACTIVE_TRANSFERS_MAX else Lane.BULK
     short = method.rsplit("/", 1)[-1].split("#", 1)[0]
-    return _Route(message, handler, method, short, lane, transfers)
+    return _Route(message, handler, method, _frames.method_index(method), short, lane, transfers)
 
 
 def _routes(ledger: LedgerServicer, history: HistoryServicer | None) -> dict[str, _Route]:
@@ -122,6 +142,13 @@ class RelayServer:
         self._connections: set[_Connection] = set()
         self.calls_total = 0
         """Calls received from the fronts (refused ones included)."""
+        self.front_settings = b""
+        """The fronts' settings (JSON, secrets included), sent to a front that asks (facade.fronts): never
+        written to disk. Empty: none to give (the asking connection is closed)."""
+        self.front_refusals = service.settings.front_refusals
+        """Whether a refusal of a single write goes to its front as a STATE frame (api.front_refusals)."""
+        self.probes_total = 0
+        """PROBEs received from the fronts (each for a write method a front refuses on this door's behalf)."""
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -178,6 +205,19 @@ class RelayServer:
         finally:
             if lane is not None:
                 limit.release(lane, time.monotonic() - arrived)
+
+
+def _refusing_until(refusal: LedgerError) -> float:
+    """Until when a front may give `refusal` itself: the retry hint (this door would refuse a caller that
+    honours it sooner anyway), at most REFUSING_SECONDS_MAX, so a front soon forwards again."""
+    assert refusal.kind == ErrorKind.EXHAUSTED
+    hint = refusal.metadata.get("retry_after_ms", "")
+    seconds = _frames.REFUSING_SECONDS_MAX
+    if hint.isdigit():
+        seconds = min(seconds, int(hint) / 1000)
+    until = time.monotonic() + seconds
+    assert math.isfinite(until)
+    return until
 
 
 def _decoded(route: _Route, body: bytes) -> Any:
@@ -243,6 +283,10 @@ class _Connection(asyncio.Protocol):
                     log.info("front serving", front=index)
                 elif kind == FrameKind.METRICS:
                     self._metrics(index, body)
+                elif kind == FrameKind.PROBE:
+                    self._probe(index)
+                elif kind == FrameKind.SETTINGS:
+                    self._settings(index)
 
     def _metrics(self, front: int, body: bytes) -> None:
         """A front's request histogram gain, added to this process's /metrics (facade.observability.forwarded)."""
@@ -255,6 +299,28 @@ class _Connection(asyncio.Protocol):
         if not exported.add(gained):
             log.error("front metrics beyond their series bound; report dropped", front=front)
 
+    def _settings(self, front: int) -> None:
+        """A starting front's settings. Anyone who can connect could ask: the socket is this user's only
+        (a private directory, mode 0600), as the settings file it replaces was."""
+        settings = self._relay.front_settings
+        if not settings:
+            log.error("a front asked for settings there are none of; closing its connection", front=front)
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        assert len(settings) < _frames.FRAME_BYTES_MAX
+        self._send(_frames.encode_index(FrameKind.SETTINGS, front, settings))
+
+    def _probe(self, method: int) -> None:
+        """The door's answer for `method` now: STATE (refused) or ROOM."""
+        self._relay.probes_total += 1
+        route = self._relay.route(_frames.METHODS[method]) if method < len(_frames.METHODS) else None
+        refusal = None if route is None else self._relay.refusal(route)
+        if refusal is None:
+            self._send(_frames.encode_index(FrameKind.ROOM, method))
+        else:
+            self._send(_frames.encode_state(method, refusing_until=_refusing_until(refusal), error=refusal))
+
     def _call(self, call: Call, arrived: float) -> None:
         self._relay.calls_total += 1
         route = self._relay.route(call.method)
@@ -264,6 +330,8 @@ class _Connection(asyncio.Protocol):
             return
         refusal = self._relay.refusal(route)
         if refusal is not None:  # Before decoding and without a task: a refusal stays cheap.
+            if route.lane is Lane.INTERACTIVE and self._relay.front_refusals:  # Not bulk: see the docstring.
+                self._send(_frames.encode_state(route.index, refusing_until=_refusing_until(refusal), error=refusal))
             self._send(_frames.encode_error(call.call_id, refusal))
             return
         if len(self._tasks) >= CALLS_IN_FLIGHT_MAX or call.call_id in self._tasks:
