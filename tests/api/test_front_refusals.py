@@ -18,13 +18,11 @@ import pytest
 
 from facade.api import _frames
 from facade.api.errors import error_info
-from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.api.relay import RelayServer
-from facade.app import start
 from facade.domain.errors import ErrorKind, LedgerError
 from tests.api.conftest import Api, credit, make_settings
 from tests.api.test_admission import EngineGate, committer_idle, fill_in_flight, retry_delay_seconds, until
-from tests.api.test_fronts import READY_WAIT_ROUNDS_MAX, _request_counts, _wait_ready
+from tests.api.test_fronts import READY_WAIT_ROUNDS_MAX, _request_counts, relay_answer, serving_api
 
 ATTEMPTS_MAX = 50
 """Calls tried for a local refusal: on a slow host the front's state may expire between two calls (then the
@@ -51,20 +49,7 @@ async def _refused(api: Api, method: str, metadata: Any) -> grpc.aio.AioRpcError
 
 async def _probe(relay_path: str, method: str) -> _frames.Decoded:
     """The engine door's answer to a front's PROBE for `method`, on the real relay socket."""
-    reader, writer = await asyncio.open_unix_connection(relay_path)
-    try:
-        writer.write(_frames.encode_index(_frames.FrameKind.PROBE, _frames.method_index(method)))
-        await writer.drain()
-        frames = _frames.FrameReader()
-        for _ in range(READY_WAIT_ROUNDS_MAX):
-            data = await reader.read(65_536)
-            assert data, "the relay closed the connection"
-            if decoded := frames.feed(data):
-                [answer] = decoded
-                return answer
-    finally:
-        writer.close()
-    raise AssertionError("no answer to the probe")
+    return await relay_answer(relay_path, _frames.encode_index(_frames.FrameKind.PROBE, _frames.method_index(method)))
 
 
 async def _posted_or_refused(api: Api, account: str) -> grpc.aio.AioRpcError | None:
@@ -91,21 +76,15 @@ async def _locally_refused(api: Api, relay: RelayServer) -> tuple[tuple[Any, ...
 
 async def test_a_front_refuses_writes_itself_while_the_engine_refuses_them(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, front_processes=1, front_refusals=True, http_port=0, write_queue_transfers_max=1)
-    server = await start(settings)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    api = Api(settings, server, channel, rpc.LedgerStub(channel))
-    try:
-        assert server.fronts is not None
-        await _wait_ready(server)
+    async with serving_api(settings) as api:
+        fronts = api.server.fronts
+        assert fronts is not None
         alice = await api.account("alice")
-        gate = EngineGate(server.engine)
+        gate = EngineGate(api.server.engine)
         try:
-            await _refusing_then_admitting(api, server.fronts.relay, alice, gate, server.fronts.socket_path)
+            await _refusing_then_admitting(api, fronts.relay, alice, gate, fronts.socket_path)
         finally:
             await gate.open()  # Else a failure above would hang the teardown behind the held engine.
-    finally:
-        await channel.close()
-        await server.stop()
 
 
 async def _refusing_then_admitting(api: Api, relay: RelayServer, alice: str, gate: EngineGate, relay_path: str) -> None:
@@ -190,15 +169,11 @@ def test_a_state_frame_round_trips_and_a_broken_one_closes_the_connection() -> N
 async def test_without_front_refusals_every_write_is_refused_by_the_engines_door(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, front_processes=1, http_port=0, write_queue_transfers_max=1)
     assert not settings.api.front_refusals  # The default.
-    server = await start(settings)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    api = Api(settings, server, channel, rpc.LedgerStub(channel))
-    try:
-        assert server.fronts is not None
-        await _wait_ready(server)
-        relay = server.fronts.relay
+    async with serving_api(settings) as api:
+        assert api.server.fronts is not None
+        relay = api.server.fronts.relay
         alice = await api.account("alice")
-        gate = EngineGate(server.engine)
+        gate = EngineGate(api.server.engine)
         try:
             in_flight = await fill_in_flight(api, alice)
             queued = asyncio.create_task(api.post("queued", credit(alice, 1)))
@@ -211,6 +186,3 @@ async def test_without_front_refusals_every_write_is_refused_by_the_engines_door
         finally:
             await gate.open()
         await asyncio.gather(*in_flight, queued)
-    finally:
-        await channel.close()
-        await server.stop()

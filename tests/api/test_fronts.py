@@ -7,6 +7,7 @@ acknowledged transaction and is restarted (facade.fronts' supervision rule)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -28,11 +29,30 @@ from facade.auth import SCOPES_ALL, Principal
 from facade.domain.errors import ErrorKind
 from facade.observability import metrics
 from facade.observability.forwarded import DeltaError, decode_delta
+from facade.settings import Settings
 from tests.api.conftest import Api, credit, debit, make_settings
 from tests.api.test_ops import scrape
 
 READY_WAIT_ROUNDS_MAX = 600
 """Bound on waiting for the fronts to serve (50 ms apart: a front starts in ~1 s)."""
+
+
+async def relay_answer(path: str, frame: bytes) -> _frames.Decoded:
+    """The engine's process's one answer to `frame`, sent on a connection of its own to the real relay socket."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(frame)
+        await writer.drain()
+        frames = _frames.FrameReader()
+        for _ in range(READY_WAIT_ROUNDS_MAX):
+            data = await reader.read(65_536)
+            assert data, "the relay closed the connection"
+            if decoded := frames.feed(data):
+                [answer] = decoded
+                return answer
+    finally:
+        writer.close()
+    raise AssertionError("no answer from the relay")
 
 
 async def _ready(server: RunningServer) -> bool:
@@ -48,6 +68,20 @@ async def _wait_ready(server: RunningServer, ready: bool = True) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"/readyz never became {'ready' if ready else 'unready'}")
+
+
+@contextlib.asynccontextmanager
+async def serving_api(settings: Settings) -> AsyncIterator[Api]:
+    """`settings` served (front processes and all) until the block ends, with a client on its gRPC port,
+    once /readyz says every front serves."""
+    server = await start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        await _wait_ready(server)
+        yield Api(settings, server, channel, rpc.LedgerStub(channel))
+    finally:
+        await channel.close()
+        await server.stop()
 
 
 async def _open(directory: Path, fronts: int) -> Api:
