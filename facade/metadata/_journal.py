@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 
 from facade.domain.errors import LedgerError, transfer_status_error
@@ -52,6 +53,7 @@ _TYPE_NAMES = {leg_type: leg_type.name.lower() for leg_type in TransactionType}
 METADATA_CHUNK = 512
 """Transfers whose metadata `metadata_for` builds per event-loop turn (a few ms)."""
 _ENTRY_METADATA = entries_pb2.EntryMetadata
+_TRANSACTION_ID = attrgetter("transaction_id")
 RECENT_TRANSACTIONS_MAX = 16_384
 """Transactions last submitted whose metadata change capture reads from memory (`metadata_for`): ~1.6 s
 at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
@@ -157,7 +159,8 @@ class JournalMetadataStore:
     async def submit(self, transactions: Sequence[MappedTransaction]) -> list[CreateTransferResult]:
         """The batch and the metadata of its transactions without a recorded outcome, in one journal
         append (one fdatasync); each outcome is durable when this returns."""
-        assert transactions and len({t.transaction_id for t in transactions}) == len(transactions)
+        # Over C-level iterators (map): a Python comprehension here cost ~0.1 µs a transaction, for each check.
+        assert transactions and len(set(map(_TRANSACTION_ID, transactions))) == len(transactions)
         index = self.engine.index.transactions
         transfers = [transfer for t in transactions for transfer in t.transfers]
         intents: list[TransactionIntent] = []
@@ -169,7 +172,7 @@ class JournalMetadataStore:
             position += len(transaction.transfers)
         results = await self.engine.create_transfers(transfers, intents)
         assert len(results) == len(transfers)
-        assert all(t.transaction_id in index for t in transactions), "an outcome not in the index"
+        assert all(map(index.__contains__, map(_TRANSACTION_ID, transactions))), "an outcome not in the index"
         # Durable now. A transaction already recorded has the same body (the batcher submits it only
         # with an equal fingerprint), so its metadata is the journal's either way.
         recent = self._recent
