@@ -257,9 +257,8 @@ class _Item:
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, outcome: Outcome) -> None:
-        future = self.future
-        if not future.done():
-            future.set_result(outcome)
+        if not self.future.done():
+            self.future.set_result(outcome)
 
 
 class BatchCost:

@@ -60,14 +60,6 @@ RECENT_TRANSACTIONS_MAX = 16_384
 at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
 
 
-def _failure_json(entry: IndexEntry) -> str | None:
-    failure = entry.failure
-    if failure is None or isinstance(failure, str):
-        return failure
-    status, leg_index = failure
-    return transfer_status_error(CreateTransferStatus(status), leg_index).to_json()
-
-
 @dataclass(slots=True)
 class _Recent:
     """What change capture's metadata needs of a transaction just made durable: exactly the fields its
@@ -82,6 +74,14 @@ class _Recent:
     currency: str
     legs: tuple[LegSpec, ...]
     metadata: Metadata
+
+
+def _failure_json(entry: IndexEntry) -> str | None:
+    failure = entry.failure
+    if failure is None or isinstance(failure, str):
+        return failure
+    status, leg_index = failure
+    return transfer_status_error(CreateTransferStatus(status), leg_index).to_json()
 
 
 class JournalMetadataStore:
