@@ -418,6 +418,8 @@ class LedgerService:
                 raise
         outcomes.reverse()
         counts: dict[tuple[str, str], int] = {}
+        # Committed ones, the common case, are counted here and labelled once below (no label per transaction).
+        created = deduplicated = 0
         for item in mapped:
             result: TransactionView | LedgerError
             if isinstance(item, LedgerError):
@@ -425,8 +427,13 @@ class LedgerService:
             else:
                 outcome = outcomes.pop()
                 if isinstance(outcome, Committed):
-                    result = TransactionView(item, outcome.timestamp, outcome.deduplicated)
-                elif isinstance(outcome, LedgerError):
+                    if outcome.deduplicated:
+                        deduplicated += 1
+                    else:
+                        created += 1
+                    results.append(TransactionView(item, outcome.timestamp, outcome.deduplicated))
+                    continue
+                if isinstance(outcome, LedgerError):
                     result = outcome
                 elif isinstance(outcome, DeadlineExceededError):
                     result = LedgerError(ErrorKind.DEADLINE, "DEADLINE_EXCEEDED", str(outcome))
@@ -439,13 +446,15 @@ class LedgerService:
                 else:
                     assert isinstance(outcome, BaseException)
                     raise outcome
-            if isinstance(result, LedgerError):
-                label = ("rejected", result.reason)
-            else:
-                label = ("deduplicated" if result.deduplicated else "created", "")
+            label = ("rejected", result.reason)
             counts[label] = counts.get(label, 0) + 1
             results.append(result)
+        if created:
+            counts["created", ""] = created
+        if deduplicated:
+            counts["deduplicated", ""] = deduplicated
         assert not outcomes
+        assert len(results) == len(mapped) == sum(counts.values())
         for (outcome_label, reason), count in counts.items():
             metrics.transactions_total.labels(outcome_label, reason).inc(count)
             if outcome_label == "deduplicated":

@@ -161,8 +161,9 @@ class _FastSwitching:
 
 _fast_switching = _FastSwitching()
 
-_IndexEntry = tuple[TransactionIntent, int, list[int]]
-"""An index entry a batch adds once durable: the intent, its location in the journal, its transfers' ids."""
+_IndexEntries = tuple[Sequence[TransactionIntent], list[int], list[int]]
+"""What a batch adds to the index once durable: its intents, each one's byte offset in the journal, and
+the record's transfer ids (TransactionIndex.add_record)."""
 
 
 class JournalReplayError(RuntimeError):
@@ -413,13 +414,13 @@ class EmbeddedLedger:
 
     def _apply_transfers(
         self, transfers: Sequence[Transfer], intents: Sequence[TransactionIntent], *, pipelined: bool
-    ) -> tuple[list[CreateTransferResult], list[tuple[Header, bytes]], list[_IndexEntry]]:
+    ) -> tuple[list[CreateTransferResult], list[tuple[Header, bytes]], _IndexEntries]:
         """Applies the batch to the state; returns its results, the records to journal and the index
         entries to add once they are durable."""
         if len(transfers) > BATCH_EVENTS_MAX:
             raise TooMuchDataError(f"{len(transfers)} transfers exceed batch_events_max={BATCH_EVENTS_MAX}")
         if not transfers:
-            return [], [], []
+            return [], [], ((), [], [])
         body = encode_transfers(transfers)
         self._check_writable(2 * HEADER_SIZE + len(body), pipelined=pipelined)
         events = decode_transfers(body)
@@ -450,22 +451,20 @@ class EmbeddedLedger:
                     previous=pulse[0] if pulse is not None else None,
                 )
             )
-        entries: list[_IndexEntry] = []
+        entries: _IndexEntries = ((), [], [])
         if intents:
             header = records[-1][0]
             location = header.offset + HEADER_SIZE + len(body)
-            for intent, offset in zip(intents, offsets, strict=True):
-                start = intent.transfer_index
-                entries.append(
-                    (intent, location + offset, [t.id for t in events[start : start + intent.transfer_count]])
-                )
+            # The record's transfer ids once, each transaction's legs a slice of them (TransactionIndex.add_record).
+            entries = (intents, [location + offset for offset in offsets], [t.id for t in events])
         assert len(results) == len(transfers) and len(records) <= 2
         return results, records, entries
 
-    def _index_add(self, entries: list[_IndexEntry]) -> None:
-        for intent, location, transfer_ids in entries:
-            self.index.add(intent, location, transfer_ids)
-        assert all(intent.transaction_id in self.index.transactions for intent, _, _ in entries)
+    def _index_add(self, entries: _IndexEntries) -> None:
+        intents, locations, transfer_ids = entries
+        if intents:
+            self.index.add_record(intents, locations, transfer_ids)
+        assert len(intents) == len(locations)
 
     def record_metadata(self, intents: Sequence[TransactionIntent]) -> None:
         """Journals metadata alone (a METADATA record): intents before their transfers, or failures

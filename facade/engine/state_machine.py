@@ -129,14 +129,42 @@ class PendingStatus(IntEnum):
 
 @dataclass(slots=True)
 class _Change:
-    """One committed change. Balances are (debits_pending, debits_posted, credits_pending,
-    credits_posted, flags) of each account right after the change."""
+    """One committed change, with the balances and flags of its debit (`dr_`) and credit (`cr_`) account
+    right after it. Flat, not a tuple per account: two objects fewer per change (one per transfer) for
+    the cyclic collector to traverse, ~100 B less each."""
 
     timestamp: int
     type: ChangeEventType
     transfer: Transfer
-    debit_account: tuple[int, int, int, int, int]
-    credit_account: tuple[int, int, int, int, int]
+    dr_debits_pending: int
+    dr_debits_posted: int
+    dr_credits_pending: int
+    dr_credits_posted: int
+    dr_flags: int
+    cr_debits_pending: int
+    cr_debits_posted: int
+    cr_credits_pending: int
+    cr_credits_posted: int
+    cr_flags: int
+
+
+def _change(timestamp: int, change_type: ChangeEventType, transfer: Transfer, dr: Account, cr: Account) -> _Change:
+    """The change of `transfer` with the accounts' balances and flags as they are now."""
+    return _Change(
+        timestamp,
+        change_type,
+        transfer,
+        dr.debits_pending,
+        dr.debits_posted,
+        dr.credits_pending,
+        dr.credits_posted,
+        dr.flags,
+        cr.debits_pending,
+        cr.debits_posted,
+        cr.credits_pending,
+        cr.credits_posted,
+        cr.flags,
+    )
 
 
 def _snapshot(account: Account) -> tuple[int, int, int, int, int]:
@@ -237,8 +265,11 @@ class StateMachine:
         self.transfers: dict[int, Transfer] = {}
         self.transfers_ordered: list[Transfer] = []  # By timestamp (commit order).
         self.transfers_by_account: dict[int, list[Transfer]] = {}
-        # Balances after each transfer, for accounts with flags.history, aligned by timestamp.
-        self.history: dict[int, list[AccountBalance]] = {}
+        # Balances after each transfer, for accounts with flags.history, aligned by timestamp: the
+        # transfer's change, which holds both accounts' balances right after it (the AccountBalance is
+        # made when one is read: an object per account per transfer cost ~0.35 µs each to make, and as
+        # much again for the cyclic collector to traverse, on the write path).
+        self.history: dict[int, list[_Change]] = {}
         self.pending_status: dict[int, PendingStatus] = {}
         # (expires_at, pending transfer id, its timestamp). Entries whose transfer was resolved, or
         # rolled back (an id may be reused after a rollback), are stale and skipped on pop.
@@ -484,15 +515,16 @@ class StateMachine:
         if flags & (_T_POST | _T_VOID):
             return self._post_or_void_pending_transfer(t, timestamp, imported)
 
-        if t.debit_account_id == 0:
+        debit_account_id, credit_account_id = t.debit_account_id, t.credit_account_id
+        if debit_account_id == 0:
             return S.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
-        if t.debit_account_id == U128_MAX:
+        if debit_account_id == U128_MAX:
             return S.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
-        if t.credit_account_id == 0:
+        if credit_account_id == 0:
             return S.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
-        if t.credit_account_id == U128_MAX:
+        if credit_account_id == U128_MAX:
             return S.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
-        if t.credit_account_id == t.debit_account_id:
+        if credit_account_id == debit_account_id:
             return S.ACCOUNTS_MUST_BE_DIFFERENT
         if t.pending_id != 0:
             return S.PENDING_ID_MUST_BE_ZERO
@@ -506,10 +538,11 @@ class StateMachine:
             return S.LEDGER_MUST_NOT_BE_ZERO
         if t.code == 0:
             return S.CODE_MUST_NOT_BE_ZERO
-        dr = self.accounts.get(t.debit_account_id)
+        accounts = self.accounts
+        dr = accounts.get(debit_account_id)
         if dr is None:
             return S.DEBIT_ACCOUNT_NOT_FOUND
-        cr = self.accounts.get(t.credit_account_id)
+        cr = accounts.get(credit_account_id)
         if cr is None:
             return S.CREDIT_ACCOUNT_NOT_FOUND
         if dr.ledger != cr.ledger:
@@ -566,8 +599,8 @@ class StateMachine:
         # After this point, the transfer must succeed.
         stored = Transfer(
             transfer_id,
-            t.debit_account_id,
-            t.credit_account_id,
+            debit_account_id,
+            credit_account_id,
             amount,
             0,
             t.user_data_128,
@@ -827,27 +860,12 @@ class StateMachine:
         by_account = self.transfers_by_account
         by_account.setdefault(dr.id, []).append(stored)
         by_account.setdefault(cr.id, []).append(stored)
+        change = _change(stored.timestamp, change_type, stored, dr, cr)
         if dr.flags & _A_HISTORY:
-            self.history[dr.id].append(
-                AccountBalance(
-                    dr.debits_pending,
-                    dr.debits_posted,
-                    dr.credits_pending,
-                    dr.credits_posted,
-                    stored.timestamp,
-                )
-            )
+            self.history[dr.id].append(change)
         if cr.flags & _A_HISTORY:
-            self.history[cr.id].append(
-                AccountBalance(
-                    cr.debits_pending,
-                    cr.debits_posted,
-                    cr.credits_pending,
-                    cr.credits_posted,
-                    stored.timestamp,
-                )
-            )
-        self.changes.append(_Change(stored.timestamp, change_type, stored, _snapshot(dr), _snapshot(cr)))
+            self.history[cr.id].append(change)
+        self.changes.append(change)
         if self._undo is not None:
             self._undo.append(_UndoTransferCreated(stored, self.timestamp_transfer_last))
         self.timestamp_transfer_last = stored.timestamp
@@ -939,9 +957,7 @@ class StateMachine:
             self._reopen_closed(p, dr, cr)
             self.pending_status[pending_id] = PendingStatus.EXPIRED
             self.prepare_timestamp += 1
-            self.changes.append(
-                _Change(self.prepare_timestamp, ChangeEventType.TWO_PHASE_EXPIRED, p, _snapshot(dr), _snapshot(cr))
-            )
+            self.changes.append(_change(self.prepare_timestamp, ChangeEventType.TWO_PHASE_EXPIRED, p, dr, cr))
             expired += 1
         if expired:
             self.dirty = True
@@ -1005,12 +1021,31 @@ class StateMachine:
         if account is None or not account.flags & _A_HISTORY:
             return []
         history = self.history[f.account_id]
-        timestamps = [b.timestamp for b in history] if history else []
+        timestamps = [change.timestamp for change in history] if history else []
         balances: list[AccountBalance] = []
         for t in self._account_transfers(f):
             index = bisect.bisect_left(timestamps, t.timestamp)
             assert index < len(history) and history[index].timestamp == t.timestamp
-            balances.append(history[index])
+            change = history[index]
+            assert change.transfer.id == t.id and t.debit_account_id != t.credit_account_id
+            if t.debit_account_id == f.account_id:
+                balance = AccountBalance(
+                    change.dr_debits_pending,
+                    change.dr_debits_posted,
+                    change.dr_credits_pending,
+                    change.dr_credits_posted,
+                    change.timestamp,
+                )
+            else:
+                assert t.credit_account_id == f.account_id
+                balance = AccountBalance(
+                    change.cr_debits_pending,
+                    change.cr_debits_posted,
+                    change.cr_credits_pending,
+                    change.cr_credits_posted,
+                    change.timestamp,
+                )
+            balances.append(balance)
         return balances
 
     @staticmethod
@@ -1065,29 +1100,30 @@ class StateMachine:
             reversed_=False,
         )
         events = []
+        accounts = self.accounts
         for change in changes:
             t = change.transfer
+            # Copies of the accounts (copy_account's fields) with their balances and flags as of the change.
+            dr, cr = accounts[t.debit_account_id], accounts[t.credit_account_id]
             events.append(
                 ChangeEvent(
                     change.timestamp,
                     change.type,
                     copy_transfer(t),
-                    self._account_as_of(t.debit_account_id, change.debit_account),
-                    self._account_as_of(t.credit_account_id, change.credit_account),
+                    Account(
+                        dr.id, change.dr_debits_pending, change.dr_debits_posted, change.dr_credits_pending,
+                        change.dr_credits_posted, dr.user_data_128, dr.user_data_64, dr.user_data_32, dr.ledger,
+                        dr.code, change.dr_flags, dr.timestamp, dr.reserved,
+                    ),
+                    Account(
+                        cr.id, change.cr_debits_pending, change.cr_debits_posted, change.cr_credits_pending,
+                        change.cr_credits_posted, cr.user_data_128, cr.user_data_64, cr.user_data_32, cr.ledger,
+                        cr.code, change.cr_flags, cr.timestamp, cr.reserved,
+                    ),
                 )
-            )
+            )  # fmt: skip
+        assert len(events) == len(changes)
         return events
-
-    def _account_as_of(self, account_id: int, snapshot: tuple[int, int, int, int, int]) -> Account:
-        account = copy_account(self.accounts[account_id])
-        (
-            account.debits_pending,
-            account.debits_posted,
-            account.credits_pending,
-            account.credits_posted,
-            account.flags,
-        ) = snapshot
-        return account
 
     # ------------------------------------------------------------------------------------------
     # Invariants.

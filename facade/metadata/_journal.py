@@ -32,6 +32,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 
 from facade.domain.errors import LedgerError, transfer_status_error
@@ -52,15 +53,20 @@ _TYPE_NAMES = {leg_type: leg_type.name.lower() for leg_type in TransactionType}
 """A post leg's transaction_type as parse_body_summary names it (credit, debit, transfer)."""
 METADATA_CHUNK = 512
 """Transfers whose metadata `metadata_for` builds per event-loop turn (a few ms)."""
+_ENTRY_METADATA = entries_pb2.EntryMetadata
+_TRANSACTION_ID = attrgetter("transaction_id")
 RECENT_TRANSACTIONS_MAX = 16_384
 """Transactions last submitted whose metadata change capture reads from memory (`metadata_for`): ~1.6 s
 at 10,000 tx/s, several capture polls. Older ones are read back from the journal and parsed, as before."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Recent:
     """What change capture's metadata needs of a transaction just made durable: exactly the fields its
-    canonical body holds (the body is the MappedTransaction's `body`, encoded from these very values)."""
+    canonical body holds (the body is the MappedTransaction's `body`, encoded from these very values).
+    A copy, not the MappedTransaction: its transfers and body would outlive the call by ~16,384
+    transactions, three more objects each for the cyclic collector to traverse. Not frozen (written
+    once, here, and read only by `metadata_for`): a frozen dataclass's __init__ cost ~0.5 µs each."""
 
     client_id: str
     idempotency_key: str
@@ -168,7 +174,8 @@ class JournalMetadataStore:
     async def submit(self, transactions: Sequence[MappedTransaction]) -> list[CreateTransferResult]:
         """The batch and the metadata of its transactions without a recorded outcome, in one journal
         append (one fdatasync); each outcome is durable when this returns."""
-        assert transactions and len({t.transaction_id for t in transactions}) == len(transactions)
+        # Over C-level iterators (map): a Python comprehension here cost ~0.1 µs a transaction, for each check.
+        assert transactions and len(set(map(_TRANSACTION_ID, transactions))) == len(transactions)
         index = self.engine.index.transactions
         transfers = [transfer for t in transactions for transfer in t.transfers]
         intents: list[TransactionIntent] = []
@@ -180,14 +187,17 @@ class JournalMetadataStore:
             position += len(transaction.transfers)
         results = await self.engine.create_transfers(transfers, intents)
         assert len(results) == len(transfers)
-        assert all(t.transaction_id in index for t in transactions), "an outcome not in the index"
+        assert all(map(index.__contains__, map(_TRANSACTION_ID, transactions))), "an outcome not in the index"
         # Durable now. A transaction already recorded has the same body (the batcher submits it only
         # with an equal fingerprint), so its metadata is the journal's either way.
         recent = self._recent
-        for position, t in enumerate(transactions):
-            if position and not position % METADATA_CHUNK:
+        for start in range(0, len(transactions), METADATA_CHUNK):
+            if start:
                 await asyncio.sleep(0)  # Durable already; a transaction not yet here is read from the journal.
-            recent[t.transaction_id] = _Recent(t.client_id, t.idempotency_key, t.kind, t.currency, t.legs, t.metadata)
+            for t in transactions[start : start + METADATA_CHUNK]:
+                recent[t.transaction_id] = _Recent(
+                    t.client_id, t.idempotency_key, t.kind, t.currency, t.legs, t.metadata
+                )
         excess = len(recent) - RECENT_TRANSACTIONS_MAX
         if excess > 0:
             for transaction_id in list(islice(recent, excess)):
@@ -239,7 +249,7 @@ class JournalMetadataStore:
     async def metadata_for(self, transfer_ids: Sequence[int]) -> Mapping[int, entries_pb2.EntryMetadata]:
         """Change capture's MetadataSource, from the journal's entries."""
         index = self.engine.index
-        recent = self._recent
+        recent_get, packed_get, entry_metadata, post = self._recent.get, index.transfers.get, _ENTRY_METADATA, Kind.POST
         legs: list[tuple[int, int, int]] = []  # (transfer id, transaction id, leg index), not in memory
         found: dict[int, entries_pb2.EntryMetadata] = {}
         for position, transfer_id in enumerate(transfer_ids):
@@ -248,29 +258,29 @@ class JournalMetadataStore:
                 # for tens of ms. What is read stays valid across the yield: the index only grows, and a
                 # transaction evicted from `recent` meanwhile is read back from the journal below.
                 await asyncio.sleep(0)
-            packed = index.transfers.get(transfer_id)
+            packed = packed_get(transfer_id)
             if packed is None:
                 continue
             tx_id, leg_index = packed >> LEG_BITS, packed & LEG_MASK
-            known = recent.get(tx_id)
+            known = recent_get(tx_id)
             if known is None:
                 legs.append((transfer_id, tx_id, leg_index))
                 continue
             metadata = known.metadata
-            found[transfer_id] = described = entries_pb2.EntryMetadata(
-                transaction_id=tx_id.to_bytes(16, "big").hex(),
-                idempotency_key=known.idempotency_key,
-                client_id=known.client_id,
-                # As parse_body_summary reads it from the body: the leg's type for posts, else the kind.
-                transaction_type=_TYPE_NAMES[known.legs[leg_index].type]
-                if known.kind is Kind.POST
-                else known.kind.value,
-                source=metadata.source,
-                correlation_id=metadata.correlation_id,
-                description=metadata.description,
-                currency=known.currency,
-                leg_index=leg_index,
-            )
+            # Field by field, not keyword arguments: the same message (proto3 strings and ints have no
+            # presence: an empty one set or not is the same), ~0.3 µs a change cheaper with upb.
+            found[transfer_id] = described = entry_metadata()
+            described.transaction_id = tx_id.to_bytes(16, "big").hex()
+            described.idempotency_key = known.idempotency_key
+            described.client_id = known.client_id
+            # As parse_body_summary reads it from the body: the leg's type for posts, else the kind.
+            kind = known.kind
+            described.transaction_type = _TYPE_NAMES[known.legs[leg_index].type] if kind is post else kind.value
+            described.source = metadata.source
+            described.correlation_id = metadata.correlation_id
+            described.description = metadata.description
+            described.currency = known.currency
+            described.leg_index = leg_index
             if metadata.labels:  # A map given to the constructor goes through Python's MutableMapping.update.
                 described.labels.update(metadata.labels)
         locations = {tx_id: index.transactions[tx_id].location for _, tx_id, _ in legs}

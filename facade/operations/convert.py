@@ -172,7 +172,8 @@ def fill_posted(
     Exact: the request mapped to this transaction (same canonical body, or it would have been
     IDEMPOTENCY_KEY_REUSED), and decimals are canonical; a message copy is far cheaper than a rebuild."""
     t = view.transaction
-    message.transaction_id = format(t.transaction_id, "032x")
+    # format(id, "032x") exactly (a u128: 16 bytes, 32 lowercase digits), at half its cost: once per item.
+    message.transaction_id = t.transaction_id.to_bytes(16, "big").hex()
     message.idempotency_key = request.idempotency_key
     message.status = _STATUS[t.kind]
     message.legs.extend(request.legs)

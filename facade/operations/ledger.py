@@ -10,6 +10,7 @@ deadline to the group commit (work still queued when it passes is never committe
 from __future__ import annotations
 
 import asyncio
+from operator import attrgetter
 
 from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.auth import Principal
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 Deadline = float | None
+_LEGS = attrgetter("legs")
 
 
 async def create_account(
@@ -118,7 +120,7 @@ async def post_transactions(
 ) -> pb.PostTransactionsResponse:
     """Independent transactions, one result each (a refused one carries its error; the call succeeds)."""
     if len(request.transactions) <= BATCH_TRANSACTIONS_MAX:  # A larger batch is refused by the service.
-        service.admit(sum(len(r.legs) for r in request.transactions), deadline)
+        service.admit(sum(map(len, map(_LEGS, request.transactions))), deadline)  # C iterators: per item.
     if len(request.transactions) >= MAP_IN_THREAD_TRANSACTIONS_MIN:
         # Off the event loop, as the mapping and the response are: a thousand items took 4-25 ms of the
         # loop under bench_overload, every other call (and gRPC's accepting of new ones) waiting.
