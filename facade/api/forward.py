@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -97,8 +97,9 @@ class EngineLink(asyncio.Protocol):
         await asyncio.get_running_loop().create_unix_connection(lambda: self, path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = self._writer.transport = transport
+        # An asyncio.Transport, or uvloop's (facade.front_process runs on uvloop), which is not its subclass.
+        assert callable(getattr(transport, "write", None))
+        self._transport = self._writer.transport = cast(asyncio.Transport, transport)
         self.lost.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
