@@ -117,7 +117,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             route = self._route(method, handler)
         if route.scope is not None:
             try:
-                principal = await self._authenticator.authenticate_async(authorization)
+                # The common call: a token verified before (facade.auth's cache), no coroutine to run.
+                principal = self._authenticator.cached(authorization)
+                if principal is None:
+                    principal = await self._authenticator.authenticate_async(authorization)
                 self._authenticator.authorize(principal, route.scope)
             except AuthError as error:  # Answered and counted as the layered interceptors do.
                 return await self._observe.intercept_service(

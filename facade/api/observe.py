@@ -97,9 +97,26 @@ def _status_name(context: Any) -> str:
     return status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
 
 
+_DURATIONS_CACHED_MAX = 1024
+"""Histogram children kept by (method, code): a few dozen methods times the status codes they end with."""
+_durations: dict[tuple[str, str], Any] = {}
+
+
+def _duration(short: str, code: str) -> Any:
+    """The request histogram's child for a gRPC method and code, looked up once (labels() takes a lock and
+    builds its key on every call). A child stays its parent's while the parent lives: no one removes them."""
+    child = _durations.get((short, code))
+    if child is None:
+        if len(_durations) >= _DURATIONS_CACHED_MAX:
+            _durations.clear()
+        child = _durations[(short, code)] = metrics.request_duration_seconds.labels("grpc", short, code)
+    assert len(_durations) <= _DURATIONS_CACHED_MAX
+    return child
+
+
 def _finished(sampling: RpcLogSampling, short: str, code: str, elapsed: float) -> None:
     """A call's latency sample and (sampled) log line; its request fields unbound."""
-    metrics.request_duration_seconds.labels("grpc", short, code).observe(elapsed)
+    _duration(short, code).observe(elapsed)
     if sampling.at_info(code, elapsed):
         log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
     else:
