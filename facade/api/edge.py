@@ -184,6 +184,7 @@ def _observed_unary(inner: Any, method: str, sampling: RpcLogSampling) -> Callab
             code = _status_name(context)
             raise
         finally:
-            _finished(sampling, short, code, time.perf_counter() - started)
+            # No unbinding: the fields were bound in this call's task (intercept_service), which ends with it.
+            _finished(sampling, short, code, time.perf_counter() - started, unbind=False)
 
     return unary
