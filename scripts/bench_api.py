@@ -346,6 +346,7 @@ OPTIONAL_CONFIGS = (
     # processes (facade.fronts, opt-in).
     Config("append pipeline", {"LEDGER_ENGINE__APPEND_PIPELINE": "true"}),
     *(Config(f"fronts {n}", {"LEDGER_API__FRONT_PROCESSES": str(n)}) for n in (1, 2, 3)),
+    Config("uvloop", {"LEDGER_API__EVENT_LOOP": "uvloop"}),  # api.event_loop (off by default).
 )
 
 
