@@ -14,11 +14,14 @@ INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_NOT_YET_VALID, TOKEN_CLAIM_INVALID + metadat
 TOKEN_KEY_UNKNOWN, INVALID_API_KEY); missing scope → PERMISSION_DENIED. gRPC health checks are open
 (load balancers probe them without credentials); everything else, reflection included, needs credentials.
 
-Verified tokens are cached (SHA-256 of the token → principal and deadline, at most
-`TOKEN_CACHE_ENTRIES_MAX`): a client sends the same token on every call, and signature verification plus
-claim parsing would otherwise be most of a small RPC's cost. An entry lives until the token's `exp` or
-`TOKEN_CACHE_SECONDS_MAX`, whichever is first (so a key removed from the key set stops verifying its
-tokens within that bound); past it the token is verified again, so the cache changes no outcome.
+Verified tokens are cached (the exact `authorization` value → principal and deadline, at most
+`TOKEN_CACHE_ENTRIES_MAX` entries of at most `TOKEN_CACHED_CHARS_MAX` characters): a client sends the same
+token on every call, and signature verification plus claim parsing would otherwise be most of a small
+RPC's cost. Only a token that passed every rule is cached, under its exact bytes: any other token (the
+same subject included) is verified on its own. An entry lives until the token's `exp` or
+`TOKEN_CACHE_SECONDS_MAX`, whichever is first, and no longer than the key set it was verified with: every
+reload of the key set empties the cache (a key removed stops verifying its tokens at once). Past that the
+token is verified again, so the cache changes no outcome.
 
 Local use: in `dev` mode a built-in signing secret is used when none is configured, so that
 `ledger dev-token` prints a working token on a fresh machine. Anyone can sign with it: the service warns
@@ -56,6 +59,9 @@ CLOCK_LEEWAY_SECONDS = 30
 """The default clock skew (auth.jwt_clock_skew_seconds)."""
 TOKEN_CACHE_ENTRIES_MAX = 10_000
 TOKEN_CACHE_SECONDS_MAX = 60.0
+TOKEN_CACHED_CHARS_MAX = 4096
+"""Longer `authorization` values are verified on every call, not cached (bounds the cache's memory: a
+JWT is a few hundred characters, RS256 with a kid under 1,000)."""
 JWT_SECRET_BYTES_MIN = 32
 """RFC 7518 §3.2: an HS256 key has at least 256 bits."""
 
@@ -217,8 +223,20 @@ class Authenticator:
             lifetime_seconds_max=settings.jwt_lifetime_seconds_max,
         )
         self._api_keys = {key.key_id: key for key in settings.api_keys}
-        self._verified: dict[bytes, tuple[Principal, float]] = {}  # SHA-256(token) → (principal, valid until)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        """The exact `authorization` value of a verified Bearer token → (principal, valid until: time.time())."""
         self._reload_lock = asyncio.Lock()
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal `authorization` was verified as, while its cache entry holds and the key set is not
+        due a reload; else None, and the caller asks `authenticate_async` (the gRPC edge's common call: no
+        coroutine, no parsing)."""
+        if authorization is None or self._keys.reload_due(kid_missed=False):
+            return None
+        entry = self._verified.get(authorization)
+        if entry is None or time.time() >= entry[1]:
+            return None
+        return entry[0]
 
     async def authenticate_async(self, authorization: str | None) -> Principal:
         if self._keys.reload_due(kid_missed=False):
@@ -239,26 +257,30 @@ class Authenticator:
                 await asyncio.to_thread(self._keys.load)
             except Exception as error:  # Keep the last good keys; the operator sees why.
                 log.error("jwks_reload_failed", error=str(error))
+            else:
+                # No token stays verified past the key set it was verified with: a removed key's tokens stop now.
+                # (Here, on the event loop, after the new keys are in: nothing verified with the old ones is left.)
+                self._verified.clear()
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise AuthError(ErrorKind.UNAUTHENTICATED, "MISSING_CREDENTIALS", "authorization header required")
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() == "bearer" and credential:
-            return self._jwt(credential.strip())
+            return self._jwt(authorization, credential.strip())
         if scheme.lower() == "apikey" and credential:
             return self._api_key(credential.strip())
         raise AuthError(ErrorKind.UNAUTHENTICATED, "UNSUPPORTED_CREDENTIALS", "use 'Bearer <jwt>' or 'ApiKey <key>'")
 
-    def _jwt(self, token: str) -> Principal:
+    def _jwt(self, authorization: str, token: str) -> Principal:
+        """`token` (the credential of `authorization`) verified, or its cached principal while it holds."""
         now = time.time()
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        cached = self._verified.get(digest)
+        cached = self._verified.get(authorization)
         if cached is not None:
             principal, valid_until = cached
             if now < valid_until:
                 return principal
-            del self._verified[digest]
+            del self._verified[authorization]
         try:
             verified = self._verifier.verify(token, now)
         except TokenRejectedError as rejected:
@@ -266,10 +288,10 @@ class Authenticator:
         principal = Principal(verified.subject, verified.scopes)
         # Never past exp: between exp and exp + skew the token is verified on every call.
         valid_until = min(verified.expires_at, now + TOKEN_CACHE_SECONDS_MAX)
-        if valid_until > now:
+        if valid_until > now and len(authorization) <= TOKEN_CACHED_CHARS_MAX:
             while len(self._verified) >= TOKEN_CACHE_ENTRIES_MAX:
                 del self._verified[next(iter(self._verified))]  # The oldest entry.
-            self._verified[digest] = (principal, valid_until)
+            self._verified[authorization] = (principal, valid_until)
         assert len(self._verified) <= TOKEN_CACHE_ENTRIES_MAX
         return principal
 

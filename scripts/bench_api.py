@@ -138,6 +138,24 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
 
 
+FRONT_COMMAND_MARK = b"facade.front_process"
+"""On a front process's command line (facade.fronts spawns `python -m facade.front_process`)."""
+
+
+def fronts_cpu_seconds(root_pid: int) -> float:
+    """utime+stime of `root_pid`'s live front processes (facade.fronts), its children named by FRONT_COMMAND_MARK."""
+    total = 0.0
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            stat = Path(stat_path).read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) != root_pid:
+                continue
+            if FRONT_COMMAND_MARK in Path(stat_path).with_name("cmdline").read_bytes():
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+    return total
+
+
 def tree_write_bytes(root_pid: int) -> int:
     """write_bytes (/proc/<pid>/io: bytes sent to the block layer) of `root_pid` and its live descendants."""
     children: dict[int, list[int]] = {}
@@ -234,6 +252,8 @@ class Measured:
     cpu_seconds: float = 0.0
     own_cpu_seconds: float = 0.0
     """The root process alone (the service without the read model's child)."""
+    fronts_cpu_seconds: float = 0.0
+    """The root's front processes (api.front_processes), together."""
     written_bytes: int = 0
 
     def result(self, result: Result, done: int, error_kinds: dict[str, int]) -> Result:
@@ -247,6 +267,8 @@ class Measured:
             # child): not for a lone process (the no-op server) nor a root that only supervises (postmaster).
             if ROOT_SHARE_NOTED_MIN * self.cpu_seconds < self.own_cpu_seconds < self.cpu_seconds:
                 result.notes.append(f"server process alone {self.own_cpu_seconds / done * 1e6:,.0f} µs/tx")
+            if self.fronts_cpu_seconds > 0:
+                result.notes.append(f"front processes {self.fronts_cpu_seconds / done * 1e6:,.0f} µs/tx")
             result.notes.append(f"{self.written_bytes / done:,.0f} B/tx written")
         return result
 
@@ -257,11 +279,13 @@ def measured(cpu_pid: int | None) -> Iterator[Measured]:
     server = Measured(cpu_pid)
     cpu_before = tree_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     own_cpu_before = process_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
+    fronts_cpu_before = fronts_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     written_before = tree_write_bytes(cpu_pid) if cpu_pid is not None else 0
     yield server
     if cpu_pid is not None:
         server.cpu_seconds = tree_cpu_seconds(cpu_pid) - cpu_before
         server.own_cpu_seconds = process_cpu_seconds(cpu_pid) - own_cpu_before
+        server.fronts_cpu_seconds = fronts_cpu_seconds(cpu_pid) - fronts_cpu_before
         server.written_bytes = tree_write_bytes(cpu_pid) - written_before
 
 
@@ -322,6 +346,7 @@ OPTIONAL_CONFIGS = (
     # processes (facade.fronts, opt-in).
     Config("append pipeline", {"LEDGER_ENGINE__APPEND_PIPELINE": "true"}),
     *(Config(f"fronts {n}", {"LEDGER_API__FRONT_PROCESSES": str(n)}) for n in (1, 2, 3)),
+    Config("uvloop", {"LEDGER_API__EVENT_LOOP": "uvloop"}),  # api.event_loop (off by default).
 )
 
 

@@ -70,6 +70,9 @@ REFUSING_SECONDS_MAX = 0.1
 """The longest a front refuses a write method on the engine's behalf after the engine refused one (less
 when the engine's retry hint is shorter, and until a PROBE's answer says otherwise): stale state can only
 refuse while the engine was recently full, and after this the front forwards again whatever it heard."""
+PRINCIPALS_CACHED_MAX = 4096
+"""Principals kept, encoded for CALL frames (a front) or decoded from them (the engine's process): a front's
+callers are few, one per client and scope set; when full a cache starts over."""
 
 
 def _methods() -> tuple[str, ...]:
@@ -162,6 +165,25 @@ def _cut(text: str) -> bytes:
     return text.encode()[:STRING_BYTES_MAX]
 
 
+_principals_encoded: dict[Principal, tuple[bytes, bytes]] = {}
+
+
+def _principal_bytes(principal: Principal) -> tuple[bytes, bytes]:
+    """A principal's client id and scopes as a CALL frame carries them, encoded once per distinct principal
+    (a front's callers are few; not a sort, a join and two encodes per call). When full the cache starts over."""
+    encoded = _principals_encoded.get(principal)
+    if encoded is None:
+        if len(_principals_encoded) >= PRINCIPALS_CACHED_MAX:
+            _principals_encoded.clear()
+        # Scopes have no spaces (facade.auth: a space-separated claim).
+        encoded = _principals_encoded[principal] = (
+            _cut(principal.client_id),
+            _cut(" ".join(sorted(principal.scopes))),
+        )
+    assert len(_principals_encoded) <= PRINCIPALS_CACHED_MAX
+    return encoded
+
+
 def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one field of the frame.
     call_id: int,
     method: int,
@@ -174,7 +196,7 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
 ) -> bytes:
     assert 0 <= method < len(METHODS)
     assert 0 <= call_id <= 0xFFFFFFFF
-    client, scopes = _cut(principal.client_id), _cut(" ".join(sorted(principal.scopes)))  # Scopes have no spaces.
+    client, scopes = _principal_bytes(principal)
     request, correlation = _cut(request_id), _cut(correlation_id)
     header = _CALL.pack(
         call_id,
@@ -224,9 +246,6 @@ def encode_state(method: int, *, refusing_until: float, error: LedgerError) -> b
 
 
 _principals: dict[tuple[bytes, int], Principal] = {}
-PRINCIPALS_CACHED_MAX = 4096
-"""Principals decoded from CALL frames kept (a front's callers are few: one per client and scope set);
-when full the cache starts over."""
 
 
 def _principal(raw: bytes, client_length: int) -> Principal:
@@ -348,19 +367,22 @@ class TurnWriter:
     out in one write (one syscall for many calls or answers, not one each). Frames sent while there is no
     open transport are dropped: the peer's connection is gone, and so is whoever waited for them."""
 
-    __slots__ = ("_out", "_scheduled", "transport")
+    __slots__ = ("_out", "_scheduled", "loop", "transport")
 
     def __init__(self) -> None:
         self._out: list[bytes] = []
         self._scheduled = False
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop to flush on, when its owner holds it (else the running one: on Python 3.11 asking for it
+        is a getpid() syscall)."""
 
     def send(self, frame: bytes) -> None:
         assert frame
         self._out.append(frame)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _flush(self) -> None:
         assert self._scheduled

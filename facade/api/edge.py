@@ -117,7 +117,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             route = self._route(method, handler)
         if route.scope is not None:
             try:
-                principal = await self._authenticator.authenticate_async(authorization)
+                # The common call: a token verified before (facade.auth's cache), no coroutine to run.
+                principal = self._authenticator.cached(authorization)
+                if principal is None:
+                    principal = await self._authenticator.authenticate_async(authorization)
                 self._authenticator.authorize(principal, route.scope)
             except AuthError as error:  # Answered and counted as the layered interceptors do.
                 return await self._observe.intercept_service(
@@ -181,6 +184,7 @@ def _observed_unary(inner: Any, method: str, sampling: RpcLogSampling) -> Callab
             code = _status_name(context)
             raise
         finally:
-            _finished(sampling, short, code, time.perf_counter() - started)
+            # No unbinding: the fields were bound in this call's task (intercept_service), which ends with it.
+            _finished(sampling, short, code, time.perf_counter() - started, unbind=False)
 
     return unary

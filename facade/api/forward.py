@@ -31,10 +31,9 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
-import structlog
 
 from facade.api import _frames
 from facade.api._frames import AdmissionState, FrameError, FrameKind, FrameReader, Reply, TurnWriter
@@ -42,7 +41,7 @@ from facade.api.gen.ledger.v1 import history_pb2, ledger_pb2
 from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
 from facade.domain.errors import ErrorKind, LedgerError
-from facade.observability.logs import get_logger
+from facade.observability.logs import get_logger, request_ids
 from facade.operations import convert
 
 __all__ = ["FORWARDED_IN_FLIGHT_MAX", "REASON_ENGINE_UNREACHABLE", "EngineLink", "forwarding_handlers"]
@@ -80,6 +79,8 @@ class EngineLink(asyncio.Protocol):
     def __init__(self, index: int) -> None:
         self.index = index
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the connection runs on (held: on Python 3.11 asyncio.get_running_loop() is a getpid() syscall)."""
         self._reader = FrameReader()
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
@@ -97,8 +98,10 @@ class EngineLink(asyncio.Protocol):
         await asyncio.get_running_loop().create_unix_connection(lambda: self, path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = self._writer.transport = transport
+        # An asyncio.Transport, or uvloop's (facade.front_process runs on uvloop), which is not its subclass.
+        assert callable(getattr(transport, "write", None))
+        self._transport = self._writer.transport = cast(asyncio.Transport, transport)
+        self._loop = self._writer.loop = asyncio.get_running_loop()
         self.lost.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -121,22 +124,21 @@ class EngineLink(asyncio.Protocol):
             self._transport.abort()
             return
         for frame in frames:
+            if type(frame) is Reply:  # The common frame first.
+                future = self._pending.pop(frame.call_id, None)
+                if future is None or future.done():
+                    continue  # Its caller went away (cancelled): nobody waits.
+                if frame.error is not None:
+                    future.set_exception(frame.error)
+                else:
+                    future.set_result(frame.body)
+                continue
             if isinstance(frame, AdmissionState):  # The door refuses (a call's or a PROBE's answer).
                 self._refusing[frame.method] = _Refusing(frame)
                 assert len(self._refusing) <= len(_frames.METHODS)
                 continue
             if isinstance(frame, tuple) and frame[0] == FrameKind.ROOM:  # A PROBE's answer: forward again.
                 self._refusing.pop(frame[1], None)
-                continue
-            if not isinstance(frame, Reply):
-                continue
-            future = self._pending.pop(frame.call_id, None)
-            if future is None or future.done():
-                continue  # Its caller went away (cancelled): nobody waits.
-            if frame.error is not None:
-                future.set_exception(frame.error)
-            else:
-                future.set_result(frame.body)
 
     def refusal(self, method: int) -> LedgerError | None:
         """The engine door's refusal of `method` while it holds (a fresh copy: a raised exception
@@ -161,7 +163,8 @@ class EngineLink(asyncio.Protocol):
 
     async def call(self, method: int, principal: Principal, remaining_seconds: float | None, body: bytes) -> bytes:
         """The response's bytes; raises the engine's LedgerError, or UNAVAILABLE / RESOURCE_EXHAUSTED here."""
-        if not self.connected:
+        loop = self._loop
+        if not self.connected or loop is None:
             raise _unreachable("not connected")
         if len(self._pending) >= FORWARDED_IN_FLIGHT_MAX:
             raise LedgerError(
@@ -173,17 +176,17 @@ class EngineLink(asyncio.Protocol):
         call_id = next(self._ids) & 0xFFFFFFFF
         # An absolute time.monotonic() deadline: the frame's transit counts against it (facade.api._frames.Call).
         deadline = None if remaining_seconds is None else time.monotonic() + remaining_seconds
-        fields = structlog.contextvars.get_contextvars()
+        request_id, correlation_id = request_ids()
         frame = _frames.encode_call(
             call_id,
             method,
             deadline=deadline,
             principal=principal,
-            request_id=str(fields.get("request_id") or ""),
-            correlation_id=str(fields.get("correlation_id") or ""),
+            request_id=request_id,
+            correlation_id=correlation_id,
             body=body,
         )
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._pending[call_id] = future
         self.send(frame)
         try:

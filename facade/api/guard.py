@@ -154,7 +154,10 @@ def _guarded_handler(handler: Any, method: str) -> Any:
     assert handler is not None
     assert method
     what = method_what(method)
-    deserializer = guarded_deserializer(handler.request_deserializer, what)
+    # No deserializer (a front's forwarding handlers take the raw bytes): nothing to decode, nothing to guard.
+    deserializer = None
+    if handler.request_deserializer is not None:
+        deserializer = guarded_deserializer(handler.request_deserializer, what)
     serializer = handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary, method), deserializer, serializer)

@@ -22,9 +22,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 
-from facade.observability import metrics
+from facade.observability import metrics, tracing
 from facade.observability.logs import bind_request, clear_request, get_logger
 from facade.observability.tracing import extract_metadata, tracer
 
@@ -97,20 +96,39 @@ def _status_name(context: Any) -> str:
     return status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
 
 
-def _finished(sampling: RpcLogSampling, short: str, code: str, elapsed: float) -> None:
-    """A call's latency sample and (sampled) log line; its request fields unbound."""
-    metrics.request_duration_seconds.labels("grpc", short, code).observe(elapsed)
+_DURATIONS_CACHED_MAX = 1024
+"""Histogram children kept by (method, code): a few dozen methods times the status codes they end with."""
+_durations: dict[tuple[str, str], Any] = {}
+
+
+def _duration(short: str, code: str) -> Any:
+    """The request histogram's child for a gRPC method and code, looked up once (labels() takes a lock and
+    builds its key on every call). A child stays its parent's while the parent lives: no one removes them."""
+    child = _durations.get((short, code))
+    if child is None:
+        if len(_durations) >= _DURATIONS_CACHED_MAX:
+            _durations.clear()
+        child = _durations[(short, code)] = metrics.request_duration_seconds.labels("grpc", short, code)
+    assert len(_durations) <= _DURATIONS_CACHED_MAX
+    return child
+
+
+def _finished(sampling: RpcLogSampling, short: str, code: str, elapsed: float, *, unbind: bool = True) -> None:
+    """A call's latency sample and (sampled) log line; its request fields unbound unless `unbind` is False
+    (the caller bound them in the call's own task, whose context ends with it: facade.api.edge)."""
+    _duration(short, code).observe(elapsed)
     if sampling.at_info(code, elapsed):
         log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
     else:
         log.debug("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
-    clear_request()
+    if unbind:
+        clear_request()
 
 
 def _tracing_configured() -> bool:
     """Whether a tracer provider was set (facade.observability.tracing.configure_tracing): until then
     OpenTelemetry hands out its proxy, whose spans record nothing. Asked per call: tests set one late."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return tracing.configured()
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):

@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import symbol_database
 
@@ -240,8 +240,9 @@ class _Connection(asyncio.Protocol):
         self._front: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = self._writer.transport = transport
+        # An asyncio.Transport, or uvloop's (api.event_loop), which is not its subclass.
+        assert callable(getattr(transport, "write", None))
+        self._transport = self._writer.transport = cast(asyncio.Transport, transport)
         self._relay._connections.add(self)
 
     def abort(self) -> None:

@@ -7,6 +7,7 @@ low-cardinality fields (level, logger, service) suit Loki labels; ids stay in th
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 
@@ -42,14 +43,26 @@ def configure_logging(level: str = "INFO", json: bool = True, service: str = "le
     structlog.contextvars.bind_contextvars(service=service)
 
 
+_request_ids: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("ledger_request_ids", default=("", ""))
+"""The bound request and correlation ids as one value: read per forwarded call (facade.api.forward), where
+structlog's get_contextvars() would build a dict of every bound field."""
+
+
 def bind_request(request_id: str, correlation_id: str = "", method: str = "") -> None:
     structlog.contextvars.bind_contextvars(
         request_id=request_id, correlation_id=correlation_id or None, method=method or None
     )
+    _request_ids.set((request_id, correlation_id))
 
 
 def clear_request() -> None:
     structlog.contextvars.unbind_contextvars("request_id", "correlation_id", "method")
+    _request_ids.set(("", ""))
+
+
+def request_ids() -> tuple[str, str]:
+    """The request and correlation ids `bind_request` bound in this context ("" for none)."""
+    return _request_ids.get()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -16,6 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
 TRACER_NAME = "ledger"
+_configured = False
+"""Set by configure_tracing, the service's one way to install a tracer provider (facade.api.observe asks
+per call: cheaper than OpenTelemetry's get_tracer_provider(), which looks its environment variable up
+each time while none is set)."""
 
 
 def configure_tracing(
@@ -31,7 +35,14 @@ def configure_tracing(
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     trace.set_tracer_provider(provider)
+    global _configured  # noqa: PLW0603  A process-wide fact, set once (OpenTelemetry takes one provider).
+    _configured = True
     return provider
+
+
+def configured() -> bool:
+    """Whether configure_tracing installed a tracer provider (until then spans record nothing)."""
+    return _configured
 
 
 def tracer() -> trace.Tracer:

@@ -191,3 +191,61 @@ async def test_the_cache_never_outlives_exp() -> None:
     assert await reason(authenticator, bearer) == "OK"  # From the cache.
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.05)
     assert await reason(authenticator, bearer) == "TOKEN_EXPIRED"
+
+
+async def test_a_cached_token_stops_at_its_exp_on_the_edges_fast_path() -> None:
+    """`cached` (the gRPC edge's path without a coroutine) answers a verified token until its exp and
+    not after: past it the token goes through `authenticate_async` again and is refused."""
+    settings = AuthSettings(jwt_clock_skew_seconds=0)
+    authenticator = Authenticator(settings)
+    expires_at = int(time.time()) + 2
+    claims = {"sub": "client-a", "iss": "ledger-service", "aud": "ledger", "exp": expires_at}
+    bearer = f"Bearer {jwt.encode(claims, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    assert authenticator.cached(bearer) is None, "never seen: verified first"
+    assert await reason(authenticator, bearer) == "OK"
+    cached = authenticator.cached(bearer)
+    assert cached is not None and cached.client_id == "client-a"
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.05)
+    assert authenticator.cached(bearer) is None
+    assert await reason(authenticator, bearer) == "TOKEN_EXPIRED"
+
+
+async def test_a_token_with_a_cached_tokens_subject_is_verified_on_its_own() -> None:
+    """The cache is keyed by the exact token: another token naming the same subject gets no credit from
+    it (a forged signature, a wrong audience, an expired one are refused; other scopes are its own)."""
+    settings = AuthSettings()
+    authenticator = Authenticator(settings)
+    now = int(time.time())
+    claims = {"sub": "client-a", "iss": "ledger-service", "aud": "ledger", "exp": now + 300, "scope": "ledger.read"}
+    good = f"Bearer {jwt.encode(claims, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    assert await reason(authenticator, good) == "OK"
+    assert authenticator.cached(good) is not None
+    forged = f"Bearer {jwt.encode(claims, 'another-secret-of-at-least-32-bytes!!', algorithm='HS256')}"
+    wrong_audience = f"Bearer {jwt.encode({**claims, 'aud': 'elsewhere'}, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    expired = f"Bearer {jwt.encode({**claims, 'exp': now - 120}, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    for bearer, refused in (
+        (forged, "INVALID_TOKEN"),
+        (wrong_audience, "TOKEN_CLAIM_INVALID"),
+        (expired, "TOKEN_EXPIRED"),
+    ):
+        assert authenticator.cached(bearer) is None
+        assert await reason(authenticator, bearer) == refused
+    admin = f"Bearer {jwt.encode({**claims, 'scope': 'ledger.admin'}, facade.auth.DEV_SECRET, algorithm='HS256')}"
+    assert (await authenticator.authenticate_async(admin)).scopes == frozenset({"ledger.admin"})
+    assert (await authenticator.authenticate_async(good)).scopes == frozenset({"ledger.read"})
+
+
+async def test_a_cached_token_does_not_outlive_its_key(tmp_path: Path, rsa_keys: list[Key]) -> None:
+    """The very token verified (and cached) with k-1 is refused once the key set that retired k-1 is
+    loaded, well within TOKEN_CACHE_SECONDS_MAX: a reload empties the cache."""
+    first, second, _ = rsa_keys
+    path = tmp_path / "jwks.json"
+    replace(path, key_set(**{"k-1": first}))
+    authenticator = Authenticator(AuthSettings(mode="enforce", jwks_file=path))
+    old = token(first, "k-1")
+    assert await reason(authenticator, old) == "OK"
+    assert authenticator.cached(old) is not None
+    replace(path, key_set(**{"k-2": second}))  # k-1 retired; the next unknown kid reloads the file.
+    assert await reason(authenticator, token(second, "k-2")) == "OK"
+    assert authenticator.cached(old) is None
+    assert await reason(authenticator, old) == "TOKEN_KEY_UNKNOWN"
