@@ -107,25 +107,45 @@ BATCHES = ((100, 4), (1000, 4))
 STREAMS = 16
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """utime+stime of `root_pid` and every live descendant (the projector child, PostgreSQL backends)."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
+@dataclass(frozen=True, slots=True)
+class ProcessStat:
+    """One process's parent and utime+stime (seconds), from /proc/<pid>/stat."""
+
+    parent_pid: int
+    cpu_seconds: float
+
+
+def process_stats() -> dict[int, ProcessStat]:
+    """Every live process's ProcessStat, by pid (one pass over /proc)."""
+    stats: dict[int, ProcessStat] = {}
     for stat_path in glob.glob("/proc/[0-9]*/stat"):
         with contextlib.suppress(OSError):
             stat = Path(stat_path).read_text()
             # The command name is in parentheses and may hold spaces: split after its closing one.
             fields = stat[stat.rindex(")") + 2 :].split()
-            pid = int(stat_path.split("/")[2])
-            children.setdefault(int(fields[1]), []).append(pid)
-            times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
-    total = 0.0
+            cpu_seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+            stats[int(stat_path.split("/")[2])] = ProcessStat(int(fields[1]), cpu_seconds)
+    return stats
+
+
+def tree_pids(root_pid: int, stats: dict[int, ProcessStat]) -> list[int]:
+    """`root_pid` and every live descendant in `stats`."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        children.setdefault(stat.parent_pid, []).append(pid)
+    found: list[int] = []
     pending = [root_pid]
     while pending:
         pid = pending.pop()
-        total += times.get(pid, 0.0)
+        found.append(pid)
         pending.extend(children.get(pid, []))
-    return total
+    return found
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """utime+stime of `root_pid` and every live descendant (the projector child, PostgreSQL backends)."""
+    stats = process_stats()
+    return sum(stats[pid].cpu_seconds for pid in tree_pids(root_pid, stats) if pid in stats)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -145,14 +165,11 @@ FRONT_COMMAND_MARK = b"facade.front_process"
 def fronts_cpu_seconds(root_pid: int) -> float:
     """utime+stime of `root_pid`'s live front processes (facade.fronts), its children named by FRONT_COMMAND_MARK."""
     total = 0.0
-    for stat_path in glob.glob("/proc/[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            stat = Path(stat_path).read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[1]) != root_pid:
-                continue
-            if FRONT_COMMAND_MARK in Path(stat_path).with_name("cmdline").read_bytes():
-                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+    for pid, stat in process_stats().items():
+        if stat.parent_pid == root_pid:
+            with contextlib.suppress(OSError):
+                if FRONT_COMMAND_MARK in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    total += stat.cpu_seconds
     return total
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import glob
 import os
 import shutil
 import subprocess
@@ -39,10 +38,11 @@ from facade.settings import AuthSettings
 from ledger_testkit import loadgen
 from scripts.bench_api import (
     ACCOUNTS,
-    CLOCK_TICKS_PER_SECOND,
     SERVER_START_TIMEOUT_SECONDS,
     Config,
     LedgerServer,
+    process_stats,
+    tree_pids,
 )
 
 FRONT_MARK = "facade.front_process"
@@ -61,26 +61,15 @@ class Sample:
 
 def _tree(root_pid: int) -> dict[int, Sample]:
     """Every live process of `root_pid`'s tree, the root included."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for stat_path in glob.glob("/proc/[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            stat = Path(stat_path).read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            pid = int(stat_path.split("/")[2])
-            parents[pid] = int(fields[1])
-            times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+    stats = process_stats()
     found: dict[int, Sample] = {}
-    for pid, cpu in times.items():
-        ancestor = pid
-        while ancestor not in (root_pid, 0, 1) and ancestor in parents:
-            ancestor = parents[ancestor]
-        if ancestor != root_pid:
+    for pid in tree_pids(root_pid, stats):
+        if pid not in stats:
             continue
         command = b""
         with contextlib.suppress(OSError):
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        found[pid] = Sample(cpu, FRONT_MARK.encode() in command)
+        found[pid] = Sample(stats[pid].cpu_seconds, FRONT_MARK.encode() in command)
     return found
 
 
