@@ -22,6 +22,17 @@ acknowledged journal (reads never see an unacknowledged batch) and:
 in arrival order. That single writer gives linearizability for free: a read issued after an
 acknowledged write runs after it, and no read can observe a batch before it is durable.
 
+One exception, for speed, keeps that order: a small create_transfers batch (at most
+INLINE_TRANSFERS_MAX transfers) is applied and journaled on the caller's (the event loop's) thread
+when the engine's thread is idle (every call handed to it has started and none runs: the ledger lock
+is free) and recent appends were fast (INLINE_APPEND_SECONDS_MAX). Why: a batch of one transaction
+cost the service ~490-660 µs of CPU, ~90 µs of it the two thread hand-offs (a futex wake of the engine's
+thread, the self-pipe wake of the loop, and the event-loop turns between them; on this virtualised host
+a cross-thread wake-up costs tens of µs). The ledger lock makes the two threads mutually exclusive, and
+an inline batch runs only after every call handed off before it has finished (linearizable as before).
+The loop is blocked for the append (two fdatasyncs, ~0.1-0.3 ms here), so a slow disk (or a big batch)
+still goes to the engine's thread and the loop serves other calls meanwhile.
+
 With `append_pipeline` (a setting, off by default: see EngineSettings.append_pipeline for why) its
 create_transfers is pipelined (`EmbeddedLedger.submit_transfers`, facade.engine.journal's "Append
 pipeline"): once a batch's record is durable the engine's thread takes the next call while the journal's
@@ -115,6 +126,16 @@ event loop holds it until the interval forces a switch. Traced under bench_api's
 interval for the whole process cost the batch rows ~15 % more CPU per transaction (mapping threads and the
 loop switched five times as often), so it is shortened only while an append is in flight."""
 
+INLINE_TRANSFERS_MAX = 32
+"""The largest create_transfers batch applied on the caller's thread when the engine's thread is idle
+(module docstring): ~25-50 µs of engine work a transfer, so at most ~1-2 ms of the event loop's time."""
+INLINE_APPEND_SECONDS_MAX = 0.002
+"""Batches are applied inline only while recent appends (APPEND_SECONDS_EWMA_WEIGHT) took at most this:
+on a disk with slow flushes the event loop would otherwise sit in fdatasync instead of serving calls."""
+APPEND_SECONDS_EWMA_WEIGHT = 0.2
+"""Weight of the newest append in `EmbeddedLedger.append_seconds_recent`: one slow flush moves it by a
+fifth, so a disk turning slow sends batches back to the engine's thread within an append or two."""
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -188,6 +209,9 @@ class EmbeddedLedger:
         # Set if the state could not be rebuilt after a failed append: it may hold an unacknowledged
         # batch, so nothing more is served from it, reads included.
         self._state_failure: str | None = None
+        self.append_seconds_recent = 0.0
+        """Moving average of a serial append's seconds (write, fdatasync, header copy, fdatasync): whether
+        the disk is fast enough for inline batches (EmbeddedEngine)."""
         journal.headers_switching = lambda: _fast_switching
 
     @classmethod
@@ -321,7 +345,10 @@ class EmbeddedLedger:
                 self._journal.append(records)
         except JournalWriteError as error:
             raise self._recover(error) from error
-        metrics.journal_fsync_seconds.observe(time.perf_counter() - started)
+        append_seconds = time.perf_counter() - started
+        metrics.journal_fsync_seconds.observe(append_seconds)
+        self.append_seconds_recent += APPEND_SECONDS_EWMA_WEIGHT * (append_seconds - self.append_seconds_recent)
+        assert self.append_seconds_recent >= 0.0
         self.write_blocked = None
 
     def pulse(self) -> int:
@@ -591,6 +618,14 @@ class EmbeddedEngine:
         self._executor = executor
         self._append_pipeline = append_pipeline
         self._closed = False
+        self._ledger_lock = threading.Lock()
+        """Held by whichever thread runs the ledger: the engine's (every call handed to it) or the event
+        loop's (an inline batch). Never waited for on the loop: an inline batch only tries it."""
+        # Calls handed to the engine's thread are numbered by the loop's thread; the engine's thread notes
+        # the number of the one it runs. Each written by one thread only: equal means nothing handed off is
+        # waiting to run (a call cancelled before it ran counts until the next one starts).
+        self._calls_submitted = 0
+        self._call_started = 0
         # Pipelined writes are numbered as handed to the engine's thread (by the loop's thread); the engine's
         # thread notes the number of the one it runs. Each written by one thread only: a race-free hint of
         # a write waiting (a cancelled write that never runs counts only until the next write begins). Reads
@@ -653,7 +688,30 @@ class EmbeddedEngine:
         if self._closed:
             raise EngineUnavailableError("engine is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        return await loop.run_in_executor(self._executor, self._numbered(function, *args, **kwargs))
+
+    def _numbered(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Callable[[], _R]:
+        """`function` as a call for the engine's thread: numbered (see __init__), under the ledger lock."""
+        self._calls_submitted += 1
+        number = self._calls_submitted
+
+        def call() -> _R:
+            with self._ledger_lock:
+                self._call_started = number
+                return function(*args, **kwargs)
+
+        return call
+
+    def _inline_allowed(self, transfers: int) -> bool:
+        """Whether a create_transfers batch of `transfers` may run on the caller's thread (module docstring);
+        the caller must still get the ledger lock without waiting."""
+        return (
+            not self._append_pipeline
+            and not self._closed
+            and 0 < transfers <= INLINE_TRANSFERS_MAX
+            and self._call_started == self._calls_submitted
+            and self._ledger.append_seconds_recent <= INLINE_APPEND_SECONDS_MAX
+        )
 
     def _work_waiting(self) -> bool:
         """Whether a write was handed to the engine's thread after the one it runs (a hint, see __init__)."""
@@ -681,6 +739,14 @@ class EmbeddedEngine:
         """Pipelined (EmbeddedLedger.submit_transfers), if enabled: the engine's thread takes the next batch
         as soon as this one's record is durable; this returns once its header copy is durable too."""
         if not self._append_pipeline:
+            if self._inline_allowed(len(transfers)) and self._ledger_lock.acquire(blocking=False):
+                try:  # The engine's thread is idle and stays so: nothing is handed to it meanwhile.
+                    calls_submitted = self._calls_submitted
+                    results = self._ledger.create_transfers(list(transfers), list(intents))
+                    assert self._calls_submitted == calls_submitted and len(results) == len(transfers)
+                    return results
+                finally:
+                    self._ledger_lock.release()
             return await self._run(self._ledger.create_transfers, list(transfers), list(intents))
         if self._closed:
             raise EngineUnavailableError("engine is closed")
@@ -702,7 +768,7 @@ class EmbeddedEngine:
             except Exception as error:  # The caller's, as with run_in_executor: the engine's thread lives on.
                 deliver(error)
 
-        job = self._executor.submit(write)
+        job = self._executor.submit(self._numbered(write))
         # A caller who gives up before the batch reaches the engine's thread: it never runs (as `_run`).
         answer.add_done_callback(lambda done: job.cancel() if done.cancelled() else None)
         return await answer
@@ -748,6 +814,6 @@ class EmbeddedEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pulse_task
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._ledger.close)
+        await loop.run_in_executor(self._executor, self._numbered(self._ledger.close))
         self._closed = True
         self._executor.shutdown(wait=True)
