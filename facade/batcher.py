@@ -69,6 +69,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import prometheus_client
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
@@ -79,7 +80,7 @@ from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
 from facade.metadata import JournalMetadataStore, MetadataStore
 from facade.observability import metrics
-from facade.observability.tracing import tracer
+from facade.observability.tracing import tracer, tracing_configured
 
 BATCH_SPAN_LINKS_MAX = 128
 """Links on one engine.batch span (one per traced request it carries); a bound keeps spans small."""
@@ -314,6 +315,21 @@ class BatchCost:
         return batches * self.fixed_seconds + transfers * self.transfer_seconds
 
 
+_BATCH_SIZE_METRIC = metrics.engine_batch_size.labels("create_transfers")
+_BATCH_SECONDS_METRIC = metrics.engine_batch_duration_seconds.labels("create_transfers")
+"""The batch metrics' children, looked up once: `labels()` takes a lock and hashes per call, per batch."""
+_RESULTS_METRICS: dict[CreateTransferStatus, prometheus_client.Counter] = {}
+
+
+def _results_metric(status: CreateTransferStatus) -> prometheus_client.Counter:
+    """The engine results counter's child for `status` (one per status: the enum bounds the cache)."""
+    child = _RESULTS_METRICS.get(status)
+    if child is None:
+        child = _RESULTS_METRICS[status] = metrics.engine_results_total.labels("create_transfers", status.name)
+    assert len(_RESULTS_METRICS) <= len(CreateTransferStatus)
+    return child
+
+
 def _batch_parentage(batch: Sequence[_Item]) -> tuple[otel_context.Context, list[Link]]:
     """A batch serves many requests: its span is a child of the first traced one (so a request's
     trace shows its batch) and links every traced request it carries (so each trace can find it)."""
@@ -522,7 +538,7 @@ class GroupCommitter:
             count += len(transaction.transfers)
         self.admit(count, deadline)
         self.pacer.admitted()
-        span_context = trace.get_current_span().get_span_context()
+        span_context = trace.get_current_span().get_span_context() if tracing_configured() else INVALID_SPAN_CONTEXT
         items = [_Item(t, deadline, 0, span_context) for t in transactions]
         if items:
             items[0].submission_transfers = count
@@ -708,34 +724,44 @@ class GroupCommitter:
                 leaders[item.transaction.transaction_id] = item
             else:
                 followers.append((item, leader))
-        parent, links = _batch_parentage(batch)
-        with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
-            span.set_attribute("ledger.batch.transactions", len(batch))
-            transactions = [item.transaction for item in leaders.values()]
-            if self._journaled is not None:  # No write here: the intents go with the batch.
-                priors = await self._journaled.priors(transactions)
-            else:
-                priors = await self._store.prepare(transactions)
-            submitted: list[_Item] = []
-            for item in leaders.values():
-                prior = priors.get(item.transaction.transaction_id)
-                if prior is None:
-                    submitted.append(item)
-                elif prior.fingerprint != item.transaction.fingerprint:
-                    item.resolve(key_reused())
-                elif prior.failure is not None:
-                    item.resolve(LedgerError.from_json(prior.failure))
-                else:
-                    submitted.append(item)  # An intent: committed before or not, the engine knows.
-            if submitted:
-                await self._submit(submitted)
-            span.set_attribute("ledger.batch.transfers", sum(len(i.transaction.transfers) for i in submitted))
+        if tracing_configured():
+            parent, links = _batch_parentage(batch)
+            with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
+                span.set_attribute("ledger.batch.transactions", len(batch))
+                submitted = await self._commit_leaders(list(leaders.values()))
+                span.set_attribute("ledger.batch.transfers", sum(len(i.transaction.transfers) for i in submitted))
+        else:  # Every span would be a no-op: not making one saves its context switch-in and -out per batch.
+            await self._commit_leaders(list(leaders.values()))
         for item, leader in followers:
             if item.transaction.fingerprint != leader.transaction.fingerprint:
                 item.resolve(key_reused())
                 continue
             outcome = await asyncio.shield(leader.future)
             item.resolve(Committed(outcome.timestamp, True) if isinstance(outcome, Committed) else outcome)
+
+    async def _commit_leaders(self, leaders: list[_Item]) -> list[_Item]:
+        """Decides each leader's idempotency against the store, submits the new ones (and stored intents) to
+        the engine, and resolves them all; returns those submitted."""
+        transactions = [item.transaction for item in leaders]
+        if self._journaled is not None:  # No write here: the intents go with the batch.
+            priors = await self._journaled.priors(transactions)
+        else:
+            priors = await self._store.prepare(transactions)
+        submitted: list[_Item] = []
+        for item in leaders:
+            prior = priors.get(item.transaction.transaction_id)
+            if prior is None:
+                submitted.append(item)
+            elif prior.fingerprint != item.transaction.fingerprint:
+                item.resolve(key_reused())
+            elif prior.failure is not None:
+                item.resolve(LedgerError.from_json(prior.failure))
+            else:
+                submitted.append(item)  # An intent: committed before or not, the engine knows.
+        if submitted:
+            await self._submit(submitted)
+        assert len(submitted) <= len(leaders)
+        return submitted
 
     async def _submit(self, items: list[_Item]) -> None:
         transfers = [transfer for item in items for transfer in item.transaction.transfers]
@@ -746,10 +772,10 @@ class GroupCommitter:
         else:
             results = await self._engine.create_transfers(transfers)
         assert len(results) == len(transfers)
-        metrics.engine_batch_size.labels("create_transfers").observe(len(transfers))
-        metrics.engine_batch_duration_seconds.labels("create_transfers").observe(time.perf_counter() - started)
+        _BATCH_SIZE_METRIC.observe(len(transfers))
+        _BATCH_SECONDS_METRIC.observe(time.perf_counter() - started)
         for status, count in Counter(r.status for r in results).items():
-            metrics.engine_results_total.labels("create_transfers", status.name).inc(count)
+            _results_metric(status).inc(count)
         failed: list[tuple[_Item, LedgerError]] = []
         offset = 0
         for position, item in enumerate(items):

@@ -38,6 +38,12 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+def tracing_configured() -> bool:
+    """Whether a tracer provider was set (configure_tracing, or a test's own). Until one is, every span is
+    a non-recording no-op: a hot path (an engine batch) may skip making one (~10 µs of CPU each)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject_headers(context: otel_context.Context | None = None) -> list[tuple[str, str | bytes | None]]:
     """The trace context (default: the current one) as Kafka headers."""
     carrier: dict[str, str] = {}
