@@ -137,9 +137,11 @@ APPEND_SECONDS_EWMA_WEIGHT = 0.2
 """Weight of the newest append in `EmbeddedLedger.append_seconds_recent`: one slow flush moves it by a
 fifth, so a disk turning slow sends batches back to the engine's thread within an append or two."""
 
-INLINE_BACKOFF_BATCHES = 64
-"""After work came for the event loop during an inline append, this many batches go to the engine's thread
-before one is tried inline again (_LoopIdleness): a busy loop pays a blocked append once in 64 batches."""
+INLINE_BACKOFF_BATCHES_MAX = 64
+"""After work came for the event loop during an inline append, batches go to the engine's thread for a
+while before one is tried inline again (_LoopIdleness): 1, 2, 4... up to this many while it keeps coming, so
+a busy loop pays a blocked append about once in 64 batches, and a lone caller's loop (an occasional timer's
+work coming meanwhile) hands off a batch or two."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -676,14 +678,16 @@ class _LoopIdleness:
 
     Judged by what happened during the last inline append: a callback scheduled or a file descriptor
     (a socket: a client's call, gRPC's completion queue) readable once it returned means the loop had work
-    it could not do meanwhile; then INLINE_BACKOFF_BATCHES batches go to the engine's thread before one is
-    tried inline again. Measured end to end (bench_api, 16 unary callers over gRPC): inline batches there
+    it could not do meanwhile; then the next batches go to the engine's thread (a back-off doubled at each
+    such append up to INLINE_BACKOFF_BATCHES_MAX, halved at each append without) before one is tried inline
+    again. Measured end to end (bench_api, 16 unary callers over gRPC): inline batches there
     made the blocked loop the bottleneck (0.7-0.8x tx/s), while a lone caller (and callers in-process, which
     only wait for the batch) gained. Reads the loop's ready queue and selector (asyncio's selector loops);
     without them (another loop implementation) batches are never inline."""
 
     def __init__(self) -> None:
         self._handed_off_remaining = 0
+        self._backoff_batches = 1
 
     def expected(self, loop: asyncio.AbstractEventLoop) -> bool:
         if self._handed_off_remaining > 0:
@@ -704,9 +708,13 @@ class _LoopIdleness:
         """Notes whether work came for the loop during the inline append that began with `ready_before`."""
         ready: deque[object] = getattr(loop, "_ready")  # noqa: B009  Private: checked in `expected`.
         selector: selectors.BaseSelector = getattr(loop, "_selector")  # noqa: B009
+        assert self._handed_off_remaining == 0
         if len(ready) > ready_before or selector.select(0):  # Level-triggered: a peek consumes nothing.
-            self._handed_off_remaining = INLINE_BACKOFF_BATCHES
-        assert self._handed_off_remaining in (0, INLINE_BACKOFF_BATCHES)
+            self._handed_off_remaining = self._backoff_batches
+            self._backoff_batches = min(INLINE_BACKOFF_BATCHES_MAX, 2 * self._backoff_batches)
+        else:
+            self._backoff_batches = max(1, self._backoff_batches // 2)
+        assert 1 <= self._backoff_batches <= INLINE_BACKOFF_BATCHES_MAX
 
 
 class EmbeddedEngine:
