@@ -845,8 +845,8 @@ class EmbeddedEngine:
         """Pipelined (EmbeddedLedger.submit_transfers), if enabled: the engine's thread takes the next batch
         as soon as this one's record is durable; this returns once its header copy is durable too."""
         if not self._append_pipeline:
-            loop = asyncio.get_running_loop()
-            if self._inline_allowed(len(transfers)) and self._idleness.expected(loop):
+            loop = asyncio.get_running_loop() if self._inline_allowed(len(transfers)) else None
+            if loop is not None and self._idleness.expected(loop):
                 if self._ledger_lock.acquire(blocking=False):
                     try:  # The engine's thread is idle and stays so: nothing is handed to it meanwhile.
                         calls_submitted = self._calls_submitted
