@@ -626,6 +626,8 @@ class _EngineThread:
         assert name
         self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._stopping = False
+        # A daemon: a process that exits without closing its engine must not hang on it. Nothing is lost
+        # that was acknowledged (an answer follows the fdatasyncs); an unanswered batch is as after a crash.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
