@@ -67,7 +67,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import prometheus_client
 from opentelemetry import context as otel_context
@@ -240,12 +240,12 @@ def judge(results: Sequence[CreateTransferResult]) -> Outcome:
 class _Item:
     transaction: MappedTransaction
     deadline: float | None
+    future: asyncio.Future[Outcome]
     submission_transfers: int = 0
     """On the first item of a submission, the transfers of the whole submission (0 on the others): an
     uncapped batch takes a submission whole (up to the engine's limit), as before time caps existed."""
     span_context: SpanContext = INVALID_SPAN_CONTEXT
     """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
-    future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.future.done():
@@ -539,7 +539,8 @@ class GroupCommitter:
         self.admit(count, deadline)
         self.pacer.admitted()
         span_context = trace.get_current_span().get_span_context() if tracing_configured() else INVALID_SPAN_CONTEXT
-        items = [_Item(t, deadline, 0, span_context) for t in transactions]
+        loop = asyncio.get_running_loop()  # Once: each lookup is a getpid() system call (CPython 3.11).
+        items = [_Item(t, deadline, loop.create_future(), 0, span_context) for t in transactions]
         if items:
             items[0].submission_transfers = count
         if count <= INTERACTIVE_TRANSFERS_MAX:
