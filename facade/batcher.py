@@ -646,12 +646,7 @@ class GroupCommitter:
                 await self._wakeup.wait()
                 continue
             if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
-                # Done ones are dropped without waiting: asyncio.wait on a finished task still costs its
-                # callbacks two event-loop turns, every other batch when batches do not overlap.
-                in_flight = {task for task in in_flight if not task.done()}
-                if len(in_flight) >= BATCHES_IN_FLIGHT_MAX:
-                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                assert len(in_flight) < BATCHES_IN_FLIGHT_MAX
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if in_flight and self._holds_bulk_back():
                 # Bulk alone while small writes stream: held back until the batch in flight is done or a
