@@ -67,8 +67,9 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import prometheus_client
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
@@ -79,7 +80,7 @@ from facade.engine.protocol import Engine
 from facade.engine.types import BATCH_EVENTS_MAX, CreateTransferResult, CreateTransferStatus
 from facade.metadata import JournalMetadataStore, MetadataStore
 from facade.observability import metrics
-from facade.observability.tracing import tracer
+from facade.observability.tracing import tracer, tracing_configured
 
 BATCH_SPAN_LINKS_MAX = 128
 """Links on one engine.batch span (one per traced request it carries); a bound keeps spans small."""
@@ -249,12 +250,12 @@ def judge(results: Sequence[CreateTransferResult]) -> Outcome:
 class _Item:
     transaction: MappedTransaction
     deadline: float | None
+    future: asyncio.Future[Outcome]
     submission_transfers: int = 0
     """On the first item of a submission, the transfers of the whole submission (0 on the others): an
     uncapped batch takes a submission whole (up to the engine's limit), as before time caps existed."""
     span_context: SpanContext = INVALID_SPAN_CONTEXT
     """The submitter's span (its RPC or Kafka batch): the engine batch is traced as its child and links it."""
-    future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.future.done():
@@ -322,6 +323,21 @@ class BatchCost:
         if self.batches == 0:
             return 0.0
         return batches * self.fixed_seconds + transfers * self.transfer_seconds
+
+
+_BATCH_SIZE_METRIC = metrics.engine_batch_size.labels("create_transfers")
+_BATCH_SECONDS_METRIC = metrics.engine_batch_duration_seconds.labels("create_transfers")
+"""The batch metrics' children, looked up once: `labels()` takes a lock and hashes per call, per batch."""
+_RESULTS_METRICS: dict[CreateTransferStatus, prometheus_client.Counter] = {}
+
+
+def _results_metric(status: CreateTransferStatus) -> prometheus_client.Counter:
+    """The engine results counter's child for `status` (one per status: the enum bounds the cache)."""
+    child = _RESULTS_METRICS.get(status)
+    if child is None:
+        child = _RESULTS_METRICS[status] = metrics.engine_results_total.labels("create_transfers", status.name)
+    assert len(_RESULTS_METRICS) <= len(CreateTransferStatus)
+    return child
 
 
 def _batch_parentage(batch: Sequence[_Item]) -> tuple[otel_context.Context, list[Link]]:
@@ -532,9 +548,9 @@ class GroupCommitter:
             count += len(transaction.transfers)
         self.admit(count, deadline)
         self.pacer.admitted()
-        span_context = trace.get_current_span().get_span_context()
-        create_future = asyncio.get_running_loop().create_future  # Looked up once, not per transaction.
-        items = [_Item(t, deadline, 0, span_context, create_future()) for t in transactions]
+        span_context = trace.get_current_span().get_span_context() if tracing_configured() else INVALID_SPAN_CONTEXT
+        loop = asyncio.get_running_loop()  # Once: each lookup is a getpid() system call (CPython 3.11).
+        items = [_Item(t, deadline, loop.create_future(), 0, span_context) for t in transactions]
         if items:
             items[0].submission_transfers = count
         if count <= INTERACTIVE_TRANSFERS_MAX:
@@ -719,34 +735,44 @@ class GroupCommitter:
                 leaders[item.transaction.transaction_id] = item
             else:
                 followers.append((item, leader))
-        parent, links = _batch_parentage(batch)
-        with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
-            span.set_attribute("ledger.batch.transactions", len(batch))
-            transactions = [item.transaction for item in leaders.values()]
-            if self._journaled is not None:  # No write here: the intents go with the batch.
-                priors = await self._journaled.priors(transactions)
-            else:
-                priors = await self._store.prepare(transactions)
-            submitted: list[_Item] = []
-            for item in leaders.values():
-                prior = priors.get(item.transaction.transaction_id)
-                if prior is None:
-                    submitted.append(item)
-                elif prior.fingerprint != item.transaction.fingerprint:
-                    item.resolve(key_reused())
-                elif prior.failure is not None:
-                    item.resolve(LedgerError.from_json(prior.failure))
-                else:
-                    submitted.append(item)  # An intent: committed before or not, the engine knows.
-            if submitted:
-                await self._submit(submitted)
-            span.set_attribute("ledger.batch.transfers", sum(len(i.transaction.transfers) for i in submitted))
+        if tracing_configured():
+            parent, links = _batch_parentage(batch)
+            with tracer().start_as_current_span("engine.batch", context=parent, links=links) as span:
+                span.set_attribute("ledger.batch.transactions", len(batch))
+                submitted = await self._commit_leaders(list(leaders.values()))
+                span.set_attribute("ledger.batch.transfers", sum(len(i.transaction.transfers) for i in submitted))
+        else:  # Every span would be a no-op: not making one saves its context switch-in and -out per batch.
+            await self._commit_leaders(list(leaders.values()))
         for item, leader in followers:
             if item.transaction.fingerprint != leader.transaction.fingerprint:
                 item.resolve(key_reused())
                 continue
             outcome = await asyncio.shield(leader.future)
             item.resolve(Committed(outcome.timestamp, True) if isinstance(outcome, Committed) else outcome)
+
+    async def _commit_leaders(self, leaders: list[_Item]) -> list[_Item]:
+        """Decides each leader's idempotency against the store, submits the new ones (and stored intents) to
+        the engine, and resolves them all; returns those submitted."""
+        transactions = [item.transaction for item in leaders]
+        if self._journaled is not None:  # No write here: the intents go with the batch.
+            priors = await self._journaled.priors(transactions)
+        else:
+            priors = await self._store.prepare(transactions)
+        submitted: list[_Item] = []
+        for item in leaders:
+            prior = priors.get(item.transaction.transaction_id)
+            if prior is None:
+                submitted.append(item)
+            elif prior.fingerprint != item.transaction.fingerprint:
+                item.resolve(key_reused())
+            elif prior.failure is not None:
+                item.resolve(LedgerError.from_json(prior.failure))
+            else:
+                submitted.append(item)  # An intent: committed before or not, the engine knows.
+        if submitted:
+            await self._submit(submitted)
+        assert len(submitted) <= len(leaders)
+        return submitted
 
     async def _submit(self, items: list[_Item]) -> None:
         transfers = [transfer for item in items for transfer in item.transaction.transfers]
@@ -757,10 +783,10 @@ class GroupCommitter:
         else:
             results = await self._engine.create_transfers(transfers)
         assert len(results) == len(transfers)
-        metrics.engine_batch_size.labels("create_transfers").observe(len(transfers))
-        metrics.engine_batch_duration_seconds.labels("create_transfers").observe(time.perf_counter() - started)
+        _BATCH_SIZE_METRIC.observe(len(transfers))
+        _BATCH_SECONDS_METRIC.observe(time.perf_counter() - started)
         for status, count in Counter(r.status for r in results).items():
-            metrics.engine_results_total.labels("create_transfers", status.name).inc(count)
+            _results_metric(status).inc(count)
         failed: list[tuple[_Item, LedgerError]] = []
         offset = 0
         for position, item in enumerate(items):

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import prometheus_client
+
 from facade.auth import SCOPE_ADMIN, Principal
 from facade.batcher import Committed, DeadlineExceededError, GroupCommitter, QueueFullError, wait_all
 from facade.domain.accounts import (
@@ -456,7 +458,7 @@ class LedgerService:
         assert not outcomes
         assert len(results) == len(mapped) == sum(counts.values())
         for (outcome_label, reason), count in counts.items():
-            metrics.transactions_total.labels(outcome_label, reason).inc(count)
+            _transactions_metric(outcome_label, reason).inc(count)
             if outcome_label == "deduplicated":
                 metrics.deduplicated_requests_total.inc(count)
         return results
@@ -513,6 +515,23 @@ class LedgerService:
 
     async def balances(self, principal: Principal, account_id_text: str) -> AccountView:
         return await self.get_account(principal, account_id_text)
+
+
+TRANSACTIONS_METRICS_CACHED_MAX = 1024
+"""Children of ledger_transactions_total kept at hand (outcome and reason pairs: a few dozen reasons exist)."""
+_TRANSACTIONS_METRICS: dict[tuple[str, str], prometheus_client.Counter] = {}
+
+
+def _transactions_metric(outcome_label: str, reason: str) -> prometheus_client.Counter:
+    """ledger_transactions_total's child for the labels: `labels()` takes a lock and hashes, once per call."""
+    key = (outcome_label, reason)
+    child = _TRANSACTIONS_METRICS.get(key)
+    if child is None:
+        child = metrics.transactions_total.labels(outcome_label, reason)
+        if len(_TRANSACTIONS_METRICS) < TRANSACTIONS_METRICS_CACHED_MAX:
+            _TRANSACTIONS_METRICS[key] = child
+    assert len(_TRANSACTIONS_METRICS) <= TRANSACTIONS_METRICS_CACHED_MAX
+    return child
 
 
 def queue_full(error: QueueFullError) -> LedgerError:

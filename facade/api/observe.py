@@ -128,7 +128,7 @@ def _finished(sampling: RpcLogSampling, short: str, code: str, elapsed: float, *
 def _tracing_configured() -> bool:
     """Whether a tracer provider was set (facade.observability.tracing.configure_tracing): until then
     OpenTelemetry hands out its proxy, whose spans record nothing. Asked per call: tests set one late."""
-    return tracing.configured()
+    return tracing.tracing_configured()
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):

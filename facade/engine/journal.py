@@ -586,10 +586,10 @@ class Journal:
     def _write_all(self, data: bytes, *, kind: str) -> None:
         for copy in self._copies:
             fd = copy.journal_fd if kind == "journal" else copy.headers_fd
-            path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
             try:
                 _write_fully(fd, data)
             except OSError as error:
+                path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
                 self._wait_idle()  # A header copy being written for an earlier append lands (or fails) first.
                 self._rollback()  # Raises a fatal error itself if the rollback cannot be made durable.
                 name = errno.errorcode.get(error.errno or 0, "?")
@@ -609,10 +609,10 @@ class Journal:
         on the header thread the engine's thread may be appending records, so only `settle` (on the
         engine's thread, once this one is idle) rolls back."""
         for copy in self._copies:
-            path = copy.directory / HEADERS_FILE
             try:
                 _write_fully(copy.headers_fd, data)
             except OSError as error:
+                path = copy.directory / HEADERS_FILE
                 name = errno.errorcode.get(error.errno or 0, "?")
                 reason = f"writing {path} failed ({name}: {os.strerror(error.errno) if error.errno else error})"
                 fatal = error.errno == errno.EIO  # The device failed, not the space: trust nothing more.
@@ -657,8 +657,8 @@ class Journal:
         fds = [copy.journal_fd if kind == "journal" else copy.headers_fd for copy in self._copies]
         errors = self._sync_errors(fds)
         for copy, error in zip(self._copies, errors, strict=True):
-            path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
             if error is not None:
+                path = copy.directory / (JOURNAL_FILE if kind == "journal" else HEADERS_FILE)
                 self.failure = _fdatasync_failure(path, error)
                 raise JournalWriteError(self.failure, fatal=True, errno_value=error.errno) from error
 

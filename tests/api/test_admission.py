@@ -47,7 +47,8 @@ class EngineGate:
     def __init__(self, engine: object) -> None:
         assert isinstance(engine, EmbeddedEngine)
         self._event = threading.Event()
-        self._done = asyncio.get_running_loop().run_in_executor(engine._executor, self._event.wait)
+        # A call on the engine's thread like any other (numbered, under the ledger lock): no batch runs inline past it.
+        self._done = asyncio.ensure_future(engine._run(self._event.wait))
 
     async def open(self) -> None:
         self._event.set()
