@@ -60,17 +60,9 @@ async def test_a_call_queued_behind_a_running_one_never_runs_once_its_caller_is_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = await EmbeddedEngine.open(tmp_path)
-    inside = threading.Event()
-    release = threading.Event()
     fdatasync = os.fdatasync
-
-    def held(fd: int) -> None:  # The first append waits here, on the engine's thread, until released.
-        inside.set()
-        assert release.wait(WAIT_SECONDS)
-        fdatasync(fd)
-
+    inside, release = _hold_fdatasync(monkeypatch)
     try:
-        monkeypatch.setattr(os, "fdatasync", held)
         first = asyncio.create_task(engine.create_accounts([_account(1)]))
         assert await asyncio.to_thread(inside.wait, WAIT_SECONDS)
         second = asyncio.create_task(engine.create_accounts([_account(2)]))
@@ -90,6 +82,22 @@ async def test_a_call_queued_behind_a_running_one_never_runs_once_its_caller_is_
         assert [a.id for a in await reopened.lookup_accounts([1, 2])] == [1]
     finally:
         await reopened.close()
+
+
+def _hold_fdatasync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """From now on an fdatasync (on the engine's thread: the next append) sets `inside` and waits until
+    `release` is set; the caller restores os.fdatasync once the append it meant to hold is inside."""
+    inside = threading.Event()
+    release = threading.Event()
+    fdatasync = os.fdatasync
+
+    def held(fd: int) -> None:
+        inside.set()
+        assert release.wait(WAIT_SECONDS)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", held)
+    return inside, release
 
 
 def _transfers(first_id: int, count: int) -> list[Transfer]:
@@ -147,17 +155,9 @@ async def test_a_batch_never_overtakes_a_call_handed_to_the_engine_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = await EmbeddedEngine.open(tmp_path)
-    inside = threading.Event()
-    release = threading.Event()
     fdatasync = os.fdatasync
-
-    def held(fd: int) -> None:  # The accounts' append waits here, on the engine's thread, until released.
-        inside.set()
-        assert release.wait(WAIT_SECONDS)
-        fdatasync(fd)
-
+    inside, release = _hold_fdatasync(monkeypatch)
     try:
-        monkeypatch.setattr(os, "fdatasync", held)
         accounts = asyncio.create_task(engine.create_accounts([_account(1), _account(2)]))
         assert await asyncio.to_thread(inside.wait, WAIT_SECONDS)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
