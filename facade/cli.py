@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Sequence
 
 from facade.settings import Settings
@@ -187,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.workers > 1:
             raise SystemExit(serve_workers(settings, args.workers))
         import uvloop
+
+        from facade.settings import settings_served
+
+        settings = settings_served(settings, cpu_count=os.cpu_count())
 
         from facade._token import JwksError
         from facade.app import serve

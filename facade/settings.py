@@ -28,6 +28,12 @@ GRPC_SERVERS_DEFAULT = 16
 than at 1 (4 gained half of that; 32 no more than 16)."""
 FRONT_PROCESSES_MAX = 16
 """A bound on `api.front_processes`: each is a Python process with its own gRPC servers and memory."""
+SERVE_FRONT_PROCESSES_DEFAULT = 2
+"""`ledger serve`'s front processes on the embedded engine when api.front_processes is not set (and the host
+has at least that many cores): bench_api.py, session 10, two same-run A/Bs on this 2-core host, 2 fronts
+against one process: single transactions 1.26-1.48x tx/s (x16 / x64), batches 0.90-1.17x (within the host's
+noise), bench_overload's admitted unary p99 about half (session 9). The library's own default (app.start,
+what in-process tests and embedders call) stays one process: `settings_served`."""
 GRPC_SERVERS_MAX = 64
 """A bound on `api.grpc_servers`: 64 measured no better than 16; each server is a listener and a task."""
 
@@ -269,7 +275,8 @@ class ApiSettings(BaseModel):
         le=FRONT_PROCESSES_MAX,
         description="Embedded engine: front processes serving the gRPC port (SO_REUSEPORT) in front of this one, "
         "which then runs the operations, the engine, the JSON gateway and the ops port but no public gRPC server "
-        "(facade.fronts). 0: one process serves everything.",
+        "(facade.fronts). 0: one process serves everything. Not set: `ledger serve` on the embedded engine runs "
+        "SERVE_FRONT_PROCESSES_DEFAULT (2) on a host with that many cores, else 0; app.start runs 0.",
     )
     front_refusals: bool = Field(
         default=False,
@@ -460,3 +467,17 @@ class Settings(BaseSettings):
     consistency: ConsistencySettings = ConsistencySettings()
     audit: AuditSettings = AuditSettings()
     client: ClientSettings = ClientSettings()
+
+
+def settings_served(settings: Settings, *, cpu_count: int | None) -> Settings:
+    """`settings` as `ledger serve` runs them (one process, not --workers): api.front_processes, when not set,
+    is SERVE_FRONT_PROCESSES_DEFAULT on the embedded engine and a host with that many cores (`cpu_count`,
+    os.cpu_count()), else as set (0: one process). Why only there: see SERVE_FRONT_PROCESSES_DEFAULT."""
+    if "front_processes" in settings.api.model_fields_set or settings.engine.backend != "embedded":
+        return settings
+    if cpu_count is None or cpu_count < SERVE_FRONT_PROCESSES_DEFAULT:
+        return settings
+    api = settings.api.model_copy(update={"front_processes": SERVE_FRONT_PROCESSES_DEFAULT})
+    served = settings.model_copy(update={"api": api})
+    assert served.api.front_processes == SERVE_FRONT_PROCESSES_DEFAULT <= FRONT_PROCESSES_MAX
+    return served

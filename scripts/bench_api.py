@@ -355,13 +355,14 @@ class Config:
 
 
 CONFIGS = (
-    Config("defaults", {}),  # What scripts/run.sh runs.
+    Config("defaults", {}),  # What scripts/run.sh runs (ledger serve: 2 front processes on a 2-core host).
     Config("read model off", {"LEDGER_CLICKHOUSE__SERVE_HISTORY": "false"}, read_model=False),
 )
 OPTIONAL_CONFIGS = (
-    # Run only when named in --configs: the embedded engine's append pipeline (off by default) and front
-    # processes (facade.fronts, opt-in).
+    # Run only when named in --configs: the embedded engine's append pipeline (off by default), one process
+    # (no front processes) and N front processes (facade.fronts; `ledger serve` runs 2 when not set, on 2 cores).
     Config("append pipeline", {"LEDGER_ENGINE__APPEND_PIPELINE": "true"}),
+    Config("one process", {"LEDGER_API__FRONT_PROCESSES": "0"}),
     *(Config(f"fronts {n}", {"LEDGER_API__FRONT_PROCESSES": str(n)}) for n in (1, 2, 3)),
     Config("uvloop", {"LEDGER_API__EVENT_LOOP": "uvloop"}),  # api.event_loop (off by default).
 )
