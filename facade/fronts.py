@@ -187,6 +187,7 @@ class Fronts:
     async def stop(self) -> None:
         """Each front drains (its gRPC grace period) while this process still answers its calls."""
         self._stopping = True
+        self.relay.stopping = True
         running = [process for process in self._processes.values() if process.returncode is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):

@@ -149,6 +149,9 @@ class RelayServer:
         """Whether a refusal of a single write goes to its front as a STATE frame (api.front_refusals)."""
         self.probes_total = 0
         """PROBEs received from the fronts (each for a write method a front refuses on this door's behalf)."""
+        self.stopping = False
+        """Set by the fronts' supervisor before it stops them: their disconnects are then expected (logged at
+        INFO, not as a warning an operator should look into)."""
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -256,7 +259,8 @@ class _Connection(asyncio.Protocol):
         self._tasks.clear()
         if self._front is not None:
             self._relay.serving.discard(self._front)
-            log.warning("front disconnected", front=self._front, error=repr(exc) if exc else None)
+            report = log.info if self._relay.stopping else log.warning
+            report("front disconnected", front=self._front, error=repr(exc) if exc else None)
         self._transport = self._writer.transport = None
 
     def data_received(self, data: bytes) -> None:
