@@ -208,8 +208,9 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
     assert 0 <= call_id <= 0xFFFFFFFF
     client, scopes = _principal_bytes(principal)
     request, correlation = _cut(request_id), _cut(correlation_id)
-    # Tracing off (the common case): two empty strings, no encoding.
-    parent, state = (_cut(traceparent), _cut(tracestate)) if traceparent else (b"", b"")
+    parent = state = b""  # Tracing off (the common case): two empty strings, nothing encoded.
+    if traceparent:
+        parent, state = _cut(traceparent), _cut(tracestate)
     header = _CALL.pack(
         call_id,
         method,
