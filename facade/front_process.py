@@ -7,7 +7,8 @@ TLS/mTLS from the same settings) with the same edge as the single-process servic
 forwarding handlers (facade.api.forward), health and reflection, then says HELLO. A lost connection is
 retried every RECONNECT_INTERVAL_SECONDS (calls meanwhile answer UNAVAILABLE ENGINE_UNREACHABLE at once);
 when the engine's process is gone (this process's parent changed) the front exits. SIGTERM: health
-NOT_SERVING, then the servers stop with their grace period.
+NOT_SERVING, then the servers stop with their grace period, then its spans are flushed (tracing is
+configured from the same settings as the engine's process: observability.otlp_endpoint).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from facade.app import GRACE_SECONDS, MESSAGE_SIZE_MAX, SERVICE_NAME, _bind, _cr
 from facade.auth import Authenticator
 from facade.observability import forwarded, metrics
 from facade.observability.logs import configure_logging, get_logger
+from facade.observability.tracing import configure_tracing
 from facade.runtime import tune_gc
 from facade.settings import Settings
 
@@ -199,6 +201,11 @@ def main() -> None:
         raise SystemExit(1)
     observability = settings.observability
     configure_logging(observability.log_level, observability.log_json, observability.service_name)
+    # As the engine's process (facade.app.serve): this front's RPC spans are exported, and their context
+    # goes with each forwarded call (facade.api.forward) so the engine's spans join the caller's trace.
+    provider = None
+    if observability.otlp_endpoint:
+        provider = configure_tracing(observability.service_name, observability.otlp_endpoint)
     tune_gc()
     # uvloop: a front's CPU is mostly grpc.aio's own per-call machinery, and grpc.aio wakes the event loop
     # once per completion (a socket read and a callback each; ~4 per unary call): the loop's own turns are a
@@ -206,6 +213,8 @@ def main() -> None:
     # (scripts/bench_fronts.py). The engine's process keeps asyncio's loop.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         status = runner.run(run_front(settings, path, index))
+    if provider is not None:
+        provider.shutdown()  # The spans of the last calls and of the drain are exported before exit.
     raise SystemExit(status)
 
 

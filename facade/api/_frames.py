@@ -7,7 +7,9 @@ neither re-decodes nor re-encodes a response. Only struct and UTF-8 are parsed h
 peer that writes garbage gets its connection closed (FrameError), it cannot make this process run code.
 
     CALL    front → engine   call id, method index, the caller's deadline (NaN = none), the principal
-                             (client id, scopes), request id, correlation id, the request bytes
+                             (client id, scopes), request id, correlation id, the W3C trace context of the
+                             front's RPC span (traceparent, tracestate: empty unless tracing is configured),
+                             the request bytes
     CANCEL  front → engine   call id: the caller went away, drop its work (as a cancelled handler would)
     HELLO   front → engine   the front's index: its gRPC servers are serving
     METRICS front → engine   the front's index and its request histogram's gain (facade.observability.forwarded)
@@ -108,7 +110,7 @@ class FrameError(Exception):
 
 
 _PREFIX = struct.Struct("<IB")  # Length (of what follows the u32), kind.
-_CALL = struct.Struct("<IBdHHHH")  # Call id, method, deadline (time.monotonic()), 4 string lengths.
+_CALL = struct.Struct("<IBdHHHHHH")  # Call id, method, deadline (time.monotonic()), 6 string lengths.
 _INDEX = struct.Struct("<I")  # A call id (REPLY, CANCEL), a front's (HELLO, METRICS) or method's index (PROBE, ROOM).
 _INDEXED = (
     FrameKind.CANCEL,
@@ -140,6 +142,12 @@ class Call:
     request_id: str
     correlation_id: str
     body: bytes
+    traceparent: str = ""
+    """The W3C traceparent of the front's RPC span (facade.observability.tracing.span_traceparent); empty
+    when the front traces nothing (tracing off: no per-call cost). The relay makes it the current context
+    while the call runs, so the engine's spans (its batch's) join the caller's trace."""
+    tracestate: str = ""
+    """The W3C tracestate that goes with `traceparent` (usually empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +201,16 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
     request_id: str,
     correlation_id: str,
     body: bytes,
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> bytes:
     assert 0 <= method < len(METHODS)
     assert 0 <= call_id <= 0xFFFFFFFF
     client, scopes = _principal_bytes(principal)
     request, correlation = _cut(request_id), _cut(correlation_id)
+    parent = state = b""  # Tracing off (the common case): two empty strings, nothing encoded.
+    if traceparent:
+        parent, state = _cut(traceparent), _cut(tracestate)
     header = _CALL.pack(
         call_id,
         method,
@@ -206,9 +219,14 @@ def encode_call(  # noqa: PLR0913  Keyword-only beyond the call: each is one fie
         len(scopes),
         len(request),
         len(correlation),
+        len(parent),
+        len(state),
     )
-    length = 1 + len(header) + len(client) + len(scopes) + len(request) + len(correlation) + len(body)
-    return b"".join((_PREFIX.pack(length, FrameKind.CALL), header, client, scopes, request, correlation, body))
+    length = 1 + len(header) + len(client) + len(scopes) + len(request) + len(correlation)
+    length += len(parent) + len(state) + len(body)
+    return b"".join(
+        (_PREFIX.pack(length, FrameKind.CALL), header, client, scopes, request, correlation, parent, state, body)
+    )
 
 
 def encode_index(kind: FrameKind, index: int, body: bytes = b"") -> bytes:
@@ -266,15 +284,21 @@ def _decode_call(frame: memoryview) -> Call:
     call_id, method, deadline, *lengths = _CALL.unpack_from(frame)
     if method >= len(METHODS):
         raise FrameError(f"unknown method index {method}")
-    client_length, scopes_length, request_length, correlation_length = lengths
+    client_length, scopes_length, request_length, correlation_length, parent_length, state_length = lengths
     offset = _CALL.size + client_length + scopes_length
-    if offset + request_length + correlation_length > len(frame):
+    if offset + request_length + correlation_length + parent_length + state_length > len(frame):
         raise FrameError("call frame shorter than its strings")
     principal = _principal(bytes(frame[_CALL.size : offset]), client_length)
     request_id = bytes(frame[offset : offset + request_length]).decode()
     offset += request_length
     correlation_id = bytes(frame[offset : offset + correlation_length]).decode()
     offset += correlation_length
+    traceparent = tracestate = ""
+    if parent_length or state_length:  # Tracing off: nothing to decode.
+        traceparent = bytes(frame[offset : offset + parent_length]).decode()
+        offset += parent_length
+        tracestate = bytes(frame[offset : offset + state_length]).decode()
+        offset += state_length
     return Call(
         call_id,
         METHODS[method],
@@ -283,6 +307,8 @@ def _decode_call(frame: memoryview) -> Call:
         request_id,
         correlation_id,
         bytes(frame[offset:]),
+        traceparent,
+        tracestate,
     )
 
 

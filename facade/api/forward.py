@@ -4,7 +4,8 @@ handlers that forward each call over it instead of running an operation.
 The handlers sit behind the same edge as the single-process service's servicers (facade.api.edge:
 observability, authentication, the request guard), so a front decides the principal and refuses an
 unauthenticated caller before anything is forwarded; each call then becomes one CALL frame (method,
-principal, the caller's deadline, request and correlation ids, the request's raw bytes). The engine's
+principal, the caller's deadline, request and correlation ids, the RPC span's trace context when tracing
+is configured, the request's raw bytes). The engine's
 process answers with the response's bytes or the LedgerError, which the guard turns into the same rich
 status the single-process service gives (facade.api.errors).
 
@@ -42,6 +43,7 @@ from facade.api.servicer import STREAM_IN_FLIGHT_MAX
 from facade.auth import Principal, current_principal
 from facade.domain.errors import ErrorKind, LedgerError
 from facade.observability.logs import get_logger, request_ids
+from facade.observability.tracing import span_traceparent, tracing_configured
 from facade.operations import convert
 
 __all__ = ["FORWARDED_IN_FLIGHT_MAX", "REASON_ENGINE_UNREACHABLE", "EngineLink", "forwarding_handlers"]
@@ -177,6 +179,9 @@ class EngineLink(asyncio.Protocol):
         # An absolute time.monotonic() deadline: the frame's transit counts against it (facade.api._frames.Call).
         deadline = None if remaining_seconds is None else time.monotonic() + remaining_seconds
         request_id, correlation_id = request_ids()
+        # The RPC span's context crosses the relay only while tracing is on (the edge made a span):
+        # off, the frame carries two empty strings and this call costs one flag check more.
+        traceparent, tracestate = span_traceparent() if tracing_configured() else ("", "")
         frame = _frames.encode_call(
             call_id,
             method,
@@ -185,6 +190,8 @@ class EngineLink(asyncio.Protocol):
             request_id=request_id,
             correlation_id=correlation_id,
             body=body,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[call_id] = future

@@ -29,6 +29,10 @@ refusal (facade.write_limit), which keeps the lane's cut-back on.
 Replies are buffered and written once per event-loop turn (one write for every answer ready in that
 turn); calls are read in bulk (facade.api._frames.FrameReader). A CANCEL (the caller went away in the
 front) cancels the call's task, so queued work whose caller gave up is dropped as before.
+
+Traces: a CALL frame carries the front's RPC span's W3C trace context when the front traces (tracing
+configured from the same settings as this process); the call runs with that span as its current one, so
+the group commit's engine.batch span is a child of the caller's trace and links it, as in one process.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from google.protobuf import symbol_database
+from opentelemetry import context as otel_context
 
 from facade.api import _frames
 from facade.api._frames import Call, FrameError, FrameKind, FrameReader, TurnWriter
@@ -57,6 +62,7 @@ from facade.domain.errors import ErrorKind, LedgerError
 from facade.observability import metrics
 from facade.observability.forwarded import DeltaError, decode_delta
 from facade.observability.logs import bind_request, get_logger
+from facade.observability.tracing import traceparent_context
 from facade.operations import ledger as ops
 from facade.operations.unexpected import unexpected_error
 from facade.service import LedgerService
@@ -190,6 +196,11 @@ class RelayServer:
         their write-limit count while they run, measured from the frame's arrival."""
         current_principal.set(call.principal)
         bind_request(call.request_id, call.correlation_id, route.short)
+        if call.traceparent:
+            # The front's RPC span is the current span here (the call's own task: its context ends with
+            # it), so the engine's spans join the caller's trace: engine.batch is its child and links it
+            # (facade.batcher takes trace.get_current_span() at submission). Tracing off: nothing to do.
+            otel_context.attach(traceparent_context(call.traceparent, call.tracestate))
         lane = route.lane
         limit = self._service.write_limit
         if lane is not None and not limit.acquire(lane):

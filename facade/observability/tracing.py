@@ -14,8 +14,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "ledger"
+_W3C = TraceContextTextMapPropagator()
 _configured = False
 """Set by configure_tracing (the edges and the group commit ask per call or batch: a module flag is cheaper
 than OpenTelemetry's get_tracer_provider(), which looks its environment variable up each time while none is
@@ -50,6 +52,26 @@ def tracing_configured() -> bool:
     some other way (trace.set_tracer_provider) is not seen here: configure_tracing is the service's one way
     to install one (the tests' too, tests/conftest.py)."""
     return _configured
+
+
+def span_traceparent() -> tuple[str, str]:
+    """The current span's W3C traceparent and tracestate, as a front's CALL frame carries them to the
+    engine's process (facade.api._frames); two empty strings when there is no valid span. Formatted here
+    rather than through a propagator's carrier dict: it runs per forwarded call while tracing is on."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return "", ""
+    traceparent = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    return traceparent, span_context.trace_state.to_header()
+
+
+def traceparent_context(traceparent: str, tracestate: str = "") -> otel_context.Context:
+    """A context whose current span is the remote one `traceparent` names (a new empty context when it is
+    malformed: the call is then traced, if at all, without a parent)."""
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return _W3C.extract(carrier, context=otel_context.Context())
 
 
 def inject_headers(context: otel_context.Context | None = None) -> list[tuple[str, str | bytes | None]]:

@@ -273,6 +273,61 @@ def test_a_broken_metrics_report_is_refused_whole(body: bytes) -> None:
     assert series.labels == ("grpc", "M", "OK") and series.buckets == (1,) * 21
 
 
+TRACEPARENT = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "tracestate"),
+    [("", ""), (TRACEPARENT, ""), (TRACEPARENT, "vendor=a,other=b")],
+)
+def test_a_call_frame_round_trips_with_and_without_a_trace_context(traceparent: str, tracestate: str) -> None:
+    """A CALL frame carries the front's trace context only when it has one (tracing on), byte for byte,
+    and every other field as before; cut anywhere, it decodes to nothing until the rest arrives."""
+    method = _frames.method_index("/ledger.v1.Ledger/PostTransaction")
+    principal = Principal("client-a", SCOPES_ALL)
+    body = pb.PostTransactionRequest(idempotency_key="frame-1").SerializeToString()
+    frame = _frames.encode_call(
+        7,
+        method,
+        deadline=12.5,
+        principal=principal,
+        request_id="req-1",
+        correlation_id="cor-1",
+        body=body,
+        traceparent=traceparent,
+        tracestate=tracestate,
+    )
+    untraced = _frames.encode_call(
+        7, method, deadline=12.5, principal=principal, request_id="req-1", correlation_id="cor-1", body=body
+    )
+    assert len(frame) == len(untraced) + len(traceparent) + len(tracestate)  # Off: not a byte more.
+    expected = _frames.Call(
+        7, _frames.METHODS[method], 12.5, principal, "req-1", "cor-1", body, traceparent, tracestate
+    )
+    for cut in (1, 6, len(frame) - 1):
+        reader = _frames.FrameReader()
+        assert reader.feed(frame[:cut]) == []
+        assert reader.feed(frame[cut:]) == [expected]
+    [no_deadline] = _frames.FrameReader().feed(
+        _frames.encode_call(
+            8,
+            method,
+            deadline=None,
+            principal=principal,
+            request_id="",
+            correlation_id="",
+            body=b"",
+            traceparent=TRACEPARENT,
+        )
+    )
+    assert isinstance(no_deadline, _frames.Call) and no_deadline.deadline is None
+    assert (no_deadline.traceparent, no_deadline.tracestate, no_deadline.body) == (TRACEPARENT, "", b"")
+    # Strings longer than the frame holds: a broken peer, its connection closed.
+    header_end = 5 + _frames._CALL.size
+    with pytest.raises(_frames.FrameError):
+        _frames.FrameReader().feed(frame[: header_end - 2] + b"\xff\xff" + frame[header_end:])
+
+
 async def test_a_front_that_cannot_reach_the_engine_answers_unavailable(fronted: Api) -> None:
     """The engine's side of the relay socket dies under a serving front (a real child process): a unary
     call gets UNAVAILABLE ENGINE_UNREACHABLE well within its deadline, a StreamTransactions item gets that
