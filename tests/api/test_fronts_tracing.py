@@ -7,7 +7,6 @@ span's child and links it. Each process's spans are flushed when SIGTERM stops i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,13 +20,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from facade.api.gen.ledger.v1 import ledger_pb2 as pb
 from facade.api.gen.ledger.v1 import ledger_pb2_grpc as rpc
 from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import AuthSettings
 from ledger_testkit.service import ledger_executable
+from tests.api._serve import credit_new_account, fronts_of, serve_env
 from tests.api.test_logs import json_lines
-from tests.api.test_serve_default import _fronts_of
 
 STOP_WAIT_SECONDS = 60.0
 COLLECTOR_THREADS = 4
@@ -90,40 +88,27 @@ def test_a_call_through_the_fronts_is_one_trace_from_the_client_to_the_engine_ba
     tmp_path: Path, collector: tuple[Collector, int], front_processes: int
 ) -> None:
     spans, port = collector
-    env = os.environ | {
-        "LEDGER_API__FRONT_PROCESSES": str(front_processes),
-        "LEDGER_API__PORT": "0",
-        "LEDGER_API__HTTP_PORT": "-1",
-        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
-        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
-        "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
-        "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
-        "LEDGER_OBSERVABILITY__LOG_JSON": "true",
-        "LEDGER_OBSERVABILITY__OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+    env = serve_env(
+        tmp_path,
+        LEDGER_API__FRONT_PROCESSES=str(front_processes),
+        LEDGER_OBSERVABILITY__OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TRACES_INSECURE="true",
         # Each process's pid on its spans' resource (OpenTelemetry's process detector): tells the fronts'
         # spans from the engine's process's.
-        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process",
-    }
+        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="process",
+    )
     server = subprocess.Popen([ledger_executable(), "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         [*_, serving] = json_lines(server.stdout, lambda line: line.get("event") == "serving")
         assert serving["front_processes"] == front_processes
-        fronts = _fronts_of(server.pid)
+        fronts = fronts_of(server.pid)
         assert len(fronts) == front_processes
         bearer = f"Bearer {issue_token(AuthSettings(), 'client-a', SCOPES_ALL)}"
         with grpc.insecure_channel(f"127.0.0.1:{serving['port']}") as channel:
             stub: Any = rpc.LedgerStub(channel)
-            account = stub.CreateAccount(
-                pb.CreateAccountRequest(currency="USD", external_reference="a", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT),
-                metadata=(("authorization", bearer),),
-            )
-            credit = pb.PostTransactionRequest(
-                idempotency_key="traced-1",
-                legs=[pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=account.account_id, amount="250", currency="USD")],
-            )
-            posted = stub.PostTransaction(credit, metadata=(("authorization", bearer), ("traceparent", TRACEPARENT)))
+            metadata = (("authorization", bearer), ("traceparent", TRACEPARENT))
+            _, posted = credit_new_account(stub, metadata, idempotency_key="traced-1")
             assert posted.transaction_id
     finally:
         server.terminate()

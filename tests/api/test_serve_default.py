@@ -18,10 +18,10 @@ from facade.auth import SCOPES_ALL, issue_token
 from facade.settings import SERVE_FRONT_PROCESSES_DEFAULT, ApiSettings, AuthSettings, EngineSettings, Settings
 from facade.settings import settings_served as served
 from ledger_testkit.service import ledger_executable
+from tests.api._serve import credit_new_account, fronts_of, serve_env
 from tests.api.test_logs import json_lines
 
 STOP_WAIT_SECONDS = 60.0
-FRONT_COMMAND_MARK = b"facade.front_process"
 
 
 def test_not_set_is_the_serve_default_on_the_embedded_engine_with_the_cores_for_it() -> None:
@@ -44,52 +44,21 @@ def test_not_set_in_the_environment_counts_as_not_set(monkeypatch: pytest.Monkey
     assert served(Settings(), cpu_count=2).api.front_processes == 0
 
 
-def _fronts_of(pid: int) -> list[int]:
-    """The live front processes whose parent is `pid`."""
-    fronts = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and FRONT_COMMAND_MARK in command:
-            fronts.append(int(entry.name))
-    return fronts
-
-
 @pytest.mark.skipif((os.cpu_count() or 1) < SERVE_FRONT_PROCESSES_DEFAULT, reason="the default needs 2 cores")
 def test_ledger_serve_without_the_setting_serves_from_its_default_fronts(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if key != "LEDGER_API__FRONT_PROCESSES"} | {
-        "LEDGER_API__PORT": "0",
-        "LEDGER_API__HTTP_PORT": "-1",
-        "LEDGER_ENGINE__DATA_DIR": str(tmp_path / "engine"),
-        "LEDGER_API__METADATA_DB": str(tmp_path / "metadata.sqlite3"),
-        "LEDGER_OBSERVABILITY__METRICS_PORT": "-1",
-        "LEDGER_CLICKHOUSE__SERVE_HISTORY": "false",
-        "LEDGER_OBSERVABILITY__LOG_JSON": "true",
-    }
+    env = serve_env(tmp_path)
     server = subprocess.Popen([ledger_executable(), "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         [*_, serving] = json_lines(server.stdout, lambda line: line.get("event") == "serving")
         assert serving["front_processes"] == SERVE_FRONT_PROCESSES_DEFAULT
-        assert len(_fronts_of(server.pid)) == SERVE_FRONT_PROCESSES_DEFAULT
+        assert len(fronts_of(server.pid)) == SERVE_FRONT_PROCESSES_DEFAULT
         bearer = f"Bearer {issue_token(AuthSettings(), 'client-a', SCOPES_ALL)}"
         metadata = (("authorization", bearer),)
         with grpc.insecure_channel(f"127.0.0.1:{serving['port']}") as channel:
             stub: Any = rpc.LedgerStub(channel)
-            account = stub.CreateAccount(
-                pb.CreateAccountRequest(currency="USD", external_reference="a", type=pb.ACCOUNT_TYPE_NO_OVERDRAFT),
-                metadata=metadata,
-            )
-            credit = pb.PostTransactionRequest(
-                idempotency_key="default-fronts-1",
-                legs=[pb.Leg(type=pb.LEG_TYPE_CREDIT, account_id=account.account_id, amount="250", currency="USD")],
-            )
-            assert stub.PostTransaction(credit, metadata=metadata).transaction_id
+            account, posted = credit_new_account(stub, metadata, idempotency_key="default-fronts-1")
+            assert posted.transaction_id
             balance = stub.GetBalance(pb.GetBalanceRequest(account_id=account.account_id), metadata=metadata)
             assert balance.posted == "250"
     finally:
