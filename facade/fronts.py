@@ -1,5 +1,6 @@
 """Front processes (`api.front_processes` = N > 0): N processes serve the gRPC port in front of the
-engine's process, which runs everything else.
+engine's process, which runs everything else. `ledger serve` runs 2 on the embedded engine when the
+setting is not given (facade.settings.settings_served, SERVE_FRONT_PROCESSES_DEFAULT says why).
 
 Why: one event loop ran grpc.aio (its accept path, the HTTP/2 framing), the interceptors, the
 operations, the group commit and change capture; single-transaction writes saturated that loop (~1

@@ -3,8 +3,9 @@
 
 One run measures, over loopback, with the same client for every server:
 
-- "defaults": `ledger serve` exactly as `scripts/run.sh` starts it (read model on, in its own child
-  process, JSON gateway on, metrics on, logs at INFO); only the ports (free ones) and the data
+- "defaults": `ledger serve` exactly as `scripts/run.sh` starts it (2 front processes on a 2-core host,
+  facade.settings.settings_served; read model on, in its own child process, JSON gateway on, metrics on,
+  logs at INFO); only the ports (free ones) and the data
   directory (a fresh temp dir, the server's working directory) differ;
 - "read model off": the same with `clickhouse.serve_history=false` (the write path alone), labelled;
 - the no-op grpc.aio server (same protocol, the handler returns at once): what gRPC itself costs here;
